@@ -1,0 +1,64 @@
+//! Runtime helpers shared by `tomo` and `tomo-agent`: logging setup, crash-safe file writes,
+//! TLS client configuration, random tokens and time.
+
+#![forbid(unsafe_code)]
+
+pub mod fs;
+pub mod logging;
+pub mod tls;
+
+use base64::Engine as _;
+
+/// Standard base64 with padding, the encoding used for keys, nonces and signatures on the wire.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decodes [`b64`].
+pub fn unb64(text: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// `n` bytes from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom as _;
+    let mut out = [0u8; N];
+    ring::rand::SystemRandom::new().fill(&mut out).expect("the OS random source never fails on Linux");
+    out
+}
+
+/// A random secret token: `prefix` followed by 32 random bytes in URL-safe base64.
+pub fn random_token(prefix: &str) -> String {
+    let bytes = random_bytes::<32>();
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// SHA-256 of `data`; secrets (codes, tokens) are stored only as this.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Current Unix time in seconds.
+pub fn now_secs() -> i64 {
+    now_ms() / 1000
+}

@@ -1,0 +1,208 @@
+//! The session handshake that precedes JSON-RPC on every agent connection.
+//!
+//! ```text
+//! control plane → agent   {"type":"challenge", ...}
+//! agent → control plane   {"type":"register", ...} | {"type":"authenticate", ...}
+//! control plane → agent   {"type":"welcome", ...}  | {"type":"refused", ...} (then close)
+//! ```
+//!
+//! The agent proves possession of its Ed25519 key by signing [`signing_payload`], which binds the
+//! server's fresh nonce, the purpose and the subject, so a signature is good for one handshake only
+//! and can never be mistaken for a signature over anything else.
+
+use serde::{Deserialize, Serialize};
+
+/// Facts an agent reports about its host at every handshake.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub hostname: String,
+    /// Docker's engine id (`docker info` → `ID`), when an engine answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_version: Option<String>,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub agent_version: String,
+}
+
+/// Every handshake message, tagged by `type`. Each end accepts only the variants that are valid
+/// in its current state; anything else is [`RefusalReason::OutOfOrder`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Handshake {
+    /// First message of every connection, from the control plane.
+    Challenge {
+        proto_version: u32,
+        /// 32 random bytes, base64 (standard alphabet, padded).
+        nonce: String,
+    },
+    /// First connection of a new agent: a one-time registration code and a fresh public key.
+    Register {
+        proto_version: u32,
+        code: String,
+        /// Ed25519 public key, 32 bytes, base64.
+        public_key: String,
+        /// Signature over [`signing_payload`] with purpose `register` and the public key as subject.
+        signature: String,
+        facts: HostFacts,
+    },
+    /// Reconnection of a registered agent.
+    Authenticate {
+        proto_version: u32,
+        agent_id: String,
+        /// Signature over [`signing_payload`] with purpose `authenticate` and the agent id as subject.
+        signature: String,
+        facts: HostFacts,
+    },
+    /// The session is open; JSON-RPC follows.
+    Welcome {
+        proto_version: u32,
+        agent_id: String,
+        heartbeat_secs: u64,
+    },
+    /// The handshake failed; the control plane closes the connection after sending this.
+    Refused {
+        reason: RefusalReason,
+        message: String,
+    },
+}
+
+/// Why a handshake was refused. Agents treat [`RefusalReason::is_permanent`] reasons as final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// No such registration code.
+    CodeUnknown,
+    /// The registration code was already used by another agent.
+    CodeUsed,
+    /// The registration code expired.
+    CodeExpired,
+    /// No host with this agent id.
+    UnknownAgent,
+    /// The host was removed by an operator; its key never authenticates again.
+    HostRemoved,
+    /// The signature does not verify.
+    BadSignature,
+    /// The host reports a different Docker engine than the one it registered with.
+    EngineMismatch,
+    /// The peer speaks another protocol version.
+    UnsupportedVersion,
+    /// The message is not a valid handshake message.
+    Malformed,
+    /// A valid message at the wrong time.
+    OutOfOrder,
+    /// Too many attempts; try again later.
+    Throttled,
+    /// The control plane failed; try again later.
+    Internal,
+}
+
+impl RefusalReason {
+    /// Whether retrying the same handshake can ever succeed.
+    pub fn is_permanent(self) -> bool {
+        !matches!(self, Self::Throttled | Self::Internal | Self::Malformed | Self::OutOfOrder)
+    }
+
+    /// The wire name, e.g. `code_used`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CodeUnknown => "code_unknown",
+            Self::CodeUsed => "code_used",
+            Self::CodeExpired => "code_expired",
+            Self::UnknownAgent => "unknown_agent",
+            Self::HostRemoved => "host_removed",
+            Self::BadSignature => "bad_signature",
+            Self::EngineMismatch => "engine_mismatch",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::Malformed => "malformed",
+            Self::OutOfOrder => "out_of_order",
+            Self::Throttled => "throttled",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an agent signs to prove possession of its key during a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Register,
+    Authenticate,
+}
+
+/// The exact bytes an agent signs: a domain tag, the purpose, the server's nonce and the subject
+/// (the public key for `register`, the agent id for `authenticate`), NUL-separated.
+pub fn signing_payload(purpose: Purpose, nonce: &str, subject: &str) -> Vec<u8> {
+    let purpose = match purpose {
+        Purpose::Register => "register",
+        Purpose::Authenticate => "authenticate",
+    };
+    let mut out = Vec::with_capacity(32 + nonce.len() + subject.len());
+    for part in ["tomo-handshake-v1", purpose, nonce, subject] {
+        out.extend_from_slice(part.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+impl Handshake {
+    /// Parses a handshake message, refusing oversized input before looking at it.
+    pub fn parse(text: &str) -> Result<Self, RefusalReason> {
+        if text.len() > crate::MAX_HANDSHAKE_BYTES {
+            return Err(RefusalReason::Malformed);
+        }
+        serde_json::from_str(text).map_err(|_| RefusalReason::Malformed)
+    }
+
+    /// Serializes to the JSON text sent on the wire.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("handshake messages always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_domain_separated_and_unambiguous() {
+        let a = signing_payload(Purpose::Register, "n", "k");
+        let b = signing_payload(Purpose::Authenticate, "n", "k");
+        assert_ne!(a, b);
+        // Moving a separator between fields changes the bytes.
+        assert_ne!(
+            signing_payload(Purpose::Register, "ab", "c"),
+            signing_payload(Purpose::Register, "a", "bc")
+        );
+        assert!(a.starts_with(b"tomo-handshake-v1\0register\0"));
+    }
+
+    #[test]
+    fn unknown_type_and_extra_fields_are_malformed() {
+        assert_eq!(Handshake::parse(r#"{"type":"hello"}"#), Err(RefusalReason::Malformed));
+        assert_eq!(
+            Handshake::parse(r#"{"type":"challenge","proto_version":1,"nonce":"x","extra":1}"#),
+            Err(RefusalReason::Malformed)
+        );
+        assert_eq!(Handshake::parse("not json"), Err(RefusalReason::Malformed));
+        let big = format!(r#"{{"type":"challenge","proto_version":1,"nonce":"{}"}}"#, "a".repeat(70_000));
+        assert_eq!(Handshake::parse(&big), Err(RefusalReason::Malformed));
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = Handshake::Refused { reason: RefusalReason::CodeUsed, message: "used".into() };
+        let text = m.to_json();
+        assert_eq!(text, r#"{"type":"refused","reason":"code_used","message":"used"}"#);
+        assert_eq!(Handshake::parse(&text), Ok(m));
+    }
+}

@@ -1,0 +1,207 @@
+//! One type per agent method, tied to its params, result and permission level by [`Method`],
+//! and the notifications the agent pushes.
+//!
+//! The agent's dispatcher is a closed table built from these types: a method that is not declared
+//! here, with a level, cannot be registered.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Permission level of a method, ordered: `Read < Execute < Admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Read,
+    Execute,
+    Admin,
+}
+
+/// A JSON-RPC method the agent serves.
+pub trait Method {
+    /// Wire name, e.g. `system.info`.
+    const NAME: &'static str;
+    /// Lowest role allowed to call it.
+    const LEVEL: Level;
+    type Params: DeserializeOwned + Serialize + Send + 'static;
+    type Result: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// Params of a method that takes none: absent, `{}` or `[]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+macro_rules! method {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $level:ident, $params:ty, $result:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $ty;
+        impl Method for $ty {
+            const NAME: &'static str = $name;
+            const LEVEL: Level = Level::$level;
+            type Params = $params;
+            type Result = $result;
+        }
+    };
+}
+
+method!(
+    /// Liveness check.
+    AgentPing, "agent.ping", Read, NoParams, Pong
+);
+method!(
+    /// OS, kernel, architecture, hostname, uptime, CPUs, memory, Docker version and engine id.
+    SystemInfo, "system.info", Read, NoParams, SystemInfoResult
+);
+method!(
+    /// The latest background metrics sample; never samples on the request path.
+    SystemGetMetrics, "system.get_metrics", Read, NoParams, Metrics
+);
+method!(
+    /// Containers on the host.
+    DockerContainersList, "docker.containers.list", Read, ContainersListParams, Vec<ContainerSummary>
+);
+
+/// Result of `agent.ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    pub pong: bool,
+    pub agent_version: String,
+    /// Agent's clock, Unix milliseconds.
+    pub time_ms: i64,
+}
+
+/// Result of `system.info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemInfoResult {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub uptime_secs: u64,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub agent_version: String,
+    pub docker: DockerStatus,
+}
+
+/// What the agent knows of the local Docker engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerStatus {
+    pub available: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_id: Option<String>,
+    /// Why the engine is unavailable, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Params of `docker.containers.list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainersListParams {
+    /// Include stopped containers.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// One container in `docker.containers.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    pub status: String,
+    pub created: i64,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A metrics sample: the result of `system.get_metrics` and the params of `metrics.update`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// When the sample was taken, Unix milliseconds.
+    pub sampled_at_ms: i64,
+    /// CPU busy percentage over the last sampling interval, all cores (0–100).
+    pub cpu_percent: f64,
+    pub memory: Usage,
+    pub swap: Usage,
+    /// Mounted filesystems backed by a device, each device once.
+    pub disks: Vec<DiskUsage>,
+    pub network: NetworkRates,
+    pub load: [f64; 3],
+    pub uptime_secs: u64,
+    /// Container counts; `None` when Docker is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<ContainerCounts>,
+}
+
+/// Used and total bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub used: u64,
+    pub total: u64,
+    pub percent: f64,
+}
+
+/// One filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    pub device: String,
+    pub mount: String,
+    pub used: u64,
+    pub total: u64,
+    pub percent: f64,
+}
+
+/// Network throughput over the last sampling interval, all non-loopback interfaces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkRates {
+    pub rx_bytes_per_sec: f64,
+    pub tx_bytes_per_sec: f64,
+}
+
+/// Running and stopped containers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerCounts {
+    pub running: u64,
+    pub stopped: u64,
+}
+
+/// Notification `health.status`, pushed every 60 s.
+pub const HEALTH_STATUS: &str = "health.status";
+/// Notification `metrics.update`, pushed every 30 s; params are a [`Metrics`].
+pub const METRICS_UPDATE: &str = "metrics.update";
+
+/// Params of `health.status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// `healthy`, or `degraded` when a dependency (Docker) is unavailable.
+    pub status: String,
+    pub uptime_secs: u64,
+    pub agent_version: String,
+    pub docker: DockerStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_are_ordered() {
+        assert!(Level::Read < Level::Execute && Level::Execute < Level::Admin);
+        assert_eq!(serde_json::to_string(&Level::Execute).ok().as_deref(), Some("\"execute\""));
+    }
+
+    #[test]
+    fn no_params_rejects_unknown_fields() {
+        assert!(serde_json::from_str::<NoParams>("{}").is_ok());
+        assert!(serde_json::from_str::<NoParams>(r#"{"x":1}"#).is_err());
+        assert!(serde_json::from_str::<ContainersListParams>(r#"{"all":"yes"}"#).is_err());
+    }
+}
