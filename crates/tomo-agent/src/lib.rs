@@ -1,0 +1,244 @@
+//! tomo's agent: dials out to the control plane, proves its identity, and serves the methods of
+//! [`handlers::table`] over JSON-RPC until told to stop.
+//!
+//! Entry point: [`Agent::run`]. The binary `tomo-agent` only parses configuration, sets up logging
+//! and signals, and calls it; tests call the same function.
+
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod collect;
+pub mod config;
+pub mod dispatch;
+pub mod docker;
+pub mod handlers;
+pub mod host;
+pub mod identity;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tomo_proto::handshake::{Handshake, HostFacts, Purpose, RefusalReason, signing_payload};
+
+use crate::backoff::Backoff;
+use crate::config::{AgentConfig, ConfigError};
+use crate::docker::{DockerClient, Endpoint};
+use crate::identity::{Identity, IdentityError, IdentityStore, Keys, PlainVault, Registration};
+use crate::session::{Dialer, SessionEnd, SessionError, TlsDialer};
+
+/// This agent's version, reported in facts, pings and health.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// State shared by every request handler.
+#[derive(Debug)]
+pub struct Shared {
+    pub facts: host::StaticFacts,
+    pub docker: Arc<DockerClient>,
+    pub samples: collect::Samples,
+    pub started: Instant,
+}
+
+/// What the agent is doing, for callers that watch it (tests, `tomo dev`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Starting,
+    Connecting,
+    Online { agent_id: String },
+    Offline { reason: String },
+}
+
+/// Why the agent stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Tls(#[from] tomo_common::tls::TlsError),
+    #[error("this agent is not registered yet: pass a registration code (--register-code or REGISTER_CODE)")]
+    NotRegistered,
+    #[error("no server URL: pass --server-url or SERVER_URL")]
+    NoServerUrl,
+    #[error("the control plane refused this agent ({reason}): {message}")]
+    Refused { reason: RefusalReason, message: String },
+}
+
+impl AgentError {
+    /// Whether the error is the operator's to fix in the configuration (exit status 64).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::NotRegistered | Self::NoServerUrl | Self::Tls(_))
+    }
+}
+
+/// A configured agent, ready to run.
+pub struct Agent {
+    config: AgentConfig,
+    dialer: Arc<dyn Dialer>,
+    status: watch::Sender<Status>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// How the next handshake identifies the agent.
+enum Mode {
+    Register { code: String },
+    Authenticate { agent_id: String },
+}
+
+impl Agent {
+    /// An agent dialing over TLS with the trust its configuration asks for.
+    pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        config.validate()?;
+        let trust = match (&config.ca_file, config.insecure_dev) {
+            (Some(ca), _) => tomo_common::tls::Trust::CaFile(ca.clone()),
+            (None, true) => tomo_common::tls::Trust::InsecureDev,
+            (None, false) => tomo_common::tls::Trust::WebPki,
+        };
+        let tls = tomo_common::tls::client_config(&trust)?;
+        let insecure = matches!(trust, tomo_common::tls::Trust::InsecureDev);
+        Ok(Self::with_dialer(config, Arc::new(TlsDialer::new(tls, insecure))))
+    }
+
+    /// An agent with its own transport (tests use in-memory pipes).
+    pub fn with_dialer(config: AgentConfig, dialer: Arc<dyn Dialer>) -> Self {
+        Self { config, dialer, status: watch::channel(Status::Starting).0 }
+    }
+
+    /// Follows the agent's status.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Runs until `shutdown` (then returns `Ok` within the shutdown grace period) or a permanent
+    /// refusal. Transient failures are retried with backoff.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let store = IdentityStore::new(self.config.data_dir.clone(), Box::new(PlainVault));
+        let (keys, mut mode, url) = self.prepare_identity(&store)?;
+        let docker = Arc::new(DockerClient::new(Endpoint::from_env()));
+        let (samples, sampler) = collect::start(Arc::clone(&docker), self.config.intervals.sample, shutdown.child_token()).await;
+        let sampler = tokio::spawn(sampler);
+        let shared = Arc::new(Shared {
+            facts: host::static_facts(&self.config.host_root, self.config.hostname.as_deref()),
+            docker,
+            samples,
+            started: Instant::now(),
+        });
+        let dispatcher = Arc::new(handlers::table());
+        let mut backoff = Backoff::standard();
+        let result = loop {
+            self.status.send_replace(Status::Connecting);
+            let facts = self.facts(&shared);
+            let hello = |nonce: &str| hello(&mode, &keys, nonce, facts);
+            let opened = tokio::select! {
+                r = session::open(&*self.dialer, &url, hello, self.config.intervals.handshake_timeout) => r,
+                _ = shutdown.cancelled() => break Ok(()),
+            };
+            match opened {
+                Ok((ws, agent_id)) => {
+                    if let Mode::Register { .. } = mode {
+                        let reg = Registration { agent_id: agent_id.clone(), server_url: url.clone(), registered_at_ms: tomo_common::now_ms() };
+                        if let Err(e) = store.save_registration(&reg) {
+                            break Err(e.into());
+                        }
+                        tracing::info!(%agent_id, "registered with the control plane");
+                        mode = Mode::Authenticate { agent_id: agent_id.clone() };
+                    }
+                    tracing::info!(%agent_id, %url, "connected");
+                    backoff.reset();
+                    self.status.send_replace(Status::Online { agent_id });
+                    let end = session::serve(ws, Arc::clone(&shared), Arc::clone(&dispatcher), self.config.intervals, shutdown.clone()).await;
+                    match end {
+                        SessionEnd::Shutdown => break Ok(()),
+                        SessionEnd::Lost(reason) => {
+                            tracing::warn!(%reason, "disconnected from the control plane");
+                            self.status.send_replace(Status::Offline { reason });
+                        }
+                    }
+                }
+                Err(SessionError::Refused { reason, message }) if reason.is_permanent() => {
+                    self.status.send_replace(Status::Offline { reason: reason.to_string() });
+                    break Err(AgentError::Refused { reason, message });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot connect to the control plane");
+                    self.status.send_replace(Status::Offline { reason: e.to_string() });
+                }
+            }
+            let delay = backoff.next_delay();
+            tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting after a delay");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => break Ok(()),
+            }
+        };
+        sampler.abort();
+        result
+    }
+
+    /// Loads or creates the key, and decides whether to register or authenticate, and where.
+    fn prepare_identity(&self, store: &IdentityStore) -> Result<(Keys, Mode, String), AgentError> {
+        match store.load()? {
+            Some(Identity { keys, registration: Some(reg) }) => {
+                if self.config.register_code.is_some() {
+                    tracing::info!(agent_id = %reg.agent_id, "already registered; ignoring the registration code");
+                }
+                let url = self.config.server_url.clone().unwrap_or(reg.server_url);
+                Ok((keys, Mode::Authenticate { agent_id: reg.agent_id }, url))
+            }
+            existing => {
+                let code = self.config.register_code.clone().ok_or(AgentError::NotRegistered)?;
+                let url = self.config.server_url.clone().ok_or(AgentError::NoServerUrl)?;
+                // A key saved by an earlier attempt is reused, so that a crash between the control
+                // plane's acceptance and our saving of the agent id does not burn the code.
+                let keys = match existing {
+                    Some(identity) => identity.keys,
+                    None => {
+                        let keys = Keys::generate();
+                        store.save_keys(&keys)?;
+                        keys
+                    }
+                };
+                Ok((keys, Mode::Register { code }, url))
+            }
+        }
+    }
+
+    fn facts(&self, shared: &Shared) -> HostFacts {
+        let f = &shared.facts;
+        let docker = shared.samples.docker.borrow();
+        HostFacts {
+            hostname: f.hostname.clone(),
+            engine_id: docker.engine_id.clone(),
+            docker_version: docker.version.clone(),
+            os: f.os.clone(),
+            kernel: f.kernel.clone(),
+            arch: f.arch.clone(),
+            cpus: f.cpus,
+            memory_bytes: f.memory_bytes,
+            agent_version: VERSION.into(),
+        }
+    }
+}
+
+fn hello(mode: &Mode, keys: &Keys, nonce: &str, facts: HostFacts) -> Handshake {
+    let proto_version = tomo_proto::PROTO_VERSION;
+    match mode {
+        Mode::Register { code } => {
+            let public_key = keys.public_key_b64();
+            let signature = keys.sign_b64(&signing_payload(Purpose::Register, nonce, &public_key));
+            Handshake::Register { proto_version, code: code.clone(), public_key, signature, facts }
+        }
+        Mode::Authenticate { agent_id } => {
+            let signature = keys.sign_b64(&signing_payload(Purpose::Authenticate, nonce, agent_id));
+            Handshake::Authenticate { proto_version, agent_id: agent_id.clone(), signature, facts }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `tomo-agent`: parses configuration, starts logging and signal handling, and runs the agent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tomo_agent::config::AgentConfig;
+
+/// tomo's agent: dials out to a tomo control plane and manages this host's Docker engine.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Control plane endpoint, e.g. wss://tomo.example.com/agent/ws (saved at registration).
+    #[arg(long, env = "SERVER_URL")]
+    server_url: Option<String>,
+    /// One-time registration code (first start only).
+    #[arg(long, env = "REGISTER_CODE", hide_env_values = true)]
+    register_code: Option<String>,
+    /// Where the agent keeps its identity.
+    #[arg(long, env = "TOMO_DATA_DIR", default_value = "/data")]
+    data_dir: PathBuf,
+    /// PEM file of the CA that signed the control plane's certificate.
+    #[arg(long, env = "TOMO_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Report this hostname instead of the host's own.
+    #[arg(long, env = "TOMO_HOSTNAME")]
+    hostname: Option<String>,
+    /// Development mode: without --ca-file, skip certificate verification (warned at every connect).
+    #[arg(long = "dev", env = "TOMO_DEV", value_parser = parse_flag, default_value = "false")]
+    dev: bool,
+    /// Log level or filter (error, warn, info, debug, trace).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, env = "LOG_JSON", value_parser = parse_flag, default_value = "false")]
+    log_json: bool,
+}
+
+fn parse_flag(v: &str) -> Result<bool, std::convert::Infallible> {
+    Ok(tomo_common::logging::truthy(v))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tomo_common::logging::init(Some(&args.log_level), args.log_json);
+    let mut config = AgentConfig::new(args.data_dir);
+    config.server_url = args.server_url;
+    config.register_code = args.register_code.filter(|c| !c.is_empty());
+    config.ca_file = args.ca_file;
+    config.hostname = args.hostname;
+    config.insecure_dev = args.dev && config.ca_file.is_none();
+    tracing::info!(version = tomo_agent::VERSION, config = ?config, "starting tomo-agent");
+
+    let agent = match tomo_agent::Agent::new(config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tomo-agent: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tomo-agent: cannot start the runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(tomo_common_signals(shutdown.clone()));
+        match agent.run(shutdown).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tomo-agent stopped");
+                eprintln!("tomo-agent: {e}");
+                ExitCode::from(if e.is_config() { 64 } else { 1 })
+            }
+        }
+    })
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn tomo_common_signals(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+}

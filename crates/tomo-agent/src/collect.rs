@@ -1,0 +1,90 @@
+//! Background collectors: a sampler that keeps the latest metrics and Docker status, so requests
+//! and the periodic pushes read a ready sample instead of measuring on the request path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tomo_proto::methods::{DockerStatus, Metrics};
+
+use crate::docker::DockerClient;
+use crate::host;
+
+/// How often the engine's identity and version are re-read when it is available.
+const DOCKER_STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+/// The latest samples, readable from anywhere without waiting.
+#[derive(Debug, Clone)]
+pub struct Samples {
+    pub metrics: watch::Receiver<Metrics>,
+    pub docker: watch::Receiver<DockerStatus>,
+}
+
+/// Takes one sample now (so the first request already has data) and returns the receivers and
+/// the task that keeps them fresh every `every` until `shutdown`.
+pub async fn start(
+    docker: Arc<DockerClient>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> (Samples, impl std::future::Future<Output = ()>) {
+    let mut sampler = Sampler::new(docker);
+    let status = sampler.docker.status().await;
+    let first = sampler.sample(&status).await;
+    let (metrics_tx, metrics) = watch::channel(first);
+    let (docker_tx, docker_rx) = watch::channel(status);
+    let task = async move {
+        let mut status_at = Instant::now();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let stale = !docker_tx.borrow().available || status_at.elapsed() >= DOCKER_STATUS_REFRESH;
+            if stale {
+                docker_tx.send_replace(sampler.docker.status().await);
+                status_at = Instant::now();
+            }
+            let status = docker_tx.borrow().clone();
+            let m = sampler.sample(&status).await;
+            metrics_tx.send_replace(m);
+        }
+    };
+    (Samples { metrics, docker: docker_rx }, task)
+}
+
+struct Sampler {
+    docker: Arc<DockerClient>,
+    cpu: (u64, u64),
+    net: (u64, u64),
+    at: Instant,
+}
+
+impl Sampler {
+    fn new(docker: Arc<DockerClient>) -> Self {
+        Self { docker, cpu: host::cpu_times(), net: host::net_bytes(), at: Instant::now() }
+    }
+
+    async fn sample(&mut self, docker: &DockerStatus) -> Metrics {
+        let (cpu, net, at) = (host::cpu_times(), host::net_bytes(), Instant::now());
+        let secs = at.duration_since(self.at).as_secs_f64();
+        let (memory, swap) = host::memory();
+        let containers = if docker.available { self.docker.counts().await.ok() } else { None };
+        let m = Metrics {
+            sampled_at_ms: tomo_common::now_ms(),
+            cpu_percent: host::cpu_percent(self.cpu, cpu),
+            memory,
+            swap,
+            disks: host::disks(),
+            network: host::rates(self.net, net, secs),
+            load: host::load(),
+            uptime_secs: host::uptime_secs(),
+            containers,
+        };
+        (self.cpu, self.net, self.at) = (cpu, net, at);
+        m
+    }
+}

@@ -1,0 +1,146 @@
+//! The agent's configuration: a typed struct built from flags and environment, validated whole
+//! before anything connects.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the agent needs to run. `Debug` redacts the registration code.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// Where to dial, e.g. `wss://tomo.example.com/agent/ws`. `None`: the URL saved at registration.
+    pub server_url: Option<String>,
+    /// One-time registration code; used only when the agent has no identity yet.
+    pub register_code: Option<String>,
+    /// Where the identity and state live (0700 directory, 0600 files).
+    pub data_dir: PathBuf,
+    /// PEM file of the CA that signed the control plane's certificate (self-signed setups).
+    pub ca_file: Option<PathBuf>,
+    /// `TOMO_DEV=1` without a CA file: no certificate verification, with a warning at every connect.
+    pub insecure_dev: bool,
+    /// Overrides the reported hostname.
+    pub hostname: Option<String>,
+    /// Root of the host's filesystem as the agent sees it (`/host` when containerized).
+    pub host_root: PathBuf,
+    pub intervals: Intervals,
+}
+
+/// Timings of the background collectors and the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Intervals {
+    pub metrics_push: Duration,
+    pub health_push: Duration,
+    pub sample: Duration,
+    pub heartbeat: Duration,
+    pub dead_after: Duration,
+    pub handshake_timeout: Duration,
+    /// How long in-flight requests get to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Intervals {
+    fn default() -> Self {
+        Self {
+            metrics_push: Duration::from_secs(30),
+            health_push: Duration::from_secs(60),
+            sample: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(tomo_proto::HEARTBEAT_SECS),
+            dead_after: Duration::from_secs(tomo_proto::DEAD_AFTER_SECS),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// Bad configuration: the binary prints it on one line and exits with status 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("server URL {0:?} must start with wss:// (the agent never talks to the control plane in clear)")]
+    NotWss(String),
+    #[error("server URL {0:?} is not a valid URL")]
+    BadUrl(String),
+    #[error("CA file {0} does not exist")]
+    MissingCa(PathBuf),
+}
+
+impl AgentConfig {
+    /// A configuration with defaults for everything but the data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            server_url: None,
+            register_code: None,
+            data_dir,
+            ca_file: None,
+            insecure_dev: false,
+            hostname: None,
+            host_root: default_host_root(),
+            intervals: Intervals::default(),
+        }
+    }
+
+    /// Checks everything that can be checked before connecting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.server_url {
+            check_url(url)?;
+        }
+        if let Some(ca) = &self.ca_file
+            && !ca.exists()
+        {
+            return Err(ConfigError::MissingCa(ca.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// A server URL must be `wss://host[:port]/path`.
+pub fn check_url(url: &str) -> Result<(), ConfigError> {
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|_| ConfigError::BadUrl(url.into()))?;
+    if uri.scheme_str() != Some("wss") {
+        return Err(ConfigError::NotWss(url.into()));
+    }
+    if uri.host().is_none() {
+        return Err(ConfigError::BadUrl(url.into()));
+    }
+    Ok(())
+}
+
+/// `/host` when the host's root is mounted there (the agent runs in a container), else `/`.
+fn default_host_root() -> PathBuf {
+    let host = PathBuf::from("/host");
+    if host.join("etc").is_dir() { host } else { PathBuf::from("/") }
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("server_url", &self.server_url)
+            .field("register_code", &self.register_code.as_ref().map(|_| "<redacted>"))
+            .field("data_dir", &self.data_dir)
+            .field("ca_file", &self.ca_file)
+            .field("insecure_dev", &self.insecure_dev)
+            .field("hostname", &self.hostname)
+            .field("host_root", &self.host_root)
+            .field("intervals", &self.intervals)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_wss_urls() {
+        assert!(check_url("wss://127.0.0.1:7443/agent/ws").is_ok());
+        assert!(matches!(check_url("ws://127.0.0.1/agent/ws"), Err(ConfigError::NotWss(_))));
+        assert!(matches!(check_url("https://x/agent/ws"), Err(ConfigError::NotWss(_))));
+        assert!(check_url("not a url").is_err());
+    }
+
+    #[test]
+    fn debug_redacts_code() {
+        let mut c = AgentConfig::new("/data".into());
+        c.register_code = Some("secret-code".into());
+        let text = format!("{c:?}");
+        assert!(!text.contains("secret-code"), "{text}");
+    }
+}

@@ -1,0 +1,126 @@
+//! The closed table of methods the agent serves.
+//!
+//! Each entry is built from a [`Method`] type, so it has a name, a level and typed params; there is
+//! no other way in. An unknown method is -32601 before anything else looks at the request; params
+//! are parsed only by the entry's own type, and a failure names the offending parameter (-32602).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tomo_proto::methods::{Level, Method};
+use tomo_proto::rpc::RpcError;
+
+use crate::Shared;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, RpcError>> + Send>>;
+type Handler = Box<dyn Fn(Arc<Shared>, &str) -> BoxFuture + Send + Sync>;
+
+struct Entry {
+    level: Level,
+    handler: Handler,
+}
+
+/// Method name → handler, fixed once built.
+pub struct Dispatcher {
+    table: HashMap<&'static str, Entry>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.table.keys().collect();
+        names.sort();
+        f.debug_struct("Dispatcher").field("methods", &names).finish()
+    }
+}
+
+impl Dispatcher {
+    /// An empty table; see [`Dispatcher::register`].
+    pub fn new() -> Self {
+        Self { table: HashMap::new() }
+    }
+
+    /// Adds method `M`, served by `f`. Registering a name twice is a programming error.
+    pub fn register<M, F, Fut>(mut self, _method: M, f: F) -> Self
+    where
+        M: Method,
+        F: Fn(Arc<Shared>, M::Params) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<M::Result, RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let handler: Handler = Box::new(move |shared, raw| {
+            let params = parse_params::<M::Params>(raw);
+            let f = Arc::clone(&f);
+            Box::pin(async move {
+                let result = f(shared, params?).await?;
+                serde_json::to_value(result).map_err(RpcError::internal)
+            })
+        });
+        let previous = self.table.insert(M::NAME, Entry { level: M::LEVEL, handler });
+        assert!(previous.is_none(), "method {} registered twice", M::NAME);
+        self
+    }
+
+    /// The level of a method, `None` when the agent does not serve it.
+    pub fn level(&self, method: &str) -> Option<Level> {
+        self.table.get(method).map(|e| e.level)
+    }
+
+    /// Names of all methods, sorted.
+    pub fn methods(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.table.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Runs `method` with its raw params (`None` when absent).
+    pub fn call(&self, shared: Arc<Shared>, method: &str, params: Option<&str>) -> BoxFuture {
+        match self.table.get(method) {
+            Some(entry) => (entry.handler)(shared, params.unwrap_or("{}")),
+            None => {
+                let e = RpcError::method_not_found(method);
+                Box::pin(async move { Err(e) })
+            }
+        }
+    }
+}
+
+impl Default for Dispatcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Parses params, naming the parameter at fault.
+fn parse_params<P: serde::de::DeserializeOwned>(raw: &str) -> Result<P, RpcError> {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let data = serde_json::json!({ "param": path });
+        if path == "." {
+            RpcError::invalid_params(inner).with_data(data)
+        } else {
+            RpcError::invalid_params(format!("{path}: {inner}")).with_data(data)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tomo_proto::methods::ContainersListParams;
+
+    #[test]
+    fn params_errors_name_the_parameter() {
+        let e = parse_params::<ContainersListParams>(r#"{"all":"yes"}"#).expect_err("bad type");
+        assert_eq!(e.code, tomo_proto::rpc::code::INVALID_PARAMS);
+        assert!(e.message.contains("all"), "{}", e.message);
+        let e = parse_params::<ContainersListParams>(r#"{"al":true}"#).expect_err("unknown field");
+        assert!(e.message.contains("al"), "{}", e.message);
+        assert!(parse_params::<ContainersListParams>("{}").is_ok());
+        assert!(parse_params::<ContainersListParams>("[true]").is_ok_and(|p| p.all));
+    }
+}

@@ -1,0 +1,191 @@
+//! The only module that talks to the Docker engine, through bollard with API version negotiation.
+//!
+//! The endpoint comes from `DOCKER_HOST`: the local unix socket by default; a TCP endpoint only
+//! with TLS and certificate verification (`DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`), never in clear.
+//! The client is made lazily and dropped after a connection failure, so the agent finds the
+//! engine again by itself when it comes back (possibly with another API version).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use bollard::Docker;
+use tomo_proto::methods::{ContainerCounts, ContainerSummary, DockerStatus};
+use tomo_proto::rpc::{RpcError, code};
+
+const TIMEOUT_SECS: u64 = 120;
+
+/// Where the engine is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(String),
+    TcpTls { addr: String, cert_dir: PathBuf },
+    /// A configuration the agent refuses, with the reason; Docker methods answer it as -32003.
+    Refused(String),
+}
+
+impl Endpoint {
+    /// Reads `DOCKER_HOST`, `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`.
+    pub fn from_env() -> Self {
+        let host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        let verify = std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0");
+        let cert = std::env::var("DOCKER_CERT_PATH").ok().map(PathBuf::from);
+        Self::parse(host.as_deref(), verify, cert)
+    }
+
+    fn parse(host: Option<&str>, tls_verify: bool, cert_path: Option<PathBuf>) -> Self {
+        match host {
+            None => Self::Unix("/var/run/docker.sock".into()),
+            Some(h) if h.starts_with("unix://") => Self::Unix(h.trim_start_matches("unix://").into()),
+            Some(h) if h.starts_with("tcp://") || h.starts_with("https://") => {
+                if !tls_verify {
+                    return Self::Refused(format!(
+                        "DOCKER_HOST={h} is a TCP endpoint without TLS; set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH"
+                    ));
+                }
+                let cert_dir = cert_path
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+                    .unwrap_or_else(|| PathBuf::from(".docker"));
+                let addr = h.replacen("tcp://", "https://", 1);
+                Self::TcpTls { addr, cert_dir }
+            }
+            Some(h) => Self::Refused(format!("DOCKER_HOST={h}: unsupported scheme (use unix:// or tcp:// with TLS)")),
+        }
+    }
+}
+
+/// A lazily connected, self-healing Docker client.
+#[derive(Debug)]
+pub struct DockerClient {
+    endpoint: Endpoint,
+    client: Mutex<Option<Docker>>,
+}
+
+impl DockerClient {
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint, client: Mutex::new(None) }
+    }
+
+    /// A connected client with a negotiated API version, or -32003 saying why there is none.
+    pub async fn client(&self) -> Result<Docker, RpcError> {
+        if let Some(c) = self.client.lock().ok().and_then(|c| c.clone()) {
+            return Ok(c);
+        }
+        let fresh = match &self.endpoint {
+            Endpoint::Unix(path) => Docker::connect_with_unix(path, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION),
+            Endpoint::TcpTls { addr, cert_dir } => Docker::connect_with_ssl(
+                addr,
+                &cert_dir.join("key.pem"),
+                &cert_dir.join("cert.pem"),
+                &cert_dir.join("ca.pem"),
+                TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            ),
+            Endpoint::Refused(why) => return Err(RpcError::new(code::DOCKER, why.clone())),
+        }
+        .map_err(|e| unavailable(&e))?;
+        let negotiated = fresh.negotiate_version().await.map_err(|e| unavailable(&e))?;
+        if let Ok(mut slot) = self.client.lock() {
+            *slot = Some(negotiated.clone());
+        }
+        Ok(negotiated)
+    }
+
+    /// Maps a bollard error to JSON-RPC, forgetting the client when the engine went away.
+    pub fn error(&self, e: bollard::errors::Error) -> RpcError {
+        use bollard::errors::Error as E;
+        match e {
+            E::DockerResponseServerError { status_code: 404, message } => {
+                RpcError::new(code::NOT_FOUND, format!("not found: {message}"))
+            }
+            E::DockerResponseServerError { status_code, message } => {
+                RpcError::new(code::DOCKER, format!("Docker error ({status_code}): {message}"))
+            }
+            other => {
+                if let Ok(mut slot) = self.client.lock() {
+                    *slot = None;
+                }
+                unavailable(&other)
+            }
+        }
+    }
+
+    /// Engine version, API version and id; never fails (an unavailable engine is reported as such).
+    pub async fn status(&self) -> DockerStatus {
+        let info = async {
+            let docker = self.client().await?;
+            let info = docker.info().await.map_err(|e| self.error(e))?;
+            Ok::<_, RpcError>((info, docker.client_version().to_string()))
+        };
+        match info.await {
+            Ok((info, api)) => DockerStatus {
+                available: true,
+                version: info.server_version,
+                api_version: Some(api),
+                engine_id: info.id,
+                error: None,
+            },
+            Err(e) => DockerStatus { available: false, error: Some(e.message), ..Default::default() },
+        }
+    }
+
+    /// Containers, running only unless `all`.
+    pub async fn list_containers(&self, all: bool) -> Result<Vec<ContainerSummary>, RpcError> {
+        let docker = self.client().await?;
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default().all(all).build();
+        let list = docker.list_containers(Some(opts)).await.map_err(|e| self.error(e))?;
+        Ok(list
+            .into_iter()
+            .map(|c| ContainerSummary {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default(),
+                image: c.image.unwrap_or_default(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                status: c.status.unwrap_or_default(),
+                created: c.created.unwrap_or_default(),
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+            })
+            .collect())
+    }
+
+    /// Running and stopped container counts.
+    pub async fn counts(&self) -> Result<ContainerCounts, RpcError> {
+        let all = self.list_containers(true).await?;
+        let running = all.iter().filter(|c| c.state == "running").count() as u64;
+        Ok(ContainerCounts { running, stopped: all.len() as u64 - running })
+    }
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> RpcError {
+    RpcError::new(code::DOCKER, format!("Docker engine unavailable: {e}"))
+        .with_data(serde_json::json!({"reason": "docker_unavailable"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_without_tls_is_refused() {
+        assert!(matches!(Endpoint::parse(Some("tcp://10.0.0.1:2375"), false, None), Endpoint::Refused(_)));
+        assert!(matches!(
+            Endpoint::parse(Some("tcp://10.0.0.1:2376"), true, Some("/certs".into())),
+            Endpoint::TcpTls { .. }
+        ));
+        assert_eq!(Endpoint::parse(None, false, None), Endpoint::Unix("/var/run/docker.sock".into()));
+        assert_eq!(Endpoint::parse(Some("unix:///run/d.sock"), false, None), Endpoint::Unix("/run/d.sock".into()));
+        assert!(matches!(Endpoint::parse(Some("ssh://x"), false, None), Endpoint::Refused(_)));
+    }
+
+    #[tokio::test]
+    async fn missing_socket_is_a_docker_error() {
+        let d = DockerClient::new(Endpoint::Unix("/nonexistent/docker.sock".into()));
+        let e = d.list_containers(true).await.expect_err("no engine there");
+        assert_eq!(e.code, code::DOCKER);
+        let s = d.status().await;
+        assert!(!s.available && s.error.is_some());
+    }
+}

@@ -1,0 +1,246 @@
+//! The agent's identity: an Ed25519 key pair made at registration, and the state saved with it.
+//!
+//! Files in the data directory, all 0600 and written atomically:
+//! - `agent.key`: the private key (PKCS#8), sealed by a [`KeyVault`];
+//! - `agent.json`: agent id, server URL, registration time.
+//!
+//! The control plane keeps only the public key. [`KeyVault`] is the seam for encryption at rest:
+//! [`PlainVault`] stores the key as is; an AEAD vault keyed from the machine id replaces it
+//! without changing any caller.
+
+use std::path::{Path, PathBuf};
+
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use serde::{Deserialize, Serialize};
+use tomo_common::{b64, unb64};
+
+const KEY_FILE: &str = "agent.key";
+const STATE_FILE: &str = "agent.json";
+
+/// Seals and opens the private key for storage.
+pub trait KeyVault: Send + Sync {
+    /// Name written next to the sealed key, so a file is always opened by the vault that sealed it.
+    fn format(&self) -> &'static str;
+    fn seal(&self, secret: &[u8]) -> Result<Vec<u8>, IdentityError>;
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, IdentityError>;
+}
+
+/// Stores the key unencrypted (protected by file mode 0600 only).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainVault;
+
+impl KeyVault for PlainVault {
+    fn format(&self) -> &'static str {
+        "plain-v1"
+    }
+    fn seal(&self, secret: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        Ok(secret.to_vec())
+    }
+    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        Ok(sealed.to_vec())
+    }
+}
+
+/// Errors loading or saving the identity.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0} is readable or writable by other users; run `chmod 600 {0}`")]
+    Exposed(PathBuf),
+    #[error("{path} is corrupt: {why}")]
+    Corrupt { path: PathBuf, why: String },
+    #[error("{path} was sealed as {found:?}, this agent opens {expected:?}")]
+    WrongFormat { path: PathBuf, found: String, expected: &'static str },
+}
+
+/// An Ed25519 key pair.
+pub struct Keys {
+    pair: Ed25519KeyPair,
+    pkcs8: Vec<u8>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").field("public_key", &self.public_key_b64()).finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    /// A fresh key pair from the OS random source.
+    pub fn generate() -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng).expect("Ed25519 key generation does not fail");
+        Self::from_pkcs8(doc.as_ref().to_vec()).expect("a generated key parses")
+    }
+
+    fn from_pkcs8(pkcs8: Vec<u8>) -> Option<Self> {
+        let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).ok()?;
+        Some(Self { pair, pkcs8 })
+    }
+
+    pub fn public_key(&self) -> &[u8] {
+        self.pair.public_key().as_ref()
+    }
+
+    pub fn public_key_b64(&self) -> String {
+        b64(self.public_key())
+    }
+
+    /// Signs `msg`; the signature as base64.
+    pub fn sign_b64(&self, msg: &[u8]) -> String {
+        b64(self.pair.sign(msg).as_ref())
+    }
+}
+
+/// What is saved next to the key once the control plane accepted the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub agent_id: String,
+    pub server_url: String,
+    pub registered_at_ms: i64,
+}
+
+/// The agent's identity as found in the data directory.
+#[derive(Debug)]
+pub struct Identity {
+    pub keys: Keys,
+    /// `None` until a registration succeeded.
+    pub registration: Option<Registration>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SealedKey {
+    format: String,
+    data: String,
+}
+
+/// Reads and writes the identity files of one data directory.
+pub struct IdentityStore {
+    dir: PathBuf,
+    vault: Box<dyn KeyVault>,
+}
+
+impl std::fmt::Debug for IdentityStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityStore").field("dir", &self.dir).field("vault", &self.vault.format()).finish()
+    }
+}
+
+impl IdentityStore {
+    pub fn new(dir: PathBuf, vault: Box<dyn KeyVault>) -> Self {
+        Self { dir, vault }
+    }
+
+    /// Loads the identity; `None` when no key exists yet.
+    pub fn load(&self) -> Result<Option<Identity>, IdentityError> {
+        let key_path = self.dir.join(KEY_FILE);
+        if !key_path.exists() {
+            return Ok(None);
+        }
+        check_private(&key_path)?;
+        let keys = self.load_keys(&key_path)?;
+        let state_path = self.dir.join(STATE_FILE);
+        let registration = if state_path.exists() {
+            check_private(&state_path)?;
+            let text = read(&state_path)?;
+            Some(serde_json::from_slice(&text).map_err(|e| corrupt(&state_path, e))?)
+        } else {
+            None
+        };
+        Ok(Some(Identity { keys, registration }))
+    }
+
+    fn load_keys(&self, path: &Path) -> Result<Keys, IdentityError> {
+        let sealed: SealedKey = serde_json::from_slice(&read(path)?).map_err(|e| corrupt(path, e))?;
+        if sealed.format != self.vault.format() {
+            return Err(IdentityError::WrongFormat {
+                path: path.to_owned(),
+                found: sealed.format,
+                expected: self.vault.format(),
+            });
+        }
+        let data = unb64(&sealed.data).ok_or_else(|| corrupt(path, "key is not base64"))?;
+        let pkcs8 = self.vault.open(&data)?;
+        Keys::from_pkcs8(pkcs8).ok_or_else(|| corrupt(path, "not an Ed25519 PKCS#8 key"))
+    }
+
+    /// Saves a new key pair (before it is ever sent anywhere, so a crash cannot lose it).
+    pub fn save_keys(&self, keys: &Keys) -> Result<(), IdentityError> {
+        self.ensure_dir()?;
+        let sealed = SealedKey { format: self.vault.format().into(), data: b64(&self.vault.seal(&keys.pkcs8)?) };
+        let path = self.dir.join(KEY_FILE);
+        let json = serde_json::to_vec(&sealed).expect("serializes");
+        tomo_common::fs::write_private(&path, &json).map_err(|source| IdentityError::Io { path, source })
+    }
+
+    /// Saves the registration once the control plane welcomed the agent.
+    pub fn save_registration(&self, reg: &Registration) -> Result<(), IdentityError> {
+        self.ensure_dir()?;
+        let path = self.dir.join(STATE_FILE);
+        let json = serde_json::to_vec_pretty(reg).expect("serializes");
+        tomo_common::fs::write_private(&path, &json).map_err(|source| IdentityError::Io { path, source })
+    }
+
+    fn ensure_dir(&self) -> Result<(), IdentityError> {
+        tomo_common::fs::create_private_dir(&self.dir).map_err(|source| IdentityError::Io { path: self.dir.clone(), source })
+    }
+}
+
+fn check_private(path: &Path) -> Result<(), IdentityError> {
+    match tomo_common::fs::is_exposed(path) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(IdentityError::Exposed(path.to_owned())),
+        Err(source) => Err(IdentityError::Io { path: path.to_owned(), source }),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
+    std::fs::read(path).map_err(|source| IdentityError::Io { path: path.to_owned(), source })
+}
+
+fn corrupt(path: &Path, why: impl std::fmt::Display) -> IdentityError {
+    IdentityError::Corrupt { path: path.to_owned(), why: why.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn store(dir: &Path) -> IdentityStore {
+        IdentityStore::new(dir.to_owned(), Box::new(PlainVault))
+    }
+
+    #[test]
+    fn keys_and_registration_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        assert!(s.load().expect("load").is_none());
+        let keys = Keys::generate();
+        s.save_keys(&keys).expect("save");
+        let loaded = s.load().expect("load").expect("some");
+        assert_eq!(loaded.keys.public_key(), keys.public_key());
+        assert!(loaded.registration.is_none());
+        let reg = Registration { agent_id: "a".into(), server_url: "wss://x/agent/ws".into(), registered_at_ms: 1 };
+        s.save_registration(&reg).expect("save");
+        assert_eq!(s.load().expect("load").expect("some").registration, Some(reg));
+    }
+
+    #[test]
+    fn refuses_a_key_readable_by_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        s.save_keys(&Keys::generate()).expect("save");
+        let key = dir.path().join(KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(s.load(), Err(IdentityError::Exposed(_))));
+    }
+
+    #[test]
+    fn debug_never_shows_the_private_key() {
+        let keys = Keys::generate();
+        let text = format!("{keys:?}");
+        assert!(!text.contains(&b64(&keys.pkcs8)));
+    }
+}

@@ -1,0 +1,373 @@
+//! One connection to the control plane: dial, handshake, then serve JSON-RPC until the connection
+//! dies, the control plane closes it, or the agent shuts down.
+//!
+//! The transport comes from a [`Dialer`] so that the same session code runs over TLS in production
+//! and over in-memory pipes in the paused-clock tests of heartbeats and backoff.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_util::sync::CancellationToken;
+use tomo_proto::handshake::{Handshake, RefusalReason};
+use tomo_proto::methods::{HEALTH_STATUS, HealthStatus, METRICS_UPDATE};
+use tomo_proto::rpc::{self, Frame, Id, Message, OutgoingNotification, Response, RpcError, V2};
+
+use crate::Shared;
+use crate::config::Intervals;
+use crate::dispatch::Dispatcher;
+
+/// A byte stream the session can run over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A WebSocket over any [`Io`].
+pub type Ws = WebSocketStream<Box<dyn Io>>;
+
+type DialFuture<'a> = Pin<Box<dyn Future<Output = Result<Box<dyn Io>, SessionError>> + Send + 'a>>;
+
+/// Opens the byte stream to the control plane.
+pub trait Dialer: Send + Sync {
+    fn dial<'a>(&'a self, url: &'a str) -> DialFuture<'a>;
+}
+
+/// Why a connection attempt or a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot reach {url}: {source}")]
+    Connect { url: String, source: std::io::Error },
+    #[error("TLS handshake with {url} failed: {source}")]
+    Tls { url: String, source: std::io::Error },
+    #[error("WebSocket: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+    #[error("protocol violation by the control plane: {0}")]
+    Protocol(String),
+    #[error("the control plane refused the agent ({reason}): {message}")]
+    Refused { reason: RefusalReason, message: String },
+    #[error("no answer from the control plane within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Dials `wss://` URLs over TCP and rustls.
+pub struct TlsDialer {
+    connector: tokio_rustls::TlsConnector,
+    insecure_dev: bool,
+}
+
+impl std::fmt::Debug for TlsDialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsDialer").field("insecure_dev", &self.insecure_dev).finish_non_exhaustive()
+    }
+}
+
+impl TlsDialer {
+    pub fn new(config: rustls::ClientConfig, insecure_dev: bool) -> Self {
+        Self { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), insecure_dev }
+    }
+}
+
+impl Dialer for TlsDialer {
+    fn dial<'a>(&'a self, url: &'a str) -> DialFuture<'a> {
+        Box::pin(async move {
+            let uri: tungstenite::http::Uri = url.parse().map_err(|_| SessionError::Protocol(format!("bad URL {url}")))?;
+            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            if self.insecure_dev {
+                tracing::warn!(%url, "TOMO_DEV=1: TLS certificate verification is OFF for this connection; pin the control plane's CA with --ca-file instead");
+            }
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|source| SessionError::Connect { url: url.into(), source })?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from(host)
+                .map_err(|_| SessionError::Protocol(format!("bad host in {url}")))?;
+            let tls = self.connector.connect(name, tcp).await.map_err(|source| SessionError::Tls { url: url.into(), source })?;
+            Ok(Box::new(tls) as Box<dyn Io>)
+        })
+    }
+}
+
+/// The WebSocket limits of the agent's side.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(tomo_proto::MAX_SERVER_MESSAGE_BYTES))
+        .max_frame_size(Some(tomo_proto::MAX_SERVER_MESSAGE_BYTES))
+}
+
+/// Dials, upgrades to WebSocket and runs the handshake; `hello` builds the agent's message from
+/// the server's nonce. Returns the open socket and the agent id the control plane confirmed.
+pub async fn open(
+    dialer: &dyn Dialer,
+    url: &str,
+    hello: impl FnOnce(&str) -> Handshake,
+    timeout: Duration,
+) -> Result<(Ws, String), SessionError> {
+    let io = dialer.dial(url).await?;
+    let work = async {
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, io, Some(ws_config())).await?;
+        let nonce = match next_handshake(&mut ws).await? {
+            Handshake::Challenge { proto_version, nonce } if proto_version == tomo_proto::PROTO_VERSION => nonce,
+            Handshake::Challenge { proto_version, .. } => {
+                return Err(SessionError::Protocol(format!("control plane speaks protocol {proto_version}")));
+            }
+            other => return Err(SessionError::Protocol(format!("expected a challenge, got {other:?}"))),
+        };
+        ws.send(WsMessage::text(hello(&nonce).to_json())).await?;
+        match next_handshake(&mut ws).await? {
+            Handshake::Welcome { agent_id, .. } => Ok((ws, agent_id)),
+            Handshake::Refused { reason, message } => Err(SessionError::Refused { reason, message }),
+            other => Err(SessionError::Protocol(format!("expected welcome, got {other:?}"))),
+        }
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| SessionError::Timeout(timeout))?
+}
+
+async fn next_handshake(ws: &mut Ws) -> Result<Handshake, SessionError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Text(t))) => {
+                return Handshake::parse(&t).map_err(|_| SessionError::Protocol("malformed handshake message".into()));
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Close(frame))) => {
+                let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                return Err(SessionError::Protocol(format!("closed during handshake: {why}")));
+            }
+            Some(Ok(_)) => return Err(SessionError::Protocol("unexpected binary frame".into())),
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(SessionError::Protocol("connection closed during handshake".into())),
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The agent is shutting down; the close frame was sent.
+    Shutdown,
+    /// The connection is gone; reconnect.
+    Lost(String),
+}
+
+/// An answer to send, and the task that produced it.
+struct Answer {
+    task: u64,
+    text: String,
+}
+
+/// A request being served.
+struct InFlight {
+    abort: AbortHandle,
+    ids: Vec<Id>,
+    batch: bool,
+}
+
+/// Serves one authenticated session until it ends.
+pub async fn serve(
+    ws: Ws,
+    shared: Arc<Shared>,
+    dispatcher: Arc<Dispatcher>,
+    intervals: Intervals,
+    shutdown: CancellationToken,
+) -> SessionEnd {
+    let (mut sink, mut stream) = ws.split();
+    let (answers_tx, mut answers) = mpsc::channel::<Answer>(64);
+    let mut inflight: HashMap<u64, InFlight> = HashMap::new();
+    let mut next_task = 0u64;
+    let start = tokio::time::Instant::now();
+    let mut heartbeat = tokio::time::interval_at(start + intervals.heartbeat, intervals.heartbeat);
+    let mut metrics = tokio::time::interval(intervals.metrics_push);
+    let mut health = tokio::time::interval(intervals.health_push);
+    for t in [&mut heartbeat, &mut metrics, &mut health] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let dead = tokio::time::sleep(intervals.dead_after);
+    tokio::pin!(dead);
+
+    let end = loop {
+        let outgoing = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+            Some(a) = answers.recv() => {
+                inflight.remove(&a.task);
+                (!a.text.is_empty()).then_some(a.text)
+            }
+            msg = stream.next() => {
+                dead.as_mut().reset(tokio::time::Instant::now() + intervals.dead_after);
+                match msg {
+                    Some(Ok(WsMessage::Text(text))) => {
+                        let ctx = RequestCtx { shared: &shared, dispatcher: &dispatcher, answers: &answers_tx };
+                        match ctx.handle(&text, next_task) {
+                            Handled::Reply(t) => Some(t),
+                            Handled::Spawned(f) => {
+                                inflight.insert(next_task, f);
+                                next_task += 1;
+                                None
+                            }
+                            Handled::Nothing => None,
+                        }
+                    }
+                    Some(Ok(WsMessage::Close(_))) => break SessionEnd::Lost("closed by the control plane".into()),
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        Some(Response::err(Id::Null, RpcError::invalid_request("binary frames are not part of the protocol")).to_json())
+                    }
+                    Some(Ok(_)) => None,
+                    Some(Err(e)) => break SessionEnd::Lost(format!("connection error: {e}")),
+                    None => break SessionEnd::Lost("connection closed".into()),
+                }
+            }
+            _ = &mut dead => break SessionEnd::Lost(format!("no traffic from the control plane for {:?}", intervals.dead_after)),
+            _ = heartbeat.tick() => {
+                if let Err(e) = sink.send(WsMessage::Ping(Default::default())).await {
+                    break SessionEnd::Lost(format!("heartbeat failed: {e}"));
+                }
+                None
+            }
+            _ = metrics.tick() => Some(notification(METRICS_UPDATE, &*shared.samples.metrics.borrow())),
+            _ = health.tick() => Some(notification(HEALTH_STATUS, &health_status(&shared))),
+        };
+        if let Some(text) = outgoing
+            && let Err(e) = sink.send(WsMessage::text(text)).await
+        {
+            break SessionEnd::Lost(format!("send failed: {e}"));
+        }
+    };
+
+    if end == SessionEnd::Shutdown {
+        // In-flight requests get a grace period to finish; the rest are answered with an error.
+        let grace = tokio::time::sleep(intervals.shutdown_grace);
+        tokio::pin!(grace);
+        while !inflight.is_empty() {
+            tokio::select! {
+                Some(a) = answers.recv() => {
+                    inflight.remove(&a.task);
+                    if !a.text.is_empty() {
+                        let _ = sink.send(WsMessage::text(a.text)).await;
+                    }
+                }
+                _ = &mut grace => break,
+            }
+        }
+        for (_, f) in inflight.drain() {
+            f.abort.abort();
+            let errs: Vec<Response> = f
+                .ids
+                .into_iter()
+                .map(|id| Response::err(id, RpcError::new(rpc::code::SHUTTING_DOWN, "agent shutting down")))
+                .collect();
+            let text = if f.batch { serde_json::to_string(&errs).unwrap_or_default() } else { errs[0].to_json() };
+            let _ = sink.send(WsMessage::text(text)).await;
+        }
+        let close = CloseFrame { code: CloseCode::Away, reason: "agent shutting down".into() };
+        let _ = sink.send(WsMessage::Close(Some(close))).await;
+        let _ = sink.close().await;
+    }
+    end
+}
+
+fn notification<P: serde::Serialize>(method: &str, params: &P) -> String {
+    serde_json::to_string(&OutgoingNotification { jsonrpc: V2, method, params }).unwrap_or_default()
+}
+
+fn health_status(shared: &Shared) -> HealthStatus {
+    let docker = shared.samples.docker.borrow().clone();
+    HealthStatus {
+        status: if docker.available { "healthy" } else { "degraded" }.into(),
+        uptime_secs: shared.started.elapsed().as_secs(),
+        agent_version: crate::VERSION.into(),
+        docker,
+    }
+}
+
+enum Handled {
+    Reply(String),
+    Spawned(InFlight),
+    Nothing,
+}
+
+struct RequestCtx<'a> {
+    shared: &'a Arc<Shared>,
+    dispatcher: &'a Arc<Dispatcher>,
+    answers: &'a mpsc::Sender<Answer>,
+}
+
+impl RequestCtx<'_> {
+    /// Classifies a frame: errors are answered at once, requests run in their own task.
+    fn handle(&self, text: &str, task: u64) -> Handled {
+        match rpc::parse_frame(text) {
+            Frame::Error(e) => Handled::Reply(Response::err(Id::Null, e).to_json()),
+            Frame::Single(Message::Invalid(id, e)) => Handled::Reply(Response::err(id, e).to_json()),
+            Frame::Single(Message::Response(_)) => {
+                tracing::debug!("ignoring a response: the agent sends no requests");
+                Handled::Nothing
+            }
+            Frame::Single(Message::Request(req)) => match req.id.clone() {
+                None => {
+                    tracing::warn!(method = %req.method, "ignoring a notification: the agent acts only on requests it can answer");
+                    Handled::Nothing
+                }
+                Some(id) => {
+                    let fut = answer(Arc::clone(self.shared), Arc::clone(self.dispatcher), req);
+                    let ids = vec![id];
+                    self.spawn(task, ids, false, async move { fut.await.map(|r| r.to_json()) })
+                }
+            },
+            Frame::Batch(items) => {
+                let mut ids = Vec::new();
+                let mut futs = Vec::new();
+                for item in items {
+                    match item {
+                        Message::Request(req) => {
+                            if let Some(id) = req.id.clone() {
+                                ids.push(id);
+                            }
+                            futs.push(answer(Arc::clone(self.shared), Arc::clone(self.dispatcher), req).boxed());
+                        }
+                        Message::Invalid(id, e) => futs.push(std::future::ready(Some(Response::err(id, e))).boxed()),
+                        Message::Response(_) => {}
+                    }
+                }
+                self.spawn(task, ids, true, async move {
+                    let responses: Vec<Response> = futures_util::future::join_all(futs).await.into_iter().flatten().collect();
+                    // A batch of notifications only gets no answer at all.
+                    (!responses.is_empty()).then(|| serde_json::to_string(&responses).unwrap_or_default())
+                })
+            }
+        }
+    }
+
+    fn spawn(&self, task: u64, ids: Vec<Id>, batch: bool, work: impl Future<Output = Option<String>> + Send + 'static) -> Handled {
+        let tx = self.answers.clone();
+        let handle = tokio::spawn(async move {
+            // An empty answer still tells the loop that the task is done.
+            let text = work.await.unwrap_or_default();
+            let _ = tx.send(Answer { task, text }).await;
+        });
+        Handled::Spawned(InFlight { abort: handle.abort_handle(), ids, batch })
+    }
+}
+
+/// Runs one request; `None` for a notification. A panicking handler becomes -32603 for this
+/// request only.
+async fn answer(shared: Arc<Shared>, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Option<Response> {
+    let id = req.id?;
+    let fut = dispatcher.call(shared, &req.method, req.params.as_deref().map(|p| p.get()));
+    let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => r,
+        Err(_) => Err(RpcError::internal("the handler panicked")),
+    };
+    Some(match outcome {
+        Ok(v) => Response::ok(id, v),
+        Err(e) => Response::err(id, e),
+    })
+}
