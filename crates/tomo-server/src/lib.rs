@@ -1,0 +1,207 @@
+//! tomo's control plane: accepts agent sessions on `/agent/ws`, routes JSON-RPC calls to them,
+//! keeps hosts, codes, tokens and history in a [`store::Store`], and serves the operator API.
+//!
+//! Entry point: [`Server::bind`] then [`Server::run`]. The `tomo` binary and the tests use the same.
+
+#![forbid(unsafe_code)]
+
+pub mod agent_ws;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod hub;
+pub mod store;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tomo_proto::methods::Level;
+
+use crate::config::ServerConfig;
+use crate::hub::Hub;
+use crate::store::{SqliteStore, Store};
+
+/// What a running control plane tells its callers.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub local_addr: SocketAddr,
+    /// Base URL of the API, e.g. `https://127.0.0.1:7443`.
+    pub api_url: String,
+    /// URL agents dial, e.g. `wss://127.0.0.1:7443/agent/ws`.
+    pub agent_url: String,
+    /// The CA clients pin when the certificate is self-signed.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub hub: Hub,
+    pub config: ServerConfig,
+    pub info: ServerInfo,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Startup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A bound, not yet running control plane.
+pub struct Server {
+    state: Arc<AppState>,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// The admin token created at first start (no token existed); shown once, stored hashed.
+    pub first_admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The admin token is a secret: never in a log.
+        f.debug_struct("Server").field("info", &self.state.info).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Validates the configuration, opens the store, prepares TLS and binds the listener.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        config.validate()?;
+        let dir_err = |source| ServerError::DataDir { path: config.data_dir.clone(), source };
+        tomo_common::fs::create_private_dir(&config.data_dir).map_err(dir_err)?;
+        let tls = tls::load(&config.tls, &config.data_dir)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir.join("tomo.db")).await?);
+        let first_admin_token = if store.count_tokens().await? == 0 {
+            Some(auth::mint_token(&*store, "admin", Level::Admin, None).await?.0)
+        } else {
+            None
+        };
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let info = ServerInfo {
+            local_addr,
+            api_url: config.api_url(local_addr),
+            agent_url: config.agent_url(local_addr),
+            ca_file: tls.ca_file,
+        };
+        let state = Arc::new(AppState {
+            store,
+            hub: Hub::new(),
+            config,
+            info,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        Ok(Self { state, listener, acceptor: tokio_rustls::TlsAcceptor::from(tls.config), first_admin_token })
+    }
+
+    pub fn info(&self) -> &ServerInfo {
+        &self.state.info
+    }
+
+    /// The shared state (tests and `tomo dev` reach the store through it).
+    pub fn state(&self) -> Arc<AppState> {
+        Arc::clone(&self.state)
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes every session and returns within the
+    /// configured grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self { state, listener, acceptor, .. } = self;
+        let app = router(Arc::clone(&state));
+        let pruner = state.tracker.spawn(prune_history(Arc::clone(&state)));
+        tracing::info!(api = %state.info.api_url, agents = %state.info.agent_url, "control plane listening");
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let (acceptor, app, state2) = (acceptor.clone(), app.clone(), Arc::clone(&state));
+            state.tracker.spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let handshake = tokio::time::timeout(state2.config.handshake_timeout, acceptor.accept(tcp));
+                let tls = match handshake.await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "HTTP connection error") },
+                    _ = state2.shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_millis(500), conn).await;
+                    }
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: closing agent sessions");
+        state.shutdown.cancel();
+        state.hub.kick_all();
+        pruner.abort();
+        state.tracker.close();
+        if tokio::time::timeout(state.config.shutdown_grace, state.tracker.wait()).await.is_err() {
+            tracing::warn!("some connections did not finish within the grace period");
+        }
+        state.store.close().await;
+        tracing::info!("control plane stopped");
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/agent/ws", get(agent_ws::upgrade))
+        .nest("/api/v1", api::router(Arc::clone(&state)))
+        .with_state(state)
+}
+
+/// Deletes history older than the retention, every ten minutes.
+async fn prune_history(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let before = tomo_common::now_ms() - state.config.history_retention.as_millis() as i64;
+        match state.store.prune_samples(before).await {
+            Ok(n) if n > 0 => tracing::debug!(deleted = n, "pruned history"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot prune history"),
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The agent endpoint `/agent/ws`: WebSocket upgrade, the session handshake, and the session loop
+//! (heartbeats, routing of responses to waiting calls, health and metrics notifications).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse as _, Response as HttpResponse};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{HeaderValue, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use ring::signature::{ED25519, UnparsedPublicKey};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tomo_common::{b64, now_ms, unb64};
+use tomo_proto::handshake::{Handshake, HostFacts, Purpose, RefusalReason, signing_payload};
+use tomo_proto::methods::{HEALTH_STATUS, HealthStatus, METRICS_UPDATE, Metrics};
+use tomo_proto::rpc::{self, Frame, Id, Message, Response, RpcError};
+
+use crate::AppState;
+use crate::hub::AgentConn;
+use crate::store::{HostRecord, NewHost, RegisterError, SampleKind, SecurityEvent, StoreError};
+
+/// WebSocket limits on the control plane's side: agent responses may be large (capped by the
+/// agent at 10 MiB), everything else is refused.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(tomo_proto::MAX_AGENT_MESSAGE_BYTES))
+        .max_frame_size(Some(tomo_proto::MAX_AGENT_MESSAGE_BYTES))
+}
+
+/// `GET /agent/ws`: checks the upgrade request, answers 101, and runs the session on the
+/// upgraded connection.
+pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> HttpResponse {
+    let h = req.headers();
+    let has = |name: header::HeaderName, want: &str| {
+        h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want))))
+    };
+    let key = h.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let ok = has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade") && has(header::SEC_WEBSOCKET_VERSION, "13");
+    let (Some(key), true) = (key, ok) else {
+        return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (version 13)").into_response();
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let task_state = Arc::clone(&state);
+    state.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
+                run_session(ws, task_state).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    let mut resp = HttpResponse::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hs = resp.headers_mut();
+    hs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    hs.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+type Sink<S> = SplitSink<WebSocketStream<S>, WsMessage>;
+type Stream<S> = SplitStream<WebSocketStream<S>>;
+
+/// Runs one agent connection from handshake to close. Generic over the byte stream so that
+/// tests drive it over in-memory pipes with a paused clock.
+pub async fn run_session<S>(ws: WebSocketStream<S>, state: Arc<AppState>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let handshake = tokio::time::timeout(state.config.handshake_timeout, handshake(&mut sink, &mut stream, &state));
+    let host = match handshake.await {
+        Ok(Ok(host)) => host,
+        Ok(Err(Refusal(reason, message))) => {
+            tracing::info!(%reason, %message, "agent handshake refused");
+            refuse(&mut sink, reason, message).await;
+            return;
+        }
+        Err(_) => {
+            refuse(&mut sink, RefusalReason::Malformed, "handshake timed out".into()).await;
+            return;
+        }
+    };
+    let (conn, outbox) = state.hub.attach(&host.id);
+    let welcome = Handshake::Welcome {
+        proto_version: tomo_proto::PROTO_VERSION,
+        agent_id: host.id.clone(),
+        heartbeat_secs: state.config.heartbeat.as_secs(),
+    };
+    if sink.send(WsMessage::text(welcome.to_json())).await.is_ok() {
+        tracing::info!(host_id = %host.id, hostname = %host.hostname, "agent connected");
+        let why = serve(&mut sink, &mut stream, outbox, &conn, &state).await;
+        tracing::info!(host_id = %host.id, reason = %why, "agent disconnected");
+    }
+    state.hub.detach(&conn);
+    if let Err(e) = state.store.touch_host(&host.id, None, now_ms()).await {
+        tracing::warn!(error = %e, "cannot record last seen");
+    }
+}
+
+/// A refused handshake: the reason sent to the agent, and a message for the operator.
+struct Refusal(RefusalReason, String);
+
+impl Refusal {
+    fn new(reason: RefusalReason, message: impl Into<String>) -> Self {
+        Self(reason, message.into())
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure during handshake");
+        Self::new(RefusalReason::Internal, "the control plane could not complete the handshake")
+    }
+}
+
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(sink: &mut Sink<S>, reason: RefusalReason, message: String) {
+    let _ = sink.send(WsMessage::text(Handshake::Refused { reason, message }.to_json())).await;
+    let close = CloseFrame { code: CloseCode::Policy, reason: reason.as_str().into() };
+    let _ = sink.send(WsMessage::Close(Some(close))).await;
+    let _ = sink.close().await;
+}
+
+/// The agent id of a public key: the first 16 bytes of its SHA-256, as a UUID-shaped string.
+pub fn agent_id_for(public_key: &[u8]) -> String {
+    let h = tomo_common::hex(&tomo_common::sha256(public_key)[..16]);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    sink: &mut Sink<S>,
+    stream: &mut Stream<S>,
+    state: &AppState,
+) -> Result<HostRecord, Refusal> {
+    let nonce = b64(&tomo_common::random_bytes::<32>());
+    let challenge = Handshake::Challenge { proto_version: tomo_proto::PROTO_VERSION, nonce: nonce.clone() };
+    sink.send(WsMessage::text(challenge.to_json()))
+        .await
+        .map_err(|_| Refusal::new(RefusalReason::Malformed, "connection failed"))?;
+    let text = loop {
+        match stream.next().await {
+            Some(Ok(WsMessage::Text(t))) => break t,
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            _ => return Err(Refusal::new(RefusalReason::Malformed, "expected a text handshake message")),
+        }
+    };
+    let msg = Handshake::parse(&text).map_err(|r| Refusal::new(r, "not a handshake message"))?;
+    match msg {
+        Handshake::Register { proto_version, code, public_key, signature, facts } => {
+            check_version(proto_version)?;
+            check_facts(&facts)?;
+            let key = unb64(&public_key)
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| Refusal::new(RefusalReason::Malformed, "public_key must be 32 bytes of base64"))?;
+            verify(&key, &signing_payload(Purpose::Register, &nonce, &public_key), &signature)?;
+            let host = NewHost { id: agent_id_for(&key), public_key: key, facts };
+            let code_hash = tomo_common::sha256(code.trim().as_bytes());
+            match state.store.register(&host, &code_hash, now_ms()).await {
+                Ok(h) => {
+                    tracing::info!(host_id = %h.id, hostname = %h.hostname, "agent registered");
+                    Ok(h)
+                }
+                Err(e) => {
+                    let reason = match e {
+                        RegisterError::CodeUnknown => RefusalReason::CodeUnknown,
+                        RegisterError::CodeUsed => RefusalReason::CodeUsed,
+                        RegisterError::CodeExpired => RefusalReason::CodeExpired,
+                        RegisterError::Store(e) => return Err(e.into()),
+                    };
+                    record(state, None, "registration_refused", &format!("{reason} (hostname {})", host.facts.hostname)).await;
+                    Err(Refusal::new(reason, e.to_string()))
+                }
+            }
+        }
+        Handshake::Authenticate { proto_version, agent_id, signature, facts } => {
+            check_version(proto_version)?;
+            check_facts(&facts)?;
+            let host = match state.store.host(&agent_id).await {
+                Ok(h) => h,
+                Err(StoreError::NotFound) => return Err(Refusal::new(RefusalReason::UnknownAgent, "no host with this agent id")),
+                Err(e) => return Err(e.into()),
+            };
+            if host.removed_at.is_some() {
+                record(state, Some(&host.id), "removed_host_refused", "a removed host tried to authenticate").await;
+                return Err(Refusal::new(RefusalReason::HostRemoved, "this host was removed from the fleet; register it again with a new code"));
+            }
+            if let Err(e) = verify(&host.public_key, &signing_payload(Purpose::Authenticate, &nonce, &agent_id), &signature) {
+                record(state, Some(&host.id), "bad_signature", "authentication with a wrong key").await;
+                return Err(e);
+            }
+            if let (Some(bound), Some(reported)) = (&host.engine_id, &facts.engine_id)
+                && bound != reported
+            {
+                let detail = format!("bound to Docker engine {bound}, session reported {reported}");
+                record(state, Some(&host.id), "engine_mismatch", &detail).await;
+                return Err(Refusal::new(RefusalReason::EngineMismatch, detail));
+            }
+            state.store.touch_host(&host.id, Some(&facts), now_ms()).await?;
+            Ok(state.store.host(&host.id).await?)
+        }
+        Handshake::Challenge { .. } | Handshake::Welcome { .. } | Handshake::Refused { .. } => {
+            Err(Refusal::new(RefusalReason::OutOfOrder, "expected register or authenticate"))
+        }
+    }
+}
+
+fn check_version(v: u32) -> Result<(), Refusal> {
+    if v == tomo_proto::PROTO_VERSION {
+        Ok(())
+    } else {
+        Err(Refusal::new(RefusalReason::UnsupportedVersion, format!("control plane speaks protocol {}, agent {v}", tomo_proto::PROTO_VERSION)))
+    }
+}
+
+fn check_facts(f: &HostFacts) -> Result<(), Refusal> {
+    let hostname_ok = !f.hostname.is_empty() && f.hostname.len() <= 253 && !f.hostname.chars().any(char::is_control);
+    if hostname_ok { Ok(()) } else { Err(Refusal::new(RefusalReason::Malformed, "hostname must be 1 to 253 printable characters")) }
+}
+
+fn verify(public_key: &[u8], payload: &[u8], signature: &str) -> Result<(), Refusal> {
+    let sig = unb64(signature).ok_or_else(|| Refusal::new(RefusalReason::BadSignature, "signature is not base64"))?;
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(payload, &sig)
+        .map_err(|_| Refusal::new(RefusalReason::BadSignature, "signature does not verify"))
+}
+
+async fn record(state: &AppState, host_id: Option<&str>, kind: &str, detail: &str) {
+    tracing::warn!(host_id, kind, detail, "security event");
+    let e = SecurityEvent { at: now_ms(), host_id: host_id.map(str::to_owned), kind: kind.into(), detail: detail.into() };
+    if let Err(err) = state.store.record_event(&e).await {
+        tracing::error!(error = %err, "cannot record a security event");
+    }
+}
+
+/// The session loop; returns why it ended.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    sink: &mut Sink<S>,
+    stream: &mut Stream<S>,
+    mut outbox: tokio::sync::mpsc::Receiver<String>,
+    conn: &AgentConn,
+    state: &AppState,
+) -> String {
+    let cfg = &state.config;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let dead = tokio::time::sleep(cfg.dead_after);
+    tokio::pin!(dead);
+    let (close, why) = loop {
+        let out = tokio::select! {
+            biased;
+            _ = state.shutdown.cancelled() => break (Some((CloseCode::Away, "control plane shutting down")), "shutdown".into()),
+            _ = conn.kick.cancelled() => break (Some((CloseCode::Policy, "session ended by the control plane")), "ended by the control plane".into()),
+            Some(text) = outbox.recv() => Some(text),
+            msg = stream.next() => {
+                dead.as_mut().reset(tokio::time::Instant::now() + cfg.dead_after);
+                match msg {
+                    Some(Ok(WsMessage::Text(t))) => on_text(&t, conn, state).await,
+                    Some(Ok(WsMessage::Binary(_))) => Some(Response::err(Id::Null, RpcError::invalid_request("binary frames are not part of the protocol")).to_json()),
+                    Some(Ok(WsMessage::Close(_))) => break (None, "closed by the agent".into()),
+                    Some(Ok(_)) => None,
+                    Some(Err(e)) => break (None, format!("connection error: {e}")),
+                    None => break (None, "connection closed".into()),
+                }
+            }
+            _ = &mut dead => break (Some((CloseCode::Away, "no traffic")), format!("silent for {:?}", cfg.dead_after)),
+            _ = heartbeat.tick() => {
+                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                    break (None, "heartbeat failed".into());
+                }
+                None
+            }
+        };
+        if let Some(text) = out
+            && sink.send(WsMessage::text(text)).await.is_err()
+        {
+            break (None, "send failed".into());
+        }
+    };
+    if let Some((code, reason)) = close {
+        let _ = sink.send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    }
+    let _ = sink.close().await;
+    why
+}
+
+/// Handles one text frame from an agent; returns what to answer, if anything.
+async fn on_text(text: &str, conn: &AgentConn, state: &AppState) -> Option<String> {
+    match rpc::parse_frame(text) {
+        Frame::Error(e) => Some(Response::err(Id::Null, e).to_json()),
+        Frame::Single(m) => on_message(m, conn, state).await.map(|r| r.to_json()),
+        Frame::Batch(items) => {
+            let mut out = Vec::new();
+            for m in items {
+                out.extend(on_message(m, conn, state).await);
+            }
+            (!out.is_empty()).then(|| serde_json::to_string(&out).unwrap_or_default())
+        }
+    }
+}
+
+async fn on_message(m: Message, conn: &AgentConn, state: &AppState) -> Option<Response> {
+    match m {
+        Message::Response(resp) => {
+            if !conn.resolve(resp) {
+                tracing::debug!(host_id = %conn.host_id, "response to no pending call (late or unknown id)");
+            }
+            None
+        }
+        Message::Invalid(id, e) => Some(Response::err(id, e)),
+        Message::Request(req) => match req.id {
+            // The control plane serves no methods to agents.
+            Some(id) => Some(Response::err(id, RpcError::method_not_found(&req.method))),
+            None => {
+                let params = req.params.as_deref().map(|p| p.get()).unwrap_or("null");
+                on_notification(&req.method, params, conn, state).await;
+                None
+            }
+        },
+    }
+}
+
+async fn on_notification(method: &str, params: &str, conn: &AgentConn, state: &AppState) {
+    let now = now_ms();
+    let (kind, value) = match method {
+        METRICS_UPDATE => match serde_json::from_str::<Metrics>(params) {
+            Ok(m) => (SampleKind::Metrics, serde_json::to_value(m).unwrap_or_default()),
+            Err(e) => return tracing::warn!(host_id = %conn.host_id, error = %e, "malformed metrics.update ignored"),
+        },
+        HEALTH_STATUS => match serde_json::from_str::<HealthStatus>(params) {
+            Ok(h) => (SampleKind::Health, serde_json::to_value(h).unwrap_or_default()),
+            Err(e) => return tracing::warn!(host_id = %conn.host_id, error = %e, "malformed health.status ignored"),
+        },
+        other => return tracing::debug!(host_id = %conn.host_id, method = other, "unknown notification ignored"),
+    };
+    let data = value.to_string();
+    state.hub.set_latest(&conn.host_id, |l| match kind {
+        SampleKind::Metrics => l.metrics = Some((now, value)),
+        SampleKind::Health => l.health = Some((now, value)),
+    });
+    if let Err(e) = state.store.add_sample(&conn.host_id, kind, now, &data).await {
+        tracing::warn!(error = %e, "cannot store a sample");
+    }
+    if let Err(e) = state.store.touch_host(&conn.host_id, None, now).await {
+        tracing::warn!(error = %e, "cannot record last seen");
+    }
+}

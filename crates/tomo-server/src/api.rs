@@ -1,0 +1,298 @@
+//! The operator API under `/api/v1`: bearer-token authentication in one middleware in front of
+//! every route, and one JSON error shape: `{"error": {"code": "...", "message": "..."}}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tomo_common::now_ms;
+use tomo_proto::methods::Level;
+use tomo_proto::rpc::{Id, RequestMeta, Response};
+
+use crate::store::{HostRecord, StoreError, TokenRecord};
+use crate::{AppState, auth};
+
+/// Longest TTL a registration code may have.
+const MAX_CODE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest per-call timeout.
+const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The routes, all behind [`require_token`].
+pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/codes", post(create_code))
+        .route("/hosts", get(list_hosts))
+        .route("/hosts/{host}", get(show_host).delete(remove_host))
+        .route("/hosts/{host}/rpc", post(call_host))
+        .route("/hosts/{host}/metrics", get(host_metrics))
+        .layer(axum::middleware::from_fn_with_state(state, require_token))
+}
+
+/// An API error: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> HttpResponse {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", "not found"),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the control plane's log")
+            }
+        }
+    }
+}
+
+/// The authenticated caller, put in the request by [`require_token`].
+#[derive(Debug, Clone)]
+pub struct Principal(pub TokenRecord);
+
+impl Principal {
+    fn require(&self, level: Level) -> Result<(), ApiError> {
+        if self.0.role >= level {
+            Ok(())
+        } else {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token's role cannot do that (needs {level:?})")))
+        }
+    }
+}
+
+async fn require_token(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> HttpResponse {
+    let raw = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(raw) = raw else {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token (Authorization: Bearer …)").into_response();
+    };
+    match auth::check_token(&*state.store, raw).await {
+        Ok(Some(token)) => {
+            req.extensions_mut().insert(Principal(token));
+            next.run(req).await
+        }
+        Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid, expired or revoked token").into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCode {
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /api/v1/codes` response.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CodeCreated {
+    pub code: String,
+    pub expires_at: String,
+    pub server_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    pub join_command: String,
+    pub docker_command: String,
+}
+
+async fn create_code(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    body: Option<Json<CreateCode>>,
+) -> Result<(StatusCode, Json<CodeCreated>), ApiError> {
+    who.require(Level::Admin)?;
+    let ttl = Duration::from_secs(body.and_then(|b| b.ttl_secs).unwrap_or(15 * 60));
+    if ttl.is_zero() || ttl > MAX_CODE_TTL {
+        return Err(ApiError::bad_request("ttl_secs must be between 1 and 604800 (7 days)"));
+    }
+    let (code, expires_at) = auth::mint_code(&*state.store, ttl, &who.0.name).await?;
+    let server_url = state.info.agent_url.clone();
+    let ca_file = state.info.ca_file.as_ref().map(|p| p.display().to_string());
+    let ca_flag = ca_file.as_ref().map(|f| format!(" --ca-file {f}")).unwrap_or_default();
+    let join_command = format!("tomo-agent --server-url {server_url} --register-code {code}{ca_flag} --data-dir /var/lib/tomo-agent");
+    let docker_ca = ca_file
+        .as_ref()
+        .map(|f| format!(" -v {f}:/etc/tomo/ca.pem:ro -e TOMO_CA_FILE=/etc/tomo/ca.pem"))
+        .unwrap_or_default();
+    let docker_command = format!(
+        "docker run -d --name tomo-agent --restart unless-stopped -v /var/run/docker.sock:/var/run/docker.sock \
+         -v tomo-agent-data:/data -v /etc/machine-id:/host/etc/machine-id:ro -v /etc/os-release:/host/etc/os-release:ro \
+         -v /etc/hostname:/host/etc/hostname:ro{docker_ca} -e SERVER_URL={server_url} -e REGISTER_CODE={code} tomo-agent:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(CodeCreated { code, expires_at: rfc3339(expires_at), server_url, ca_file, join_command, docker_command }),
+    ))
+}
+
+/// RFC 3339 UTC from Unix milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> Value {
+    let online = state.hub.is_online(&h.id);
+    let mut v = json!({
+        "id": h.id,
+        "hostname": h.hostname,
+        "status": if online { "online" } else { "offline" },
+        "engine_id": h.engine_id,
+        "registered_at": rfc3339(h.registered_at),
+        "last_seen": h.last_seen.map(rfc3339),
+        "facts": h.facts,
+    });
+    let latest = state.hub.latest(&h.id);
+    if let Some((at, m)) = latest.metrics {
+        v["metrics"] = json!({"received_at": rfc3339(at), "sample": m});
+    }
+    if detail && let Some((at, hs)) = latest.health {
+        v["health"] = json!({"received_at": rfc3339(at), "status": hs});
+    }
+    v
+}
+
+async fn list_hosts(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Value>>, ApiError> {
+    let hosts = state.store.hosts().await?;
+    Ok(Json(hosts.iter().map(|h| host_view(&state, h, false)).collect()))
+}
+
+/// Finds a host by id, hostname or unique id prefix.
+async fn resolve(state: &AppState, key: &str) -> Result<HostRecord, ApiError> {
+    match state.store.host(key).await {
+        Ok(h) if h.removed_at.is_none() => return Ok(h),
+        Ok(_) => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("host {key} was removed"))),
+        Err(StoreError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let hosts = state.store.hosts().await?;
+    let by_name: Vec<_> = hosts.iter().filter(|h| h.hostname == key).collect();
+    let candidates = if by_name.is_empty() {
+        hosts.iter().filter(|h| !key.is_empty() && h.id.starts_with(key)).collect()
+    } else {
+        by_name
+    };
+    match candidates.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no host matches {key:?} (by id, hostname or id prefix)"))),
+        many => {
+            let ids: Vec<_> = many.iter().map(|h| format!("{} ({})", h.id, h.hostname)).collect();
+            Err(ApiError::new(StatusCode::CONFLICT, "ambiguous", format!("{key:?} matches several hosts: {}; use the id", ids.join(", "))))
+        }
+    }
+}
+
+async fn show_host(State(state): State<Arc<AppState>>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+    let h = resolve(&state, &key).await?;
+    let mut v = host_view(&state, &h, true);
+    v["security_events"] = serde_json::to_value(state.store.events(&h.id, 20).await?).unwrap_or_default();
+    Ok(Json(v))
+}
+
+async fn remove_host(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    who.require(Level::Admin)?;
+    let h = resolve(&state, &key).await?;
+    state.store.remove_host(&h.id, now_ms()).await?;
+    state.hub.kick(&h.id);
+    tracing::info!(host_id = %h.id, by = %who.0.name, "host removed");
+    Ok(Json(json!({"removed": h.id})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallBody {
+    method: String,
+    #[serde(default)]
+    params: Option<Value>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    id: Option<Id>,
+}
+
+async fn call_host(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(key): Path<String>,
+    body: Result<Json<CallBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Response>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if body.method.is_empty() {
+        return Err(ApiError::bad_request("method must not be empty"));
+    }
+    if !matches!(body.params, None | Some(Value::Object(_) | Value::Array(_))) {
+        return Err(ApiError::bad_request("params must be an object or an array"));
+    }
+    let timeout = body.timeout_ms.map(Duration::from_millis).unwrap_or(state.config.call_timeout);
+    if timeout.is_zero() || timeout > MAX_CALL_TIMEOUT {
+        return Err(ApiError::bad_request("timeout_ms must be between 1 and 600000"));
+    }
+    let h = resolve(&state, &key).await?;
+    let meta = RequestMeta {
+        trace_id: Some(tomo_common::hex(&tomo_common::random_bytes::<8>())),
+        principal: Some(who.0.name.clone()),
+        role: Some(who.0.role),
+        aud: Some(h.id.clone()),
+        nonce: Some(tomo_common::hex(&tomo_common::random_bytes::<16>())),
+        ts: Some(tomo_common::now_secs()),
+    };
+    let id = body.id.unwrap_or(Id::Num(1));
+    let (status, mut resp) = match state.hub.call(&h.id, &body.method, body.params.as_ref(), &meta, timeout).await {
+        Ok(r) => (StatusCode::OK, r),
+        Err(e) => {
+            let status = match e {
+                crate::hub::CallError::Offline(_) => StatusCode::SERVICE_UNAVAILABLE,
+                crate::hub::CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                crate::hub::CallError::ConnectionLost(_) => StatusCode::BAD_GATEWAY,
+            };
+            (status, Response::err(Id::Null, e.to_rpc()))
+        }
+    };
+    resp.id = id;
+    Ok((status, Json(resp)))
+}
+
+async fn host_metrics(State(state): State<Arc<AppState>>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+    let h = resolve(&state, &key).await?;
+    let rows = state.store.samples(&h.id, crate::store::SampleKind::Metrics, 500).await?;
+    let samples: Vec<Value> = rows
+        .into_iter()
+        .map(|(at, data)| json!({"received_at": rfc3339(at), "sample": serde_json::from_str::<Value>(&data).unwrap_or(Value::Null)}))
+        .collect();
+    Ok(Json(json!({"host_id": h.id, "samples": samples})))
+}

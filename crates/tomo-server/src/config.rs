@@ -1,0 +1,92 @@
+//! The control plane's configuration: a typed struct, validated whole before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::tls::TlsSource;
+
+/// Everything the control plane needs to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub tls: TlsSource,
+    /// Base URL agents and clients use to reach this server, e.g. `https://tomo.example.com`.
+    /// Default: derived from the listen address.
+    pub public_url: Option<String>,
+    /// Default timeout of a call to an agent (per-call override in the API).
+    pub call_timeout: Duration,
+    /// How long health and metrics history is kept.
+    pub history_retention: Duration,
+    pub heartbeat: Duration,
+    pub dead_after: Duration,
+    pub handshake_timeout: Duration,
+    /// Time given to sessions and requests to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Bad configuration (exit status 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--tls-cert and --tls-key go together")]
+    HalfTls,
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+    #[error("public URL {0:?} must start with https://")]
+    PublicUrl(String),
+}
+
+impl ServerConfig {
+    /// Defaults for everything but where to keep data and where to listen.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            data_dir,
+            listen,
+            tls: TlsSource::SelfSigned,
+            public_url: None,
+            call_timeout: Duration::from_secs(30),
+            history_retention: Duration::from_secs(24 * 3600),
+            heartbeat: Duration::from_secs(tomo_proto::HEARTBEAT_SECS),
+            dead_after: Duration::from_secs(tomo_proto::DEAD_AFTER_SECS),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_millis(1500),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let TlsSource::Files { cert, key } = &self.tls {
+            for p in [cert, key] {
+                if !p.exists() {
+                    return Err(ConfigError::Missing(p.clone()));
+                }
+            }
+        }
+        if let Some(u) = &self.public_url
+            && !u.starts_with("https://")
+        {
+            return Err(ConfigError::PublicUrl(u.clone()));
+        }
+        Ok(())
+    }
+
+    /// The HTTPS base URL of the API.
+    pub fn api_url(&self, bound: SocketAddr) -> String {
+        if let Some(u) = &self.public_url {
+            return u.trim_end_matches('/').to_owned();
+        }
+        let host = if bound.ip().is_unspecified() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+        } else if bound.is_ipv6() {
+            format!("[{}]", bound.ip())
+        } else {
+            bound.ip().to_string()
+        };
+        format!("https://{host}:{}", bound.port())
+    }
+
+    /// The URL agents dial.
+    pub fn agent_url(&self, bound: SocketAddr) -> String {
+        format!("{}/agent/ws", self.api_url(bound).replacen("https://", "wss://", 1))
+    }
+}

@@ -1,0 +1,143 @@
+//! The control plane's persistent state behind one trait, so that another engine (PostgreSQL) can
+//! be added without touching callers. Only this module and its implementations speak SQL.
+//!
+//! Times are Unix milliseconds. Secrets (codes, tokens) arrive already hashed.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use serde::Serialize;
+use tomo_proto::handshake::HostFacts;
+use tomo_proto::methods::Level;
+
+/// A registered host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    pub id: String,
+    pub public_key: Vec<u8>,
+    pub hostname: String,
+    pub engine_id: Option<String>,
+    pub facts: HostFacts,
+    pub registered_at: i64,
+    pub last_seen: Option<i64>,
+    pub removed_at: Option<i64>,
+}
+
+/// A host about to be registered.
+#[derive(Debug, Clone)]
+pub struct NewHost {
+    pub id: String,
+    pub public_key: Vec<u8>,
+    pub facts: HostFacts,
+}
+
+/// A registration code about to be created.
+#[derive(Debug, Clone)]
+pub struct NewCode {
+    pub code_hash: [u8; 32],
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub created_by: String,
+}
+
+/// An operator API token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Level,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// A security event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecurityEvent {
+    pub at: i64,
+    pub host_id: Option<String>,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Kinds of sample history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleKind {
+    Health,
+    Metrics,
+}
+
+impl SampleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Health => "health",
+            Self::Metrics => "metrics",
+        }
+    }
+}
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    Conflict,
+    #[error("database: {0}")]
+    Database(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("unknown registration code")]
+    CodeUnknown,
+    #[error("registration code already used")]
+    CodeUsed,
+    #[error("registration code expired")]
+    CodeExpired,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The control plane's storage.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    async fn create_code(&self, code: &NewCode) -> Result<(), StoreError>;
+
+    /// Consumes the code and creates the host, atomically: of two registrations racing for one
+    /// code exactly one succeeds. Registering again with a code this same host already used (a
+    /// retry after a lost answer) returns the existing host.
+    async fn register(&self, host: &NewHost, code_hash: &[u8; 32], now: i64) -> Result<HostRecord, RegisterError>;
+
+    /// A host by id, removed or not.
+    async fn host(&self, id: &str) -> Result<HostRecord, StoreError>;
+
+    /// Hosts that were not removed, oldest first.
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+
+    /// Records a successful session: new facts, the engine id binding when first seen, last seen.
+    async fn touch_host(&self, id: &str, facts: Option<&HostFacts>, now: i64) -> Result<(), StoreError>;
+
+    /// Marks a host removed; its key never authenticates again.
+    async fn remove_host(&self, id: &str, now: i64) -> Result<(), StoreError>;
+
+    async fn record_event(&self, event: &SecurityEvent) -> Result<(), StoreError>;
+    async fn events(&self, host_id: &str, limit: u32) -> Result<Vec<SecurityEvent>, StoreError>;
+
+    async fn create_token(&self, token: &TokenRecord, token_hash: &[u8; 32]) -> Result<(), StoreError>;
+    async fn token_by_hash(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
+    async fn count_tokens(&self) -> Result<u64, StoreError>;
+
+    async fn add_sample(&self, host_id: &str, kind: SampleKind, at: i64, data: &str) -> Result<(), StoreError>;
+    /// Newest first.
+    async fn samples(&self, host_id: &str, kind: SampleKind, limit: u32) -> Result<Vec<(i64, String)>, StoreError>;
+    /// Deletes samples older than `before`; returns how many.
+    async fn prune_samples(&self, before: i64) -> Result<u64, StoreError>;
+
+    /// Flushes and closes.
+    async fn close(&self);
+}

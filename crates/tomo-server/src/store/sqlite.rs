@@ -1,0 +1,386 @@
+//! SQLite implementation of [`Store`]: one file, WAL journal, migrations from
+//! `migrations/sqlite`.
+
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::Row as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use tomo_proto::handshake::HostFacts;
+use tomo_proto::methods::Level;
+
+use super::{HostRecord, NewCode, NewHost, RegisterError, SampleKind, SecurityEvent, Store, StoreError, TokenRecord};
+
+/// A SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating with mode 0600 when missing) and migrates the database at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(db)?
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.map_err(db)?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(Self { pool })
+    }
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
+        other => StoreError::Database(other.to_string()),
+    }
+}
+
+const HOST_COLUMNS: &str = "id, public_key, hostname, engine_id, facts, registered_at, last_seen, removed_at";
+
+fn host_row(r: &SqliteRow) -> Result<HostRecord, StoreError> {
+    let facts: String = r.try_get("facts").map_err(db)?;
+    Ok(HostRecord {
+        id: r.try_get("id").map_err(db)?,
+        public_key: r.try_get("public_key").map_err(db)?,
+        hostname: r.try_get("hostname").map_err(db)?,
+        engine_id: r.try_get("engine_id").map_err(db)?,
+        facts: serde_json::from_str(&facts).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        registered_at: r.try_get("registered_at").map_err(db)?,
+        last_seen: r.try_get("last_seen").map_err(db)?,
+        removed_at: r.try_get("removed_at").map_err(db)?,
+    })
+}
+
+fn level_str(l: Level) -> &'static str {
+    match l {
+        Level::Read => "read",
+        Level::Execute => "execute",
+        Level::Admin => "admin",
+    }
+}
+
+fn parse_level(s: &str) -> Result<Level, StoreError> {
+    match s {
+        "read" => Ok(Level::Read),
+        "execute" => Ok(Level::Execute),
+        "admin" => Ok(Level::Admin),
+        other => Err(StoreError::Corrupt(format!("role {other:?}"))),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_code(&self, c: &NewCode) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO registration_codes (code_hash, created_at, expires_at, created_by) VALUES (?, ?, ?, ?)")
+            .bind(&c.code_hash[..])
+            .bind(c.created_at)
+            .bind(c.expires_at)
+            .bind(&c.created_by)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn register(&self, host: &NewHost, code_hash: &[u8; 32], now: i64) -> Result<HostRecord, RegisterError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // The first statement is the write that claims the code: SQLite serializes writers, so
+        // of two racing registrations exactly one sees a row to update.
+        let claimed = sqlx::query(
+            "UPDATE registration_codes SET used_at = ?1, used_by = ?2
+             WHERE code_hash = ?3 AND used_at IS NULL AND expires_at > ?1",
+        )
+        .bind(now)
+        .bind(&host.id)
+        .bind(&code_hash[..])
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if claimed == 0 {
+            let row = sqlx::query("SELECT expires_at, used_at, used_by FROM registration_codes WHERE code_hash = ?")
+                .bind(&code_hash[..])
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+            drop(tx);
+            let Some(row) = row else { return Err(RegisterError::CodeUnknown) };
+            let used_by: Option<String> = row.try_get("used_by").map_err(db)?;
+            let expires_at: i64 = row.try_get("expires_at").map_err(db)?;
+            return match used_by {
+                Some(by) if by == host.id => {
+                    let existing = self.host(&host.id).await?;
+                    if existing.removed_at.is_some() || existing.public_key != host.public_key {
+                        Err(RegisterError::CodeUsed)
+                    } else {
+                        Ok(existing)
+                    }
+                }
+                Some(_) => Err(RegisterError::CodeUsed),
+                None if expires_at <= now => Err(RegisterError::CodeExpired),
+                None => Err(RegisterError::CodeUsed),
+            };
+        }
+        let facts = serde_json::to_string(&host.facts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO hosts (id, public_key, hostname, engine_id, facts, registered_at, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        )
+        .bind(&host.id)
+        .bind(&host.public_key)
+        .bind(&host.facts.hostname)
+        .bind(&host.facts.engine_id)
+        .bind(facts)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(self.host(&host.id).await?)
+    }
+
+    async fn host(&self, id: &str) -> Result<HostRecord, StoreError> {
+        let q = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ?");
+        let row = sqlx::query(&q).bind(id).fetch_one(&self.pool).await.map_err(db)?;
+        host_row(&row)
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let q = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE removed_at IS NULL ORDER BY registered_at, id");
+        let rows = sqlx::query(&q).fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(host_row).collect()
+    }
+
+    async fn touch_host(&self, id: &str, facts: Option<&HostFacts>, now: i64) -> Result<(), StoreError> {
+        match facts {
+            Some(f) => {
+                let json = serde_json::to_string(f).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                // The engine id is bound the first time one is seen and never changed here.
+                sqlx::query(
+                    "UPDATE hosts SET facts = ?2, hostname = ?3, engine_id = COALESCE(engine_id, ?4), last_seen = ?5
+                     WHERE id = ?1",
+                )
+                .bind(id)
+                .bind(json)
+                .bind(&f.hostname)
+                .bind(&f.engine_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+            }
+            None => {
+                sqlx::query("UPDATE hosts SET last_seen = ?2 WHERE id = ?1")
+                    .bind(id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_host(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        let n = sqlx::query("UPDATE hosts SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if n == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    async fn record_event(&self, e: &SecurityEvent) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO security_events (at, host_id, kind, detail) VALUES (?, ?, ?, ?)")
+            .bind(e.at)
+            .bind(&e.host_id)
+            .bind(&e.kind)
+            .bind(&e.detail)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn events(&self, host_id: &str, limit: u32) -> Result<Vec<SecurityEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, host_id, kind, detail FROM security_events WHERE host_id = ? ORDER BY at DESC, id DESC LIMIT ?",
+        )
+        .bind(host_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(SecurityEvent {
+                    at: r.try_get("at").map_err(db)?,
+                    host_id: r.try_get("host_id").map_err(db)?,
+                    kind: r.try_get("kind").map_err(db)?,
+                    detail: r.try_get("detail").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_token(&self, t: &TokenRecord, token_hash: &[u8; 32]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, token_hash, name, role, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&token_hash[..])
+        .bind(&t.name)
+        .bind(level_str(t.role))
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(t.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, name, role, created_at, expires_at, revoked_at FROM api_tokens WHERE token_hash = ?")
+            .bind(&token_hash[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|r| {
+            let role: String = r.try_get("role").map_err(db)?;
+            Ok(TokenRecord {
+                id: r.try_get("id").map_err(db)?,
+                name: r.try_get("name").map_err(db)?,
+                role: parse_level(&role)?,
+                created_at: r.try_get("created_at").map_err(db)?,
+                expires_at: r.try_get("expires_at").map_err(db)?,
+                revoked_at: r.try_get("revoked_at").map_err(db)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn count_tokens(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens").fetch_one(&self.pool).await.map_err(db)?;
+        Ok(n as u64)
+    }
+
+    async fn add_sample(&self, host_id: &str, kind: SampleKind, at: i64, data: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO samples (host_id, kind, at, data) VALUES (?, ?, ?, ?)")
+            .bind(host_id)
+            .bind(kind.as_str())
+            .bind(at)
+            .bind(data)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn samples(&self, host_id: &str, kind: SampleKind, limit: u32) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query("SELECT at, data FROM samples WHERE host_id = ? AND kind = ? ORDER BY at DESC LIMIT ?")
+            .bind(host_id)
+            .bind(kind.as_str())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| Ok((r.try_get("at").map_err(db)?, r.try_get("data").map_err(db)?))).collect()
+    }
+
+    async fn prune_samples(&self, before: i64) -> Result<u64, StoreError> {
+        let n = sqlx::query("DELETE FROM samples WHERE at < ?").bind(before).execute(&self.pool).await.map_err(db)?;
+        Ok(n.rows_affected())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("tomo.db")).await.expect("open");
+        (dir, s)
+    }
+
+    fn new_host(id: &str, key: u8) -> NewHost {
+        NewHost { id: id.into(), public_key: vec![key; 32], facts: HostFacts { hostname: format!("h-{id}"), ..Default::default() } }
+    }
+
+    fn code(hash: u8, expires_at: i64) -> NewCode {
+        NewCode { code_hash: [hash; 32], created_at: 0, expires_at, created_by: "t".into() }
+    }
+
+    #[tokio::test]
+    async fn codes_are_single_use_and_expire() {
+        let (_d, s) = open().await;
+        s.create_code(&code(1, 1000)).await.expect("create");
+        s.create_code(&code(2, 1000)).await.expect("create");
+        assert!(matches!(s.register(&new_host("a", 1), &[9; 32], 10).await, Err(RegisterError::CodeUnknown)));
+        let h = s.register(&new_host("a", 1), &[1; 32], 10).await.expect("first use");
+        assert_eq!(h.hostname, "h-a");
+        // The same host retrying with its own code gets itself back; anyone else is refused.
+        assert_eq!(s.register(&new_host("a", 1), &[1; 32], 11).await.expect("retry").id, "a");
+        assert!(matches!(s.register(&new_host("b", 2), &[1; 32], 12).await, Err(RegisterError::CodeUsed)));
+        assert!(matches!(s.register(&new_host("b", 2), &[2; 32], 1000).await, Err(RegisterError::CodeExpired)));
+        assert!(matches!(s.host("b").await, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (d, _s) = open().await;
+        let mode = std::fs::metadata(d.path().join("tomo.db")).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+    }
+
+    #[tokio::test]
+    async fn engine_id_binds_once_and_removal_sticks() {
+        let (_d, s) = open().await;
+        s.create_code(&code(1, 1000)).await.expect("create");
+        s.register(&new_host("a", 1), &[1; 32], 10).await.expect("register");
+        let mut f = HostFacts { hostname: "x".into(), engine_id: Some("E1".into()), ..Default::default() };
+        s.touch_host("a", Some(&f), 20).await.expect("touch");
+        f.engine_id = Some("E2".into());
+        s.touch_host("a", Some(&f), 30).await.expect("touch");
+        let h = s.host("a").await.expect("host");
+        assert_eq!(h.engine_id.as_deref(), Some("E1"));
+        assert_eq!(h.last_seen, Some(30));
+        s.remove_host("a", 40).await.expect("remove");
+        assert!(s.hosts().await.expect("list").is_empty());
+        assert!(matches!(s.remove_host("a", 41).await, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn samples_are_pruned() {
+        let (_d, s) = open().await;
+        for at in [1, 2, 3] {
+            s.add_sample("a", SampleKind::Metrics, at, "{}").await.expect("add");
+        }
+        assert_eq!(s.prune_samples(3).await.expect("prune"), 2);
+        assert_eq!(s.samples("a", SampleKind::Metrics, 10).await.expect("list"), vec![(3, "{}".to_owned())]);
+    }
+}

@@ -1,0 +1,108 @@
+//! The control plane's TLS: a certificate and key given by the operator, or, for development, a
+//! private CA and a server certificate generated once into `<data-dir>/tls/`. Agents and the CLI
+//! pin that CA (`ca.pem`) instead of turning verification off.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Where the server's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    Files { cert: PathBuf, key: PathBuf },
+    /// Generate (once) a development CA and server certificate in the data directory.
+    SelfSigned,
+}
+
+/// TLS setup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}: no certificate found")]
+    NoCert(PathBuf),
+    #[error("{0}: no private key found")]
+    NoKey(PathBuf),
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The server configuration, and the CA file clients should pin when self-signed.
+#[derive(Debug)]
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Builds the server's TLS configuration (TLS 1.2 and 1.3, HTTP/1.1).
+pub fn load(source: &TlsSource, data_dir: &Path) -> Result<ServerTls, TlsSetupError> {
+    let (cert, key, ca_file) = match source {
+        TlsSource::Files { cert, key } => (cert.clone(), key.clone(), None),
+        TlsSource::SelfSigned => {
+            let dir = data_dir.join("tls");
+            let (cert, key, ca) = (dir.join("server.pem"), dir.join("server.key"), dir.join("ca.pem"));
+            if !(cert.exists() && key.exists() && ca.exists()) {
+                generate(&dir)?;
+            }
+            (cert, key, Some(ca))
+        }
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .map_err(|e| TlsSetupError::Io { path: cert.clone(), source: std::io::Error::other(e.to_string()) })?
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsSetupError::NoCert(cert));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key).map_err(|_| TlsSetupError::NoKey(key.clone()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(tomo_common::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(ServerTls { config: Arc::new(config), ca_file })
+}
+
+/// Writes `ca.pem`, `server.pem` and `server.key` (0600) into `dir`. The CA key is never
+/// written: nothing can issue another certificate under this CA.
+fn generate(dir: &Path) -> Result<(), TlsSetupError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsSetupError::Io { path, source }
+    };
+    tomo_common::fs::create_private_dir(dir).map_err(io(dir))?;
+
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name.push(DnType::CommonName, "tomo development CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() && h != "localhost" {
+            names.push(h.to_owned());
+        }
+    }
+    let mut leaf = CertificateParams::new(names)?;
+    leaf.distinguished_name.push(DnType::CommonName, "tomo control plane");
+    let leaf_key = KeyPair::generate()?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+
+    let ca_path = dir.join("ca.pem");
+    tomo_common::fs::write_private(&ca_path, ca_cert.pem().as_bytes()).map_err(io(&ca_path))?;
+    let cert_path = dir.join("server.pem");
+    tomo_common::fs::write_private(&cert_path, leaf_cert.pem().as_bytes()).map_err(io(&cert_path))?;
+    let key_path = dir.join("server.key");
+    tomo_common::fs::write_private(&key_path, leaf_key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+    tracing::info!(dir = %dir.display(), "generated a development CA and server certificate");
+    Ok(())
+}
