@@ -21,6 +21,8 @@ pub struct AgentConfig {
     pub hostname: Option<String>,
     /// Root of the host's filesystem as the agent sees it (`/host` when containerized).
     pub host_root: PathBuf,
+    /// Where the Docker engine is (from `DOCKER_HOST` and friends by default).
+    pub docker: crate::docker::Endpoint,
     pub intervals: Intervals,
 }
 
@@ -73,6 +75,7 @@ impl AgentConfig {
             insecure_dev: false,
             hostname: None,
             host_root: default_host_root(),
+            docker: crate::docker::Endpoint::from_env(),
             intervals: Intervals::default(),
         }
     }
@@ -119,6 +122,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("insecure_dev", &self.insecure_dev)
             .field("hostname", &self.hostname)
             .field("host_root", &self.host_root)
+            .field("docker", &self.docker)
             .field("intervals", &self.intervals)
             .finish()
     }

@@ -25,7 +25,7 @@ use tomo_proto::handshake::{Handshake, HostFacts, Purpose, RefusalReason, signin
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
-use crate::docker::{DockerClient, Endpoint};
+use crate::docker::DockerClient;
 use crate::identity::{Identity, IdentityError, IdentityStore, Keys, PlainVault, Registration};
 use crate::session::{Dialer, SessionEnd, SessionError, TlsDialer};
 
@@ -122,7 +122,7 @@ impl Agent {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let store = IdentityStore::new(self.config.data_dir.clone(), Box::new(PlainVault));
         let (keys, mut mode, url) = self.prepare_identity(&store)?;
-        let docker = Arc::new(DockerClient::new(Endpoint::from_env()));
+        let docker = Arc::new(DockerClient::new(self.config.docker.clone()));
         let (samples, sampler) = collect::start(Arc::clone(&docker), self.config.intervals.sample, shutdown.child_token()).await;
         let sampler = tokio::spawn(sampler);
         let shared = Arc::new(Shared {

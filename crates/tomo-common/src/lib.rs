@@ -5,6 +5,7 @@
 
 pub mod fs;
 pub mod logging;
+pub mod signals;
 pub mod tls;
 
 use base64::Engine as _;

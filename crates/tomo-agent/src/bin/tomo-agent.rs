@@ -66,9 +66,9 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(tomo_common_signals(shutdown.clone()));
+        tokio::spawn(tomo_common::signals::cancel_on_signal(shutdown.clone()));
         match agent.run(shutdown).await {
             Ok(()) => {
                 tracing::info!("stopped");
@@ -80,18 +80,8 @@ fn main() -> ExitCode {
                 ExitCode::from(if e.is_config() { 64 } else { 1 })
             }
         }
-    })
-}
-
-/// Cancels `token` on SIGTERM or SIGINT.
-async fn tomo_common_signals(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    token.cancel();
+    });
+    // Bound the teardown: nothing left at this point is worth delaying the exit for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
 }

@@ -1,0 +1,148 @@
+//! The CLI's side of the operator API: settings from flags, environment or the client config
+//! file (`$HOME/.config/tomo/config.toml`, or `TOMO_CONFIG`), and an HTTPS client that always
+//! verifies the control plane's certificate.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{ClientArgs, Failure};
+
+/// The client config file. `Debug` redacts the token.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientConfig {
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// Where the client config lives.
+pub fn config_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("TOMO_CONFIG") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("tomo").join("config.toml")
+}
+
+impl ClientConfig {
+    /// Reads the file; a missing file is an empty config.
+    pub fn load(path: &Path) -> Result<Self, Failure> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Failure::config(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes the file atomically with mode 0600 (it holds a token).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = toml::to_string(self).map_err(std::io::Error::other)?;
+        tomo_common::fs::write_private(path, text.as_bytes())
+    }
+}
+
+/// A configured API client.
+#[derive(Debug)]
+pub struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+/// An answer from the API: status and JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: reqwest::StatusCode,
+    pub body: Value,
+}
+
+impl Api {
+    /// Flags and environment win over the config file.
+    pub fn from_args(args: &ClientArgs) -> Result<Self, Failure> {
+        let path = config_path();
+        let file = ClientConfig::load(&path)?;
+        let url = args.url.clone().or(file.url).ok_or_else(|| {
+            Failure::new(2, "no control plane configured").hint(format!(
+                "run `tomo dev`, or pass --url and --token (or TOMO_URL/TOMO_TOKEN), or write {}",
+                path.display()
+            ))
+        })?;
+        let token = args
+            .token
+            .clone()
+            .or(file.token)
+            .ok_or_else(|| Failure::new(2, "no API token configured").hint("pass --token or set TOMO_TOKEN"))?;
+        let ca_file = args.ca_file.clone().or(file.ca_file);
+        let trust = match ca_file {
+            Some(ca) => tomo_common::tls::Trust::CaFile(ca),
+            None => tomo_common::tls::Trust::WebPki,
+        };
+        let tls = tomo_common::tls::client_config(&trust).map_err(|e| Failure::new(2, e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .map_err(|e| Failure::new(2, format!("HTTP client: {e}")))?;
+        Ok(Self { http, url: url.trim_end_matches('/').to_owned(), token })
+    }
+
+    /// Sends a request to `/api/v1{path}`; transport failures are exit status 2.
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Reply, Failure> {
+        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            let mut msg = format!("cannot reach the control plane at {}: {e}", self.url);
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            Failure::new(2, msg).hint("is it running? is --url right? for a self-signed server pass --ca-file")
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| Failure::new(2, format!("reading the answer: {e}")))?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Reply { status, body })
+    }
+
+    /// Like [`Api::send`], turning API errors into a failure with `status`.
+    pub async fn expect(&self, method: reqwest::Method, path: &str, body: Option<&Value>, status: u8) -> Result<Value, Failure> {
+        let r = self.send(method, path, body).await?;
+        if r.status.is_success() {
+            return Ok(r.body);
+        }
+        Err(api_failure(&r, status))
+    }
+}
+
+/// Turns an error reply into a failure with a hint where one helps.
+pub fn api_failure(r: &Reply, status: u8) -> Failure {
+    let code = r.body["error"]["code"].as_str().unwrap_or("error");
+    let message = r.body["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| r.body.to_string());
+    let f = Failure::new(status, format!("{message} ({code}, HTTP {})", r.status.as_u16()));
+    match code {
+        "unauthorized" => f.hint("check the token (--token, TOMO_TOKEN or the client config)"),
+        "not_found" => f.hint("`tomo hosts ls` lists the hosts"),
+        "ambiguous" => f.hint("use the host's id"),
+        _ => f,
+    }
+}

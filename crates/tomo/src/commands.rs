@@ -1,0 +1,156 @@
+//! Operator commands: `tomo codes`, `tomo hosts`, `tomo call`.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::{Api, api_failure};
+use crate::{ClientArgs, Failure, Output};
+
+#[derive(Debug, Subcommand)]
+pub enum CodesCommand {
+    /// Create a single-use registration code and print the command that joins a host.
+    Create {
+        /// How long the code stays valid (default 15m).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// List hosts.
+    #[command(alias = "list")]
+    Ls,
+    /// Show one host.
+    Show { host: String },
+    /// Remove a host: it is disconnected at once and its key never authenticates again.
+    #[command(alias = "remove")]
+    Rm { host: String },
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Percent-encodes a path segment.
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn codes(cmd: CodesCommand, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let CodesCommand::Create { ttl } = cmd;
+    let ttl = crate::duration::parse(&ttl).map_err(|e| Failure::new(2, e))?;
+    let api = Api::from_args(args)?;
+    let v = api.expect(Method::POST, "/codes", Some(&json!({"ttl_secs": ttl.as_secs()})), 1).await?;
+    if args.output == Output::Json {
+        print_json(&v);
+    } else {
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        println!("Registration code: {}", s("code"));
+        println!("Expires at:        {} (single use)", s("expires_at"));
+        println!("Server URL:        {}", s("server_url"));
+        if let Some(ca) = v["ca_file"].as_str() {
+            println!("CA file:           {ca} (copy it to the new host)");
+        }
+        println!("\nJoin a host with the agent binary:\n  {}", s("join_command"));
+        println!("\nor with Docker:\n  {}", s("docker_command"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    match cmd {
+        HostsCommand::Ls => {
+            let v = api.expect(Method::GET, "/hosts", None, 1).await?;
+            if args.output == Output::Json {
+                print_json(&v);
+            } else {
+                print_hosts(v.as_array().map(Vec::as_slice).unwrap_or_default());
+            }
+        }
+        HostsCommand::Show { host } => {
+            let v = api.expect(Method::GET, &format!("/hosts/{}", seg(&host)), None, 1).await?;
+            // The detail view is JSON in both formats: it is nested.
+            print_json(&v);
+        }
+        HostsCommand::Rm { host } => {
+            let v = api.expect(Method::DELETE, &format!("/hosts/{}", seg(&host)), None, 1).await?;
+            if args.output == Output::Json {
+                print_json(&v);
+            } else {
+                println!("removed host {}", v["removed"].as_str().unwrap_or_default());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_hosts(hosts: &[Value]) {
+    if hosts.is_empty() {
+        println!("no hosts yet: `tomo codes create` makes a code to join one");
+        return;
+    }
+    let rows: Vec<[String; 6]> = hosts
+        .iter()
+        .map(|h| {
+            let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+            [
+                s(&h["id"]).chars().take(8).collect(),
+                s(&h["hostname"]),
+                s(&h["status"]),
+                s(&h["last_seen"]),
+                s(&h["facts"]["docker_version"]),
+                s(&h["facts"]["os"]),
+            ]
+        })
+        .collect();
+    let header = ["ID", "HOSTNAME", "STATUS", "LAST SEEN", "DOCKER", "OS"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+pub async fn call(host: &str, method: &str, params: Option<&str>, timeout: Option<&str>, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let params: Option<Value> = match params {
+        Some(p) => {
+            let v: Value = serde_json::from_str(p).map_err(|e| Failure::new(2, format!("PARAMS_JSON is not JSON: {e}")))?;
+            if !v.is_object() && !v.is_array() {
+                return Err(Failure::new(2, "PARAMS_JSON must be an object or an array"));
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    let mut body = json!({"method": method});
+    if let Some(p) = params {
+        body["params"] = p;
+    }
+    if let Some(t) = timeout {
+        let t = crate::duration::parse(t).map_err(|e| Failure::new(2, e))?;
+        body["timeout_ms"] = json!(t.as_millis() as u64);
+    }
+    let api = Api::from_args(args)?;
+    let r = api.send(Method::POST, &format!("/hosts/{}/rpc", seg(host)), Some(&body)).await?;
+    // A JSON-RPC response comes back even when the host is offline or timed out.
+    if r.body.get("jsonrpc").is_some() {
+        print_json(&r.body);
+        return Ok(if r.body.get("error").is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS });
+    }
+    Err(api_failure(&r, 2))
+}

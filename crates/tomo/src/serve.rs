@@ -1,0 +1,67 @@
+//! `tomo server`: the control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+use tomo_server::config::ServerConfig;
+use tomo_server::tls::TlsSource;
+
+use crate::Failure;
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Where the database, TLS material and state live.
+    #[arg(long, env = "TOMO_DATA_DIR", default_value = "/var/lib/tomo")]
+    pub data_dir: PathBuf,
+    /// Address to listen on (use 0.0.0.0:7443 to accept remote agents).
+    #[arg(long, env = "TOMO_LISTEN", default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; without it a development CA and certificate are generated.
+    #[arg(long, env = "TOMO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TOMO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// URL agents and clients use to reach this server, e.g. https://tomo.example.com.
+    #[arg(long, env = "TOMO_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Default timeout of calls to agents.
+    #[arg(long, env = "TOMO_CALL_TIMEOUT", default_value = "30s")]
+    pub call_timeout: String,
+    /// How long health and metrics history is kept.
+    #[arg(long, env = "TOMO_HISTORY_RETENTION", default_value = "24h")]
+    pub history_retention: String,
+}
+
+impl ServerArgs {
+    pub fn to_config(&self) -> Result<ServerConfig, Failure> {
+        let mut c = ServerConfig::new(self.data_dir.clone(), self.listen);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            c.tls = TlsSource::Files { cert: cert.clone(), key: key.clone() };
+        }
+        c.public_url = self.public_url.clone();
+        c.call_timeout = crate::duration::parse(&self.call_timeout).map_err(Failure::config)?;
+        c.history_retention = crate::duration::parse(&self.history_retention).map_err(Failure::config)?;
+        c.validate().map_err(Failure::config)?;
+        Ok(c)
+    }
+}
+
+pub async fn run(args: ServerArgs) -> Result<ExitCode, Failure> {
+    let config = args.to_config()?;
+    tracing::info!(?config, "starting the control plane");
+    let server = tomo_server::Server::bind(config).await.map_err(Failure::config)?;
+    if let Some(token) = &server.first_admin_token {
+        println!("Admin token (shown once; store it safely): {token}");
+        println!("Use it with: export TOMO_URL={} TOMO_TOKEN=<token>", server.info().api_url);
+        if let Some(ca) = &server.info().ca_file {
+            println!("and, for the self-signed certificate: export TOMO_CA_FILE={}", ca.display());
+        }
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(tomo_common::signals::cancel_on_signal(shutdown.clone()));
+    server.run(shutdown).await;
+    Ok(ExitCode::SUCCESS)
+}
