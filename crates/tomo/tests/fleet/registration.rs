@@ -1,0 +1,259 @@
+//! Registration, reconnection, removal and call routing.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tomo_agent::AgentError;
+use tomo_agent::identity::Keys;
+use tomo_proto::handshake::RefusalReason;
+
+use crate::support::{Fleet, Raw, RunningAgent, facts};
+
+fn refused(r: Result<(), AgentError>) -> RefusalReason {
+    match r {
+        Err(AgentError::Refused { reason, .. }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_agent_registers_and_answers_calls() {
+    let f = Fleet::start().await;
+    let mut a = RunningAgent::spawn(f.agent("alpha", Some(f.code().await)));
+    let id = a.online().await;
+    f.wait_status(&id, "online").await;
+    let hosts = f.hosts().await;
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0]["id"], json!(id));
+    assert_eq!(hosts[0]["hostname"], json!("alpha"));
+    assert_eq!(hosts[0]["status"], json!("online"));
+
+    // By hostname, by id prefix and by id.
+    for key in ["alpha", &id[..6], &id] {
+        let (s, v) = f.rpc(key, "agent.ping", None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["result"]["pong"], json!(true), "{v}");
+    }
+    let (_, info) = f.rpc("alpha", "system.info", None).await;
+    assert_eq!(info["result"]["hostname"], json!("alpha"));
+    assert!(info["result"]["cpus"].as_u64().is_some_and(|c| c >= 1), "{info}");
+    assert!(info["result"]["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{info}");
+    assert_eq!(info["result"]["docker"]["available"], json!(false));
+    // Docker methods without an engine: -32003 with a clear message; the agent keeps working.
+    let (_, d) = f.rpc("alpha", "docker.containers.list", None).await;
+    assert_eq!(d["error"]["code"], json!(-32003), "{d}");
+    // The first metrics.update and health.status arrive at connect and are kept.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, h) = f.api(Method::GET, &format!("/hosts/{id}"), None).await;
+        if h["metrics"]["sample"]["memory"]["total"].as_u64().is_some_and(|t| t > 0) && h["health"]["status"]["status"] == "degraded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no metrics/health kept: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, hist) = f.api(Method::GET, &format!("/hosts/{id}/metrics"), None).await;
+    assert!(!hist["samples"].as_array().expect("samples").is_empty(), "{hist}");
+    a.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn used_expired_and_unknown_codes_are_refused() {
+    let f = Fleet::start().await;
+    let code = f.code().await;
+    let mut first = RunningAgent::spawn(f.agent("first", Some(code.clone())));
+    first.online().await;
+
+    let used = RunningAgent::spawn(f.agent("second", Some(code)));
+    assert_eq!(refused(used.finished().await), RefusalReason::CodeUsed);
+
+    let (expiring, _) = tomo_server::auth::mint_code(&*f.state.store, Duration::from_millis(1), "test").await.expect("code");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let expired = RunningAgent::spawn(f.agent("third", Some(expiring)));
+    assert_eq!(refused(expired.finished().await), RefusalReason::CodeExpired);
+
+    let unknown = RunningAgent::spawn(f.agent("fourth", Some("rc_00000000000000000000000000000000".into())));
+    assert_eq!(refused(unknown.finished().await), RefusalReason::CodeUnknown);
+
+    // Nothing but the first host exists.
+    let hosts = f.hosts().await;
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(hosts[0]["hostname"], json!("first"));
+    first.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn agents_racing_for_one_code_exactly_one_wins() {
+    let f = Fleet::start().await;
+    let code = f.code().await;
+    let agents: Vec<RunningAgent> = (0..6).map(|i| RunningAgent::spawn(f.agent(&format!("racer{i}"), Some(code.clone())))).collect();
+    let mut winners = 0;
+    let mut losers = 0;
+    let mut survivors = Vec::new();
+    for mut a in agents {
+        let s = tokio::time::timeout(crate::support::WAIT, a.status.wait_for(|s| !matches!(s, tomo_agent::Status::Starting | tomo_agent::Status::Connecting)))
+            .await
+            .expect("decided")
+            .expect("alive")
+            .clone();
+        match s {
+            tomo_agent::Status::Online { .. } => {
+                winners += 1;
+                survivors.push(a);
+            }
+            _ => {
+                assert_eq!(refused(a.finished().await), RefusalReason::CodeUsed);
+                losers += 1;
+            }
+        }
+    }
+    assert_eq!((winners, losers), (1, 5));
+    assert_eq!(f.hosts().await.len(), 1);
+    for a in survivors {
+        a.stop().await.expect("stop");
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_agent_reconnects_with_its_key_and_no_code() {
+    let f = Fleet::start().await;
+    let mut a = RunningAgent::spawn(f.agent("phoenix", Some(f.code().await)));
+    let id = a.online().await;
+    a.stop().await.expect("stop");
+    f.wait_status(&id, "offline").await;
+
+    let mut again = RunningAgent::spawn(f.agent("phoenix", None));
+    assert_eq!(again.online().await, id, "same identity");
+    f.wait_status(&id, "online").await;
+    assert_eq!(f.hosts().await.len(), 1);
+    // No code and no bearer secret is stored by the agent: only its key and its id.
+    let files: Vec<String> = std::fs::read_dir(f.dir.join("agents/phoenix"))
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut files = files;
+    files.sort();
+    assert_eq!(files, ["agent.json", "agent.key"]);
+    again.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn agents_come_back_after_a_control_plane_restart() {
+    let mut f = Fleet::start().await;
+    let mut a = RunningAgent::spawn(f.agent("a", Some(f.code().await)));
+    let mut b = RunningAgent::spawn(f.agent("b", Some(f.code().await)));
+    let (ida, idb) = (a.online().await, b.online().await);
+    let addr = f.info.local_addr.to_string();
+    let dir = f.dir.clone();
+    let took = f.stop().await;
+    assert!(took < Duration::from_secs(2), "control plane stop took {took:?}");
+    a.status.wait_for(|s| matches!(s, tomo_agent::Status::Offline { .. })).await.expect("alive");
+
+    let f2 = Fleet::start_in(&dir, &addr, |_| {}).await;
+    f2.wait_status(&ida, "online").await;
+    f2.wait_status(&idb, "online").await;
+    assert_eq!(f2.hosts().await.len(), 2);
+    let (_, v) = f2.rpc(&ida, "agent.ping", None).await;
+    assert_eq!(v["result"]["pong"], json!(true));
+    a.stop().await.expect("stop");
+    b.stop().await.expect("stop");
+    drop(f);
+}
+
+#[tokio::test]
+async fn another_engine_id_is_refused_and_recorded() {
+    let f = Fleet::start().await;
+    let keys = Keys::generate();
+    let (raw, id) = Raw::register(&f, &keys, &f.code().await, facts("engine-host", Some("ENGINE-A"))).await.expect("registered");
+    drop(raw);
+    let r = Raw::authenticate(&f, &keys, &id, facts("engine-host", Some("ENGINE-B"))).await;
+    assert_eq!(r.err(), Some(RefusalReason::EngineMismatch));
+    let (_, host) = f.api(Method::GET, &format!("/hosts/{id}"), None).await;
+    assert_eq!(host["engine_id"], json!("ENGINE-A"), "{host}");
+    let events = host["security_events"].as_array().expect("events");
+    assert!(events.iter().any(|e| e["kind"] == "engine_mismatch"), "{host}");
+    // The right engine still gets in; a Docker engine that is down (no id) is not a mismatch.
+    assert!(Raw::authenticate(&f, &keys, &id, facts("engine-host", Some("ENGINE-A"))).await.is_ok());
+    assert!(Raw::authenticate(&f, &keys, &id, facts("engine-host", None)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_refused() {
+    let f = Fleet::start().await;
+    let keys = Keys::generate();
+    let (_raw, id) = Raw::register(&f, &keys, &f.code().await, facts("victim", None)).await.expect("registered");
+    let thief = Keys::generate();
+    assert_eq!(Raw::authenticate(&f, &thief, &id, facts("victim", None)).await.err(), Some(RefusalReason::BadSignature));
+    assert_eq!(Raw::authenticate(&f, &thief, "no-such-agent", facts("x", None)).await.err(), Some(RefusalReason::UnknownAgent));
+    // The database holds nothing that lets anyone authenticate: only the public key.
+    let host = f.state.store.host(&id).await.expect("host");
+    assert_eq!(host.public_key, keys.public_key());
+}
+
+#[tokio::test]
+async fn removing_a_host_disconnects_it_and_its_key_never_works_again() {
+    let f = Fleet::start().await;
+    let mut a = RunningAgent::spawn(f.agent("doomed", Some(f.code().await)));
+    let id = a.online().await;
+    let (s, v) = f.api(Method::DELETE, "/hosts/doomed", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(refused(a.finished().await), RefusalReason::HostRemoved);
+    let (s, _) = f.api(Method::GET, &format!("/hosts/{id}"), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(f.hosts().await.is_empty());
+    // Restarting the agent does not bring it back.
+    let again = RunningAgent::spawn(f.agent("doomed", None));
+    assert_eq!(refused(again.finished().await), RefusalReason::HostRemoved);
+}
+
+#[tokio::test]
+async fn calls_time_out_and_offline_hosts_fail_at_once() {
+    let f = Fleet::start().await;
+    let keys = Keys::generate();
+    // A "agent" that authenticates and then never answers.
+    let (mut raw, id) = Raw::register(&f, &keys, &f.code().await, facts("mute", None)).await.expect("registered");
+    let t0 = Instant::now();
+    let (s, v) = f.api(Method::POST, "/hosts/mute/rpc", Some(json!({"method": "agent.ping", "timeout_ms": 300}))).await;
+    let took = t0.elapsed();
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    assert_eq!(v["error"]["code"], json!(-32011), "{v}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+    // The request really reached the agent, with its envelope.
+    let req: serde_json::Value = serde_json::from_str(&raw.text().await.expect("request")).expect("json");
+    assert_eq!(req["method"], json!("agent.ping"));
+    assert_eq!(req["meta"]["aud"], json!(id));
+    assert_eq!(req["meta"]["role"], json!("admin"));
+
+    raw.ws.close(None).await.expect("close");
+    f.wait_status(&id, "offline").await;
+    let t0 = Instant::now();
+    let (s, v) = f.rpc(&id, "agent.ping", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"]["code"], json!(-32010), "{v}");
+    assert!(t0.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn the_api_requires_a_valid_token() {
+    let f = Fleet::start().await;
+    for token in ["", "tomo_wrong"] {
+        let (s, v) = f.api_as(token, Method::GET, "/hosts", None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+        assert_eq!(v["error"]["code"], json!("unauthorized"));
+    }
+    let (s, v) = f.api(Method::POST, "/codes", Some(json!({"ttl_secs": 0}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = f.api(Method::POST, "/codes", Some(json!({}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(v["code"].as_str().is_some_and(|c| c.starts_with("rc_")));
+    assert_eq!(v["server_url"], json!(f.info.agent_url));
+    assert!(v["ca_file"].as_str().is_some());
+    // Codes are stored hashed: the plain code is nowhere in the database file.
+    let db = std::fs::read(f.dir.join("server/tomo.db")).expect("db");
+    let wal = std::fs::read(f.dir.join("server/tomo.db-wal")).unwrap_or_default();
+    let code = v["code"].as_str().expect("code").as_bytes();
+    assert!(!db.windows(code.len()).any(|w| w == code) && !wal.windows(code.len()).any(|w| w == code));
+    let (s, _) = f.rpc("nobody", "agent.ping", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
