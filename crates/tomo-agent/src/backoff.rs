@@ -15,7 +15,12 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self { initial, max, base: initial, rng: fastrand::Rng::new() }
+        Self {
+            initial,
+            max,
+            base: initial,
+            rng: fastrand::Rng::new(),
+        }
     }
 
     /// The agent's standard policy: 1 s → 60 s.
@@ -46,7 +51,10 @@ mod tests {
         let bases = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0];
         for base in bases {
             let d = b.next_delay().as_secs_f64();
-            assert!(d >= base * 0.8 - 1e-9 && d <= base * 1.2 + 1e-9, "{d} not within 20% of {base}");
+            assert!(
+                d >= base * 0.8 - 1e-9 && d <= base * 1.2 + 1e-9,
+                "{d} not within 20% of {base}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(1200));
@@ -54,8 +62,12 @@ mod tests {
 
     #[test]
     fn jitter_spreads_delays() {
-        let delays: std::collections::BTreeSet<u128> =
-            (0..50).map(|_| Backoff::standard().next_delay().as_millis()).collect();
-        assert!(delays.len() > 10, "jitter should spread delays, got {delays:?}");
+        let delays: std::collections::BTreeSet<u128> = (0..50)
+            .map(|_| Backoff::standard().next_delay().as_millis())
+            .collect();
+        assert!(
+            delays.len() > 10,
+            "jitter should spread delays, got {delays:?}"
+        );
     }
 }

@@ -43,7 +43,8 @@ pub async fn start(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let stale = !docker_tx.borrow().available || status_at.elapsed() >= DOCKER_STATUS_REFRESH;
+            let stale =
+                !docker_tx.borrow().available || status_at.elapsed() >= DOCKER_STATUS_REFRESH;
             if stale {
                 docker_tx.send_replace(sampler.docker.status().await);
                 status_at = Instant::now();
@@ -53,7 +54,13 @@ pub async fn start(
             metrics_tx.send_replace(m);
         }
     };
-    (Samples { metrics, docker: docker_rx }, task)
+    (
+        Samples {
+            metrics,
+            docker: docker_rx,
+        },
+        task,
+    )
 }
 
 struct Sampler {
@@ -65,14 +72,23 @@ struct Sampler {
 
 impl Sampler {
     fn new(docker: Arc<DockerClient>) -> Self {
-        Self { docker, cpu: host::cpu_times(), net: host::net_bytes(), at: Instant::now() }
+        Self {
+            docker,
+            cpu: host::cpu_times(),
+            net: host::net_bytes(),
+            at: Instant::now(),
+        }
     }
 
     async fn sample(&mut self, docker: &DockerStatus) -> Metrics {
         let (cpu, net, at) = (host::cpu_times(), host::net_bytes(), Instant::now());
         let secs = at.duration_since(self.at).as_secs_f64();
         let (memory, swap) = host::memory();
-        let containers = if docker.available { self.docker.counts().await.ok() } else { None };
+        let containers = if docker.available {
+            self.docker.counts().await.ok()
+        } else {
+            None
+        };
         let m = Metrics {
             sampled_at_ms: tomo_common::now_ms(),
             cpu_percent: host::cpu_percent(self.cpu, cpu),

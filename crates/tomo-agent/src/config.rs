@@ -56,7 +56,9 @@ impl Default for Intervals {
 /// Bad configuration: the binary prints it on one line and exits with status 64.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("server URL {0:?} must start with wss:// (the agent never talks to the control plane in clear)")]
+    #[error(
+        "server URL {0:?} must start with wss:// (the agent never talks to the control plane in clear)"
+    )]
     NotWss(String),
     #[error("server URL {0:?} is not a valid URL")]
     BadUrl(String),
@@ -96,7 +98,8 @@ impl AgentConfig {
 
 /// A server URL must be `wss://host[:port]/path`.
 pub fn check_url(url: &str) -> Result<(), ConfigError> {
-    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().map_err(|_| ConfigError::BadUrl(url.into()))?;
+    let uri: tokio_tungstenite::tungstenite::http::Uri =
+        url.parse().map_err(|_| ConfigError::BadUrl(url.into()))?;
     if uri.scheme_str() != Some("wss") {
         return Err(ConfigError::NotWss(url.into()));
     }
@@ -109,14 +112,21 @@ pub fn check_url(url: &str) -> Result<(), ConfigError> {
 /// `/host` when the host's root is mounted there (the agent runs in a container), else `/`.
 fn default_host_root() -> PathBuf {
     let host = PathBuf::from("/host");
-    if host.join("etc").is_dir() { host } else { PathBuf::from("/") }
+    if host.join("etc").is_dir() {
+        host
+    } else {
+        PathBuf::from("/")
+    }
 }
 
 impl std::fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConfig")
             .field("server_url", &self.server_url)
-            .field("register_code", &self.register_code.as_ref().map(|_| "<redacted>"))
+            .field(
+                "register_code",
+                &self.register_code.as_ref().map(|_| "<redacted>"),
+            )
             .field("data_dir", &self.data_dir)
             .field("ca_file", &self.ca_file)
             .field("insecure_dev", &self.insecure_dev)
@@ -135,8 +145,14 @@ mod tests {
     #[test]
     fn only_wss_urls() {
         assert!(check_url("wss://127.0.0.1:7443/agent/ws").is_ok());
-        assert!(matches!(check_url("ws://127.0.0.1/agent/ws"), Err(ConfigError::NotWss(_))));
-        assert!(matches!(check_url("https://x/agent/ws"), Err(ConfigError::NotWss(_))));
+        assert!(matches!(
+            check_url("ws://127.0.0.1/agent/ws"),
+            Err(ConfigError::NotWss(_))
+        ));
+        assert!(matches!(
+            check_url("https://x/agent/ws"),
+            Err(ConfigError::NotWss(_))
+        ));
         assert!(check_url("not a url").is_err());
     }
 

@@ -32,14 +32,18 @@ impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<_> = self.table.keys().collect();
         names.sort();
-        f.debug_struct("Dispatcher").field("methods", &names).finish()
+        f.debug_struct("Dispatcher")
+            .field("methods", &names)
+            .finish()
     }
 }
 
 impl Dispatcher {
     /// An empty table; see [`Dispatcher::register`].
     pub fn new() -> Self {
-        Self { table: HashMap::new() }
+        Self {
+            table: HashMap::new(),
+        }
     }
 
     /// Adds method `M`, served by `f`. Registering a name twice is a programming error.
@@ -58,7 +62,13 @@ impl Dispatcher {
                 serde_json::to_value(result).map_err(RpcError::internal)
             })
         });
-        let previous = self.table.insert(M::NAME, Entry { level: M::LEVEL, handler });
+        let previous = self.table.insert(
+            M::NAME,
+            Entry {
+                level: M::LEVEL,
+                handler,
+            },
+        );
         assert!(previous.is_none(), "method {} registered twice", M::NAME);
         self
     }

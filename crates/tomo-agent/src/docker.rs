@@ -18,7 +18,10 @@ const TIMEOUT_SECS: u64 = 120;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Unix(String),
-    TcpTls { addr: String, cert_dir: PathBuf },
+    TcpTls {
+        addr: String,
+        cert_dir: PathBuf,
+    },
     /// A configuration the agent refuses, with the reason; Docker methods answer it as -32003.
     Refused(String),
 }
@@ -35,7 +38,9 @@ impl Endpoint {
     fn parse(host: Option<&str>, tls_verify: bool, cert_path: Option<PathBuf>) -> Self {
         match host {
             None => Self::Unix("/var/run/docker.sock".into()),
-            Some(h) if h.starts_with("unix://") => Self::Unix(h.trim_start_matches("unix://").into()),
+            Some(h) if h.starts_with("unix://") => {
+                Self::Unix(h.trim_start_matches("unix://").into())
+            }
             Some(h) if h.starts_with("tcp://") || h.starts_with("https://") => {
                 if !tls_verify {
                     return Self::Refused(format!(
@@ -48,7 +53,9 @@ impl Endpoint {
                 let addr = h.replacen("tcp://", "https://", 1);
                 Self::TcpTls { addr, cert_dir }
             }
-            Some(h) => Self::Refused(format!("DOCKER_HOST={h}: unsupported scheme (use unix:// or tcp:// with TLS)")),
+            Some(h) => Self::Refused(format!(
+                "DOCKER_HOST={h}: unsupported scheme (use unix:// or tcp:// with TLS)"
+            )),
         }
     }
 }
@@ -62,7 +69,10 @@ pub struct DockerClient {
 
 impl DockerClient {
     pub fn new(endpoint: Endpoint) -> Self {
-        Self { endpoint, client: Mutex::new(None) }
+        Self {
+            endpoint,
+            client: Mutex::new(None),
+        }
     }
 
     /// A connected client with a negotiated API version, or -32003 saying why there is none.
@@ -71,7 +81,9 @@ impl DockerClient {
             return Ok(c);
         }
         let fresh = match &self.endpoint {
-            Endpoint::Unix(path) => Docker::connect_with_unix(path, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION),
+            Endpoint::Unix(path) => {
+                Docker::connect_with_unix(path, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
             Endpoint::TcpTls { addr, cert_dir } => Docker::connect_with_ssl(
                 addr,
                 &cert_dir.join("key.pem"),
@@ -83,7 +95,10 @@ impl DockerClient {
             Endpoint::Refused(why) => return Err(RpcError::new(code::DOCKER, why.clone())),
         }
         .map_err(|e| unavailable(&e))?;
-        let negotiated = fresh.negotiate_version().await.map_err(|e| unavailable(&e))?;
+        let negotiated = fresh
+            .negotiate_version()
+            .await
+            .map_err(|e| unavailable(&e))?;
         if let Ok(mut slot) = self.client.lock() {
             *slot = Some(negotiated.clone());
         }
@@ -94,12 +109,17 @@ impl DockerClient {
     pub fn error(&self, e: bollard::errors::Error) -> RpcError {
         use bollard::errors::Error as E;
         match e {
-            E::DockerResponseServerError { status_code: 404, message } => {
-                RpcError::new(code::NOT_FOUND, format!("not found: {message}"))
-            }
-            E::DockerResponseServerError { status_code, message } => {
-                RpcError::new(code::DOCKER, format!("Docker error ({status_code}): {message}"))
-            }
+            E::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => RpcError::new(code::NOT_FOUND, format!("not found: {message}")),
+            E::DockerResponseServerError {
+                status_code,
+                message,
+            } => RpcError::new(
+                code::DOCKER,
+                format!("Docker error ({status_code}): {message}"),
+            ),
             other => {
                 if let Ok(mut slot) = self.client.lock() {
                     *slot = None;
@@ -124,15 +144,24 @@ impl DockerClient {
                 engine_id: info.id,
                 error: None,
             },
-            Err(e) => DockerStatus { available: false, error: Some(e.message), ..Default::default() },
+            Err(e) => DockerStatus {
+                available: false,
+                error: Some(e.message),
+                ..Default::default()
+            },
         }
     }
 
     /// Containers, running only unless `all`.
     pub async fn list_containers(&self, all: bool) -> Result<Vec<ContainerSummary>, RpcError> {
         let docker = self.client().await?;
-        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default().all(all).build();
-        let list = docker.list_containers(Some(opts)).await.map_err(|e| self.error(e))?;
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(all)
+            .build();
+        let list = docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| self.error(e))?;
         Ok(list
             .into_iter()
             .map(|c| ContainerSummary {
@@ -155,7 +184,10 @@ impl DockerClient {
     pub async fn counts(&self) -> Result<ContainerCounts, RpcError> {
         let all = self.list_containers(true).await?;
         let running = all.iter().filter(|c| c.state == "running").count() as u64;
-        Ok(ContainerCounts { running, stopped: all.len() as u64 - running })
+        Ok(ContainerCounts {
+            running,
+            stopped: all.len() as u64 - running,
+        })
     }
 }
 
@@ -170,14 +202,26 @@ mod tests {
 
     #[test]
     fn tcp_without_tls_is_refused() {
-        assert!(matches!(Endpoint::parse(Some("tcp://10.0.0.1:2375"), false, None), Endpoint::Refused(_)));
+        assert!(matches!(
+            Endpoint::parse(Some("tcp://10.0.0.1:2375"), false, None),
+            Endpoint::Refused(_)
+        ));
         assert!(matches!(
             Endpoint::parse(Some("tcp://10.0.0.1:2376"), true, Some("/certs".into())),
             Endpoint::TcpTls { .. }
         ));
-        assert_eq!(Endpoint::parse(None, false, None), Endpoint::Unix("/var/run/docker.sock".into()));
-        assert_eq!(Endpoint::parse(Some("unix:///run/d.sock"), false, None), Endpoint::Unix("/run/d.sock".into()));
-        assert!(matches!(Endpoint::parse(Some("ssh://x"), false, None), Endpoint::Refused(_)));
+        assert_eq!(
+            Endpoint::parse(None, false, None),
+            Endpoint::Unix("/var/run/docker.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse(Some("unix:///run/d.sock"), false, None),
+            Endpoint::Unix("/run/d.sock".into())
+        );
+        assert!(matches!(
+            Endpoint::parse(Some("ssh://x"), false, None),
+            Endpoint::Refused(_)
+        ));
     }
 
     #[tokio::test]

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use tomo_proto::methods::{
-    AgentPing, ContainerSummary, ContainersListParams, DockerContainersList, Metrics, NoParams, Pong, SystemGetMetrics,
-    SystemInfo, SystemInfoResult,
+    AgentPing, ContainerSummary, ContainersListParams, DockerContainersList, Metrics, NoParams,
+    Pong, SystemGetMetrics, SystemInfo, SystemInfoResult,
 };
 use tomo_proto::rpc::RpcError;
 
@@ -21,7 +21,11 @@ pub fn table() -> Dispatcher {
 }
 
 async fn ping(_: Arc<Shared>, _: NoParams) -> Result<Pong, RpcError> {
-    Ok(Pong { pong: true, agent_version: crate::VERSION.into(), time_ms: tomo_common::now_ms() })
+    Ok(Pong {
+        pong: true,
+        agent_version: crate::VERSION.into(),
+        time_ms: tomo_common::now_ms(),
+    })
 }
 
 async fn system_info(s: Arc<Shared>, _: NoParams) -> Result<SystemInfoResult, RpcError> {
@@ -43,6 +47,9 @@ async fn get_metrics(s: Arc<Shared>, _: NoParams) -> Result<Metrics, RpcError> {
     Ok(s.samples.metrics.borrow().clone())
 }
 
-async fn containers_list(s: Arc<Shared>, p: ContainersListParams) -> Result<Vec<ContainerSummary>, RpcError> {
+async fn containers_list(
+    s: Arc<Shared>,
+    p: ContainersListParams,
+) -> Result<Vec<ContainerSummary>, RpcError> {
     s.docker.list_containers(p.all).await
 }

@@ -22,7 +22,9 @@ pub struct StaticFacts {
 pub fn static_facts(host_root: &Path, hostname_override: Option<&str>) -> StaticFacts {
     let hostname = hostname_override
         .map(str::to_owned)
-        .or_else(|| read_trimmed(&host_root.join("etc/hostname")).filter(|_| host_root != Path::new("/")))
+        .or_else(|| {
+            read_trimmed(&host_root.join("etc/hostname")).filter(|_| host_root != Path::new("/"))
+        })
         .or_else(|| read_trimmed(Path::new("/proc/sys/kernel/hostname")))
         .unwrap_or_else(|| "unknown".into());
     StaticFacts {
@@ -30,7 +32,9 @@ pub fn static_facts(host_root: &Path, hostname_override: Option<&str>) -> Static
         os: os_name(host_root),
         kernel: read_trimmed(Path::new("/proc/sys/kernel/osrelease")).unwrap_or_default(),
         arch: std::env::consts::ARCH.to_owned(),
-        cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
         memory_bytes: memory().0.total,
     }
 }
@@ -66,7 +70,11 @@ pub fn uptime_secs() -> u64 {
 pub fn load() -> [f64; 3] {
     let text = read_trimmed(Path::new("/proc/loadavg")).unwrap_or_default();
     let mut it = text.split_whitespace().map(|v| v.parse().unwrap_or(0.0));
-    [it.next().unwrap_or(0.0), it.next().unwrap_or(0.0), it.next().unwrap_or(0.0)]
+    [
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+    ]
 }
 
 /// (memory, swap) from `/proc/meminfo`.
@@ -87,18 +95,32 @@ pub fn memory() -> (Usage, Usage) {
 }
 
 fn usage(used: u64, total: u64) -> Usage {
-    Usage { used, total, percent: percent(used, total) }
+    Usage {
+        used,
+        total,
+        percent: percent(used, total),
+    }
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { (part as f64 * 10_000.0 / whole as f64).round() / 100.0 }
+    if whole == 0 {
+        0.0
+    } else {
+        (part as f64 * 10_000.0 / whole as f64).round() / 100.0
+    }
 }
 
 /// Cumulative CPU time: (busy, total) jiffies from the first line of `/proc/stat`.
 pub fn cpu_times() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = text.lines().next() else { return (0, 0) };
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let Some(line) = text.lines().next() else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     (total.saturating_sub(idle), total)
@@ -114,7 +136,10 @@ pub fn net_bytes() -> (u64, u64) {
             if name.trim() == "lo" {
                 return None;
             }
-            let v: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             Some((*v.first()?, *v.get(8)?))
         })
         .fold((0, 0), |(rx, tx), (r, t)| (rx + r, tx + t))
@@ -128,18 +153,31 @@ pub fn disks() -> Vec<DiskUsage> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut f = line.split_whitespace();
-        let (Some(device), Some(mount)) = (f.next(), f.next()) else { continue };
-        if !device.starts_with("/dev/") || device.starts_with("/dev/loop") || !seen.insert(device.to_owned()) {
+        let (Some(device), Some(mount)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if !device.starts_with("/dev/")
+            || device.starts_with("/dev/loop")
+            || !seen.insert(device.to_owned())
+        {
             continue;
         }
         let mount = mount.replace("\\040", " ");
-        let Ok(st) = rustix::fs::statvfs(mount.as_str()) else { continue };
+        let Ok(st) = rustix::fs::statvfs(mount.as_str()) else {
+            continue;
+        };
         let total = st.f_blocks * st.f_frsize;
         let used = total.saturating_sub(st.f_bfree * st.f_frsize);
         if total == 0 {
             continue;
         }
-        out.push(DiskUsage { device: device.to_owned(), mount, used, total, percent: percent(used, total) });
+        out.push(DiskUsage {
+            device: device.to_owned(),
+            mount,
+            used,
+            total,
+            percent: percent(used, total),
+        });
     }
     out
 }
@@ -171,7 +209,10 @@ mod tests {
         assert!(!f.kernel.is_empty());
         assert!(f.cpus >= 1);
         assert!(f.memory_bytes > 0);
-        assert_eq!(static_facts(Path::new("/"), Some("override")).hostname, "override");
+        assert_eq!(
+            static_facts(Path::new("/"), Some("override")).hostname,
+            "override"
+        );
     }
 
     #[test]

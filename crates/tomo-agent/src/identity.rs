@@ -45,13 +45,20 @@ impl KeyVault for PlainVault {
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} is readable or writable by other users; run `chmod 600 {0}`")]
     Exposed(PathBuf),
     #[error("{path} is corrupt: {why}")]
     Corrupt { path: PathBuf, why: String },
     #[error("{path} was sealed as {found:?}, this agent opens {expected:?}")]
-    WrongFormat { path: PathBuf, found: String, expected: &'static str },
+    WrongFormat {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
 }
 
 /// An Ed25519 key pair.
@@ -62,7 +69,9 @@ pub struct Keys {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").field("public_key", &self.public_key_b64()).finish_non_exhaustive()
+        f.debug_struct("Keys")
+            .field("public_key", &self.public_key_b64())
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,7 +79,8 @@ impl Keys {
     /// A fresh key pair from the OS random source.
     pub fn generate() -> Self {
         let rng = ring::rand::SystemRandom::new();
-        let doc = Ed25519KeyPair::generate_pkcs8(&rng).expect("Ed25519 key generation does not fail");
+        let doc =
+            Ed25519KeyPair::generate_pkcs8(&rng).expect("Ed25519 key generation does not fail");
         Self::from_pkcs8(doc.as_ref().to_vec()).expect("a generated key parses")
     }
 
@@ -123,7 +133,10 @@ pub struct IdentityStore {
 
 impl std::fmt::Debug for IdentityStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentityStore").field("dir", &self.dir).field("vault", &self.vault.format()).finish()
+        f.debug_struct("IdentityStore")
+            .field("dir", &self.dir)
+            .field("vault", &self.vault.format())
+            .finish()
     }
 }
 
@@ -152,7 +165,8 @@ impl IdentityStore {
     }
 
     fn load_keys(&self, path: &Path) -> Result<Keys, IdentityError> {
-        let sealed: SealedKey = serde_json::from_slice(&read(path)?).map_err(|e| corrupt(path, e))?;
+        let sealed: SealedKey =
+            serde_json::from_slice(&read(path)?).map_err(|e| corrupt(path, e))?;
         if sealed.format != self.vault.format() {
             return Err(IdentityError::WrongFormat {
                 path: path.to_owned(),
@@ -168,10 +182,14 @@ impl IdentityStore {
     /// Saves a new key pair (before it is ever sent anywhere, so a crash cannot lose it).
     pub fn save_keys(&self, keys: &Keys) -> Result<(), IdentityError> {
         self.ensure_dir()?;
-        let sealed = SealedKey { format: self.vault.format().into(), data: b64(&self.vault.seal(&keys.pkcs8)?) };
+        let sealed = SealedKey {
+            format: self.vault.format().into(),
+            data: b64(&self.vault.seal(&keys.pkcs8)?),
+        };
         let path = self.dir.join(KEY_FILE);
         let json = serde_json::to_vec(&sealed).expect("serializes");
-        tomo_common::fs::write_private(&path, &json).map_err(|source| IdentityError::Io { path, source })
+        tomo_common::fs::write_private(&path, &json)
+            .map_err(|source| IdentityError::Io { path, source })
     }
 
     /// Saves the registration once the control plane welcomed the agent.
@@ -179,11 +197,15 @@ impl IdentityStore {
         self.ensure_dir()?;
         let path = self.dir.join(STATE_FILE);
         let json = serde_json::to_vec_pretty(reg).expect("serializes");
-        tomo_common::fs::write_private(&path, &json).map_err(|source| IdentityError::Io { path, source })
+        tomo_common::fs::write_private(&path, &json)
+            .map_err(|source| IdentityError::Io { path, source })
     }
 
     fn ensure_dir(&self) -> Result<(), IdentityError> {
-        tomo_common::fs::create_private_dir(&self.dir).map_err(|source| IdentityError::Io { path: self.dir.clone(), source })
+        tomo_common::fs::create_private_dir(&self.dir).map_err(|source| IdentityError::Io {
+            path: self.dir.clone(),
+            source,
+        })
     }
 }
 
@@ -191,16 +213,25 @@ fn check_private(path: &Path) -> Result<(), IdentityError> {
     match tomo_common::fs::is_exposed(path) {
         Ok(false) => Ok(()),
         Ok(true) => Err(IdentityError::Exposed(path.to_owned())),
-        Err(source) => Err(IdentityError::Io { path: path.to_owned(), source }),
+        Err(source) => Err(IdentityError::Io {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    std::fs::read(path).map_err(|source| IdentityError::Io { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn corrupt(path: &Path, why: impl std::fmt::Display) -> IdentityError {
-    IdentityError::Corrupt { path: path.to_owned(), why: why.to_string() }
+    IdentityError::Corrupt {
+        path: path.to_owned(),
+        why: why.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -222,9 +253,16 @@ mod tests {
         let loaded = s.load().expect("load").expect("some");
         assert_eq!(loaded.keys.public_key(), keys.public_key());
         assert!(loaded.registration.is_none());
-        let reg = Registration { agent_id: "a".into(), server_url: "wss://x/agent/ws".into(), registered_at_ms: 1 };
+        let reg = Registration {
+            agent_id: "a".into(),
+            server_url: "wss://x/agent/ws".into(),
+            registered_at_ms: 1,
+        };
         s.save_registration(&reg).expect("save");
-        assert_eq!(s.load().expect("load").expect("some").registration, Some(reg));
+        assert_eq!(
+            s.load().expect("load").expect("some").registration,
+            Some(reg)
+        );
     }
 
     #[test]

@@ -59,18 +59,26 @@ pub enum AgentError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Tls(#[from] tomo_common::tls::TlsError),
-    #[error("this agent is not registered yet: pass a registration code (--register-code or REGISTER_CODE)")]
+    #[error(
+        "this agent is not registered yet: pass a registration code (--register-code or REGISTER_CODE)"
+    )]
     NotRegistered,
     #[error("no server URL: pass --server-url or SERVER_URL")]
     NoServerUrl,
     #[error("the control plane refused this agent ({reason}): {message}")]
-    Refused { reason: RefusalReason, message: String },
+    Refused {
+        reason: RefusalReason,
+        message: String,
+    },
 }
 
 impl AgentError {
     /// Whether the error is the operator's to fix in the configuration (exit status 64).
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_) | Self::NotRegistered | Self::NoServerUrl | Self::Tls(_))
+        matches!(
+            self,
+            Self::Config(_) | Self::NotRegistered | Self::NoServerUrl | Self::Tls(_)
+        )
     }
 }
 
@@ -83,7 +91,9 @@ pub struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Agent")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,12 +114,19 @@ impl Agent {
         };
         let tls = tomo_common::tls::client_config(&trust)?;
         let insecure = matches!(trust, tomo_common::tls::Trust::InsecureDev);
-        Ok(Self::with_dialer(config, Arc::new(TlsDialer::new(tls, insecure))))
+        Ok(Self::with_dialer(
+            config,
+            Arc::new(TlsDialer::new(tls, insecure)),
+        ))
     }
 
     /// An agent with its own transport (tests use in-memory pipes).
     pub fn with_dialer(config: AgentConfig, dialer: Arc<dyn Dialer>) -> Self {
-        Self { config, dialer, status: watch::channel(Status::Starting).0 }
+        Self {
+            config,
+            dialer,
+            status: watch::channel(Status::Starting).0,
+        }
     }
 
     /// Follows the agent's status.
@@ -123,7 +140,12 @@ impl Agent {
         let store = IdentityStore::new(self.config.data_dir.clone(), Box::new(PlainVault));
         let (keys, mut mode, url) = self.prepare_identity(&store)?;
         let docker = Arc::new(DockerClient::new(self.config.docker.clone()));
-        let (samples, sampler) = collect::start(Arc::clone(&docker), self.config.intervals.sample, shutdown.child_token()).await;
+        let (samples, sampler) = collect::start(
+            Arc::clone(&docker),
+            self.config.intervals.sample,
+            shutdown.child_token(),
+        )
+        .await;
         let sampler = tokio::spawn(sampler);
         let shared = Arc::new(Shared {
             facts: host::static_facts(&self.config.host_root, self.config.hostname.as_deref()),
@@ -144,17 +166,30 @@ impl Agent {
             match opened {
                 Ok((ws, agent_id)) => {
                     if let Mode::Register { .. } = mode {
-                        let reg = Registration { agent_id: agent_id.clone(), server_url: url.clone(), registered_at_ms: tomo_common::now_ms() };
+                        let reg = Registration {
+                            agent_id: agent_id.clone(),
+                            server_url: url.clone(),
+                            registered_at_ms: tomo_common::now_ms(),
+                        };
                         if let Err(e) = store.save_registration(&reg) {
                             break Err(e.into());
                         }
                         tracing::info!(%agent_id, "registered with the control plane");
-                        mode = Mode::Authenticate { agent_id: agent_id.clone() };
+                        mode = Mode::Authenticate {
+                            agent_id: agent_id.clone(),
+                        };
                     }
                     tracing::info!(%agent_id, %url, "connected");
                     backoff.reset();
                     self.status.send_replace(Status::Online { agent_id });
-                    let end = session::serve(ws, Arc::clone(&shared), Arc::clone(&dispatcher), self.config.intervals, shutdown.clone()).await;
+                    let end = session::serve(
+                        ws,
+                        Arc::clone(&shared),
+                        Arc::clone(&dispatcher),
+                        self.config.intervals,
+                        shutdown.clone(),
+                    )
+                    .await;
                     match end {
                         SessionEnd::Shutdown => break Ok(()),
                         SessionEnd::Lost(reason) => {
@@ -164,16 +199,23 @@ impl Agent {
                     }
                 }
                 Err(SessionError::Refused { reason, message }) if reason.is_permanent() => {
-                    self.status.send_replace(Status::Offline { reason: reason.to_string() });
+                    self.status.send_replace(Status::Offline {
+                        reason: reason.to_string(),
+                    });
                     break Err(AgentError::Refused { reason, message });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot connect to the control plane");
-                    self.status.send_replace(Status::Offline { reason: e.to_string() });
+                    self.status.send_replace(Status::Offline {
+                        reason: e.to_string(),
+                    });
                 }
             }
             let delay = backoff.next_delay();
-            tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting after a delay");
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "reconnecting after a delay"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => break Ok(()),
@@ -186,16 +228,33 @@ impl Agent {
     /// Loads or creates the key, and decides whether to register or authenticate, and where.
     fn prepare_identity(&self, store: &IdentityStore) -> Result<(Keys, Mode, String), AgentError> {
         match store.load()? {
-            Some(Identity { keys, registration: Some(reg) }) => {
+            Some(Identity {
+                keys,
+                registration: Some(reg),
+            }) => {
                 if self.config.register_code.is_some() {
                     tracing::info!(agent_id = %reg.agent_id, "already registered; ignoring the registration code");
                 }
                 let url = self.config.server_url.clone().unwrap_or(reg.server_url);
-                Ok((keys, Mode::Authenticate { agent_id: reg.agent_id }, url))
+                Ok((
+                    keys,
+                    Mode::Authenticate {
+                        agent_id: reg.agent_id,
+                    },
+                    url,
+                ))
             }
             existing => {
-                let code = self.config.register_code.clone().ok_or(AgentError::NotRegistered)?;
-                let url = self.config.server_url.clone().ok_or(AgentError::NoServerUrl)?;
+                let code = self
+                    .config
+                    .register_code
+                    .clone()
+                    .ok_or(AgentError::NotRegistered)?;
+                let url = self
+                    .config
+                    .server_url
+                    .clone()
+                    .ok_or(AgentError::NoServerUrl)?;
                 // A key saved by an earlier attempt is reused, so that a crash between the control
                 // plane's acceptance and our saving of the agent id does not burn the code.
                 let keys = match existing {
@@ -234,11 +293,22 @@ fn hello(mode: &Mode, keys: &Keys, nonce: &str, facts: HostFacts) -> Handshake {
         Mode::Register { code } => {
             let public_key = keys.public_key_b64();
             let signature = keys.sign_b64(&signing_payload(Purpose::Register, nonce, &public_key));
-            Handshake::Register { proto_version, code: code.clone(), public_key, signature, facts }
+            Handshake::Register {
+                proto_version,
+                code: code.clone(),
+                public_key,
+                signature,
+                facts,
+            }
         }
         Mode::Authenticate { agent_id } => {
             let signature = keys.sign_b64(&signing_payload(Purpose::Authenticate, nonce, agent_id));
-            Handshake::Authenticate { proto_version, agent_id: agent_id.clone(), signature, facts }
+            Handshake::Authenticate {
+                proto_version,
+                agent_id: agent_id.clone(),
+                signature,
+                facts,
+            }
         }
     }
 }

@@ -16,7 +16,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::protocol::{
+    CloseFrame, WebSocketConfig, frame::coding::CloseCode,
+};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use tomo_proto::handshake::{Handshake, RefusalReason};
@@ -53,7 +55,10 @@ pub enum SessionError {
     #[error("protocol violation by the control plane: {0}")]
     Protocol(String),
     #[error("the control plane refused the agent ({reason}): {message}")]
-    Refused { reason: RefusalReason, message: String },
+    Refused {
+        reason: RefusalReason,
+        message: String,
+    },
     #[error("no answer from the control plane within {0:?}")]
     Timeout(Duration),
 }
@@ -66,32 +71,54 @@ pub struct TlsDialer {
 
 impl std::fmt::Debug for TlsDialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsDialer").field("insecure_dev", &self.insecure_dev).finish_non_exhaustive()
+        f.debug_struct("TlsDialer")
+            .field("insecure_dev", &self.insecure_dev)
+            .finish_non_exhaustive()
     }
 }
 
 impl TlsDialer {
     pub fn new(config: rustls::ClientConfig, insecure_dev: bool) -> Self {
-        Self { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), insecure_dev }
+        Self {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            insecure_dev,
+        }
     }
 }
 
 impl Dialer for TlsDialer {
     fn dial<'a>(&'a self, url: &'a str) -> DialFuture<'a> {
         Box::pin(async move {
-            let uri: tungstenite::http::Uri = url.parse().map_err(|_| SessionError::Protocol(format!("bad URL {url}")))?;
-            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+            let uri: tungstenite::http::Uri = url
+                .parse()
+                .map_err(|_| SessionError::Protocol(format!("bad URL {url}")))?;
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
             let port = uri.port_u16().unwrap_or(443);
             if self.insecure_dev {
                 tracing::warn!(%url, "TOMO_DEV=1: TLS certificate verification is OFF for this connection; pin the control plane's CA with --ca-file instead");
             }
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
                 .await
-                .map_err(|source| SessionError::Connect { url: url.into(), source })?;
+                .map_err(|source| SessionError::Connect {
+                    url: url.into(),
+                    source,
+                })?;
             let _ = tcp.set_nodelay(true);
             let name = rustls::pki_types::ServerName::try_from(host)
                 .map_err(|_| SessionError::Protocol(format!("bad host in {url}")))?;
-            let tls = self.connector.connect(name, tcp).await.map_err(|source| SessionError::Tls { url: url.into(), source })?;
+            let tls =
+                self.connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|source| SessionError::Tls {
+                        url: url.into(),
+                        source,
+                    })?;
             Ok(Box::new(tls) as Box<dyn Io>)
         })
     }
@@ -112,40 +139,69 @@ pub async fn open(
     hello: impl FnOnce(&str) -> Handshake,
     timeout: Duration,
 ) -> Result<(Ws, String), SessionError> {
-    let io = dialer.dial(url).await?;
+    // Everything, from TCP connect to welcome, within one deadline: a black-holed peer cannot hang us.
     let work = async {
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, io, Some(ws_config())).await?;
+        let io = dialer.dial(url).await?;
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(url, io, Some(ws_config())).await?;
         let nonce = match next_handshake(&mut ws).await? {
-            Handshake::Challenge { proto_version, nonce } if proto_version == tomo_proto::PROTO_VERSION => nonce,
+            Handshake::Challenge {
+                proto_version,
+                nonce,
+            } if proto_version == tomo_proto::PROTO_VERSION => nonce,
             Handshake::Challenge { proto_version, .. } => {
-                return Err(SessionError::Protocol(format!("control plane speaks protocol {proto_version}")));
+                let message = format!(
+                    "control plane speaks protocol {proto_version}, this agent {}",
+                    tomo_proto::PROTO_VERSION
+                );
+                return Err(SessionError::Refused {
+                    reason: RefusalReason::UnsupportedVersion,
+                    message,
+                });
             }
-            other => return Err(SessionError::Protocol(format!("expected a challenge, got {other:?}"))),
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "expected a challenge, got {other:?}"
+                )));
+            }
         };
         ws.send(WsMessage::text(hello(&nonce).to_json())).await?;
         match next_handshake(&mut ws).await? {
             Handshake::Welcome { agent_id, .. } => Ok((ws, agent_id)),
-            Handshake::Refused { reason, message } => Err(SessionError::Refused { reason, message }),
-            other => Err(SessionError::Protocol(format!("expected welcome, got {other:?}"))),
+            Handshake::Refused { reason, message } => {
+                Err(SessionError::Refused { reason, message })
+            }
+            other => Err(SessionError::Protocol(format!(
+                "expected welcome, got {other:?}"
+            ))),
         }
     };
-    tokio::time::timeout(timeout, work).await.map_err(|_| SessionError::Timeout(timeout))?
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| SessionError::Timeout(timeout))?
 }
 
 async fn next_handshake(ws: &mut Ws) -> Result<Handshake, SessionError> {
     loop {
         match ws.next().await {
             Some(Ok(WsMessage::Text(t))) => {
-                return Handshake::parse(&t).map_err(|_| SessionError::Protocol("malformed handshake message".into()));
+                return Handshake::parse(&t)
+                    .map_err(|_| SessionError::Protocol("malformed handshake message".into()));
             }
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
             Some(Ok(WsMessage::Close(frame))) => {
                 let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                return Err(SessionError::Protocol(format!("closed during handshake: {why}")));
+                return Err(SessionError::Protocol(format!(
+                    "closed during handshake: {why}"
+                )));
             }
             Some(Ok(_)) => return Err(SessionError::Protocol("unexpected binary frame".into())),
             Some(Err(e)) => return Err(e.into()),
-            None => return Err(SessionError::Protocol("connection closed during handshake".into())),
+            None => {
+                return Err(SessionError::Protocol(
+                    "connection closed during handshake".into(),
+                ));
+            }
         }
     }
 }
@@ -260,15 +316,30 @@ pub async fn serve(
         }
         for (_, f) in inflight.drain() {
             f.abort.abort();
+            if f.ids.is_empty() {
+                continue;
+            }
             let errs: Vec<Response> = f
                 .ids
                 .into_iter()
-                .map(|id| Response::err(id, RpcError::new(rpc::code::SHUTTING_DOWN, "agent shutting down")))
+                .map(|id| {
+                    Response::err(
+                        id,
+                        RpcError::new(rpc::code::SHUTTING_DOWN, "agent shutting down"),
+                    )
+                })
                 .collect();
-            let text = if f.batch { serde_json::to_string(&errs).unwrap_or_default() } else { errs[0].to_json() };
+            let text = if f.batch {
+                serde_json::to_string(&errs).unwrap_or_default()
+            } else {
+                errs[0].to_json()
+            };
             let _ = sink.send(WsMessage::text(text)).await;
         }
-        let close = CloseFrame { code: CloseCode::Away, reason: "agent shutting down".into() };
+        let close = CloseFrame {
+            code: CloseCode::Away,
+            reason: "agent shutting down".into(),
+        };
         let _ = sink.send(WsMessage::Close(Some(close))).await;
         let _ = sink.close().await;
     }
@@ -276,13 +347,23 @@ pub async fn serve(
 }
 
 fn notification<P: serde::Serialize>(method: &str, params: &P) -> String {
-    serde_json::to_string(&OutgoingNotification { jsonrpc: V2, method, params }).unwrap_or_default()
+    serde_json::to_string(&OutgoingNotification {
+        jsonrpc: V2,
+        method,
+        params,
+    })
+    .unwrap_or_default()
 }
 
 fn health_status(shared: &Shared) -> HealthStatus {
     let docker = shared.samples.docker.borrow().clone();
     HealthStatus {
-        status: if docker.available { "healthy" } else { "degraded" }.into(),
+        status: if docker.available {
+            "healthy"
+        } else {
+            "degraded"
+        }
+        .into(),
         uptime_secs: shared.started.elapsed().as_secs(),
         agent_version: crate::VERSION.into(),
         docker,
@@ -306,7 +387,9 @@ impl RequestCtx<'_> {
     fn handle(&self, text: &str, task: u64) -> Handled {
         match rpc::parse_frame(text) {
             Frame::Error(e) => Handled::Reply(Response::err(Id::Null, e).to_json()),
-            Frame::Single(Message::Invalid(id, e)) => Handled::Reply(Response::err(id, e).to_json()),
+            Frame::Single(Message::Invalid(id, e)) => {
+                Handled::Reply(Response::err(id, e).to_json())
+            }
             Frame::Single(Message::Response(_)) => {
                 tracing::debug!("ignoring a response: the agent sends no requests");
                 Handled::Nothing
@@ -319,7 +402,12 @@ impl RequestCtx<'_> {
                 Some(id) => {
                     let fut = answer(Arc::clone(self.shared), Arc::clone(self.dispatcher), req);
                     let ids = vec![id];
-                    self.spawn(task, ids, false, async move { fut.await.map(|r| r.to_json()) })
+                    self.spawn(
+                        task,
+                        ids,
+                        false,
+                        async move { fut.await.map(|r| r.to_json()) },
+                    )
                 }
             },
             Frame::Batch(items) => {
@@ -331,36 +419,63 @@ impl RequestCtx<'_> {
                             if let Some(id) = req.id.clone() {
                                 ids.push(id);
                             }
-                            futs.push(answer(Arc::clone(self.shared), Arc::clone(self.dispatcher), req).boxed());
+                            futs.push(
+                                answer(Arc::clone(self.shared), Arc::clone(self.dispatcher), req)
+                                    .boxed(),
+                            );
                         }
-                        Message::Invalid(id, e) => futs.push(std::future::ready(Some(Response::err(id, e))).boxed()),
+                        Message::Invalid(id, e) => {
+                            futs.push(std::future::ready(Some(Response::err(id, e))).boxed())
+                        }
                         Message::Response(_) => {}
                     }
                 }
                 self.spawn(task, ids, true, async move {
-                    let responses: Vec<Response> = futures_util::future::join_all(futs).await.into_iter().flatten().collect();
+                    let responses: Vec<Response> = futures_util::future::join_all(futs)
+                        .await
+                        .into_iter()
+                        .flatten()
+                        .collect();
                     // A batch of notifications only gets no answer at all.
-                    (!responses.is_empty()).then(|| serde_json::to_string(&responses).unwrap_or_default())
+                    (!responses.is_empty())
+                        .then(|| serde_json::to_string(&responses).unwrap_or_default())
                 })
             }
         }
     }
 
-    fn spawn(&self, task: u64, ids: Vec<Id>, batch: bool, work: impl Future<Output = Option<String>> + Send + 'static) -> Handled {
+    fn spawn(
+        &self,
+        task: u64,
+        ids: Vec<Id>,
+        batch: bool,
+        work: impl Future<Output = Option<String>> + Send + 'static,
+    ) -> Handled {
         let tx = self.answers.clone();
         let handle = tokio::spawn(async move {
             // An empty answer still tells the loop that the task is done.
             let text = work.await.unwrap_or_default();
             let _ = tx.send(Answer { task, text }).await;
         });
-        Handled::Spawned(InFlight { abort: handle.abort_handle(), ids, batch })
+        Handled::Spawned(InFlight {
+            abort: handle.abort_handle(),
+            ids,
+            batch,
+        })
     }
 }
 
 /// Runs one request; `None` for a notification. A panicking handler becomes -32603 for this
 /// request only.
-async fn answer(shared: Arc<Shared>, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Option<Response> {
-    let id = req.id?;
+async fn answer(
+    shared: Arc<Shared>,
+    dispatcher: Arc<Dispatcher>,
+    req: rpc::Request,
+) -> Option<Response> {
+    let id = req.id.clone()?;
+    if let Err(e) = authorize(&dispatcher, &req) {
+        return Some(Response::err(id, e));
+    }
     let fut = dispatcher.call(shared, &req.method, req.params.as_deref().map(|p| p.get()));
     let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(r) => r,
@@ -370,4 +485,34 @@ async fn answer(shared: Arc<Shared>, dispatcher: Arc<Dispatcher>, req: rpc::Requ
         Ok(v) => Response::ok(id, v),
         Err(e) => Response::err(id, e),
     })
+}
+
+/// The caller's role (from the request's `meta`) must reach the method's level; no role, no call.
+/// An unknown method is -32601 before anything else.
+fn authorize(dispatcher: &Dispatcher, req: &rpc::Request) -> Result<(), RpcError> {
+    let Some(level) = dispatcher.level(&req.method) else {
+        return Err(RpcError::method_not_found(&req.method));
+    };
+    let meta: rpc::RequestMeta = req
+        .meta
+        .as_deref()
+        .map(|m| serde_json::from_str(m.get()))
+        .transpose()
+        .map_err(|e| RpcError::invalid_request(format!("meta: {e}")))?
+        .unwrap_or_default();
+    match meta.role {
+        Some(role) if role >= level => Ok(()),
+        Some(role) => Err(RpcError::new(
+            rpc::code::SECURITY,
+            format!(
+                "{} needs the {level:?} role, the caller has {role:?}",
+                req.method
+            ),
+        )
+        .with_data(serde_json::json!({"reason": "forbidden"}))),
+        None => Err(
+            RpcError::new(rpc::code::SECURITY, "the request carries no role")
+                .with_data(serde_json::json!({"reason": "no_role"})),
+        ),
+    }
 }

@@ -24,14 +24,19 @@ pub fn unb64(text: &str) -> Option<Vec<u8>> {
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom as _;
     let mut out = [0u8; N];
-    ring::rand::SystemRandom::new().fill(&mut out).expect("the OS random source never fails on Linux");
+    ring::rand::SystemRandom::new()
+        .fill(&mut out)
+        .expect("the OS random source never fails on Linux");
     out
 }
 
 /// A random secret token: `prefix` followed by 32 random bytes in URL-safe base64.
 pub fn random_token(prefix: &str) -> String {
     let bytes = random_bytes::<32>();
-    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 /// SHA-256 of `data`; secrets (codes, tokens) are stored only as this.
@@ -45,10 +50,12 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Current Unix time in milliseconds.

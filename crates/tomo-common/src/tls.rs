@@ -27,7 +27,10 @@ pub enum Trust {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read CA file {path}: {source}")]
-    ReadCa { path: PathBuf, source: std::io::Error },
+    ReadCa {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CA file {0} holds no usable certificate")]
     NoCa(PathBuf),
     #[error("TLS configuration: {0}")]
@@ -41,13 +44,18 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A client configuration with TLS 1.2+ and the given trust.
 pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
     let config = match trust {
         Trust::WebPki => {
-            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
             builder.with_root_certificates(roots).with_no_client_auth()
         }
-        Trust::CaFile(path) => builder.with_root_certificates(load_roots(path)?).with_no_client_auth(),
+        Trust::CaFile(path) => builder
+            .with_root_certificates(load_roots(path)?)
+            .with_no_client_auth(),
         Trust::InsecureDev => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
@@ -58,7 +66,10 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
 
 /// Loads every certificate of a PEM file as a trust anchor.
 pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa { path: path.to_owned(), source })?;
+    let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
         let _ = roots.add(cert);
@@ -90,7 +101,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -98,7 +114,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()

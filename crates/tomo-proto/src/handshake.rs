@@ -104,7 +104,10 @@ pub enum RefusalReason {
 impl RefusalReason {
     /// Whether retrying the same handshake can ever succeed.
     pub fn is_permanent(self) -> bool {
-        !matches!(self, Self::Throttled | Self::Internal | Self::Malformed | Self::OutOfOrder)
+        !matches!(
+            self,
+            Self::Throttled | Self::Internal | Self::Malformed | Self::OutOfOrder
+        )
     }
 
     /// The wire name, e.g. `code_used`.
@@ -188,21 +191,33 @@ mod tests {
 
     #[test]
     fn unknown_type_and_extra_fields_are_malformed() {
-        assert_eq!(Handshake::parse(r#"{"type":"hello"}"#), Err(RefusalReason::Malformed));
+        assert_eq!(
+            Handshake::parse(r#"{"type":"hello"}"#),
+            Err(RefusalReason::Malformed)
+        );
         assert_eq!(
             Handshake::parse(r#"{"type":"challenge","proto_version":1,"nonce":"x","extra":1}"#),
             Err(RefusalReason::Malformed)
         );
         assert_eq!(Handshake::parse("not json"), Err(RefusalReason::Malformed));
-        let big = format!(r#"{{"type":"challenge","proto_version":1,"nonce":"{}"}}"#, "a".repeat(70_000));
+        let big = format!(
+            r#"{{"type":"challenge","proto_version":1,"nonce":"{}"}}"#,
+            "a".repeat(70_000)
+        );
         assert_eq!(Handshake::parse(&big), Err(RefusalReason::Malformed));
     }
 
     #[test]
     fn round_trip() {
-        let m = Handshake::Refused { reason: RefusalReason::CodeUsed, message: "used".into() };
+        let m = Handshake::Refused {
+            reason: RefusalReason::CodeUsed,
+            message: "used".into(),
+        };
         let text = m.to_json();
-        assert_eq!(text, r#"{"type":"refused","reason":"code_used","message":"used"}"#);
+        assert_eq!(
+            text,
+            r#"{"type":"refused","reason":"code_used","message":"used"}"#
+        );
         assert_eq!(Handshake::parse(&text), Ok(m));
     }
 }

@@ -195,7 +195,10 @@ mod tests {
     #[test]
     fn levels_are_ordered() {
         assert!(Level::Read < Level::Execute && Level::Execute < Level::Admin);
-        assert_eq!(serde_json::to_string(&Level::Execute).ok().as_deref(), Some("\"execute\""));
+        assert_eq!(
+            serde_json::to_string(&Level::Execute).ok().as_deref(),
+            Some("\"execute\"")
+        );
     }
 
     #[test]

@@ -56,7 +56,11 @@ impl Serialize for V2 {
 impl<'de> Deserialize<'de> for V2 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = <&str>::deserialize(d)?;
-        if v == "2.0" { Ok(V2) } else { Err(D::Error::custom("jsonrpc must be \"2.0\"")) }
+        if v == "2.0" {
+            Ok(V2)
+        } else {
+            Err(D::Error::custom("jsonrpc must be \"2.0\""))
+        }
     }
 }
 
@@ -138,20 +142,30 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: i64, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), data: None }
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+        }
     }
     pub fn with_data(mut self, data: Value) -> Self {
         self.data = Some(data);
         self
     }
     pub fn parse_error() -> Self {
-        Self::new(code::PARSE_ERROR, "Parse error: the message is not valid JSON")
+        Self::new(
+            code::PARSE_ERROR,
+            "Parse error: the message is not valid JSON",
+        )
     }
     pub fn invalid_request(why: impl std::fmt::Display) -> Self {
         Self::new(code::INVALID_REQUEST, format!("Invalid Request: {why}"))
     }
     pub fn method_not_found(method: &str) -> Self {
-        Self::new(code::METHOD_NOT_FOUND, format!("Method not found: {method}"))
+        Self::new(
+            code::METHOD_NOT_FOUND,
+            format!("Method not found: {method}"),
+        )
     }
     pub fn invalid_params(why: impl std::fmt::Display) -> Self {
         Self::new(code::INVALID_PARAMS, format!("Invalid params: {why}"))
@@ -183,10 +197,18 @@ pub enum Outcome {
 
 impl Response {
     pub fn ok(id: Id, result: Value) -> Self {
-        Self { jsonrpc: V2, id, outcome: Outcome::Result(result) }
+        Self {
+            jsonrpc: V2,
+            id,
+            outcome: Outcome::Result(result),
+        }
     }
     pub fn err(id: Id, error: RpcError) -> Self {
-        Self { jsonrpc: V2, id, outcome: Outcome::Error(error) }
+        Self {
+            jsonrpc: V2,
+            id,
+            outcome: Outcome::Error(error),
+        }
     }
     pub fn is_error(&self) -> bool {
         matches!(self.outcome, Outcome::Error(_))
@@ -260,9 +282,16 @@ fn classify(text: &str) -> Message {
     };
     if probe.method.is_some() {
         match serde_json::from_str::<Request>(text) {
-            Ok(req) => match req.params.as_deref().map(|p| p.get().trim_start().as_bytes().first()) {
+            Ok(req) => match req
+                .params
+                .as_deref()
+                .map(|p| p.get().trim_start().as_bytes().first())
+            {
                 None | Some(Some(b'{' | b'[')) => Message::Request(req),
-                _ => Message::Invalid(id, RpcError::invalid_request("params must be an object or an array")),
+                _ => Message::Invalid(
+                    id,
+                    RpcError::invalid_request("params must be an object or an array"),
+                ),
             },
             Err(e) => Message::Invalid(id, RpcError::invalid_request(e)),
         }
@@ -272,7 +301,10 @@ fn classify(text: &str) -> Message {
             Err(e) => Message::Invalid(id, RpcError::invalid_request(e)),
         }
     } else {
-        Message::Invalid(id, RpcError::invalid_request("neither a request nor a response"))
+        Message::Invalid(
+            id,
+            RpcError::invalid_request("neither a request nor a response"),
+        )
     }
 }
 
@@ -314,11 +346,20 @@ mod tests {
     fn invalid_requests_keep_their_id_when_readable() {
         let cases = [
             (r#"{"jsonrpc":"1.0","id":3,"method":"a"}"#, Id::Num(3)),
-            (r#"{"jsonrpc":"2.0","id":"x","method":5}"#, Id::Str("x".into())),
-            (r#"{"jsonrpc":"2.0","id":4,"method":"a","params":7}"#, Id::Num(4)),
+            (
+                r#"{"jsonrpc":"2.0","id":"x","method":5}"#,
+                Id::Str("x".into()),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":4,"method":"a","params":7}"#,
+                Id::Num(4),
+            ),
             (r#"{"jsonrpc":"2.0","id":4.5,"method":"a"}"#, Id::Null),
             (r#"{"jsonrpc":"2.0","id":5}"#, Id::Num(5)),
-            (r#"{"jsonrpc":"2.0","id":6,"method":"a","bogus":1}"#, Id::Num(6)),
+            (
+                r#"{"jsonrpc":"2.0","id":6,"method":"a","bogus":1}"#,
+                Id::Num(6),
+            ),
             ("1", Id::Null),
         ];
         for (text, want) in cases {
@@ -348,7 +389,10 @@ mod tests {
     fn params_stay_byte_exact() {
         let text = r#"{"jsonrpc":"2.0","id":1,"method":"a","params":{"b": 1,  "a":[2]}}"#;
         match single(text) {
-            Message::Request(r) => assert_eq!(r.params.map(|p| p.get().to_owned()).as_deref(), Some(r#"{"b": 1,  "a":[2]}"#)),
+            Message::Request(r) => assert_eq!(
+                r.params.map(|p| p.get().to_owned()).as_deref(),
+                Some(r#"{"b": 1,  "a":[2]}"#)
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -356,7 +400,10 @@ mod tests {
     #[test]
     fn responses_round_trip() {
         let ok = Response::ok(Id::Num(1), serde_json::json!({"pong": true}));
-        assert_eq!(ok.to_json(), r#"{"jsonrpc":"2.0","id":1,"result":{"pong":true}}"#);
+        assert_eq!(
+            ok.to_json(),
+            r#"{"jsonrpc":"2.0","id":1,"result":{"pong":true}}"#
+        );
         let err = Response::err(Id::Null, RpcError::parse_error());
         assert_eq!(
             err.to_json(),
@@ -370,7 +417,9 @@ mod tests {
 
     #[test]
     fn batch_mixes_valid_and_invalid() {
-        match parse_frame(r#"[{"jsonrpc":"2.0","id":1,"method":"a"}, 1, {"jsonrpc":"2.0","method":"n"}]"#) {
+        match parse_frame(
+            r#"[{"jsonrpc":"2.0","id":1,"method":"a"}, 1, {"jsonrpc":"2.0","method":"n"}]"#,
+        ) {
             Frame::Batch(items) => {
                 assert_eq!(items.len(), 3);
                 assert!(matches!(items[0], Message::Request(_)));

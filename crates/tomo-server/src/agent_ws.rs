@@ -13,7 +13,9 @@ use hyper_util::rt::TokioIo;
 use ring::signature::{ED25519, UnparsedPublicKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::protocol::{
+    CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode,
+};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tomo_common::{b64, now_ms, unb64};
 use tomo_proto::handshake::{Handshake, HostFacts, Purpose, RefusalReason, signing_payload};
@@ -37,12 +39,21 @@ fn ws_config() -> WebSocketConfig {
 pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> HttpResponse {
     let h = req.headers();
     let has = |name: header::HeaderName, want: &str| {
-        h.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want))))
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
+        })
     };
     let key = h.get(header::SEC_WEBSOCKET_KEY).cloned();
-    let ok = has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade") && has(header::SEC_WEBSOCKET_VERSION, "13");
+    let ok = has(header::UPGRADE, "websocket")
+        && has(header::CONNECTION, "upgrade")
+        && has(header::SEC_WEBSOCKET_VERSION, "13");
     let (Some(key), true) = (key, ok) else {
-        return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (version 13)").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (version 13)",
+        )
+            .into_response();
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -50,7 +61,12 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Ht
     state.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config()),
+                )
+                .await;
                 run_session(ws, task_state).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
@@ -77,7 +93,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
-    let handshake = tokio::time::timeout(state.config.handshake_timeout, handshake(&mut sink, &mut stream, &state));
+    let handshake = tokio::time::timeout(
+        state.config.handshake_timeout,
+        handshake(&mut sink, &mut stream, &state),
+    );
     let host = match handshake.await {
         Ok(Ok(host)) => host,
         Ok(Err(Refusal(reason, message))) => {
@@ -86,7 +105,12 @@ where
             return;
         }
         Err(_) => {
-            refuse(&mut sink, RefusalReason::Malformed, "handshake timed out".into()).await;
+            refuse(
+                &mut sink,
+                RefusalReason::Malformed,
+                "handshake timed out".into(),
+            )
+            .await;
             return;
         }
     };
@@ -119,13 +143,27 @@ impl Refusal {
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failure during handshake");
-        Self::new(RefusalReason::Internal, "the control plane could not complete the handshake")
+        Self::new(
+            RefusalReason::Internal,
+            "the control plane could not complete the handshake",
+        )
     }
 }
 
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(sink: &mut Sink<S>, reason: RefusalReason, message: String) {
-    let _ = sink.send(WsMessage::text(Handshake::Refused { reason, message }.to_json())).await;
-    let close = CloseFrame { code: CloseCode::Policy, reason: reason.as_str().into() };
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    sink: &mut Sink<S>,
+    reason: RefusalReason,
+    message: String,
+) {
+    let _ = sink
+        .send(WsMessage::text(
+            Handshake::Refused { reason, message }.to_json(),
+        ))
+        .await;
+    let close = CloseFrame {
+        code: CloseCode::Policy,
+        reason: reason.as_str().into(),
+    };
     let _ = sink.send(WsMessage::Close(Some(close))).await;
     let _ = sink.close().await;
 }
@@ -133,7 +171,14 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(sink: &mut Sink<S>, reason: R
 /// The agent id of a public key: the first 16 bytes of its SHA-256, as a UUID-shaped string.
 pub fn agent_id_for(public_key: &[u8]) -> String {
     let h = tomo_common::hex(&tomo_common::sha256(public_key)[..16]);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
@@ -142,7 +187,10 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     state: &AppState,
 ) -> Result<HostRecord, Refusal> {
     let nonce = b64(&tomo_common::random_bytes::<32>());
-    let challenge = Handshake::Challenge { proto_version: tomo_proto::PROTO_VERSION, nonce: nonce.clone() };
+    let challenge = Handshake::Challenge {
+        proto_version: tomo_proto::PROTO_VERSION,
+        nonce: nonce.clone(),
+    };
     sink.send(WsMessage::text(challenge.to_json()))
         .await
         .map_err(|_| Refusal::new(RefusalReason::Malformed, "connection failed"))?;
@@ -150,19 +198,43 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         match stream.next().await {
             Some(Ok(WsMessage::Text(t))) => break t,
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-            _ => return Err(Refusal::new(RefusalReason::Malformed, "expected a text handshake message")),
+            _ => {
+                return Err(Refusal::new(
+                    RefusalReason::Malformed,
+                    "expected a text handshake message",
+                ));
+            }
         }
     };
     let msg = Handshake::parse(&text).map_err(|r| Refusal::new(r, "not a handshake message"))?;
     match msg {
-        Handshake::Register { proto_version, code, public_key, signature, facts } => {
+        Handshake::Register {
+            proto_version,
+            code,
+            public_key,
+            signature,
+            facts,
+        } => {
             check_version(proto_version)?;
             check_facts(&facts)?;
             let key = unb64(&public_key)
                 .filter(|k| k.len() == 32)
-                .ok_or_else(|| Refusal::new(RefusalReason::Malformed, "public_key must be 32 bytes of base64"))?;
-            verify(&key, &signing_payload(Purpose::Register, &nonce, &public_key), &signature)?;
-            let host = NewHost { id: agent_id_for(&key), public_key: key, facts };
+                .ok_or_else(|| {
+                    Refusal::new(
+                        RefusalReason::Malformed,
+                        "public_key must be 32 bytes of base64",
+                    )
+                })?;
+            verify(
+                &key,
+                &signing_payload(Purpose::Register, &nonce, &public_key),
+                &signature,
+            )?;
+            let host = NewHost {
+                id: agent_id_for(&key),
+                public_key: key,
+                facts,
+            };
             let code_hash = tomo_common::sha256(code.trim().as_bytes());
             match state.store.register(&host, &code_hash, now_ms()).await {
                 Ok(h) => {
@@ -174,60 +246,132 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                         RegisterError::CodeUnknown => RefusalReason::CodeUnknown,
                         RegisterError::CodeUsed => RefusalReason::CodeUsed,
                         RegisterError::CodeExpired => RefusalReason::CodeExpired,
+                        RegisterError::KnownKey { removed: true } => RefusalReason::HostRemoved,
+                        // The key proves who it is: welcome it as the host it already is.
+                        RegisterError::KnownKey { removed: false } => {
+                            return authenticated(state, &host.id, host.facts.clone()).await;
+                        }
                         RegisterError::Store(e) => return Err(e.into()),
                     };
-                    record(state, None, "registration_refused", &format!("{reason} (hostname {})", host.facts.hostname)).await;
+                    record(
+                        state,
+                        None,
+                        "registration_refused",
+                        &format!("{reason} (hostname {})", host.facts.hostname),
+                    )
+                    .await;
                     Err(Refusal::new(reason, e.to_string()))
                 }
             }
         }
-        Handshake::Authenticate { proto_version, agent_id, signature, facts } => {
+        Handshake::Authenticate {
+            proto_version,
+            agent_id,
+            signature,
+            facts,
+        } => {
             check_version(proto_version)?;
             check_facts(&facts)?;
             let host = match state.store.host(&agent_id).await {
                 Ok(h) => h,
-                Err(StoreError::NotFound) => return Err(Refusal::new(RefusalReason::UnknownAgent, "no host with this agent id")),
+                Err(StoreError::NotFound) => {
+                    return Err(Refusal::new(
+                        RefusalReason::UnknownAgent,
+                        "no host with this agent id",
+                    ));
+                }
                 Err(e) => return Err(e.into()),
             };
             if host.removed_at.is_some() {
-                record(state, Some(&host.id), "removed_host_refused", "a removed host tried to authenticate").await;
-                return Err(Refusal::new(RefusalReason::HostRemoved, "this host was removed from the fleet; register it again with a new code"));
+                record(
+                    state,
+                    Some(&host.id),
+                    "removed_host_refused",
+                    "a removed host tried to authenticate",
+                )
+                .await;
+                return Err(Refusal::new(
+                    RefusalReason::HostRemoved,
+                    "this host was removed from the fleet; to join again, delete the agent's data directory and register with a new code",
+                ));
             }
-            if let Err(e) = verify(&host.public_key, &signing_payload(Purpose::Authenticate, &nonce, &agent_id), &signature) {
-                record(state, Some(&host.id), "bad_signature", "authentication with a wrong key").await;
+            if let Err(e) = verify(
+                &host.public_key,
+                &signing_payload(Purpose::Authenticate, &nonce, &agent_id),
+                &signature,
+            ) {
+                record(
+                    state,
+                    Some(&host.id),
+                    "bad_signature",
+                    "authentication with a wrong key",
+                )
+                .await;
                 return Err(e);
             }
-            if let (Some(bound), Some(reported)) = (&host.engine_id, &facts.engine_id)
-                && bound != reported
-            {
-                let detail = format!("bound to Docker engine {bound}, session reported {reported}");
-                record(state, Some(&host.id), "engine_mismatch", &detail).await;
-                return Err(Refusal::new(RefusalReason::EngineMismatch, detail));
-            }
-            state.store.touch_host(&host.id, Some(&facts), now_ms()).await?;
-            Ok(state.store.host(&host.id).await?)
+            authenticated(state, &host.id, facts).await
         }
         Handshake::Challenge { .. } | Handshake::Welcome { .. } | Handshake::Refused { .. } => {
-            Err(Refusal::new(RefusalReason::OutOfOrder, "expected register or authenticate"))
+            Err(Refusal::new(
+                RefusalReason::OutOfOrder,
+                "expected register or authenticate",
+            ))
         }
     }
+}
+
+/// The last step of every successful handshake: the engine-id check, then fresh facts.
+async fn authenticated(
+    state: &AppState,
+    host_id: &str,
+    facts: HostFacts,
+) -> Result<HostRecord, Refusal> {
+    let host = state.store.host(host_id).await?;
+    if let (Some(bound), Some(reported)) = (&host.engine_id, &facts.engine_id)
+        && bound != reported
+    {
+        let detail = format!("bound to Docker engine {bound}, session reported {reported}");
+        record(state, Some(&host.id), "engine_mismatch", &detail).await;
+        return Err(Refusal::new(RefusalReason::EngineMismatch, detail));
+    }
+    state
+        .store
+        .touch_host(&host.id, Some(&facts), now_ms())
+        .await?;
+    Ok(state.store.host(&host.id).await?)
 }
 
 fn check_version(v: u32) -> Result<(), Refusal> {
     if v == tomo_proto::PROTO_VERSION {
         Ok(())
     } else {
-        Err(Refusal::new(RefusalReason::UnsupportedVersion, format!("control plane speaks protocol {}, agent {v}", tomo_proto::PROTO_VERSION)))
+        Err(Refusal::new(
+            RefusalReason::UnsupportedVersion,
+            format!(
+                "control plane speaks protocol {}, agent {v}",
+                tomo_proto::PROTO_VERSION
+            ),
+        ))
     }
 }
 
 fn check_facts(f: &HostFacts) -> Result<(), Refusal> {
-    let hostname_ok = !f.hostname.is_empty() && f.hostname.len() <= 253 && !f.hostname.chars().any(char::is_control);
-    if hostname_ok { Ok(()) } else { Err(Refusal::new(RefusalReason::Malformed, "hostname must be 1 to 253 printable characters")) }
+    let hostname_ok = !f.hostname.is_empty()
+        && f.hostname.len() <= 253
+        && !f.hostname.chars().any(char::is_control);
+    if hostname_ok {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            RefusalReason::Malformed,
+            "hostname must be 1 to 253 printable characters",
+        ))
+    }
 }
 
 fn verify(public_key: &[u8], payload: &[u8], signature: &str) -> Result<(), Refusal> {
-    let sig = unb64(signature).ok_or_else(|| Refusal::new(RefusalReason::BadSignature, "signature is not base64"))?;
+    let sig = unb64(signature)
+        .ok_or_else(|| Refusal::new(RefusalReason::BadSignature, "signature is not base64"))?;
     UnparsedPublicKey::new(&ED25519, public_key)
         .verify(payload, &sig)
         .map_err(|_| Refusal::new(RefusalReason::BadSignature, "signature does not verify"))
@@ -235,7 +379,12 @@ fn verify(public_key: &[u8], payload: &[u8], signature: &str) -> Result<(), Refu
 
 async fn record(state: &AppState, host_id: Option<&str>, kind: &str, detail: &str) {
     tracing::warn!(host_id, kind, detail, "security event");
-    let e = SecurityEvent { at: now_ms(), host_id: host_id.map(str::to_owned), kind: kind.into(), detail: detail.into() };
+    let e = SecurityEvent {
+        at: now_ms(),
+        host_id: host_id.map(str::to_owned),
+        kind: kind.into(),
+        detail: detail.into(),
+    };
     if let Err(err) = state.store.record_event(&e).await {
         tracing::error!(error = %err, "cannot record a security event");
     }
@@ -250,7 +399,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     state: &AppState,
 ) -> String {
     let cfg = &state.config;
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dead = tokio::time::sleep(cfg.dead_after);
     tokio::pin!(dead);
@@ -286,7 +436,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     if let Some((code, reason)) = close {
-        let _ = sink.send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        let _ = sink
+            .send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
     }
     let _ = sink.close().await;
     why
@@ -332,21 +487,37 @@ async fn on_notification(method: &str, params: &str, conn: &AgentConn, state: &A
     let now = now_ms();
     let (kind, value) = match method {
         METRICS_UPDATE => match serde_json::from_str::<Metrics>(params) {
-            Ok(m) => (SampleKind::Metrics, serde_json::to_value(m).unwrap_or_default()),
-            Err(e) => return tracing::warn!(host_id = %conn.host_id, error = %e, "malformed metrics.update ignored"),
+            Ok(m) => (
+                SampleKind::Metrics,
+                serde_json::to_value(m).unwrap_or_default(),
+            ),
+            Err(e) => {
+                return tracing::warn!(host_id = %conn.host_id, error = %e, "malformed metrics.update ignored");
+            }
         },
         HEALTH_STATUS => match serde_json::from_str::<HealthStatus>(params) {
-            Ok(h) => (SampleKind::Health, serde_json::to_value(h).unwrap_or_default()),
-            Err(e) => return tracing::warn!(host_id = %conn.host_id, error = %e, "malformed health.status ignored"),
+            Ok(h) => (
+                SampleKind::Health,
+                serde_json::to_value(h).unwrap_or_default(),
+            ),
+            Err(e) => {
+                return tracing::warn!(host_id = %conn.host_id, error = %e, "malformed health.status ignored");
+            }
         },
-        other => return tracing::debug!(host_id = %conn.host_id, method = other, "unknown notification ignored"),
+        other => {
+            return tracing::debug!(host_id = %conn.host_id, method = other, "unknown notification ignored");
+        }
     };
     let data = value.to_string();
     state.hub.set_latest(&conn.host_id, |l| match kind {
         SampleKind::Metrics => l.metrics = Some((now, value)),
         SampleKind::Health => l.health = Some((now, value)),
     });
-    if let Err(e) = state.store.add_sample(&conn.host_id, kind, now, &data).await {
+    if let Err(e) = state
+        .store
+        .add_sample(&conn.host_id, kind, now, &data)
+        .await
+    {
         tracing::warn!(error = %e, "cannot store a sample");
     }
     if let Err(e) = state.store.touch_host(&conn.host_id, None, now).await {

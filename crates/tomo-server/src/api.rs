@@ -45,7 +45,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -54,7 +58,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> HttpResponse {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
@@ -64,7 +72,11 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", "not found"),
             other => {
                 tracing::error!(error = %other, "store failure");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the control plane's log")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the control plane's log",
+                )
             }
         }
     }
@@ -79,12 +91,20 @@ impl Principal {
         if self.0.role >= level {
             Ok(())
         } else {
-            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token's role cannot do that (needs {level:?})")))
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this token's role cannot do that (needs {level:?})"),
+            ))
         }
     }
 }
 
-async fn require_token(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> HttpResponse {
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> HttpResponse {
     let raw = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -92,14 +112,24 @@ async fn require_token(State(state): State<Arc<AppState>>, mut req: Request, nex
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(raw) = raw else {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token (Authorization: Bearer …)").into_response();
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer token (Authorization: Bearer …)",
+        )
+        .into_response();
     };
     match auth::check_token(&*state.store, raw).await {
         Ok(Some(token)) => {
             req.extensions_mut().insert(Principal(token));
             next.run(req).await
         }
-        Ok(None) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid, expired or revoked token").into_response(),
+        Ok(None) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid, expired or revoked token",
+        )
+        .into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
@@ -131,13 +161,20 @@ async fn create_code(
     who.require(Level::Admin)?;
     let ttl = Duration::from_secs(body.and_then(|b| b.ttl_secs).unwrap_or(15 * 60));
     if ttl.is_zero() || ttl > MAX_CODE_TTL {
-        return Err(ApiError::bad_request("ttl_secs must be between 1 and 604800 (7 days)"));
+        return Err(ApiError::bad_request(
+            "ttl_secs must be between 1 and 604800 (7 days)",
+        ));
     }
     let (code, expires_at) = auth::mint_code(&*state.store, ttl, &who.0.name).await?;
     let server_url = state.info.agent_url.clone();
     let ca_file = state.info.ca_file.as_ref().map(|p| p.display().to_string());
-    let ca_flag = ca_file.as_ref().map(|f| format!(" --ca-file {f}")).unwrap_or_default();
-    let join_command = format!("tomo-agent --server-url {server_url} --register-code {code}{ca_flag} --data-dir /var/lib/tomo-agent");
+    let ca_flag = ca_file
+        .as_ref()
+        .map(|f| format!(" --ca-file {f}"))
+        .unwrap_or_default();
+    let join_command = format!(
+        "tomo-agent --server-url {server_url} --register-code {code}{ca_flag} --data-dir /var/lib/tomo-agent"
+    );
     let docker_ca = ca_file
         .as_ref()
         .map(|f| format!(" -v {f}:/etc/tomo/ca.pem:ro -e TOMO_CA_FILE=/etc/tomo/ca.pem"))
@@ -150,7 +187,14 @@ async fn create_code(
     );
     Ok((
         StatusCode::CREATED,
-        Json(CodeCreated { code, expires_at: rfc3339(expires_at), server_url, ca_file, join_command, docker_command }),
+        Json(CodeCreated {
+            code,
+            expires_at: rfc3339(expires_at),
+            server_url,
+            ca_file,
+            join_command,
+            docker_command,
+        }),
     ))
 }
 
@@ -158,7 +202,10 @@ async fn create_code(
 pub fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -185,38 +232,67 @@ fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> Value {
 
 async fn list_hosts(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Value>>, ApiError> {
     let hosts = state.store.hosts().await?;
-    Ok(Json(hosts.iter().map(|h| host_view(&state, h, false)).collect()))
+    Ok(Json(
+        hosts.iter().map(|h| host_view(&state, h, false)).collect(),
+    ))
 }
 
 /// Finds a host by id, hostname or unique id prefix.
 async fn resolve(state: &AppState, key: &str) -> Result<HostRecord, ApiError> {
     match state.store.host(key).await {
         Ok(h) if h.removed_at.is_none() => return Ok(h),
-        Ok(_) => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("host {key} was removed"))),
+        Ok(_) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("host {key} was removed"),
+            ));
+        }
         Err(StoreError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
     let hosts = state.store.hosts().await?;
     let by_name: Vec<_> = hosts.iter().filter(|h| h.hostname == key).collect();
     let candidates = if by_name.is_empty() {
-        hosts.iter().filter(|h| !key.is_empty() && h.id.starts_with(key)).collect()
+        hosts
+            .iter()
+            .filter(|h| !key.is_empty() && h.id.starts_with(key))
+            .collect()
     } else {
         by_name
     };
     match candidates.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no host matches {key:?} (by id, hostname or id prefix)"))),
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no host matches {key:?} (by id, hostname or id prefix)"),
+        )),
         many => {
-            let ids: Vec<_> = many.iter().map(|h| format!("{} ({})", h.id, h.hostname)).collect();
-            Err(ApiError::new(StatusCode::CONFLICT, "ambiguous", format!("{key:?} matches several hosts: {}; use the id", ids.join(", "))))
+            let ids: Vec<_> = many
+                .iter()
+                .map(|h| format!("{} ({})", h.id, h.hostname))
+                .collect();
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "ambiguous",
+                format!(
+                    "{key:?} matches several hosts: {}; use the id",
+                    ids.join(", ")
+                ),
+            ))
         }
     }
 }
 
-async fn show_host(State(state): State<Arc<AppState>>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show_host(
+    State(state): State<Arc<AppState>>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let h = resolve(&state, &key).await?;
     let mut v = host_view(&state, &h, true);
-    v["security_events"] = serde_json::to_value(state.store.events(&h.id, 20).await?).unwrap_or_default();
+    v["security_events"] =
+        serde_json::to_value(state.store.events(&h.id, 20).await?).unwrap_or_default();
     Ok(Json(v))
 }
 
@@ -256,11 +332,18 @@ async fn call_host(
         return Err(ApiError::bad_request("method must not be empty"));
     }
     if !matches!(body.params, None | Some(Value::Object(_) | Value::Array(_))) {
-        return Err(ApiError::bad_request("params must be an object or an array"));
+        return Err(ApiError::bad_request(
+            "params must be an object or an array",
+        ));
     }
-    let timeout = body.timeout_ms.map(Duration::from_millis).unwrap_or(state.config.call_timeout);
+    let timeout = body
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(state.config.call_timeout);
     if timeout.is_zero() || timeout > MAX_CALL_TIMEOUT {
-        return Err(ApiError::bad_request("timeout_ms must be between 1 and 600000"));
+        return Err(ApiError::bad_request(
+            "timeout_ms must be between 1 and 600000",
+        ));
     }
     let h = resolve(&state, &key).await?;
     let meta = RequestMeta {
@@ -272,7 +355,11 @@ async fn call_host(
         ts: Some(tomo_common::now_secs()),
     };
     let id = body.id.unwrap_or(Id::Num(1));
-    let (status, mut resp) = match state.hub.call(&h.id, &body.method, body.params.as_ref(), &meta, timeout).await {
+    let (status, mut resp) = match state
+        .hub
+        .call(&h.id, &body.method, body.params.as_ref(), &meta, timeout)
+        .await
+    {
         Ok(r) => (StatusCode::OK, r),
         Err(e) => {
             let status = match e {
@@ -287,9 +374,15 @@ async fn call_host(
     Ok((status, Json(resp)))
 }
 
-async fn host_metrics(State(state): State<Arc<AppState>>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn host_metrics(
+    State(state): State<Arc<AppState>>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let h = resolve(&state, &key).await?;
-    let rows = state.store.samples(&h.id, crate::store::SampleKind::Metrics, 500).await?;
+    let rows = state
+        .store
+        .samples(&h.id, crate::store::SampleKind::Metrics, 500)
+        .await?;
     let samples: Vec<Value> = rows
         .into_iter()
         .map(|(at, data)| json!({"received_at": rfc3339(at), "sample": serde_json::from_str::<Value>(&data).unwrap_or(Value::Null)}))

@@ -29,8 +29,6 @@ pub struct ServerConfig {
 /// Bad configuration (exit status 64).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--tls-cert and --tls-key go together")]
-    HalfTls,
     #[error("{0} does not exist")]
     Missing(PathBuf),
     #[error("public URL {0:?} must start with https://")]
@@ -76,7 +74,9 @@ impl ServerConfig {
             return u.trim_end_matches('/').to_owned();
         }
         let host = if bound.ip().is_unspecified() {
-            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".into())
         } else if bound.is_ipv6() {
             format!("[{}]", bound.ip())
         } else {
@@ -87,6 +87,9 @@ impl ServerConfig {
 
     /// The URL agents dial.
     pub fn agent_url(&self, bound: SocketAddr) -> String {
-        format!("{}/agent/ws", self.api_url(bound).replacen("https://", "wss://", 1))
+        format!(
+            "{}/agent/ws",
+            self.api_url(bound).replacen("https://", "wss://", 1)
+        )
     }
 }

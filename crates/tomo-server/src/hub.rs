@@ -102,7 +102,11 @@ impl Hub {
             kick: CancellationToken::new(),
             connected_at: tomo_common::now_ms(),
         });
-        let old = self.conns.write().ok().and_then(|mut m| m.insert(host_id.to_owned(), Arc::clone(&conn)));
+        let old = self
+            .conns
+            .write()
+            .ok()
+            .and_then(|mut m| m.insert(host_id.to_owned(), Arc::clone(&conn)));
         if let Some(old) = old {
             tracing::warn!(host_id, "a new session replaces the host's previous one");
             old.kick.cancel();
@@ -113,7 +117,8 @@ impl Hub {
     /// Forgets a session, unless a newer one replaced it already.
     pub fn detach(&self, conn: &AgentConn) {
         if let Ok(mut m) = self.conns.write()
-            && m.get(&conn.host_id).is_some_and(|c| c.session == conn.session)
+            && m.get(&conn.host_id)
+                .is_some_and(|c| c.session == conn.session)
         {
             m.remove(&conn.host_id);
         }
@@ -145,7 +150,11 @@ impl Hub {
     }
 
     pub fn latest(&self, host_id: &str) -> Latest {
-        self.latest.read().ok().and_then(|m| m.get(host_id).cloned()).unwrap_or_default()
+        self.latest
+            .read()
+            .ok()
+            .and_then(|m| m.get(host_id).cloned())
+            .unwrap_or_default()
     }
 
     pub fn set_latest(&self, host_id: &str, f: impl FnOnce(&mut Latest)) {
@@ -163,22 +172,42 @@ impl Hub {
         meta: &RequestMeta,
         timeout: Duration,
     ) -> Result<Response, CallError> {
-        let conn = self.conns.read().ok().and_then(|m| m.get(host_id).cloned()).ok_or_else(|| CallError::Offline(host_id.into()))?;
+        let conn = self
+            .conns
+            .read()
+            .ok()
+            .and_then(|m| m.get(host_id).cloned())
+            .ok_or_else(|| CallError::Offline(host_id.into()))?;
         let id = self.next_call.fetch_add(1, Ordering::Relaxed) as i64;
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = conn.pending.lock() {
             p.insert(id, tx);
         }
-        let req = OutgoingRequest { jsonrpc: V2, id: Some(Id::Num(id)), method, params, meta: Some(meta) };
+        let req = OutgoingRequest {
+            jsonrpc: V2,
+            id: Some(Id::Num(id)),
+            method,
+            params,
+            meta: Some(meta),
+        };
         let text = serde_json::to_string(&req).unwrap_or_default();
         let work = async {
-            conn.outbox.send(text).await.map_err(|_| CallError::ConnectionLost(host_id.into()))?;
-            rx.await.map_err(|_| CallError::ConnectionLost(host_id.into()))
+            conn.outbox
+                .send(text)
+                .await
+                .map_err(|_| CallError::ConnectionLost(host_id.into()))?;
+            rx.await
+                .map_err(|_| CallError::ConnectionLost(host_id.into()))
         };
         let result = tokio::time::timeout(timeout, work).await;
         if let Ok(mut p) = conn.pending.lock() {
             p.remove(&id);
         }
-        result.unwrap_or_else(|_| Err(CallError::Timeout { host: host_id.into(), timeout }))
+        result.unwrap_or_else(|_| {
+            Err(CallError::Timeout {
+                host: host_id.into(),
+                timeout,
+            })
+        })
     }
 }

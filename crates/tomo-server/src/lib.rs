@@ -63,9 +63,15 @@ pub enum ServerError {
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
     #[error("cannot use data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A bound, not yet running control plane.
@@ -80,7 +86,9 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The admin token is a secret: never in a log.
-        f.debug_struct("Server").field("info", &self.state.info).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("info", &self.state.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,17 +96,34 @@ impl Server {
     /// Validates the configuration, opens the store, prepares TLS and binds the listener.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         config.validate()?;
-        let dir_err = |source| ServerError::DataDir { path: config.data_dir.clone(), source };
+        let dir_err = |source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        };
         tomo_common::fs::create_private_dir(&config.data_dir).map_err(dir_err)?;
         let tls = tls::load(&config.tls, &config.data_dir)?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir.join("tomo.db")).await?);
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&config.data_dir.join("tomo.db")).await?);
         let first_admin_token = if store.count_tokens().await? == 0 {
-            Some(auth::mint_token(&*store, "admin", Level::Admin, None).await?.0)
+            Some(
+                auth::mint_token(&*store, "admin", Level::Admin, None)
+                    .await?
+                    .0,
+            )
         } else {
             None
         };
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let info = ServerInfo {
             local_addr,
             api_url: config.api_url(local_addr),
@@ -113,7 +138,12 @@ impl Server {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
-        Ok(Self { state, listener, acceptor: tokio_rustls::TlsAcceptor::from(tls.config), first_admin_token })
+        Ok(Self {
+            state,
+            listener,
+            acceptor: tokio_rustls::TlsAcceptor::from(tls.config),
+            first_admin_token,
+        })
     }
 
     pub fn info(&self) -> &ServerInfo {
@@ -128,7 +158,12 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then closes every session and returns within the
     /// configured grace period.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { state, listener, acceptor, .. } = self;
+        let Self {
+            state,
+            listener,
+            acceptor,
+            ..
+        } = self;
         let app = router(Arc::clone(&state));
         let pruner = state.tracker.spawn(prune_history(Arc::clone(&state)));
         tracing::info!(api = %state.info.api_url, agents = %state.info.agent_url, "control plane listening");
@@ -176,7 +211,10 @@ impl Server {
         state.hub.kick_all();
         pruner.abort();
         state.tracker.close();
-        if tokio::time::timeout(state.config.shutdown_grace, state.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(state.config.shutdown_grace, state.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some connections did not finish within the grace period");
         }
         state.store.close().await;

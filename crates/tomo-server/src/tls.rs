@@ -11,7 +11,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone)]
 pub enum TlsSource {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     /// Generate (once) a development CA and server certificate in the data directory.
     SelfSigned,
 }
@@ -20,7 +23,10 @@ pub enum TlsSource {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}: no certificate found")]
     NoCert(PathBuf),
     #[error("{0}: no private key found")]
@@ -44,7 +50,11 @@ pub fn load(source: &TlsSource, data_dir: &Path) -> Result<ServerTls, TlsSetupEr
         TlsSource::Files { cert, key } => (cert.clone(), key.clone(), None),
         TlsSource::SelfSigned => {
             let dir = data_dir.join("tls");
-            let (cert, key, ca) = (dir.join("server.pem"), dir.join("server.key"), dir.join("ca.pem"));
+            let (cert, key, ca) = (
+                dir.join("server.pem"),
+                dir.join("server.key"),
+                dir.join("ca.pem"),
+            );
             if !(cert.exists() && key.exists() && ca.exists()) {
                 generate(&dir)?;
             }
@@ -52,7 +62,10 @@ pub fn load(source: &TlsSource, data_dir: &Path) -> Result<ServerTls, TlsSetupEr
         }
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .map_err(|e| TlsSetupError::Io { path: cert.clone(), source: std::io::Error::other(e.to_string()) })?
+        .map_err(|e| TlsSetupError::Io {
+            path: cert.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
@@ -64,13 +77,18 @@ pub fn load(source: &TlsSource, data_dir: &Path) -> Result<ServerTls, TlsSetupEr
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(ServerTls { config: Arc::new(config), ca_file })
+    Ok(ServerTls {
+        config: Arc::new(config),
+        ca_file,
+    })
 }
 
 /// Writes `ca.pem`, `server.pem` and `server.key` (0600) into `dir`. The CA key is never
 /// written: nothing can issue another certificate under this CA.
 fn generate(dir: &Path) -> Result<(), TlsSetupError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| TlsSetupError::Io { path, source }
@@ -80,12 +98,17 @@ fn generate(dir: &Path) -> Result<(), TlsSetupError> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name.push(DnType::CommonName, "tomo development CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "tomo development CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
 
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         let h = h.trim();
         if !h.is_empty() && h != "localhost" {
@@ -93,16 +116,19 @@ fn generate(dir: &Path) -> Result<(), TlsSetupError> {
         }
     }
     let mut leaf = CertificateParams::new(names)?;
-    leaf.distinguished_name.push(DnType::CommonName, "tomo control plane");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "tomo control plane");
     let leaf_key = KeyPair::generate()?;
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
 
     let ca_path = dir.join("ca.pem");
     tomo_common::fs::write_private(&ca_path, ca_cert.pem().as_bytes()).map_err(io(&ca_path))?;
     let cert_path = dir.join("server.pem");
-    tomo_common::fs::write_private(&cert_path, leaf_cert.pem().as_bytes()).map_err(io(&cert_path))?;
+    tomo_common::fs::write_private(&cert_path, leaf_cert.pem().as_bytes())
+        .map_err(io(&cert_path))?;
     let key_path = dir.join("server.key");
-    tomo_common::fs::write_private(&key_path, leaf_key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+    tomo_common::fs::write_private(&key_path, leaf_key.serialize_pem().as_bytes())
+        .map_err(io(&key_path))?;
     tracing::info!(dir = %dir.display(), "generated a development CA and server certificate");
     Ok(())
 }

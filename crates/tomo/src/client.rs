@@ -43,7 +43,8 @@ impl ClientConfig {
     /// Reads the file; a missing file is an empty config.
     pub fn load(path: &Path) -> Result<Self, Failure> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| Failure::config(format!("{}: {e}", path.display()))),
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Failure::config(format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(Failure::config(format!("{}: {e}", path.display()))),
         }
@@ -85,27 +86,38 @@ impl Api {
                 path.display()
             ))
         })?;
-        let token = args
-            .token
-            .clone()
-            .or(file.token)
-            .ok_or_else(|| Failure::new(2, "no API token configured").hint("pass --token or set TOMO_TOKEN"))?;
+        let token = args.token.clone().or(file.token).ok_or_else(|| {
+            Failure::new(2, "no API token configured").hint("pass --token or set TOMO_TOKEN")
+        })?;
         let ca_file = args.ca_file.clone().or(file.ca_file);
         let trust = match ca_file {
             Some(ca) => tomo_common::tls::Trust::CaFile(ca),
             None => tomo_common::tls::Trust::WebPki,
         };
-        let tls = tomo_common::tls::client_config(&trust).map_err(|e| Failure::new(2, e.to_string()))?;
+        let tls =
+            tomo_common::tls::client_config(&trust).map_err(|e| Failure::new(2, e.to_string()))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .build()
             .map_err(|e| Failure::new(2, format!("HTTP client: {e}")))?;
-        Ok(Self { http, url: url.trim_end_matches('/').to_owned(), token })
+        Ok(Self {
+            http,
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+        })
     }
 
     /// Sends a request to `/api/v1{path}`; transport failures are exit status 2.
-    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Reply, Failure> {
-        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token);
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, Failure> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -116,16 +128,26 @@ impl Api {
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
             }
-            Failure::new(2, msg).hint("is it running? is --url right? for a self-signed server pass --ca-file")
+            Failure::new(2, msg)
+                .hint("is it running? is --url right? for a self-signed server pass --ca-file")
         })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| Failure::new(2, format!("reading the answer: {e}")))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| Failure::new(2, format!("reading the answer: {e}")))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok(Reply { status, body })
     }
 
     /// Like [`Api::send`], turning API errors into a failure with `status`.
-    pub async fn expect(&self, method: reqwest::Method, path: &str, body: Option<&Value>, status: u8) -> Result<Value, Failure> {
+    pub async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        status: u8,
+    ) -> Result<Value, Failure> {
         let r = self.send(method, path, body).await?;
         if r.status.is_success() {
             return Ok(r.body);
@@ -137,8 +159,14 @@ impl Api {
 /// Turns an error reply into a failure with a hint where one helps.
 pub fn api_failure(r: &Reply, status: u8) -> Failure {
     let code = r.body["error"]["code"].as_str().unwrap_or("error");
-    let message = r.body["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| r.body.to_string());
-    let f = Failure::new(status, format!("{message} ({code}, HTTP {})", r.status.as_u16()));
+    let message = r.body["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| r.body.to_string());
+    let f = Failure::new(
+        status,
+        format!("{message} ({code}, HTTP {})", r.status.as_u16()),
+    );
     match code {
         "unauthorized" => f.hint("check the token (--token, TOMO_TOKEN or the client config)"),
         "not_found" => f.hint("`tomo hosts ls` lists the hosts"),

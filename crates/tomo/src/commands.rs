@@ -39,7 +39,9 @@ fn print_json(v: &Value) {
 fn seg(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -49,7 +51,14 @@ pub async fn codes(cmd: CodesCommand, args: &ClientArgs) -> Result<ExitCode, Fai
     let CodesCommand::Create { ttl } = cmd;
     let ttl = crate::duration::parse(&ttl).map_err(|e| Failure::new(2, e))?;
     let api = Api::from_args(args)?;
-    let v = api.expect(Method::POST, "/codes", Some(&json!({"ttl_secs": ttl.as_secs()})), 1).await?;
+    let v = api
+        .expect(
+            Method::POST,
+            "/codes",
+            Some(&json!({"ttl_secs": ttl.as_secs()})),
+            1,
+        )
+        .await?;
     if args.output == Output::Json {
         print_json(&v);
     } else {
@@ -60,7 +69,10 @@ pub async fn codes(cmd: CodesCommand, args: &ClientArgs) -> Result<ExitCode, Fai
         if let Some(ca) = v["ca_file"].as_str() {
             println!("CA file:           {ca} (copy it to the new host)");
         }
-        println!("\nJoin a host with the agent binary:\n  {}", s("join_command"));
+        println!(
+            "\nJoin a host with the agent binary:\n  {}",
+            s("join_command")
+        );
         println!("\nor with Docker:\n  {}", s("docker_command"));
     }
     Ok(ExitCode::SUCCESS)
@@ -78,12 +90,16 @@ pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Fai
             }
         }
         HostsCommand::Show { host } => {
-            let v = api.expect(Method::GET, &format!("/hosts/{}", seg(&host)), None, 1).await?;
+            let v = api
+                .expect(Method::GET, &format!("/hosts/{}", seg(&host)), None, 1)
+                .await?;
             // The detail view is JSON in both formats: it is nested.
             print_json(&v);
         }
         HostsCommand::Rm { host } => {
-            let v = api.expect(Method::DELETE, &format!("/hosts/{}", seg(&host)), None, 1).await?;
+            let v = api
+                .expect(Method::DELETE, &format!("/hosts/{}", seg(&host)), None, 1)
+                .await?;
             if args.output == Output::Json {
                 print_json(&v);
             } else {
@@ -121,15 +137,26 @@ fn print_hosts(hosts: &[Value]) {
         }
     }
     for r in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
 }
 
-pub async fn call(host: &str, method: &str, params: Option<&str>, timeout: Option<&str>, args: &ClientArgs) -> Result<ExitCode, Failure> {
+pub async fn call(
+    host: &str,
+    method: &str,
+    params: Option<&str>,
+    timeout: Option<&str>,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
     let params: Option<Value> = match params {
         Some(p) => {
-            let v: Value = serde_json::from_str(p).map_err(|e| Failure::new(2, format!("PARAMS_JSON is not JSON: {e}")))?;
+            let v: Value = serde_json::from_str(p)
+                .map_err(|e| Failure::new(2, format!("PARAMS_JSON is not JSON: {e}")))?;
             if !v.is_object() && !v.is_array() {
                 return Err(Failure::new(2, "PARAMS_JSON must be an object or an array"));
             }
@@ -146,11 +173,21 @@ pub async fn call(host: &str, method: &str, params: Option<&str>, timeout: Optio
         body["timeout_ms"] = json!(t.as_millis() as u64);
     }
     let api = Api::from_args(args)?;
-    let r = api.send(Method::POST, &format!("/hosts/{}/rpc", seg(host)), Some(&body)).await?;
+    let r = api
+        .send(
+            Method::POST,
+            &format!("/hosts/{}/rpc", seg(host)),
+            Some(&body),
+        )
+        .await?;
     // A JSON-RPC response comes back even when the host is offline or timed out.
     if r.body.get("jsonrpc").is_some() {
         print_json(&r.body);
-        return Ok(if r.body.get("error").is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS });
+        return Ok(if r.body.get("error").is_some() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     Err(api_failure(&r, 2))
 }

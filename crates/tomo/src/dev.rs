@@ -36,7 +36,9 @@ fn default_data_dir() -> PathBuf {
 pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let config = ServerConfig::new(data_dir.join("server"), args.listen);
-    let server = tomo_server::Server::bind(config).await.map_err(Failure::config)?;
+    let server = tomo_server::Server::bind(config)
+        .await
+        .map_err(Failure::config)?;
     let info = server.info().clone();
     let state = server.state();
 
@@ -45,19 +47,33 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     let cfg_path = config_path();
     let existing = ClientConfig::load(&cfg_path).unwrap_or_default();
     let reusable = match (&existing.url, &existing.token) {
-        (Some(u), Some(t)) if *u == info.api_url => tomo_server::auth::check_token(&*state.store, t).await.ok().flatten().is_some(),
+        (Some(u), Some(t)) if *u == info.api_url => {
+            tomo_server::auth::check_token(&*state.store, t)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        }
         _ => false,
     };
     let token = match (&server.first_admin_token, reusable) {
         (Some(t), _) => t.clone(),
         (None, true) => existing.token.clone().unwrap_or_default(),
-        (None, false) => tomo_server::auth::mint_token(&*state.store, "dev", Level::Admin, None)
-            .await
-            .map_err(|e| Failure::new(1, format!("cannot create a token: {e}")))?
-            .0,
+        (None, false) => {
+            tomo_server::auth::mint_token(&*state.store, "dev", Level::Admin, None)
+                .await
+                .map_err(|e| Failure::new(1, format!("cannot create a token: {e}")))?
+                .0
+        }
     };
-    let client = ClientConfig { url: Some(info.api_url.clone()), token: Some(token), ca_file: info.ca_file.clone() };
-    client.save(&cfg_path).map_err(|e| Failure::new(1, format!("cannot write {}: {e}", cfg_path.display())))?;
+    let client = ClientConfig {
+        url: Some(info.api_url.clone()),
+        token: Some(token),
+        ca_file: info.ca_file.clone(),
+    };
+    client
+        .save(&cfg_path)
+        .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", cfg_path.display())))?;
 
     // The local agent: registered with a fresh code the first time, by its key afterwards.
     let agent_dir = data_dir.join("agent");
@@ -65,9 +81,10 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     agent_cfg.server_url = Some(info.agent_url.clone());
     agent_cfg.ca_file = info.ca_file.clone();
     if !agent_dir.join("agent.json").exists() {
-        let (code, _) = tomo_server::auth::mint_code(&*state.store, Duration::from_secs(60), "tomo dev")
-            .await
-            .map_err(|e| Failure::new(1, format!("cannot create a registration code: {e}")))?;
+        let (code, _) =
+            tomo_server::auth::mint_code(&*state.store, Duration::from_secs(60), "tomo dev")
+                .await
+                .map_err(|e| Failure::new(1, format!("cannot create a registration code: {e}")))?;
         agent_cfg.register_code = Some(code);
     }
     let agent = tomo_agent::Agent::new(agent_cfg).map_err(Failure::config)?;

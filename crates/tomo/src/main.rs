@@ -93,7 +93,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tomo: cannot start the runtime: {e}");
@@ -112,8 +115,21 @@ fn main() -> ExitCode {
             }
             Command::Codes { command, client } => commands::codes(command, &client).await,
             Command::Hosts { command, client } => commands::hosts(command, &client).await,
-            Command::Call { host, method, params, timeout, client } => {
-                commands::call(&host, &method, params.as_deref(), timeout.as_deref(), &client).await
+            Command::Call {
+                host,
+                method,
+                params,
+                timeout,
+                client,
+            } => {
+                commands::call(
+                    &host,
+                    &method,
+                    params.as_deref(),
+                    timeout.as_deref(),
+                    &client,
+                )
+                .await
             }
         }
     });
@@ -141,7 +157,11 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(status: u8, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), hint: None }
+        Self {
+            status,
+            message: message.into(),
+            hint: None,
+        }
     }
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());

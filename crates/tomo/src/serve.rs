@@ -39,11 +39,15 @@ impl ServerArgs {
     pub fn to_config(&self) -> Result<ServerConfig, Failure> {
         let mut c = ServerConfig::new(self.data_dir.clone(), self.listen);
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            c.tls = TlsSource::Files { cert: cert.clone(), key: key.clone() };
+            c.tls = TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
         }
         c.public_url = self.public_url.clone();
         c.call_timeout = crate::duration::parse(&self.call_timeout).map_err(Failure::config)?;
-        c.history_retention = crate::duration::parse(&self.history_retention).map_err(Failure::config)?;
+        c.history_retention =
+            crate::duration::parse(&self.history_retention).map_err(Failure::config)?;
         c.validate().map_err(Failure::config)?;
         Ok(c)
     }
@@ -52,12 +56,20 @@ impl ServerArgs {
 pub async fn run(args: ServerArgs) -> Result<ExitCode, Failure> {
     let config = args.to_config()?;
     tracing::info!(?config, "starting the control plane");
-    let server = tomo_server::Server::bind(config).await.map_err(Failure::config)?;
+    let server = tomo_server::Server::bind(config)
+        .await
+        .map_err(Failure::config)?;
     if let Some(token) = &server.first_admin_token {
         println!("Admin token (shown once; store it safely): {token}");
-        println!("Use it with: export TOMO_URL={} TOMO_TOKEN=<token>", server.info().api_url);
+        println!(
+            "Use it with: export TOMO_URL={} TOMO_TOKEN=<token>",
+            server.info().api_url
+        );
         if let Some(ca) = &server.info().ca_file {
-            println!("and, for the self-signed certificate: export TOMO_CA_FILE={}", ca.display());
+            println!(
+                "and, for the self-signed certificate: export TOMO_CA_FILE={}",
+                ca.display()
+            );
         }
     }
     let shutdown = CancellationToken::new();

@@ -99,6 +99,9 @@ pub enum RegisterError {
     CodeUsed,
     #[error("registration code expired")]
     CodeExpired,
+    /// The key already belongs to a host (the code is left unused).
+    #[error("this key is already registered")]
+    KnownKey { removed: bool },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -111,7 +114,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Consumes the code and creates the host, atomically: of two registrations racing for one
     /// code exactly one succeeds. Registering again with a code this same host already used (a
     /// retry after a lost answer) returns the existing host.
-    async fn register(&self, host: &NewHost, code_hash: &[u8; 32], now: i64) -> Result<HostRecord, RegisterError>;
+    async fn register(
+        &self,
+        host: &NewHost,
+        code_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<HostRecord, RegisterError>;
 
     /// A host by id, removed or not.
     async fn host(&self, id: &str) -> Result<HostRecord, StoreError>;
@@ -120,7 +128,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
 
     /// Records a successful session: new facts, the engine id binding when first seen, last seen.
-    async fn touch_host(&self, id: &str, facts: Option<&HostFacts>, now: i64) -> Result<(), StoreError>;
+    async fn touch_host(
+        &self,
+        id: &str,
+        facts: Option<&HostFacts>,
+        now: i64,
+    ) -> Result<(), StoreError>;
 
     /// Marks a host removed; its key never authenticates again.
     async fn remove_host(&self, id: &str, now: i64) -> Result<(), StoreError>;
@@ -128,13 +141,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn record_event(&self, event: &SecurityEvent) -> Result<(), StoreError>;
     async fn events(&self, host_id: &str, limit: u32) -> Result<Vec<SecurityEvent>, StoreError>;
 
-    async fn create_token(&self, token: &TokenRecord, token_hash: &[u8; 32]) -> Result<(), StoreError>;
-    async fn token_by_hash(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
+    async fn create_token(
+        &self,
+        token: &TokenRecord,
+        token_hash: &[u8; 32],
+    ) -> Result<(), StoreError>;
+    async fn token_by_hash(&self, token_hash: &[u8; 32])
+    -> Result<Option<TokenRecord>, StoreError>;
     async fn count_tokens(&self) -> Result<u64, StoreError>;
 
-    async fn add_sample(&self, host_id: &str, kind: SampleKind, at: i64, data: &str) -> Result<(), StoreError>;
+    async fn add_sample(
+        &self,
+        host_id: &str,
+        kind: SampleKind,
+        at: i64,
+        data: &str,
+    ) -> Result<(), StoreError>;
     /// Newest first.
-    async fn samples(&self, host_id: &str, kind: SampleKind, limit: u32) -> Result<Vec<(i64, String)>, StoreError>;
+    async fn samples(
+        &self,
+        host_id: &str,
+        kind: SampleKind,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
     /// Deletes samples older than `before`; returns how many.
     async fn prune_samples(&self, before: i64) -> Result<u64, StoreError>;
 

@@ -7,11 +7,17 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use sqlx::Row as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use tomo_proto::handshake::HostFacts;
 use tomo_proto::methods::Level;
 
-use super::{HostRecord, NewCode, NewHost, RegisterError, SampleKind, SecurityEvent, Store, StoreError, TokenRecord};
+use super::{
+    HostRecord, NewCode, NewHost, RegisterError, SampleKind, SecurityEvent, Store, StoreError,
+    TokenRecord,
+};
 
 /// A SQLite database file.
 #[derive(Debug, Clone)]
@@ -37,8 +43,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.map_err(db)?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(db)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
         Ok(Self { pool })
     }
 }
@@ -51,7 +64,8 @@ fn db(e: sqlx::Error) -> StoreError {
     }
 }
 
-const HOST_COLUMNS: &str = "id, public_key, hostname, engine_id, facts, registered_at, last_seen, removed_at";
+const HOST_COLUMNS: &str =
+    "id, public_key, hostname, engine_id, facts, registered_at, last_seen, removed_at";
 
 fn host_row(r: &SqliteRow) -> Result<HostRecord, StoreError> {
     let facts: String = r.try_get("facts").map_err(db)?;
@@ -98,7 +112,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn register(&self, host: &NewHost, code_hash: &[u8; 32], now: i64) -> Result<HostRecord, RegisterError> {
+    async fn register(
+        &self,
+        host: &NewHost,
+        code_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<HostRecord, RegisterError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         // The first statement is the write that claims the code: SQLite serializes writers, so
         // of two racing registrations exactly one sees a row to update.
@@ -114,13 +133,17 @@ impl Store for SqliteStore {
         .map_err(db)?
         .rows_affected();
         if claimed == 0 {
-            let row = sqlx::query("SELECT expires_at, used_at, used_by FROM registration_codes WHERE code_hash = ?")
-                .bind(&code_hash[..])
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
+            let row = sqlx::query(
+                "SELECT expires_at, used_at, used_by FROM registration_codes WHERE code_hash = ?",
+            )
+            .bind(&code_hash[..])
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
             drop(tx);
-            let Some(row) = row else { return Err(RegisterError::CodeUnknown) };
+            let Some(row) = row else {
+                return Err(RegisterError::CodeUnknown);
+            };
             let used_by: Option<String> = row.try_get("used_by").map_err(db)?;
             let expires_at: i64 = row.try_get("expires_at").map_err(db)?;
             return match used_by {
@@ -137,7 +160,22 @@ impl Store for SqliteStore {
                 None => Err(RegisterError::CodeUsed),
             };
         }
-        let facts = serde_json::to_string(&host.facts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let known: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT removed_at FROM hosts WHERE id = ? OR public_key = ?")
+                .bind(&host.id)
+                .bind(&host.public_key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        if let Some(removed_at) = known {
+            // Rolls back the claim: the code stays usable.
+            drop(tx);
+            return Err(RegisterError::KnownKey {
+                removed: removed_at.is_some(),
+            });
+        }
+        let facts =
+            serde_json::to_string(&host.facts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
             "INSERT INTO hosts (id, public_key, hostname, engine_id, facts, registered_at, last_seen)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
@@ -157,20 +195,32 @@ impl Store for SqliteStore {
 
     async fn host(&self, id: &str) -> Result<HostRecord, StoreError> {
         let q = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ?");
-        let row = sqlx::query(&q).bind(id).fetch_one(&self.pool).await.map_err(db)?;
+        let row = sqlx::query(&q)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
         host_row(&row)
     }
 
     async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        let q = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE removed_at IS NULL ORDER BY registered_at, id");
+        let q = format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE removed_at IS NULL ORDER BY registered_at, id"
+        );
         let rows = sqlx::query(&q).fetch_all(&self.pool).await.map_err(db)?;
         rows.iter().map(host_row).collect()
     }
 
-    async fn touch_host(&self, id: &str, facts: Option<&HostFacts>, now: i64) -> Result<(), StoreError> {
+    async fn touch_host(
+        &self,
+        id: &str,
+        facts: Option<&HostFacts>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         match facts {
             Some(f) => {
-                let json = serde_json::to_string(f).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let json =
+                    serde_json::to_string(f).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 // The engine id is bound the first time one is seen and never changed here.
                 sqlx::query(
                     "UPDATE hosts SET facts = ?2, hostname = ?3, engine_id = COALESCE(engine_id, ?4), last_seen = ?5
@@ -198,14 +248,19 @@ impl Store for SqliteStore {
     }
 
     async fn remove_host(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        let n = sqlx::query("UPDATE hosts SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL")
-            .bind(id)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?
-            .rows_affected();
-        if n == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        let n =
+            sqlx::query("UPDATE hosts SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL")
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?
+                .rows_affected();
+        if n == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
     }
 
     async fn record_event(&self, e: &SecurityEvent) -> Result<(), StoreError> {
@@ -258,7 +313,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn token_by_hash(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+    async fn token_by_hash(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query("SELECT id, name, role, created_at, expires_at, revoked_at FROM api_tokens WHERE token_hash = ?")
             .bind(&token_hash[..])
             .fetch_optional(&self.pool)
@@ -279,11 +337,20 @@ impl Store for SqliteStore {
     }
 
     async fn count_tokens(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens").fetch_one(&self.pool).await.map_err(db)?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(n as u64)
     }
 
-    async fn add_sample(&self, host_id: &str, kind: SampleKind, at: i64, data: &str) -> Result<(), StoreError> {
+    async fn add_sample(
+        &self,
+        host_id: &str,
+        kind: SampleKind,
+        at: i64,
+        data: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO samples (host_id, kind, at, data) VALUES (?, ?, ?, ?)")
             .bind(host_id)
             .bind(kind.as_str())
@@ -295,19 +362,32 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn samples(&self, host_id: &str, kind: SampleKind, limit: u32) -> Result<Vec<(i64, String)>, StoreError> {
-        let rows = sqlx::query("SELECT at, data FROM samples WHERE host_id = ? AND kind = ? ORDER BY at DESC LIMIT ?")
-            .bind(host_id)
-            .bind(kind.as_str())
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
-        rows.iter().map(|r| Ok((r.try_get("at").map_err(db)?, r.try_get("data").map_err(db)?))).collect()
+    async fn samples(
+        &self,
+        host_id: &str,
+        kind: SampleKind,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, data FROM samples WHERE host_id = ? AND kind = ? ORDER BY at DESC LIMIT ?",
+        )
+        .bind(host_id)
+        .bind(kind.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("at").map_err(db)?, r.try_get("data").map_err(db)?)))
+            .collect()
     }
 
     async fn prune_samples(&self, before: i64) -> Result<u64, StoreError> {
-        let n = sqlx::query("DELETE FROM samples WHERE at < ?").bind(before).execute(&self.pool).await.map_err(db)?;
+        let n = sqlx::query("DELETE FROM samples WHERE at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
         Ok(n.rows_affected())
     }
 
@@ -322,16 +402,30 @@ mod tests {
 
     async fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = SqliteStore::open(&dir.path().join("tomo.db")).await.expect("open");
+        let s = SqliteStore::open(&dir.path().join("tomo.db"))
+            .await
+            .expect("open");
         (dir, s)
     }
 
     fn new_host(id: &str, key: u8) -> NewHost {
-        NewHost { id: id.into(), public_key: vec![key; 32], facts: HostFacts { hostname: format!("h-{id}"), ..Default::default() } }
+        NewHost {
+            id: id.into(),
+            public_key: vec![key; 32],
+            facts: HostFacts {
+                hostname: format!("h-{id}"),
+                ..Default::default()
+            },
+        }
     }
 
     fn code(hash: u8, expires_at: i64) -> NewCode {
-        NewCode { code_hash: [hash; 32], created_at: 0, expires_at, created_by: "t".into() }
+        NewCode {
+            code_hash: [hash; 32],
+            created_at: 0,
+            expires_at,
+            created_by: "t".into(),
+        }
     }
 
     #[tokio::test]
@@ -339,21 +433,49 @@ mod tests {
         let (_d, s) = open().await;
         s.create_code(&code(1, 1000)).await.expect("create");
         s.create_code(&code(2, 1000)).await.expect("create");
-        assert!(matches!(s.register(&new_host("a", 1), &[9; 32], 10).await, Err(RegisterError::CodeUnknown)));
-        let h = s.register(&new_host("a", 1), &[1; 32], 10).await.expect("first use");
+        assert!(matches!(
+            s.register(&new_host("a", 1), &[9; 32], 10).await,
+            Err(RegisterError::CodeUnknown)
+        ));
+        let h = s
+            .register(&new_host("a", 1), &[1; 32], 10)
+            .await
+            .expect("first use");
         assert_eq!(h.hostname, "h-a");
         // The same host retrying with its own code gets itself back; anyone else is refused.
-        assert_eq!(s.register(&new_host("a", 1), &[1; 32], 11).await.expect("retry").id, "a");
-        assert!(matches!(s.register(&new_host("b", 2), &[1; 32], 12).await, Err(RegisterError::CodeUsed)));
-        assert!(matches!(s.register(&new_host("b", 2), &[2; 32], 1000).await, Err(RegisterError::CodeExpired)));
+        assert_eq!(
+            s.register(&new_host("a", 1), &[1; 32], 11)
+                .await
+                .expect("retry")
+                .id,
+            "a"
+        );
+        assert!(matches!(
+            s.register(&new_host("b", 2), &[1; 32], 12).await,
+            Err(RegisterError::CodeUsed)
+        ));
+        assert!(matches!(
+            s.register(&new_host("b", 2), &[2; 32], 1000).await,
+            Err(RegisterError::CodeExpired)
+        ));
         assert!(matches!(s.host("b").await, Err(StoreError::NotFound)));
+        // A known key with a fresh code: refused, and the code stays unused.
+        s.create_code(&code(3, 1000)).await.expect("create");
+        assert!(matches!(
+            s.register(&new_host("a", 1), &[3; 32], 20).await,
+            Err(RegisterError::KnownKey { removed: false })
+        ));
+        assert!(s.register(&new_host("c", 3), &[3; 32], 21).await.is_ok());
     }
 
     #[tokio::test]
     async fn database_file_is_private() {
         use std::os::unix::fs::PermissionsExt as _;
         let (d, _s) = open().await;
-        let mode = std::fs::metadata(d.path().join("tomo.db")).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(d.path().join("tomo.db"))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "mode {mode:o}");
     }
 
@@ -361,8 +483,14 @@ mod tests {
     async fn engine_id_binds_once_and_removal_sticks() {
         let (_d, s) = open().await;
         s.create_code(&code(1, 1000)).await.expect("create");
-        s.register(&new_host("a", 1), &[1; 32], 10).await.expect("register");
-        let mut f = HostFacts { hostname: "x".into(), engine_id: Some("E1".into()), ..Default::default() };
+        s.register(&new_host("a", 1), &[1; 32], 10)
+            .await
+            .expect("register");
+        let mut f = HostFacts {
+            hostname: "x".into(),
+            engine_id: Some("E1".into()),
+            ..Default::default()
+        };
         s.touch_host("a", Some(&f), 20).await.expect("touch");
         f.engine_id = Some("E2".into());
         s.touch_host("a", Some(&f), 30).await.expect("touch");
@@ -371,16 +499,24 @@ mod tests {
         assert_eq!(h.last_seen, Some(30));
         s.remove_host("a", 40).await.expect("remove");
         assert!(s.hosts().await.expect("list").is_empty());
-        assert!(matches!(s.remove_host("a", 41).await, Err(StoreError::NotFound)));
+        assert!(matches!(
+            s.remove_host("a", 41).await,
+            Err(StoreError::NotFound)
+        ));
     }
 
     #[tokio::test]
     async fn samples_are_pruned() {
         let (_d, s) = open().await;
         for at in [1, 2, 3] {
-            s.add_sample("a", SampleKind::Metrics, at, "{}").await.expect("add");
+            s.add_sample("a", SampleKind::Metrics, at, "{}")
+                .await
+                .expect("add");
         }
         assert_eq!(s.prune_samples(3).await.expect("prune"), 2);
-        assert_eq!(s.samples("a", SampleKind::Metrics, 10).await.expect("list"), vec![(3, "{}".to_owned())]);
+        assert_eq!(
+            s.samples("a", SampleKind::Metrics, 10).await.expect("list"),
+            vec![(3, "{}".to_owned())]
+        );
     }
 }

@@ -19,23 +19,73 @@ async fn bad_handshakes_are_refused_without_effect() {
     let pk = keys.public_key_b64();
     let reg = |nonce: &str, proto: u32, sig_over: &str| {
         let signature = keys.sign_b64(&signing_payload(Purpose::Register, nonce, sig_over));
-        Handshake::Register { proto_version: proto, code: code.clone(), public_key: pk.clone(), signature, facts: facts("evil", None) }.to_json()
+        Handshake::Register {
+            proto_version: proto,
+            code: code.clone(),
+            public_key: pk.clone(),
+            signature,
+            facts: facts("evil", None),
+        }
+        .to_json()
     };
-    type Case<'a> = (&'static str, Box<dyn Fn(&str) -> String + 'a>, RefusalReason);
+    type Case<'a> = (
+        &'static str,
+        Box<dyn Fn(&str) -> String + 'a>,
+        RefusalReason,
+    );
     let cases: Vec<Case> = vec![
-        ("not JSON", Box::new(|_| "hello?".into()), RefusalReason::Malformed),
-        ("wrong types", Box::new(|_| r#"{"type":"register","proto_version":"1","code":5}"#.into()), RefusalReason::Malformed),
-        ("unknown type", Box::new(|_| r#"{"type":"hello","proto_version":1}"#.into()), RefusalReason::Malformed),
-        ("JSON-RPC before the handshake", Box::new(|_| r#"{"jsonrpc":"2.0","id":1,"method":"agent.ping"}"#.into()), RefusalReason::Malformed),
+        (
+            "not JSON",
+            Box::new(|_| "hello?".into()),
+            RefusalReason::Malformed,
+        ),
+        (
+            "wrong types",
+            Box::new(|_| r#"{"type":"register","proto_version":"1","code":5}"#.into()),
+            RefusalReason::Malformed,
+        ),
+        (
+            "unknown type",
+            Box::new(|_| r#"{"type":"hello","proto_version":1}"#.into()),
+            RefusalReason::Malformed,
+        ),
+        (
+            "JSON-RPC before the handshake",
+            Box::new(|_| r#"{"jsonrpc":"2.0","id":1,"method":"agent.ping"}"#.into()),
+            RefusalReason::Malformed,
+        ),
         (
             "welcome from the agent",
-            Box::new(|_| Handshake::Welcome { proto_version: 1, agent_id: "x".into(), heartbeat_secs: 1 }.to_json()),
+            Box::new(|_| {
+                Handshake::Welcome {
+                    proto_version: 1,
+                    agent_id: "x".into(),
+                    heartbeat_secs: 1,
+                }
+                .to_json()
+            }),
             RefusalReason::OutOfOrder,
         ),
-        ("oversized", Box::new(|_| format!(r#"{{"type":"hello","pad":"{}"}}"#, "x".repeat(100_000))), RefusalReason::Malformed),
-        ("other protocol version", Box::new(|n| reg(n, 99, &pk)), RefusalReason::UnsupportedVersion),
-        ("signature over another key", Box::new(|n| reg(n, 1, "someone-else")), RefusalReason::BadSignature),
-        ("signature over another nonce", Box::new(|_| reg("stale-nonce", 1, &pk)), RefusalReason::BadSignature),
+        (
+            "oversized",
+            Box::new(|_| format!(r#"{{"type":"hello","pad":"{}"}}"#, "x".repeat(100_000))),
+            RefusalReason::Malformed,
+        ),
+        (
+            "other protocol version",
+            Box::new(|n| reg(n, 99, &pk)),
+            RefusalReason::UnsupportedVersion,
+        ),
+        (
+            "signature over another key",
+            Box::new(|n| reg(n, 1, "someone-else")),
+            RefusalReason::BadSignature,
+        ),
+        (
+            "signature over another nonce",
+            Box::new(|_| reg("stale-nonce", 1, &pk)),
+            RefusalReason::BadSignature,
+        ),
     ];
     for (name, frame, want) in &cases {
         let mut raw = Raw::connect(&f).await;
@@ -73,31 +123,52 @@ async fn a_silent_connection_is_refused_after_the_handshake_timeout() {
 async fn bad_frames_in_a_session_are_answered_and_harmless() {
     let f = Fleet::start().await;
     let keys = Keys::generate();
-    let (mut raw, id) = Raw::register(&f, &keys, &f.code().await, facts("noisy", None)).await.expect("registered");
+    let (mut raw, id) = Raw::register(&f, &keys, &f.code().await, facts("noisy", None))
+        .await
+        .expect("registered");
     let cases = [
         ("not json", json!({"id": null, "error": {"code": -32700}})),
         ("[]", json!({"id": null, "error": {"code": -32600}})),
-        (r#"{"jsonrpc":"2.0","id":3,"method":"server.shell"}"#, json!({"id": 3, "error": {"code": -32601}})),
-        (r#"{"jsonrpc":"2.0","id":4}"#, json!({"id": 4, "error": {"code": -32600}})),
-        (r#"{"jsonrpc":"2.0","id":5,"error":"not an object"}"#, json!({"id": 5, "error": {"code": -32600}})),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"server.shell"}"#,
+            json!({"id": 3, "error": {"code": -32601}}),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":4}"#,
+            json!({"id": 4, "error": {"code": -32600}}),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":5,"error":"not an object"}"#,
+            json!({"id": 5, "error": {"code": -32600}}),
+        ),
     ];
     for (frame, want) in cases {
         raw.send(frame).await;
         let got: Value = serde_json::from_str(&raw.text().await.expect("answer")).expect("json");
         assert_eq!(got["id"], want["id"], "{frame}: {got}");
-        assert_eq!(got["error"]["code"], want["error"]["code"], "{frame}: {got}");
+        assert_eq!(
+            got["error"]["code"], want["error"]["code"],
+            "{frame}: {got}"
+        );
     }
     // A malformed notification and a response to no call: dropped, no answer, no effect.
-    raw.send(r#"{"jsonrpc":"2.0","method":"metrics.update","params":{"cpu_percent":"lots"}}"#).await;
-    raw.send(r#"{"jsonrpc":"2.0","id":999,"result":{"pong":true}}"#).await;
-    let (_, host) = f.api(reqwest::Method::GET, &format!("/hosts/{id}"), None).await;
+    raw.send(r#"{"jsonrpc":"2.0","method":"metrics.update","params":{"cpu_percent":"lots"}}"#)
+        .await;
+    raw.send(r#"{"jsonrpc":"2.0","id":999,"result":{"pong":true}}"#)
+        .await;
+    let (_, host) = f
+        .api(reqwest::Method::GET, &format!("/hosts/{id}"), None)
+        .await;
     assert!(host.get("metrics").is_none(), "{host}");
     assert_eq!(host["status"], json!("online"));
 
     // A frame over the control plane's limit closes that connection, and only that one.
     let mut other = RunningAgent::spawn(f.agent("bystander", Some(f.code().await)));
     other.online().await;
-    let huge = format!(r#"{{"jsonrpc":"2.0","method":"x","params":{{"p":"{}"}}}}"#, "a".repeat(tomo_proto::MAX_AGENT_MESSAGE_BYTES + 10));
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","method":"x","params":{{"p":"{}"}}}}"#,
+        "a".repeat(tomo_proto::MAX_AGENT_MESSAGE_BYTES + 10)
+    );
     raw.send(&huge).await;
     raw.closed().await;
     f.wait_status(&id, "offline").await;

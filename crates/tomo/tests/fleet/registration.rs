@@ -37,8 +37,16 @@ async fn an_agent_registers_and_answers_calls() {
     }
     let (_, info) = f.rpc("alpha", "system.info", None).await;
     assert_eq!(info["result"]["hostname"], json!("alpha"));
-    assert!(info["result"]["cpus"].as_u64().is_some_and(|c| c >= 1), "{info}");
-    assert!(info["result"]["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{info}");
+    assert!(
+        info["result"]["cpus"].as_u64().is_some_and(|c| c >= 1),
+        "{info}"
+    );
+    assert!(
+        info["result"]["memory_bytes"]
+            .as_u64()
+            .is_some_and(|m| m > 0),
+        "{info}"
+    );
     assert_eq!(info["result"]["docker"]["available"], json!(false));
     // Docker methods without an engine: -32003 with a clear message; the agent keeps working.
     let (_, d) = f.rpc("alpha", "docker.containers.list", None).await;
@@ -47,14 +55,23 @@ async fn an_agent_registers_and_answers_calls() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (_, h) = f.api(Method::GET, &format!("/hosts/{id}"), None).await;
-        if h["metrics"]["sample"]["memory"]["total"].as_u64().is_some_and(|t| t > 0) && h["health"]["status"]["status"] == "degraded" {
+        if h["metrics"]["sample"]["memory"]["total"]
+            .as_u64()
+            .is_some_and(|t| t > 0)
+            && h["health"]["status"]["status"] == "degraded"
+        {
             break;
         }
         assert!(Instant::now() < deadline, "no metrics/health kept: {h}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, hist) = f.api(Method::GET, &format!("/hosts/{id}/metrics"), None).await;
-    assert!(!hist["samples"].as_array().expect("samples").is_empty(), "{hist}");
+    let (_, hist) = f
+        .api(Method::GET, &format!("/hosts/{id}/metrics"), None)
+        .await;
+    assert!(
+        !hist["samples"].as_array().expect("samples").is_empty(),
+        "{hist}"
+    );
     a.stop().await.expect("clean stop");
 }
 
@@ -68,13 +85,23 @@ async fn used_expired_and_unknown_codes_are_refused() {
     let used = RunningAgent::spawn(f.agent("second", Some(code)));
     assert_eq!(refused(used.finished().await), RefusalReason::CodeUsed);
 
-    let (expiring, _) = tomo_server::auth::mint_code(&*f.state.store, Duration::from_millis(1), "test").await.expect("code");
+    let (expiring, _) =
+        tomo_server::auth::mint_code(&*f.state.store, Duration::from_millis(1), "test")
+            .await
+            .expect("code");
     tokio::time::sleep(Duration::from_millis(20)).await;
     let expired = RunningAgent::spawn(f.agent("third", Some(expiring)));
-    assert_eq!(refused(expired.finished().await), RefusalReason::CodeExpired);
+    assert_eq!(
+        refused(expired.finished().await),
+        RefusalReason::CodeExpired
+    );
 
-    let unknown = RunningAgent::spawn(f.agent("fourth", Some("rc_00000000000000000000000000000000".into())));
-    assert_eq!(refused(unknown.finished().await), RefusalReason::CodeUnknown);
+    let unknown =
+        RunningAgent::spawn(f.agent("fourth", Some("rc_00000000000000000000000000000000".into())));
+    assert_eq!(
+        refused(unknown.finished().await),
+        RefusalReason::CodeUnknown
+    );
 
     // Nothing but the first host exists.
     let hosts = f.hosts().await;
@@ -87,16 +114,26 @@ async fn used_expired_and_unknown_codes_are_refused() {
 async fn agents_racing_for_one_code_exactly_one_wins() {
     let f = Fleet::start().await;
     let code = f.code().await;
-    let agents: Vec<RunningAgent> = (0..6).map(|i| RunningAgent::spawn(f.agent(&format!("racer{i}"), Some(code.clone())))).collect();
+    let agents: Vec<RunningAgent> = (0..6)
+        .map(|i| RunningAgent::spawn(f.agent(&format!("racer{i}"), Some(code.clone()))))
+        .collect();
     let mut winners = 0;
     let mut losers = 0;
     let mut survivors = Vec::new();
     for mut a in agents {
-        let s = tokio::time::timeout(crate::support::WAIT, a.status.wait_for(|s| !matches!(s, tomo_agent::Status::Starting | tomo_agent::Status::Connecting)))
-            .await
-            .expect("decided")
-            .expect("alive")
-            .clone();
+        let s = tokio::time::timeout(
+            crate::support::WAIT,
+            a.status.wait_for(|s| {
+                !matches!(
+                    s,
+                    tomo_agent::Status::Starting | tomo_agent::Status::Connecting
+                )
+            }),
+        )
+        .await
+        .expect("decided")
+        .expect("alive")
+        .clone();
         match s {
             tomo_agent::Status::Online { .. } => {
                 winners += 1;
@@ -147,8 +184,14 @@ async fn agents_come_back_after_a_control_plane_restart() {
     let addr = f.info.local_addr.to_string();
     let dir = f.dir.clone();
     let took = f.stop().await;
-    assert!(took < Duration::from_secs(2), "control plane stop took {took:?}");
-    a.status.wait_for(|s| matches!(s, tomo_agent::Status::Offline { .. })).await.expect("alive");
+    assert!(
+        took < Duration::from_secs(2),
+        "control plane stop took {took:?}"
+    );
+    a.status
+        .wait_for(|s| matches!(s, tomo_agent::Status::Offline { .. }))
+        .await
+        .expect("alive");
 
     let f2 = Fleet::start_in(&dir, &addr, |_| {}).await;
     f2.wait_status(&ida, "online").await;
@@ -165,27 +208,57 @@ async fn agents_come_back_after_a_control_plane_restart() {
 async fn another_engine_id_is_refused_and_recorded() {
     let f = Fleet::start().await;
     let keys = Keys::generate();
-    let (raw, id) = Raw::register(&f, &keys, &f.code().await, facts("engine-host", Some("ENGINE-A"))).await.expect("registered");
+    let (raw, id) = Raw::register(
+        &f,
+        &keys,
+        &f.code().await,
+        facts("engine-host", Some("ENGINE-A")),
+    )
+    .await
+    .expect("registered");
     drop(raw);
     let r = Raw::authenticate(&f, &keys, &id, facts("engine-host", Some("ENGINE-B"))).await;
     assert_eq!(r.err(), Some(RefusalReason::EngineMismatch));
     let (_, host) = f.api(Method::GET, &format!("/hosts/{id}"), None).await;
     assert_eq!(host["engine_id"], json!("ENGINE-A"), "{host}");
     let events = host["security_events"].as_array().expect("events");
-    assert!(events.iter().any(|e| e["kind"] == "engine_mismatch"), "{host}");
+    assert!(
+        events.iter().any(|e| e["kind"] == "engine_mismatch"),
+        "{host}"
+    );
     // The right engine still gets in; a Docker engine that is down (no id) is not a mismatch.
-    assert!(Raw::authenticate(&f, &keys, &id, facts("engine-host", Some("ENGINE-A"))).await.is_ok());
-    assert!(Raw::authenticate(&f, &keys, &id, facts("engine-host", None)).await.is_ok());
+    assert!(
+        Raw::authenticate(&f, &keys, &id, facts("engine-host", Some("ENGINE-A")))
+            .await
+            .is_ok()
+    );
+    assert!(
+        Raw::authenticate(&f, &keys, &id, facts("engine-host", None))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_key_is_refused() {
     let f = Fleet::start().await;
     let keys = Keys::generate();
-    let (_raw, id) = Raw::register(&f, &keys, &f.code().await, facts("victim", None)).await.expect("registered");
+    let (_raw, id) = Raw::register(&f, &keys, &f.code().await, facts("victim", None))
+        .await
+        .expect("registered");
     let thief = Keys::generate();
-    assert_eq!(Raw::authenticate(&f, &thief, &id, facts("victim", None)).await.err(), Some(RefusalReason::BadSignature));
-    assert_eq!(Raw::authenticate(&f, &thief, "no-such-agent", facts("x", None)).await.err(), Some(RefusalReason::UnknownAgent));
+    assert_eq!(
+        Raw::authenticate(&f, &thief, &id, facts("victim", None))
+            .await
+            .err(),
+        Some(RefusalReason::BadSignature)
+    );
+    assert_eq!(
+        Raw::authenticate(&f, &thief, "no-such-agent", facts("x", None))
+            .await
+            .err(),
+        Some(RefusalReason::UnknownAgent)
+    );
     // The database holds nothing that lets anyone authenticate: only the public key.
     let host = f.state.store.host(&id).await.expect("host");
     assert_eq!(host.public_key, keys.public_key());
@@ -212,15 +285,27 @@ async fn calls_time_out_and_offline_hosts_fail_at_once() {
     let f = Fleet::start().await;
     let keys = Keys::generate();
     // A "agent" that authenticates and then never answers.
-    let (mut raw, id) = Raw::register(&f, &keys, &f.code().await, facts("mute", None)).await.expect("registered");
+    let (mut raw, id) = Raw::register(&f, &keys, &f.code().await, facts("mute", None))
+        .await
+        .expect("registered");
     let t0 = Instant::now();
-    let (s, v) = f.api(Method::POST, "/hosts/mute/rpc", Some(json!({"method": "agent.ping", "timeout_ms": 300}))).await;
+    let (s, v) = f
+        .api(
+            Method::POST,
+            "/hosts/mute/rpc",
+            Some(json!({"method": "agent.ping", "timeout_ms": 300})),
+        )
+        .await;
     let took = t0.elapsed();
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{v}");
     assert_eq!(v["error"]["code"], json!(-32011), "{v}");
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     // The request really reached the agent, with its envelope.
-    let req: serde_json::Value = serde_json::from_str(&raw.text().await.expect("request")).expect("json");
+    let req: serde_json::Value =
+        serde_json::from_str(&raw.text().await.expect("request")).expect("json");
     assert_eq!(req["method"], json!("agent.ping"));
     assert_eq!(req["meta"]["aud"], json!(id));
     assert_eq!(req["meta"]["role"], json!("admin"));
@@ -242,7 +327,9 @@ async fn the_api_requires_a_valid_token() {
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
         assert_eq!(v["error"]["code"], json!("unauthorized"));
     }
-    let (s, v) = f.api(Method::POST, "/codes", Some(json!({"ttl_secs": 0}))).await;
+    let (s, v) = f
+        .api(Method::POST, "/codes", Some(json!({"ttl_secs": 0})))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, v) = f.api(Method::POST, "/codes", Some(json!({}))).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -253,7 +340,42 @@ async fn the_api_requires_a_valid_token() {
     let db = std::fs::read(f.dir.join("server/tomo.db")).expect("db");
     let wal = std::fs::read(f.dir.join("server/tomo.db-wal")).unwrap_or_default();
     let code = v["code"].as_str().expect("code").as_bytes();
-    assert!(!db.windows(code.len()).any(|w| w == code) && !wal.windows(code.len()).any(|w| w == code));
+    assert!(
+        !db.windows(code.len()).any(|w| w == code) && !wal.windows(code.len()).any(|w| w == code)
+    );
     let (s, _) = f.rpc("nobody", "agent.ping", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// Regression: a key that already has a host (the agent lost `agent.json` but kept its key) used
+/// to hit a UNIQUE constraint and be refused as `internal`, retried forever.
+#[tokio::test]
+async fn a_known_key_with_a_new_code_is_welcomed_and_the_code_stays_unused() {
+    let f = Fleet::start().await;
+    let keys = Keys::generate();
+    let (_r1, id) = Raw::register(&f, &keys, &f.code().await, facts("amnesiac", None))
+        .await
+        .expect("registered");
+    let code2 = f.code().await;
+    let (_r2, id2) = Raw::register(&f, &keys, &code2, facts("amnesiac", None))
+        .await
+        .expect("welcomed again");
+    assert_eq!(id, id2);
+    assert_eq!(f.hosts().await.len(), 1);
+    let other = Keys::generate();
+    assert!(
+        Raw::register(&f, &other, &code2, facts("newcomer", None))
+            .await
+            .is_ok(),
+        "the second code was not consumed"
+    );
+    // A removed host's key stays out, whatever code it brings.
+    let (s, _) = f.api(Method::DELETE, &format!("/hosts/{id}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        Raw::register(&f, &keys, &f.code().await, facts("amnesiac", None))
+            .await
+            .err(),
+        Some(RefusalReason::HostRemoved)
+    );
 }

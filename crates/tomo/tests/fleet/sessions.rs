@@ -11,14 +11,25 @@ use tomo_proto::handshake::{Handshake, Purpose, signing_payload};
 use crate::support::{Fleet, Raw, facts};
 
 /// Registers a host, then opens an authenticated session to the control plane over a pipe.
-async fn piped_session(f: &Fleet) -> (String, tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>) {
+async fn piped_session(
+    f: &Fleet,
+) -> (
+    String,
+    tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>,
+) {
     let keys = Keys::generate();
-    let (raw, id) = Raw::register(f, &keys, &f.code().await, facts("piped", None)).await.expect("registered");
+    let (raw, id) = Raw::register(f, &keys, &f.code().await, facts("piped", None))
+        .await
+        .expect("registered");
     drop(raw);
     f.wait_status(&id, "offline").await;
     let (a, b) = tokio::io::duplex(1 << 20);
-    let server_ws = tokio_tungstenite::WebSocketStream::from_raw_socket(a, Role::Server, None).await;
-    tokio::spawn(tomo_server::agent_ws::run_session(server_ws, f.state.clone()));
+    let server_ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+    tokio::spawn(tomo_server::agent_ws::run_session(
+        server_ws,
+        f.state.clone(),
+    ));
     let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(b, Role::Client, None).await;
     let nonce = match ws.next().await.expect("open").expect("frame") {
         Message::Text(t) => match Handshake::parse(&t) {
@@ -28,10 +39,18 @@ async fn piped_session(f: &Fleet) -> (String, tokio_tungstenite::WebSocketStream
         other => panic!("{other:?}"),
     };
     let signature = keys.sign_b64(&signing_payload(Purpose::Authenticate, &nonce, &id));
-    let hello = Handshake::Authenticate { proto_version: 1, agent_id: id.clone(), signature, facts: facts("piped", None) };
+    let hello = Handshake::Authenticate {
+        proto_version: 1,
+        agent_id: id.clone(),
+        signature,
+        facts: facts("piped", None),
+    };
     ws.send(Message::text(hello.to_json())).await.expect("send");
     match ws.next().await.expect("open").expect("frame") {
-        Message::Text(t) => assert!(matches!(Handshake::parse(&t), Ok(Handshake::Welcome { .. })), "{t}"),
+        Message::Text(t) => assert!(
+            matches!(Handshake::parse(&t), Ok(Handshake::Welcome { .. })),
+            "{t}"
+        ),
         other => panic!("{other:?}"),
     }
     assert!(f.state.hub.is_online(&id));

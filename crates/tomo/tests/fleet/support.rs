@@ -55,14 +55,30 @@ impl Fleet {
         tweak(&mut config);
         let server = Server::bind(config).await.expect("control plane starts");
         let state = server.state();
-        let token = tomo_server::auth::mint_token(&*state.store, "test", Level::Admin, None).await.expect("token").0;
+        let token = tomo_server::auth::mint_token(&*state.store, "test", Level::Admin, None)
+            .await
+            .expect("token")
+            .0;
         let info = server.info().clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         let ca = info.ca_file.clone().expect("self-signed");
-        let tls = tomo_common::tls::client_config(&tomo_common::tls::Trust::CaFile(ca)).expect("tls");
-        let http = reqwest::Client::builder().use_preconfigured_tls(tls).build().expect("http");
-        Self { dir: dir.to_owned(), _tmp: None, info, state, token, shutdown, task: Some(task), http }
+        let tls =
+            tomo_common::tls::client_config(&tomo_common::tls::Trust::CaFile(ca)).expect("tls");
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .expect("http");
+        Self {
+            dir: dir.to_owned(),
+            _tmp: None,
+            info,
+            state,
+            token,
+            shutdown,
+            task: Some(task),
+            http,
+        }
     }
 
     /// Stops the control plane; returns how long it took.
@@ -76,7 +92,10 @@ impl Fleet {
     }
 
     pub async fn code(&self) -> String {
-        tomo_server::auth::mint_code(&*self.state.store, Duration::from_secs(900), "test").await.expect("code").0
+        tomo_server::auth::mint_code(&*self.state.store, Duration::from_secs(900), "test")
+            .await
+            .expect("code")
+            .0
     }
 
     /// An agent configuration for this fleet, its state under `<dir>/agents/<name>`.
@@ -90,12 +109,26 @@ impl Fleet {
         c
     }
 
-    pub async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         self.api_as(&self.token, method, path, body).await
     }
 
-    pub async fn api_as(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.info.api_url)).bearer_auth(token);
+    pub async fn api_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.info.api_url))
+            .bearer_auth(token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -105,12 +138,18 @@ impl Fleet {
         (status, body)
     }
 
-    pub async fn rpc(&self, host: &str, method: &str, params: Option<Value>) -> (StatusCode, Value) {
+    pub async fn rpc(
+        &self,
+        host: &str,
+        method: &str,
+        params: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut body = serde_json::json!({"method": method});
         if let Some(p) = params {
             body["params"] = p;
         }
-        self.api(Method::POST, &format!("/hosts/{host}/rpc"), Some(body)).await
+        self.api(Method::POST, &format!("/hosts/{host}/rpc"), Some(body))
+            .await
     }
 
     pub async fn hosts(&self) -> Vec<Value> {
@@ -127,7 +166,10 @@ impl Fleet {
             if v["status"] == status {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "host {host} never became {status}: {v}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "host {host} never became {status}: {v}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -146,16 +188,23 @@ impl RunningAgent {
         let status = agent.status();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(agent.run(shutdown.clone()));
-        Self { status, shutdown, task }
+        Self {
+            status,
+            shutdown,
+            task,
+        }
     }
 
     /// Waits until the agent is online; returns its id.
     pub async fn online(&mut self) -> String {
-        let s = tokio::time::timeout(WAIT, self.status.wait_for(|s| matches!(s, Status::Online { .. })))
-            .await
-            .expect("agent online in time")
-            .expect("agent running")
-            .clone();
+        let s = tokio::time::timeout(
+            WAIT,
+            self.status.wait_for(|s| matches!(s, Status::Online { .. })),
+        )
+        .await
+        .expect("agent online in time")
+        .expect("agent running")
+        .clone();
         match s {
             Status::Online { agent_id } => agent_id,
             _ => unreachable!(),
@@ -164,7 +213,10 @@ impl RunningAgent {
 
     /// Waits for the agent to stop by itself.
     pub async fn finished(self) -> Result<(), AgentError> {
-        tokio::time::timeout(WAIT, self.task).await.expect("agent stops in time").expect("join")
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("agent stops in time")
+            .expect("join")
     }
 
     pub async fn stop(self) -> Result<(), AgentError> {
@@ -181,16 +233,25 @@ pub struct Raw {
 impl Raw {
     pub async fn connect(fleet: &Fleet) -> Self {
         let ca = fleet.info.ca_file.clone().expect("ca");
-        let tls = tomo_common::tls::client_config(&tomo_common::tls::Trust::CaFile(ca)).expect("tls");
-        let io = TlsDialer::new(tls, false).dial(&fleet.info.agent_url).await.expect("dial");
-        let (ws, _) = tokio_tungstenite::client_async_with_config(&fleet.info.agent_url, io, None).await.expect("ws");
+        let tls =
+            tomo_common::tls::client_config(&tomo_common::tls::Trust::CaFile(ca)).expect("tls");
+        let io = TlsDialer::new(tls, false)
+            .dial(&fleet.info.agent_url)
+            .await
+            .expect("dial");
+        let (ws, _) = tokio_tungstenite::client_async_with_config(&fleet.info.agent_url, io, None)
+            .await
+            .expect("ws");
         Self { ws }
     }
 
     /// The next text frame, `None` once closed.
     pub async fn text(&mut self) -> Option<String> {
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("frame in time") {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("frame in time")
+            {
                 Some(Ok(Message::Text(t))) => return Some(t.to_string()),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
@@ -224,22 +285,43 @@ impl Raw {
         while self.text().await.is_some() {}
     }
 
-    pub async fn register(fleet: &Fleet, keys: &Keys, code: &str, facts: HostFacts) -> Result<(Self, String), RefusalReason> {
+    pub async fn register(
+        fleet: &Fleet,
+        keys: &Keys,
+        code: &str,
+        facts: HostFacts,
+    ) -> Result<(Self, String), RefusalReason> {
         let mut raw = Self::connect(fleet).await;
         let nonce = raw.challenge().await;
         let public_key = keys.public_key_b64();
         let signature = keys.sign_b64(&signing_payload(Purpose::Register, &nonce, &public_key));
-        let msg = Handshake::Register { proto_version: tomo_proto::PROTO_VERSION, code: code.into(), public_key, signature, facts };
+        let msg = Handshake::Register {
+            proto_version: tomo_proto::PROTO_VERSION,
+            code: code.into(),
+            public_key,
+            signature,
+            facts,
+        };
         raw.send(&msg.to_json()).await;
         let id = raw.outcome().await?;
         Ok((raw, id))
     }
 
-    pub async fn authenticate(fleet: &Fleet, keys: &Keys, agent_id: &str, facts: HostFacts) -> Result<Self, RefusalReason> {
+    pub async fn authenticate(
+        fleet: &Fleet,
+        keys: &Keys,
+        agent_id: &str,
+        facts: HostFacts,
+    ) -> Result<Self, RefusalReason> {
         let mut raw = Self::connect(fleet).await;
         let nonce = raw.challenge().await;
         let signature = keys.sign_b64(&signing_payload(Purpose::Authenticate, &nonce, agent_id));
-        let msg = Handshake::Authenticate { proto_version: tomo_proto::PROTO_VERSION, agent_id: agent_id.into(), signature, facts };
+        let msg = Handshake::Authenticate {
+            proto_version: tomo_proto::PROTO_VERSION,
+            agent_id: agent_id.into(),
+            signature,
+            facts,
+        };
         raw.send(&msg.to_json()).await;
         raw.outcome().await?;
         Ok(raw)

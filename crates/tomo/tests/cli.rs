@@ -1,0 +1,281 @@
+//! End to end through the binaries, as an operator runs them: `tomo dev`, then `tomo hosts`,
+//! `tomo call`, `tomo codes create` and a separate `tomo-agent` process, then SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn tomo_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tomo"))
+}
+
+/// `tomo-agent` lives in another package: build it when this test runs alone.
+fn agent_bin() -> PathBuf {
+    let path = tomo_bin().with_file_name("tomo-agent");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", "tomo-agent", "--bin", "tomo-agent"])
+        .status()
+        .expect("cargo");
+    assert!(
+        status.success() && path.exists(),
+        "cannot build {}",
+        path.display()
+    );
+    path
+}
+
+struct Env {
+    home: tempfile::TempDir,
+}
+
+impl Env {
+    fn cmd(&self, bin: &Path) -> Command {
+        let mut c = Command::new(bin);
+        c.env_clear()
+            .env("HOME", self.home.path())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LOG_LEVEL", "info");
+        c
+    }
+
+    fn tomo(&self, args: &[&str]) -> Output {
+        self.cmd(&tomo_bin()).args(args).output().expect("run tomo")
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// Sends SIGTERM and waits; returns the exit status and how long it took.
+fn terminate(child: &mut Child) -> (std::process::ExitStatus, Duration) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    let t0 = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return (s, t0.elapsed());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
+fn host_status(env: &Env, name: &str) -> Option<String> {
+    let o = env.tomo(&["hosts", "ls", "-o", "json"]);
+    if !o.status.success() {
+        return None;
+    }
+    json(&o)
+        .as_array()?
+        .iter()
+        .find(|h| h["hostname"] == name)
+        .map(|h| h["status"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn dev_then_cli_then_a_second_agent() {
+    let agent = agent_bin();
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = env.home.path().join("dev-data");
+    let started = Instant::now();
+    let mut dev = env
+        .cmd(&tomo_bin())
+        .args(["dev", "--listen", &listen, "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tomo dev");
+
+    // The local host is online within 5 s of starting `tomo dev`, seen from another shell.
+    let local = tomo_agent::host::static_facts(Path::new("/"), None).hostname;
+    wait_for("the local host online", || {
+        host_status(&env, &local).as_deref() == Some("online")
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "online after {:?}",
+        started.elapsed()
+    );
+    let hosts = json(&env.tomo(&["hosts", "ls", "-o", "json"]));
+    let h = &hosts[0];
+    assert!(
+        h["id"].is_string() && h["hostname"] == local.as_str() && h["status"] == "online",
+        "{hosts}"
+    );
+
+    // tomo call: 0 on a result, 1 on a JSON-RPC error, 2 on usage errors.
+    let ping = env.tomo(&["call", &local, "agent.ping"]);
+    assert_eq!(
+        ping.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    assert_eq!(json(&ping)["result"]["pong"], true);
+    let err = env.tomo(&["call", &local, "no.such.method"]);
+    assert_eq!(err.status.code(), Some(1));
+    assert_eq!(json(&err)["error"]["code"], -32601);
+    assert_eq!(
+        env.tomo(&["call", &local, "agent.ping", "{not json"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(env.tomo(&["call"]).status.code(), Some(2));
+
+    // A code for another host, with what an agent needs to dial.
+    let code = json(&env.tomo(&["codes", "create", "--ttl", "10m", "-o", "json"]));
+    for k in ["code", "expires_at", "server_url", "ca_file"] {
+        assert!(code[k].is_string(), "{k} missing: {code}");
+    }
+    let agent_dir = env.home.path().join("agent2");
+    let run_agent = |with_code: Option<&str>, dir: &Path, name: &str| {
+        let mut c = env.cmd(&agent);
+        c.args(["--data-dir"]).arg(dir).args([
+            "--ca-file",
+            code["ca_file"].as_str().unwrap_or_default(),
+            "--hostname",
+            name,
+        ]);
+        c.args([
+            "--server-url",
+            code["server_url"].as_str().unwrap_or_default(),
+        ]);
+        if let Some(k) = with_code {
+            c.args(["--register-code", k]);
+        }
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    };
+    let mut a2 = run_agent(code["code"].as_str(), &agent_dir, "second-host")
+        .spawn()
+        .expect("agent");
+    wait_for("second-host online", || {
+        host_status(&env, "second-host").as_deref() == Some("online")
+    });
+
+    // SIGTERM stops the agent cleanly within 2 s; the host goes offline.
+    let (status, took) = terminate(&mut a2);
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(2), "agent stopped in {took:?}");
+    wait_for("second-host offline", || {
+        host_status(&env, "second-host").as_deref() == Some("offline")
+    });
+
+    // Restarted with the same data dir and no code, it comes back.
+    let mut a2 = run_agent(None, &agent_dir, "second-host")
+        .spawn()
+        .expect("agent");
+    wait_for("second-host back online", || {
+        host_status(&env, "second-host").as_deref() == Some("online")
+    });
+    terminate(&mut a2);
+
+    // The used code is refused with a clear message, and the agent exits non-zero.
+    let used = run_agent(
+        code["code"].as_str(),
+        &env.home.path().join("agent3"),
+        "third-host",
+    )
+    .output()
+    .expect("agent");
+    assert!(!used.status.success());
+    let msg = String::from_utf8_lossy(&used.stderr);
+    assert!(
+        msg.contains("code_used") && msg.contains("already used"),
+        "{msg}"
+    );
+
+    // SIGTERM stops `tomo dev` (control plane and local agent) within 2 s.
+    let (status, took) = terminate(&mut dev);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "tomo dev stopped in {took:?}"
+    );
+}
+
+#[test]
+fn cli_without_configuration_says_what_to_do() {
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let o = env.tomo(&["hosts", "ls"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no control plane configured") && err.contains("hint: run `tomo dev`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_server_config_exits_64() {
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let o = env
+        .cmd(&tomo_bin())
+        .args(["server", "--data-dir"])
+        .arg(env.home.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            "/nonexistent.key",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        o.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = env
+        .cmd(&agent_bin())
+        .args([
+            "--server-url",
+            "ws://127.0.0.1:1/agent/ws",
+            "--register-code",
+            "x",
+            "--data-dir",
+        ])
+        .arg(env.home.path())
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("wss://"));
+}
