@@ -13,6 +13,22 @@ use crate::host;
 
 /// How often the engine's identity and version are re-read when it is available.
 const DOCKER_STATUS_REFRESH: Duration = Duration::from_secs(60);
+/// A hung engine must not hold up the agent: status probes give up after this.
+const DOCKER_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The engine's status, or "unavailable" when it does not answer in time.
+async fn probe(docker: &DockerClient) -> DockerStatus {
+    match tokio::time::timeout(DOCKER_PROBE_TIMEOUT, docker.status()).await {
+        Ok(s) => s,
+        Err(_) => DockerStatus {
+            available: false,
+            error: Some(format!(
+                "Docker engine did not answer within {DOCKER_PROBE_TIMEOUT:?}"
+            )),
+            ..Default::default()
+        },
+    }
+}
 
 /// The latest samples, readable from anywhere without waiting.
 #[derive(Debug, Clone)]
@@ -29,7 +45,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> (Samples, impl std::future::Future<Output = ()>) {
     let mut sampler = Sampler::new(docker);
-    let status = sampler.docker.status().await;
+    let status = probe(&sampler.docker).await;
     let first = sampler.sample(&status).await;
     let (metrics_tx, metrics) = watch::channel(first);
     let (docker_tx, docker_rx) = watch::channel(status);
@@ -46,7 +62,7 @@ pub async fn start(
             let stale =
                 !docker_tx.borrow().available || status_at.elapsed() >= DOCKER_STATUS_REFRESH;
             if stale {
-                docker_tx.send_replace(sampler.docker.status().await);
+                docker_tx.send_replace(probe(&sampler.docker).await);
                 status_at = Instant::now();
             }
             let status = docker_tx.borrow().clone();

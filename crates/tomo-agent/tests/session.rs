@@ -60,12 +60,16 @@ struct Harness {
 }
 
 fn start(fail: bool) -> Harness {
+    start_with(fail, Endpoint::Refused("no Docker in this test".into()))
+}
+
+fn start_with(fail: bool, docker: Endpoint) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = AgentConfig::new(dir.path().join("agent"));
     cfg.server_url = Some("wss://tomo.test/agent/ws".into());
     cfg.register_code = Some("rc_test".into());
     cfg.hostname = Some("pipe-host".into());
-    cfg.docker = Endpoint::Refused("no Docker in this test".into());
+    cfg.docker = docker;
     let (tx, ends) = mpsc::unbounded_channel();
     let dials = Arc::new(Mutex::new(Vec::new()));
     let agent = Agent::with_dialer(
@@ -339,6 +343,47 @@ async fn shutdown_sends_a_close_frame_within_2s() {
         close.map(|f| f.reason.to_string()).as_deref(),
         Some("agent shutting down")
     );
+    assert!(h.task.await.expect("join").is_ok());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_answers_in_flight_requests_then_closes() {
+    // A "Docker engine" that accepts connections and never answers: requests to it hang.
+    let sock_dir = tempfile::tempdir().expect("tempdir");
+    let sock = sock_dir.path().join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut h = start_with(false, Endpoint::Unix(sock.display().to_string()));
+    let mut ws = welcome(&mut h).await;
+    ws.send(Message::text(
+        r#"{"jsonrpc":"2.0","id":41,"method":"docker.containers.list","meta":{"role":"read"}}"#,
+    ))
+    .await
+    .expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = std::time::Instant::now();
+    h.shutdown.cancel();
+    let reply = next_reply(&mut ws).await;
+    assert_eq!(reply["id"], json!(41), "{reply}");
+    assert_eq!(reply["error"]["code"], json!(-32013), "{reply}");
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(f))) => break f,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert!(close.is_some());
     assert!(h.task.await.expect("join").is_ok());
     assert!(
         t0.elapsed() < Duration::from_secs(2),
