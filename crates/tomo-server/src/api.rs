@@ -336,6 +336,20 @@ async fn call_host(
             "params must be an object or an array",
         ));
     }
+    // The agent drops a session whose frame exceeds its limit: refuse here instead.
+    let size = body
+        .params
+        .as_ref()
+        .map(|p| p.to_string().len())
+        .unwrap_or(0)
+        + body.method.len();
+    if size > tomo_proto::MAX_SERVER_MESSAGE_BYTES - 4096 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "params exceed the agent's 1 MiB request limit",
+        ));
+    }
     let timeout = body
         .timeout_ms
         .map(Duration::from_millis)

@@ -345,6 +345,14 @@ async fn the_api_requires_a_valid_token() {
     );
     let (s, _) = f.rpc("nobody", "agent.ping", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = f
+        .rpc(
+            "nobody",
+            "agent.ping",
+            Some(json!({"pad": "x".repeat(1 << 20)})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
 }
 
 /// Regression: a key that already has a host (the agent lost `agent.json` but kept its key) used
