@@ -11,19 +11,23 @@ fn tomo_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tomo"))
 }
 
-/// `tomo-agent` lives in another package: build it when this test runs alone.
+/// `tomo-agent` lives in another package. `cargo test --workspace` builds it next to `tomo`; when this
+/// test runs alone (`-p tomo`) it is built here (a separate `cargo build` would otherwise rebuild
+/// dependencies with other features).
 fn agent_bin() -> PathBuf {
     let path = tomo_bin().with_file_name("tomo-agent");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-q", "-p", "tomo-agent", "--bin", "tomo-agent"])
-        .status()
-        .expect("cargo");
-    assert!(
-        status.success() && path.exists(),
-        "cannot build {}",
-        path.display()
-    );
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "tomo-agent", "--bin", "tomo-agent"])
+            .status()
+            .expect("cargo");
+        assert!(
+            status.success() && path.exists(),
+            "cannot build {}",
+            path.display()
+        );
+    }
     path
 }
 
