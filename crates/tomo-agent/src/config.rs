@@ -24,7 +24,14 @@ pub struct AgentConfig {
     /// Where the Docker engine is (from `DOCKER_HOST` and friends by default).
     pub docker: crate::docker::Endpoint,
     pub intervals: Intervals,
+    /// `system.prepare_volumes` creates directories only under this one (`/srv/tomo` by default).
+    pub volume_base: PathBuf,
+    /// Largest single response, in bytes; longer output is cut and marked truncated.
+    pub max_response_bytes: usize,
 }
+
+/// Default of [`AgentConfig::max_response_bytes`]: 10 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 10 * 1024 * 1024;
 
 /// Timings of the background collectors and the connection.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +86,8 @@ impl AgentConfig {
             host_root: default_host_root(),
             docker: crate::docker::Endpoint::from_env(),
             intervals: Intervals::default(),
+            volume_base: PathBuf::from("/srv/tomo"),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 
@@ -134,6 +143,8 @@ impl std::fmt::Debug for AgentConfig {
             .field("host_root", &self.host_root)
             .field("docker", &self.docker)
             .field("intervals", &self.intervals)
+            .field("volume_base", &self.volume_base)
+            .field("max_response_bytes", &self.max_response_bytes)
             .finish()
     }
 }

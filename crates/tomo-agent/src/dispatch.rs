@@ -13,10 +13,39 @@ use serde_json::Value;
 use tomo_proto::methods::{Level, Method};
 use tomo_proto::rpc::RpcError;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::Shared;
+use crate::stream::{Input, StreamSink, Streams};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, RpcError>> + Send>>;
-type Handler = Box<dyn Fn(Arc<Shared>, &str) -> BoxFuture + Send + Sync>;
+type Handler = Box<dyn Fn(Ctx, &str) -> BoxFuture + Send + Sync>;
+
+/// What a handler gets besides its params: the agent's state and the request's session.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub streams: Arc<Streams>,
+    /// Cancelled once this request's answer is queued for sending.
+    pub replied: CancellationToken,
+}
+
+impl Ctx {
+    /// Opens a stream announced by this request's answer.
+    pub fn open_stream(
+        &self,
+        input: bool,
+    ) -> Result<
+        (
+            tomo_proto::methods::StreamOpened,
+            StreamSink,
+            Option<tokio::sync::mpsc::Receiver<Input>>,
+        ),
+        RpcError,
+    > {
+        self.streams.open(self.replied.clone(), input)
+    }
+}
 
 struct Entry {
     level: Level,
@@ -50,15 +79,15 @@ impl Dispatcher {
     pub fn register<M, F, Fut>(mut self, _method: M, f: F) -> Self
     where
         M: Method,
-        F: Fn(Arc<Shared>, M::Params) -> Fut + Send + Sync + 'static,
+        F: Fn(Ctx, M::Params) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<M::Result, RpcError>> + Send + 'static,
     {
         let f = Arc::new(f);
-        let handler: Handler = Box::new(move |shared, raw| {
+        let handler: Handler = Box::new(move |ctx, raw| {
             let params = parse_params::<M::Params>(raw);
             let f = Arc::clone(&f);
             Box::pin(async move {
-                let result = f(shared, params?).await?;
+                let result = f(ctx, params?).await?;
                 serde_json::to_value(result).map_err(RpcError::internal)
             })
         });
@@ -86,9 +115,9 @@ impl Dispatcher {
     }
 
     /// Runs `method` with its raw params (`None` when absent).
-    pub fn call(&self, shared: Arc<Shared>, method: &str, params: Option<&str>) -> BoxFuture {
+    pub fn call(&self, ctx: Ctx, method: &str, params: Option<&str>) -> BoxFuture {
         match self.table.get(method) {
-            Some(entry) => (entry.handler)(shared, params.unwrap_or("{}")),
+            Some(entry) => (entry.handler)(ctx, params.unwrap_or("{}")),
             None => {
                 let e = RpcError::method_not_found(method);
                 Box::pin(async move { Err(e) })

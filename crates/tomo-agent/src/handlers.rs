@@ -1,15 +1,14 @@
 //! The methods this agent serves, and the table they form.
 
-use std::sync::Arc;
-
 use tomo_proto::methods::{
-    AgentPing, ContainerSummary, ContainersListParams, DockerContainersList, Metrics, NoParams,
-    Pong, SystemGetMetrics, SystemInfo, SystemInfoResult,
+    AgentPing, ContainerSummary, ContainersListParams, DockerContainersGet, DockerContainersList,
+    DockerContainersRun, DockerContainersUpdate, Metrics, NoParams, Pong, SystemExec,
+    SystemGetMetrics, SystemInfo, SystemInfoResult, SystemPreflightCheck, SystemPrepareVolumes,
 };
 use tomo_proto::rpc::RpcError;
 
-use crate::Shared;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Ctx, Dispatcher};
+use crate::docker::containers;
 
 /// Every method of the agent. Adding a method means adding its type in `tomo-proto` and a line here.
 pub fn table() -> Dispatcher {
@@ -17,10 +16,16 @@ pub fn table() -> Dispatcher {
         .register(AgentPing, ping)
         .register(SystemInfo, system_info)
         .register(SystemGetMetrics, get_metrics)
+        .register(SystemExec, crate::system::exec)
+        .register(SystemPreflightCheck, crate::system::preflight)
+        .register(SystemPrepareVolumes, crate::system::prepare_volumes)
         .register(DockerContainersList, containers_list)
+        .register(DockerContainersGet, containers::get)
+        .register(DockerContainersRun, containers::run)
+        .register(DockerContainersUpdate, containers::update)
 }
 
-async fn ping(_: Arc<Shared>, _: NoParams) -> Result<Pong, RpcError> {
+async fn ping(_: Ctx, _: NoParams) -> Result<Pong, RpcError> {
     Ok(Pong {
         pong: true,
         agent_version: crate::VERSION.into(),
@@ -28,7 +33,8 @@ async fn ping(_: Arc<Shared>, _: NoParams) -> Result<Pong, RpcError> {
     })
 }
 
-async fn system_info(s: Arc<Shared>, _: NoParams) -> Result<SystemInfoResult, RpcError> {
+async fn system_info(ctx: Ctx, _: NoParams) -> Result<SystemInfoResult, RpcError> {
+    let s = &ctx.shared;
     let f = &s.facts;
     Ok(SystemInfoResult {
         hostname: f.hostname.clone(),
@@ -43,13 +49,13 @@ async fn system_info(s: Arc<Shared>, _: NoParams) -> Result<SystemInfoResult, Rp
     })
 }
 
-async fn get_metrics(s: Arc<Shared>, _: NoParams) -> Result<Metrics, RpcError> {
-    Ok(s.samples.metrics.borrow().clone())
+async fn get_metrics(ctx: Ctx, _: NoParams) -> Result<Metrics, RpcError> {
+    Ok(ctx.shared.samples.metrics.borrow().clone())
 }
 
 async fn containers_list(
-    s: Arc<Shared>,
+    ctx: Ctx,
     p: ContainersListParams,
 ) -> Result<Vec<ContainerSummary>, RpcError> {
-    s.docker.list_containers(p.all).await
+    ctx.shared.docker.list_containers(p.all).await
 }

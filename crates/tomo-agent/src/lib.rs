@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod cap;
 pub mod collect;
 pub mod config;
 pub mod dispatch;
@@ -15,6 +16,8 @@ pub mod handlers;
 pub mod host;
 pub mod identity;
 pub mod session;
+pub mod stream;
+pub mod system;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +39,12 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug)]
 pub struct Shared {
     pub facts: host::StaticFacts,
+    /// The agent's data directory.
+    pub data_dir: std::path::PathBuf,
+    /// Base directory of `system.prepare_volumes`.
+    pub volume_base: std::path::PathBuf,
+    /// Largest single response, bytes.
+    pub max_response_bytes: usize,
     pub docker: Arc<DockerClient>,
     pub samples: collect::Samples,
     pub started: Instant,
@@ -149,6 +158,9 @@ impl Agent {
         let sampler = tokio::spawn(sampler);
         let shared = Arc::new(Shared {
             facts: host::static_facts(&self.config.host_root, self.config.hostname.as_deref()),
+            data_dir: self.config.data_dir.clone(),
+            volume_base: self.config.volume_base.clone(),
+            max_response_bytes: self.config.max_response_bytes,
             docker,
             samples,
             started: Instant::now(),

@@ -27,7 +27,8 @@ use tomo_proto::rpc::{self, Frame, Id, Message, OutgoingNotification, Response, 
 
 use crate::Shared;
 use crate::config::Intervals;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Ctx, Dispatcher};
+use crate::stream::{Outgoing, Streams};
 
 /// A byte stream the session can run over.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -215,12 +216,6 @@ pub enum SessionEnd {
     Lost(String),
 }
 
-/// An answer to send, and the task that produced it.
-struct Answer {
-    task: u64,
-    text: String,
-}
-
 /// A request being served.
 struct InFlight {
     abort: AbortHandle,
@@ -237,7 +232,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> SessionEnd {
     let (mut sink, mut stream) = ws.split();
-    let (answers_tx, mut answers) = mpsc::channel::<Answer>(64);
+    // Answers and stream frames share one bounded queue: a stream's announcement is queued before
+    // its first data, and a full queue makes producers wait instead of growing memory.
+    let (answers_tx, mut answers) = mpsc::channel::<Outgoing>(64);
+    let session_token = CancellationToken::new();
+    let _end_streams = session_token.clone().drop_guard();
+    let streams = Streams::new(answers_tx.clone(), session_token.clone());
     let mut inflight: HashMap<u64, InFlight> = HashMap::new();
     let mut next_task = 0u64;
     let start = tokio::time::Instant::now();
@@ -255,14 +255,16 @@ pub async fn serve(
             biased;
             _ = shutdown.cancelled() => break SessionEnd::Shutdown,
             Some(a) = answers.recv() => {
-                inflight.remove(&a.task);
+                if let Some(task) = a.task {
+                    inflight.remove(&task);
+                }
                 (!a.text.is_empty()).then_some(a.text)
             }
             msg = stream.next() => {
                 dead.as_mut().reset(tokio::time::Instant::now() + intervals.dead_after);
                 match msg {
                     Some(Ok(WsMessage::Text(text))) => {
-                        let ctx = RequestCtx { shared: &shared, dispatcher: &dispatcher, answers: &answers_tx };
+                        let ctx = RequestCtx { shared: &shared, dispatcher: &dispatcher, answers: &answers_tx, streams: &streams };
                         match ctx.handle(&text, next_task) {
                             Handled::Reply(t) => Some(t),
                             Handled::Spawned(f) => {
@@ -300,13 +302,17 @@ pub async fn serve(
     };
 
     if end == SessionEnd::Shutdown {
+        // Streams end now (their producers stop); requests get a grace period.
+        session_token.cancel();
         // In-flight requests get a grace period to finish; the rest are answered with an error.
         let grace = tokio::time::sleep(intervals.shutdown_grace);
         tokio::pin!(grace);
         while !inflight.is_empty() {
             tokio::select! {
                 Some(a) = answers.recv() => {
-                    inflight.remove(&a.task);
+                    if let Some(task) = a.task {
+                        inflight.remove(&task);
+                    }
                     if !a.text.is_empty() {
                         let _ = sink.send(WsMessage::text(a.text)).await;
                     }
@@ -379,7 +385,8 @@ enum Handled {
 struct RequestCtx<'a> {
     shared: &'a Arc<Shared>,
     dispatcher: &'a Arc<Dispatcher>,
-    answers: &'a mpsc::Sender<Answer>,
+    answers: &'a mpsc::Sender<Outgoing>,
+    streams: &'a Arc<Streams>,
 }
 
 impl RequestCtx<'_> {
@@ -400,19 +407,20 @@ impl RequestCtx<'_> {
                     Handled::Nothing
                 }
                 Some(id) => {
-                    let fut = answer(Arc::clone(self.shared), Arc::clone(self.dispatcher), req);
+                    let ctx = self.ctx();
+                    let replied = ctx.replied.clone();
+                    let fut = answer(ctx, Arc::clone(self.dispatcher), req);
                     let ids = vec![id];
-                    self.spawn(
-                        task,
-                        ids,
-                        false,
-                        async move { fut.await.map(|r| r.to_json()) },
-                    )
+                    self.spawn(task, ids, false, replied, async move {
+                        fut.await.map(|r| r.to_json())
+                    })
                 }
             },
             Frame::Batch(items) => {
                 let mut ids = Vec::new();
                 let mut futs = Vec::new();
+                let ctx = self.ctx();
+                let replied = ctx.replied.clone();
                 for item in items {
                     match item {
                         Message::Request(req) => {
@@ -420,8 +428,7 @@ impl RequestCtx<'_> {
                                 ids.push(id);
                             }
                             futs.push(
-                                answer(Arc::clone(self.shared), Arc::clone(self.dispatcher), req)
-                                    .boxed(),
+                                answer(ctx.clone(), Arc::clone(self.dispatcher), req).boxed(),
                             );
                         }
                         Message::Invalid(id, e) => {
@@ -430,7 +437,7 @@ impl RequestCtx<'_> {
                         Message::Response(_) => {}
                     }
                 }
-                self.spawn(task, ids, true, async move {
+                self.spawn(task, ids, true, replied, async move {
                     let responses: Vec<Response> = futures_util::future::join_all(futs)
                         .await
                         .into_iter()
@@ -444,18 +451,33 @@ impl RequestCtx<'_> {
         }
     }
 
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            shared: Arc::clone(self.shared),
+            streams: Arc::clone(self.streams),
+            replied: CancellationToken::new(),
+        }
+    }
+
     fn spawn(
         &self,
         task: u64,
         ids: Vec<Id>,
         batch: bool,
+        replied: CancellationToken,
         work: impl Future<Output = Option<String>> + Send + 'static,
     ) -> Handled {
         let tx = self.answers.clone();
         let handle = tokio::spawn(async move {
             // An empty answer still tells the loop that the task is done.
             let text = work.await.unwrap_or_default();
-            let _ = tx.send(Answer { task, text }).await;
+            let _ = tx
+                .send(Outgoing {
+                    task: Some(task),
+                    text,
+                })
+                .await;
+            replied.cancel();
         });
         Handled::Spawned(InFlight {
             abort: handle.abort_handle(),
@@ -467,16 +489,12 @@ impl RequestCtx<'_> {
 
 /// Runs one request; `None` for a notification. A panicking handler becomes -32603 for this
 /// request only.
-async fn answer(
-    shared: Arc<Shared>,
-    dispatcher: Arc<Dispatcher>,
-    req: rpc::Request,
-) -> Option<Response> {
+async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Option<Response> {
     let id = req.id.clone()?;
     if let Err(e) = authorize(&dispatcher, &req) {
         return Some(Response::err(id, e));
     }
-    let fut = dispatcher.call(shared, &req.method, req.params.as_deref().map(|p| p.get()));
+    let fut = dispatcher.call(ctx, &req.method, req.params.as_deref().map(|p| p.get()));
     let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(r) => r,
         Err(_) => Err(RpcError::internal("the handler panicked")),

@@ -7,6 +7,14 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod docker;
+mod stream;
+mod system;
+
+pub use docker::*;
+pub use stream::*;
+pub use system::*;
+
 /// Permission level of a method, ordered: `Read < Execute < Admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -58,8 +66,121 @@ method!(
     SystemGetMetrics, "system.get_metrics", Read, NoParams, Metrics
 );
 method!(
+    /// Change the agent's runtime settings (log level, push intervals); never the host policy.
+    AgentUpdate, "agent.update", Admin, AgentSettingsPatch, AgentSettings
+);
+method!(
+    /// Restart the agent process gracefully (answers first, then reconnects as a new process).
+    AgentRestart, "agent.restart", Admin, NoParams, Restarting
+);
+method!(
+    /// Run an allowlisted command line, split into an argument vector by the agent (no shell).
+    SystemExec, "system.exec", Admin, SystemExecParams, ExecOutput
+);
+method!(
+    /// Can this host take a deployment: Docker, disk, architecture, ports, data directory.
+    SystemPreflightCheck, "system.preflight_check", Read, PreflightParams, PreflightResult
+);
+method!(
+    /// Create directories with owner and mode, only under the agent's volume base directory.
+    SystemPrepareVolumes, "system.prepare_volumes", Execute, PrepareVolumesParams, PreparedVolumes
+);
+method!(
     /// Containers on the host.
     DockerContainersList, "docker.containers.list", Read, ContainersListParams, Vec<ContainerSummary>
+);
+method!(
+    /// One container's configuration and state, secret-looking environment values redacted.
+    DockerContainersGet, "docker.containers.get", Read, ContainerRef, ContainerDetails
+);
+method!(
+    /// Create and start a container, pulling its image when missing.
+    DockerContainersRun, "docker.containers.run", Admin, RunParams, RunResult
+);
+method!(
+    /// Start a stopped container.
+    DockerContainersStart, "docker.containers.start", Execute, ContainerRef, ContainerAction
+);
+method!(
+    /// Stop a container (SIGTERM, then SIGKILL after `timeout`, 10 s by default).
+    DockerContainersStop, "docker.containers.stop", Execute, StopParams, ContainerAction
+);
+method!(
+    /// Restart a container.
+    DockerContainersRestart, "docker.containers.restart", Execute, StopParams, ContainerAction
+);
+method!(
+    /// Remove a container.
+    DockerContainersRemove, "docker.containers.remove", Execute, RemoveParams, ContainerAction
+);
+method!(
+    /// A container's logs, or a stream of them with `follow`.
+    DockerContainersLogs, "docker.containers.logs", Read, LogsParams, Streamed<LogsResult>
+);
+method!(
+    /// A container's resource usage: one sample, or a stream with `stream`.
+    DockerContainersStats, "docker.containers.stats", Read, StatsParams, Streamed<ContainerStats>
+);
+method!(
+    /// Run a command in a container: one-shot with output and exit code, or an interactive stream.
+    DockerContainersExec, "docker.containers.exec", Admin, ExecParams, Streamed<ExecOutput>
+);
+method!(
+    /// Pull the container's image again and recreate it with the same configuration; roll back
+    /// to the old container when the new one is not running (and healthy) in time.
+    DockerContainersUpdate, "docker.containers.update", Execute, UpdateParams, UpdateResult
+);
+method!(
+    /// Images on the host.
+    DockerImagesList, "docker.images.list", Read, ImagesListParams, Vec<ImageSummary>
+);
+method!(
+    /// Pull an image; with `progress`, a stream of progress messages.
+    DockerImagesPull, "docker.images.pull", Execute, PullParams, Streamed<PullResult>
+);
+method!(
+    /// Remove an image.
+    DockerImagesRemove, "docker.images.remove", Execute, ImageRemoveParams, ImageRemoved
+);
+method!(
+    /// Networks on the host.
+    DockerNetworksList, "docker.networks.list", Read, NoParams, Vec<NetworkSummary>
+);
+method!(
+    /// Create a network.
+    DockerNetworksCreate, "docker.networks.create", Execute, NetworkCreateParams, ObjectRef
+);
+method!(
+    /// Remove a network.
+    DockerNetworksRemove, "docker.networks.remove", Execute, NameRef, ObjectRef
+);
+method!(
+    /// Volumes on the host.
+    DockerVolumesList, "docker.volumes.list", Read, NoParams, Vec<VolumeSummary>
+);
+method!(
+    /// Create a volume.
+    DockerVolumesCreate, "docker.volumes.create", Execute, VolumeCreateParams, ObjectRef
+);
+method!(
+    /// Remove a volume.
+    DockerVolumesRemove, "docker.volumes.remove", Execute, NameRef, ObjectRef
+);
+method!(
+    /// The consumer has taken a stream's data up to `seq`: the agent may send more.
+    StreamAcknowledge, "stream.ack", Read, StreamRef, StreamState
+);
+method!(
+    /// Close a stream; the agent answers, then sends its `stream.end`.
+    StreamClose, "stream.close", Read, StreamRef, StreamState
+);
+method!(
+    /// Input for an interactive exec.
+    StreamWrite, "stream.write", Admin, StreamWriteParams, StreamState
+);
+method!(
+    /// A new terminal size for an interactive exec.
+    StreamResize, "stream.resize", Admin, StreamResizeParams, StreamState
 );
 
 /// Result of `agent.ping`.

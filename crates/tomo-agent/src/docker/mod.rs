@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+pub mod containers;
+
 use bollard::Docker;
 use tomo_proto::methods::{ContainerCounts, ContainerSummary, DockerStatus};
 use tomo_proto::rpc::{RpcError, code};
