@@ -48,6 +48,26 @@ pub struct Shared {
     pub docker: Arc<DockerClient>,
     pub samples: collect::Samples,
     pub started: Instant,
+    /// Runtime settings `agent.update` changes; sessions follow them.
+    pub settings: watch::Sender<RuntimeSettings>,
+    /// Cancelled by `agent.restart`: the agent closes its session and starts over.
+    pub restart: CancellationToken,
+}
+
+/// Settings that can change while the agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    pub metrics_push: std::time::Duration,
+    pub health_push: std::time::Duration,
+}
+
+/// How [`Agent::run_once`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped for good (shutdown).
+    Stopped,
+    /// `agent.restart` asked for a fresh start.
+    Restart,
 }
 
 /// What the agent is doing, for callers that watch it (tests, `tomo dev`).
@@ -144,8 +164,43 @@ impl Agent {
     }
 
     /// Runs until `shutdown` (then returns `Ok` within the shutdown grace period) or a permanent
-    /// refusal. Transient failures are retried with backoff.
+    /// refusal. Transient failures are retried with backoff; `agent.restart` starts over in
+    /// this process.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        while self.run_once(shutdown.clone()).await? == Exit::Restart {
+            tracing::info!("restarting as asked by agent.restart");
+        }
+        Ok(())
+    }
+
+    /// Like [`Agent::run`], but returns [`Exit::Restart`] instead of starting over, so that the
+    /// binary can replace its process.
+    pub async fn run_once(&self, shutdown: CancellationToken) -> Result<Exit, AgentError> {
+        let restart = CancellationToken::new();
+        let stop = shutdown.child_token();
+        let stop_on_restart = {
+            let (restart, stop) = (restart.clone(), stop.clone());
+            tokio::spawn(async move {
+                restart.cancelled().await;
+                stop.cancel();
+            })
+        };
+        let result = self.serve_until(stop, restart.clone()).await;
+        stop_on_restart.abort();
+        result.map(|()| {
+            if restart.is_cancelled() && !shutdown.is_cancelled() {
+                Exit::Restart
+            } else {
+                Exit::Stopped
+            }
+        })
+    }
+
+    async fn serve_until(
+        &self,
+        shutdown: CancellationToken,
+        restart: CancellationToken,
+    ) -> Result<(), AgentError> {
         let store = IdentityStore::new(self.config.data_dir.clone(), Box::new(PlainVault));
         let (keys, mut mode, url) = self.prepare_identity(&store)?;
         let docker = Arc::new(DockerClient::new(self.config.docker.clone()));
@@ -164,6 +219,12 @@ impl Agent {
             docker,
             samples,
             started: Instant::now(),
+            settings: watch::channel(RuntimeSettings {
+                metrics_push: self.config.intervals.metrics_push,
+                health_push: self.config.intervals.health_push,
+            })
+            .0,
+            restart,
         });
         let dispatcher = Arc::new(handlers::table());
         let mut backoff = Backoff::standard();

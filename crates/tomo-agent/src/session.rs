@@ -238,12 +238,19 @@ pub async fn serve(
     let session_token = CancellationToken::new();
     let _end_streams = session_token.clone().drop_guard();
     let streams = Streams::new(answers_tx.clone(), session_token.clone());
+    tokio::spawn(crate::docker::events::forward(
+        Arc::clone(&shared.docker),
+        answers_tx.clone(),
+        session_token.clone(),
+    ));
     let mut inflight: HashMap<u64, InFlight> = HashMap::new();
     let mut next_task = 0u64;
     let start = tokio::time::Instant::now();
     let mut heartbeat = tokio::time::interval_at(start + intervals.heartbeat, intervals.heartbeat);
-    let mut metrics = tokio::time::interval(intervals.metrics_push);
-    let mut health = tokio::time::interval(intervals.health_push);
+    let mut settings = shared.settings.subscribe();
+    let current = *settings.borrow_and_update();
+    let mut metrics = tokio::time::interval(current.metrics_push);
+    let mut health = tokio::time::interval(current.health_push);
     for t in [&mut heartbeat, &mut metrics, &mut health] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
@@ -288,6 +295,16 @@ pub async fn serve(
             _ = heartbeat.tick() => {
                 if let Err(e) = sink.send(WsMessage::Ping(Default::default())).await {
                     break SessionEnd::Lost(format!("heartbeat failed: {e}"));
+                }
+                None
+            }
+            Ok(()) = settings.changed() => {
+                let now = *settings.borrow_and_update();
+                let at = tokio::time::Instant::now();
+                metrics = tokio::time::interval_at(at + now.metrics_push, now.metrics_push);
+                health = tokio::time::interval_at(at + now.health_push, now.health_push);
+                for t in [&mut metrics, &mut health] {
+                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 }
                 None
             }

@@ -2,25 +2,62 @@
 //! true, level from `LOG_LEVEL` (default `info`; any `tracing` filter directive works).
 
 use std::io::IsTerminal as _;
+use std::sync::{Mutex, OnceLock};
+
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Registry, reload};
+
+/// Changes the level at run time (`agent.update`); set by [`init`].
+static RELOAD: OnceLock<(reload::Handle<EnvFilter, Registry>, Mutex<String>)> = OnceLock::new();
 
 /// Installs the global subscriber. Logs go to stderr so that stdout stays for command output.
 pub fn init(level: Option<&str>, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+    let level = level.unwrap_or("info");
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
+    let done = if json {
+        registry
+            .with(fmt.json().flatten_event(true).with_current_span(false))
             .try_init()
     } else {
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
+        registry
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
             .try_init()
     };
+    if done.is_ok() {
+        let _ = RELOAD.set((handle, Mutex::new(level.to_owned())));
+    }
+}
+
+/// The log levels [`set_level`] accepts.
+pub const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// Sets the log level of the whole process, one of [`LEVELS`].
+pub fn set_level(level: &str) -> Result<(), String> {
+    if !LEVELS.contains(&level) {
+        return Err(format!("log level must be one of {}", LEVELS.join(", ")));
+    }
+    let (handle, current) = RELOAD
+        .get()
+        .ok_or("logging was not set up by this process")?;
+    handle
+        .reload(EnvFilter::new(level))
+        .map_err(|e| e.to_string())?;
+    if let Ok(mut c) = current.lock() {
+        *c = level.to_owned();
+    }
+    Ok(())
+}
+
+/// The level set by [`init`] or [`set_level`]; `info` when logging is not set up.
+pub fn level() -> String {
+    RELOAD
+        .get()
+        .and_then(|(_, c)| c.lock().ok().map(|c| c.clone()))
+        .unwrap_or_else(|| "info".into())
 }
 
 /// Parses a boolean environment-style value: `1`, `true`, `yes`, `on` (any case).

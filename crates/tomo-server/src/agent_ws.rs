@@ -19,7 +19,10 @@ use tokio_tungstenite::tungstenite::protocol::{
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tomo_common::{b64, now_ms, unb64};
 use tomo_proto::handshake::{Handshake, HostFacts, Purpose, RefusalReason, signing_payload};
-use tomo_proto::methods::{HEALTH_STATUS, HealthStatus, METRICS_UPDATE, Metrics};
+use tomo_proto::methods::{
+    DOCKER_EVENT, DockerEvent, HEALTH_STATUS, HealthStatus, METRICS_UPDATE, Metrics, STREAM_DATA,
+    STREAM_END, StreamData, StreamEnd,
+};
 use tomo_proto::rpc::{self, Frame, Id, Message, Response, RpcError};
 
 use crate::AppState;
@@ -486,6 +489,30 @@ async fn on_message(m: Message, conn: &AgentConn, state: &AppState) -> Option<Re
 async fn on_notification(method: &str, params: &str, conn: &AgentConn, state: &AppState) {
     let now = now_ms();
     let (kind, value) = match method {
+        STREAM_DATA => {
+            return match serde_json::from_str::<StreamData>(params) {
+                Ok(d) => conn.stream_data(d),
+                Err(e) => {
+                    tracing::warn!(host_id = %conn.host_id, error = %e, "malformed stream.data ignored")
+                }
+            };
+        }
+        STREAM_END => {
+            return match serde_json::from_str::<StreamEnd>(params) {
+                Ok(e) => conn.stream_end(e),
+                Err(e) => {
+                    tracing::warn!(host_id = %conn.host_id, error = %e, "malformed stream.end ignored")
+                }
+            };
+        }
+        DOCKER_EVENT => {
+            return match serde_json::from_str::<DockerEvent>(params) {
+                Ok(e) => crate::events::ingest(state, &conn.host_id, e).await,
+                Err(e) => {
+                    tracing::warn!(host_id = %conn.host_id, error = %e, "malformed docker.event ignored")
+                }
+            };
+        }
         METRICS_UPDATE => match serde_json::from_str::<Metrics>(params) {
             Ok(m) => (
                 SampleKind::Metrics,

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tomo_common::now_ms;
 use tomo_proto::methods::Level;
-use tomo_proto::rpc::{Id, RequestMeta, Response};
+use tomo_proto::rpc::{Id, Response};
+
+use crate::hub::Caller;
 
 use crate::store::{HostRecord, StoreError, TokenRecord};
 use crate::{AppState, auth};
@@ -360,18 +362,11 @@ async fn call_host(
         ));
     }
     let h = resolve(&state, &key).await?;
-    let meta = RequestMeta {
-        trace_id: Some(tomo_common::hex(&tomo_common::random_bytes::<8>())),
-        principal: Some(who.0.name.clone()),
-        role: Some(who.0.role),
-        aud: Some(h.id.clone()),
-        nonce: Some(tomo_common::hex(&tomo_common::random_bytes::<16>())),
-        ts: Some(tomo_common::now_secs()),
-    };
+    let caller = Caller::new(who.0.name.clone(), who.0.role);
     let id = body.id.unwrap_or(Id::Num(1));
     let (status, mut resp) = match state
         .hub
-        .call(&h.id, &body.method, body.params.as_ref(), &meta, timeout)
+        .call(&h.id, &body.method, body.params.as_ref(), &caller, timeout)
         .await
     {
         Ok(r) => (StatusCode::OK, r),

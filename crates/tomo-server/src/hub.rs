@@ -13,36 +13,276 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tomo_proto::methods::{Level, STREAM_WINDOW, StreamData, StreamEnd};
 use tomo_proto::rpc::{Id, OutgoingRequest, RequestMeta, Response, RpcError, V2, code};
 
 /// Frames queued for one agent before senders wait.
 const OUTBOX: usize = 256;
 
+/// Who a request is made for: the control plane puts it, with a fresh audience, nonce and
+/// timestamp, in the `meta` of every request it sends (the one place requests are built).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: String,
+    pub role: Level,
+    pub trace_id: String,
+}
+
+impl Caller {
+    /// A caller with a new trace id.
+    pub fn new(principal: impl Into<String>, role: Level) -> Self {
+        Self {
+            principal: principal.into(),
+            role,
+            trace_id: tomo_common::hex(&tomo_common::random_bytes::<8>()),
+        }
+    }
+}
+
+/// A piece of a stream, as the consumer sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Data { seq: u64, data: Value },
+    End(StreamEnd),
+}
+
+struct Pending {
+    answer: oneshot::Sender<Response>,
+    /// Where the stream goes, when the call may open one.
+    stream: Option<mpsc::Sender<StreamEvent>>,
+}
+
 /// One live agent session.
-#[derive(Debug)]
 pub struct AgentConn {
     pub host_id: String,
     session: u64,
     outbox: mpsc::Sender<String>,
-    pending: Mutex<HashMap<i64, oneshot::Sender<Response>>>,
+    pending: Mutex<HashMap<i64, Pending>>,
+    streams: Mutex<HashMap<String, mpsc::Sender<StreamEvent>>>,
+    next_call: AtomicU64,
     /// Cancelled to end the session (host removed, replaced by a newer session).
     pub kick: CancellationToken,
     pub connected_at: i64,
 }
 
+impl std::fmt::Debug for AgentConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConn")
+            .field("host_id", &self.host_id)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AgentConn {
-    /// Delivers a response to the call waiting for it; unknown ids are dropped.
+    /// Delivers a response to the call waiting for it; unknown ids are dropped. When the call
+    /// expected a stream and the answer opens one, the stream is routed from now on, before any
+    /// later frame of the session is read.
     pub fn resolve(&self, resp: Response) -> bool {
         let Id::Num(id) = resp.id else { return false };
-        let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
-        waiter.is_some_and(|w| w.send(resp).is_ok())
+        let Some(waiter) = self.pending.lock().ok().and_then(|mut p| p.remove(&id)) else {
+            return false;
+        };
+        if let (Some(tx), rpc_outcome) = (waiter.stream, &resp.outcome)
+            && let tomo_proto::rpc::Outcome::Result(result) = rpc_outcome
+            && let Some(stream) = result.get("stream").and_then(Value::as_str)
+            && let Ok(mut streams) = self.streams.lock()
+        {
+            streams.insert(stream.to_owned(), tx);
+        }
+        waiter.answer.send(resp).is_ok()
     }
 
-    /// Fails every waiting call with "connection lost" (by dropping their senders).
+    /// Routes a `stream.data`; closes the stream on the agent when nobody takes it (unknown,
+    /// consumer gone, or an agent that ignored its window).
+    pub fn stream_data(&self, d: StreamData) {
+        let tx = self
+            .streams
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&d.stream).cloned());
+        let delivered = tx.is_some_and(|tx| {
+            tx.try_send(StreamEvent::Data {
+                seq: d.seq,
+                data: d.data,
+            })
+            .is_ok()
+        });
+        if delivered {
+            return;
+        }
+        let known = self
+            .streams
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&d.stream))
+            .is_some();
+        // Data for an unknown stream is closed once per burst, not once per message.
+        if known || d.seq == 0 {
+            let close = self.control_request("stream.close", json_stream(&d.stream, None));
+            let _ = self.outbox.try_send(close);
+        }
+    }
+
+    /// Routes a `stream.end`.
+    pub fn stream_end(&self, e: StreamEnd) {
+        let tx = self
+            .streams
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&e.stream));
+        if let Some(tx) = tx {
+            let _ = tx.try_send(StreamEvent::End(e));
+        }
+    }
+
+    /// Fails every waiting call with "connection lost" and ends every stream (by dropping
+    /// their senders).
     pub fn fail_pending(&self) {
         if let Ok(mut p) = self.pending.lock() {
             p.clear();
         }
+        if let Ok(mut s) = self.streams.lock() {
+            s.clear();
+        }
+    }
+
+    /// Number of streams routed now.
+    pub fn open_streams(&self) -> usize {
+        self.streams.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    fn next_id(&self) -> i64 {
+        self.next_call.fetch_add(1, Ordering::Relaxed) as i64
+    }
+
+    /// A request whose answer nobody waits for (stream flow control), for the control plane.
+    fn control_request(&self, method: &str, params: Value) -> String {
+        let caller = Caller::new("tomo", Level::Read);
+        request_text(self, self.next_id(), method, Some(&params), &caller)
+    }
+}
+
+fn json_stream(stream: &str, seq: Option<u64>) -> Value {
+    match seq {
+        Some(seq) => serde_json::json!({ "stream": stream, "seq": seq }),
+        None => serde_json::json!({ "stream": stream }),
+    }
+}
+
+/// Builds the text of a request to an agent: the one place requests are made.
+fn request_text(
+    conn: &AgentConn,
+    id: i64,
+    method: &str,
+    params: Option<&Value>,
+    caller: &Caller,
+) -> String {
+    let meta = RequestMeta {
+        trace_id: Some(caller.trace_id.clone()),
+        principal: Some(caller.principal.clone()),
+        role: Some(caller.role),
+        aud: Some(conn.host_id.clone()),
+        nonce: Some(tomo_common::hex(&tomo_common::random_bytes::<16>())),
+        ts: Some(tomo_common::now_secs()),
+    };
+    serde_json::to_string(&OutgoingRequest {
+        jsonrpc: V2,
+        id: Some(Id::Num(id)),
+        method,
+        params,
+        meta: Some(&meta),
+    })
+    .unwrap_or_default()
+}
+
+/// The consuming end of a stream. Dropping it before the end closes the stream on the agent.
+pub struct StreamHandle {
+    conn: Arc<AgentConn>,
+    id: String,
+    rx: mpsc::Receiver<StreamEvent>,
+    caller: Caller,
+    taken: u64,
+    acked: u64,
+    ended: bool,
+}
+
+impl std::fmt::Debug for StreamHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamHandle")
+            .field("id", &self.id)
+            .field("taken", &self.taken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamHandle {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The next piece; `None` when the connection to the agent was lost. Taking data gives the
+    /// agent credit to send more.
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        if self.ended {
+            return None;
+        }
+        let ev = self.rx.recv().await?;
+        match &ev {
+            StreamEvent::Data { seq, .. } => {
+                self.taken = self.taken.max(seq + 1);
+                if self.taken - self.acked >= STREAM_WINDOW / 2 {
+                    self.acked = self.taken;
+                    let params = json_stream(&self.id, Some(self.taken - 1));
+                    let text = request_text(
+                        &self.conn,
+                        self.conn.next_id(),
+                        "stream.ack",
+                        Some(&params),
+                        &self.caller,
+                    );
+                    let _ = self.conn.outbox.send(text).await;
+                }
+            }
+            StreamEvent::End(_) => self.ended = true,
+        }
+        Some(ev)
+    }
+
+    /// Sends a request about this stream (`stream.write`, `stream.resize`) as the caller that
+    /// opened it, without waiting for the answer.
+    pub async fn control(&self, method: &str, mut params: Value) -> bool {
+        if let Some(obj) = params.as_object_mut() {
+            obj.insert("stream".into(), Value::String(self.id.clone()));
+        }
+        let text = request_text(
+            &self.conn,
+            self.conn.next_id(),
+            method,
+            Some(&params),
+            &self.caller,
+        );
+        self.conn.outbox.send(text).await.is_ok()
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        if let Ok(mut s) = self.conn.streams.lock() {
+            s.remove(&self.id);
+        }
+        let params = json_stream(&self.id, None);
+        let text = request_text(
+            &self.conn,
+            self.conn.next_id(),
+            "stream.close",
+            Some(&params),
+            &self.caller,
+        );
+        let _ = self.conn.outbox.try_send(text);
     }
 }
 
@@ -82,7 +322,6 @@ pub struct Hub {
     conns: RwLock<HashMap<String, Arc<AgentConn>>>,
     latest: RwLock<HashMap<String, Latest>>,
     next_session: AtomicU64,
-    next_call: AtomicU64,
 }
 
 impl Hub {
@@ -99,6 +338,8 @@ impl Hub {
             session: self.next_session.fetch_add(1, Ordering::Relaxed),
             outbox: tx,
             pending: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
             kick: CancellationToken::new(),
             connected_at: tomo_common::now_ms(),
         });
@@ -163,51 +404,89 @@ impl Hub {
         }
     }
 
+    fn conn(&self, host_id: &str) -> Result<Arc<AgentConn>, CallError> {
+        self.conns
+            .read()
+            .ok()
+            .and_then(|m| m.get(host_id).cloned())
+            .ok_or_else(|| CallError::Offline(host_id.into()))
+    }
+
     /// Sends a request to a connected agent and waits for its answer, at most `timeout`.
     pub async fn call(
         &self,
         host_id: &str,
         method: &str,
         params: Option<&Value>,
-        meta: &RequestMeta,
+        caller: &Caller,
         timeout: Duration,
     ) -> Result<Response, CallError> {
-        let conn = self
-            .conns
-            .read()
-            .ok()
-            .and_then(|m| m.get(host_id).cloned())
-            .ok_or_else(|| CallError::Offline(host_id.into()))?;
-        let id = self.next_call.fetch_add(1, Ordering::Relaxed) as i64;
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut p) = conn.pending.lock() {
-            p.insert(id, tx);
-        }
-        let req = OutgoingRequest {
-            jsonrpc: V2,
-            id: Some(Id::Num(id)),
-            method,
-            params,
-            meta: Some(meta),
-        };
-        let text = serde_json::to_string(&req).unwrap_or_default();
-        let work = async {
-            conn.outbox
-                .send(text)
-                .await
-                .map_err(|_| CallError::ConnectionLost(host_id.into()))?;
-            rx.await
-                .map_err(|_| CallError::ConnectionLost(host_id.into()))
-        };
-        let result = tokio::time::timeout(timeout, work).await;
-        if let Ok(mut p) = conn.pending.lock() {
-            p.remove(&id);
-        }
-        result.unwrap_or_else(|_| {
-            Err(CallError::Timeout {
-                host: host_id.into(),
-                timeout,
-            })
-        })
+        let conn = self.conn(host_id)?;
+        call_on(&conn, method, params, caller, timeout, None).await
     }
+
+    /// Like [`Hub::call`], for a call that may open a stream: when the answer announces one,
+    /// its handle comes with it.
+    pub async fn call_stream(
+        &self,
+        host_id: &str,
+        method: &str,
+        params: Option<&Value>,
+        caller: &Caller,
+        timeout: Duration,
+    ) -> Result<(Response, Option<StreamHandle>), CallError> {
+        let conn = self.conn(host_id)?;
+        // Room for a full window and the end.
+        let (tx, rx) = mpsc::channel(STREAM_WINDOW as usize + 1);
+        let resp = call_on(&conn, method, params, caller, timeout, Some(tx)).await?;
+        let stream = match &resp.outcome {
+            tomo_proto::rpc::Outcome::Result(r) => r.get("stream").and_then(Value::as_str),
+            _ => None,
+        };
+        let handle = stream.map(|id| StreamHandle {
+            conn: Arc::clone(&conn),
+            id: id.to_owned(),
+            rx,
+            caller: caller.clone(),
+            taken: 0,
+            acked: 0,
+            ended: false,
+        });
+        Ok((resp, handle))
+    }
+}
+
+async fn call_on(
+    conn: &AgentConn,
+    method: &str,
+    params: Option<&Value>,
+    caller: &Caller,
+    timeout: Duration,
+    stream: Option<mpsc::Sender<StreamEvent>>,
+) -> Result<Response, CallError> {
+    let host_id = conn.host_id.as_str();
+    let id = conn.next_id();
+    let (tx, rx) = oneshot::channel();
+    if let Ok(mut p) = conn.pending.lock() {
+        p.insert(id, Pending { answer: tx, stream });
+    }
+    let text = request_text(conn, id, method, params, caller);
+    let work = async {
+        conn.outbox
+            .send(text)
+            .await
+            .map_err(|_| CallError::ConnectionLost(host_id.into()))?;
+        rx.await
+            .map_err(|_| CallError::ConnectionLost(host_id.into()))
+    };
+    let result = tokio::time::timeout(timeout, work).await;
+    if let Ok(mut p) = conn.pending.lock() {
+        p.remove(&id);
+    }
+    result.unwrap_or_else(|_| {
+        Err(CallError::Timeout {
+            host: host_id.into(),
+            timeout,
+        })
+    })
 }

@@ -9,6 +9,7 @@ pub mod agent_ws;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod hub;
 pub mod store;
 pub mod tls;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub info: ServerInfo,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// Docker events as they are stored, for followers.
+    pub events: tokio::sync::broadcast::Sender<events::Live>,
 }
 
 /// Startup failures.
@@ -137,6 +140,7 @@ impl Server {
             info,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            events: tokio::sync::broadcast::channel(events::FOLLOW_BUFFER).0,
         });
         Ok(Self {
             state,
@@ -240,6 +244,15 @@ async fn prune_history(state: Arc<AppState>) {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "pruned history"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot prune history"),
+        }
+        match state
+            .store
+            .prune_docker_events(before, events::KEEP_PER_HOST)
+            .await
+        {
+            Ok(n) if n > 0 => tracing::debug!(deleted = n, "pruned Docker events"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot prune Docker events"),
         }
     }
 }

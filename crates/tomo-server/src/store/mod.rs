@@ -167,6 +167,33 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes samples older than `before`; returns how many.
     async fn prune_samples(&self, before: i64) -> Result<u64, StoreError>;
 
+    /// Appends a Docker event (JSON); returns its id, increasing per store.
+    async fn add_docker_event(
+        &self,
+        host_id: &str,
+        received_at: i64,
+        event: &str,
+    ) -> Result<i64, StoreError>;
+    /// Events of a host with an id above `after`, oldest first, at most `limit`; with
+    /// `after == None`, the newest `limit` events.
+    async fn docker_events(
+        &self,
+        host_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Deletes events received before `before`, and all but the newest `keep` of each host.
+    async fn prune_docker_events(&self, before: i64, keep: u32) -> Result<u64, StoreError>;
+
     /// Flushes and closes.
     async fn close(&self);
+}
+
+/// A stored Docker event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub received_at: i64,
+    /// The event as the agent sent it (JSON).
+    pub event: String,
 }

@@ -16,7 +16,7 @@ use tomo_proto::methods::Level;
 
 use super::{
     HostRecord, NewCode, NewHost, RegisterError, SampleKind, SecurityEvent, Store, StoreError,
-    TokenRecord,
+    StoredEvent, TokenRecord,
 };
 
 /// A SQLite database file.
@@ -391,6 +391,84 @@ impl Store for SqliteStore {
         Ok(n.rows_affected())
     }
 
+    async fn add_docker_event(
+        &self,
+        host_id: &str,
+        received_at: i64,
+        event: &str,
+    ) -> Result<i64, StoreError> {
+        let r =
+            sqlx::query("INSERT INTO docker_events (host_id, received_at, event) VALUES (?, ?, ?)")
+                .bind(host_id)
+                .bind(received_at)
+                .bind(event)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(r.last_insert_rowid())
+    }
+
+    async fn docker_events(
+        &self,
+        host_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = match after {
+            Some(after) => sqlx::query(
+                "SELECT id, received_at, event FROM docker_events
+                 WHERE host_id = ? AND id > ? ORDER BY id ASC LIMIT ?",
+            )
+            .bind(host_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?,
+            None => sqlx::query(
+                "SELECT id, received_at, event FROM (
+                     SELECT id, received_at, event FROM docker_events
+                     WHERE host_id = ? ORDER BY id DESC LIMIT ?
+                 ) ORDER BY id ASC",
+            )
+            .bind(host_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?,
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    id: r.try_get("id").map_err(db)?,
+                    received_at: r.try_get("received_at").map_err(db)?,
+                    event: r.try_get("event").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_docker_events(&self, before: i64, keep: u32) -> Result<u64, StoreError> {
+        let old = sqlx::query("DELETE FROM docker_events WHERE received_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        let excess = sqlx::query(
+            "DELETE FROM docker_events WHERE id IN (
+                 SELECT id FROM (
+                     SELECT id, ROW_NUMBER() OVER (PARTITION BY host_id ORDER BY id DESC) AS n
+                     FROM docker_events
+                 ) WHERE n > ?
+             )",
+        )
+        .bind(keep)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(old.rows_affected() + excess.rows_affected())
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
@@ -503,6 +581,32 @@ mod tests {
             s.remove_host("a", 41).await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    #[tokio::test]
+    async fn docker_events_are_kept_in_order_and_pruned() {
+        let (_d, s) = open().await;
+        for i in 0..5 {
+            s.add_docker_event("h1", i, &format!("{{\"n\":{i}}}"))
+                .await
+                .expect("add");
+        }
+        let newest = s.docker_events("h1", None, 2).await.expect("newest");
+        assert_eq!(newest.len(), 2);
+        assert!(newest[0].id < newest[1].id);
+        assert_eq!(newest[1].event, r#"{"n":4}"#);
+        let after = s
+            .docker_events("h1", Some(newest[0].id), 10)
+            .await
+            .expect("after");
+        assert_eq!(after.len(), 1);
+        // Older than 1 ms goes (1 row), then only the newest 2 stay.
+        assert_eq!(s.prune_docker_events(1, 2).await.expect("prune"), 3);
+        let left = s.docker_events("h1", None, 10).await.expect("left");
+        assert_eq!(
+            left.iter().map(|e| e.received_at).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
     }
 
     #[tokio::test]

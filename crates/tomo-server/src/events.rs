@@ -1,0 +1,56 @@
+//! Docker engine events from the agents: stored with a retention limit, and fanned out live to
+//! followers (`GET /api/v1/hosts/{host}/events?follow=true`, `tomo events HOST -f`).
+
+use serde_json::{Value, json};
+use tomo_proto::methods::DockerEvent;
+
+use crate::AppState;
+use crate::store::StoredEvent;
+
+/// Events kept per host at most (older ones are pruned with the history).
+pub const KEEP_PER_HOST: u32 = 10_000;
+/// Live events buffered per follower before it is told it lagged.
+pub const FOLLOW_BUFFER: usize = 1024;
+
+/// A stored event, for followers.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub host_id: String,
+    pub id: i64,
+    pub view: Value,
+}
+
+/// The JSON shape of an event in the API.
+pub fn view(e: &StoredEvent) -> Value {
+    let mut v: Value = serde_json::from_str(&e.event).unwrap_or(Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("id".into(), json!(e.id));
+        obj.insert(
+            "received_at".into(),
+            json!(crate::api::rfc3339(e.received_at)),
+        );
+    }
+    v
+}
+
+/// Stores an event and hands it to live followers.
+pub async fn ingest(state: &AppState, host_id: &str, event: DockerEvent) {
+    let text = serde_json::to_string(&event).unwrap_or_default();
+    let now = tomo_common::now_ms();
+    match state.store.add_docker_event(host_id, now, &text).await {
+        Ok(id) => {
+            let stored = StoredEvent {
+                id,
+                received_at: now,
+                event: text,
+            };
+            // No receivers is fine: nobody follows.
+            let _ = state.events.send(Live {
+                host_id: host_id.to_owned(),
+                id,
+                view: view(&stored),
+            });
+        }
+        Err(e) => tracing::warn!(host_id, error = %e, "cannot store a Docker event"),
+    }
+}
