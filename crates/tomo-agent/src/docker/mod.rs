@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 pub mod containers;
+pub mod events;
+pub mod ops;
 
 use bollard::Docker;
 use tomo_proto::methods::{ContainerCounts, ContainerSummary, DockerStatus};
