@@ -153,6 +153,17 @@ mod tests {
     use tomo_proto::methods::ContainersListParams;
 
     #[test]
+    fn the_agent_serves_exactly_the_protocol_methods() {
+        let mut declared: Vec<_> = tomo_proto::methods::ALL.iter().map(|(n, _)| *n).collect();
+        declared.sort_unstable();
+        let table = crate::handlers::table();
+        assert_eq!(table.methods(), declared);
+        for (name, level) in tomo_proto::methods::ALL {
+            assert_eq!(table.level(name), Some(*level), "{name}");
+        }
+    }
+
+    #[test]
     fn params_errors_name_the_parameter() {
         let e = parse_params::<ContainersListParams>(r#"{"all":"yes"}"#).expect_err("bad type");
         assert_eq!(e.code, tomo_proto::rpc::code::INVALID_PARAMS);

@@ -27,6 +27,7 @@ pub fn table() -> Dispatcher {
         .register(DockerContainersGet, containers::get)
         .register(DockerContainersRun, containers::run)
         .register(DockerContainersUpdate, containers::update)
+        .register(DockerImagesPull, crate::docker::images::pull_handler)
         .register(DockerContainersStart, ops::start)
         .register(DockerContainersStop, ops::stop)
         .register(DockerContainersRestart, ops::restart)

@@ -15,6 +15,7 @@ pub mod docker;
 pub mod handlers;
 pub mod host;
 pub mod identity;
+pub mod redact;
 pub mod session;
 pub mod stream;
 pub mod system;

@@ -34,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/hosts/{host}", get(show_host).delete(remove_host))
         .route("/hosts/{host}/rpc", post(call_host))
         .route("/hosts/{host}/metrics", get(host_metrics))
+        .merge(crate::api_host::routes())
         .layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
@@ -43,6 +44,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The agent's JSON-RPC error, when the failure is the agent's answer.
+    rpc: Option<tomo_proto::rpc::RpcError>,
 }
 
 impl ApiError {
@@ -51,9 +54,38 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            rpc: None,
         }
     }
-    fn bad_request(message: impl Into<String>) -> Self {
+
+    /// An agent's (or the routing's) JSON-RPC error as an HTTP error.
+    pub fn from_rpc(e: tomo_proto::rpc::RpcError) -> Self {
+        use tomo_proto::rpc::code as c;
+        let (status, code) = match e.code {
+            c::INVALID_PARAMS | c::INVALID_REQUEST | c::PARSE_ERROR => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            c::METHOD_NOT_FOUND => (StatusCode::NOT_IMPLEMENTED, "unknown_method"),
+            c::NOT_FOUND => (StatusCode::NOT_FOUND, "not_found"),
+            c::SECURITY => (StatusCode::FORBIDDEN, "forbidden"),
+            c::CONTAINER_BLOCKED | c::COMMAND_BLOCKED => (StatusCode::FORBIDDEN, "blocked"),
+            c::RATE_LIMITED => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            c::DOCKER => (StatusCode::BAD_GATEWAY, "docker"),
+            c::HOST_OFFLINE => (StatusCode::SERVICE_UNAVAILABLE, "host_offline"),
+            c::TIMEOUT => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            c::CONNECTION_LOST => (StatusCode::BAD_GATEWAY, "connection_lost"),
+            c::SHUTTING_DOWN => (StatusCode::SERVICE_UNAVAILABLE, "agent_shutting_down"),
+            _ => (StatusCode::BAD_GATEWAY, "agent_error"),
+        };
+        Self {
+            status,
+            code,
+            message: e.message.clone(),
+            rpc: Some(e),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 }
@@ -62,7 +94,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> HttpResponse {
         (
             self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
+            Json(match self.rpc {
+                None => json!({"error": {"code": self.code, "message": self.message}}),
+                Some(rpc) => {
+                    json!({"error": {"code": self.code, "message": self.message, "rpc": rpc}})
+                }
+            }),
         )
             .into_response()
     }
@@ -89,7 +126,7 @@ impl From<StoreError> for ApiError {
 pub struct Principal(pub TokenRecord);
 
 impl Principal {
-    fn require(&self, level: Level) -> Result<(), ApiError> {
+    pub(crate) fn require(&self, level: Level) -> Result<(), ApiError> {
         if self.0.role >= level {
             Ok(())
         } else {
@@ -240,7 +277,7 @@ async fn list_hosts(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Value
 }
 
 /// Finds a host by id, hostname or unique id prefix.
-async fn resolve(state: &AppState, key: &str) -> Result<HostRecord, ApiError> {
+pub(crate) async fn resolve(state: &AppState, key: &str) -> Result<HostRecord, ApiError> {
     match state.store.host(key).await {
         Ok(h) if h.removed_at.is_none() => return Ok(h),
         Ok(_) => {
@@ -362,6 +399,25 @@ async fn call_host(
         ));
     }
     let h = resolve(&state, &key).await?;
+    if let Some(level) = tomo_proto::methods::level_of(&body.method) {
+        who.require(level)?;
+    }
+    // Stream control belongs to whoever opened the stream.
+    if body.method.starts_with("stream.") {
+        let stream = body
+            .params
+            .as_ref()
+            .and_then(|p| p.get("stream"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if state.hub.stream_owner(&h.id, stream).as_deref() != Some(who.0.name.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("stream {stream:?} is not open, or was opened by another caller"),
+            ));
+        }
+    }
     let caller = Caller::new(who.0.name.clone(), who.0.role);
     let id = body.id.unwrap_or(Id::Num(1));
     let (status, mut resp) = match state

@@ -49,7 +49,14 @@ pub enum StreamEvent {
 struct Pending {
     answer: oneshot::Sender<Response>,
     /// Where the stream goes, when the call may open one.
-    stream: Option<mpsc::Sender<StreamEvent>>,
+    stream: Option<Route>,
+}
+
+/// Where a stream's data goes, and who opened it (only they may write to it).
+#[derive(Clone)]
+struct Route {
+    tx: mpsc::Sender<StreamEvent>,
+    owner: String,
 }
 
 /// One live agent session.
@@ -58,7 +65,7 @@ pub struct AgentConn {
     session: u64,
     outbox: mpsc::Sender<String>,
     pending: Mutex<HashMap<i64, Pending>>,
-    streams: Mutex<HashMap<String, mpsc::Sender<StreamEvent>>>,
+    streams: Mutex<HashMap<String, Route>>,
     next_call: AtomicU64,
     /// Cancelled to end the session (host removed, replaced by a newer session).
     pub kick: CancellationToken,
@@ -83,12 +90,12 @@ impl AgentConn {
         let Some(waiter) = self.pending.lock().ok().and_then(|mut p| p.remove(&id)) else {
             return false;
         };
-        if let (Some(tx), rpc_outcome) = (waiter.stream, &resp.outcome)
+        if let (Some(route), rpc_outcome) = (waiter.stream, &resp.outcome)
             && let tomo_proto::rpc::Outcome::Result(result) = rpc_outcome
             && let Some(stream) = result.get("stream").and_then(Value::as_str)
             && let Ok(mut streams) = self.streams.lock()
         {
-            streams.insert(stream.to_owned(), tx);
+            streams.insert(stream.to_owned(), route);
         }
         waiter.answer.send(resp).is_ok()
     }
@@ -101,8 +108,8 @@ impl AgentConn {
             .lock()
             .ok()
             .and_then(|s| s.get(&d.stream).cloned());
-        let delivered = tx.is_some_and(|tx| {
-            tx.try_send(StreamEvent::Data {
+        let delivered = tx.is_some_and(|r| {
+            r.tx.try_send(StreamEvent::Data {
                 seq: d.seq,
                 data: d.data,
             })
@@ -131,8 +138,8 @@ impl AgentConn {
             .lock()
             .ok()
             .and_then(|mut s| s.remove(&e.stream));
-        if let Some(tx) = tx {
-            let _ = tx.try_send(StreamEvent::End(e));
+        if let Some(r) = tx {
+            let _ = r.tx.try_send(StreamEvent::End(e));
         }
     }
 
@@ -145,6 +152,14 @@ impl AgentConn {
         if let Ok(mut s) = self.streams.lock() {
             s.clear();
         }
+    }
+
+    /// Who opened a stream that is routed now.
+    pub fn stream_owner(&self, stream: &str) -> Option<String> {
+        self.streams
+            .lock()
+            .ok()
+            .and_then(|s| s.get(stream).map(|r| r.owner.clone()))
     }
 
     /// Number of streams routed now.
@@ -412,6 +427,11 @@ impl Hub {
             .ok_or_else(|| CallError::Offline(host_id.into()))
     }
 
+    /// Who opened `stream` on the host's current session.
+    pub fn stream_owner(&self, host_id: &str, stream: &str) -> Option<String> {
+        self.conn(host_id).ok()?.stream_owner(stream)
+    }
+
     /// Sends a request to a connected agent and waits for its answer, at most `timeout`.
     pub async fn call(
         &self,
@@ -438,7 +458,11 @@ impl Hub {
         let conn = self.conn(host_id)?;
         // Room for a full window and the end.
         let (tx, rx) = mpsc::channel(STREAM_WINDOW as usize + 1);
-        let resp = call_on(&conn, method, params, caller, timeout, Some(tx)).await?;
+        let route = Route {
+            tx,
+            owner: caller.principal.clone(),
+        };
+        let resp = call_on(&conn, method, params, caller, timeout, Some(route)).await?;
         let stream = match &resp.outcome {
             tomo_proto::rpc::Outcome::Result(r) => r.get("stream").and_then(Value::as_str),
             _ => None,
@@ -462,7 +486,7 @@ async fn call_on(
     params: Option<&Value>,
     caller: &Caller,
     timeout: Duration,
-    stream: Option<mpsc::Sender<StreamEvent>>,
+    stream: Option<Route>,
 ) -> Result<Response, CallError> {
     let host_id = conn.host_id.as_str();
     let id = conn.next_id();

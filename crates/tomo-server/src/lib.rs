@@ -7,6 +7,7 @@
 
 pub mod agent_ws;
 pub mod api;
+pub mod api_host;
 pub mod auth;
 pub mod config;
 pub mod events;

@@ -61,7 +61,7 @@ impl ClientConfig {
 }
 
 /// A configured API client.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Api {
     http: reqwest::Client,
     url: String,
@@ -153,6 +153,79 @@ impl Api {
             return Ok(r.body);
         }
         Err(api_failure(&r, status))
+    }
+}
+
+/// What a possibly streamed call answered.
+#[derive(Debug)]
+pub enum Streamed {
+    /// A plain JSON answer (the call did not open a stream).
+    Json(Value),
+    /// The stream's lines were handed to the callback; this is its last line (`{"end": …}`).
+    End(Value),
+}
+
+impl Api {
+    /// Sends a request whose answer may be NDJSON; each line goes to `on_line`, which returns
+    /// `false` to stop reading (the stream is then closed by dropping the connection).
+    pub async fn stream(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        mut on_line: impl FnMut(&Value) -> bool,
+    ) -> Result<Streamed, Failure> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let mut resp = req.send().await.map_err(|e| {
+            Failure::new(
+                2,
+                format!("cannot reach the control plane at {}: {e}", self.url),
+            )
+            .hint("is it running? is --url right? for a self-signed server pass --ca-file")
+        })?;
+        let status = resp.status();
+        let ndjson = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/x-ndjson"));
+        if !ndjson || !status.is_success() {
+            let text = resp
+                .text()
+                .await
+                .map_err(|e| Failure::new(2, format!("reading the answer: {e}")))?;
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            if !status.is_success() {
+                return Err(api_failure(&Reply { status, body }, 1));
+            }
+            return Ok(Streamed::Json(body));
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        let mut last = Value::Null;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| Failure::new(2, format!("the stream broke: {e}")))?
+        {
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                let go_on = on_line(&v);
+                last = v;
+                if !go_on {
+                    return Ok(Streamed::End(last));
+                }
+            }
+        }
+        Ok(Streamed::End(last))
     }
 }
 

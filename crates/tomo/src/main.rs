@@ -6,12 +6,15 @@ mod client;
 mod commands;
 mod dev;
 mod duration;
+mod interactive;
+mod ops;
 mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_json::json;
 
 /// tomo: a secure fleet manager for Docker hosts.
 #[derive(Debug, Parser)]
@@ -89,6 +92,156 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List containers on a host.
+    Ps {
+        host: String,
+        /// Include stopped containers.
+        #[arg(short, long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a container's logs.
+    Logs {
+        host: String,
+        container: String,
+        /// Keep following new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Last N lines only.
+        #[arg(long)]
+        tail: Option<u64>,
+        /// Only since a Unix time or a duration ago (10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a command in a container (`-it` for an interactive terminal).
+    Exec {
+        host: String,
+        container: String,
+        /// Keep stdin open (an interactive session).
+        #[arg(short, long)]
+        interactive: bool,
+        /// Allocate a terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// The command, after `--`.
+        #[arg(last = true)]
+        cmd: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create and start a container (pulls the image when missing).
+    Run {
+        #[command(flatten)]
+        run: ops::RunArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start a container.
+    Start {
+        host: String,
+        container: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a container (10 s before it is killed, or --time).
+    Stop {
+        host: String,
+        container: String,
+        #[arg(short, long)]
+        time: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restart a container.
+    Restart {
+        host: String,
+        container: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a container.
+    Rm {
+        host: String,
+        container: String,
+        /// Kill it first when running.
+        #[arg(short, long)]
+        force: bool,
+        /// Remove its anonymous volumes too.
+        #[arg(short, long)]
+        volumes: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Pull the container's image again and recreate it; rolls back when the new one fails.
+    Update {
+        host: String,
+        container: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Pull an image.
+    Pull {
+        host: String,
+        image: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Images on a host: ls, rm.
+    Images {
+        host: String,
+        #[command(subcommand)]
+        action: Option<ops::ObjectAction>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Networks on a host: ls, create, rm.
+    Networks {
+        host: String,
+        #[command(subcommand)]
+        action: Option<ops::ObjectAction>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Volumes on a host: ls, create, rm.
+    Volumes {
+        host: String,
+        #[command(subcommand)]
+        action: Option<ops::ObjectAction>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resource usage of a host's containers (or one container).
+    Stats {
+        host: String,
+        container: Option<String>,
+        /// Keep refreshing.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Docker engine events of a host.
+    Events {
+        host: String,
+        /// Keep following new events.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many stored events to show first.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A host's latest metrics (CPU, memory, disks, network, load).
+    Metrics {
+        host: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -131,6 +284,100 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::Ps { host, all, client } => ops::ps(&host, all, &client).await,
+            Command::Logs {
+                host,
+                container,
+                follow,
+                tail,
+                since,
+                client,
+            } => ops::logs(&host, &container, follow, tail, since.as_deref(), &client).await,
+            Command::Exec {
+                host,
+                container,
+                interactive,
+                tty,
+                cmd,
+                client,
+            } => ops::exec(&host, &container, interactive, tty, cmd, &client).await,
+            Command::Run { run, client } => ops::run(&run, &client).await,
+            Command::Start {
+                host,
+                container,
+                client,
+            } => ops::action(&host, &container, "start", json!({}), &client).await,
+            Command::Stop {
+                host,
+                container,
+                time,
+                client,
+            } => {
+                let body = match time {
+                    Some(t) => json!({"timeout": t}),
+                    None => json!({}),
+                };
+                ops::action(&host, &container, "stop", body, &client).await
+            }
+            Command::Restart {
+                host,
+                container,
+                client,
+            } => ops::action(&host, &container, "restart", json!({}), &client).await,
+            Command::Rm {
+                host,
+                container,
+                force,
+                volumes,
+                client,
+            } => {
+                ops::action(
+                    &host,
+                    &container,
+                    "rm",
+                    json!({"force": force, "volumes": volumes}),
+                    &client,
+                )
+                .await
+            }
+            Command::Update {
+                host,
+                container,
+                client,
+            } => ops::action(&host, &container, "update", json!({}), &client).await,
+            Command::Pull {
+                host,
+                image,
+                client,
+            } => ops::pull(&host, &image, &client).await,
+            Command::Images {
+                host,
+                action,
+                client,
+            } => ops::objects("images", &host, action, &client).await,
+            Command::Networks {
+                host,
+                action,
+                client,
+            } => ops::objects("networks", &host, action, &client).await,
+            Command::Volumes {
+                host,
+                action,
+                client,
+            } => ops::objects("volumes", &host, action, &client).await,
+            Command::Stats {
+                host,
+                container,
+                follow,
+                client,
+            } => ops::stats(&host, container.as_deref(), follow, &client).await,
+            Command::Events {
+                host,
+                follow,
+                limit,
+                client,
+            } => ops::events(&host, follow, limit, &client).await,
+            Command::Metrics { host, client } => ops::metrics(&host, &client).await,
         }
     });
     // Do not wait for stray blocking tasks at exit.

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 pub mod containers;
 pub mod events;
+pub mod images;
 pub mod ops;
 
 use bollard::Docker;

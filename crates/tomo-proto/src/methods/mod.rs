@@ -183,6 +183,52 @@ method!(
     StreamResize, "stream.resize", Admin, StreamResizeParams, StreamState
 );
 
+const fn entry<M: Method>() -> (&'static str, Level) {
+    (M::NAME, M::LEVEL)
+}
+
+/// Every method of the protocol with its level. The agent's dispatcher serves exactly these (a
+/// test checks it), and the control plane refuses a caller below the level before forwarding.
+pub const ALL: &[(&str, Level)] = &[
+    entry::<AgentPing>(),
+    entry::<SystemInfo>(),
+    entry::<SystemGetMetrics>(),
+    entry::<AgentUpdate>(),
+    entry::<AgentRestart>(),
+    entry::<SystemExec>(),
+    entry::<SystemPreflightCheck>(),
+    entry::<SystemPrepareVolumes>(),
+    entry::<DockerContainersList>(),
+    entry::<DockerContainersGet>(),
+    entry::<DockerContainersRun>(),
+    entry::<DockerContainersStart>(),
+    entry::<DockerContainersStop>(),
+    entry::<DockerContainersRestart>(),
+    entry::<DockerContainersRemove>(),
+    entry::<DockerContainersLogs>(),
+    entry::<DockerContainersStats>(),
+    entry::<DockerContainersExec>(),
+    entry::<DockerContainersUpdate>(),
+    entry::<DockerImagesList>(),
+    entry::<DockerImagesPull>(),
+    entry::<DockerImagesRemove>(),
+    entry::<DockerNetworksList>(),
+    entry::<DockerNetworksCreate>(),
+    entry::<DockerNetworksRemove>(),
+    entry::<DockerVolumesList>(),
+    entry::<DockerVolumesCreate>(),
+    entry::<DockerVolumesRemove>(),
+    entry::<StreamAcknowledge>(),
+    entry::<StreamClose>(),
+    entry::<StreamWrite>(),
+    entry::<StreamResize>(),
+];
+
+/// The level of a method, `None` for a method the protocol does not have.
+pub fn level_of(method: &str) -> Option<Level> {
+    ALL.iter().find(|(n, _)| *n == method).map(|(_, l)| *l)
+}
+
 /// Result of `agent.ping`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pong {

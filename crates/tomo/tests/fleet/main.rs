@@ -1,6 +1,7 @@
 //! Integration tests: the real control plane and real agents, in process, over real TLS on
 //! 127.0.0.1 with a real SQLite file.
 
+mod docker_env;
 mod malformed;
 mod registration;
 mod sessions;

@@ -1,0 +1,244 @@
+//! Redaction of secrets in what the agent reports: container environments, event attributes,
+//! audit records.
+//!
+//! The rule errs toward redacting: hiding a harmless value costs an operator a look at the host,
+//! showing a password costs much more.
+//!
+//! - A **name** is secret-looking ([`is_secret_name`]) when, compared without regard to case, it
+//!   contains one of [`SECRET_MARKERS`] (`PASSWORD`, `PASSWD`, `PASS`, `SECRET`, `TOKEN`,
+//!   `PRIVATE`, `CREDENTIAL`, `AUTH`, `CERT`, `APIKEY`, `API_KEY`, `ACCESS_KEY`, `SALT`, `COOKIE`,
+//!   `SESSION`, `SIGNING`, `DSN`), or when one of its words (split on anything that is not a
+//!   letter or a digit) is `KEY`, `KEYS` or ends in `KEY` (`SSH_KEY`, `KEY_FILE`, `MASTERKEY`,
+//!   `db.key`, but not `KEYBOARD_LAYOUT` or `KEYCLOAK_URL`). Its value becomes [`REDACTED`].
+//! - In **any other value**, credentials in URLs are hidden: `scheme://user:pass@host` becomes
+//!   `scheme://user:***@host`, for every URL in the value (`redis://:pw@a,redis://:pw@b`). A
+//!   user without a password is kept (`postgres://postgres@db`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// What a redacted value is replaced by.
+pub const REDACTED: &str = "***";
+
+/// Substrings (upper case) that make a name secret-looking.
+pub const SECRET_MARKERS: &[&str] = &[
+    "PASSWORD",
+    "PASSWD",
+    "PASS",
+    "SECRET",
+    "TOKEN",
+    "PRIVATE",
+    "CREDENTIAL",
+    "AUTH",
+    "CERT",
+    "APIKEY",
+    "API_KEY",
+    "ACCESS_KEY",
+    "SALT",
+    "COOKIE",
+    "SESSION",
+    "SIGNING",
+    "DSN",
+];
+
+/// Whether a variable, label or attribute name looks like it holds a secret (see the module doc).
+pub fn is_secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    if SECRET_MARKERS.iter().any(|m| upper.contains(m)) {
+        return true;
+    }
+    upper
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| word == "KEYS" || word.ends_with("KEY"))
+}
+
+/// The value to show for `name=value`: [`REDACTED`] for a secret-looking name, else the value
+/// with URL credentials hidden.
+pub fn redact_value(name: &str, value: &str) -> String {
+    if is_secret_name(name) {
+        REDACTED.to_owned()
+    } else {
+        redact_url_credentials(value).into_owned()
+    }
+}
+
+/// Hides the password of every `scheme://user:password@host` in `value`.
+pub fn redact_url_credentials(value: &str) -> Cow<'_, str> {
+    if !value.contains("://") {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    let mut changed = false;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        // The authority ends at the path, query, fragment, whitespace or the next list item.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#' | ',' | ';') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(userinfo_end) => {
+                let userinfo = &authority[..userinfo_end];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..=colon]);
+                        out.push_str(REDACTED);
+                        out.push_str(&authority[userinfo_end..]);
+                        changed = true;
+                    }
+                    None => out.push_str(authority),
+                }
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+/// Docker's `NAME=value` environment entries as a map, redacted. An entry without `=` has an
+/// empty value; of repeated names the last wins, as in the container.
+pub fn redact_env<I, S>(entries: I) -> BTreeMap<String, String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    entries
+        .into_iter()
+        .map(|entry| {
+            let entry = entry.as_ref();
+            let (name, value) = entry.split_once('=').unwrap_or((entry, ""));
+            (name.to_owned(), redact_value(name, value))
+        })
+        .collect()
+}
+
+/// A name → value map (labels, event attributes), redacted.
+pub fn redact_map<I, K, V>(pairs: I) -> BTreeMap<String, String>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: Into<String>,
+    V: AsRef<str>,
+{
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let k = k.into();
+            let v = redact_value(&k, v.as_ref());
+            (k, v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_names() {
+        let cases = [
+            ("DB_PASSWORD", true),
+            ("db_password", true),
+            ("MYSQL_ROOT_PASSWD", true),
+            ("PGPASS", true),
+            ("PASSPHRASE", true),
+            ("CLIENT_SECRET", true),
+            ("GITHUB_TOKEN", true),
+            ("accessToken", true),
+            ("PRIVATE_KEY_PEM", true),
+            ("AWS_ACCESS_KEY_ID", true),
+            ("AWS_SECRET_ACCESS_KEY", true),
+            ("API_KEY", true),
+            ("STRIPE_APIKEY", true),
+            ("apiKey", true),
+            ("SSH_KEY", true),
+            ("KEY", true),
+            ("KEY_FILE", true),
+            ("MASTERKEY", true),
+            ("tls.key", true),
+            ("ENCRYPTION_KEYS", true),
+            ("GOOGLE_APPLICATION_CREDENTIALS", true),
+            ("BASIC_AUTH", true),
+            ("OAUTH_CLIENT", true),
+            ("TLS_CERT", true),
+            ("PASSWORD_SALT", true),
+            ("SESSION_COOKIE_NAME", true),
+            ("SENTRY_DSN", true),
+            ("JWT_SIGNING_ALG", true),
+            ("PATH", false),
+            ("HOME", false),
+            ("TZ", false),
+            ("LANG", false),
+            ("KEYBOARD_LAYOUT", false),
+            ("KEYCLOAK_URL", false),
+            ("DATABASE_URL", false),
+            ("POSTGRES_USER", false),
+            ("com.docker.compose.project", false),
+            ("", false),
+        ];
+        for (name, secret) in cases {
+            assert_eq!(is_secret_name(name), secret, "{name}");
+        }
+    }
+
+    #[test]
+    fn url_credentials() {
+        let cases = [
+            (
+                "postgres://app:s3cret@db:5432/app",
+                "postgres://app:***@db:5432/app",
+            ),
+            ("redis://:pw@cache", "redis://:***@cache"),
+            ("https://u:p@h?x=1", "https://u:***@h?x=1"),
+            ("amqp://u:p:q@mq", "amqp://u:***@mq"),
+            ("amqp://u:p@x@mq/v", "amqp://u:***@mq/v"),
+            (
+                "redis://:a@one:6379,redis://:b@two:6379",
+                "redis://:***@one:6379,redis://:***@two:6379",
+            ),
+            (
+                "see http://a:b@h and ftp://c:d@i",
+                "see http://a:***@h and ftp://c:***@i",
+            ),
+            ("postgres://postgres@db", "postgres://postgres@db"),
+            ("https://example.com/a@b:c", "https://example.com/a@b:c"),
+            ("http://host:8080", "http://host:8080"),
+            ("plain", "plain"),
+            ("trailing://", "trailing://"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_url_credentials(input), want, "{input}");
+        }
+        assert!(matches!(
+            redact_url_credentials("http://h/p"),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn env_entries() {
+        let env = redact_env([
+            "DB_PASSWORD=hunter2",
+            "DATABASE_URL=postgres://app:hunter2@db/app",
+            "PATH=/usr/bin:/bin",
+            "EMPTY=",
+            "NOVALUE",
+            "EQ=a=b",
+        ]);
+        assert_eq!(env["DB_PASSWORD"], REDACTED);
+        assert_eq!(env["DATABASE_URL"], "postgres://app:***@db/app");
+        assert_eq!(env["PATH"], "/usr/bin:/bin");
+        assert_eq!(env["EMPTY"], "");
+        assert_eq!(env["NOVALUE"], "");
+        assert_eq!(env["EQ"], "a=b");
+        let labels = redact_map([("traefik.http.middlewares.x.basicauth.users", "u:$apr1$h")]);
+        assert_eq!(labels.values().next().map(String::as_str), Some(REDACTED));
+    }
+}

@@ -1,0 +1,197 @@
+//! What a benchmark reports besides its figures: the machine it ran on, the targets and whether
+//! they were met, printed as a table and written as JSON.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::stats::Summary;
+
+/// The machine and build a run happened on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPUs this process may use (what `nproc` prints).
+    pub cpus: usize,
+    pub cpu_model: Option<String>,
+    pub memory_bytes: Option<u64>,
+    pub kernel: Option<String>,
+    pub docker_version: Option<String>,
+    pub docker_api_version: Option<String>,
+    pub rustc: Option<String>,
+    pub git_commit: Option<String>,
+    /// Whether the working tree had uncommitted changes.
+    pub git_dirty: Option<bool>,
+}
+
+impl Machine {
+    /// Reads `/proc`, asks the engine for its version, and asks `rustc` and `git` (in the
+    /// current directory) for theirs; whatever cannot be read is `None`.
+    pub async fn collect(docker: &bollard::Docker) -> Self {
+        let version = docker.version().await.ok();
+        let proc = |p: &str| std::fs::read_to_string(p).ok();
+        Self {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model: proc("/proc/cpuinfo").and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            }),
+            memory_bytes: proc("/proc/meminfo").and_then(|m| {
+                let kb = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kb: u64 = kb.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kb * 1024)
+            }),
+            kernel: proc("/proc/sys/kernel/osrelease").map(|k| k.trim().to_owned()),
+            docker_version: version.as_ref().and_then(|v| v.version.clone()),
+            docker_api_version: version.as_ref().and_then(|v| v.api_version.clone()),
+            rustc: output("rustc", &["--version"]),
+            git_commit: output("git", &["rev-parse", "HEAD"]),
+            // No optional locks: a benchmark must not hold the index lock of a tree others use.
+            git_dirty: output("git", &["--no-optional-locks", "status", "--porcelain"])
+                .map(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// Trimmed standard output of a command that succeeded.
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// One method's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodResult {
+    pub method: String,
+    pub params: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// One target and whether it was met.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub method: String,
+    /// E.g. `p50 <= 2 ms` or `p99 <= 3 x p50`.
+    pub target: String,
+    pub value_ms: f64,
+    pub limit_ms: f64,
+    pub pass: bool,
+}
+
+impl Check {
+    /// `p50 <= limit_ms`.
+    pub fn p50(m: &MethodResult, limit_ms: f64) -> Self {
+        Self {
+            method: m.method.clone(),
+            target: format!("p50 <= {limit_ms} ms"),
+            value_ms: m.summary.p50_ms,
+            limit_ms,
+            pass: m.summary.p50_ms <= limit_ms,
+        }
+    }
+
+    /// `p99 <= factor × p50`.
+    pub fn tail(m: &MethodResult, factor: f64) -> Self {
+        let limit_ms = factor * m.summary.p50_ms;
+        Self {
+            method: m.method.clone(),
+            target: format!("p99 <= {factor} x p50"),
+            value_ms: m.summary.p99_ms,
+            limit_ms,
+            pass: m.summary.p99_ms <= limit_ms,
+        }
+    }
+}
+
+/// The whole report, as written to JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub benchmark: &'static str,
+    pub command: String,
+    pub started_at: String,
+    pub machine: Machine,
+    pub setup: serde_json::Value,
+    pub methods: Vec<MethodResult>,
+    pub targets: Vec<Check>,
+    /// Every target met.
+    pub pass: bool,
+}
+
+impl Report {
+    /// The figures and targets as a plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<26} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
+            "method", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s", "p99/p50"
+        );
+        for m in &self.methods {
+            let f = &m.summary;
+            s += &format!(
+                "{:<26} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.0} {:>8.2}\n",
+                m.method,
+                f.n,
+                f.p50_ms,
+                f.p90_ms,
+                f.p99_ms,
+                f.max_ms,
+                f.requests_per_sec,
+                f.p99_over_p50
+            );
+        }
+        s += "\ntargets\n";
+        for c in &self.targets {
+            s += &format!(
+                "  {:<4} {:<26} {:<16} {:>8.3} ms (limit {:.3} ms)\n",
+                if c.pass { "ok" } else { "MISS" },
+                c.method,
+                c.target,
+                c.value_ms,
+                c.limit_ms
+            );
+        }
+        s
+    }
+
+    /// The machine, in one line.
+    pub fn machine_line(&self) -> String {
+        let m = &self.machine;
+        let unknown = || "?".to_owned();
+        format!(
+            "{} CPU ({}), {} GiB, kernel {}, Docker {}, {}, commit {}{}",
+            m.cpus,
+            m.cpu_model.clone().unwrap_or_else(unknown),
+            m.memory_bytes
+                .map(|b| format!("{:.1}", b as f64 / (1u64 << 30) as f64))
+                .unwrap_or_else(unknown),
+            m.kernel.clone().unwrap_or_else(unknown),
+            m.docker_version.clone().unwrap_or_else(unknown),
+            m.rustc.clone().unwrap_or_else(unknown),
+            m.git_commit
+                .as_deref()
+                .map(|c| c.chars().take(12).collect())
+                .unwrap_or_else(unknown),
+            if m.git_dirty == Some(true) {
+                " (dirty tree)"
+            } else {
+                ""
+            },
+        )
+    }
+
+    /// Writes the report as pretty JSON, creating the parent directory.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let json = serde_json::to_string_pretty(self).context("report to JSON")?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}

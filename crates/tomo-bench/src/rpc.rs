@@ -1,0 +1,261 @@
+//! `tomo-bench rpc`: the round trip of an agent call through the control plane, as an operator's
+//! client sees it (issue 3).
+//!
+//! One HTTPS client (the server's CA pinned, HTTP/1.1 keep-alive, one connection) calls
+//! `POST /api/v1/hosts/{host}/rpc` with an admin token, sequentially, method by method, after a
+//! warm-up. Each sample is the time from sending the request to having read the whole answer;
+//! every answer is checked afterwards (outside the timed part). The agent's background
+//! collectors run as usual meanwhile: that is what "no stalls: p99 <= 3 x p50" is about.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::fixtures::{self, Containers};
+use crate::fleet::Fleet;
+use crate::report::{Check, Machine, MethodResult, Report};
+use crate::stats::Summary;
+
+/// Containers that exist on the host during the measurement.
+const CONTAINERS: usize = 5;
+/// Allowed tail: p99 at most this many times p50.
+const TAIL_FACTOR: f64 = 3.0;
+
+/// The measured methods: name, params, and the p50 target in ms (if any).
+fn methods() -> [(&'static str, Option<Value>, Option<f64>); 4] {
+    [
+        ("agent.ping", None, None),
+        ("system.get_metrics", None, Some(2.0)),
+        ("system.info", None, Some(3.0)),
+        ("docker.containers.list", Some(json!({"all": true})), Some(5.0)),
+    ]
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RpcArgs {
+    /// Measured calls per method.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    iterations: u32,
+    /// Unmeasured calls per method before the measured ones.
+    #[arg(long, default_value_t = 200)]
+    warmup: u32,
+    /// Where to write the JSON report [default: target/bench/rpc.json, or
+    /// $CARGO_TARGET_DIR/bench/rpc.json when that is set].
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Image of the containers that exist during the run (`scripts/docker-test-env` builds it).
+    #[arg(long, env = "TOMO_TEST_IMAGE", default_value = "tomo-test/busybox:latest")]
+    image: String,
+}
+
+/// Runs the benchmark, prints the table and writes the report. Containers and the in-process
+/// fleet are taken down on every path out, Ctrl-C included.
+pub async fn run(args: RpcArgs) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    tokio::spawn(tomo_common::signals::cancel_on_signal(stop.clone()));
+    let json_path = args.json.clone().unwrap_or_else(default_json_path);
+    let started_at = tomo_server::api::rfc3339(tomo_common::now_ms());
+
+    let docker = fixtures::engine().await?;
+    let machine = Machine::collect(&docker).await;
+    let fleet = Fleet::start().await?;
+    // Neither the fleet's start nor the containers' creation is cut short by Ctrl-C (both take
+    // a moment), so that everything made so far is known and can be removed.
+    let containers = match Containers::create(&docker, CONTAINERS, &args.image).await {
+        Ok(c) => c,
+        Err(e) => {
+            fleet.stop().await;
+            return Err(e);
+        }
+    };
+    eprintln!(
+        "tomo-bench rpc: host {} online, {} containers up; {} warm-up + {} measured calls per method",
+        fleet.host_id,
+        containers.len(),
+        args.warmup,
+        args.iterations
+    );
+    let measured = tokio::select! {
+        r = measure(&fleet, &args, containers.len()) => r,
+        _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
+    containers.remove().await;
+    fleet.stop().await;
+    let methods = measured?;
+
+    let mut targets = Vec::new();
+    for (m, (_, _, p50)) in methods.iter().zip(self::methods()) {
+        if let Some(limit) = p50 {
+            targets.push(Check::p50(m, limit));
+        }
+    }
+    targets.extend(methods.iter().map(|m| Check::tail(m, TAIL_FACTOR)));
+    let report = Report {
+        benchmark: "rpc",
+        command: command_line(),
+        started_at,
+        machine,
+        setup: json!({
+            "iterations": args.iterations,
+            "warmup": args.warmup,
+            "containers": CONTAINERS,
+            "image": args.image,
+            "order": "sequential, method by method, each after its own warm-up",
+            "client": "reqwest, HTTP/1.1 keep-alive on one connection, TLS with the server's CA pinned, TCP_NODELAY",
+            "path": "client -> HTTPS API -> control plane -> agent WebSocket/TLS -> agent (-> Docker engine) and back, all on 127.0.0.1 in one process",
+        }),
+        pass: targets.iter().all(|t| t.pass),
+        methods,
+        targets,
+    };
+    println!("{}", report.machine_line());
+    println!("{}", report.command);
+    println!();
+    print!("{}", report.table());
+    report.write(&json_path)?;
+    println!(
+        "\n{} report: {}",
+        if report.pass {
+            "all targets met;"
+        } else {
+            "TARGETS MISSED;"
+        },
+        json_path.display()
+    );
+    Ok(())
+}
+
+/// Measures every method in turn.
+async fn measure(
+    fleet: &Fleet,
+    args: &RpcArgs,
+    containers: usize,
+) -> anyhow::Result<Vec<MethodResult>> {
+    let ca = fleet
+        .info
+        .ca_file
+        .clone()
+        .context("the control plane has no CA file to pin")?;
+    let tls = tomo_common::tls::client_config(&tomo_common::tls::Trust::CaFile(ca))
+        .context("client TLS")?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(1)
+        .build()
+        .context("HTTP client")?;
+    let caller = Caller {
+        http,
+        url: format!("{}/api/v1/hosts/{}/rpc", fleet.info.api_url, fleet.host_id),
+        token: fleet.token.clone(),
+        min_containers: containers,
+    };
+    let mut results = Vec::new();
+    for (method, params, _) in methods() {
+        eprintln!("  {method} …");
+        let body = match &params {
+            Some(p) => json!({"method": method, "params": p}),
+            None => json!({"method": method}),
+        }
+        .to_string();
+        for _ in 0..args.warmup {
+            caller.call(method, &body).await?;
+        }
+        let mut samples = Vec::with_capacity(args.iterations as usize);
+        let t0 = Instant::now();
+        for _ in 0..args.iterations {
+            samples.push(caller.call(method, &body).await?);
+        }
+        let wall = t0.elapsed();
+        results.push(MethodResult {
+            method: method.to_owned(),
+            params,
+            summary: Summary::of(samples, wall),
+        });
+    }
+    Ok(results)
+}
+
+/// The operator's side: one client, one URL, one token.
+struct Caller {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    /// `docker.containers.list` must return at least this many.
+    min_containers: usize,
+}
+
+impl Caller {
+    /// One call; returns its round-trip time once the answer checked out.
+    async fn call(&self, method: &str, body: &str) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        let resp = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .with_context(|| format!("{method}: request failed"))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("{method}: reading the answer"))?;
+        let rtt = t0.elapsed();
+        self.check(method, status, &bytes)?;
+        Ok(rtt)
+    }
+
+    /// Fails loudly on anything but a successful answer of the expected shape.
+    fn check(&self, method: &str, status: reqwest::StatusCode, body: &[u8]) -> anyhow::Result<()> {
+        let text = String::from_utf8_lossy(body);
+        ensure!(status.is_success(), "{method}: HTTP {status}: {text}");
+        let v: Value = serde_json::from_slice(body)
+            .with_context(|| format!("{method}: answer is not JSON: {text}"))?;
+        if let Some(e) = v.get("error") {
+            bail!("{method}: JSON-RPC error: {e}");
+        }
+        let Some(result) = v.get("result") else {
+            bail!("{method}: answer without a result: {text}");
+        };
+        if method == "docker.containers.list" {
+            let n = result.as_array().map_or(0, Vec::len);
+            ensure!(
+                n >= self.min_containers,
+                "{method}: {n} containers listed, expected at least {}",
+                self.min_containers
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `target/bench/rpc.json`, under `CARGO_TARGET_DIR` when set.
+fn default_json_path() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join("bench/rpc.json")
+}
+
+/// This command as typed (program name without its directory).
+fn command_line() -> String {
+    let mut args = std::env::args();
+    let program = args
+        .next()
+        .map(|p| {
+            std::path::Path::new(&p)
+                .file_name()
+                .map_or(p.clone(), |f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "tomo-bench".into());
+    std::iter::once(program)
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,142 @@
+//! `tomo exec -i [-t]`: an interactive session in a container. Output comes as a stream
+//! (`POST /api/v1/hosts/{host}/stream`), input goes as `stream.write` calls, terminal size as
+//! `stream.resize`; with `-t` the local terminal is in raw mode for the session and restored
+//! afterwards, whatever happens.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::mpsc;
+
+use crate::Failure;
+use crate::client::{Api, Streamed};
+use crate::commands::seg;
+
+/// Restores the terminal when dropped.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> Option<Self> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(Self { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}
+
+fn window_size() -> Option<(u16, u16)> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+pub async fn exec(
+    api: &Api,
+    host: &str,
+    container: &str,
+    tty: bool,
+    cmd: Vec<String>,
+) -> Result<ExitCode, Failure> {
+    let body = json!({
+        "method": "docker.containers.exec",
+        "params": {"container": container, "cmd": cmd, "interactive": true, "tty": tty},
+    });
+    let rpc_path = format!("/hosts/{}/rpc", seg(host));
+    let (stream_tx, mut stream_rx) = mpsc::channel::<String>(1);
+    // Input: stdin → stream.write, window changes → stream.resize, once the stream id is known.
+    let input = {
+        let rpc_path = rpc_path.clone();
+        let api = api.clone();
+        tokio::spawn(async move {
+            let Some(stream) = stream_rx.recv().await else {
+                return;
+            };
+            let call = |method: &'static str, params: Value| {
+                let api = api.clone();
+                let rpc_path = rpc_path.clone();
+                async move {
+                    let body = json!({"method": method, "params": params});
+                    api.send(Method::POST, &rpc_path, Some(&body)).await.is_ok()
+                }
+            };
+            if tty && let Some((rows, cols)) = window_size() {
+                call(
+                    "stream.resize",
+                    json!({"stream": stream, "rows": rows, "cols": cols}),
+                )
+                .await;
+            }
+            let mut winch =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                tokio::select! {
+                    n = stdin.read(&mut buf) => match n {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let data = tomo_common::b64(&buf[..n]);
+                            if !call("stream.write", json!({"stream": stream, "data_b64": data})).await {
+                                break;
+                            }
+                        }
+                    },
+                    Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
+                        if let Some((rows, cols)) = window_size() {
+                            call("stream.resize", json!({"stream": stream, "rows": rows, "cols": cols})).await;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let raw = if tty { RawMode::enter() } else { None };
+    let r = api
+        .stream(
+            Method::POST,
+            &format!("/hosts/{}/stream", seg(host)),
+            Some(&body),
+            |line| {
+                if let Some(id) = line.get("stream").and_then(Value::as_str) {
+                    let _ = stream_tx.try_send(id.to_owned());
+                } else if let Some(b64) = line["data"]["b64"].as_str()
+                    && let Some(bytes) = tomo_common::unb64(b64)
+                {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&bytes);
+                    let _ = out.flush();
+                }
+                true
+            },
+        )
+        .await;
+    drop(raw);
+    input.abort();
+    match r? {
+        Streamed::Json(v) => Err(Failure::new(1, format!("unexpected answer: {v}"))),
+        Streamed::End(end) => {
+            let e = &end["end"];
+            if let Some(err) = e.get("error").filter(|x| !x.is_null()) {
+                return Err(Failure::new(1, format!("exec ended: {}", err["message"])));
+            }
+            let code = e["result"]["exit_code"].as_i64().unwrap_or(0);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+    }
+}

@@ -1,0 +1,837 @@
+//! Host operations: `tomo ps|logs|exec|run|start|stop|restart|rm|update|pull|images|networks|
+//! volumes|stats|events|metrics`. Each maps onto one agent method through the REST API; human
+//! tables by default, the API's JSON with `-o json`.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use crate::client::{Api, Streamed};
+use crate::commands::{print_json, seg, table};
+use crate::{ClientArgs, Failure, Output};
+
+/// `ls`, `create NAME` or `rm NAME` for images, networks and volumes.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ObjectAction {
+    /// List them (the default).
+    Ls,
+    /// Create one (networks and volumes).
+    Create {
+        name: String,
+        /// Driver (`bridge` for networks, `local` for volumes by default).
+        #[arg(long)]
+        driver: Option<String>,
+        /// Label KEY=VALUE, repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Remove one.
+    Rm {
+        name: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+/// Options of `tomo run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    pub host: String,
+    pub image: String,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Environment KEY=VALUE, repeatable.
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Publish [IP:]HOST:CONTAINER[/PROTO], repeatable.
+    #[arg(short = 'p', long = "publish")]
+    pub ports: Vec<String>,
+    /// Mount SOURCE:TARGET[:ro] (a host path or a volume name), repeatable.
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<String>,
+    /// Label KEY=VALUE, repeatable.
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
+    /// Restart policy: no, always, unless-stopped, on-failure.
+    #[arg(long)]
+    pub restart: Option<String>,
+    /// Network mode: bridge, none, or a network's name.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Memory limit in bytes, or with a suffix k, m, g.
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Command and arguments, after `--`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+fn key_value(param: &str, items: &[String]) -> Result<Map<String, Value>, Failure> {
+    let mut m = Map::new();
+    for i in items {
+        let (k, v) = i
+            .split_once('=')
+            .ok_or_else(|| Failure::new(2, format!("{param} {i:?}: expected KEY=VALUE")))?;
+        m.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    Ok(m)
+}
+
+fn parse_port(spec: &str) -> Result<Value, Failure> {
+    let bad = || {
+        Failure::new(
+            2,
+            format!("-p {spec:?}: expected [IP:]HOST:CONTAINER[/PROTO]"),
+        )
+    };
+    let (rest, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    let parts: Vec<&str> = rest.rsplitn(3, ':').collect();
+    let num = |s: &str| s.parse::<u16>().map_err(|_| bad());
+    match parts.as_slice() {
+        [c] => Ok(json!({"container_port": num(c)?, "protocol": proto})),
+        [c, h] => Ok(json!({"container_port": num(c)?, "host_port": num(h)?, "protocol": proto})),
+        [c, h, ip] => Ok(
+            json!({"container_port": num(c)?, "host_port": num(h)?, "host_ip": ip, "protocol": proto}),
+        ),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_volume(spec: &str) -> Result<Value, Failure> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    match parts.as_slice() {
+        [s, t] => Ok(json!({"source": s, "target": t, "read_only": false})),
+        [s, t, "ro"] => Ok(json!({"source": s, "target": t, "read_only": true})),
+        [s, t, "rw"] => Ok(json!({"source": s, "target": t, "read_only": false})),
+        _ => Err(Failure::new(
+            2,
+            format!("-v {spec:?}: expected SOURCE:TARGET[:ro]"),
+        )),
+    }
+}
+
+fn parse_bytes(text: &str) -> Result<i64, Failure> {
+    let t = text.trim().to_ascii_lowercase();
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1024),
+        Some('m') => (&t[..t.len() - 1], 1024 * 1024),
+        Some('g') => (&t[..t.len() - 1], 1024 * 1024 * 1024),
+        _ => (t.as_str(), 1),
+    };
+    num.parse::<i64>()
+        .map(|n| n * mult)
+        .map_err(|_| Failure::new(2, format!("--memory {text:?}: expected bytes, e.g. 512m")))
+}
+
+/// The params of `docker.containers.run` for `tomo run`.
+pub fn run_params(a: &RunArgs) -> Result<Value, Failure> {
+    let mut p = json!({"image": a.image});
+    if let Some(n) = &a.name {
+        p["name"] = json!(n);
+    }
+    if !a.env.is_empty() {
+        p["env"] = Value::Object(key_value("-e", &a.env)?);
+    }
+    if !a.labels.is_empty() {
+        p["labels"] = Value::Object(key_value("--label", &a.labels)?);
+    }
+    if !a.ports.is_empty() {
+        p["ports"] = a
+            .ports
+            .iter()
+            .map(|s| parse_port(s))
+            .collect::<Result<_, _>>()?;
+    }
+    if !a.volumes.is_empty() {
+        p["volumes"] = a
+            .volumes
+            .iter()
+            .map(|s| parse_volume(s))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(r) = &a.restart {
+        p["restart_policy"] = json!({"name": r});
+    }
+    if let Some(n) = &a.network {
+        p["network_mode"] = json!(n);
+    }
+    if let Some(m) = &a.memory {
+        p["memory"] = json!(parse_bytes(m)?);
+    }
+    if let Some(c) = a.cpus {
+        p["cpus"] = json!(c);
+    }
+    if !a.command.is_empty() {
+        p["command"] = json!(a.command);
+    }
+    Ok(p)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn short(id: &Value) -> String {
+    s(id)
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect()
+}
+
+fn human_bytes(n: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} {}", units[u])
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn path(host: &str, rest: &str) -> String {
+    format!("/hosts/{}{rest}", seg(host))
+}
+
+/// `tomo ps HOST [-a]`.
+pub async fn ps(host: &str, all: bool, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let list = api
+        .expect(
+            Method::GET,
+            &path(host, &format!("/containers?all={all}")),
+            None,
+            1,
+        )
+        .await?;
+    if args.output == Output::Json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            vec![
+                short(&c["id"]),
+                s(&c["name"]),
+                s(&c["image"]),
+                s(&c["state"]),
+                s(&c["status"]),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "IMAGE", "STATE", "STATUS"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tomo start|stop|restart|rm|update HOST CONTAINER`.
+pub async fn action(
+    host: &str,
+    container: &str,
+    action: &str,
+    body: Value,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let (method, p) = if action == "rm" {
+        let q = format!(
+            "/containers/{}?force={}&volumes={}",
+            seg(container),
+            body["force"].as_bool().unwrap_or(false),
+            body["volumes"].as_bool().unwrap_or(false)
+        );
+        (Method::DELETE, path(host, &q))
+    } else {
+        (
+            Method::POST,
+            path(host, &format!("/containers/{}/{action}", seg(container))),
+        )
+    };
+    let r = api
+        .expect(method, &p, (action != "rm").then_some(&body), 1)
+        .await?;
+    if args.output == Output::Json {
+        print_json(&r);
+    } else if action == "update" {
+        println!(
+            "{}: updated {} → {}{}",
+            s(&r["name"]),
+            short(&r["old_id"]),
+            short(&r["new_id"]),
+            if r["image_changed"] == true {
+                " (new image)"
+            } else {
+                " (same image)"
+            }
+        );
+    } else {
+        println!("{} {} ({})", s(&r["name"]), s(&r["state"]), short(&r["id"]));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tomo run HOST IMAGE …`.
+pub async fn run(a: &RunArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let params = run_params(a)?;
+    let api = Api::from_args(args)?;
+    let r = api
+        .expect(
+            Method::POST,
+            &path(&a.host, "/containers"),
+            Some(&params),
+            1,
+        )
+        .await?;
+    if args.output == Output::Json {
+        print_json(&r);
+    } else {
+        for w in r["warnings"].as_array().into_iter().flatten() {
+            eprintln!("warning: {}", s(w));
+        }
+        println!("{} {} ({})", s(&r["name"]), s(&r["state"]), short(&r["id"]));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the lines of a stream; returns the exit status its end implies.
+fn end_status(end: &Value) -> Result<ExitCode, Failure> {
+    match end.get("end") {
+        Some(e) if e.get("error").is_some_and(|x| !x.is_null()) => Err(Failure::new(
+            1,
+            format!("stream ended: {}", s(&e["error"]["message"])),
+        )),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `tomo logs HOST CONTAINER [-f] [--tail N] [--since T]`.
+pub async fn logs(
+    host: &str,
+    container: &str,
+    follow: bool,
+    tail: Option<u64>,
+    since: Option<&str>,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    let mut q = format!("?follow={follow}");
+    if let Some(t) = tail {
+        q.push_str(&format!("&tail={t}"));
+    }
+    if let Some(since) = since {
+        let ts = match since.parse::<i64>() {
+            Ok(ts) => ts,
+            Err(_) => {
+                let d = crate::duration::parse(since)
+                    .map_err(|e| Failure::new(2, format!("--since: {e}")))?;
+                tomo_common::now_secs() as i64 - d.as_secs() as i64
+            }
+        };
+        q.push_str(&format!("&since={ts}"));
+    }
+    let api = Api::from_args(args)?;
+    let json_out = args.output == Output::Json;
+    let print = |chunk: &Value| {
+        if json_out {
+            println!("{chunk}");
+            return;
+        }
+        let text = chunk["text"].as_str().unwrap_or_default();
+        if chunk["source"] == "stderr" {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+        }
+    };
+    let r = api
+        .stream(
+            Method::GET,
+            &path(host, &format!("/containers/{}/logs{q}", seg(container))),
+            None,
+            |line| {
+                if let Some(d) = line.get("data") {
+                    print(d);
+                }
+                true
+            },
+        )
+        .await?;
+    match r {
+        Streamed::Json(v) => {
+            for c in v["chunks"].as_array().into_iter().flatten() {
+                print(c);
+            }
+            if v["truncated"] == true {
+                eprintln!("(output truncated at the response cap; use --tail or --since)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Streamed::End(end) => end_status(&end),
+    }
+}
+
+fn stats_row(v: &Value) -> Vec<String> {
+    vec![
+        short(&v["id"]),
+        s(&v["name"]),
+        format!("{:.2}%", v["cpu_percent"].as_f64().unwrap_or(0.0)),
+        format!(
+            "{} / {}",
+            human_bytes(v["memory_used"].as_f64().unwrap_or(0.0)),
+            human_bytes(v["memory_limit"].as_f64().unwrap_or(0.0))
+        ),
+        format!("{:.2}%", v["memory_percent"].as_f64().unwrap_or(0.0)),
+        s(&v["pids"]),
+    ]
+}
+
+const STATS_HEADER: [&str; 6] = ["ID", "NAME", "CPU", "MEM USAGE / LIMIT", "MEM", "PIDS"];
+
+/// `tomo stats HOST [CONTAINER] [-f]`.
+pub async fn stats(
+    host: &str,
+    container: Option<&str>,
+    follow: bool,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let json_out = args.output == Output::Json;
+    if let Some(c) = container {
+        let r = api
+            .stream(
+                Method::GET,
+                &path(
+                    host,
+                    &format!("/containers/{}/stats?stream={follow}", seg(c)),
+                ),
+                None,
+                |line| {
+                    if let Some(d) = line.get("data") {
+                        if json_out {
+                            println!("{d}");
+                        } else {
+                            table(&STATS_HEADER, &[stats_row(d)]);
+                        }
+                    }
+                    true
+                },
+            )
+            .await?;
+        return match r {
+            Streamed::Json(v) => {
+                if json_out {
+                    print_json(&v);
+                } else {
+                    table(&STATS_HEADER, &[stats_row(&v)]);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Streamed::End(end) => end_status(&end),
+        };
+    }
+    loop {
+        let list = api
+            .expect(Method::GET, &path(host, "/containers"), None, 1)
+            .await?;
+        let ids: Vec<String> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["id"].as_str().map(str::to_owned))
+            .collect();
+        let mut ok: Vec<Value> = Vec::new();
+        for id in &ids {
+            let p = path(host, &format!("/containers/{id}/stats"));
+            // A container that stopped in between is just left out.
+            if let Ok(v) = api.expect(Method::GET, &p, None, 1).await {
+                ok.push(v);
+            }
+        }
+        if json_out {
+            print_json(&Value::Array(ok));
+        } else {
+            if follow {
+                print!("\x1b[2J\x1b[H");
+            }
+            table(&STATS_HEADER, &ok.iter().map(stats_row).collect::<Vec<_>>());
+        }
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// `tomo pull HOST IMAGE`: a progress line per layer on a terminal, plain lines otherwise.
+pub async fn pull(host: &str, image: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    use std::io::IsTerminal as _;
+    let api = Api::from_args(args)?;
+    let json_out = args.output == Output::Json;
+    let tty = std::io::stderr().is_terminal() && !json_out;
+    let body = json!({"image": image, "progress": true});
+    let mut layers: Vec<(String, String)> = Vec::new();
+    let r = api
+        .stream(
+            Method::POST,
+            &path(host, "/images/pull"),
+            Some(&body),
+            |line| {
+                let Some(d) = line.get("data") else {
+                    return true;
+                };
+                if json_out {
+                    println!("{d}");
+                    return true;
+                }
+                let layer = d["layer"].as_str().unwrap_or("").to_owned();
+                let mut text = s(&d["status"]);
+                if let (Some(c), Some(t)) = (d["current"].as_f64(), d["total"].as_f64())
+                    && t > 0.0
+                {
+                    let width = 30usize;
+                    let filled = ((c / t) * width as f64).round().clamp(0.0, width as f64) as usize;
+                    text = format!(
+                        "{text} [{}{}] {} / {}",
+                        "=".repeat(filled),
+                        " ".repeat(width - filled),
+                        human_bytes(c),
+                        human_bytes(t)
+                    );
+                }
+                if !tty {
+                    eprintln!(
+                        "{}{text}",
+                        if layer.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{layer}: ")
+                        }
+                    );
+                    return true;
+                }
+                match layers.iter_mut().find(|(l, _)| *l == layer) {
+                    Some(entry) => entry.1 = text,
+                    None => layers.push((layer, text)),
+                }
+                // Redraw the block of layer lines in place.
+                let mut out = std::io::stderr().lock();
+                for (l, t) in &layers {
+                    let _ = writeln!(
+                        out,
+                        "\x1b[2K{}{t}",
+                        if l.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{l}: ")
+                        }
+                    );
+                }
+                let _ = write!(out, "\x1b[{}A", layers.len());
+                true
+            },
+        )
+        .await?;
+    if tty {
+        eprint!("\x1b[{}B", layers.len());
+    }
+    match r {
+        Streamed::Json(v) => {
+            print_json(&v);
+            Ok(ExitCode::SUCCESS)
+        }
+        Streamed::End(end) => {
+            let status = end_status(&end)?;
+            if json_out {
+                println!("{end}");
+            } else {
+                println!(
+                    "pulled {} ({})",
+                    s(&end["end"]["result"]["image"]),
+                    short(&end["end"]["result"]["id"])
+                );
+            }
+            Ok(status)
+        }
+    }
+}
+
+/// `tomo images|networks|volumes HOST [ls|create|rm]`.
+pub async fn objects(
+    kind: &str,
+    host: &str,
+    action: Option<ObjectAction>,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let json_out = args.output == Output::Json;
+    match action.unwrap_or(ObjectAction::Ls) {
+        ObjectAction::Ls => {
+            let list = api
+                .expect(Method::GET, &path(host, &format!("/{kind}")), None, 1)
+                .await?;
+            if json_out {
+                print_json(&list);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let items = list.as_array().cloned().unwrap_or_default();
+            match kind {
+                "images" => {
+                    let rows: Vec<Vec<String>> = items
+                        .iter()
+                        .map(|i| {
+                            let tags = i["tags"]
+                                .as_array()
+                                .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
+                                .unwrap_or_default();
+                            vec![
+                                short(&i["id"]),
+                                if tags.is_empty() {
+                                    "<none>".into()
+                                } else {
+                                    tags
+                                },
+                                human_bytes(i["size"].as_f64().unwrap_or(0.0)),
+                            ]
+                        })
+                        .collect();
+                    table(&["ID", "TAGS", "SIZE"], &rows);
+                }
+                "networks" => {
+                    let rows: Vec<Vec<String>> = items
+                        .iter()
+                        .map(|n| {
+                            vec![
+                                short(&n["id"]),
+                                s(&n["name"]),
+                                s(&n["driver"]),
+                                s(&n["scope"]),
+                            ]
+                        })
+                        .collect();
+                    table(&["ID", "NAME", "DRIVER", "SCOPE"], &rows);
+                }
+                _ => {
+                    let rows: Vec<Vec<String>> = items
+                        .iter()
+                        .map(|v| vec![s(&v["name"]), s(&v["driver"]), s(&v["mountpoint"])])
+                        .collect();
+                    table(&["NAME", "DRIVER", "MOUNTPOINT"], &rows);
+                }
+            }
+        }
+        ObjectAction::Create {
+            name,
+            driver,
+            labels,
+        } => {
+            if kind == "images" {
+                return Err(Failure::new(
+                    2,
+                    "images are not created: use `tomo pull HOST IMAGE`",
+                ));
+            }
+            let mut body =
+                json!({"name": name, "labels": Value::Object(key_value("--label", &labels)?)});
+            if let Some(d) = driver {
+                body["driver"] = json!(d);
+            }
+            let r = api
+                .expect(
+                    Method::POST,
+                    &path(host, &format!("/{kind}")),
+                    Some(&body),
+                    1,
+                )
+                .await?;
+            if json_out {
+                print_json(&r)
+            } else {
+                println!("created {} ({})", s(&r["name"]), short(&r["id"]))
+            }
+        }
+        ObjectAction::Rm { name, force } => {
+            let p = if kind == "images" {
+                path(host, &format!("/images?image={}&force={force}", seg(&name)))
+            } else {
+                path(host, &format!("/{kind}/{}?force={force}", seg(&name)))
+            };
+            let p = if kind == "networks" {
+                p.split('?').next().unwrap_or_default().to_owned()
+            } else {
+                p
+            };
+            let r = api.expect(Method::DELETE, &p, None, 1).await?;
+            if json_out {
+                print_json(&r)
+            } else {
+                println!("removed {name}")
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tomo events HOST [-f] [--limit N]`.
+pub async fn events(
+    host: &str,
+    follow: bool,
+    limit: u32,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let json_out = args.output == Output::Json;
+    let show = |e: &Value| {
+        if json_out {
+            println!("{e}");
+        } else if let Some(n) = e.get("lagged") {
+            eprintln!("({n} events skipped: this reader was too slow)");
+        } else {
+            let name = e["attributes"]["name"].as_str().unwrap_or("");
+            println!(
+                "{}  {} {} {} {name}",
+                s(&e["received_at"]),
+                s(&e["type"]),
+                s(&e["action"]),
+                short(&e["id"])
+            );
+        }
+    };
+    let r = api
+        .stream(
+            Method::GET,
+            &path(host, &format!("/events?limit={limit}&follow={follow}")),
+            None,
+            |e| {
+                show(e);
+                true
+            },
+        )
+        .await?;
+    if let Streamed::Json(v) = r {
+        if json_out {
+            print_json(&v);
+        } else {
+            v.as_array().into_iter().flatten().for_each(show);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tomo metrics HOST`.
+pub async fn metrics(host: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let body = json!({"method": "system.get_metrics"});
+    let r = api
+        .expect(Method::POST, &path(host, "/rpc"), Some(&body), 1)
+        .await?;
+    if let Some(e) = r.get("error") {
+        return Err(Failure::new(
+            1,
+            format!("{} ({})", s(&e["message"]), s(&e["code"])),
+        ));
+    }
+    let m = &r["result"];
+    if args.output == Output::Json {
+        print_json(m);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let usage = |u: &Value| {
+        format!(
+            "{} / {} ({:.1}%)",
+            human_bytes(u["used"].as_f64().unwrap_or(0.0)),
+            human_bytes(u["total"].as_f64().unwrap_or(0.0)),
+            u["percent"].as_f64().unwrap_or(0.0)
+        )
+    };
+    println!("cpu      {:.1}%", m["cpu_percent"].as_f64().unwrap_or(0.0));
+    println!(
+        "load     {}",
+        m["load"]
+            .as_array()
+            .map(|l| l
+                .iter()
+                .map(|x| format!("{:.2}", x.as_f64().unwrap_or(0.0)))
+                .collect::<Vec<_>>()
+                .join(" "))
+            .unwrap_or_default()
+    );
+    println!("memory   {}", usage(&m["memory"]));
+    println!("swap     {}", usage(&m["swap"]));
+    for d in m["disks"].as_array().into_iter().flatten() {
+        println!("disk     {} {}", s(&d["mount"]), usage(d));
+    }
+    println!(
+        "network  rx {}/s tx {}/s",
+        human_bytes(m["network"]["rx_bytes_per_sec"].as_f64().unwrap_or(0.0)),
+        human_bytes(m["network"]["tx_bytes_per_sec"].as_f64().unwrap_or(0.0))
+    );
+    if let Some(c) = m.get("containers") {
+        println!(
+            "containers  {} running, {} stopped",
+            s(&c["running"]),
+            s(&c["stopped"])
+        );
+    }
+    println!("uptime   {} s", s(&m["uptime_secs"]));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tomo exec HOST CONTAINER [-i] [-t] -- CMD…`.
+pub async fn exec(
+    host: &str,
+    container: &str,
+    interactive: bool,
+    tty: bool,
+    cmd: Vec<String>,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    if cmd.is_empty() {
+        return Err(Failure::new(
+            2,
+            "no command: tomo exec HOST CONTAINER -- CMD…",
+        ));
+    }
+    let api = Api::from_args(args)?;
+    if !interactive {
+        let body = json!({"cmd": cmd});
+        let r = api
+            .expect(
+                Method::POST,
+                &path(host, &format!("/containers/{}/exec", seg(container))),
+                Some(&body),
+                1,
+            )
+            .await?;
+        if args.output == Output::Json {
+            print_json(&r);
+            return Ok(ExitCode::SUCCESS);
+        }
+        print!("{}", r["stdout"].as_str().unwrap_or_default());
+        eprint!("{}", r["stderr"].as_str().unwrap_or_default());
+        if r["truncated"] == true {
+            eprintln!("(output truncated at the response cap)");
+        }
+        if r["timed_out"] == true {
+            return Err(Failure::new(1, "the command timed out"));
+        }
+        let code = r["exit_code"].as_i64().unwrap_or(1);
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+    }
+    crate::interactive::exec(&api, host, container, tty, cmd).await
+}
