@@ -30,7 +30,11 @@ fn methods() -> [(&'static str, Option<Value>, Option<f64>); 4] {
         ("agent.ping", None, None),
         ("system.get_metrics", None, Some(2.0)),
         ("system.info", None, Some(3.0)),
-        ("docker.containers.list", Some(json!({"all": true})), Some(5.0)),
+        (
+            "docker.containers.list",
+            Some(json!({"all": true})),
+            Some(5.0),
+        ),
     ]
 }
 
@@ -47,7 +51,11 @@ pub struct RpcArgs {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Image of the containers that exist during the run (`scripts/docker-test-env` builds it).
-    #[arg(long, env = "TOMO_TEST_IMAGE", default_value = "tomo-test/busybox:latest")]
+    #[arg(
+        long,
+        env = "TOMO_TEST_IMAGE",
+        default_value = "tomo-test/busybox:latest"
+    )]
     image: String,
 }
 

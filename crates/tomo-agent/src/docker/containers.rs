@@ -799,32 +799,325 @@ fn healthcheck_from_docker(h: HealthConfig) -> Option<Healthcheck> {
 
 // ---- update --------------------------------------------------------------------------------
 
+/// Update locks by container name. Process-wide because what they guard, the engine's
+/// containers, is: an agent process talks to one engine. An entry goes away with its last user.
+static UPDATE_LOCKS: LazyLock<std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Default::default);
+
+async fn lock_container(name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    let lock = {
+        let mut locks = UPDATE_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, l| l.strong_count() > 0);
+        match locks.get(name).and_then(Weak::upgrade) {
+            Some(l) => l,
+            None => {
+                let l = Arc::new(tokio::sync::Mutex::new(()));
+                locks.insert(name.to_owned(), Arc::downgrade(&l));
+                l
+            }
+        }
+    };
+    lock.lock_owned().await
+}
+
+/// What the steps after the rename need.
+struct Plan<'a> {
+    name: &'a str,
+    old_id: &'a str,
+    was_running: bool,
+    body: ContainerCreateBody,
+    extra_networks: Vec<(String, EndpointSettings)>,
+    timeout: Duration,
+}
+
 async fn update_container(
     client: &DockerClient,
     container: &str,
     timeout: Duration,
 ) -> Result<UpdateResult, RpcError> {
-    let _ = (client, container, timeout, drop_image_defaults_marker());
-    Err(RpcError::internal(
-        "docker.containers.update: not built yet",
-    ))
+    let docker = client.client().await?;
+    let first = inspect(&docker, client, container).await?;
+    let name = trim_name(first.name.as_deref());
+    let _guard = lock_container(&name).await;
+    // Again under the lock: an update that ran meanwhile has replaced the container.
+    let old = inspect(&docker, client, container).await?;
+    if trim_name(old.name.as_deref()) != name {
+        return Err(RpcError::new(
+            code::DOCKER,
+            format!("container {container} was renamed during another update of {name}; try again"),
+        ));
+    }
+    let old_id = old.id.clone().unwrap_or_default();
+    let old_image_id = old.image.clone().unwrap_or_default();
+    let image = old
+        .config
+        .as_ref()
+        .and_then(|c| c.image.clone())
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| {
+            RpcError::new(code::DOCKER, format!("container {name} names no image to pull"))
+        })?;
+    if is_image_id(&image) {
+        return Err(RpcError::new(
+            code::DOCKER,
+            format!(
+                "container {name} was created from the image id {image}, not a reference: there is nothing to pull"
+            ),
+        ));
+    }
+    let pulled = images::pull(client, &image, None, None).await?;
+    let old_image = docker
+        .inspect_image(&old_image_id)
+        .await
+        .ok()
+        .and_then(|i| i.config);
+    let (body, extra_networks) = recreate_body(&old, old_image.as_ref(), &image);
+    let was_running = old.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+    let parked = format!("{name}-tomo-old-{}", &old_id[..old_id.len().min(12)]);
+    tracing::info!(container = %name, %image, image_id = %pulled.id, "updating container");
+    rename(&docker, &old_id, &parked)
+        .await
+        .map_err(|e| client.error(e))?;
+    let plan = Plan {
+        name: &name,
+        old_id: &old_id,
+        was_running,
+        body,
+        extra_networks,
+        timeout,
+    };
+    let mut new_id = None;
+    match replace(&docker, client, plan, &mut new_id).await {
+        Ok(new) => {
+            if let Err(e) = remove(&docker, &old_id).await {
+                tracing::warn!(container = %name, old = %parked, error = %e, "updated, but the old container could not be removed");
+            }
+            let new_image_id = new.image.clone().unwrap_or_default();
+            tracing::info!(container = %name, image_changed = new_image_id != old_image_id, "container updated");
+            Ok(UpdateResult {
+                name,
+                new_id: new.id.clone().unwrap_or_default(),
+                old_id,
+                image_changed: new_image_id != old_image_id,
+                old_image_id,
+                new_image_id,
+                state: status_of(&new),
+            })
+        }
+        Err(why) => {
+            let back = Rollback {
+                name: &name,
+                old_id: &old_id,
+                parked: &parked,
+                new_id: new_id.as_deref(),
+                was_running,
+            };
+            Err(rollback(&docker, back, &why).await)
+        }
+    }
 }
 
-fn drop_image_defaults_marker() {}
-
-fn drop_image_defaults(body: &mut ContainerCreateBody, image: &ImageConfig) {
-    let _ = (body, image);
+/// Steps 2–4 of [`update`]; the error says which step failed and why. `new_id` is set as soon
+/// as the new container exists.
+async fn replace(
+    docker: &Docker,
+    client: &DockerClient,
+    plan: Plan<'_>,
+    new_id: &mut Option<String>,
+) -> Result<ContainerInspectResponse, String> {
+    let docker_error = |step: &str, e| format!("{step}: {}", client.error(e).message);
+    if plan.was_running {
+        let options = StopContainerOptionsBuilder::default()
+            .t(STOP_TIMEOUT)
+            .build();
+        docker
+            .stop_container(plan.old_id, Some(options))
+            .await
+            .map_err(|e| docker_error("stopping the old container", e))?;
+    }
+    let options = CreateContainerOptionsBuilder::default()
+        .name(plan.name)
+        .build();
+    let created = docker
+        .create_container(Some(options), plan.body)
+        .await
+        .map_err(|e| docker_error("creating the new container", e))?;
+    *new_id = Some(created.id.clone());
+    for (network, settings) in plan.extra_networks {
+        let request = NetworkConnectRequest {
+            container: Some(created.id.clone()),
+            endpoint_config: Some(settings),
+        };
+        docker
+            .connect_network(&network, request)
+            .await
+            .map_err(|e| docker_error(&format!("connecting the new container to {network}"), e))?;
+    }
+    docker
+        .start_container(&created.id, None::<StartContainerOptions>)
+        .await
+        .map_err(|e| docker_error("starting the new container", e))?;
+    wait_ready(docker, client, &created.id, plan.timeout).await
 }
 
-fn carry_anonymous_volumes(host: &mut HostConfig, mounts: &[MountPoint]) {
-    let _ = (host, mounts);
+/// Waits until the container is running and, with a healthcheck, healthy; without one, until it
+/// has stayed up (same start time) for [`SETTLE`] or a third of the timeout.
+async fn wait_ready(
+    docker: &Docker,
+    client: &DockerClient,
+    id: &str,
+    timeout: Duration,
+) -> Result<ContainerInspectResponse, String> {
+    let deadline = Instant::now() + timeout;
+    let settle = SETTLE.min(timeout / 3);
+    let mut up_since: Option<(Instant, String)> = None;
+    loop {
+        let i = docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| format!("inspecting the new container: {}", client.error(e).message))?;
+        let state = i.state.clone().unwrap_or_default();
+        let status = state.status.unwrap_or(ContainerStateStatusEnum::EMPTY);
+        let health = state
+            .health
+            .as_ref()
+            .and_then(|h| h.status)
+            .filter(|s| !matches!(s, HealthStatusEnum::EMPTY | HealthStatusEnum::NONE));
+        if matches!(
+            status,
+            ContainerStateStatusEnum::EXITED
+                | ContainerStateStatusEnum::DEAD
+                | ContainerStateStatusEnum::RESTARTING
+        ) || state.restarting == Some(true)
+        {
+            let error = state.error.filter(|e| !e.is_empty());
+            return Err(format!(
+                "the new container stopped (status {status}, exit code {}{})",
+                state.exit_code.unwrap_or_default(),
+                error.map(|e| format!(": {e}")).unwrap_or_default()
+            ));
+        }
+        if state.running == Some(true) {
+            match health {
+                Some(HealthStatusEnum::HEALTHY) => return Ok(i),
+                Some(HealthStatusEnum::UNHEALTHY) => {
+                    return Err(format!(
+                        "the new container is unhealthy{}",
+                        last_health_output(&state)
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    let started = state.started_at.clone().unwrap_or_default();
+                    match &up_since {
+                        Some((since, s)) if *s == started => {
+                            if since.elapsed() >= settle {
+                                return Ok(i);
+                            }
+                        }
+                        _ => up_since = Some((Instant::now(), started)),
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let wanted = if health.is_some() { "healthy" } else { "running" };
+            let health = health.map(|h| format!(", health {h}")).unwrap_or_default();
+            return Err(format!(
+                "the new container was not {wanted} within {} s (status {status}{health})",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(POLL_EVERY.min(deadline - now)).await;
+    }
 }
 
-fn endpoint(settings: &EndpointSettings, short_id: &str) -> EndpointSettings {
-    let _ = short_id;
-    settings.clone()
+fn last_health_output(state: &bollard::models::ContainerState) -> String {
+    let output = state
+        .health
+        .as_ref()
+        .and_then(|h| h.log.as_ref()?.last()?.output.clone())
+        .map(|o| o.trim().chars().take(200).collect::<String>())
+        .unwrap_or_default();
+    if output.is_empty() {
+        String::new()
+    } else {
+        format!(" (healthcheck: {output})")
+    }
 }
 
+/// Where to roll back to.
+struct Rollback<'a> {
+    name: &'a str,
+    old_id: &'a str,
+    parked: &'a str,
+    new_id: Option<&'a str>,
+    was_running: bool,
+}
+
+/// Removes the new container, gives the old one its name back and starts it if it was running.
+/// Every step is tried; the error says what could not be undone.
+async fn rollback(docker: &Docker, r: Rollback<'_>, why: &str) -> RpcError {
+    let mut problems = Vec::new();
+    if let Some(id) = r.new_id
+        && let Err(e) = remove(docker, id).await
+    {
+        problems.push(format!("removing the new container {id}: {e}"));
+    }
+    if let Err(e) = rename(docker, r.old_id, r.name).await {
+        problems.push(format!("renaming {} back to {}: {e}", r.parked, r.name));
+    }
+    if r.was_running
+        && let Err(e) = docker
+            .start_container(r.old_id, None::<StartContainerOptions>)
+            .await
+    {
+        problems.push(format!("starting the old container again: {e}"));
+    }
+    let name = r.name;
+    if problems.is_empty() {
+        tracing::warn!(container = %name, reason = %why, "update failed; rolled back to the previous container");
+        return RpcError::new(
+            code::DOCKER,
+            format!("update of {name} failed: {why}; rolled back to the previous container"),
+        )
+        .with_data(json!({"rolled_back": true, "reason": why}));
+    }
+    let rollback_error = problems.join("; ");
+    tracing::error!(container = %name, reason = %why, %rollback_error, old = %r.old_id, "update failed and the ROLLBACK FAILED");
+    RpcError::new(
+        code::DOCKER,
+        format!(
+            "update of {name} failed: {why}; ROLLBACK FAILED: {rollback_error}; the previous container is {} (named {} or {name}) and needs an operator",
+            r.old_id, r.parked
+        ),
+    )
+    .with_data(json!({
+        "rolled_back": false,
+        "reason": why,
+        "rollback_error": rollback_error,
+        "old_container": r.old_id,
+    }))
+}
+
+async fn inspect(
+    docker: &Docker,
+    client: &DockerClient,
+    container: &str,
+) -> Result<ContainerInspectResponse, RpcError> {
+    docker
+        .inspect_container(container, None::<InspectContainerOptions>)
+        .await
+        .map_err(|e| client.error(e))
+}
+
+async fn rename(docker: &Docker, id: &str, name: &str) -> Result<(), bollard::errors::Error> {
+    let options = RenameContainerOptionsBuilder::default().name(name).build();
+    docker.rename_container(id, options).await
+}
+
+/// Removes a container (forced, keeping its volumes); one that is already gone is fine.
 async fn remove(docker: &Docker, id: &str) -> Result<(), String> {
     let options = RemoveContainerOptionsBuilder::default()
         .force(true)
@@ -839,15 +1132,568 @@ async fn remove(docker: &Docker, id: &str) -> Result<(), String> {
     }
 }
 
-#[allow(dead_code)]
-fn unused_yet() -> (
-    Option<LazyLock<()>>,
-    Option<Weak<()>>,
-    Option<Instant>,
-    Option<ContainerStateStatusEnum>,
-    Option<NetworkConnectRequest>,
-    Option<RenameContainerOptionsBuilder>,
-    Option<StopContainerOptionsBuilder>,
-) {
-    (None, None, None, None, None, None, None)
+/// A container created from an image id (`sha256:…` or bare hex) has no reference to pull.
+fn is_image_id(image: &str) -> bool {
+    let hex = image.strip_prefix("sha256:").unwrap_or(image);
+    (12..=64).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Drops from `body` what equals the old image's defaults, so the new image's apply.
+fn drop_image_defaults(body: &mut ContainerCreateBody, image: &ImageConfig) {
+    if let (Some(env), Some(defaults)) = (&mut body.env, &image.env) {
+        env.retain(|e| !defaults.contains(e));
+    }
+    if let (Some(labels), Some(defaults)) = (&mut body.labels, &image.labels) {
+        labels.retain(|k, v| defaults.get(k) != Some(v));
+    }
+    // Docker takes the image's command only when the entrypoint is the image's too.
+    if body.entrypoint == image.entrypoint {
+        body.entrypoint = None;
+        if body.cmd == image.cmd {
+            body.cmd = None;
+        }
+    }
+    if body.working_dir == image.working_dir {
+        body.working_dir = None;
+    }
+    if body.user == image.user {
+        body.user = None;
+    }
+    if body.stop_signal == image.stop_signal {
+        body.stop_signal = None;
+    }
+    if body.healthcheck == image.healthcheck {
+        body.healthcheck = None;
+    }
+    if let (Some(ports), Some(defaults)) = (&mut body.exposed_ports, &image.exposed_ports) {
+        ports.retain(|p, _| !defaults.contains_key(p));
+    }
+    if let (Some(volumes), Some(defaults)) = (&mut body.volumes, &image.volumes) {
+        volumes.retain(|v, _| !defaults.contains_key(v));
+    }
+}
+
+/// Adds every volume mount of the old container that its `Binds`/`Mounts` do not name (anonymous
+/// volumes, from `Config.Volumes`, an image `VOLUME` or a `--mount` without source) to `Mounts`
+/// by name, at the same destination.
+fn carry_anonymous_volumes(host: &mut HostConfig, mounts: &[MountPoint]) {
+    let bound: HashSet<String> = host
+        .binds
+        .iter()
+        .flatten()
+        .filter_map(|b| b.split(':').nth(1).map(str::to_owned))
+        .collect();
+    for m in mounts {
+        let (Some(MountPointTypeEnum::VOLUME), Some(name), Some(target)) =
+            (m.typ, m.name.as_ref(), m.destination.as_ref())
+        else {
+            continue;
+        };
+        if bound.contains(target) {
+            continue;
+        }
+        let explicit = host.mounts.get_or_insert_with(Vec::new);
+        match explicit
+            .iter_mut()
+            .find(|x| x.target.as_deref() == Some(target.as_str()))
+        {
+            Some(x) if x.source.as_deref().is_some_and(|s| !s.is_empty()) => {}
+            Some(x) => x.source = Some(name.clone()),
+            None => explicit.push(Mount {
+                target: Some(target.clone()),
+                source: Some(name.clone()),
+                typ: Some(MountTypeEnum::VOLUME),
+                read_only: Some(!m.rw.unwrap_or(true)),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// The settings of one network a user can give: not the addresses Docker assigned.
+fn endpoint(settings: &EndpointSettings, short_id: &str) -> EndpointSettings {
+    let aliases: Vec<String> = settings
+        .aliases
+        .iter()
+        .flatten()
+        .filter(|a| a.as_str() != short_id)
+        .cloned()
+        .collect();
+    EndpointSettings {
+        ipam_config: settings.ipam_config.clone(),
+        links: settings.links.clone(),
+        aliases: non_empty(aliases),
+        driver_opts: settings.driver_opts.clone(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tomo_proto::methods::VolumeBinding;
+
+    fn params() -> RunParams {
+        RunParams {
+            image: "tomo-test/busybox".into(),
+            ..Default::default()
+        }
+    }
+
+    fn host(body: &ContainerCreateBody) -> &HostConfig {
+        body.host_config.as_ref().expect("host config")
+    }
+
+    #[test]
+    fn every_field_lands_where_docker_expects_it() {
+        let p: RunParams = serde_json::from_value(json!({
+            "image": "tomo-test/busybox:latest",
+            "name": "tomo-test-web",
+            "command": ["sleep", "60"],
+            "entrypoint": ["/bin/sh", "-c"],
+            "env": {"A": "1", "DB_PASSWORD": "x=y"},
+            "ports": [
+                {"container_port": 80, "host_port": 8080, "host_ip": "127.0.0.1"},
+                {"container_port": 80, "host_port": 8081},
+                {"container_port": 53, "protocol": "udp"}
+            ],
+            "volumes": [{"source": "data", "target": "/data"}, {"source": "/etc/x", "target": "/x", "read_only": true}],
+            "mounts": [
+                {"type": "tmpfs", "target": "/run", "tmpfs_size": 1048576},
+                {"type": "volume", "source": "v", "target": "/v", "read_only": true, "volume_driver_opts": {"o": "bind"}},
+                {"type": "bind", "source": "/srv", "target": "/srv"}
+            ],
+            "restart_policy": {"name": "on-failure", "max_retries": 3},
+            "labels": {"app": "web"},
+            "memory": 67108864,
+            "cpus": 0.5,
+            "healthcheck": {"test": ["CMD", "true"], "interval": 2, "timeout": 3, "retries": 4, "start_period": 5},
+            "network_mode": "none",
+            "user": "1000:1000",
+            "workdir": "/w",
+            "hostname": "web",
+            "tty": true,
+            "read_only_rootfs": true,
+            "privileged": true,
+            "cap_add": ["NET_ADMIN"],
+            "cap_drop": ["ALL"],
+            "pid_mode": "host",
+            "ipc_mode": "private",
+            "uts_mode": "host",
+            "userns_mode": "host",
+            "cgroupns_mode": "private",
+            "devices": ["/dev/null", "/dev/zero:r", "/dev/full:/dev/f", "/dev/random:/dev/r:rw"],
+            "device_cgroup_rules": ["c 1:3 rwm"],
+            "security_opt": ["no-new-privileges"],
+            "sysctls": {"net.core.somaxconn": "1024"},
+            "volumes_from": ["other:ro"]
+        }))
+        .expect("params");
+        let b = create_body(&p).expect("valid");
+        assert_eq!(b.image.as_deref(), Some("tomo-test/busybox:latest"));
+        assert_eq!(b.cmd, Some(vec!["sleep".into(), "60".into()]));
+        assert_eq!(b.entrypoint, Some(vec!["/bin/sh".into(), "-c".into()]));
+        let mut env = b.env.clone().expect("env");
+        env.sort();
+        assert_eq!(env, vec!["A=1".to_owned(), "DB_PASSWORD=x=y".to_owned()]);
+        let exposed = b.exposed_ports.clone().expect("exposed");
+        assert!(exposed.contains_key("80/tcp") && exposed.contains_key("53/udp"));
+        assert_eq!(b.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str), Some("web"));
+        let hc = b.healthcheck.clone().expect("healthcheck");
+        assert_eq!(hc.test, Some(vec!["CMD".into(), "true".into()]));
+        assert_eq!(
+            (hc.interval, hc.timeout, hc.retries, hc.start_period),
+            (Some(2 * NANOS), Some(3 * NANOS), Some(4), Some(5 * NANOS))
+        );
+        assert_eq!(b.user.as_deref(), Some("1000:1000"));
+        assert_eq!(b.working_dir.as_deref(), Some("/w"));
+        assert_eq!(b.hostname.as_deref(), Some("web"));
+        assert_eq!(b.tty, Some(true));
+
+        let h = host(&b);
+        let bindings = h.port_bindings.clone().expect("bindings");
+        let http = bindings["80/tcp"].clone().expect("80");
+        assert_eq!(http.len(), 2);
+        assert_eq!(http[0].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(http[0].host_port.as_deref(), Some("8080"));
+        assert_eq!(http[1].host_port.as_deref(), Some("8081"));
+        assert_eq!(bindings["53/udp"].clone().expect("53")[0].host_port.as_deref(), Some(""));
+        assert_eq!(h.binds, Some(vec!["data:/data".into(), "/etc/x:/x:ro".into()]));
+        let mounts = h.mounts.clone().expect("mounts");
+        assert_eq!(mounts[0].typ, Some(MountTypeEnum::TMPFS));
+        assert_eq!(mounts[0].target.as_deref(), Some("/run"));
+        assert_eq!(mounts[0].tmpfs_options.as_ref().and_then(|t| t.size_bytes), Some(1048576));
+        assert_eq!(mounts[1].typ, Some(MountTypeEnum::VOLUME));
+        assert_eq!(mounts[1].source.as_deref(), Some("v"));
+        assert_eq!(mounts[1].read_only, Some(true));
+        let opts = mounts[1].volume_options.as_ref().and_then(|v| v.driver_config.as_ref()?.options.clone());
+        assert_eq!(opts.and_then(|o| o.get("o").cloned()).as_deref(), Some("bind"));
+        assert_eq!(mounts[2].typ, Some(MountTypeEnum::BIND));
+        assert_eq!(mounts[2].source.as_deref(), Some("/srv"));
+        let restart = h.restart_policy.clone().expect("restart");
+        assert_eq!(restart.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+        assert_eq!(restart.maximum_retry_count, Some(3));
+        assert_eq!(h.memory, Some(64 * 1024 * 1024));
+        assert_eq!(h.nano_cpus, Some(500_000_000));
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.privileged, Some(true));
+        assert_eq!(h.cap_add, Some(vec!["NET_ADMIN".into()]));
+        assert_eq!(h.cap_drop, Some(vec!["ALL".into()]));
+        assert_eq!(h.pid_mode.as_deref(), Some("host"));
+        assert_eq!(h.ipc_mode.as_deref(), Some("private"));
+        assert_eq!(h.uts_mode.as_deref(), Some("host"));
+        assert_eq!(h.userns_mode.as_deref(), Some("host"));
+        assert_eq!(h.cgroupns_mode, Some(HostConfigCgroupnsModeEnum::PRIVATE));
+        let devices: Vec<(String, String, String)> = h
+            .devices
+            .clone()
+            .expect("devices")
+            .into_iter()
+            .map(|d| {
+                (
+                    d.path_on_host.unwrap_or_default(),
+                    d.path_in_container.unwrap_or_default(),
+                    d.cgroup_permissions.unwrap_or_default(),
+                )
+            })
+            .collect();
+        let dev = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+        assert_eq!(
+            devices,
+            vec![
+                dev("/dev/null", "/dev/null", "rwm"),
+                dev("/dev/zero", "/dev/zero", "r"),
+                dev("/dev/full", "/dev/f", "rwm"),
+                dev("/dev/random", "/dev/r", "rw"),
+            ]
+        );
+        assert_eq!(h.device_cgroup_rules, Some(vec!["c 1:3 rwm".into()]));
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges".into()]));
+        assert_eq!(
+            h.sysctls.as_ref().and_then(|s| s.get("net.core.somaxconn")).map(String::as_str),
+            Some("1024")
+        );
+        assert_eq!(h.volumes_from, Some(vec!["other:ro".into()]));
+
+        // The wire form uses Docker's names.
+        let wire = serde_json::to_value(&b).expect("json");
+        assert_eq!(wire["HostConfig"]["NanoCpus"], 500_000_000);
+        assert_eq!(wire["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"], "8080");
+        assert_eq!(wire["HostConfig"]["Mounts"][0]["Type"], "tmpfs");
+        assert_eq!(wire["Healthcheck"]["Interval"], 2 * NANOS);
+    }
+
+    #[test]
+    fn a_minimal_run_sets_only_what_it_must() {
+        let b = create_body(&params()).expect("valid");
+        let h = host(&b);
+        assert_eq!(b.env, None);
+        assert_eq!(b.exposed_ports, None);
+        assert_eq!(h.binds, None);
+        assert_eq!(h.mounts, None);
+        assert_eq!(h.memory, None);
+        assert_eq!(h.nano_cpus, None);
+        assert_eq!(h.restart_policy, None);
+        assert_eq!(h.privileged, Some(false));
+    }
+
+    #[test]
+    fn bad_values_name_their_parameter() {
+        type Edit = fn(&mut RunParams);
+        let cases: Vec<(&str, Edit)> = vec![
+            ("image", |p| p.image = " ".into()),
+            ("name", |p| p.name = Some("a".into())),
+            ("name", |p| p.name = Some("-web".into())),
+            ("name", |p| p.name = Some("web/1".into())),
+            ("name", |p| p.name = Some("".into())),
+            ("cpus", |p| p.cpus = Some(0.0)),
+            ("cpus", |p| p.cpus = Some(-1.0)),
+            ("cpus", |p| p.cpus = Some(f64::NAN)),
+            ("memory", |p| p.memory = Some(MIN_MEMORY - 1)),
+            ("restart_policy.name", |p| {
+                p.restart_policy = Some(RestartPolicy {
+                    name: "sometimes".into(),
+                    max_retries: None,
+                })
+            }),
+            ("restart_policy.max_retries", |p| {
+                p.restart_policy = Some(RestartPolicy {
+                    name: "always".into(),
+                    max_retries: Some(3),
+                })
+            }),
+            ("ports[0].protocol", |p| {
+                p.ports = vec![PortBinding {
+                    container_port: 80,
+                    protocol: "http".into(),
+                    host_port: None,
+                    host_ip: None,
+                }]
+            }),
+            ("ports[0].container_port", |p| {
+                p.ports = vec![PortBinding {
+                    container_port: 0,
+                    protocol: "tcp".into(),
+                    host_port: None,
+                    host_ip: None,
+                }]
+            }),
+            ("ports[0].host_ip", |p| {
+                p.ports = vec![PortBinding {
+                    container_port: 80,
+                    protocol: "tcp".into(),
+                    host_port: None,
+                    host_ip: Some("localhost".into()),
+                }]
+            }),
+            ("mounts[0].type", |p| {
+                p.mounts = vec![MountSpec {
+                    kind: "npipe".into(),
+                    source: None,
+                    target: "/x".into(),
+                    read_only: false,
+                    tmpfs_size: None,
+                    volume_driver_opts: BTreeMap::new(),
+                }]
+            }),
+            ("mounts[0].source", |p| {
+                p.mounts = vec![MountSpec {
+                    kind: "bind".into(),
+                    source: None,
+                    target: "/x".into(),
+                    read_only: false,
+                    tmpfs_size: None,
+                    volume_driver_opts: BTreeMap::new(),
+                }]
+            }),
+            ("mounts[0].target", |p| {
+                p.mounts = vec![MountSpec {
+                    kind: "volume".into(),
+                    source: None,
+                    target: "x".into(),
+                    read_only: false,
+                    tmpfs_size: None,
+                    volume_driver_opts: BTreeMap::new(),
+                }]
+            }),
+            ("mounts[0].tmpfs_size", |p| {
+                p.mounts = vec![MountSpec {
+                    kind: "volume".into(),
+                    source: None,
+                    target: "/x".into(),
+                    read_only: false,
+                    tmpfs_size: Some(1),
+                    volume_driver_opts: BTreeMap::new(),
+                }]
+            }),
+            ("volumes[0].target", |p| {
+                p.volumes = vec![VolumeBinding {
+                    source: "data".into(),
+                    target: "data".into(),
+                    read_only: false,
+                }]
+            }),
+            ("volumes[0].source", |p| {
+                p.volumes = vec![VolumeBinding {
+                    source: "a:b".into(),
+                    target: "/data".into(),
+                    read_only: false,
+                }]
+            }),
+            ("healthcheck.test", |p| {
+                p.healthcheck = Some(Healthcheck {
+                    test: vec!["true".into()],
+                    interval: None,
+                    timeout: None,
+                    retries: None,
+                    start_period: None,
+                })
+            }),
+            ("healthcheck.interval", |p| {
+                p.healthcheck = Some(Healthcheck {
+                    test: vec!["CMD".into(), "true".into()],
+                    interval: Some(u64::MAX),
+                    timeout: None,
+                    retries: None,
+                    start_period: None,
+                })
+            }),
+            ("cgroupns_mode", |p| p.cgroupns_mode = Some("shared".into())),
+            ("devices[0]", |p| p.devices = vec!["/dev/x:/dev/y:rwx".into()]),
+            ("devices[0]", |p| p.devices = vec!["dev/x".into()]),
+            ("devices[0]", |p| p.devices = vec!["/a:/b:r:w".into()]),
+            ("env", |p| {
+                p.env.insert("A=B".into(), "c".into());
+            }),
+            ("labels", |p| {
+                p.labels.insert(String::new(), "c".into());
+            }),
+        ];
+        for (param, edit) in cases {
+            let mut p = params();
+            edit(&mut p);
+            let e = create_body(&p).expect_err(param);
+            assert_eq!(e.code, code::INVALID_PARAMS, "{param}: {}", e.message);
+            assert_eq!(e.data, Some(json!({ "param": param })), "{}", e.message);
+            assert!(e.message.contains(param), "{}", e.message);
+        }
+        for name in ["web", "/web", "a1", "tomo-test-x_1.2", "A-b"] {
+            let mut p = params();
+            p.name = Some(name.into());
+            assert!(create_body(&p).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn inspect_maps_to_details_redacted() {
+        let inspect: ContainerInspectResponse = serde_json::from_value(json!({
+            "Id": "0123456789abcdef",
+            "Name": "/web",
+            "Image": "sha256:feed",
+            "Created": "2024-01-01T00:00:00Z",
+            "RestartCount": 2,
+            "State": {"Status": "running", "Running": true, "ExitCode": 0,
+                      "StartedAt": "2024-01-01T00:00:01Z", "FinishedAt": "0001-01-01T00:00:00Z",
+                      "Health": {"Status": "healthy"}},
+            "Config": {"Image": "app:1", "Cmd": ["serve", "--db=postgres://u:pw@db/x"],
+                       "Env": ["DB_PASSWORD=hunter2", "MODE=prod", "URL=http://a:b@h"],
+                       "Labels": {"app": "web", "api_token": "t"},
+                       "Healthcheck": {"Test": ["CMD", "true"], "Interval": 2000000000, "Retries": 3}},
+            "HostConfig": {"Memory": 67108864, "NanoCpus": 1500000000, "NetworkMode": "bridge",
+                           "Privileged": false, "CapAdd": ["NET_ADMIN"],
+                           "RestartPolicy": {"Name": "always", "MaximumRetryCount": 0},
+                           "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
+                           "Mounts": [{"Type": "tmpfs", "Target": "/run", "TmpfsOptions": {"SizeBytes": 1024}}]},
+            "Mounts": [{"Type": "volume", "Name": "data", "Source": "/var/lib/docker/volumes/data/_data",
+                        "Destination": "/data", "RW": true},
+                       {"Type": "bind", "Source": "/etc/x", "Destination": "/x", "RW": false},
+                       {"Type": "tmpfs", "Source": "", "Destination": "/run", "RW": true}],
+            "NetworkSettings": {"Networks": {"bridge": {}, "backend": {}}}
+        }))
+        .expect("inspect");
+        let d = details(inspect);
+        assert_eq!(d.name, "web");
+        assert_eq!(d.image, "app:1");
+        assert_eq!(d.image_id, "sha256:feed");
+        assert_eq!(d.state.status, "running");
+        assert_eq!(d.state.health.as_deref(), Some("healthy"));
+        assert_eq!(d.state.finished_at, None);
+        assert_eq!(d.env["DB_PASSWORD"], "***");
+        assert_eq!(d.env["MODE"], "prod");
+        assert_eq!(d.env["URL"], "http://a:***@h");
+        assert_eq!(d.labels["api_token"], "***");
+        assert_eq!(d.command, vec!["serve", "--db=postgres://u:***@db/x"]);
+        assert_eq!(d.ports.len(), 1);
+        assert_eq!((d.ports[0].container_port, d.ports[0].host_port), (80, Some(8080)));
+        assert_eq!(d.ports[0].host_ip, None);
+        assert_eq!(d.mounts[0].kind, "volume");
+        assert_eq!(d.mounts[0].source.as_deref(), Some("data"));
+        assert!(d.mounts[1].read_only);
+        assert_eq!(d.mounts[2].tmpfs_size, Some(1024));
+        assert_eq!(d.restart_policy.as_ref().map(|r| r.name.as_str()), Some("always"));
+        assert_eq!(d.memory, Some(67108864));
+        assert_eq!(d.cpus, Some(1.5));
+        assert_eq!(d.networks, vec!["backend", "bridge"]);
+        assert_eq!(d.healthcheck.as_ref().and_then(|h| h.interval), Some(2));
+        assert_eq!(d.cap_add, vec!["NET_ADMIN"]);
+        assert_eq!(d.restart_count, 2);
+    }
+
+    #[test]
+    fn recreate_keeps_configuration_and_anonymous_volumes() {
+        let old: ContainerInspectResponse = serde_json::from_value(json!({
+            "Id": "0123456789abcdef0123",
+            "Name": "/web",
+            "Config": {"Hostname": "0123456789ab", "Image": "app:1",
+                       "Env": ["PATH=/bin", "MODE=prod"], "Cmd": ["sh"], "WorkingDir": "",
+                       "Labels": {"app": "web", "maintainer": "image"},
+                       "Volumes": {"/anon": {}, "/image-vol": {}}, "ExposedPorts": {"80/tcp": {}}},
+            "HostConfig": {"NetworkMode": "backend", "Binds": ["named:/named"],
+                           "Mounts": [{"Type": "volume", "Target": "/m"}], "Memory": 67108864},
+            "Mounts": [
+                {"Type": "volume", "Name": "named", "Destination": "/named", "RW": true},
+                {"Type": "volume", "Name": "aaaa", "Destination": "/anon", "RW": true},
+                {"Type": "volume", "Name": "bbbb", "Destination": "/image-vol", "RW": false},
+                {"Type": "volume", "Name": "cccc", "Destination": "/m", "RW": true}
+            ],
+            "NetworkSettings": {"Networks": {
+                "backend": {"Aliases": ["0123456789ab", "web-alias"], "IPAddress": "10.0.0.5"},
+                "frontend": {"Aliases": null}
+            }}
+        }))
+        .expect("inspect");
+        let image: ImageConfig = serde_json::from_value(json!({
+            "Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "",
+            "Labels": {"maintainer": "image"}, "Volumes": {"/image-vol": {}}
+        }))
+        .expect("image");
+        let (body, extra) = recreate_body(&old, Some(&image), "app:1");
+        assert_eq!(body.image.as_deref(), Some("app:1"));
+        assert_eq!(body.hostname, None, "Docker's default hostname is not carried");
+        assert_eq!(body.env, Some(vec!["MODE=prod".into()]));
+        assert_eq!(body.cmd, None);
+        assert_eq!(body.working_dir, None);
+        assert_eq!(body.labels.as_ref().map(|l| l.len()), Some(1));
+        let volumes = body.volumes.clone().expect("volumes");
+        assert!(volumes.contains_key("/anon") && !volumes.contains_key("/image-vol"));
+        assert!(body.exposed_ports.as_ref().is_some_and(|p| p.contains_key("80/tcp")));
+        let h = host(&body);
+        assert_eq!(h.memory, Some(67108864));
+        assert_eq!(h.binds, Some(vec!["named:/named".into()]));
+        let mounts: Vec<(String, String, bool)> = h
+            .mounts
+            .clone()
+            .expect("mounts")
+            .into_iter()
+            .map(|m| {
+                (
+                    m.target.unwrap_or_default(),
+                    m.source.unwrap_or_default(),
+                    m.read_only.unwrap_or(false),
+                )
+            })
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                ("/m".into(), "cccc".into(), false),
+                ("/anon".into(), "aaaa".into(), false),
+                ("/image-vol".into(), "bbbb".into(), true),
+            ]
+        );
+        let endpoints = body
+            .networking_config
+            .and_then(|n| n.endpoints_config)
+            .expect("endpoints");
+        assert_eq!(endpoints["backend"].aliases, Some(vec!["web-alias".into()]));
+        assert_eq!(endpoints["backend"].ip_address, None);
+        assert_eq!(extra.len(), 1);
+        assert_eq!(extra[0].0, "frontend");
+    }
+
+    #[test]
+    fn recreate_without_own_network_or_image_keeps_everything() {
+        let old: ContainerInspectResponse = serde_json::from_value(json!({
+            "Id": "0123456789abcdef",
+            "Config": {"Hostname": "web", "Image": "app:1", "Env": ["PATH=/bin"], "Cmd": ["sh"]},
+            "HostConfig": {"NetworkMode": "none"},
+            "NetworkSettings": {"Networks": {"none": {}}}
+        }))
+        .expect("inspect");
+        let (body, extra) = recreate_body(&old, None, "app:1");
+        assert_eq!(body.hostname.as_deref(), Some("web"));
+        assert_eq!(body.env, Some(vec!["PATH=/bin".into()]));
+        assert_eq!(body.cmd, Some(vec!["sh".into()]));
+        assert!(body.networking_config.is_none() && extra.is_empty());
+    }
+
+    #[test]
+    fn image_ids_are_told_from_references() {
+        assert!(is_image_id("sha256:4e0a201674ffaabbccdd"));
+        assert!(is_image_id("4e0a201674ff"));
+        assert!(!is_image_id("tomo-test/busybox:latest"));
+        assert!(!is_image_id("busybox"));
+        assert!(!is_image_id("cafe"));
+    }
 }

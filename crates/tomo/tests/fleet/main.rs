@@ -2,6 +2,7 @@
 //! 127.0.0.1 with a real SQLite file.
 
 mod docker_env;
+mod docker_ops;
 mod malformed;
 mod registration;
 mod sessions;

@@ -33,7 +33,7 @@ pub struct Fleet {
     pub token: String,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
 }
 
 impl Fleet {

@@ -1,0 +1,465 @@
+//! Host operations end to end: REST API → control plane → agent → the real Docker engine, with
+//! every effect checked through the Docker API itself. Skipped loudly without an engine (and
+//! failing instead with TOMO_REQUIRE_DOCKER=1, as in CI).
+
+use std::time::Duration;
+
+use bollard::query_parameters as q;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tomo_agent::docker::Endpoint;
+
+use crate::docker_env::DockerEnv;
+use crate::support::{Fleet, RunningAgent};
+
+/// A fleet with one agent on the local engine, and the engine for checks.
+struct Env {
+    fleet: Fleet,
+    agent: RunningAgent,
+    host: String,
+    docker: DockerEnv,
+    prefix: String,
+    _volumes: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start(what: &str) -> Option<Self> {
+        let docker = DockerEnv::get().await?;
+        let fleet = Fleet::start().await;
+        let mut cfg = fleet.agent("dockerhost", Some(fleet.code().await));
+        cfg.docker = Endpoint::from_env();
+        let volumes = tempfile::tempdir().expect("tempdir");
+        cfg.volume_base = volumes.path().join("base");
+        let mut agent = RunningAgent::spawn(cfg);
+        let host = agent.online().await;
+        Some(Self {
+            fleet,
+            agent,
+            host,
+            docker,
+            prefix: DockerEnv::unique(what),
+            _volumes: volumes,
+        })
+    }
+
+    async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.fleet
+            .api(method, &format!("/hosts/{}{path}", self.host), body)
+            .await
+    }
+
+    /// A running container from the test image, network none, running `cmd`.
+    async fn container(&self, suffix: &str, cmd: &[&str]) -> String {
+        let name = format!("{}-{suffix}", self.prefix);
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(self.docker.image.clone()),
+            cmd: Some(cmd.iter().map(|s| (*s).to_owned()).collect()),
+            labels: Some([("tomo.test".to_owned(), "1".to_owned())].into()),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .docker
+            .create_container(
+                Some(q::CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .expect("create");
+        self.docker
+            .docker
+            .start_container(&name, None::<q::StartContainerOptions>)
+            .await
+            .expect("start");
+        name
+    }
+
+    async fn state(&self, name: &str) -> Option<String> {
+        let c = self
+            .docker
+            .docker
+            .inspect_container(name, None::<q::InspectContainerOptions>)
+            .await
+            .ok()?;
+        c.state.and_then(|s| s.status).map(|s| s.to_string())
+    }
+
+    /// Lines of an NDJSON answer, read until `until` says stop (or the answer ends).
+    async fn lines(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        mut until: impl FnMut(&Value) -> bool,
+    ) -> Vec<Value> {
+        let url = format!(
+            "{}/api/v1/hosts/{}{path}",
+            self.fleet.info.api_url, self.host
+        );
+        let mut req = self
+            .fleet
+            .http
+            .request(method, url)
+            .bearer_auth(&self.fleet.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let mut resp = req.send().await.expect("API");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        let read = async {
+            while let Some(chunk) = resp.chunk().await.expect("chunk") {
+                buf.extend_from_slice(&chunk);
+                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=nl).collect();
+                    let v: Value = serde_json::from_slice(&line).expect("NDJSON line");
+                    let stop = until(&v);
+                    out.push(v);
+                    if stop {
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("stream in time");
+        out
+    }
+
+    async fn finish(self) {
+        self.docker.cleanup(&self.prefix).await;
+        let _ = self.agent.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn container_lifecycle_logs_stats_and_exec() {
+    let Some(env) = Env::start("ops").await else {
+        return;
+    };
+    let name = env
+        .container("life", &["sh", "-c", "echo hello; echo oops >&2; exec sleep 600"])
+        .await;
+
+    // ps: running only by default, the label visible.
+    let (s, list) = env.api(Method::GET, "/containers", None).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let mine = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|c| c["name"] == name.as_str())
+        .expect("our container listed");
+    assert_eq!(mine["state"], "running");
+    assert_eq!(mine["labels"]["tomo.test"], "1");
+
+    // stop (really stopped), start, restart.
+    let (s, r) = env
+        .api(Method::POST, &format!("/containers/{name}/stop"), Some(json!({"timeout": 1})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "exited");
+    assert_eq!(env.state(&name).await.as_deref(), Some("exited"));
+    let (s, list) = env.api(Method::GET, "/containers", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!list.as_array().expect("array").iter().any(|c| c["name"] == name.as_str()));
+    let (s, list) = env.api(Method::GET, "/containers?all=true", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(list.as_array().expect("array").iter().any(|c| c["name"] == name.as_str()));
+    let (s, r) = env.api(Method::POST, &format!("/containers/{name}/start"), None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(env.state(&name).await.as_deref(), Some("running"));
+    let (s, r) = env
+        .api(Method::POST, &format!("/containers/{name}/restart"), Some(json!({"timeout": 1})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "running");
+
+    // Logs, one-shot: both streams, tail respected.
+    let (s, logs) = env.api(Method::GET, &format!("/containers/{name}/logs"), None).await;
+    assert_eq!(s, StatusCode::OK, "{logs}");
+    let chunks = logs["chunks"].as_array().expect("chunks");
+    assert!(chunks.iter().any(|c| c["source"] == "stdout" && c["text"] == "hello\n"), "{logs}");
+    assert!(chunks.iter().any(|c| c["source"] == "stderr" && c["text"] == "oops\n"), "{logs}");
+    assert_eq!(logs["truncated"], false);
+    let (_, tail) = env
+        .api(Method::GET, &format!("/containers/{name}/logs?tail=1"), None)
+        .await;
+    assert_eq!(tail["chunks"].as_array().map(Vec::len), Some(1), "{tail}");
+
+    // Stats, one sample: real figures from the engine.
+    let (s, st) = env.api(Method::GET, &format!("/containers/{name}/stats"), None).await;
+    assert_eq!(s, StatusCode::OK, "{st}");
+    assert_eq!(st["name"], name.as_str());
+    assert!(st["memory_used"].as_u64().is_some_and(|m| m > 0), "{st}");
+    assert!(st["pids"].as_u64().is_some_and(|p| p >= 1), "{st}");
+
+    // Exec, one-shot: output and exit code.
+    let (s, out) = env
+        .api(
+            Method::POST,
+            &format!("/containers/{name}/exec"),
+            Some(json!({"cmd": ["sh", "-c", "echo in-container; exit 3"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{out}");
+    assert_eq!(out["stdout"], "in-container\n");
+    assert_eq!(out["exit_code"], 3);
+
+    // Errors: unknown container is a clear 404, bad params name the parameter.
+    let (s, e) = env
+        .api(Method::POST, "/containers/tomo-test-no-such-container/start", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    assert_eq!(e["error"]["rpc"]["code"], -32014);
+    let (s, e) = env
+        .api(Method::POST, &format!("/containers/{name}/stop"), Some(json!({"timeout": "soon"})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["rpc"]["data"]["param"], "timeout");
+
+    // Remove: really gone.
+    let (s, r) = env
+        .api(Method::DELETE, &format!("/containers/{name}?force=true"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(env.state(&name).await, None);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn streams_follow_logs_and_stats_and_close_when_the_reader_leaves() {
+    let Some(env) = Env::start("stream").await else {
+        return;
+    };
+    let name = env
+        .container("ticker", &["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"])
+        .await;
+    // Follow the logs until 100 lines came, in order, with increasing sequence numbers.
+    let mut ticks = 0;
+    let lines = env
+        .lines(Method::GET, &format!("/containers/{name}/logs?follow=true"), None, |l| {
+            if let Some(text) = l["data"]["text"].as_str() {
+                ticks += text.matches("tick").count();
+            }
+            ticks >= 100
+        })
+        .await;
+    assert!(lines[0]["stream"].as_str().is_some(), "opening line: {}", lines[0]);
+    let seqs: Vec<u64> = lines.iter().filter_map(|l| l["seq"].as_u64()).collect();
+    assert!(seqs.len() >= 2);
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    // The reader left: the control plane closes the stream on the agent, which frees it.
+    let conn_streams = || {
+        env.fleet.state.hub.stream_owner(&env.host, lines[0]["stream"].as_str().unwrap_or(""))
+    };
+    for _ in 0..100 {
+        if conn_streams().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(conn_streams(), None, "stream still routed after the reader left");
+
+    // Stats stream: a few samples.
+    let mut samples = 0;
+    env.lines(Method::GET, &format!("/containers/{name}/stats?stream=true"), None, |l| {
+        if l["data"]["name"] == name.as_str() {
+            samples += 1;
+        }
+        samples >= 2
+    })
+    .await;
+    assert_eq!(samples, 2);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn interactive_exec_takes_input_and_reports_the_exit_code() {
+    let Some(env) = Env::start("iexec").await else {
+        return;
+    };
+    let name = env.container("shell", &["sleep", "600"]).await;
+    let url = format!("{}/api/v1/hosts/{}/stream", env.fleet.info.api_url, env.host);
+    let body = json!({"method": "docker.containers.exec",
+        "params": {"container": name, "cmd": ["sh"], "interactive": true}});
+    let mut resp = env
+        .fleet
+        .http
+        .post(url)
+        .bearer_auth(&env.fleet.token)
+        .json(&body)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut buf = Vec::new();
+    let mut stream_id = None;
+    let mut output = Vec::new();
+    let mut end = None;
+    let read = async {
+        while let Some(chunk) = resp.chunk().await.expect("chunk") {
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let v: Value = serde_json::from_slice(&line).expect("line");
+                if let Some(id) = v["stream"].as_str() {
+                    stream_id = Some(id.to_owned());
+                    let input = tomo_common::b64(b"echo from-stdin-$((6*7))\nexit 7\n");
+                    let (s, r) = env
+                        .fleet
+                        .rpc(&env.host, "stream.write", Some(json!({"stream": id, "data_b64": input})))
+                        .await;
+                    assert_eq!(s, StatusCode::OK, "{r}");
+                    assert_eq!(r["result"]["open"], true, "{r}");
+                } else if let Some(b) = v["data"]["b64"].as_str() {
+                    output.extend(tomo_common::unb64(b).expect("base64"));
+                } else if v.get("end").is_some() {
+                    end = Some(v);
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("session in time");
+    assert!(stream_id.is_some());
+    assert!(String::from_utf8_lossy(&output).contains("from-stdin-42"), "{}", String::from_utf8_lossy(&output));
+    let end = end.expect("end line");
+    assert_eq!(end["end"]["result"]["exit_code"], 7, "{end}");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn images_networks_volumes_and_events() {
+    let Some(env) = Env::start("objs").await else {
+        return;
+    };
+    let (s, images) = env.api(Method::GET, "/images", None).await;
+    assert_eq!(s, StatusCode::OK, "{images}");
+    assert!(images
+        .as_array()
+        .expect("array")
+        .iter()
+        .any(|i| i["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == env.docker.image.as_str()))));
+
+    let net = format!("{}-net", env.prefix);
+    let (s, r) = env
+        .api(Method::POST, "/networks", Some(json!({"name": net, "internal": true, "labels": {"tomo.test": "1"}})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let n = env
+        .docker
+        .docker
+        .inspect_network(&net, None::<q::InspectNetworkOptions>)
+        .await
+        .expect("network exists");
+    assert_eq!(n.internal, Some(true));
+    let (s, list) = env.api(Method::GET, "/networks", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(list.as_array().expect("array").iter().any(|n| n["name"] == net.as_str()));
+    let (s, r) = env.api(Method::DELETE, &format!("/networks/{net}"), None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(env.docker.docker.inspect_network(&net, None::<q::InspectNetworkOptions>).await.is_err());
+
+    let vol = format!("{}-vol", env.prefix);
+    let (s, r) = env
+        .api(Method::POST, "/volumes", Some(json!({"name": vol, "labels": {"tomo.test": "1"}})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let v = env.docker.docker.inspect_volume(&vol).await.expect("volume exists");
+    assert_eq!(v.labels.get("tomo.test").map(String::as_str), Some("1"));
+    let (s, list) = env.api(Method::GET, "/volumes", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(list.as_array().expect("array").iter().any(|v| v["name"] == vol.as_str()));
+    let (s, r) = env.api(Method::DELETE, &format!("/volumes/{vol}"), None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(env.docker.docker.inspect_volume(&vol).await.is_err());
+
+    // Events: a container's life shows up, stored and readable.
+    let name = env.container("evt", &["true"]).await;
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let (s, events) = env.api(Method::GET, "/events?limit=1000", None).await;
+        assert_eq!(s, StatusCode::OK, "{events}");
+        seen = events
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|e| e["attributes"]["name"] == name.as_str())
+            .filter_map(|e| e["action"].as_str().map(str::to_owned))
+            .collect();
+        if seen.iter().any(|a| a == "die") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for action in ["create", "start", "die"] {
+        assert!(seen.iter().any(|a| a == action), "{action} missing from {seen:?}");
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn without_an_engine_docker_methods_fail_clearly_and_the_rest_works() {
+    let fleet = Fleet::start().await;
+    let mut cfg = fleet.agent("nodocker", Some(fleet.code().await));
+    cfg.docker = Endpoint::Unix("/nonexistent/tomo-test/docker.sock".into());
+    let mut agent = RunningAgent::spawn(cfg);
+    let host = agent.online().await;
+    let (s, e) = fleet
+        .api(Method::GET, &format!("/hosts/{host}/containers"), None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{e}");
+    assert_eq!(e["error"]["rpc"]["code"], -32003);
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("Docker engine unavailable")), "{e}");
+    let (s, r) = fleet.rpc(&host, "agent.ping", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(r["result"]["pong"], true);
+    let (s, r) = fleet.rpc(&host, "system.get_metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(r["result"]["memory"]["total"].as_u64().is_some_and(|t| t > 0), "{r}");
+    let _ = agent.stop().await;
+}
+
+#[tokio::test]
+async fn agent_update_changes_settings_and_restart_comes_back() {
+    let fleet = Fleet::start().await;
+    let mut agent = RunningAgent::spawn(fleet.agent("tuned", Some(fleet.code().await)));
+    let host = agent.online().await;
+    let (s, r) = fleet
+        .api(Method::POST, &format!("/hosts/{host}/agent/update"), Some(json!({"metrics_interval": 5})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["metrics_interval"], 5);
+    let (s, e) = fleet
+        .api(Method::POST, &format!("/hosts/{host}/agent/update"), Some(json!({"health_interval": 1})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["rpc"]["data"]["param"], "health_interval");
+    let (s, e) = fleet
+        .api(Method::POST, &format!("/hosts/{host}/agent/update"), Some(json!({"policy": "x"})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+
+    let (s, r) = fleet.api(Method::POST, &format!("/hosts/{host}/agent/restart"), None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["restarting"], true);
+    // The agent leaves its session and comes back with a new one.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        agent.status.wait_for(|s| !matches!(s, tomo_agent::Status::Online { .. })),
+    )
+    .await
+    .expect("the agent restarted in time")
+    .expect("agent running");
+    assert_eq!(agent.online().await, host);
+    fleet.wait_status(&host, "online").await;
+    let (s, r) = fleet.rpc(&host, "agent.ping", None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let _ = agent.stop().await;
+}
