@@ -55,6 +55,32 @@ pub struct Shared {
     pub restart: CancellationToken,
 }
 
+impl Shared {
+    /// Handler state around `docker` alone, with default settings, empty samples and `dir` as
+    /// data and volume directory: for tests that call handlers without a session.
+    pub fn for_tests(docker: Arc<DockerClient>, dir: std::path::PathBuf) -> Self {
+        let intervals = config::Intervals::default();
+        Self {
+            facts: host::StaticFacts::default(),
+            data_dir: dir.clone(),
+            volume_base: dir,
+            max_response_bytes: config::DEFAULT_MAX_RESPONSE_BYTES,
+            docker,
+            samples: collect::Samples {
+                metrics: watch::channel(Default::default()).1,
+                docker: watch::channel(Default::default()).1,
+            },
+            started: Instant::now(),
+            settings: watch::channel(RuntimeSettings {
+                metrics_push: intervals.metrics_push,
+                health_push: intervals.health_push,
+            })
+            .0,
+            restart: CancellationToken::new(),
+        }
+    }
+}
+
 /// Settings that can change while the agent runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeSettings {

@@ -29,6 +29,13 @@ struct Args {
     /// Development mode: without --ca-file, skip certificate verification (warned at every connect).
     #[arg(long = "dev", env = "TOMO_DEV", value_parser = parse_flag, default_value = "false")]
     dev: bool,
+    /// `system.prepare_volumes` creates directories only under this one.
+    #[arg(long, env = "TOMO_VOLUME_BASE", default_value = "/srv/tomo")]
+    volume_base: PathBuf,
+    /// Largest single response in bytes (longer output is cut and marked truncated).
+    #[arg(long, env = "TOMO_MAX_RESPONSE_BYTES", default_value_t = tomo_agent::config::DEFAULT_MAX_RESPONSE_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(65_536..=10_485_760))]
+    max_response_bytes: u64,
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -50,6 +57,8 @@ fn main() -> ExitCode {
     config.ca_file = args.ca_file;
     config.hostname = args.hostname;
     config.insecure_dev = args.dev && config.ca_file.is_none();
+    config.volume_base = args.volume_base;
+    config.max_response_bytes = args.max_response_bytes as usize;
     tracing::info!(version = tomo_agent::VERSION, config = ?config, "starting tomo-agent");
 
     let agent = match tomo_agent::Agent::new(config) {
@@ -73,10 +82,26 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(tomo_common::signals::cancel_on_signal(shutdown.clone()));
-        match agent.run(shutdown).await {
-            Ok(()) => {
+        match agent.run_once(shutdown).await {
+            Ok(tomo_agent::Exit::Stopped) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
+            }
+            Ok(tomo_agent::Exit::Restart) => {
+                // A fresh process (a new binary in place is picked up), same arguments and
+                // environment; `exec` only returns on failure.
+                use std::os::unix::process::CommandExt as _;
+                tracing::info!("restarting (agent.restart)");
+                let err = std::env::current_exe()
+                    .map(|exe| {
+                        std::process::Command::new(exe)
+                            .args(std::env::args_os().skip(1))
+                            .exec()
+                    })
+                    .unwrap_or_else(|e| e);
+                tracing::error!(error = %err, "cannot restart the process");
+                eprintln!("tomo-agent: cannot restart: {err}");
+                ExitCode::from(75)
             }
             Err(e) => {
                 tracing::error!(error = %e, "tomo-agent stopped");
