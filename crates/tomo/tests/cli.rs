@@ -283,3 +283,167 @@ fn bad_server_config_exits_64() {
     assert_eq!(o.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&o.stderr).contains("wss://"));
 }
+
+/// Host operations as an operator types them, against the real engine through `tomo dev`.
+#[test]
+fn host_operations_from_the_cli() {
+    let image =
+        std::env::var("TOMO_TEST_IMAGE").unwrap_or_else(|_| "tomo-test/busybox:latest".into());
+    let registry = std::env::var("TOMO_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5055".into());
+    let require = std::env::var("TOMO_REQUIRE_DOCKER").is_ok_and(|v| !v.is_empty() && v != "0");
+    let _ = agent_bin();
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let listen = format!("127.0.0.1:{}", free_port());
+    let data = env.home.path().join("dev-data");
+    let mut dev = env
+        .cmd(&tomo_bin())
+        .args(["dev", "--listen", &listen, "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tomo dev");
+    let local = tomo_agent::host::static_facts(Path::new("/"), None).hostname;
+    wait_for("the local host online", || {
+        host_status(&env, &local).as_deref() == Some("online")
+    });
+    let ps = env.tomo(&["ps", &local, "-a", "-o", "json"]);
+    if !ps.status.success() {
+        let why = String::from_utf8_lossy(&ps.stderr).into_owned();
+        let _ = terminate(&mut dev);
+        assert!(!require, "Docker required but `tomo ps` failed: {why}");
+        eprintln!("SKIPPED host_operations_from_the_cli: no Docker engine: {why}");
+        return;
+    }
+    let name = format!("tomo-test-cli-{:08x}", fastrand::u32(..));
+    let remote = format!("{registry}/tomo-test/busybox:latest");
+
+    // pull: plain progress lines when not on a terminal, then the image id.
+    let pull = env.tomo(&["pull", &local, &remote]);
+    assert!(
+        pull.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&pull.stdout).contains("pulled"),
+        "{pull:?}"
+    );
+
+    // run → ps shows it with its label → logs → exec exit code → stop → rm.
+    let run = env.tomo(&[
+        "run",
+        &local,
+        &image,
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "-l",
+        "tomo.test=cli",
+        "-e",
+        "GREETING=hi",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING from cli; exec sleep 600",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let list = json(&env.tomo(&["ps", &local, "-o", "json"]));
+    let mine = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|c| c["name"] == name.as_str())
+        .cloned()
+        .expect("the new container is listed");
+    assert_eq!(mine["state"], "running");
+    assert_eq!(mine["labels"]["tomo.test"], "cli");
+    let mut logs = String::new();
+    wait_for("the container's first line", || {
+        let o = env.tomo(&["logs", &local, &name, "--tail", "5"]);
+        logs = String::from_utf8_lossy(&o.stdout).into_owned();
+        logs.contains("hi from cli")
+    });
+    let exec = env.tomo(&[
+        "exec",
+        &local,
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo inside; exit 4",
+    ]);
+    assert_eq!(exec.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "inside\n");
+    let stop = env.tomo(&["stop", &local, &name, "--time", "1"]);
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&stop.stdout).contains("exited"),
+        "{stop:?}"
+    );
+    let events = env.tomo(&["events", &local, "-o", "json"]);
+    assert!(events.status.success());
+    let events = json(&events);
+    assert!(
+        events
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|e| e["attributes"]["name"] == name.as_str() && e["action"] == "start"),
+        "start event of {name} missing"
+    );
+    let rm = env.tomo(&["rm", &local, &name]);
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    let gone = json(&env.tomo(&["ps", &local, "-a", "-o", "json"]));
+    assert!(
+        !gone
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|c| c["name"] == name.as_str())
+    );
+    // An unknown container: exit 1 and a clear message.
+    let missing = env.tomo(&["start", &local, "tomo-test-no-such-container"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not found"),
+        "{missing:?}"
+    );
+
+    // volumes create/ls/rm and metrics.
+    let vol = format!("{name}-vol");
+    assert!(
+        env.tomo(&["volumes", &local, "create", &vol])
+            .status
+            .success()
+    );
+    let vols = json(&env.tomo(&["volumes", &local, "ls", "-o", "json"]));
+    assert!(
+        vols.as_array()
+            .expect("array")
+            .iter()
+            .any(|v| v["name"] == vol.as_str())
+    );
+    assert!(env.tomo(&["volumes", &local, "rm", &vol]).status.success());
+    let metrics = env.tomo(&["metrics", &local]);
+    assert!(
+        String::from_utf8_lossy(&metrics.stdout).contains("memory"),
+        "{metrics:?}"
+    );
+    let _ = terminate(&mut dev);
+}
