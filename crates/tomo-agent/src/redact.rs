@@ -4,12 +4,15 @@
 //! The rule errs toward redacting: hiding a harmless value costs an operator a look at the host,
 //! showing a password costs much more.
 //!
-//! - A **name** is secret-looking ([`is_secret_name`]) when, compared without regard to case, it
-//!   contains one of [`SECRET_MARKERS`] (`PASSWORD`, `PASSWD`, `PASS`, `SECRET`, `TOKEN`,
-//!   `PRIVATE`, `CREDENTIAL`, `AUTH`, `CERT`, `APIKEY`, `API_KEY`, `ACCESS_KEY`, `SALT`, `COOKIE`,
-//!   `SESSION`, `SIGNING`, `DSN`), or when one of its words (split on anything that is not a
-//!   letter or a digit) is `KEY`, `KEYS` or ends in `KEY` (`SSH_KEY`, `KEY_FILE`, `MASTERKEY`,
-//!   `db.key`, but not `KEYBOARD_LAYOUT` or `KEYCLOAK_URL`). Its value becomes [`REDACTED`].
+//! - A **name** is secret-looking ([`is_secret_name`]) when, in upper case and with its words
+//!   (split on anything that is not a letter or a digit) joined by `_`, it contains one of
+//!   [`SECRET_MARKERS`] (`PASSWORD`, `PASSWD`, `PASS`, `SECRET`, `TOKEN`, `PRIVATE`, `CREDENTIAL`,
+//!   `AUTH`, `CERT`, `APIKEY`, `API_KEY`, `ACCESS_KEY`, `SALT`, `DSN`), or when one of its words
+//!   is `KEYS` or ends in `KEY` (`SSH_KEY`, `KEY_FILE`, `MASTERKEY`, `db.key`, but not
+//!   `KEYBOARD_LAYOUT` or `KEYCLOAK_URL`). The words `AUTHOR` and `AUTHORS` alone do not count
+//!   (`org.opencontainers.image.authors`). Its value becomes [`REDACTED`]. Substrings catch
+//!   some harmless names (`COMPASS_URL`); that is the price of catching `MYSQL_ROOT_PASSWORD`,
+//!   `PGPASS` and `apiKey` alike.
 //! - In **any other value**, credentials in URLs are hidden: `scheme://user:pass@host` becomes
 //!   `scheme://user:***@host`, for every URL in the value (`redis://:pw@a,redis://:pw@b`). A
 //!   user without a password is kept (`postgres://postgres@db`).
@@ -35,21 +38,21 @@ pub const SECRET_MARKERS: &[&str] = &[
     "API_KEY",
     "ACCESS_KEY",
     "SALT",
-    "COOKIE",
-    "SESSION",
-    "SIGNING",
     "DSN",
 ];
 
 /// Whether a variable, label or attribute name looks like it holds a secret (see the module doc).
 pub fn is_secret_name(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    if SECRET_MARKERS.iter().any(|m| upper.contains(m)) {
+    let words: Vec<&str> = upper
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty() && *w != "AUTHOR" && *w != "AUTHORS")
+        .collect();
+    if words.iter().any(|w| *w == "KEYS" || w.ends_with("KEY")) {
         return true;
     }
-    upper
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|word| word == "KEYS" || word.ends_with("KEY"))
+    let joined = words.join("_");
+    SECRET_MARKERS.iter().any(|m| joined.contains(m))
 }
 
 /// The value to show for `name=value`: [`REDACTED`] for a secret-looking name, else the value
@@ -169,9 +172,13 @@ mod tests {
             ("OAUTH_CLIENT", true),
             ("TLS_CERT", true),
             ("PASSWORD_SALT", true),
-            ("SESSION_COOKIE_NAME", true),
             ("SENTRY_DSN", true),
-            ("JWT_SIGNING_ALG", true),
+            ("HTTP_AUTHORIZATION", true),
+            ("api-key", true),
+            ("org.opencontainers.image.authors", false),
+            ("AUTHOR", false),
+            ("JWT_SIGNING_ALG", false),
+            ("SESSION_TIMEOUT", false),
             ("PATH", false),
             ("HOME", false),
             ("TZ", false),

@@ -211,7 +211,8 @@ pub fn details(i: ContainerInspectResponse) -> ContainerDetails {
 /// never interleave):
 ///
 /// 1. inspect the container; pull its configured image reference (`Config.Image`) again. A
-///    failure here changes nothing.
+///    failure here changes nothing. A container created from an image id (nothing to pull) or
+///    with auto-remove (stopping it would delete it) is refused.
 /// 2. rename the old container to `<name>-tomo-old-<short id>` and stop it (10 s);
 /// 3. create the new container under the old name with the same configuration (see
 ///    [`recreate_body`]), connect its other networks, start it;
@@ -855,13 +856,24 @@ async fn update_container(
         .and_then(|c| c.image.clone())
         .filter(|i| !i.is_empty())
         .ok_or_else(|| {
-            RpcError::new(code::DOCKER, format!("container {name} names no image to pull"))
+            RpcError::new(
+                code::DOCKER,
+                format!("container {name} names no image to pull"),
+            )
         })?;
     if is_image_id(&image) {
         return Err(RpcError::new(
             code::DOCKER,
             format!(
                 "container {name} was created from the image id {image}, not a reference: there is nothing to pull"
+            ),
+        ));
+    }
+    if old.host_config.as_ref().and_then(|h| h.auto_remove) == Some(true) {
+        return Err(RpcError::new(
+            code::DOCKER,
+            format!(
+                "container {name} was started with auto-remove (--rm): stopping it would delete it and its anonymous volumes, so it cannot be updated with a rollback"
             ),
         ));
     }
@@ -1022,7 +1034,11 @@ async fn wait_ready(
         }
         let now = Instant::now();
         if now >= deadline {
-            let wanted = if health.is_some() { "healthy" } else { "running" };
+            let wanted = if health.is_some() {
+                "healthy"
+            } else {
+                "running"
+            };
             let health = health.map(|h| format!(", health {h}")).unwrap_or_default();
             return Err(format!(
                 "the new container was not {wanted} within {} s (status {status}{health})",
@@ -1298,7 +1314,13 @@ mod tests {
         assert_eq!(env, vec!["A=1".to_owned(), "DB_PASSWORD=x=y".to_owned()]);
         let exposed = b.exposed_ports.clone().expect("exposed");
         assert!(exposed.contains_key("80/tcp") && exposed.contains_key("53/udp"));
-        assert_eq!(b.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str), Some("web"));
+        assert_eq!(
+            b.labels
+                .as_ref()
+                .and_then(|l| l.get("app"))
+                .map(String::as_str),
+            Some("web")
+        );
         let hc = b.healthcheck.clone().expect("healthcheck");
         assert_eq!(hc.test, Some(vec!["CMD".into(), "true".into()]));
         assert_eq!(
@@ -1317,17 +1339,34 @@ mod tests {
         assert_eq!(http[0].host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(http[0].host_port.as_deref(), Some("8080"));
         assert_eq!(http[1].host_port.as_deref(), Some("8081"));
-        assert_eq!(bindings["53/udp"].clone().expect("53")[0].host_port.as_deref(), Some(""));
-        assert_eq!(h.binds, Some(vec!["data:/data".into(), "/etc/x:/x:ro".into()]));
+        assert_eq!(
+            bindings["53/udp"].clone().expect("53")[0]
+                .host_port
+                .as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            h.binds,
+            Some(vec!["data:/data".into(), "/etc/x:/x:ro".into()])
+        );
         let mounts = h.mounts.clone().expect("mounts");
         assert_eq!(mounts[0].typ, Some(MountTypeEnum::TMPFS));
         assert_eq!(mounts[0].target.as_deref(), Some("/run"));
-        assert_eq!(mounts[0].tmpfs_options.as_ref().and_then(|t| t.size_bytes), Some(1048576));
+        assert_eq!(
+            mounts[0].tmpfs_options.as_ref().and_then(|t| t.size_bytes),
+            Some(1048576)
+        );
         assert_eq!(mounts[1].typ, Some(MountTypeEnum::VOLUME));
         assert_eq!(mounts[1].source.as_deref(), Some("v"));
         assert_eq!(mounts[1].read_only, Some(true));
-        let opts = mounts[1].volume_options.as_ref().and_then(|v| v.driver_config.as_ref()?.options.clone());
-        assert_eq!(opts.and_then(|o| o.get("o").cloned()).as_deref(), Some("bind"));
+        let opts = mounts[1]
+            .volume_options
+            .as_ref()
+            .and_then(|v| v.driver_config.as_ref()?.options.clone());
+        assert_eq!(
+            opts.and_then(|o| o.get("o").cloned()).as_deref(),
+            Some("bind")
+        );
         assert_eq!(mounts[2].typ, Some(MountTypeEnum::BIND));
         assert_eq!(mounts[2].source.as_deref(), Some("/srv"));
         let restart = h.restart_policy.clone().expect("restart");
@@ -1371,7 +1410,10 @@ mod tests {
         assert_eq!(h.device_cgroup_rules, Some(vec!["c 1:3 rwm".into()]));
         assert_eq!(h.security_opt, Some(vec!["no-new-privileges".into()]));
         assert_eq!(
-            h.sysctls.as_ref().and_then(|s| s.get("net.core.somaxconn")).map(String::as_str),
+            h.sysctls
+                .as_ref()
+                .and_then(|s| s.get("net.core.somaxconn"))
+                .map(String::as_str),
             Some("1024")
         );
         assert_eq!(h.volumes_from, Some(vec!["other:ro".into()]));
@@ -1379,7 +1421,10 @@ mod tests {
         // The wire form uses Docker's names.
         let wire = serde_json::to_value(&b).expect("json");
         assert_eq!(wire["HostConfig"]["NanoCpus"], 500_000_000);
-        assert_eq!(wire["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"], "8080");
+        assert_eq!(
+            wire["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"],
+            "8080"
+        );
         assert_eq!(wire["HostConfig"]["Mounts"][0]["Type"], "tmpfs");
         assert_eq!(wire["Healthcheck"]["Interval"], 2 * NANOS);
     }
@@ -1520,7 +1565,9 @@ mod tests {
                 })
             }),
             ("cgroupns_mode", |p| p.cgroupns_mode = Some("shared".into())),
-            ("devices[0]", |p| p.devices = vec!["/dev/x:/dev/y:rwx".into()]),
+            ("devices[0]", |p| {
+                p.devices = vec!["/dev/x:/dev/y:rwx".into()]
+            }),
             ("devices[0]", |p| p.devices = vec!["dev/x".into()]),
             ("devices[0]", |p| p.devices = vec!["/a:/b:r:w".into()]),
             ("env", |p| {
@@ -1585,13 +1632,19 @@ mod tests {
         assert_eq!(d.labels["api_token"], "***");
         assert_eq!(d.command, vec!["serve", "--db=postgres://u:***@db/x"]);
         assert_eq!(d.ports.len(), 1);
-        assert_eq!((d.ports[0].container_port, d.ports[0].host_port), (80, Some(8080)));
+        assert_eq!(
+            (d.ports[0].container_port, d.ports[0].host_port),
+            (80, Some(8080))
+        );
         assert_eq!(d.ports[0].host_ip, None);
         assert_eq!(d.mounts[0].kind, "volume");
         assert_eq!(d.mounts[0].source.as_deref(), Some("data"));
         assert!(d.mounts[1].read_only);
         assert_eq!(d.mounts[2].tmpfs_size, Some(1024));
-        assert_eq!(d.restart_policy.as_ref().map(|r| r.name.as_str()), Some("always"));
+        assert_eq!(
+            d.restart_policy.as_ref().map(|r| r.name.as_str()),
+            Some("always")
+        );
         assert_eq!(d.memory, Some(67108864));
         assert_eq!(d.cpus, Some(1.5));
         assert_eq!(d.networks, vec!["backend", "bridge"]);
@@ -1630,14 +1683,21 @@ mod tests {
         .expect("image");
         let (body, extra) = recreate_body(&old, Some(&image), "app:1");
         assert_eq!(body.image.as_deref(), Some("app:1"));
-        assert_eq!(body.hostname, None, "Docker's default hostname is not carried");
+        assert_eq!(
+            body.hostname, None,
+            "Docker's default hostname is not carried"
+        );
         assert_eq!(body.env, Some(vec!["MODE=prod".into()]));
         assert_eq!(body.cmd, None);
         assert_eq!(body.working_dir, None);
         assert_eq!(body.labels.as_ref().map(|l| l.len()), Some(1));
         let volumes = body.volumes.clone().expect("volumes");
         assert!(volumes.contains_key("/anon") && !volumes.contains_key("/image-vol"));
-        assert!(body.exposed_ports.as_ref().is_some_and(|p| p.contains_key("80/tcp")));
+        assert!(
+            body.exposed_ports
+                .as_ref()
+                .is_some_and(|p| p.contains_key("80/tcp"))
+        );
         let h = host(&body);
         assert_eq!(h.memory, Some(67108864));
         assert_eq!(h.binds, Some(vec!["named:/named".into()]));

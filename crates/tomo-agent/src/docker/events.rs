@@ -35,32 +35,10 @@ pub fn convert(m: bollard::models::EventMessage) -> DockerEvent {
             .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| {
-                let v = redact_attribute(&k, v);
+                let v = crate::redact::redact_value(&k, &v);
                 (k, v)
             })
             .collect(),
-    }
-}
-
-// Replaced by crate::redact once it lands (same rule as container environments).
-fn redact_attribute(key: &str, value: String) -> String {
-    let k = key.to_ascii_uppercase();
-    if [
-        "PASSWORD",
-        "PASSWD",
-        "SECRET",
-        "TOKEN",
-        "APIKEY",
-        "API_KEY",
-        "PRIVATE",
-        "CREDENTIAL",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
-    {
-        "***".into()
-    } else {
-        value
     }
 }
 
@@ -112,5 +90,46 @@ pub async fn forward(
             _ = tokio::time::sleep(RETRY) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{EventActor, EventMessage, EventMessageTypeEnum};
+
+    #[test]
+    fn events_keep_their_fields_and_lose_their_secrets() {
+        let m = EventMessage {
+            typ: Some(EventMessageTypeEnum::CONTAINER),
+            action: Some("start".into()),
+            actor: Some(EventActor {
+                id: Some("abc".into()),
+                attributes: Some(
+                    [
+                        ("name".to_owned(), "web".to_owned()),
+                        ("DB_PASSWORD".to_owned(), "hunter2".to_owned()),
+                        ("repo".to_owned(), "https://u:pw@git.example/x".to_owned()),
+                    ]
+                    .into(),
+                ),
+            }),
+            time: Some(2),
+            time_nano: None,
+            ..Default::default()
+        };
+        let e = convert(m);
+        assert_eq!(
+            (e.kind.as_str(), e.action.as_str(), e.id.as_str()),
+            ("container", "start", "abc")
+        );
+        assert_eq!(e.time_nanos, 2_000_000_000);
+        assert_eq!(e.attributes["name"], "web");
+        assert_eq!(e.attributes["DB_PASSWORD"], "***");
+        assert!(
+            !e.attributes["repo"].contains("pw"),
+            "{}",
+            e.attributes["repo"]
+        );
     }
 }

@@ -27,6 +27,8 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// [`PullProgress`] whose `stream.end` carries the [`PullResult`].
 pub async fn pull_handler(ctx: Ctx, p: PullParams) -> Result<Streamed<PullResult>, RpcError> {
     normalize_reference(&p.image)?;
+    // An unreachable engine is an error answer, not a stream that ends at once.
+    ctx.shared.docker.client().await?;
     if !p.progress {
         let result = pull(&ctx.shared.docker, &p.image, p.auth.as_ref(), None).await?;
         return Ok(Streamed::Done(result));
