@@ -143,7 +143,10 @@ async fn container_lifecycle_logs_stats_and_exec() {
         return;
     };
     let name = env
-        .container("life", &["sh", "-c", "echo hello; echo oops >&2; exec sleep 600"])
+        .container(
+            "life",
+            &["sh", "-c", "echo hello; echo oops >&2; exec sleep 600"],
+        )
         .await;
 
     // ps: running only by default, the label visible.
@@ -160,40 +163,79 @@ async fn container_lifecycle_logs_stats_and_exec() {
 
     // stop (really stopped), start, restart.
     let (s, r) = env
-        .api(Method::POST, &format!("/containers/{name}/stop"), Some(json!({"timeout": 1})))
+        .api(
+            Method::POST,
+            &format!("/containers/{name}/stop"),
+            Some(json!({"timeout": 1})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["state"], "exited");
     assert_eq!(env.state(&name).await.as_deref(), Some("exited"));
     let (s, list) = env.api(Method::GET, "/containers", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(!list.as_array().expect("array").iter().any(|c| c["name"] == name.as_str()));
+    assert!(
+        !list
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|c| c["name"] == name.as_str())
+    );
     let (s, list) = env.api(Method::GET, "/containers?all=true", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(list.as_array().expect("array").iter().any(|c| c["name"] == name.as_str()));
-    let (s, r) = env.api(Method::POST, &format!("/containers/{name}/start"), None).await;
+    assert!(
+        list.as_array()
+            .expect("array")
+            .iter()
+            .any(|c| c["name"] == name.as_str())
+    );
+    let (s, r) = env
+        .api(Method::POST, &format!("/containers/{name}/start"), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(env.state(&name).await.as_deref(), Some("running"));
     let (s, r) = env
-        .api(Method::POST, &format!("/containers/{name}/restart"), Some(json!({"timeout": 1})))
+        .api(
+            Method::POST,
+            &format!("/containers/{name}/restart"),
+            Some(json!({"timeout": 1})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["state"], "running");
 
     // Logs, one-shot: both streams, tail respected.
-    let (s, logs) = env.api(Method::GET, &format!("/containers/{name}/logs"), None).await;
+    let (s, logs) = env
+        .api(Method::GET, &format!("/containers/{name}/logs"), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{logs}");
     let chunks = logs["chunks"].as_array().expect("chunks");
-    assert!(chunks.iter().any(|c| c["source"] == "stdout" && c["text"] == "hello\n"), "{logs}");
-    assert!(chunks.iter().any(|c| c["source"] == "stderr" && c["text"] == "oops\n"), "{logs}");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["source"] == "stdout" && c["text"] == "hello\n"),
+        "{logs}"
+    );
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["source"] == "stderr" && c["text"] == "oops\n"),
+        "{logs}"
+    );
     assert_eq!(logs["truncated"], false);
     let (_, tail) = env
-        .api(Method::GET, &format!("/containers/{name}/logs?tail=1"), None)
+        .api(
+            Method::GET,
+            &format!("/containers/{name}/logs?tail=1"),
+            None,
+        )
         .await;
     assert_eq!(tail["chunks"].as_array().map(Vec::len), Some(1), "{tail}");
 
     // Stats, one sample: real figures from the engine.
-    let (s, st) = env.api(Method::GET, &format!("/containers/{name}/stats"), None).await;
+    let (s, st) = env
+        .api(Method::GET, &format!("/containers/{name}/stats"), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{st}");
     assert_eq!(st["name"], name.as_str());
     assert!(st["memory_used"].as_u64().is_some_and(|m| m > 0), "{st}");
@@ -213,19 +255,31 @@ async fn container_lifecycle_logs_stats_and_exec() {
 
     // Errors: unknown container is a clear 404, bad params name the parameter.
     let (s, e) = env
-        .api(Method::POST, "/containers/tomo-test-no-such-container/start", None)
+        .api(
+            Method::POST,
+            "/containers/tomo-test-no-such-container/start",
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     assert_eq!(e["error"]["rpc"]["code"], -32014);
     let (s, e) = env
-        .api(Method::POST, &format!("/containers/{name}/stop"), Some(json!({"timeout": "soon"})))
+        .api(
+            Method::POST,
+            &format!("/containers/{name}/stop"),
+            Some(json!({"timeout": "soon"})),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
     assert_eq!(e["error"]["rpc"]["data"]["param"], "timeout");
 
     // Remove: really gone.
     let (s, r) = env
-        .api(Method::DELETE, &format!("/containers/{name}?force=true"), None)
+        .api(
+            Method::DELETE,
+            &format!("/containers/{name}?force=true"),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(env.state(&name).await, None);
@@ -238,25 +292,44 @@ async fn streams_follow_logs_and_stats_and_close_when_the_reader_leaves() {
         return;
     };
     let name = env
-        .container("ticker", &["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"])
+        .container(
+            "ticker",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done",
+            ],
+        )
         .await;
     // Follow the logs until 100 lines came, in order, with increasing sequence numbers.
     let mut ticks = 0;
     let lines = env
-        .lines(Method::GET, &format!("/containers/{name}/logs?follow=true"), None, |l| {
-            if let Some(text) = l["data"]["text"].as_str() {
-                ticks += text.matches("tick").count();
-            }
-            ticks >= 100
-        })
+        .lines(
+            Method::GET,
+            &format!("/containers/{name}/logs?follow=true"),
+            None,
+            |l| {
+                if let Some(text) = l["data"]["text"].as_str() {
+                    ticks += text.matches("tick").count();
+                }
+                ticks >= 100
+            },
+        )
         .await;
-    assert!(lines[0]["stream"].as_str().is_some(), "opening line: {}", lines[0]);
+    assert!(
+        lines[0]["stream"].as_str().is_some(),
+        "opening line: {}",
+        lines[0]
+    );
     let seqs: Vec<u64> = lines.iter().filter_map(|l| l["seq"].as_u64()).collect();
     assert!(seqs.len() >= 2);
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     // The reader left: the control plane closes the stream on the agent, which frees it.
     let conn_streams = || {
-        env.fleet.state.hub.stream_owner(&env.host, lines[0]["stream"].as_str().unwrap_or(""))
+        env.fleet
+            .state
+            .hub
+            .stream_owner(&env.host, lines[0]["stream"].as_str().unwrap_or(""))
     };
     for _ in 0..100 {
         if conn_streams().is_none() {
@@ -264,16 +337,25 @@ async fn streams_follow_logs_and_stats_and_close_when_the_reader_leaves() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(conn_streams(), None, "stream still routed after the reader left");
+    assert_eq!(
+        conn_streams(),
+        None,
+        "stream still routed after the reader left"
+    );
 
     // Stats stream: a few samples.
     let mut samples = 0;
-    env.lines(Method::GET, &format!("/containers/{name}/stats?stream=true"), None, |l| {
-        if l["data"]["name"] == name.as_str() {
-            samples += 1;
-        }
-        samples >= 2
-    })
+    env.lines(
+        Method::GET,
+        &format!("/containers/{name}/stats?stream=true"),
+        None,
+        |l| {
+            if l["data"]["name"] == name.as_str() {
+                samples += 1;
+            }
+            samples >= 2
+        },
+    )
     .await;
     assert_eq!(samples, 2);
     env.finish().await;
@@ -285,7 +367,10 @@ async fn interactive_exec_takes_input_and_reports_the_exit_code() {
         return;
     };
     let name = env.container("shell", &["sleep", "600"]).await;
-    let url = format!("{}/api/v1/hosts/{}/stream", env.fleet.info.api_url, env.host);
+    let url = format!(
+        "{}/api/v1/hosts/{}/stream",
+        env.fleet.info.api_url, env.host
+    );
     let body = json!({"method": "docker.containers.exec",
         "params": {"container": name, "cmd": ["sh"], "interactive": true}});
     let mut resp = env
@@ -313,7 +398,11 @@ async fn interactive_exec_takes_input_and_reports_the_exit_code() {
                     let input = tomo_common::b64(b"echo from-stdin-$((6*7))\nexit 7\n");
                     let (s, r) = env
                         .fleet
-                        .rpc(&env.host, "stream.write", Some(json!({"stream": id, "data_b64": input})))
+                        .rpc(
+                            &env.host,
+                            "stream.write",
+                            Some(json!({"stream": id, "data_b64": input})),
+                        )
                         .await;
                     assert_eq!(s, StatusCode::OK, "{r}");
                     assert_eq!(r["result"]["open"], true, "{r}");
@@ -326,9 +415,15 @@ async fn interactive_exec_takes_input_and_reports_the_exit_code() {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), read).await.expect("session in time");
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("session in time");
     assert!(stream_id.is_some());
-    assert!(String::from_utf8_lossy(&output).contains("from-stdin-42"), "{}", String::from_utf8_lossy(&output));
+    assert!(
+        String::from_utf8_lossy(&output).contains("from-stdin-42"),
+        "{}",
+        String::from_utf8_lossy(&output)
+    );
     let end = end.expect("end line");
     assert_eq!(end["end"]["result"]["exit_code"], 7, "{end}");
     env.finish().await;
@@ -341,15 +436,19 @@ async fn images_networks_volumes_and_events() {
     };
     let (s, images) = env.api(Method::GET, "/images", None).await;
     assert_eq!(s, StatusCode::OK, "{images}");
-    assert!(images
-        .as_array()
-        .expect("array")
-        .iter()
-        .any(|i| i["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == env.docker.image.as_str()))));
+    assert!(images.as_array().expect("array").iter().any(|i| {
+        i["tags"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == env.docker.image.as_str()))
+    }));
 
     let net = format!("{}-net", env.prefix);
     let (s, r) = env
-        .api(Method::POST, "/networks", Some(json!({"name": net, "internal": true, "labels": {"tomo.test": "1"}})))
+        .api(
+            Method::POST,
+            "/networks",
+            Some(json!({"name": net, "internal": true, "labels": {"tomo.test": "1"}})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     let n = env
@@ -361,22 +460,51 @@ async fn images_networks_volumes_and_events() {
     assert_eq!(n.internal, Some(true));
     let (s, list) = env.api(Method::GET, "/networks", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(list.as_array().expect("array").iter().any(|n| n["name"] == net.as_str()));
-    let (s, r) = env.api(Method::DELETE, &format!("/networks/{net}"), None).await;
+    assert!(
+        list.as_array()
+            .expect("array")
+            .iter()
+            .any(|n| n["name"] == net.as_str())
+    );
+    let (s, r) = env
+        .api(Method::DELETE, &format!("/networks/{net}"), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{r}");
-    assert!(env.docker.docker.inspect_network(&net, None::<q::InspectNetworkOptions>).await.is_err());
+    assert!(
+        env.docker
+            .docker
+            .inspect_network(&net, None::<q::InspectNetworkOptions>)
+            .await
+            .is_err()
+    );
 
     let vol = format!("{}-vol", env.prefix);
     let (s, r) = env
-        .api(Method::POST, "/volumes", Some(json!({"name": vol, "labels": {"tomo.test": "1"}})))
+        .api(
+            Method::POST,
+            "/volumes",
+            Some(json!({"name": vol, "labels": {"tomo.test": "1"}})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
-    let v = env.docker.docker.inspect_volume(&vol).await.expect("volume exists");
+    let v = env
+        .docker
+        .docker
+        .inspect_volume(&vol)
+        .await
+        .expect("volume exists");
     assert_eq!(v.labels.get("tomo.test").map(String::as_str), Some("1"));
     let (s, list) = env.api(Method::GET, "/volumes", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(list.as_array().expect("array").iter().any(|v| v["name"] == vol.as_str()));
-    let (s, r) = env.api(Method::DELETE, &format!("/volumes/{vol}"), None).await;
+    assert!(
+        list.as_array()
+            .expect("array")
+            .iter()
+            .any(|v| v["name"] == vol.as_str())
+    );
+    let (s, r) = env
+        .api(Method::DELETE, &format!("/volumes/{vol}"), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert!(env.docker.docker.inspect_volume(&vol).await.is_err());
 
@@ -399,7 +527,10 @@ async fn images_networks_volumes_and_events() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for action in ["create", "start", "die"] {
-        assert!(seen.iter().any(|a| a == action), "{action} missing from {seen:?}");
+        assert!(
+            seen.iter().any(|a| a == action),
+            "{action} missing from {seen:?}"
+        );
     }
     env.finish().await;
 }
@@ -416,13 +547,23 @@ async fn without_an_engine_docker_methods_fail_clearly_and_the_rest_works() {
         .await;
     assert_eq!(s, StatusCode::BAD_GATEWAY, "{e}");
     assert_eq!(e["error"]["rpc"]["code"], -32003);
-    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("Docker engine unavailable")), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Docker engine unavailable")),
+        "{e}"
+    );
     let (s, r) = fleet.rpc(&host, "agent.ping", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(r["result"]["pong"], true);
     let (s, r) = fleet.rpc(&host, "system.get_metrics", None).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(r["result"]["memory"]["total"].as_u64().is_some_and(|t| t > 0), "{r}");
+    assert!(
+        r["result"]["memory"]["total"]
+            .as_u64()
+            .is_some_and(|t| t > 0),
+        "{r}"
+    );
     let _ = agent.stop().await;
 }
 
@@ -432,27 +573,43 @@ async fn agent_update_changes_settings_and_restart_comes_back() {
     let mut agent = RunningAgent::spawn(fleet.agent("tuned", Some(fleet.code().await)));
     let host = agent.online().await;
     let (s, r) = fleet
-        .api(Method::POST, &format!("/hosts/{host}/agent/update"), Some(json!({"metrics_interval": 5})))
+        .api(
+            Method::POST,
+            &format!("/hosts/{host}/agent/update"),
+            Some(json!({"metrics_interval": 5})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["metrics_interval"], 5);
     let (s, e) = fleet
-        .api(Method::POST, &format!("/hosts/{host}/agent/update"), Some(json!({"health_interval": 1})))
+        .api(
+            Method::POST,
+            &format!("/hosts/{host}/agent/update"),
+            Some(json!({"health_interval": 1})),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
     assert_eq!(e["error"]["rpc"]["data"]["param"], "health_interval");
     let (s, e) = fleet
-        .api(Method::POST, &format!("/hosts/{host}/agent/update"), Some(json!({"policy": "x"})))
+        .api(
+            Method::POST,
+            &format!("/hosts/{host}/agent/update"),
+            Some(json!({"policy": "x"})),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
 
-    let (s, r) = fleet.api(Method::POST, &format!("/hosts/{host}/agent/restart"), None).await;
+    let (s, r) = fleet
+        .api(Method::POST, &format!("/hosts/{host}/agent/restart"), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["restarting"], true);
     // The agent leaves its session and comes back with a new one.
     tokio::time::timeout(
         Duration::from_secs(10),
-        agent.status.wait_for(|s| !matches!(s, tomo_agent::Status::Online { .. })),
+        agent
+            .status
+            .wait_for(|s| !matches!(s, tomo_agent::Status::Online { .. })),
     )
     .await
     .expect("the agent restarted in time")
