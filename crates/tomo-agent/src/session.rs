@@ -511,12 +511,21 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
     if let Err(e) = authorize(&dispatcher, &req) {
         return Some(Response::err(id, e));
     }
+    let cap = ctx.shared.max_response_bytes;
     let fut = dispatcher.call(ctx, &req.method, req.params.as_deref().map(|p| p.get()));
     let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(r) => r,
         Err(_) => Err(RpcError::internal("the handler panicked")),
     };
     Some(match outcome {
+        // Handlers with big outputs cut them themselves (and say so); this guards the rest.
+        Ok(v) if serde_json::to_string(&v).map_or(0, |t| t.len()) > cap => Response::err(
+            id,
+            RpcError::internal(format!(
+                "the result is larger than the agent's response cap ({cap} bytes); narrow the request"
+            ))
+            .with_data(serde_json::json!({"reason": "response_too_large"})),
+        ),
         Ok(v) => Response::ok(id, v),
         Err(e) => Response::err(id, e),
     })

@@ -24,13 +24,47 @@ const CONTAINERS: usize = 5;
 /// Allowed tail: p99 at most this many times p50.
 const TAIL_FACTOR: f64 = 3.0;
 
-/// The measured methods: name, params, and the p50 target in ms (if any).
-fn methods() -> [(&'static str, Option<Value>, Option<f64>); 4] {
-    [
-        ("agent.ping", None, None),
-        ("system.get_metrics", None, Some(2.0)),
-        ("system.info", None, Some(3.0)),
-        (
+/// One kind of request the benchmark times.
+#[derive(Debug, Clone)]
+enum Probe {
+    /// `POST /api/v1/hosts/{host}/rpc` with this method and params; `p50_ms` is its target.
+    Rpc {
+        method: &'static str,
+        params: Option<Value>,
+        p50_ms: Option<f64>,
+    },
+    /// A `GET` that never reaches the agent, for reference: how much of the round trip is the
+    /// client, TLS and HTTP (`/healthz`), and the API's token check and host lookup.
+    Get { path: String },
+}
+
+impl Probe {
+    fn name(&self) -> String {
+        match self {
+            Self::Rpc { method, .. } => (*method).to_owned(),
+            Self::Get { path } => format!("GET {path}"),
+        }
+    }
+}
+
+/// What is measured, in order: the references first, then the agent methods of issue 3.
+fn probes(host_id: &str) -> Vec<Probe> {
+    let rpc = |method, params, p50_ms| Probe::Rpc {
+        method,
+        params,
+        p50_ms,
+    };
+    vec![
+        Probe::Get {
+            path: "/healthz".into(),
+        },
+        Probe::Get {
+            path: format!("/api/v1/hosts/{host_id}"),
+        },
+        rpc("agent.ping", None, None),
+        rpc("system.get_metrics", None, Some(2.0)),
+        rpc("system.info", None, Some(3.0)),
+        rpc(
             "docker.containers.list",
             Some(json!({"all": true})),
             Some(5.0),
