@@ -620,3 +620,76 @@ async fn agent_update_changes_settings_and_restart_comes_back() {
     assert_eq!(s, StatusCode::OK, "{r}");
     let _ = agent.stop().await;
 }
+
+/// A unix-socket relay to the real engine that can be taken down and brought back, standing in for
+/// an engine that restarts (the shared test engine itself must not be restarted).
+struct Relay {
+    path: std::path::PathBuf,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn up(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = tokio::net::UnixListener::bind(&self.path).expect("bind relay");
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut engine) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    fn down(&mut self) {
+        if let Some(t) = self.task.take() {
+            // Aborting drops the listener and every relayed connection with it.
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test]
+async fn the_agent_finds_the_engine_again_after_it_went_away() {
+    let Some(_docker) = DockerEnv::get().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut relay = Relay {
+        path: dir.path().join("docker.sock"),
+        task: None,
+    };
+    relay.up();
+    let fleet = Fleet::start().await;
+    let mut cfg = fleet.agent("flaky", Some(fleet.code().await));
+    cfg.docker = Endpoint::Unix(relay.path.display().to_string());
+    let mut agent = RunningAgent::spawn(cfg);
+    let host = agent.online().await;
+    let path = format!("/hosts/{host}/containers?all=true");
+    let (s, r) = fleet.api(Method::GET, &path, None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+
+    relay.down();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, e) = fleet.api(Method::GET, &path, None).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{e}");
+    assert_eq!(e["error"]["rpc"]["code"], -32003);
+    let (s, _) = fleet.rpc(&host, "agent.ping", None).await;
+    assert_eq!(s, StatusCode::OK, "the rest of the agent keeps working");
+
+    relay.up();
+    let (s, r) = fleet.api(Method::GET, &path, None).await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "Docker methods work again once the engine is back: {r}"
+    );
+    relay.down();
+    let _ = agent.stop().await;
+}
