@@ -2,6 +2,7 @@
 //! real agent talking to the local Docker engine, both in this process: the same setup as the
 //! fleet integration tests (`crates/tomo/tests/fleet/support.rs`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -11,7 +12,7 @@ use tomo_agent::config::AgentConfig;
 use tomo_agent::{Agent, AgentError, Status};
 use tomo_proto::methods::Level;
 use tomo_server::config::ServerConfig;
-use tomo_server::{Server, ServerInfo};
+use tomo_server::{AppState, Server, ServerInfo};
 
 /// How long the agent gets to come online.
 const ONLINE_WITHIN: Duration = Duration::from_secs(30);
@@ -22,6 +23,8 @@ pub const HOSTNAME: &str = "tomo-bench";
 pub struct Fleet {
     _tmp: tempfile::TempDir,
     pub info: ServerInfo,
+    /// The control plane's state (its store, for the reference rows).
+    pub state: Arc<AppState>,
     /// An admin API token.
     pub token: String,
     /// The agent's host id.
@@ -96,6 +99,7 @@ impl Fleet {
         Ok(Self {
             _tmp: tmp,
             info,
+            state,
             token,
             host_id,
             server: (server_stop, server_task),

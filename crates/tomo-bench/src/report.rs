@@ -69,6 +69,8 @@ fn output(program: &str, args: &[&str]) -> Option<String> {
 pub struct MethodResult {
     pub method: String,
     pub params: Option<serde_json::Value>,
+    /// A reference row (no agent involved, no target).
+    pub reference: bool,
     #[serde(flatten)]
     pub summary: Summary,
 }
@@ -127,14 +129,19 @@ impl Report {
     /// The figures and targets as a plain-text table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<26} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}\n",
+            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}\n",
             "method", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s", "p99/p50"
         );
         for m in &self.methods {
             let f = &m.summary;
+            let name = if m.reference {
+                format!("({})", m.method)
+            } else {
+                m.method.clone()
+            };
             s += &format!(
-                "{:<26} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.0} {:>8.2}\n",
-                m.method,
+                "{:<28} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.0} {:>8.2}\n",
+                name,
                 f.n,
                 f.p50_ms,
                 f.p90_ms,
@@ -143,6 +150,19 @@ impl Report {
                 f.requests_per_sec,
                 f.p99_over_p50
             );
+        }
+        s += "(in parentheses: references that do not reach the agent)\n";
+        s += &format!("\n{:<28}", "distribution (ms)");
+        for b in crate::stats::BUCKETS_MS {
+            s += &format!(" {:>7}", format!("<={b}"));
+        }
+        s += &format!(" {:>7}\n", ">");
+        for m in &self.methods {
+            s += &format!("{:<28}", m.method);
+            for c in &m.summary.histogram {
+                s += &format!(" {:>7}", c.count);
+            }
+            s += "\n";
         }
         s += "\ntargets\n";
         for c in &self.targets {

@@ -18,6 +18,18 @@ pub struct Summary {
     pub requests_per_sec: f64,
     /// Tail over median: the "no stalls" figure.
     pub p99_over_p50: f64,
+    /// How many samples fall in each of [`BUCKETS_MS`], then above the last.
+    pub histogram: Vec<Bucket>,
+}
+
+/// Upper bounds of the histogram's buckets, ms.
+pub const BUCKETS_MS: [f64; 7] = [0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 50.0];
+
+/// Samples at or below `le_ms` (and above the previous bound); `le_ms: None` is the rest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bucket {
+    pub le_ms: Option<f64>,
+    pub count: usize,
 }
 
 impl Summary {
@@ -42,8 +54,28 @@ impl Summary {
                 n as f64 / wall.as_secs_f64()
             },
             p99_over_p50: if p50 > 0.0 { p99 / p50 } else { 0.0 },
+            histogram: histogram(&samples),
         }
     }
+}
+
+/// Counts of sorted samples per bucket.
+fn histogram(sorted: &[Duration]) -> Vec<Bucket> {
+    let mut out = Vec::with_capacity(BUCKETS_MS.len() + 1);
+    let mut below = 0;
+    for le in BUCKETS_MS {
+        let upto = sorted.partition_point(|d| d.as_secs_f64() * 1e3 <= le);
+        out.push(Bucket {
+            le_ms: Some(le),
+            count: upto - below,
+        });
+        below = upto;
+    }
+    out.push(Bucket {
+        le_ms: None,
+        count: sorted.len() - below,
+    });
+    out
 }
 
 /// Nearest-rank percentile of sorted samples: the smallest sample with at least `p` % of the
@@ -81,5 +113,7 @@ mod tests {
         assert_eq!(s.mean_ms, 2.5);
         assert_eq!(s.requests_per_sec, 2.0);
         assert_eq!(s.p99_over_p50, 2.0);
+        let counts: Vec<_> = s.histogram.iter().map(|b| b.count).collect();
+        assert_eq!(counts, [0, 0, 1, 1, 2, 0, 0, 0]);
     }
 }
