@@ -41,10 +41,11 @@ pub struct Samples {
 /// the task that keeps them fresh every `every` until `shutdown`.
 pub async fn start(
     docker: Arc<DockerClient>,
+    host_root: std::path::PathBuf,
     every: Duration,
     shutdown: CancellationToken,
 ) -> (Samples, impl std::future::Future<Output = ()>) {
-    let mut sampler = Sampler::new(docker);
+    let mut sampler = Sampler::new(docker, host_root);
     let status = probe(&sampler.docker).await;
     let first = sampler.sample(&status).await;
     let (metrics_tx, metrics) = watch::channel(first);
@@ -81,15 +82,17 @@ pub async fn start(
 
 struct Sampler {
     docker: Arc<DockerClient>,
+    host_root: std::path::PathBuf,
     cpu: (u64, u64),
     net: (u64, u64),
     at: Instant,
 }
 
 impl Sampler {
-    fn new(docker: Arc<DockerClient>) -> Self {
+    fn new(docker: Arc<DockerClient>, host_root: std::path::PathBuf) -> Self {
         Self {
             docker,
+            host_root,
             cpu: host::cpu_times(),
             net: host::net_bytes(),
             at: Instant::now(),
@@ -110,7 +113,7 @@ impl Sampler {
             cpu_percent: host::cpu_percent(self.cpu, cpu),
             memory,
             swap,
-            disks: host::disks(),
+            disks: host::disks(&self.host_root),
             network: host::rates(self.net, net, secs),
             load: host::load(),
             uptime_secs: host::uptime_secs(),

@@ -146,9 +146,25 @@ pub fn net_bytes() -> (u64, u64) {
 }
 
 /// Filesystems backed by a block device, each device once (bind mounts of the same device are
-/// one disk, not several).
-pub fn disks() -> Vec<DiskUsage> {
-    let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+/// one disk, not several). In a container with the host's root at `host_root`, the host's own
+/// mount table (`<host_root>/proc/1/mounts`) is read and each filesystem measured through
+/// `host_root`, so the figures are the host's, not the container's.
+pub fn disks(host_root: &std::path::Path) -> Vec<DiskUsage> {
+    let host_table = (host_root != std::path::Path::new("/"))
+        .then(|| std::fs::read_to_string(host_root.join("proc/1/mounts")).ok())
+        .flatten();
+    let (text, via) = match host_table {
+        Some(t) => (t, host_root),
+        None => (
+            std::fs::read_to_string("/proc/self/mounts").unwrap_or_default(),
+            std::path::Path::new("/"),
+        ),
+    };
+    disks_from(&text, via)
+}
+
+/// [`disks`] over a mount table, measuring each mount point under `via`.
+fn disks_from(text: &str, via: &std::path::Path) -> Vec<DiskUsage> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for line in text.lines() {
@@ -163,7 +179,7 @@ pub fn disks() -> Vec<DiskUsage> {
             continue;
         }
         let mount = mount.replace("\\040", " ");
-        let Ok(st) = rustix::fs::statvfs(mount.as_str()) else {
+        let Ok(st) = rustix::fs::statvfs(via.join(mount.trim_start_matches('/')).as_path()) else {
             continue;
         };
         let total = st.f_blocks * st.f_frsize;
@@ -222,6 +238,33 @@ mod tests {
         let (mem, _) = memory();
         assert!(mem.used <= mem.total && mem.percent <= 100.0);
         assert_eq!(cpu_percent((10, 100), (60, 200)), 50.0);
-        assert!(!disks().is_empty() || std::fs::read_to_string("/proc/self/mounts").is_ok());
+        assert!(
+            !disks(std::path::Path::new("/")).is_empty()
+                || std::fs::read_to_string("/proc/self/mounts").is_ok()
+        );
+    }
+
+    #[test]
+    fn in_a_container_disks_are_the_hosts() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("proc/1")).expect("proc");
+        std::fs::create_dir_all(root.path().join("srv/my disk")).expect("srv");
+        std::fs::write(
+            root.path().join("proc/1/mounts"),
+            "/dev/fake0 / ext4 rw 0 0\n/dev/fake0 /data ext4 rw 0 0\n\
+             /dev/fake1 /srv/my\\040disk xfs rw 0 0\ntmpfs /run tmpfs rw 0 0\n\
+             /dev/fake2 /missing ext4 rw 0 0\n",
+        )
+        .expect("mounts");
+        let d = disks(root.path());
+        let mounts: Vec<_> = d
+            .iter()
+            .map(|d| (d.device.as_str(), d.mount.as_str()))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![("/dev/fake0", "/"), ("/dev/fake1", "/srv/my disk")]
+        );
+        assert!(d.iter().all(|d| d.total > 0));
     }
 }

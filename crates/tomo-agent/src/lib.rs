@@ -233,6 +233,7 @@ impl Agent {
         let docker = Arc::new(DockerClient::new(self.config.docker.clone()));
         let (samples, sampler) = collect::start(
             Arc::clone(&docker),
+            self.config.host_root.clone(),
             self.config.intervals.sample,
             shutdown.child_token(),
         )
