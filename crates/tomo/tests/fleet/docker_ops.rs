@@ -24,7 +24,10 @@ struct Env {
 
 impl Env {
     async fn start(what: &str) -> Option<Self> {
-        let docker = DockerEnv::get().await?;
+        Self::start_with(what, DockerEnv::get().await?).await
+    }
+
+    async fn start_with(what: &str, docker: DockerEnv) -> Option<Self> {
         let fleet = Fleet::start().await;
         let mut cfg = fleet.agent("dockerhost", Some(fleet.code().await));
         cfg.docker = Endpoint::from_env();
@@ -692,4 +695,277 @@ async fn the_agent_finds_the_engine_again_after_it_went_away() {
     );
     relay.down();
     let _ = agent.stop().await;
+}
+
+#[tokio::test]
+async fn run_get_pull_and_update_through_the_api() {
+    let Some(docker) = DockerEnv::with_registry().await else {
+        return;
+    };
+    let Some(env) = Env::start_with("upd", docker).await else {
+        return;
+    };
+    // A repository of our own in the local registry, version 1.
+    let repo = format!("{}-app", env.prefix);
+    let v1 = env.docker.push_variant(&repo, "latest", "one").await;
+    let name = format!("{}-web", env.prefix);
+    let data = env._volumes.path().join("bind");
+    std::fs::create_dir_all(&data).expect("bind dir");
+    // run: the image is not on the host yet (push_variant leaves only the registry copy? pull it
+    // away to be sure), so the agent pulls it.
+    let _ = env
+        .docker
+        .docker
+        .remove_image(&v1, None::<q::RemoveImageOptions>, None)
+        .await;
+    let (s, r) = env
+        .api(
+            Method::POST,
+            "/containers",
+            Some(json!({
+                "image": v1, "name": name, "command": ["sleep", "600"], "network_mode": "none",
+                "labels": {"tomo.test": "1", "app": "web"}, "env": {"MODE": "prod", "DB_PASSWORD": "hunter2"},
+                "memory": 64 * 1024 * 1024, "cpus": 0.5,
+                "volumes": [{"source": data.display().to_string(), "target": "/data", "read_only": true}],
+                "mounts": [{"type": "tmpfs", "target": "/scratch", "tmpfs_size": 1048576}],
+                "restart_policy": {"name": "unless-stopped"},
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["pulled"], true, "{r}");
+    assert_eq!(r["state"], "running");
+    // The engine has it, with those labels, limits and mounts.
+    let c = env
+        .docker
+        .docker
+        .inspect_container(&name, None::<q::InspectContainerOptions>)
+        .await
+        .expect("container exists");
+    let cfg = c.config.clone().expect("config");
+    let hc = c.host_config.clone().expect("host config");
+    assert_eq!(
+        cfg.labels
+            .as_ref()
+            .and_then(|l| l.get("app"))
+            .map(String::as_str),
+        Some("web")
+    );
+    assert_eq!(hc.memory, Some(64 * 1024 * 1024));
+    assert_eq!(hc.nano_cpus, Some(500_000_000));
+    assert!(
+        hc.binds
+            .unwrap_or_default()
+            .iter()
+            .any(|b| b.ends_with(":/data:ro"))
+    );
+    assert_eq!(
+        hc.restart_policy
+            .and_then(|p| p.name)
+            .map(|n| n.to_string())
+            .as_deref(),
+        Some("unless-stopped")
+    );
+    // get: the secret is redacted, the rest is there.
+    let (s, g) = env
+        .api(Method::GET, &format!("/containers/{name}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{g}");
+    assert_eq!(g["env"]["DB_PASSWORD"], "***");
+    assert_eq!(g["env"]["MODE"], "prod");
+    assert_eq!(g["memory"], 64 * 1024 * 1024);
+    let old_id = g["id"].as_str().expect("id").to_owned();
+
+    // Pull with progress, as a stream that ends with the result.
+    let v2 = env.docker.push_variant(&repo, "latest", "two").await;
+    let _ = env
+        .docker
+        .docker
+        .remove_image(&v2, None::<q::RemoveImageOptions>, None)
+        .await;
+    let lines = env
+        .lines(
+            Method::POST,
+            "/images/pull",
+            Some(json!({"image": v2, "progress": true})),
+            |l| l.get("end").is_some(),
+        )
+        .await;
+    let end = lines.last().expect("end line");
+    assert_eq!(end["end"]["reason"], "eof", "{end}");
+    assert!(
+        end["end"]["result"]["id"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("sha256:")),
+        "{end}"
+    );
+    assert!(
+        lines.iter().any(|l| l["data"]["status"].is_string()),
+        "progress lines"
+    );
+
+    // update: the container is recreated on the new image, same name and configuration.
+    let (s, u) = env
+        .api(
+            Method::POST,
+            &format!("/containers/{name}/update"),
+            Some(json!({"health_timeout": 5})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    assert_eq!(u["image_changed"], true, "{u}");
+    assert_ne!(u["new_id"], old_id.as_str());
+    let c2 = env
+        .docker
+        .docker
+        .inspect_container(&name, None::<q::InspectContainerOptions>)
+        .await
+        .expect("recreated");
+    assert_ne!(c2.id.as_deref(), Some(old_id.as_str()));
+    assert_eq!(c2.state.and_then(|s| s.running), Some(true));
+    let cfg2 = c2.config.expect("config");
+    assert_eq!(
+        cfg2.labels
+            .as_ref()
+            .and_then(|l| l.get("app"))
+            .map(String::as_str),
+        Some("web")
+    );
+    assert!(
+        cfg2.env
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e == "DB_PASSWORD=hunter2")
+    );
+    assert_eq!(c2.host_config.expect("hc").memory, Some(64 * 1024 * 1024));
+    assert!(
+        env.docker
+            .docker
+            .inspect_container(&old_id, None::<q::InspectContainerOptions>)
+            .await
+            .is_err(),
+        "old one gone"
+    );
+    assert_eq!(env.docker.read_file(&name, "/marker").await, b"two");
+
+    // images rm of an image in use fails clearly; force is not used.
+    let (s, e) = env
+        .api(
+            Method::DELETE,
+            &format!(
+                "/images?image={}",
+                v2.replace(':', "%3A").replace('/', "%2F")
+            ),
+            None,
+        )
+        .await;
+    assert!(
+        s == StatusCode::BAD_GATEWAY || s == StatusCode::CONFLICT,
+        "{s} {e}"
+    );
+    let (s, r) = env
+        .api(
+            Method::DELETE,
+            &format!("/containers/{name}?force=true"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (s, r) = env
+        .api(
+            Method::DELETE,
+            &format!(
+                "/images?image={}",
+                v2.replace(':', "%3A").replace('/', "%2F")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(
+        env.docker.docker.inspect_image(&v2).await.is_err(),
+        "image removed"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn system_methods_through_the_api() {
+    let Some(env) = Env::start("sys").await else {
+        return;
+    };
+    let (s, info) = env.api(Method::GET, "/info", None).await;
+    assert_eq!(s, StatusCode::OK, "{info}");
+    assert_eq!(info["docker"]["available"], true);
+    assert!(info["docker"]["engine_id"].is_string());
+    let (s, out) = env
+        .api(
+            Method::POST,
+            "/system/exec",
+            Some(json!({"command": "uptime"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{out}");
+    assert_eq!(out["exit_code"], 0);
+    assert!(
+        out["stdout"]
+            .as_str()
+            .is_some_and(|o| o.contains("load average")),
+        "{out}"
+    );
+    let (s, e) = env
+        .api(
+            Method::POST,
+            "/system/exec",
+            Some(json!({"command": "uptime; reboot"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{e}");
+    assert_eq!(e["error"]["rpc"]["code"], -32005);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let (s, pf) = env
+        .api(
+            Method::POST,
+            "/system/preflight_check",
+            Some(json!({"ports": [port]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{pf}");
+    assert_eq!(pf["ok"], false, "{pf}");
+    let check = |n: &str| {
+        pf["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|x| x["name"] == n).cloned())
+    };
+    assert_eq!(check("docker").map(|c| c["ok"].clone()), Some(json!(true)));
+    assert_eq!(
+        check(&format!("port:{port}")).map(|c| c["ok"].clone()),
+        Some(json!(false))
+    );
+    let (s, pv) = env
+        .api(
+            Method::POST,
+            "/system/prepare_volumes",
+            Some(json!({"volumes": [{"path": "app/data", "mode": "0750"}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{pv}");
+    let made = pv["volumes"][0]["path"].as_str().expect("path").to_owned();
+    assert_eq!(pv["volumes"][0]["mode"], "0750");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&made).expect("made").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750);
+    }
+    let (s, e) = env
+        .api(
+            Method::POST,
+            "/system/prepare_volumes",
+            Some(json!({"volumes": [{"path": "../escape"}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["rpc"]["data"]["param"], "volumes[0].path");
+    env.finish().await;
 }
