@@ -447,3 +447,117 @@ fn host_operations_from_the_cli() {
     );
     let _ = terminate(&mut dev);
 }
+
+/// `tomo exec -it` on a real pseudo-terminal: keystrokes reach the shell in the container, its
+/// output comes back, the exit code is the command's, and the terminal is restored.
+#[test]
+fn exec_it_on_a_terminal() {
+    use std::io::{Read as _, Write as _};
+    let image =
+        std::env::var("TOMO_TEST_IMAGE").unwrap_or_else(|_| "tomo-test/busybox:latest".into());
+    let require = std::env::var("TOMO_REQUIRE_DOCKER").is_ok_and(|v| !v.is_empty() && v != "0");
+    let _ = agent_bin();
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let listen = format!("127.0.0.1:{}", free_port());
+    let data = env.home.path().join("dev-data");
+    let mut dev = env
+        .cmd(&tomo_bin())
+        .args(["dev", "--listen", &listen, "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tomo dev");
+    let local = tomo_agent::host::static_facts(Path::new("/"), None).hostname;
+    wait_for("the local host online", || {
+        host_status(&env, &local).as_deref() == Some("online")
+    });
+    let name = format!("tomo-test-tty-{:08x}", fastrand::u32(..));
+    let run = env.tomo(&[
+        "run",
+        &local,
+        &image,
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    if !run.status.success() {
+        let why = String::from_utf8_lossy(&run.stderr).into_owned();
+        let _ = terminate(&mut dev);
+        assert!(!require, "Docker required but `tomo run` failed: {why}");
+        eprintln!("SKIPPED exec_it_on_a_terminal: {why}");
+        return;
+    }
+    // A pseudo-terminal pair: the CLI gets the follower side as stdin/stdout/stderr.
+    let leader =
+        rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
+            .expect("openpt");
+    rustix::pty::grantpt(&leader).expect("grantpt");
+    rustix::pty::unlockpt(&leader).expect("unlockpt");
+    let follower_path = rustix::pty::ptsname(&leader, Vec::new()).expect("ptsname");
+    let follower = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(follower_path.to_str().expect("utf-8 path"))
+        .expect("open follower");
+    let before = rustix::termios::tcgetattr(&follower).expect("tcgetattr");
+    let mut child = env
+        .cmd(&tomo_bin())
+        .args(["exec", &local, &name, "-it", "--", "sh"])
+        .stdin(follower.try_clone().expect("clone"))
+        .stdout(follower.try_clone().expect("clone"))
+        .stderr(follower.try_clone().expect("clone"))
+        .spawn()
+        .expect("tomo exec -it");
+    let mut leader = std::fs::File::from(leader);
+    // Output is collected on a thread; the leader side must be drained or the CLI blocks.
+    let mut reader = leader.try_clone().expect("clone leader");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_output = |needle: &str, seen: &mut Vec<u8>| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !String::from_utf8_lossy(seen).contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {needle:?} in {:?}",
+                String::from_utf8_lossy(seen)
+            );
+            if let Ok(chunk) = rx.recv_timeout(left) {
+                seen.extend(chunk);
+            }
+        }
+    };
+    // The shell prompt shows up once the session is open.
+    wait_output("#", &mut seen);
+    leader.write_all(b"echo tty-$((6*7))\r").expect("type");
+    wait_output("tty-42", &mut seen);
+    leader.write_all(b"exit 5\r").expect("type");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "tomo exec -it did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(5));
+    let after = rustix::termios::tcgetattr(&follower).expect("tcgetattr");
+    assert_eq!(after.local_modes, before.local_modes, "terminal restored");
+    let _ = env.tomo(&["rm", &local, &name, "--force"]);
+    let _ = terminate(&mut dev);
+}
