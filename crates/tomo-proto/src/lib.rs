@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod handshake;
 pub mod methods;
 pub mod rpc;
