@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub volume_base: PathBuf,
     /// Largest single response, in bytes; longer output is cut and marked truncated.
     pub max_response_bytes: usize,
+    /// The host policy file; `None`: `/etc/tomo/policy.toml`, the defaults when it is missing.
+    pub policy_path: Option<PathBuf>,
 }
 
 /// Default of [`AgentConfig::max_response_bytes`]: 10 MiB.
@@ -71,6 +73,8 @@ pub enum ConfigError {
     BadUrl(String),
     #[error("CA file {0} does not exist")]
     MissingCa(PathBuf),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 impl AgentConfig {
@@ -88,6 +92,7 @@ impl AgentConfig {
             intervals: Intervals::default(),
             volume_base: PathBuf::from("/srv/tomo"),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            policy_path: None,
         }
     }
 
@@ -101,6 +106,7 @@ impl AgentConfig {
         {
             return Err(ConfigError::MissingCa(ca.clone()));
         }
+        crate::policy::HostPolicy::load(self.policy_path.as_deref(), &self.volume_base)?;
         Ok(())
     }
 }
@@ -145,6 +151,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("intervals", &self.intervals)
             .field("volume_base", &self.volume_base)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("policy_path", &self.policy_path)
             .finish()
     }
 }

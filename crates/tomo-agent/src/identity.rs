@@ -1,12 +1,15 @@
 //! The agent's identity: an Ed25519 key pair made at registration, and the state saved with it.
 //!
 //! Files in the data directory, all 0600 and written atomically:
-//! - `agent.key`: the private key (PKCS#8), sealed by a [`KeyVault`];
-//! - `agent.json`: agent id, server URL, registration time.
+//! - `agent.key`: the private key (PKCS#8), sealed by a [`KeyVault`], as JSON
+//!   `{"format": "<vault format>", "data": "<base64 of the sealed bytes>"}`;
+//! - `agent.json`: agent id, server URL, registration time;
+//! - the vault's own files ([`crate::vault`]: `key.salt`, and `machine.secret` on hosts without a
+//!   machine id).
 //!
 //! The control plane keeps only the public key. [`KeyVault`] is the seam for encryption at rest:
-//! [`PlainVault`] stores the key as is; an AEAD vault keyed from the machine id replaces it
-//! without changing any caller.
+//! the agent uses [`crate::vault::SealedVault`] (`sealed-v1`); [`PlainVault`] (`plain-v1`) stores
+//! the key as is, and a `plain-v1` key found by a sealing store is re-sealed on load.
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +56,14 @@ pub enum IdentityError {
     Exposed(PathBuf),
     #[error("{path} is corrupt: {why}")]
     Corrupt { path: PathBuf, why: String },
+    /// A sealed key that does not open here: the machine id changed, or the files are corrupt.
+    #[error(
+        "cannot unseal the agent key in {dir} ({why}): the machine id changed since it was sealed \
+         (or the data directory comes from another host), or the key files are corrupt; remove \
+         agent.key, agent.json, key.salt and machine.secret from {dir}, then register again with a \
+         new code"
+    )]
+    Unsealable { dir: PathBuf, why: String },
     #[error("{path} was sealed as {found:?}, this agent opens {expected:?}")]
     WrongFormat {
         path: PathBuf,
@@ -101,6 +112,12 @@ impl Keys {
     pub fn sign_b64(&self, msg: &[u8]) -> String {
         b64(self.pair.sign(msg).as_ref())
     }
+
+    /// The private key document, for tests that check it never lands anywhere in clear.
+    #[cfg(test)]
+    pub(crate) fn pkcs8_for_tests(&self) -> &[u8] {
+        &self.pkcs8
+    }
 }
 
 /// What is saved next to the key once the control plane accepted the agent.
@@ -109,6 +126,9 @@ pub struct Registration {
     pub agent_id: String,
     pub server_url: String,
     pub registered_at_ms: i64,
+    /// The control plane's command-signing public key (base64), pinned at registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_key: Option<String>,
 }
 
 /// The agent's identity as found in the data directory.
@@ -167,7 +187,9 @@ impl IdentityStore {
     fn load_keys(&self, path: &Path) -> Result<Keys, IdentityError> {
         let sealed: SealedKey =
             serde_json::from_slice(&read(path)?).map_err(|e| corrupt(path, e))?;
-        if sealed.format != self.vault.format() {
+        // A key saved before encryption at rest is opened as plain, then sealed in place.
+        let migrate = sealed.format == PlainVault.format() && self.vault.format() != sealed.format;
+        if sealed.format != self.vault.format() && !migrate {
             return Err(IdentityError::WrongFormat {
                 path: path.to_owned(),
                 found: sealed.format,
@@ -175,8 +197,24 @@ impl IdentityStore {
             });
         }
         let data = unb64(&sealed.data).ok_or_else(|| corrupt(path, "key is not base64"))?;
-        let pkcs8 = self.vault.open(&data)?;
-        Keys::from_pkcs8(pkcs8).ok_or_else(|| corrupt(path, "not an Ed25519 PKCS#8 key"))
+        let pkcs8 = if migrate {
+            PlainVault.open(&data)?
+        } else {
+            self.vault.open(&data)?
+        };
+        let keys =
+            Keys::from_pkcs8(pkcs8).ok_or_else(|| corrupt(path, "not an Ed25519 PKCS#8 key"))?;
+        if migrate {
+            // Atomic rename over the plain file: no copy of the plain key is left in the directory.
+            self.save_keys(&keys)?;
+            tracing::info!(
+                path = %path.display(),
+                from = %sealed.format,
+                to = self.vault.format(),
+                "sealed the agent key at rest"
+            );
+        }
+        Ok(keys)
     }
 
     /// Saves a new key pair (before it is ever sent anywhere, so a crash cannot lose it).
@@ -257,6 +295,7 @@ mod tests {
             agent_id: "a".into(),
             server_url: "wss://x/agent/ws".into(),
             registered_at_ms: 1,
+            command_key: None,
         };
         s.save_registration(&reg).expect("save");
         assert_eq!(

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod backoff;
 pub mod cap;
 pub mod collect;
@@ -15,10 +16,15 @@ pub mod docker;
 pub mod handlers;
 pub mod host;
 pub mod identity;
+pub mod pipeline;
+pub mod policy;
 pub mod redact;
+pub mod replay;
 pub mod session;
 pub mod stream;
 pub mod system;
+pub mod validate;
+pub mod vault;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +36,7 @@ use tomo_proto::handshake::{Handshake, HostFacts, Purpose, RefusalReason, signin
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
 use crate::docker::DockerClient;
-use crate::identity::{Identity, IdentityError, IdentityStore, Keys, PlainVault, Registration};
+use crate::identity::{Identity, IdentityError, IdentityStore, Keys, Registration};
 use crate::session::{Dialer, SessionEnd, SessionError, TlsDialer};
 
 /// This agent's version, reported in facts, pings and health.
@@ -53,6 +59,14 @@ pub struct Shared {
     pub settings: watch::Sender<RuntimeSettings>,
     /// Cancelled by `agent.restart`: the agent closes its session and starts over.
     pub restart: CancellationToken,
+    /// The host policy, read from the host (never from the control plane).
+    pub policy: Arc<policy::HostPolicy>,
+    /// Root of the host's filesystem as the agent sees it; bind sources are resolved under it.
+    pub host_root: std::path::PathBuf,
+    /// The request pipeline's state: pinned key, replay memory, rate limits.
+    pub guard: pipeline::Guard,
+    /// The audit trail: `<data_dir>/audit.log`, and the session's `audit.record` queue.
+    pub auditor: Arc<audit::Auditor>,
 }
 
 impl Shared {
@@ -62,6 +76,9 @@ impl Shared {
         let intervals = config::Intervals::default();
         Self {
             facts: host::StaticFacts::default(),
+            policy: Arc::new(policy::HostPolicy::default_for(&dir)),
+            host_root: std::path::PathBuf::from("/"),
+            auditor: Arc::new(audit::Auditor::new(&dir)),
             data_dir: dir.clone(),
             volume_base: dir,
             max_response_bytes: config::DEFAULT_MAX_RESPONSE_BYTES,
@@ -77,6 +94,11 @@ impl Shared {
             })
             .0,
             restart: CancellationToken::new(),
+            guard: pipeline::Guard::new(
+                replay::ReplayGuard::in_memory(replay::CAPACITY),
+                pipeline::DEFAULT_PER_MINUTE,
+                pipeline::DEFAULT_CONCURRENT,
+            ),
         }
     }
 }
@@ -106,6 +128,49 @@ pub enum Status {
     Offline { reason: String },
 }
 
+/// Checks the command key the control plane offered in `welcome`: at registration against the
+/// code's fingerprint, later against the pinned key. Returns the key to trust.
+fn pin_command_key(mode: &Mode, offered: Option<&str>) -> Result<String, AgentError> {
+    let offered = offered.ok_or_else(|| {
+        AgentError::CommandKey(
+            "the control plane offered no command key; refusing to take commands from it".into(),
+        )
+    })?;
+    let key = tomo_common::unb64(offered)
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| {
+            AgentError::CommandKey("the control plane's command key is malformed".into())
+        })?;
+    match mode {
+        Mode::Register { fingerprint, .. } => {
+            let actual = tomo_proto::handshake::fingerprint_hex(&tomo_common::sha256(&key));
+            if &actual != fingerprint {
+                return Err(AgentError::CommandKey(format!(
+                    "the control plane's command key (fingerprint {actual}) is not the one the registration code names ({fingerprint}): possible man in the middle; not registering"
+                )));
+            }
+        }
+        Mode::Authenticate {
+            command_key: Some(pinned),
+            ..
+        } => {
+            if pinned != offered {
+                return Err(AgentError::CommandKey(
+                    "the control plane offers a command key different from the one pinned at registration: possible man in the middle; refusing its commands".into(),
+                ));
+            }
+        }
+        Mode::Authenticate {
+            command_key: None, ..
+        } => {
+            tracing::warn!(
+                "this registration predates command-key pinning: pinning the key offered now (trust on first use)"
+            );
+        }
+    }
+    Ok(offered.to_owned())
+}
+
 /// Why the agent stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -126,6 +191,16 @@ pub enum AgentError {
         reason: RefusalReason,
         message: String,
     },
+    #[error(
+        "the registration code has no command-key fingerprint (codes look like rc_<secret>_<fingerprint>); create a new code with `tomo codes create`"
+    )]
+    CodeWithoutFingerprint,
+    /// The control plane offered a command key that is not the one expected: a man in the middle,
+    /// or a control plane that lost its key. The agent stops rather than obey it.
+    #[error("{0}")]
+    CommandKey(String),
+    #[error("cannot keep the replay log in the data directory: {0}")]
+    State(std::io::Error),
 }
 
 impl AgentError {
@@ -133,7 +208,13 @@ impl AgentError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::NotRegistered | Self::NoServerUrl | Self::Tls(_)
+            Self::Config(_)
+                | Self::NotRegistered
+                | Self::NoServerUrl
+                | Self::CodeWithoutFingerprint
+                | Self::State(_)
+                | Self::Tls(_)
+                | Self::Identity(IdentityError::Unsealable { .. })
         )
     }
 }
@@ -155,8 +236,15 @@ impl std::fmt::Debug for Agent {
 
 /// How the next handshake identifies the agent.
 enum Mode {
-    Register { code: String },
-    Authenticate { agent_id: String },
+    Register {
+        code: String,
+        fingerprint: String,
+    },
+    Authenticate {
+        agent_id: String,
+        /// The pinned command key; `None` for a registration made before keys were pinned.
+        command_key: Option<String>,
+    },
 }
 
 impl Agent {
@@ -228,7 +316,14 @@ impl Agent {
         shutdown: CancellationToken,
         restart: CancellationToken,
     ) -> Result<(), AgentError> {
-        let store = IdentityStore::new(self.config.data_dir.clone(), Box::new(PlainVault));
+        // Read again at every (re)start, so that `agent.restart` picks up a changed policy.
+        let policy =
+            policy::HostPolicy::load(self.config.policy_path.as_deref(), &self.config.volume_base)
+                .map_err(ConfigError::from)?
+                .protect(&self.config.data_dir);
+        tracing::info!(source = ?policy.source, max_level = policy::level_name(policy.max_level), read_only = policy.read_only, "host policy loaded");
+        let vault = vault::SealedVault::from_config(&self.config)?;
+        let store = IdentityStore::new(self.config.data_dir.clone(), Box::new(vault));
         let (keys, mut mode, url) = self.prepare_identity(&store)?;
         let docker = Arc::new(DockerClient::new(self.config.docker.clone()));
         let (samples, sampler) = collect::start(
@@ -241,6 +336,8 @@ impl Agent {
         let sampler = tokio::spawn(sampler);
         let shared = Arc::new(Shared {
             facts: host::static_facts(&self.config.host_root, self.config.hostname.as_deref()),
+            policy: Arc::new(policy),
+            host_root: self.config.host_root.clone(),
             data_dir: self.config.data_dir.clone(),
             volume_base: self.config.volume_base.clone(),
             max_response_bytes: self.config.max_response_bytes,
@@ -253,6 +350,17 @@ impl Agent {
             })
             .0,
             restart,
+            guard: pipeline::Guard::new(
+                replay::ReplayGuard::open(
+                    &self.config.data_dir,
+                    replay::CAPACITY,
+                    tomo_common::now_ms(),
+                )
+                .map_err(AgentError::State)?,
+                pipeline::DEFAULT_PER_MINUTE,
+                pipeline::DEFAULT_CONCURRENT,
+            ),
+            auditor: Arc::new(audit::Auditor::new(&self.config.data_dir)),
         });
         let dispatcher = Arc::new(handlers::table());
         let mut backoff = Backoff::standard();
@@ -265,21 +373,34 @@ impl Agent {
                 _ = shutdown.cancelled() => break Ok(()),
             };
             match opened {
-                Ok((ws, agent_id)) => {
-                    if let Mode::Register { .. } = mode {
+                Ok((ws, agent_id, offered)) => {
+                    let command_key = match pin_command_key(&mode, offered.as_deref()) {
+                        Ok(k) => k,
+                        Err(e) => break Err(e),
+                    };
+                    let newly_pinned = match &mode {
+                        Mode::Register { .. } => true,
+                        Mode::Authenticate { command_key, .. } => command_key.is_none(),
+                    };
+                    if newly_pinned {
                         let reg = Registration {
                             agent_id: agent_id.clone(),
                             server_url: url.clone(),
                             registered_at_ms: tomo_common::now_ms(),
+                            command_key: Some(command_key.clone()),
                         };
                         if let Err(e) = store.save_registration(&reg) {
                             break Err(e.into());
                         }
-                        tracing::info!(%agent_id, "registered with the control plane");
+                        if let Mode::Register { .. } = mode {
+                            tracing::info!(%agent_id, "registered with the control plane");
+                        }
                         mode = Mode::Authenticate {
                             agent_id: agent_id.clone(),
+                            command_key: Some(command_key.clone()),
                         };
                     }
+                    shared.guard.set_trust(&agent_id, &command_key);
                     tracing::info!(%agent_id, %url, "connected");
                     backoff.reset();
                     self.status.send_replace(Status::Online { agent_id });
@@ -341,6 +462,7 @@ impl Agent {
                     keys,
                     Mode::Authenticate {
                         agent_id: reg.agent_id,
+                        command_key: reg.command_key,
                     },
                     url,
                 ))
@@ -351,6 +473,10 @@ impl Agent {
                     .register_code
                     .clone()
                     .ok_or(AgentError::NotRegistered)?;
+                let fingerprint = tomo_proto::handshake::split_code(&code)
+                    .1
+                    .ok_or(AgentError::CodeWithoutFingerprint)?
+                    .to_ascii_lowercase();
                 let url = self
                     .config
                     .server_url
@@ -366,7 +492,7 @@ impl Agent {
                         keys
                     }
                 };
-                Ok((keys, Mode::Register { code }, url))
+                Ok((keys, Mode::Register { code, fingerprint }, url))
             }
         }
     }
@@ -391,7 +517,7 @@ impl Agent {
 fn hello(mode: &Mode, keys: &Keys, nonce: &str, facts: HostFacts) -> Handshake {
     let proto_version = tomo_proto::PROTO_VERSION;
     match mode {
-        Mode::Register { code } => {
+        Mode::Register { code, .. } => {
             let public_key = keys.public_key_b64();
             let signature = keys.sign_b64(&signing_payload(Purpose::Register, nonce, &public_key));
             Handshake::Register {
@@ -402,7 +528,7 @@ fn hello(mode: &Mode, keys: &Keys, nonce: &str, facts: HostFacts) -> Handshake {
                 facts,
             }
         }
-        Mode::Authenticate { agent_id } => {
+        Mode::Authenticate { agent_id, .. } => {
             let signature = keys.sign_b64(&signing_payload(Purpose::Authenticate, nonce, agent_id));
             Handshake::Authenticate {
                 proto_version,

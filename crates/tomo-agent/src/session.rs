@@ -139,7 +139,7 @@ pub async fn open(
     url: &str,
     hello: impl FnOnce(&str) -> Handshake,
     timeout: Duration,
-) -> Result<(Ws, String), SessionError> {
+) -> Result<(Ws, String, Option<String>), SessionError> {
     // Everything, from TCP connect to welcome, within one deadline: a black-holed peer cannot hang us.
     let work = async {
         let io = dialer.dial(url).await?;
@@ -168,7 +168,11 @@ pub async fn open(
         };
         ws.send(WsMessage::text(hello(&nonce).to_json())).await?;
         match next_handshake(&mut ws).await? {
-            Handshake::Welcome { agent_id, .. } => Ok((ws, agent_id)),
+            Handshake::Welcome {
+                agent_id,
+                command_key,
+                ..
+            } => Ok((ws, agent_id, command_key)),
             Handshake::Refused { reason, message } => {
                 Err(SessionError::Refused { reason, message })
             }
@@ -504,19 +508,29 @@ impl RequestCtx<'_> {
     }
 }
 
-/// Runs one request; `None` for a notification. A panicking handler becomes -32603 for this
-/// request only.
+/// Runs one request; `None` for a notification. The request passes the pipeline
+/// ([`crate::pipeline`]) first; a panicking handler becomes -32603 for this request only.
 async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Option<Response> {
     let id = req.id.clone()?;
-    if let Err(e) = authorize(&dispatcher, &req) {
-        return Some(Response::err(id, e));
-    }
+    let admitted = ctx.shared.guard.admit(
+        &req,
+        |m| dispatcher.level(m),
+        |_method, _level, _role| Ok(()),
+    );
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(denied) => {
+            tracing::warn!(method = %req.method, reason = denied.reason, "request refused");
+            return Some(Response::err(id, denied.error));
+        }
+    };
     let cap = ctx.shared.max_response_bytes;
     let fut = dispatcher.call(ctx, &req.method, req.params.as_deref().map(|p| p.get()));
     let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(r) => r,
         Err(_) => Err(RpcError::internal("the handler panicked")),
     };
+    drop(admitted);
     Some(match outcome {
         // Handlers with big outputs cut them themselves (and say so); this guards the rest.
         Ok(v) if serde_json::to_string(&v).map_or(0, |t| t.len()) > cap => Response::err(
@@ -529,34 +543,4 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         Ok(v) => Response::ok(id, v),
         Err(e) => Response::err(id, e),
     })
-}
-
-/// The caller's role (from the request's `meta`) must reach the method's level; no role, no call.
-/// An unknown method is -32601 before anything else.
-fn authorize(dispatcher: &Dispatcher, req: &rpc::Request) -> Result<(), RpcError> {
-    let Some(level) = dispatcher.level(&req.method) else {
-        return Err(RpcError::method_not_found(&req.method));
-    };
-    let meta: rpc::RequestMeta = req
-        .meta
-        .as_deref()
-        .map(|m| serde_json::from_str(m.get()))
-        .transpose()
-        .map_err(|e| RpcError::invalid_request(format!("meta: {e}")))?
-        .unwrap_or_default();
-    match meta.role {
-        Some(role) if role >= level => Ok(()),
-        Some(role) => Err(RpcError::new(
-            rpc::code::SECURITY,
-            format!(
-                "{} needs the {level:?} role, the caller has {role:?}",
-                req.method
-            ),
-        )
-        .with_data(serde_json::json!({"reason": "forbidden"}))),
-        None => Err(
-            RpcError::new(rpc::code::SECURITY, "the request carries no role")
-                .with_data(serde_json::json!({"reason": "no_role"})),
-        ),
-    }
 }

@@ -55,7 +55,7 @@ pub const MAX_COMMAND_BYTES: usize = 4096;
 /// `system.exec`: split, match against the allowlist, run.
 pub async fn exec(ctx: Ctx, p: SystemExecParams) -> Result<ExecOutput, RpcError> {
     let timeout = exec_timeout(p.timeout)?;
-    let argv = allowed_argv(&p.command, &command::Allowlist::builtin())?;
+    let argv = allowed_argv(&p.command, &ctx.shared.policy.exec_allowlist())?;
     let Some((program, args)) = argv.split_first() else {
         return Err(invalid("command", "empty command"));
     };

@@ -51,6 +51,8 @@ impl Dialer for PipeDialer {
 }
 
 struct Harness {
+    /// The scripted control plane's command key.
+    key: ring::signature::Ed25519KeyPair,
     _dir: tempfile::TempDir,
     ends: mpsc::UnboundedReceiver<DuplexStream>,
     dials: Arc<Mutex<Vec<Instant>>>,
@@ -63,11 +65,88 @@ fn start(fail: bool) -> Harness {
     start_with(fail, Endpoint::Refused("no Docker in this test".into()))
 }
 
+fn command_key() -> ring::signature::Ed25519KeyPair {
+    let rng = ring::rand::SystemRandom::new();
+    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("keygen");
+    ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).expect("key")
+}
+
+fn public_b64(key: &ring::signature::Ed25519KeyPair) -> String {
+    use ring::signature::KeyPair as _;
+    tomo_common::b64(key.public_key().as_ref())
+}
+
+fn code_for(key: &ring::signature::Ed25519KeyPair) -> String {
+    use ring::signature::KeyPair as _;
+    let fp =
+        tomo_proto::handshake::fingerprint_hex(&tomo_common::sha256(key.public_key().as_ref()));
+    format!("rc_0123456789abcdef0123456789abcdef_{fp}")
+}
+
+/// A request as the control plane sends it: meta for agent-1, a fresh nonce, now, signed by
+/// `key`. `id` is JSON (`5`, `"s"`).
+fn signed_by(
+    key: &ring::signature::Ed25519KeyPair,
+    id: &str,
+    method: &str,
+    params: Option<&str>,
+    meta: Value,
+) -> String {
+    let meta = meta.to_string();
+    let payload = tomo_proto::rpc::command_payload(id, method, &meta, params.unwrap_or(""));
+    let sig = tomo_common::b64(key.sign(&payload).as_ref());
+    tomo_proto::rpc::signed_request_text(id, method, &meta, params, &sig)
+}
+
+fn meta(role: Option<&str>) -> Value {
+    let mut m = json!({
+        "aud": "agent-1",
+        "nonce": tomo_common::hex(&tomo_common::random_bytes::<16>()),
+        "ts": tomo_common::now_ms(),
+        "principal": "test",
+    });
+    if let Some(r) = role {
+        m["role"] = json!(r);
+    }
+    m
+}
+
+impl Harness {
+    /// A signed request with `role` (the usual case).
+    fn req(&self, id: &str, method: &str, params: Option<&str>, role: &str) -> String {
+        signed_by(&self.key, id, method, params, meta(Some(role)))
+    }
+}
+
+/// An agent started again in an existing data directory, trusting the same control plane.
+fn restart_in(dir: tempfile::TempDir, key: ring::signature::Ed25519KeyPair) -> Harness {
+    start_in(
+        false,
+        Endpoint::Refused("no Docker in this test".into()),
+        dir,
+        key,
+    )
+}
+
 fn start_with(fail: bool, docker: Endpoint) -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
+    start_in(
+        fail,
+        docker,
+        tempfile::tempdir().expect("tempdir"),
+        command_key(),
+    )
+}
+
+fn start_in(
+    fail: bool,
+    docker: Endpoint,
+    dir: tempfile::TempDir,
+    key: ring::signature::Ed25519KeyPair,
+) -> Harness {
     let mut cfg = AgentConfig::new(dir.path().join("agent"));
     cfg.server_url = Some("wss://tomo.test/agent/ws".into());
-    cfg.register_code = Some("rc_test".into());
+    cfg.register_code = Some(code_for(&key));
+    cfg.volume_base = dir.path().join("volumes");
     cfg.hostname = Some("pipe-host".into());
     cfg.docker = docker;
     let (tx, ends) = mpsc::unbounded_channel();
@@ -84,6 +163,7 @@ fn start_with(fail: bool, docker: Endpoint) -> Harness {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(agent.run(shutdown.clone()));
     Harness {
+        key,
         _dir: dir,
         ends,
         dials,
@@ -118,6 +198,7 @@ async fn welcome(h: &mut Harness) -> ServerWs {
         proto_version: tomo_proto::PROTO_VERSION,
         agent_id: "agent-1".into(),
         heartbeat_secs: 30,
+        command_key: Some(public_b64(&h.key)),
     };
     ws.send(Message::text(w.to_json()))
         .await
@@ -243,49 +324,54 @@ async fn heartbeat_every_30s_keeps_the_session_alive() {
 async fn malformed_frames_get_json_rpc_errors_and_change_nothing() {
     let mut h = start(false);
     let mut ws = welcome(&mut h).await;
-    let cases: Vec<(&str, Value)> = vec![
+    let cases: Vec<(String, Value)> = vec![
         (
-            "not json",
+            "not json".into(),
             json!({"jsonrpc":"2.0","id":null,"error":{"code":-32700}}),
         ),
         (
-            "[]",
+            "[]".into(),
             json!({"jsonrpc":"2.0","id":null,"error":{"code":-32600}}),
         ),
         (
-            r#"{"jsonrpc":"1.0","id":5,"method":"agent.ping","meta":{"role":"read"}}"#,
+            r#"{"jsonrpc":"1.0","id":5,"method":"agent.ping","meta":{"role":"read"}}"#.into(),
             json!({"id":5,"error":{"code":-32600}}),
         ),
         (
-            r#"{"jsonrpc":"2.0","id":6,"method":"agent.ping","params":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":6,"method":"agent.ping","params":"x"}"#.into(),
             json!({"id":6,"error":{"code":-32600}}),
         ),
         (
-            r#"{"jsonrpc":"2.0","id":7,"method":"no.such"}"#,
+            h.req("7", "no.such", None, "admin"),
             json!({"id":7,"error":{"code":-32601}}),
         ),
         (
-            r#"{"jsonrpc":"2.0","id":8,"method":"docker.containers.list","params":{"all":"yes"},"meta":{"role":"read"}}"#,
+            h.req(
+                "8",
+                "docker.containers.list",
+                Some(r#"{"all":"yes"}"#),
+                "read",
+            ),
             json!({"id":8,"error":{"code":-32602,"data":{"param":"all"}}}),
         ),
         (
-            r#"{"jsonrpc":"2.0","id":9,"method":"docker.containers.list","meta":{"role":"read"}}"#,
+            h.req("9", "docker.containers.list", None, "read"),
             json!({"id":9,"error":{"code":-32003}}),
         ),
         (
-            r#"{"jsonrpc":"2.0","id":"s","method":"agent.ping","meta":{"role":"read"}}"#,
+            h.req(r#""s""#, "agent.ping", None, "read"),
             json!({"id":"s","result":{"pong":true}}),
         ),
         // Deny by default: a request without a role runs nothing.
         (
-            r#"{"jsonrpc":"2.0","id":14,"method":"agent.ping"}"#,
+            signed_by(&h.key, "14", "agent.ping", None, meta(None)),
             json!({"id":14,"error":{"code":-32001,"data":{"reason":"no_role"}}}),
         ),
     ];
-    for (frame, want) in cases {
-        ws.send(Message::text(frame)).await.expect("send");
+    for (frame, want) in &cases {
+        ws.send(Message::text(frame.as_str())).await.expect("send");
         let got = next_reply(&mut ws).await;
-        assert_subset(&want, &got, frame);
+        assert_subset(want, &got, frame);
     }
     // A notification gets no answer: the next reply is for the request after it.
     ws.send(Message::text(
@@ -293,16 +379,16 @@ async fn malformed_frames_get_json_rpc_errors_and_change_nothing() {
     ))
     .await
     .expect("send");
-    ws.send(Message::text(
-        r#"{"jsonrpc":"2.0","id":10,"method":"agent.ping","meta":{"role":"read"}}"#,
-    ))
-    .await
-    .expect("send");
-    assert_eq!(next_reply(&mut ws).await["id"], json!(10));
-    // A batch is answered with an array of the answers to its requests, notifications excluded.
-    ws.send(Message::text(r#"[{"jsonrpc":"2.0","id":11,"method":"agent.ping","meta":{"role":"read"}},{"jsonrpc":"2.0","method":"agent.ping","meta":{"role":"read"}},1]"#))
+    ws.send(Message::text(h.req("10", "agent.ping", None, "read")))
         .await
         .expect("send");
+    assert_eq!(next_reply(&mut ws).await["id"], json!(10));
+    // A batch is answered with an array of the answers to its requests, notifications excluded.
+    let batch = format!(
+        r#"[{},{{"jsonrpc":"2.0","method":"agent.ping","meta":{{"role":"read"}}}},1]"#,
+        h.req("11", "agent.ping", None, "read")
+    );
+    ws.send(Message::text(batch)).await.expect("send");
     let batch = next_reply(&mut ws).await;
     let items = batch.as_array().expect("array");
     assert_eq!(items.len(), 2, "{batch}");
@@ -316,12 +402,226 @@ async fn malformed_frames_get_json_rpc_errors_and_change_nothing() {
     let _ = ws.send(Message::text(big)).await;
     wait_status(&mut h, |s| matches!(s, Status::Offline { .. })).await;
     let mut ws2 = welcome(&mut h).await;
-    ws2.send(Message::text(
-        r#"{"jsonrpc":"2.0","id":13,"method":"agent.ping","meta":{"role":"read"}}"#,
-    ))
+    ws2.send(Message::text(h.req("13", "agent.ping", None, "read")))
+        .await
+        .expect("send");
+    assert_eq!(next_reply(&mut ws2).await["result"]["pong"], json!(true));
+    h.shutdown.cancel();
+    assert!(h.task.await.expect("join").is_ok());
+}
+
+/// The signed-command stages: each forged, replayed, stale or misaddressed request is refused with
+/// its reason, and nothing runs (checked: the volume directory a command would make is absent).
+#[tokio::test]
+async fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
+    let mut h = start(false);
+    let mut ws = welcome(&mut h).await;
+    let made = |name: &str| h._dir.path().join("volumes").join(name).exists();
+    let params = |name: &str| format!(r#"{{"volumes":[{{"path":"{name}"}}]}}"#);
+    let other = command_key();
+    let good = h.req("1", "system.prepare_volumes", Some(&params("a")), "execute");
+    let rewritten = good.replace(r#""path":"a""#, r#""path":"evil""#);
+    assert_ne!(good, rewritten);
+    let mut old = meta(Some("execute"));
+    old["ts"] = json!(tomo_common::now_ms() - 5 * 60 * 1000 - 1000);
+    let mut future = meta(Some("execute"));
+    future["ts"] = json!(tomo_common::now_ms() + 31_000);
+    let mut elsewhere = meta(Some("execute"));
+    elsewhere["aud"] = json!("agent-2");
+    let unsigned = format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"system.prepare_volumes","params":{},"meta":{}}}"#,
+        params("u"),
+        meta(Some("execute"))
+    );
+    let rows: Vec<(&str, String, i64, &str, &str)> = vec![
+        ("unsigned", unsigned, -32001, "unsigned", "u"),
+        (
+            "signed by another key",
+            signed_by(
+                &other,
+                "3",
+                "system.prepare_volumes",
+                Some(&params("k")),
+                meta(Some("execute")),
+            ),
+            -32001,
+            "bad_signature",
+            "k",
+        ),
+        (
+            "params rewritten by a proxy",
+            rewritten,
+            -32001,
+            "bad_signature",
+            "evil",
+        ),
+        (
+            "for another agent",
+            signed_by(
+                &h.key,
+                "4",
+                "system.prepare_volumes",
+                Some(&params("o")),
+                elsewhere,
+            ),
+            -32001,
+            "audience",
+            "o",
+        ),
+        (
+            "stale",
+            signed_by(
+                &h.key,
+                "5",
+                "system.prepare_volumes",
+                Some(&params("s")),
+                old,
+            ),
+            -32001,
+            "stale",
+            "s",
+        ),
+        (
+            "from the future",
+            signed_by(
+                &h.key,
+                "6",
+                "system.prepare_volumes",
+                Some(&params("f")),
+                future,
+            ),
+            -32001,
+            "stale",
+            "f",
+        ),
+        (
+            "above the caller's role",
+            h.req("7", "system.prepare_volumes", Some(&params("r")), "read"),
+            -32001,
+            "forbidden",
+            "r",
+        ),
+    ];
+    for (what, frame, code, reason, dir) in &rows {
+        ws.send(Message::text(frame.as_str())).await.expect("send");
+        let got = next_reply(&mut ws).await;
+        assert_eq!(got["error"]["code"], json!(code), "{what}: {got}");
+        assert_eq!(
+            got["error"]["data"]["reason"],
+            json!(reason),
+            "{what}: {got}"
+        );
+        assert!(!made(dir), "{what}: the command ran");
+    }
+    // The genuine request runs once; the same bytes again are a replay.
+    ws.send(Message::text(good.as_str())).await.expect("send");
+    let got = next_reply(&mut ws).await;
+    assert!(got.get("result").is_some(), "{got}");
+    assert!(made("a"));
+    std::fs::remove_dir(h._dir.path().join("volumes/a")).expect("rmdir");
+    ws.send(Message::text(good.as_str())).await.expect("send");
+    let got = next_reply(&mut ws).await;
+    assert_eq!(got["error"]["data"]["reason"], json!("replay"), "{got}");
+    assert!(!made("a"), "the replay ran");
+    // Across an agent restart, the replay still fails.
+    h.shutdown.cancel();
+    assert!(h.task.await.expect("join").is_ok());
+    let dir = h._dir;
+    let key = h.key;
+    let mut h = restart_in(dir, key);
+    let mut ws = welcome(&mut h).await;
+    ws.send(Message::text(good.as_str())).await.expect("send");
+    let got = next_reply(&mut ws).await;
+    assert_eq!(got["error"]["data"]["reason"], json!("replay"), "{got}");
+    assert!(
+        !h._dir.path().join("volumes/a").exists(),
+        "the replay ran after a restart"
+    );
+    h.shutdown.cancel();
+    assert!(h.task.await.expect("join").is_ok());
+}
+
+/// Commands are limited to 30 a minute and 5 at once; the 31st and the 6th are errors.
+#[tokio::test(start_paused = true)]
+async fn commands_are_rate_limited() {
+    let mut h = start(false);
+    let mut ws = welcome(&mut h).await;
+    let p = r#"{"volumes":[{"path":"x"}]}"#;
+    for i in 0..30 {
+        ws.send(Message::text(h.req(
+            &i.to_string(),
+            "system.prepare_volumes",
+            Some(p),
+            "execute",
+        )))
+        .await
+        .expect("send");
+        let got = next_reply(&mut ws).await;
+        assert!(got.get("result").is_some(), "command {i}: {got}");
+    }
+    ws.send(Message::text(h.req(
+        "30",
+        "system.prepare_volumes",
+        Some(p),
+        "execute",
+    )))
     .await
     .expect("send");
-    assert_eq!(next_reply(&mut ws2).await["result"]["pong"], json!(true));
+    let got = next_reply(&mut ws).await;
+    assert_eq!(got["error"]["code"], json!(-32002), "{got}");
+    assert_eq!(got["error"]["data"]["reason"], json!("rate"), "{got}");
+    // Reads are not commands: they still run.
+    ws.send(Message::text(h.req("31", "agent.ping", None, "read")))
+        .await
+        .expect("send");
+    assert!(next_reply(&mut ws).await.get("result").is_some());
+    // A minute later the window has room again.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    ws.send(Message::text(h.req(
+        "32",
+        "system.prepare_volumes",
+        Some(p),
+        "execute",
+    )))
+    .await
+    .expect("send");
+    let got = next_reply(&mut ws).await;
+    assert!(got.get("result").is_some(), "{got}");
+    h.shutdown.cancel();
+    assert!(h.task.await.expect("join").is_ok());
+}
+
+#[tokio::test]
+async fn at_most_five_commands_run_at_once() {
+    // Commands against an engine that never answers stay in flight.
+    let sock_dir = tempfile::tempdir().expect("tempdir");
+    let sock = sock_dir.path().join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut h = start_with(false, Endpoint::Unix(sock.display().to_string()));
+    let mut ws = welcome(&mut h).await;
+    for i in 0..6 {
+        let f = h.req(
+            &i.to_string(),
+            "docker.containers.start",
+            Some(r#"{"container":"x"}"#),
+            "execute",
+        );
+        ws.send(Message::text(f)).await.expect("send");
+    }
+    let got = next_reply(&mut ws).await;
+    assert_eq!(got["id"], json!(5), "{got}");
+    assert_eq!(got["error"]["code"], json!(-32002), "{got}");
+    assert_eq!(
+        got["error"]["data"]["reason"],
+        json!("concurrency"),
+        "{got}"
+    );
     h.shutdown.cancel();
     assert!(h.task.await.expect("join").is_ok());
 }
@@ -365,9 +665,12 @@ async fn shutdown_answers_in_flight_requests_then_closes() {
     });
     let mut h = start_with(false, Endpoint::Unix(sock.display().to_string()));
     let mut ws = welcome(&mut h).await;
-    ws.send(Message::text(
-        r#"{"jsonrpc":"2.0","id":41,"method":"docker.containers.list","meta":{"role":"read"}}"#,
-    ))
+    ws.send(Message::text(h.req(
+        "41",
+        "docker.containers.list",
+        None,
+        "read",
+    )))
     .await
     .expect("send");
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -62,7 +62,7 @@ impl Fleet {
             .await
             .context("cannot mint an API token")?
             .0;
-        let code = tomo_server::auth::mint_code(&*state.store, Duration::from_secs(900), "bench")
+        let code = tomo_server::auth::mint_code(&state, Duration::from_secs(900), "bench")
             .await
             .context("cannot mint a registration code")?
             .0;

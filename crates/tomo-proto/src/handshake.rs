@@ -63,6 +63,11 @@ pub enum Handshake {
         proto_version: u32,
         agent_id: String,
         heartbeat_secs: u64,
+        /// The control plane's command-signing public key (Ed25519, base64). The agent pins it
+        /// at registration, after checking it against the fingerprint in the registration code,
+        /// and refuses a different one later.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command_key: Option<String>,
     },
     /// The handshake failed; the control plane closes the connection after sending this.
     Refused {
@@ -219,5 +224,25 @@ mod tests {
             r#"{"type":"refused","reason":"code_used","message":"used"}"#
         );
         assert_eq!(Handshake::parse(&text), Ok(m));
+    }
+}
+
+/// Fingerprint of a command-signing public key as carried in registration codes: the first 16
+/// bytes of its SHA-256, lowercase hex. (The hash itself is computed by the caller, which has a
+/// crypto library; this crate only formats.)
+pub fn fingerprint_hex(sha256_of_key: &[u8; 32]) -> String {
+    sha256_of_key[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Splits a registration code `rc_<secret>_<fingerprint>` into the part the control plane stores
+/// a hash of and the fingerprint of the command key the agent must be offered.
+pub fn split_code(code: &str) -> (&str, Option<&str>) {
+    let code = code.trim();
+    match code.rsplit_once('_') {
+        Some((secret, fp)) if secret.starts_with("rc_") && fp.len() == 32 => (secret, Some(fp)),
+        _ => (code, None),
     }
 }

@@ -85,9 +85,55 @@ pub struct RequestMeta {
     /// A single-use random value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
-    /// Unix time in seconds at which the request was made.
+    /// Unix time in milliseconds at which the request was signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<i64>,
+}
+
+/// Domain separation of command signatures.
+pub const COMMAND_DOMAIN: &str = "tomo-command-v1";
+
+/// The bytes the control plane signs for a request and the agent verifies, built from the
+/// request's exact text: its id (as JSON), method, and the raw `meta` and `params` values (empty
+/// when absent). Every field is length-prefixed, so no two requests share a payload.
+pub fn command_payload(id: &str, method: &str, meta: &str, params: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        COMMAND_DOMAIN.len() + id.len() + method.len() + meta.len() + params.len() + 40,
+    );
+    for part in [COMMAND_DOMAIN, id, method, meta, params] {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part.as_bytes());
+    }
+    out
+}
+
+/// The text of a signed request, assembled around the exact `meta` and `params` texts that were
+/// signed (so the agent's raw values are byte for byte what the signature covers).
+pub fn signed_request_text(
+    id: &str,
+    method: &str,
+    meta: &str,
+    params: Option<&str>,
+    sig_b64: &str,
+) -> String {
+    let method_json = serde_json::to_string(method).unwrap_or_default();
+    let mut out = String::with_capacity(
+        64 + id.len() + method_json.len() + meta.len() + params.map_or(0, str::len) + sig_b64.len(),
+    );
+    out.push_str(r#"{"jsonrpc":"2.0","id":"#);
+    out.push_str(id);
+    out.push_str(r#","method":"#);
+    out.push_str(&method_json);
+    if let Some(p) = params {
+        out.push_str(r#","params":"#);
+        out.push_str(p);
+    }
+    out.push_str(r#","meta":"#);
+    out.push_str(meta);
+    out.push_str(r#","sig":""#);
+    out.push_str(sig_b64);
+    out.push_str(r#""}"#);
+    out
 }
 
 /// A request or notification as received: params stay raw until a handler asks for them.

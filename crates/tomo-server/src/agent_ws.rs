@@ -122,6 +122,7 @@ where
         proto_version: tomo_proto::PROTO_VERSION,
         agent_id: host.id.clone(),
         heartbeat_secs: state.config.heartbeat.as_secs(),
+        command_key: Some(state.hub.command_key().to_owned()),
     };
     if sink.send(WsMessage::text(welcome.to_json())).await.is_ok() {
         tracing::info!(host_id = %host.id, hostname = %host.hostname, "agent connected");
@@ -238,7 +239,9 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 public_key: key,
                 facts,
             };
-            let code_hash = tomo_common::sha256(code.trim().as_bytes());
+            // Only the secret part is stored; the fingerprint is for the agent to check.
+            let code_hash =
+                tomo_common::sha256(tomo_proto::handshake::split_code(&code).0.as_bytes());
             match state.store.register(&host, &code_hash, now_ms()).await {
                 Ok(h) => {
                     tracing::info!(host_id = %h.id, hostname = %h.hostname, "agent registered");
@@ -512,6 +515,9 @@ async fn on_notification(method: &str, params: &str, conn: &AgentConn, state: &A
                     tracing::warn!(host_id = %conn.host_id, error = %e, "malformed docker.event ignored")
                 }
             };
+        }
+        tomo_proto::audit::AUDIT_RECORD => {
+            return crate::audit::on_agent_record(state, &conn.host_id, params).await;
         }
         METRICS_UPDATE => match serde_json::from_str::<Metrics>(params) {
             Ok(m) => (

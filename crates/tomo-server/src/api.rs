@@ -34,8 +34,19 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/hosts/{host}", get(show_host).delete(remove_host))
         .route("/hosts/{host}/rpc", post(call_host))
         .route("/hosts/{host}/metrics", get(host_metrics))
+        .route("/audit", get(crate::audit::list))
         .merge(crate::api_host::routes())
-        .layer(axum::middleware::from_fn_with_state(state, require_token))
+        // Innermost: hands the token's principal to the audit layer through the response.
+        .layer(axum::middleware::from_fn(crate::audit::capture_principal))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_token,
+        ))
+        // Outermost: records every request and answer, 401s from the token check included.
+        .layer(axum::middleware::from_fn_with_state(
+            crate::audit::Recorder::new(state),
+            crate::audit::record,
+        ))
 }
 
 /// An API error: status, stable code, message.
@@ -204,7 +215,7 @@ async fn create_code(
             "ttl_secs must be between 1 and 604800 (7 days)",
         ));
     }
-    let (code, expires_at) = auth::mint_code(&*state.store, ttl, &who.0.name).await?;
+    let (code, expires_at) = auth::mint_code(&state, ttl, &who.0.name).await?;
     let server_url = state.info.agent_url.clone();
     let ca_file = state.info.ca_file.as_ref().map(|p| p.display().to_string());
     let ca_flag = ca_file

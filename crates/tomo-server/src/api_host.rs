@@ -175,7 +175,7 @@ pub async fn forward_stream(
     }
 }
 
-fn line(v: &Value) -> Result<Bytes, Infallible> {
+pub(crate) fn line(v: &Value) -> Result<Bytes, Infallible> {
     let mut text = v.to_string();
     text.push('\n');
     Ok(Bytes::from(text))
@@ -531,7 +531,7 @@ async fn events(
 }
 
 /// A stream fed by a task through a small bounded channel (the task waits for the reader).
-fn async_stream<F, Fut>(
+pub(crate) fn async_stream<F, Fut>(
     f: F,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static
 where

@@ -44,20 +44,24 @@ pub async fn check_token(
 }
 
 /// Creates a single-use registration code valid for `ttl`; returns it and its expiry (Unix ms).
+/// The code is `rc_<secret>_<fingerprint>`: only the secret part is stored (hashed); the
+/// fingerprint of the command-signing key lets the agent check the key it is offered.
 pub async fn mint_code(
-    store: &dyn Store,
+    state: &crate::AppState,
     ttl: Duration,
     created_by: &str,
 ) -> Result<(String, i64), StoreError> {
-    let code = format!(
+    let store = &*state.store;
+    let secret = format!(
         "rc_{}",
         tomo_common::hex(&tomo_common::random_bytes::<16>())
     );
+    let code = format!("{secret}_{}", state.hub.command_fingerprint());
     let now = now_ms();
     let expires_at = now + ttl.as_millis() as i64;
     store
         .create_code(&NewCode {
-            code_hash: sha256(code.as_bytes()),
+            code_hash: sha256(secret.as_bytes()),
             created_at: now,
             expires_at,
             created_by: created_by.to_owned(),

@@ -19,6 +19,8 @@ pub struct ServerConfig {
     pub call_timeout: Duration,
     /// How long health and metrics history is kept.
     pub history_retention: Duration,
+    /// How long audit records are kept.
+    pub audit_retention: Duration,
     pub heartbeat: Duration,
     pub dead_after: Duration,
     pub handshake_timeout: Duration,
@@ -45,6 +47,7 @@ impl ServerConfig {
             public_url: None,
             call_timeout: Duration::from_secs(30),
             history_retention: Duration::from_secs(24 * 3600),
+            audit_retention: Duration::from_secs(30 * 24 * 3600),
             heartbeat: Duration::from_secs(tomo_proto::HEARTBEAT_SECS),
             dead_after: Duration::from_secs(tomo_proto::DEAD_AFTER_SECS),
             handshake_timeout: Duration::from_secs(10),

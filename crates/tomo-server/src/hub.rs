@@ -14,7 +14,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tomo_proto::methods::{Level, STREAM_WINDOW, StreamData, StreamEnd};
-use tomo_proto::rpc::{Id, OutgoingRequest, RequestMeta, Response, RpcError, V2, code};
+use tomo_proto::rpc::{Id, RequestMeta, Response, RpcError, code};
+
+use crate::signer::CommandSigner;
 
 /// Frames queued for one agent before senders wait.
 const OUTBOX: usize = 256;
@@ -70,6 +72,7 @@ pub struct AgentConn {
     /// Cancelled to end the session (host removed, replaced by a newer session).
     pub kick: CancellationToken,
     pub connected_at: i64,
+    signer: Arc<CommandSigner>,
 }
 
 impl std::fmt::Debug for AgentConn {
@@ -185,7 +188,9 @@ fn json_stream(stream: &str, seq: Option<u64>) -> Value {
     }
 }
 
-/// Builds the text of a request to an agent: the one place requests are made.
+/// Builds the text of a request to an agent: the one place requests are made. The meta carries
+/// the caller, the audience (the agent's id), a fresh nonce and the time; the signature covers
+/// the id, the method and the exact meta and params texts (`tomo_proto::rpc::command_payload`).
 fn request_text(
     conn: &AgentConn,
     id: i64,
@@ -199,16 +204,19 @@ fn request_text(
         role: Some(caller.role),
         aud: Some(conn.host_id.clone()),
         nonce: Some(tomo_common::hex(&tomo_common::random_bytes::<16>())),
-        ts: Some(tomo_common::now_secs()),
+        ts: Some(tomo_common::now_ms()),
     };
-    serde_json::to_string(&OutgoingRequest {
-        jsonrpc: V2,
-        id: Some(Id::Num(id)),
+    let meta_text = serde_json::to_string(&meta).unwrap_or_default();
+    let params_text = params.map(Value::to_string);
+    let id_text = id.to_string();
+    let payload = tomo_proto::rpc::command_payload(
+        &id_text,
         method,
-        params,
-        meta: Some(&meta),
-    })
-    .unwrap_or_default()
+        &meta_text,
+        params_text.as_deref().unwrap_or(""),
+    );
+    let sig = conn.signer.sign(&payload);
+    tomo_proto::rpc::signed_request_text(&id_text, method, &meta_text, params_text.as_deref(), &sig)
 }
 
 /// The consuming end of a stream. Dropping it before the end closes the stream on the agent.
@@ -332,16 +340,33 @@ impl CallError {
 }
 
 /// All live sessions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
+    signer: Arc<CommandSigner>,
     conns: RwLock<HashMap<String, Arc<AgentConn>>>,
     latest: RwLock<HashMap<String, Latest>>,
     next_session: AtomicU64,
 }
 
 impl Hub {
-    pub fn new() -> Self {
-        Self::default()
+    /// A hub whose requests are signed by `signer`.
+    pub fn new(signer: Arc<CommandSigner>) -> Self {
+        Self {
+            signer,
+            conns: RwLock::default(),
+            latest: RwLock::default(),
+            next_session: AtomicU64::default(),
+        }
+    }
+
+    /// The command-signing key's public half, base64 (sent in `welcome`).
+    pub fn command_key(&self) -> &str {
+        self.signer.public_key_b64()
+    }
+
+    /// The fingerprint registration codes carry.
+    pub fn command_fingerprint(&self) -> &str {
+        self.signer.fingerprint()
     }
 
     /// Registers a new session for `host_id`, ending any older one (an agent that reconnects
@@ -357,6 +382,7 @@ impl Hub {
             next_call: AtomicU64::new(1),
             kick: CancellationToken::new(),
             connected_at: tomo_common::now_ms(),
+            signer: Arc::clone(&self.signer),
         });
         let old = self
             .conns

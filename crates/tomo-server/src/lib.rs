@@ -8,10 +8,12 @@
 pub mod agent_ws;
 pub mod api;
 pub mod api_host;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod events;
 pub mod hub;
+pub mod signer;
 pub mod store;
 pub mod tls;
 
@@ -55,6 +57,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Docker events as they are stored, for followers.
     pub events: tokio::sync::broadcast::Sender<events::Live>,
+    /// Audit records as they are stored, for followers.
+    pub audit: tokio::sync::broadcast::Sender<audit::Live>,
 }
 
 /// Startup failures.
@@ -66,6 +70,8 @@ pub enum ServerError {
     Tls(#[from] tls::TlsSetupError),
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Signer(#[from] signer::SignerError),
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -106,6 +112,7 @@ impl Server {
         };
         tomo_common::fs::create_private_dir(&config.data_dir).map_err(dir_err)?;
         let tls = tls::load(&config.tls, &config.data_dir)?;
+        let signer = Arc::new(signer::CommandSigner::load_or_create(&config.data_dir)?);
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&config.data_dir.join("tomo.db")).await?);
         let first_admin_token = if store.count_tokens().await? == 0 {
@@ -136,12 +143,13 @@ impl Server {
         };
         let state = Arc::new(AppState {
             store,
-            hub: Hub::new(),
+            hub: Hub::new(signer),
             config,
             info,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             events: tokio::sync::broadcast::channel(events::FOLLOW_BUFFER).0,
+            audit: tokio::sync::broadcast::channel(audit::FOLLOW_BUFFER).0,
         });
         Ok(Self {
             state,
@@ -194,7 +202,10 @@ impl Server {
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
-                let svc = hyper_util::service::TowerToHyperService::new(app);
+                // The peer's address, for the audit trail's per-source bound on 401s.
+                let svc = hyper_util::service::TowerToHyperService::new(
+                    app.layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+                );
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))
@@ -254,6 +265,12 @@ async fn prune_history(state: Arc<AppState>) {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "pruned Docker events"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot prune Docker events"),
+        }
+        let audit_before = tomo_common::now_ms() - state.config.audit_retention.as_millis() as i64;
+        match state.store.prune_audit(audit_before).await {
+            Ok(n) if n > 0 => tracing::debug!(deleted = n, "pruned audit records"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot prune audit records"),
         }
     }
 }

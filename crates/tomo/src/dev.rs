@@ -81,10 +81,9 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     agent_cfg.server_url = Some(info.agent_url.clone());
     agent_cfg.ca_file = info.ca_file.clone();
     if !agent_dir.join("agent.json").exists() {
-        let (code, _) =
-            tomo_server::auth::mint_code(&*state.store, Duration::from_secs(60), "tomo dev")
-                .await
-                .map_err(|e| Failure::new(1, format!("cannot create a registration code: {e}")))?;
+        let (code, _) = tomo_server::auth::mint_code(&state, Duration::from_secs(60), "tomo dev")
+            .await
+            .map_err(|e| Failure::new(1, format!("cannot create a registration code: {e}")))?;
         agent_cfg.register_code = Some(code);
     }
     let agent = tomo_agent::Agent::new(agent_cfg).map_err(Failure::config)?;

@@ -2,6 +2,7 @@
 //! (`tomo hosts`, `tomo codes`, `tomo call`). `main` parses arguments and dispatches; the work is
 //! in the libraries and in the modules below.
 
+mod audit_cmd;
 mod client;
 mod commands;
 mod dev;
@@ -242,6 +243,20 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The audit trail: agents' request decisions and operator API requests (admin tokens).
+    Audit {
+        /// Only this host's records (id, hostname or unique id prefix).
+        #[arg(long)]
+        host: Option<String>,
+        /// Keep following new records.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many stored records to show first.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -378,6 +393,12 @@ fn main() -> ExitCode {
                 client,
             } => ops::events(&host, follow, limit, &client).await,
             Command::Metrics { host, client } => ops::metrics(&host, &client).await,
+            Command::Audit {
+                host,
+                follow,
+                limit,
+                client,
+            } => audit_cmd::audit(host.as_deref(), follow, limit, &client).await,
         }
     });
     // Do not wait for stray blocking tasks at exit.

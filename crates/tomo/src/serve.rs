@@ -33,6 +33,9 @@ pub struct ServerArgs {
     /// How long health and metrics history is kept.
     #[arg(long, env = "TOMO_HISTORY_RETENTION", default_value = "24h")]
     pub history_retention: String,
+    /// How long audit records are kept.
+    #[arg(long, env = "TOMO_AUDIT_RETENTION", default_value = "30d")]
+    pub audit_retention: String,
 }
 
 impl ServerArgs {
@@ -48,6 +51,8 @@ impl ServerArgs {
         c.call_timeout = crate::duration::parse(&self.call_timeout).map_err(Failure::config)?;
         c.history_retention =
             crate::duration::parse(&self.history_retention).map_err(Failure::config)?;
+        c.audit_retention =
+            crate::duration::parse(&self.audit_retention).map_err(Failure::config)?;
         c.validate().map_err(Failure::config)?;
         Ok(c)
     }

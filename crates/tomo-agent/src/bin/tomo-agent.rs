@@ -36,6 +36,9 @@ struct Args {
     #[arg(long, env = "TOMO_MAX_RESPONSE_BYTES", default_value_t = tomo_agent::config::DEFAULT_MAX_RESPONSE_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(65_536..=10_485_760))]
     max_response_bytes: u64,
+    /// Host policy file (TOML); the defaults when the default path does not exist.
+    #[arg(long = "policy", env = "TOMO_POLICY")]
+    policy: Option<PathBuf>,
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
     config.insecure_dev = args.dev && config.ca_file.is_none();
     config.volume_base = args.volume_base;
     config.max_response_bytes = args.max_response_bytes as usize;
+    config.policy_path = args.policy;
     tracing::info!(version = tomo_agent::VERSION, config = ?config, "starting tomo-agent");
 
     let agent = match tomo_agent::Agent::new(config) {

@@ -64,6 +64,9 @@ pub async fn get(ctx: Ctx, p: ContainerRef) -> Result<ContainerDetails, RpcError
 /// `docker.containers.run`: validate and map the params, get the image as `pull` says, create,
 /// start. A container that does not start is removed again: nothing half-made is left behind.
 pub async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
+    let (policy, host_root) = (&ctx.shared.policy, &ctx.shared.host_root);
+    crate::validate::check_run(&p, policy, host_root)?;
+    crate::validate::check_run_refs(&p, policy, host_root, &*ctx.shared.docker).await?;
     let body = create_body(&p)?;
     let client = Arc::clone(&ctx.shared.docker);
     let pulled = ensure_image(&client, &p.image, p.pull).await?;
@@ -237,10 +240,12 @@ pub async fn update(ctx: Ctx, p: UpdateParams) -> Result<UpdateResult, RpcError>
         ));
     }
     let client = Arc::clone(&ctx.shared.docker);
+    let guard = (Arc::clone(&ctx.shared.policy), ctx.shared.host_root.clone());
     // In its own task: once the old container is renamed, an abandoned request must still
     // finish or roll back.
     tokio::spawn(async move {
-        update_container(&client, &p.container, Duration::from_secs(timeout)).await
+        let timeout = Duration::from_secs(timeout);
+        update_container(&client, &p.container, timeout, (&guard.0, &guard.1)).await
     })
     .await
     .map_err(RpcError::internal)?
@@ -835,6 +840,7 @@ async fn update_container(
     client: &DockerClient,
     container: &str,
     timeout: Duration,
+    (policy, host_root): (&crate::policy::HostPolicy, &std::path::Path),
 ) -> Result<UpdateResult, RpcError> {
     let docker = client.client().await?;
     let first = inspect(&docker, client, container).await?;
@@ -848,6 +854,8 @@ async fn update_container(
             format!("container {container} was renamed during another update of {name}; try again"),
         ));
     }
+    // The host policy, on exactly what would be recreated, before anything changes.
+    crate::validate::check_container(&old, policy, host_root, client).await?;
     let old_id = old.id.clone().unwrap_or_default();
     let old_image_id = old.image.clone().unwrap_or_default();
     let image = old
@@ -1145,6 +1153,42 @@ async fn remove(docker: &Docker, id: &str) -> Result<(), String> {
             status_code: 404, ..
         }) => Ok(()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The engine as the validation stage asks it (`volumes_from`, `container:<x>`, named volumes,
+/// networks); a 404 is `None`.
+impl crate::validate::Lookup for DockerClient {
+    async fn container(&self, name: &str) -> Result<Option<ContainerInspectResponse>, RpcError> {
+        let docker = self.client().await?;
+        let found = docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await;
+        none_if_404(found).map_err(|e| self.error(e))
+    }
+
+    async fn volume(&self, name: &str) -> Result<Option<bollard::models::Volume>, RpcError> {
+        let docker = self.client().await?;
+        none_if_404(docker.inspect_volume(name).await).map_err(|e| self.error(e))
+    }
+
+    async fn network_driver(&self, name: &str) -> Result<Option<String>, RpcError> {
+        let docker = self.client().await?;
+        let options = None::<bollard::query_parameters::InspectNetworkOptions>;
+        let found = none_if_404(docker.inspect_network(name, options).await);
+        Ok(found.map_err(|e| self.error(e))?.and_then(|n| n.driver))
+    }
+}
+
+fn none_if_404<T>(
+    r: Result<T, bollard::errors::Error>,
+) -> Result<Option<T>, bollard::errors::Error> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -27,6 +27,7 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// [`PullProgress`] whose `stream.end` carries the [`PullResult`].
 pub async fn pull_handler(ctx: Ctx, p: PullParams) -> Result<Streamed<PullResult>, RpcError> {
     normalize_reference(&p.image)?;
+    crate::validate::check_image(&p.image, &ctx.shared.policy)?;
     // An unreachable engine is an error answer, not a stream that ends at once.
     ctx.shared.docker.client().await?;
     if !p.progress {

@@ -658,6 +658,7 @@ pub async fn volumes_list(ctx: Ctx, _: NoParams) -> Result<Vec<VolumeSummary>, R
 
 pub async fn volumes_create(ctx: Ctx, p: VolumeCreateParams) -> Result<ObjectRef, RpcError> {
     check_ref("name", &p.name)?;
+    crate::validate::check_volume_create(&p, &ctx.shared.policy, &ctx.shared.host_root)?;
     let d = &ctx.shared.docker;
     let opts = bollard::models::VolumeCreateOptions {
         name: Some(p.name.clone()),

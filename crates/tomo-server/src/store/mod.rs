@@ -185,8 +185,40 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes events received before `before`, and all but the newest `keep` of each host.
     async fn prune_docker_events(&self, before: i64, keep: u32) -> Result<u64, StoreError>;
 
+    /// Appends an audit record (JSON): an agent's (`host_id` set) or an operator action's
+    /// (`None`). Returns its id, increasing per store.
+    async fn add_audit(
+        &self,
+        host_id: Option<&str>,
+        at_ms: i64,
+        received_at: i64,
+        record: &str,
+    ) -> Result<i64, StoreError>;
+    /// Audit records with an id above `after`, oldest first, at most `limit`; with
+    /// `after == None`, the newest `limit`. `host: Some(id)` keeps that host's records only.
+    async fn audit(
+        &self,
+        host: Option<&str>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredAudit>, StoreError>;
+    /// Deletes audit records received before `before`; returns how many.
+    async fn prune_audit(&self, before: i64) -> Result<u64, StoreError>;
+
     /// Flushes and closes.
     async fn close(&self);
+}
+
+/// A stored audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAudit {
+    pub id: i64,
+    /// `None` for an operator action on the control plane.
+    pub host_id: Option<String>,
+    pub at_ms: i64,
+    pub received_at: i64,
+    /// The `AuditRecord` as JSON.
+    pub record: String,
 }
 
 /// A stored Docker event.

@@ -16,7 +16,7 @@ use tomo_proto::methods::Level;
 
 use super::{
     HostRecord, NewCode, NewHost, RegisterError, SampleKind, SecurityEvent, Store, StoreError,
-    StoredEvent, TokenRecord,
+    StoredAudit, StoredEvent, TokenRecord,
 };
 
 /// A SQLite database file.
@@ -469,6 +469,78 @@ impl Store for SqliteStore {
         Ok(old.rows_affected() + excess.rows_affected())
     }
 
+    async fn add_audit(
+        &self,
+        host_id: Option<&str>,
+        at_ms: i64,
+        received_at: i64,
+        record: &str,
+    ) -> Result<i64, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO audit (host_id, at_ms, received_at, record) VALUES (?, ?, ?, ?)",
+        )
+        .bind(host_id)
+        .bind(at_ms)
+        .bind(received_at)
+        .bind(record)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(r.last_insert_rowid())
+    }
+
+    async fn audit(
+        &self,
+        host: Option<&str>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredAudit>, StoreError> {
+        // `?1 IS NULL OR host_id = ?1`: one statement for one host or all.
+        let rows = match after {
+            Some(after) => sqlx::query(
+                "SELECT id, host_id, at_ms, received_at, record FROM audit
+                 WHERE (?1 IS NULL OR host_id = ?1) AND id > ?2 ORDER BY id ASC LIMIT ?3",
+            )
+            .bind(host)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?,
+            None => sqlx::query(
+                "SELECT id, host_id, at_ms, received_at, record FROM (
+                     SELECT id, host_id, at_ms, received_at, record FROM audit
+                     WHERE (?1 IS NULL OR host_id = ?1) ORDER BY id DESC LIMIT ?2
+                 ) ORDER BY id ASC",
+            )
+            .bind(host)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?,
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(StoredAudit {
+                    id: r.try_get("id").map_err(db)?,
+                    host_id: r.try_get("host_id").map_err(db)?,
+                    at_ms: r.try_get("at_ms").map_err(db)?,
+                    received_at: r.try_get("received_at").map_err(db)?,
+                    record: r.try_get("record").map_err(db)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_audit(&self, before: i64) -> Result<u64, StoreError> {
+        let n = sqlx::query("DELETE FROM audit WHERE received_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(n.rows_affected())
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
@@ -607,6 +679,53 @@ mod tests {
             left.iter().map(|e| e.received_at).collect::<Vec<_>>(),
             vec![3, 4]
         );
+    }
+
+    #[tokio::test]
+    async fn audit_records_by_host_after_and_pruned() {
+        let (_d, s) = open().await;
+        let a1 = s
+            .add_audit(Some("h1"), 1, 10, "{\"n\":1}")
+            .await
+            .expect("add");
+        let op = s.add_audit(None, 2, 20, "{\"n\":2}").await.expect("add");
+        let a3 = s
+            .add_audit(Some("h1"), 3, 30, "{\"n\":3}")
+            .await
+            .expect("add");
+        s.add_audit(Some("h2"), 4, 40, "{\"n\":4}")
+            .await
+            .expect("add");
+        assert!(a1 < op && op < a3);
+        let ids = |v: Vec<StoredAudit>| v.iter().map(|r| r.id).collect::<Vec<_>>();
+        // All hosts and operator actions, oldest first; the newest `limit` without `after`.
+        let all = s.audit(None, None, 10).await.expect("all");
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[1].host_id, None);
+        assert_eq!(all[1].record, "{\"n\":2}");
+        assert_eq!((all[2].at_ms, all[2].received_at), (3, 30));
+        assert_eq!(ids(s.audit(None, None, 2).await.expect("newest"))[0], a3);
+        assert_eq!(
+            ids(s.audit(Some("h1"), None, 10).await.expect("h1")),
+            vec![a1, a3]
+        );
+        assert_eq!(
+            ids(s.audit(Some("h1"), Some(a1), 10).await.expect("after")),
+            vec![a3]
+        );
+        assert_eq!(
+            s.audit(None, Some(op), 1).await.expect("after, limited")[0].id,
+            a3
+        );
+        assert!(
+            s.audit(Some("h3"), None, 10)
+                .await
+                .expect("none")
+                .is_empty()
+        );
+        // Pruned by the control plane's clock (received_at), whatever the recorder said.
+        assert_eq!(s.prune_audit(30).await.expect("prune"), 2);
+        assert_eq!(s.audit(None, None, 10).await.expect("left").len(), 2);
     }
 
     #[tokio::test]

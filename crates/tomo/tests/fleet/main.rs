@@ -1,6 +1,7 @@
 //! Integration tests: the real control plane and real agents, in process, over real TLS on
 //! 127.0.0.1 with a real SQLite file.
 
+mod audit;
 mod docker_env;
 mod docker_ops;
 mod malformed;

@@ -61,6 +61,7 @@ async fn bad_handshakes_are_refused_without_effect() {
                     proto_version: 1,
                     agent_id: "x".into(),
                     heartbeat_secs: 1,
+                    command_key: None,
                 }
                 .to_json()
             }),

@@ -85,10 +85,9 @@ async fn used_expired_and_unknown_codes_are_refused() {
     let used = RunningAgent::spawn(f.agent("second", Some(code)));
     assert_eq!(refused(used.finished().await), RefusalReason::CodeUsed);
 
-    let (expiring, _) =
-        tomo_server::auth::mint_code(&*f.state.store, Duration::from_millis(1), "test")
-            .await
-            .expect("code");
+    let (expiring, _) = tomo_server::auth::mint_code(&f.state, Duration::from_millis(1), "test")
+        .await
+        .expect("code");
     tokio::time::sleep(Duration::from_millis(20)).await;
     let expired = RunningAgent::spawn(f.agent("third", Some(expiring)));
     assert_eq!(
@@ -96,8 +95,13 @@ async fn used_expired_and_unknown_codes_are_refused() {
         RefusalReason::CodeExpired
     );
 
-    let unknown =
-        RunningAgent::spawn(f.agent("fourth", Some("rc_00000000000000000000000000000000".into())));
+    let unknown = RunningAgent::spawn(f.agent(
+        "fourth",
+        Some(format!(
+            "rc_00000000000000000000000000000000_{}",
+            f.state.hub.command_fingerprint()
+        )),
+    ));
     assert_eq!(
         refused(unknown.finished().await),
         RefusalReason::CodeUnknown
@@ -155,7 +159,8 @@ async fn agents_racing_for_one_code_exactly_one_wins() {
 #[tokio::test]
 async fn a_restarted_agent_reconnects_with_its_key_and_no_code() {
     let f = Fleet::start().await;
-    let mut a = RunningAgent::spawn(f.agent("phoenix", Some(f.code().await)));
+    let code = f.code().await;
+    let mut a = RunningAgent::spawn(f.agent("phoenix", Some(code.clone())));
     let id = a.online().await;
     a.stop().await.expect("stop");
     f.wait_status(&id, "offline").await;
@@ -164,14 +169,35 @@ async fn a_restarted_agent_reconnects_with_its_key_and_no_code() {
     assert_eq!(again.online().await, id, "same identity");
     f.wait_status(&id, "online").await;
     assert_eq!(f.hosts().await.len(), 1);
-    // No code and no bearer secret is stored by the agent: only its key and its id.
-    let files: Vec<String> = std::fs::read_dir(f.dir.join("agents/phoenix"))
+    // No code and no bearer secret is stored by the agent: its (sealed) key, its id and pinned
+    // command key, and its replay and audit logs.
+    let dir = f.dir.join("agents/phoenix");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
         .expect("ls")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    let mut files = files;
     files.sort();
-    assert_eq!(files, ["agent.json", "agent.key"]);
+    let known = [
+        "agent.json",
+        "agent.key",
+        "audit.log",
+        "key.salt",
+        "machine.secret",
+        "nonces.log",
+    ];
+    assert!(
+        files.iter().all(|f| known.contains(&f.as_str())),
+        "{files:?}"
+    );
+    assert!(files.contains(&"agent.json".to_owned()) && files.contains(&"agent.key".to_owned()));
+    let (secret, _) = code.rsplit_once('_').expect("code");
+    for name in &files {
+        let bytes = std::fs::read(dir.join(name)).expect("read");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "{name} holds the registration code"
+        );
+    }
     again.stop().await.expect("stop");
 }
 
@@ -385,5 +411,34 @@ async fn a_known_key_with_a_new_code_is_welcomed_and_the_code_stays_unused() {
             .await
             .err(),
         Some(RefusalReason::HostRemoved)
+    );
+}
+
+/// The registration code names the control plane's command key: an agent offered another key (a
+/// man in the middle, or the wrong control plane) refuses to register and never takes its
+/// commands.
+#[tokio::test]
+async fn an_agent_refuses_a_command_key_the_code_does_not_name() {
+    let f = Fleet::start().await;
+    let code = f.code().await;
+    let (secret, fingerprint) = code.rsplit_once('_').expect("rc_<secret>_<fingerprint>");
+    assert_eq!(fingerprint, f.state.hub.command_fingerprint());
+    let forged = format!("{secret}_{}", "0".repeat(32));
+    let agent = RunningAgent::spawn(f.agent("mitm", Some(forged)));
+    let r = tokio::time::timeout(Duration::from_secs(10), agent.finished())
+        .await
+        .expect("the agent stops");
+    match r {
+        Err(tomo_agent::AgentError::CommandKey(m)) => {
+            assert!(m.contains("man in the middle"), "{m}")
+        }
+        other => panic!("expected a command-key refusal, got {other:?}"),
+    }
+    // A code without a fingerprint is refused before anything is sent.
+    let agent = RunningAgent::spawn(f.agent("old-style", Some(secret.to_owned())));
+    let r = agent.finished().await;
+    assert!(
+        matches!(r, Err(tomo_agent::AgentError::CodeWithoutFingerprint)),
+        "{r:?}"
     );
 }

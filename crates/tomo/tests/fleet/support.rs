@@ -92,7 +92,7 @@ impl Fleet {
     }
 
     pub async fn code(&self) -> String {
-        tomo_server::auth::mint_code(&*self.state.store, Duration::from_secs(900), "test")
+        tomo_server::auth::mint_code(&self.state, Duration::from_secs(900), "test")
             .await
             .expect("code")
             .0
