@@ -201,6 +201,7 @@ impl SealedVault {
                 ))
             })?,
             MachineSecret::DataDirSecret => {
+                let secret = self.random_file(SECRET_FILE, create)?;
                 if !state.warned {
                     state.warned = true;
                     tracing::warn!(
@@ -211,7 +212,7 @@ impl SealedVault {
                          host's /etc/machine-id (read-only at /host/etc/machine-id in a container)"
                     );
                 }
-                self.random_file(SECRET_FILE, create)?
+                secret
             }
         };
         let started = std::time::Instant::now();
@@ -269,7 +270,8 @@ impl SealedVault {
     }
 
     /// Reads a random file of the data directory: `None` when missing; refused when others can
-    /// read or write it, or when it does not hold exactly [`RANDOM_LEN`] bytes.
+    /// read or write it, or when it does not hold exactly [`RANDOM_LEN`] bytes (damaged: the key
+    /// it protects cannot be opened either).
     fn read_random(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>, IdentityError> {
         let path = self.dir.join(name);
         match tomo_common::fs::is_exposed(&path) {
@@ -283,10 +285,10 @@ impl SealedVault {
             source,
         })?);
         if bytes.len() != RANDOM_LEN {
-            return Err(IdentityError::Corrupt {
-                path,
-                why: format!("expected {RANDOM_LEN} bytes, found {}", bytes.len()),
-            });
+            return Err(self.unsealable(format!(
+                "{name} holds {} bytes instead of {RANDOM_LEN}",
+                bytes.len()
+            )));
         }
         Ok(Some(bytes))
     }
@@ -322,6 +324,7 @@ impl KeyVault for SealedVault {
                     aad: &aad,
                 },
             )
+            // Only fails past 256 GiB of plaintext.
             .map_err(|_| self.unsealable("encryption failed"))?;
         let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + ciphertext.len());
         out.extend_from_slice(&header);
@@ -714,14 +717,14 @@ mod tests {
     }
 
     #[test]
-    fn a_salt_of_the_wrong_size_is_corrupt() {
-        let h = Host::new(Some(ID_A));
-        std::fs::create_dir_all(&h.data).expect("mkdir");
-        tomo_common::fs::write_private(&h.path(SALT_FILE), b"short").expect("write");
-        assert!(matches!(
-            SealedVault::new(h.data.clone(), &h.root),
-            Err(IdentityError::Corrupt { .. })
-        ));
+    fn a_salt_or_secret_of_the_wrong_size_is_refused() {
+        for name in [SALT_FILE, SECRET_FILE] {
+            let h = Host::new(Some(ID_A));
+            std::fs::create_dir_all(&h.data).expect("mkdir");
+            tomo_common::fs::write_private(&h.path(name), b"short").expect("write");
+            let msg = unsealable(SealedVault::new(h.data.clone(), &h.root));
+            assert!(msg.contains("holds 5 bytes instead of 32"), "{msg}");
+        }
     }
 
     #[test]

@@ -795,3 +795,123 @@ async fn local_volumes_that_bind_protected_paths_are_not_created() {
     })
     .await;
 }
+
+/// `docker.containers.update` recreates a container with its own configuration: one created
+/// outside tomo that breaks the policy is refused before anything changes (same id, same name,
+/// no parked copy).
+#[tokio::test]
+async fn update_does_not_recreate_a_container_that_breaks_the_policy() {
+    let Some(e) = &env().await else { return };
+    let prefix = &format!("tomo-test-adv-{}-upd", std::process::id());
+    with_fixtures(e, prefix, |_| async move {
+        let cases: [(&str, HostConfig, &str, &str); 3] = [
+            (
+                "priv",
+                HostConfig {
+                    privileged: Some(true),
+                    ..Default::default()
+                },
+                "privileged",
+                "HostConfig.Privileged",
+            ),
+            (
+                "sock",
+                HostConfig {
+                    binds: Some(vec!["/var/run//docker.sock:/s".into()]),
+                    ..Default::default()
+                },
+                "bind_protected",
+                "HostConfig.Binds[0]",
+            ),
+            (
+                "caps",
+                HostConfig {
+                    cap_add: Some(vec!["SYS_ADMIN".into()]),
+                    ..Default::default()
+                },
+                "cap_add",
+                "HostConfig.CapAdd[0]",
+            ),
+        ];
+        let (ctx, _rx) = ctx(&e.client, HostPolicy::default_for(Path::new("/srv/tomo")));
+        for (suffix, host_config, rule, param) in cases {
+            let name = format!("{prefix}-{suffix}");
+            fixture(&e.docker, &name, host_config).await;
+            let before = e
+                .docker
+                .inspect_container(
+                    &name,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .expect("inspect")
+                .id;
+            let err = containers::update(
+                ctx.clone(),
+                tomo_proto::methods::UpdateParams {
+                    container: name.clone(),
+                    health_timeout: Some(5),
+                },
+            )
+            .await
+            .expect_err("refused");
+            let data = err.data.clone().unwrap_or_default();
+            assert_eq!(
+                (err.code, data["rule"].as_str(), data["param"].as_str()),
+                (code::CONTAINER_BLOCKED, Some(rule), Some(param)),
+                "{name}: {}",
+                err.message
+            );
+            let filters = HashMap::from([("name", vec![name.as_str()])]);
+            let list = ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let now: Vec<_> = e
+                .docker
+                .list_containers(Some(list))
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|c| (c.id, c.names))
+                .collect();
+            assert_eq!(
+                now,
+                vec![(before, Some(vec![format!("/{name}")]))],
+                "{name}"
+            );
+        }
+    })
+    .await;
+}
+
+/// `docker.images.pull` of an image outside the policy's patterns is refused before the engine
+/// is asked anything.
+#[tokio::test]
+async fn pulls_outside_the_policy_patterns_are_refused() {
+    let Some(e) = &env().await else { return };
+    let text = r#"images = ["docker.io/library/*"]"#;
+    let policy = HostPolicy::from_toml(text, Path::new("policy.toml"), Path::new("/srv/tomo"))
+        .expect("policy");
+    let (ctx, _rx) = ctx(&e.client, policy);
+    let image = format!("127.0.0.1:5055/tomo-test/adv-{}:x", std::process::id());
+    let err = tomo_agent::docker::images::pull_handler(
+        ctx,
+        tomo_proto::methods::PullParams {
+            image: image.clone(),
+            auth: None,
+            progress: false,
+        },
+    )
+    .await
+    .err()
+    .expect("refused");
+    let data = err.data.clone().unwrap_or_default();
+    assert_eq!(
+        (err.code, data["rule"].as_str(), data["param"].as_str()),
+        (code::CONTAINER_BLOCKED, Some("image"), Some("image")),
+        "{}",
+        err.message
+    );
+    assert!(e.docker.inspect_image(&image).await.is_err(), "not pulled");
+}

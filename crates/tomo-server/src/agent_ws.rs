@@ -1,6 +1,7 @@
 //! The agent endpoint `/agent/ws`: WebSocket upgrade, the session handshake, and the session loop
 //! (heartbeats, routing of responses to waiting calls, health and metrics notifications).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -58,6 +59,10 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Ht
         )
             .into_response();
     };
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let task_state = Arc::clone(&state);
@@ -70,7 +75,7 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Ht
                     Some(ws_config()),
                 )
                 .await;
-                run_session(ws, task_state).await;
+                run_session(ws, task_state, peer).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
@@ -90,12 +95,23 @@ type Sink<S> = SplitSink<WebSocketStream<S>, WsMessage>;
 type Stream<S> = SplitStream<WebSocketStream<S>>;
 
 /// Runs one agent connection from handshake to close. Generic over the byte stream so that
-/// tests drive it over in-memory pipes with a paused clock.
-pub async fn run_session<S>(ws: WebSocketStream<S>, state: Arc<AppState>)
+/// tests drive it over in-memory pipes with a paused clock. `peer` is the source address, for
+/// the throttling of guessed codes and credentials.
+pub async fn run_session<S>(ws: WebSocketStream<S>, state: Arc<AppState>, peer: Option<IpAddr>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
+    if let Some(ip) = peer
+        && let Err(wait) = state.throttle.check(ip)
+    {
+        let message = format!(
+            "too many failed attempts from this address; try again in {} s",
+            wait.as_secs().max(1)
+        );
+        refuse(&mut sink, RefusalReason::Throttled, message).await;
+        return;
+    }
     let handshake = tokio::time::timeout(
         state.config.handshake_timeout,
         handshake(&mut sink, &mut stream, &state),
@@ -104,6 +120,17 @@ where
         Ok(Ok(host)) => host,
         Ok(Err(Refusal(reason, message))) => {
             tracing::info!(%reason, %message, "agent handshake refused");
+            let guessing = matches!(
+                reason,
+                RefusalReason::CodeUnknown
+                    | RefusalReason::CodeUsed
+                    | RefusalReason::CodeExpired
+                    | RefusalReason::BadSignature
+                    | RefusalReason::UnknownAgent
+            );
+            if let (true, Some(ip)) = (guessing, peer) {
+                state.throttle.failed(ip);
+            }
             refuse(&mut sink, reason, message).await;
             return;
         }

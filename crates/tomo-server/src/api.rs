@@ -155,6 +155,32 @@ async fn require_token(
     mut req: Request,
     next: Next,
 ) -> HttpResponse {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = peer
+        && let Err(wait) = state.throttle.check(ip)
+    {
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            format!(
+                "too many failed attempts from this address; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        )
+        .into_response();
+        if let Ok(v) = http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let failed = |state: &AppState| {
+        if let Some(ip) = peer {
+            state.throttle.failed(ip);
+        }
+    };
     let raw = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -162,6 +188,7 @@ async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(raw) = raw else {
+        failed(&state);
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -174,12 +201,15 @@ async fn require_token(
             req.extensions_mut().insert(Principal(token));
             next.run(req).await
         }
-        Ok(None) => ApiError::new(
+        Ok(None) => {
+            failed(&state);
+            ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "invalid, expired or revoked token",
         )
-        .into_response(),
+        .into_response()
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
 }

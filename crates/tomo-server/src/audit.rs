@@ -6,10 +6,12 @@
 //! Operator requests are recorded by [`record`], the outermost layer of `/api/v1`, so that it
 //! sees every answer, refusals of the token check included: principal (token name and role, from
 //! [`capture_principal`] just inside the token check), HTTP method and route template, path and
-//! query (values of secret-looking keys hidden; bodies never), status, duration, and a trace id
-//! also returned in the `x-tomo-trace-id` header. 401 and 403 are `denied`. Unauthenticated
-//! attempts are recorded at most [`UNAUTHENTICATED_PER_MINUTE`] a minute per source address,
-//! the next recorded one saying how many were left out, so that a flood cannot fill the store.
+//! query (values of secret-looking keys hidden; bodies never), status, the client's address,
+//! duration (until the answer's headers), and a trace id also returned in the `x-tomo-trace-id`
+//! header. 401, 403 and 429 are `denied`. Unauthenticated attempts (no valid token: 401, or 429
+//! once the token check throttles the source) are recorded at most [`UNAUTHENTICATED_PER_MINUTE`]
+//! a minute per source address, the next recorded one saying how many were left out, so that a
+//! flood cannot fill the store.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -179,7 +181,10 @@ pub async fn record(State(rec): State<Recorder>, mut req: Request, next: Next) -
         params.insert("query".into(), Value::Object(q));
     }
     params.insert("status".into(), json!(status.as_u16()));
-    if status == StatusCode::UNAUTHORIZED {
+    if let Some(ip) = source {
+        params.insert("source".into(), json!(ip.to_string()));
+    }
+    if principal.is_none() {
         let allowed = rec
             .unauthenticated
             .lock()
@@ -197,6 +202,8 @@ pub async fn record(State(rec): State<Recorder>, mut req: Request, next: Next) -
         StatusCode::UNAUTHORIZED if had_token => ("denied", Some("invalid_token")),
         StatusCode::UNAUTHORIZED => ("denied", Some("missing_token")),
         StatusCode::FORBIDDEN => ("denied", Some("forbidden")),
+        StatusCode::TOO_MANY_REQUESTS if principal.is_none() => ("denied", Some("throttled")),
+        StatusCode::TOO_MANY_REQUESTS => ("denied", Some("rate_limited")),
         _ => ("allowed", None),
     };
     let record = AuditRecord {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod events;
 pub mod hub;
 pub mod signer;
+pub mod throttle;
 pub mod store;
 pub mod tls;
 
@@ -57,6 +58,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Docker events as they are stored, for followers.
     pub events: tokio::sync::broadcast::Sender<events::Live>,
+    /// Failed token and registration attempts per source (brute-force throttling).
+    pub throttle: throttle::Throttle,
     /// Audit records as they are stored, for followers.
     pub audit: tokio::sync::broadcast::Sender<audit::Live>,
 }
@@ -149,6 +152,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             events: tokio::sync::broadcast::channel(events::FOLLOW_BUFFER).0,
+            throttle: throttle::Throttle::new(),
             audit: tokio::sync::broadcast::channel(audit::FOLLOW_BUFFER).0,
         });
         Ok(Self {

@@ -13,6 +13,11 @@ use super::*;
 
 const BASE: &str = "/srv/tomo";
 
+/// A refusal's rule and param.
+type Refusal = Option<(String, String)>;
+/// One row: its name, its input, the refusal it must get (`None`: allowed).
+type Case<T> = (&'static str, T, Refusal);
+
 fn defaults() -> HostPolicy {
     HostPolicy::default_for(Path::new(BASE))
 }
@@ -33,7 +38,7 @@ fn host() -> tempfile::TempDir {
 }
 
 /// The rule and param of a refusal, `None` when allowed.
-fn outcome(r: Result<(), RpcError>) -> Option<(String, String)> {
+fn outcome(r: Result<(), RpcError>) -> Refusal {
     r.err().map(|e| {
         assert_eq!(e.code, code::CONTAINER_BLOCKED, "{}", e.message);
         let data = e.data.unwrap_or_default();
@@ -84,7 +89,7 @@ fn mount(kind: &str, source: Option<&str>, opts: &[(&str, &str)]) -> RunParams {
     })
 }
 
-fn rule(r: &str, param: &str) -> Option<(String, String)> {
+fn rule(r: &str, param: &str) -> Refusal {
     Some((r.to_owned(), param.to_owned()))
 }
 
@@ -94,7 +99,7 @@ fn run_options_table() {
     let policy = defaults();
     let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     // (case, params, expected rule and param)
-    let cases: Vec<(&str, RunParams, Option<(String, String)>)> = vec![
+    let cases: Vec<Case<RunParams>> = vec![
         ("plain", run(|_| {}), None),
         (
             "privileged",
@@ -529,7 +534,7 @@ volume_types = ["ext4"]
     let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     std::fs::write(root.path().join("dev/ttyUSB0"), b"").expect("file");
     std::os::unix::fs::symlink("/dev/ttyUSB0", root.path().join("dev/serial")).expect("link");
-    let cases: Vec<(&str, RunParams, Option<(String, String)>)> = vec![
+    let cases: Vec<Case<RunParams>> = vec![
         ("image library", run(|p| p.image = "nginx:1".into()), None),
         (
             "image registry",
@@ -743,7 +748,7 @@ fn host_configs_of_existing_containers() {
         binds: Some(vec!["data:/data".into(), "/srv/app:/app:ro".into()]),
         ..Default::default()
     };
-    let cases: Vec<(&str, HostConfig, Option<(String, String)>)> = vec![
+    let cases: Vec<Case<HostConfig>> = vec![
         ("normal, cgroupns host as Docker records it", normal(), None),
         (
             "privileged",
@@ -1025,7 +1030,7 @@ async fn references_on_the_engine() {
     let policy = defaults();
     let lookup = fake();
     let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    let cases: Vec<(&str, RunParams, Option<(String, String)>)> = vec![
+    let cases: Vec<Case<RunParams>> = vec![
         (
             "volumes_from plain",
             run(|p| p.volumes_from = strings(&["plain:ro"])),

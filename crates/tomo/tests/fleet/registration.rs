@@ -442,3 +442,35 @@ async fn an_agent_refuses_a_command_key_the_code_does_not_name() {
         "{r:?}"
     );
 }
+
+/// Guessing tokens or codes is throttled per source: after 10 failures within a minute the
+/// address is refused, valid credentials included, and told when to come back.
+#[tokio::test]
+async fn guessing_tokens_and_codes_is_throttled() {
+    let f = Fleet::start().await;
+    for i in 0..10 {
+        let (s, _) = f
+            .api_as(&format!("tomo_guess{i}"), Method::GET, "/hosts", None)
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (s, v) = f.api(Method::GET, "/hosts", None).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["code"], json!("throttled"));
+
+    let g = Fleet::start().await;
+    let fp = g.state.hub.command_fingerprint().to_owned();
+    for i in 0..10 {
+        let keys = Keys::generate();
+        let code = format!("rc_{i:032x}_{fp}");
+        let r = Raw::register(&g, &keys, &code, facts(&format!("guess{i}"), None)).await;
+        assert_eq!(r.err(), Some(RefusalReason::CodeUnknown));
+    }
+    let real = g.code().await;
+    let r = Raw::register(&g, &Keys::generate(), &real, facts("honest", None)).await;
+    assert_eq!(r.err(), Some(RefusalReason::Throttled));
+    // The blocked attempt registered nothing (and the API is closed to that source too).
+    assert!(g.state.store.hosts().await.expect("hosts").is_empty());
+    let (s, _) = g.api(Method::GET, "/hosts", None).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+}

@@ -29,6 +29,7 @@ async fn piped_session(
     tokio::spawn(tomo_server::agent_ws::run_session(
         server_ws,
         f.state.clone(),
+        None,
     ));
     let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(b, Role::Client, None).await;
     let nonce = match ws.next().await.expect("open").expect("frame") {

@@ -292,7 +292,12 @@ impl Raw {
         facts: HostFacts,
     ) -> Result<(Self, String), RefusalReason> {
         let mut raw = Self::connect(fleet).await;
-        let nonce = raw.challenge().await;
+        // A throttled source is refused before any challenge.
+        let nonce = match Handshake::parse(&raw.text().await.expect("challenge")) {
+            Ok(Handshake::Challenge { nonce, .. }) => nonce,
+            Ok(Handshake::Refused { reason, .. }) => return Err(reason),
+            other => panic!("expected a challenge, got {other:?}"),
+        };
         let public_key = keys.public_key_b64();
         let signature = keys.sign_b64(&signing_payload(Purpose::Register, &nonce, &public_key));
         let msg = Handshake::Register {
