@@ -60,8 +60,8 @@ pub enum IdentityError {
     #[error(
         "cannot unseal the agent key in {dir} ({why}): the machine id changed since it was sealed \
          (or the data directory comes from another host), or the key files are corrupt; remove \
-         agent.key, agent.json, key.salt and machine.secret from {dir}, then register again with a \
-         new code"
+         agent.key, agent.json and key.salt (and machine.secret, if present) from {dir}, then \
+         register again with a new code"
     )]
     Unsealable { dir: PathBuf, why: String },
     #[error("{path} was sealed as {found:?}, this agent opens {expected:?}")]

@@ -480,18 +480,31 @@ fn check_file_safety(path: &Path, meta: &std::fs::Metadata) -> Result<(), Policy
             uid: meta.uid(),
         });
     }
-    let dir = std::fs::canonicalize(path)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf));
-    if let Some(dir) = dir
-        && let Ok(d) = std::fs::metadata(&dir)
-        && d.mode() & 0o022 != 0
-        && d.mode() & 0o1000 == 0
-    {
-        return Err(PolicyError::DirectoryWritable {
-            path: path.to_path_buf(),
-            dir,
+    // The directory of the name given and of the file it leads to: whoever can write to either
+    // can swap the file (or the symlink to it).
+    let real = std::fs::canonicalize(path).ok();
+    let dirs = [Some(path), real.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            p.parent().map(|d| {
+                if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                }
+            })
         });
+    for dir in dirs {
+        if let Ok(d) = std::fs::metadata(dir)
+            && d.mode() & 0o022 != 0
+            && d.mode() & 0o1000 == 0
+        {
+            return Err(PolicyError::DirectoryWritable {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+            });
+        }
     }
     Ok(())
 }

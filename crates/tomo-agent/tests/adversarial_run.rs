@@ -136,6 +136,18 @@ fn refused(rule: &'static str, param: &str) -> Want {
     }
 }
 
+/// Sets one namespace mode of the params.
+type SetMode = fn(&mut RunParams, String);
+
+/// A `docker.volumes.create` row: attack, driver, options, and the expected code and rule
+/// (`None`: the volume must be created).
+type VolumeCase<'a> = (
+    &'a str,
+    Option<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    Option<(i64, &'a str)>,
+);
+
 struct Row {
     attack: String,
     params: RunParams,
@@ -221,7 +233,7 @@ fn rows(dir: &Path, prefix: &str) -> Vec<Row> {
             |p| p.cap_add = strings(&["CHOWN", spelling]),
         ));
     }
-    let modes: [(&str, fn(&mut RunParams, String)); 6] = [
+    let modes: [(&str, SetMode); 6] = [
         ("pid_mode", |p, m| p.pid_mode = Some(m)),
         ("ipc_mode", |p, m| p.ipc_mode = Some(m)),
         ("uts_mode", |p, m| p.uts_mode = Some(m)),
@@ -688,7 +700,7 @@ async fn local_volumes_that_bind_protected_paths_are_not_created() {
         let link = format!("{}/link", dir.display());
         let data = format!("{}/data", dir.display());
         // (attack, driver, options, expected code and rule, or None when it must be created)
-        let rows: Vec<(&str, Option<&str>, Vec<(&str, &str)>, Option<(i64, &str)>)> = vec![
+        let rows: Vec<VolumeCase> = vec![
             (
                 "o=bind device=/etc",
                 None,
@@ -895,7 +907,7 @@ async fn pulls_outside_the_policy_patterns_are_refused() {
         .expect("policy");
     let (ctx, _rx) = ctx(&e.client, policy);
     let image = format!("127.0.0.1:5055/tomo-test/adv-{}:x", std::process::id());
-    let err = tomo_agent::docker::images::pull_handler(
+    let pulled = tomo_agent::docker::images::pull_handler(
         ctx,
         tomo_proto::methods::PullParams {
             image: image.clone(),
@@ -903,9 +915,10 @@ async fn pulls_outside_the_policy_patterns_are_refused() {
             progress: false,
         },
     )
-    .await
-    .err()
-    .expect("refused");
+    .await;
+    let Err(err) = pulled else {
+        panic!("{image} must be refused")
+    };
     let data = err.data.clone().unwrap_or_default();
     assert_eq!(
         (err.code, data["rule"].as_str(), data["param"].as_str()),

@@ -69,13 +69,11 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Ht
     state.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config()),
-                )
-                .await;
-                run_session(ws, task_state, peer).await;
+                let budget = crate::budget::ReadBudget::new(crate::budget::HANDSHAKE_BUDGET);
+                let io = crate::budget::Budgeted::new(TokioIo::new(upgraded), budget.clone());
+                let ws =
+                    WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+                run_session(ws, task_state, peer, Some(budget)).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
@@ -97,8 +95,12 @@ type Stream<S> = SplitStream<WebSocketStream<S>>;
 /// Runs one agent connection from handshake to close. Generic over the byte stream so that
 /// tests drive it over in-memory pipes with a paused clock. `peer` is the source address, for
 /// the throttling of guessed codes and credentials.
-pub async fn run_session<S>(ws: WebSocketStream<S>, state: Arc<AppState>, peer: Option<IpAddr>)
-where
+pub async fn run_session<S>(
+    ws: WebSocketStream<S>,
+    state: Arc<AppState>,
+    peer: Option<IpAddr>,
+    budget: Option<crate::budget::ReadBudget>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
@@ -144,6 +146,10 @@ where
             return;
         }
     };
+    // Authenticated: the agent may now send answers as large as the protocol allows.
+    if let Some(b) = &budget {
+        b.lift();
+    }
     let (conn, outbox) = state.hub.attach(&host.id);
     let welcome = Handshake::Welcome {
         proto_version: tomo_proto::PROTO_VERSION,
@@ -229,6 +235,12 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         match stream.next().await {
             Some(Ok(WsMessage::Text(t))) => break t,
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Err(e)) if e.to_string().contains("before authenticating") => {
+                return Err(Refusal::new(
+                    RefusalReason::Malformed,
+                    "more data than a handshake before authenticating",
+                ));
+            }
             _ => {
                 return Err(Refusal::new(
                     RefusalReason::Malformed,

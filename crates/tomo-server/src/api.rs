@@ -204,11 +204,11 @@ async fn require_token(
         Ok(None) => {
             failed(&state);
             ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "invalid, expired or revoked token",
-        )
-        .into_response()
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "invalid, expired or revoked token",
+            )
+            .into_response()
         }
         Err(e) => ApiError::from(e).into_response(),
     }

@@ -10,12 +10,13 @@ pub mod api;
 pub mod api_host;
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod events;
 pub mod hub;
 pub mod signer;
-pub mod throttle;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -76,9 +76,7 @@ impl Throttle {
         }
         s.failures += 1;
         if s.failures >= LIMIT && s.blocked_until.is_none_or(|u| u <= now) {
-            let block = BLOCK
-                .saturating_mul(1 << s.blocks.min(10))
-                .min(MAX_BLOCK);
+            let block = BLOCK.saturating_mul(1 << s.blocks.min(10)).min(MAX_BLOCK);
             s.blocked_until = Some(now + block);
             s.blocks += 1;
             s.failures = 0;
@@ -105,7 +103,10 @@ mod tests {
         assert!(t.check(ip).is_ok());
         assert!(t.failed(ip));
         assert!(t.check(ip).is_err());
-        assert!(t.check(other).is_ok(), "only the guessing source is blocked");
+        assert!(
+            t.check(other).is_ok(),
+            "only the guessing source is blocked"
+        );
         tokio::time::sleep(BLOCK + Duration::from_secs(1)).await;
         assert!(t.check(ip).is_ok());
         for _ in 0..10 {

@@ -248,6 +248,15 @@ fn loading_from_disk() {
         "sticky directory"
     );
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    // A symlink in a directory others can write to can be swapped for another one.
+    let open = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let link = open.path().join("policy.toml");
+    std::os::unix::fs::symlink(&file, &link).expect("symlink");
+    assert!(matches!(
+        HostPolicy::load(Some(&link), base),
+        Err(PolicyError::DirectoryWritable { .. })
+    ));
     // A directory is not a policy file.
     assert!(matches!(
         HostPolicy::load(Some(dir.path()), base),

@@ -178,3 +178,33 @@ async fn bad_frames_in_a_session_are_answered_and_harmless() {
     assert_eq!(v["result"]["pong"], json!(true));
     other.stop().await.expect("stop");
 }
+
+/// Before it is authenticated, a peer may send a handshake's worth of bytes, not the megabytes an
+/// agent's answers may take: a big first message ends the connection.
+#[tokio::test]
+async fn an_unauthenticated_peer_cannot_send_megabytes() {
+    let f = Fleet::start().await;
+    let mut raw = Raw::connect(&f).await;
+    let _ = raw.challenge().await;
+    raw.send(&format!(
+        r#"{{"type":"register","pad":"{}"}}"#,
+        "x".repeat(4 << 20)
+    ))
+    .await;
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), raw.text())
+        .await
+        .expect("the connection ends");
+    let refused = first.map(|t| Handshake::parse(&t));
+    match refused {
+        Some(Ok(Handshake::Refused { reason, message })) => {
+            assert_eq!(reason, RefusalReason::Malformed);
+            // Cut off by the read budget, not after reading and parsing 4 MiB.
+            assert!(message.contains("before authenticating"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The server is fine: a real agent still registers.
+    let mut a = crate::support::RunningAgent::spawn(f.agent("after", Some(f.code().await)));
+    a.online().await;
+    a.stop().await.expect("stop");
+}

@@ -30,6 +30,7 @@ async fn piped_session(
         server_ws,
         f.state.clone(),
         None,
+        None,
     ));
     let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(b, Role::Client, None).await;
     let nonce = match ws.next().await.expect("open").expect("frame") {
