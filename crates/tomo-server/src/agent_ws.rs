@@ -133,6 +133,21 @@ pub async fn run_session<S>(
             if let (true, Some(ip)) = (guessing, peer) {
                 state.throttle.failed(ip);
             }
+            if matches!(
+                reason,
+                RefusalReason::BadSignature
+                    | RefusalReason::HostRemoved
+                    | RefusalReason::UnknownAgent
+            ) {
+                let from = peer.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
+                record(
+                    &state,
+                    None,
+                    &reason.to_string(),
+                    &format!("{message} (from {from})"),
+                )
+                .await;
+            }
             refuse(&mut sink, reason, message).await;
             return;
         }
