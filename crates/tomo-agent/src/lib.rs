@@ -322,6 +322,10 @@ impl Agent {
                 .map_err(ConfigError::from)?
                 .protect(&self.config.data_dir);
         tracing::info!(source = ?policy.source, max_level = policy::level_name(policy.max_level), read_only = policy.read_only, "host policy loaded");
+        let (per_minute, concurrent) = (
+            policy.rate_per_minute as usize,
+            policy.max_concurrent as usize,
+        );
         let vault = vault::SealedVault::from_config(&self.config)?;
         let store = IdentityStore::new(self.config.data_dir.clone(), Box::new(vault));
         let (keys, mut mode, url) = self.prepare_identity(&store)?;
@@ -357,8 +361,8 @@ impl Agent {
                     tomo_common::now_ms(),
                 )
                 .map_err(AgentError::State)?,
-                pipeline::DEFAULT_PER_MINUTE,
-                pipeline::DEFAULT_CONCURRENT,
+                per_minute,
+                concurrent,
             ),
             auditor: Arc::new(audit::Auditor::new(&self.config.data_dir)),
         });

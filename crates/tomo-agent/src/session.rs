@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{
 };
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
+use tomo_proto::audit::AuditRecord;
 use tomo_proto::handshake::{Handshake, RefusalReason};
 use tomo_proto::methods::{HEALTH_STATUS, HealthStatus, METRICS_UPDATE};
 use tomo_proto::rpc::{self, Frame, Id, Message, OutgoingNotification, Response, RpcError, V2};
@@ -247,6 +248,14 @@ pub async fn serve(
         answers_tx.clone(),
         session_token.clone(),
     ));
+    // Audit records go to the control plane too, through the same bounded queue.
+    let (audit_tx, audit_rx) = crate::audit::Auditor::channel();
+    shared.auditor.attach(audit_tx);
+    tokio::spawn(crate::audit::forward(
+        audit_rx,
+        answers_tx.clone(),
+        session_token.clone(),
+    ));
     let mut inflight: HashMap<u64, InFlight> = HashMap::new();
     let mut next_task = 0u64;
     let start = tokio::time::Instant::now();
@@ -370,6 +379,7 @@ pub async fn serve(
         let _ = sink.send(WsMessage::Close(Some(close))).await;
         let _ = sink.close().await;
     }
+    shared.auditor.detach();
     end
 }
 
@@ -509,18 +519,37 @@ impl RequestCtx<'_> {
 }
 
 /// Runs one request; `None` for a notification. The request passes the pipeline
-/// ([`crate::pipeline`]) first; a panicking handler becomes -32603 for this request only.
+/// ([`crate::pipeline`]) first; a panicking handler becomes -32603 for this request only. Every
+/// decision (refused, or run and how it ended) is audited.
 async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Option<Response> {
     let id = req.id.clone()?;
-    let admitted = ctx.shared.guard.admit(
+    let started = std::time::Instant::now();
+    let shared = Arc::clone(&ctx.shared);
+    let admitted = shared.guard.admit(
         &req,
         |m| dispatcher.level(m),
-        |_method, _level, _role| Ok(()),
+        |method, level, role| shared.policy.check_method(method, level, role),
     );
+    let params = || crate::audit::redact_raw_params(&req.method, req.params.as_deref());
     let admitted = match admitted {
         Ok(a) => a,
         Err(denied) => {
             tracing::warn!(method = %req.method, reason = denied.reason, "request refused");
+            let meta = denied.meta.as_deref();
+            shared.auditor.record(AuditRecord {
+                at_ms: tomo_common::now_ms(),
+                trace_id: meta.and_then(|m| m.trace_id.clone()),
+                principal: meta.and_then(|m| m.principal.clone()),
+                role: meta.and_then(|m| m.role),
+                method: req.method.clone(),
+                // Params of a request that is not authentic are not worth keeping.
+                params: meta.and(params()),
+                decision: "denied".into(),
+                reason: Some(denied.reason.into()),
+                outcome: denied.error.code.to_string(),
+                error: Some(denied.error.message.clone()),
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
             return Some(Response::err(id, denied.error));
         }
     };
@@ -530,16 +559,43 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         Ok(r) => r,
         Err(_) => Err(RpcError::internal("the handler panicked")),
     };
+    let outcome = match outcome {
+        // Handlers with big outputs cut them themselves (and say so); this guards the rest.
+        Ok(v) if serde_json::to_string(&v).map_or(0, |t| t.len()) > cap => Err(RpcError::internal(
+            format!(
+                "the result is larger than the agent's response cap ({cap} bytes); narrow the request"
+            ),
+        )
+        .with_data(serde_json::json!({"reason": "response_too_large"}))),
+        other => other,
+    };
+    let meta = &admitted.meta;
+    shared.auditor.record(AuditRecord {
+        at_ms: tomo_common::now_ms(),
+        trace_id: meta.trace_id.clone(),
+        principal: meta.principal.clone(),
+        role: meta.role,
+        method: req.method.clone(),
+        params: params(),
+        decision: "allowed".into(),
+        reason: outcome.as_ref().err().map(|e| {
+            // A handler's refusal (validation, policy) is the request's reason too.
+            e.data
+                .as_ref()
+                .and_then(|d| d.get("reason").or_else(|| d.get("rule")))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("error")
+                .to_owned()
+        }),
+        outcome: match &outcome {
+            Ok(_) => "ok".into(),
+            Err(e) => e.code.to_string(),
+        },
+        error: outcome.as_ref().err().map(|e| e.message.clone()),
+        duration_ms: started.elapsed().as_millis() as u64,
+    });
     drop(admitted);
     Some(match outcome {
-        // Handlers with big outputs cut them themselves (and say so); this guards the rest.
-        Ok(v) if serde_json::to_string(&v).map_or(0, |t| t.len()) > cap => Response::err(
-            id,
-            RpcError::internal(format!(
-                "the result is larger than the agent's response cap ({cap} bytes); narrow the request"
-            ))
-            .with_data(serde_json::json!({"reason": "response_too_large"})),
-        ),
         Ok(v) => Response::ok(id, v),
         Err(e) => Response::err(id, e),
     })

@@ -319,3 +319,73 @@ async fn agent_records_are_stored_under_their_host_and_followed_live() {
     assert_eq!(lines.next().await["trace_id"], "agent-trace-3");
     assert_eq!(agent.auditor.dropped(), 0);
 }
+
+#[tokio::test]
+async fn a_real_agent_audits_its_requests_locally_and_to_the_control_plane() {
+    let f = Fleet::start().await;
+    let config = f.agent("auditing", Some(f.code().await));
+    let log = config.data_dir.join(tomo_agent::audit::FILE_NAME);
+    let mut agent = crate::support::RunningAgent::spawn(config);
+    let id = agent.online().await;
+
+    let (s, v) = f.rpc(&id, "agent.ping", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Refused or not, a secret in a command line is never recorded.
+    f.rpc(
+        &id,
+        "system.exec",
+        Some(json!({"command": "mysql --password=hunter2 -e status"})),
+    )
+    .await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let rows = loop {
+        let rows = audit(&f, &format!("&host={id}")).await;
+        if rows.len() >= 2 {
+            break rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent's records never arrived: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ping = &rows[0];
+    assert_eq!(ping["method"], "agent.ping", "{ping}");
+    assert_eq!(ping["host_id"], id.as_str(), "{ping}");
+    assert_eq!(ping["principal"], "test", "{ping}");
+    assert_eq!(ping["role"], "admin", "{ping}");
+    assert_eq!(
+        (&ping["decision"], &ping["outcome"]),
+        (&json!("allowed"), &json!("ok")),
+        "{ping}"
+    );
+    assert!(ping["trace_id"].is_string(), "{ping}");
+    let exec = &rows[1];
+    assert_eq!(exec["method"], "system.exec", "{exec}");
+    assert!(
+        exec["params"]["command"]
+            .as_str()
+            .is_some_and(|c| c.contains("--password=***")),
+        "{exec}"
+    );
+    // The same records, as JSON lines, in the agent's data directory; no secret there either.
+    let text = std::fs::read_to_string(&log).expect("the agent's audit log");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        !serde_json::to_string(&rows)
+            .expect("json")
+            .contains("hunter2")
+    );
+    let local: Vec<AuditRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a whole record per line"))
+        .collect();
+    assert!(
+        local
+            .iter()
+            .any(|r| r.method == "agent.ping" && r.trace_id.as_deref() == ping["trace_id"].as_str()),
+        "{text}"
+    );
+    agent.stop().await.expect("stop");
+}
