@@ -528,7 +528,7 @@ fn exec_it_on_a_terminal() {
         }
     });
     let mut seen = Vec::new();
-    let mut wait_output = |needle: &str, seen: &mut Vec<u8>| {
+    let wait_output = |needle: &str, seen: &mut Vec<u8>| {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !String::from_utf8_lossy(seen).contains(needle) {
             let left = deadline.saturating_duration_since(Instant::now());
