@@ -177,6 +177,26 @@ impl Handshake {
     }
 }
 
+/// Fingerprint of a command-signing public key as carried in registration codes: the first 16
+/// bytes of its SHA-256, lowercase hex. (The hash itself is computed by the caller, which has a
+/// crypto library; this crate only formats.)
+pub fn fingerprint_hex(sha256_of_key: &[u8; 32]) -> String {
+    sha256_of_key[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Splits a registration code `rc_<secret>_<fingerprint>` into the part the control plane stores
+/// a hash of and the fingerprint of the command key the agent must be offered.
+pub fn split_code(code: &str) -> (&str, Option<&str>) {
+    let code = code.trim();
+    match code.rsplit_once('_') {
+        Some((secret, fp)) if secret.starts_with("rc_") && fp.len() == 32 => (secret, Some(fp)),
+        _ => (code, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,25 +244,5 @@ mod tests {
             r#"{"type":"refused","reason":"code_used","message":"used"}"#
         );
         assert_eq!(Handshake::parse(&text), Ok(m));
-    }
-}
-
-/// Fingerprint of a command-signing public key as carried in registration codes: the first 16
-/// bytes of its SHA-256, lowercase hex. (The hash itself is computed by the caller, which has a
-/// crypto library; this crate only formats.)
-pub fn fingerprint_hex(sha256_of_key: &[u8; 32]) -> String {
-    sha256_of_key[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Splits a registration code `rc_<secret>_<fingerprint>` into the part the control plane stores
-/// a hash of and the fingerprint of the command key the agent must be offered.
-pub fn split_code(code: &str) -> (&str, Option<&str>) {
-    let code = code.trim();
-    match code.rsplit_once('_') {
-        Some((secret, fp)) if secret.starts_with("rc_") && fp.len() == 32 => (secret, Some(fp)),
-        _ => (code, None),
     }
 }
