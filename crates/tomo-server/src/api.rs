@@ -134,9 +134,19 @@ impl From<StoreError> for ApiError {
 
 /// The authenticated caller, put in the request by [`require_token`].
 #[derive(Debug, Clone)]
-pub struct Principal(pub TokenRecord);
+pub struct Principal(pub TokenRecord, pub Option<String>);
 
 impl Principal {
+    /// The caller of agent requests made for this principal, with the API request's trace id
+    /// (so the control plane's audit record and the agent's share it).
+    pub fn caller(&self) -> Caller {
+        let mut c = Caller::new(self.0.name.clone(), self.0.role);
+        if let Some(t) = &self.1 {
+            c.trace_id = t.clone();
+        }
+        c
+    }
+
     pub(crate) fn require(&self, level: Level) -> Result<(), ApiError> {
         if self.0.role >= level {
             Ok(())
@@ -198,7 +208,11 @@ async fn require_token(
     };
     match auth::check_token(&*state.store, raw).await {
         Ok(Some(token)) => {
-            req.extensions_mut().insert(Principal(token));
+            let trace = req
+                .extensions()
+                .get::<crate::audit::TraceId>()
+                .map(|t| t.0.clone());
+            req.extensions_mut().insert(Principal(token, trace));
             next.run(req).await
         }
         Ok(None) => {
@@ -459,7 +473,7 @@ async fn call_host(
             ));
         }
     }
-    let caller = Caller::new(who.0.name.clone(), who.0.role);
+    let caller = who.caller();
     let id = body.id.unwrap_or(Id::Num(1));
     let (status, mut resp) = match state
         .hub

@@ -116,7 +116,7 @@ async fn prepare(
     })?;
     who.require(level)?;
     let h = resolve(state, host).await?;
-    Ok((h.id, Caller::new(who.0.name.clone(), who.0.role)))
+    Ok((h.id, who.caller()))
 }
 
 /// Calls `method` on the host and answers with its result, or its error as an HTTP error.
