@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub volume_base: PathBuf,
     /// Largest single response, in bytes; longer output is cut and marked truncated.
     pub max_response_bytes: usize,
+    /// Start a key rotation at the next start (the agent's own initiative; `agent.rotate_key` is
+    /// the control plane's).
+    pub rotate_key: bool,
     /// The host policy file; `None`: `/etc/tomo/policy.toml`, the defaults when it is missing.
     pub policy_path: Option<PathBuf>,
 }
@@ -92,6 +95,7 @@ impl AgentConfig {
             intervals: Intervals::default(),
             volume_base: PathBuf::from("/srv/tomo"),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            rotate_key: false,
             policy_path: None,
         }
     }

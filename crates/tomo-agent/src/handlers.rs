@@ -45,6 +45,7 @@ pub fn table() -> Dispatcher {
         .register(DockerVolumesRemove, ops::volumes_remove)
         .register(AgentUpdate, agent_update)
         .register(AgentRestart, agent_restart)
+        .register(AgentRotateKey, agent_rotate_key)
         .register(StreamAcknowledge, stream_ack)
         .register(StreamClose, stream_close)
         .register(StreamWrite, stream_write)
@@ -106,6 +107,32 @@ async fn agent_restart(ctx: Ctx, _: NoParams) -> Result<Restarting, RpcError> {
         restart.cancel();
     });
     Ok(Restarting { restarting: true })
+}
+
+async fn agent_rotate_key(ctx: Ctx, _: NoParams) -> Result<RotatingKey, RpcError> {
+    // A rotation already in flight is reused: only one next key at a time.
+    let store = &ctx.shared.identity;
+    let next = match store.load_next().map_err(RpcError::internal)? {
+        Some(k) => k,
+        None => {
+            let k = crate::identity::Keys::generate();
+            store.save_next(&k).map_err(RpcError::internal)?;
+            k
+        }
+    };
+    tracing::info!("key rotation started by the control plane");
+    // Answer first; then reconnect, offering the new key.
+    let replied = ctx.replied.clone();
+    let restart = ctx.shared.restart.clone();
+    tokio::spawn(async move {
+        replied.cancelled().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        restart.cancel();
+    });
+    Ok(RotatingKey {
+        rotating: true,
+        new_public_key: next.public_key_b64(),
+    })
 }
 
 async fn stream_ack(ctx: Ctx, p: StreamRef) -> Result<StreamState, RpcError> {

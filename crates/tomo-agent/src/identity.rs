@@ -19,6 +19,8 @@ use tomo_common::{b64, unb64};
 
 const KEY_FILE: &str = "agent.key";
 const STATE_FILE: &str = "agent.json";
+/// A key rotation in flight: the next key, sealed like the current one.
+const NEXT_KEY_FILE: &str = "agent.key.next";
 
 /// Seals and opens the private key for storage.
 pub trait KeyVault: Send + Sync {
@@ -217,14 +219,50 @@ impl IdentityStore {
         Ok(keys)
     }
 
+    /// The next key of a rotation in flight, if any.
+    pub fn load_next(&self) -> Result<Option<Keys>, IdentityError> {
+        let path = self.dir.join(NEXT_KEY_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        check_private(&path)?;
+        self.load_keys(&path).map(Some)
+    }
+
+    /// Starts a rotation: saves `keys` as the next key (sealed, 0600, atomically) before the
+    /// control plane ever hears of it, so a crash cannot lose it.
+    pub fn save_next(&self, keys: &Keys) -> Result<(), IdentityError> {
+        self.save_keys_as(keys, NEXT_KEY_FILE)
+    }
+
+    /// Ends a rotation the control plane accepted: the next key becomes the key (an atomic
+    /// rename; the old key is gone).
+    pub fn promote_next(&self) -> Result<(), IdentityError> {
+        let from = self.dir.join(NEXT_KEY_FILE);
+        let to = self.dir.join(KEY_FILE);
+        std::fs::rename(&from, &to).map_err(|source| IdentityError::Io {
+            path: to.clone(),
+            source,
+        })?;
+        // The rename is durable once the directory is.
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
     /// Saves a new key pair (before it is ever sent anywhere, so a crash cannot lose it).
     pub fn save_keys(&self, keys: &Keys) -> Result<(), IdentityError> {
+        self.save_keys_as(keys, KEY_FILE)
+    }
+
+    fn save_keys_as(&self, keys: &Keys, file: &str) -> Result<(), IdentityError> {
         self.ensure_dir()?;
         let sealed = SealedKey {
             format: self.vault.format().into(),
             data: b64(&self.vault.seal(&keys.pkcs8)?),
         };
-        let path = self.dir.join(KEY_FILE);
+        let path = self.dir.join(file);
         let json = serde_json::to_vec(&sealed).expect("serializes");
         tomo_common::fs::write_private(&path, &json)
             .map_err(|source| IdentityError::Io { path, source })

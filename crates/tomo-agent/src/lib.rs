@@ -65,6 +65,8 @@ pub struct Shared {
     pub host_root: std::path::PathBuf,
     /// The request pipeline's state: pinned key, replay memory, rate limits.
     pub guard: pipeline::Guard,
+    /// The agent's identity files (for `agent.rotate_key`).
+    pub identity: Arc<IdentityStore>,
     /// The audit trail: `<data_dir>/audit.log`, and the session's `audit.record` queue.
     pub auditor: Arc<audit::Auditor>,
 }
@@ -79,6 +81,10 @@ impl Shared {
             policy: Arc::new(policy::HostPolicy::default_for(&dir)),
             host_root: std::path::PathBuf::from("/"),
             auditor: Arc::new(audit::Auditor::new(&dir)),
+            identity: Arc::new(IdentityStore::new(
+                dir.clone(),
+                Box::new(identity::PlainVault),
+            )),
             data_dir: dir.clone(),
             volume_base: dir,
             max_response_bytes: config::DEFAULT_MAX_RESPONSE_BYTES,
@@ -244,6 +250,9 @@ enum Mode {
         agent_id: String,
         /// The pinned command key; `None` for a registration made before keys were pinned.
         command_key: Option<String>,
+        /// The next key of a rotation in flight, offered at every authentication until the
+        /// control plane welcomes it.
+        next: Option<Keys>,
     },
 }
 
@@ -327,8 +336,11 @@ impl Agent {
             policy.max_concurrent as usize,
         );
         let vault = vault::SealedVault::from_config(&self.config)?;
-        let store = IdentityStore::new(self.config.data_dir.clone(), Box::new(vault));
-        let (keys, mut mode, url) = self.prepare_identity(&store)?;
+        let store = Arc::new(IdentityStore::new(
+            self.config.data_dir.clone(),
+            Box::new(vault),
+        ));
+        let (mut keys, mut mode, url) = self.prepare_identity(&store)?;
         let docker = Arc::new(DockerClient::new(self.config.docker.clone()));
         let (samples, sampler) = collect::start(
             Arc::clone(&docker),
@@ -365,6 +377,7 @@ impl Agent {
                 concurrent,
             ),
             auditor: Arc::new(audit::Auditor::new(&self.config.data_dir)),
+            identity: Arc::clone(&store),
         });
         let dispatcher = Arc::new(handlers::table());
         let mut backoff = Backoff::standard();
@@ -399,10 +412,25 @@ impl Agent {
                         if let Mode::Register { .. } = mode {
                             tracing::info!(%agent_id, "registered with the control plane");
                         }
+                        let pending = match &mut mode {
+                            Mode::Authenticate { next, .. } => next.take(),
+                            Mode::Register { .. } => None,
+                        };
                         mode = Mode::Authenticate {
                             agent_id: agent_id.clone(),
                             command_key: Some(command_key.clone()),
+                            next: pending,
                         };
+                    }
+                    // The control plane welcomed the next key: it is the key from now on.
+                    if let Mode::Authenticate { next, .. } = &mut mode
+                        && let Some(n) = next.take()
+                    {
+                        if let Err(e) = store.promote_next() {
+                            break Err(e.into());
+                        }
+                        keys = n;
+                        tracing::info!("key rotation done: the new key is in use");
                     }
                     shared.guard.set_trust(&agent_id, &command_key);
                     tracing::info!(%agent_id, %url, "connected");
@@ -462,11 +490,22 @@ impl Agent {
                     tracing::info!(agent_id = %reg.agent_id, "already registered; ignoring the registration code");
                 }
                 let url = self.config.server_url.clone().unwrap_or(reg.server_url);
+                let next = match store.load_next()? {
+                    Some(next) => Some(next),
+                    None if self.config.rotate_key => {
+                        let next = Keys::generate();
+                        store.save_next(&next)?;
+                        tracing::info!("key rotation started (--rotate-key)");
+                        Some(next)
+                    }
+                    None => None,
+                };
                 Ok((
                     keys,
                     Mode::Authenticate {
                         agent_id: reg.agent_id,
                         command_key: reg.command_key,
+                        next,
                     },
                     url,
                 ))
@@ -532,13 +571,24 @@ fn hello(mode: &Mode, keys: &Keys, nonce: &str, facts: HostFacts) -> Handshake {
                 facts,
             }
         }
-        Mode::Authenticate { agent_id, .. } => {
+        Mode::Authenticate { agent_id, next, .. } => {
             let signature = keys.sign_b64(&signing_payload(Purpose::Authenticate, nonce, agent_id));
+            let rotate = next.as_ref().map(|n| {
+                let new_public_key = n.public_key_b64();
+                let subject = tomo_proto::handshake::rotate_subject(agent_id, &new_public_key);
+                let payload = signing_payload(Purpose::Rotate, nonce, &subject);
+                tomo_proto::handshake::RotateKey {
+                    new_public_key,
+                    signature_old: keys.sign_b64(&payload),
+                    signature_new: n.sign_b64(&payload),
+                }
+            });
             Handshake::Authenticate {
                 proto_version,
                 agent_id: agent_id.clone(),
                 signature,
                 facts,
+                rotate,
             }
         }
     }

@@ -57,6 +57,10 @@ pub enum Handshake {
         /// Signature over [`signing_payload`] with purpose `authenticate` and the agent id as subject.
         signature: String,
         facts: HostFacts,
+        /// A key rotation in flight: the agent's next key, which replaces the current one once
+        /// the control plane welcomes this session.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rotate: Option<RotateKey>,
     },
     /// The session is open; JSON-RPC follows.
     Welcome {
@@ -140,11 +144,31 @@ impl std::fmt::Display for RefusalReason {
     }
 }
 
+/// A key rotation: the next public key, vouched for by the current key and proven by itself.
+/// Both signatures are over [`signing_payload`] with purpose `rotate` and the subject
+/// `<agent id>\n<new public key>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// Ed25519 public key, base64.
+    pub new_public_key: String,
+    /// By the current key: "replace me by this key".
+    pub signature_old: String,
+    /// By the new key: proof of possession.
+    pub signature_new: String,
+}
+
+/// The subject of a `rotate` signature.
+pub fn rotate_subject(agent_id: &str, new_public_key: &str) -> String {
+    format!("{agent_id}\n{new_public_key}")
+}
+
 /// What an agent signs to prove possession of its key during a handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Register,
     Authenticate,
+    Rotate,
 }
 
 /// The exact bytes an agent signs: a domain tag, the purpose, the server's nonce and the subject
@@ -153,6 +177,7 @@ pub fn signing_payload(purpose: Purpose, nonce: &str, subject: &str) -> Vec<u8> 
     let purpose = match purpose {
         Purpose::Register => "register",
         Purpose::Authenticate => "authenticate",
+        Purpose::Rotate => "rotate",
     };
     let mut out = Vec::with_capacity(32 + nonce.len() + subject.len());
     for part in ["tomo-handshake-v1", purpose, nonce, subject] {

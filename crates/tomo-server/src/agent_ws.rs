@@ -329,6 +329,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             agent_id,
             signature,
             facts,
+            rotate,
         } => {
             check_version(proto_version)?;
             check_facts(&facts)?;
@@ -355,19 +356,94 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                     "this host was removed from the fleet; to join again, delete the agent's data directory and register with a new code",
                 ));
             }
-            if let Err(e) = verify(
-                &host.public_key,
-                &signing_payload(Purpose::Authenticate, &nonce, &agent_id),
-                &signature,
-            ) {
-                record(
-                    state,
-                    Some(&host.id),
-                    "bad_signature",
-                    "authentication with a wrong key",
-                )
-                .await;
-                return Err(e);
+            // The current key, or the one before the last rotation while the agent has not
+            // authenticated with the new one yet.
+            let payload = signing_payload(Purpose::Authenticate, &nonce, &agent_id);
+            let used_previous = match verify(&host.public_key, &payload, &signature) {
+                Ok(()) => false,
+                Err(e) => match &host.previous_public_key {
+                    Some(prev) if verify(prev, &payload, &signature).is_ok() => true,
+                    _ => {
+                        record(
+                            state,
+                            Some(&host.id),
+                            "bad_signature",
+                            "authentication with a wrong key",
+                        )
+                        .await;
+                        return Err(e);
+                    }
+                },
+            };
+            let used_key = if used_previous {
+                host.previous_public_key.clone().unwrap_or_default()
+            } else {
+                host.public_key.clone()
+            };
+            match rotate {
+                Some(r) => {
+                    let new_key = unb64(&r.new_public_key)
+                        .filter(|k| k.len() == 32)
+                        .ok_or_else(|| {
+                            Refusal::new(
+                                RefusalReason::Malformed,
+                                "new_public_key is not an Ed25519 key",
+                            )
+                        })?;
+                    let subject =
+                        tomo_proto::handshake::rotate_subject(&agent_id, &r.new_public_key);
+                    let rotate_payload = signing_payload(Purpose::Rotate, &nonce, &subject);
+                    verify(&used_key, &rotate_payload, &r.signature_old)?;
+                    verify(&new_key, &rotate_payload, &r.signature_new)?;
+                    if new_key == host.public_key {
+                        // Committed before; the agent had not promoted its key yet.
+                    } else if used_previous {
+                        return Err(Refusal::new(
+                            RefusalReason::OutOfOrder,
+                            "another key rotation of this host is already committed",
+                        ));
+                    } else {
+                        state
+                            .store
+                            .rotate_key(&host.id, &host.public_key, &new_key)
+                            .await
+                            .map_err(|e| match e {
+                                StoreError::Conflict => Refusal::new(
+                                    RefusalReason::OutOfOrder,
+                                    "the host's key changed meanwhile; try again",
+                                ),
+                                other => other.into(),
+                            })?;
+                        tracing::info!(host_id = %host.id, "agent key rotated");
+                        record(
+                            state,
+                            Some(&host.id),
+                            "key_rotated",
+                            "the agent rotated its key",
+                        )
+                        .await;
+                    }
+                }
+                None if used_previous => {
+                    // The agent came back with its old key and no rotation: it lost the new key
+                    // before using it. Undo the rotation rather than lock it out.
+                    state.store.set_keys(&host.id, &used_key, None).await?;
+                    record(
+                        state,
+                        Some(&host.id),
+                        "key_rotation_undone",
+                        "the agent came back with its previous key",
+                    )
+                    .await;
+                }
+                None if host.previous_public_key.is_some() => {
+                    // The first session with the new key: the old one is retired.
+                    state
+                        .store
+                        .set_keys(&host.id, &host.public_key, None)
+                        .await?;
+                }
+                None => {}
             }
             authenticated(state, &host.id, facts).await
         }

@@ -39,6 +39,9 @@ struct Args {
     /// Host policy file (TOML); the defaults when the default path does not exist.
     #[arg(long = "policy", env = "TOMO_POLICY")]
     policy: Option<PathBuf>,
+    /// Rotate the agent's key now (no new registration code needed).
+    #[arg(long, env = "TOMO_ROTATE_KEY", value_parser = parse_flag, default_value = "false")]
+    rotate_key: bool,
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
     config.hostname = args.hostname;
     config.insecure_dev = args.dev && config.ca_file.is_none();
     config.volume_base = args.volume_base;
+    config.rotate_key = args.rotate_key;
     config.max_response_bytes = args.max_response_bytes as usize;
     config.policy_path = args.policy;
     tracing::info!(version = tomo_agent::VERSION, config = ?config, "starting tomo-agent");

@@ -74,6 +74,12 @@ method!(
     AgentRestart, "agent.restart", Admin, NoParams, Restarting
 );
 method!(
+    /// Rotate the agent's key: the agent makes a new key, keeps it sealed, and offers it (vouched
+    /// for by the current key) at its next authentication, which follows at once. No new
+    /// registration code is needed; the agent id stays.
+    AgentRotateKey, "agent.rotate_key", Admin, NoParams, RotatingKey
+);
+method!(
     /// Run an allowlisted command line, split into an argument vector by the agent (no shell).
     SystemExec, "system.exec", Admin, SystemExecParams, ExecOutput
 );
@@ -195,6 +201,7 @@ pub const ALL: &[(&str, Level)] = &[
     entry::<SystemGetMetrics>(),
     entry::<AgentUpdate>(),
     entry::<AgentRestart>(),
+    entry::<AgentRotateKey>(),
     entry::<SystemExec>(),
     entry::<SystemPreflightCheck>(),
     entry::<SystemPrepareVolumes>(),

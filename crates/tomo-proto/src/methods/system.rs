@@ -120,3 +120,12 @@ pub struct AgentSettings {
 pub struct Restarting {
     pub restarting: bool,
 }
+
+/// Result of `agent.rotate_key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatingKey {
+    pub rotating: bool,
+    /// The next public key (base64), for the operator to compare with what the control plane
+    /// stores afterwards.
+    pub new_public_key: String,
+}

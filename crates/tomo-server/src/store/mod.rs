@@ -16,6 +16,8 @@ use tomo_proto::methods::Level;
 pub struct HostRecord {
     pub id: String,
     pub public_key: Vec<u8>,
+    /// The key before the last rotation, valid until the agent authenticates with the new one.
+    pub previous_public_key: Option<Vec<u8>>,
     pub hostname: String,
     pub engine_id: Option<String>,
     pub facts: HostFacts,
@@ -204,6 +206,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<StoredAudit>, StoreError>;
     /// Deletes audit records received before `before`; returns how many.
     async fn prune_audit(&self, before: i64) -> Result<u64, StoreError>;
+
+    /// Rotates a host's key: `previous = current, current = new`, if the current key is still
+    /// `current` (else `Conflict`).
+    async fn rotate_key(&self, id: &str, current: &[u8], new: &[u8]) -> Result<(), StoreError>;
+    /// Sets the host's keys as given (completing or undoing a rotation).
+    async fn set_keys(
+        &self,
+        id: &str,
+        current: &[u8],
+        previous: Option<&[u8]>,
+    ) -> Result<(), StoreError>;
 
     /// Flushes and closes.
     async fn close(&self);

@@ -64,14 +64,14 @@ fn db(e: sqlx::Error) -> StoreError {
     }
 }
 
-const HOST_COLUMNS: &str =
-    "id, public_key, hostname, engine_id, facts, registered_at, last_seen, removed_at";
+const HOST_COLUMNS: &str = "id, public_key, previous_public_key, hostname, engine_id, facts, registered_at, last_seen, removed_at";
 
 fn host_row(r: &SqliteRow) -> Result<HostRecord, StoreError> {
     let facts: String = r.try_get("facts").map_err(db)?;
     Ok(HostRecord {
         id: r.try_get("id").map_err(db)?,
         public_key: r.try_get("public_key").map_err(db)?,
+        previous_public_key: r.try_get("previous_public_key").map_err(db)?,
         hostname: r.try_get("hostname").map_err(db)?,
         engine_id: r.try_get("engine_id").map_err(db)?,
         facts: serde_json::from_str(&facts).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -539,6 +539,40 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         Ok(n.rows_affected())
+    }
+
+    async fn rotate_key(&self, id: &str, current: &[u8], new: &[u8]) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "UPDATE hosts SET previous_public_key = public_key, public_key = ?
+             WHERE id = ? AND public_key = ? AND removed_at IS NULL",
+        )
+        .bind(new)
+        .bind(id)
+        .bind(current)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if r.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn set_keys(
+        &self,
+        id: &str,
+        current: &[u8],
+        previous: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET public_key = ?, previous_public_key = ? WHERE id = ?")
+            .bind(current)
+            .bind(previous)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 
     async fn close(&self) {

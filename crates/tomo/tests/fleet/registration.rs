@@ -474,3 +474,155 @@ async fn guessing_tokens_and_codes_is_throttled() {
     let (s, _) = g.api(Method::GET, "/hosts", None).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// Key rotation without a new code: each crash point leaves a key the control plane accepts, and
+/// once the new key is in use the old one never authenticates again.
+#[tokio::test]
+async fn keys_rotate_without_a_new_code_and_survive_a_crash_at_every_step() {
+    let f = Fleet::start().await;
+    let old = Keys::generate();
+    let (raw, id) = Raw::register(&f, &old, &f.code().await, facts("rotor", None))
+        .await
+        .expect("registered");
+    drop(raw);
+    let new = Keys::generate();
+    async fn key_of(f: &Fleet, id: String) -> (Vec<u8>, Option<Vec<u8>>) {
+        let h = f.state.store.host(&id).await.expect("host");
+        (h.public_key, h.previous_public_key)
+    }
+    // Rotation committed by the control plane…
+    Raw::authenticate_rotating(&f, &old, &id, facts("rotor", None), Some(&new))
+        .await
+        .expect("rotation accepted");
+    assert_eq!(
+        key_of(&f, id.clone()).await,
+        (new.public_key().to_vec(), Some(old.public_key().to_vec()))
+    );
+    // …then the agent crashes before promoting: it comes back with the old key and offers the same
+    // new one again. Accepted, nothing changes.
+    Raw::authenticate_rotating(&f, &old, &id, facts("rotor", None), Some(&new))
+        .await
+        .expect("the same rotation again");
+    // The first session with the new key retires the old one.
+    Raw::authenticate(&f, &new, &id, facts("rotor", None))
+        .await
+        .expect("new key");
+    assert_eq!(
+        key_of(&f, id.clone()).await,
+        (new.public_key().to_vec(), None)
+    );
+    assert_eq!(
+        Raw::authenticate(&f, &old, &id, facts("rotor", None))
+            .await
+            .err(),
+        Some(RefusalReason::BadSignature)
+    );
+    // A rotation proof not signed by the new key itself is refused and changes nothing.
+    let third = Keys::generate();
+    let impostor = Keys::generate();
+    let mut raw = Raw::connect(&f).await;
+    let nonce = raw.challenge().await;
+    let subject = tomo_proto::handshake::rotate_subject(&id, &third.public_key_b64());
+    let payload = tomo_proto::handshake::signing_payload(
+        tomo_proto::handshake::Purpose::Rotate,
+        &nonce,
+        &subject,
+    );
+    let msg = tomo_proto::handshake::Handshake::Authenticate {
+        proto_version: tomo_proto::PROTO_VERSION,
+        agent_id: id.clone(),
+        signature: new.sign_b64(&tomo_proto::handshake::signing_payload(
+            tomo_proto::handshake::Purpose::Authenticate,
+            &nonce,
+            &id,
+        )),
+        facts: facts("rotor", None),
+        rotate: Some(tomo_proto::handshake::RotateKey {
+            new_public_key: third.public_key_b64(),
+            signature_old: new.sign_b64(&payload),
+            signature_new: impostor.sign_b64(&payload),
+        }),
+    };
+    raw.send(&msg.to_json()).await;
+    assert_eq!(raw.outcome().await.err(), Some(RefusalReason::BadSignature));
+    assert_eq!(
+        key_of(&f, id.clone()).await,
+        (new.public_key().to_vec(), None)
+    );
+    // An agent that lost its new key before using it comes back with the old one, no rotation:
+    // the rotation is undone rather than locking it out.
+    Raw::authenticate_rotating(&f, &new, &id, facts("rotor", None), Some(&third))
+        .await
+        .expect("second rotation");
+    Raw::authenticate(&f, &new, &id, facts("rotor", None))
+        .await
+        .expect("the previous key, no rotation");
+    assert_eq!(
+        key_of(&f, id.clone()).await,
+        (new.public_key().to_vec(), None)
+    );
+}
+
+/// `agent.rotate_key` from the control plane: a real agent makes a new key, reconnects with it,
+/// keeps its id, and its old key is retired.
+#[tokio::test]
+async fn the_control_plane_rotates_an_agents_key() {
+    let f = Fleet::start().await;
+    let mut a = RunningAgent::spawn(f.agent("turner", Some(f.code().await)));
+    let id = a.online().await;
+    let before = f.state.store.host(&id).await.expect("host").public_key;
+    let (s, r) = f.rpc(&id, "agent.rotate_key", None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let new_b64 = r["result"]["new_public_key"]
+        .as_str()
+        .expect("new key")
+        .to_owned();
+    let new = tomo_common::unb64(&new_b64).expect("base64");
+    // The agent reconnects offering the new key; the control plane takes it.
+    let mut stored = before.clone();
+    for _ in 0..100 {
+        stored = f.state.store.host(&id).await.expect("host").public_key;
+        if stored == new {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored, new, "the control plane holds the new key");
+    assert_ne!(stored, before);
+    f.wait_status(&id, "online").await;
+    let dir = f.dir.join("agents/turner");
+    assert!(
+        !dir.join("agent.key.next").exists(),
+        "the next key was promoted"
+    );
+    // Calls work on the new session, and after an agent restart (authenticating with the new key
+    // alone) the old key is retired.
+    let (s, r) = f.rpc(&id, "agent.ping", None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    a.stop().await.expect("stop");
+    let mut again = RunningAgent::spawn(f.agent("turner", None));
+    assert_eq!(again.online().await, id);
+    for _ in 0..100 {
+        if f.state
+            .store
+            .host(&id)
+            .await
+            .expect("host")
+            .previous_public_key
+            .is_none()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        f.state
+            .store
+            .host(&id)
+            .await
+            .expect("host")
+            .previous_public_key,
+        None
+    );
+    again.stop().await.expect("stop");
+}

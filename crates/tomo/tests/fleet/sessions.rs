@@ -46,6 +46,7 @@ async fn piped_session(
         agent_id: id.clone(),
         signature,
         facts: facts("piped", None),
+        rotate: None,
     };
     ws.send(Message::text(hello.to_json())).await.expect("send");
     match ws.next().await.expect("open").expect("frame") {

@@ -318,14 +318,36 @@ impl Raw {
         agent_id: &str,
         facts: HostFacts,
     ) -> Result<Self, RefusalReason> {
+        Self::authenticate_rotating(fleet, keys, agent_id, facts, None).await
+    }
+
+    /// [`Raw::authenticate`], offering `next` as the key to rotate to.
+    pub async fn authenticate_rotating(
+        fleet: &Fleet,
+        keys: &Keys,
+        agent_id: &str,
+        facts: HostFacts,
+        next: Option<&Keys>,
+    ) -> Result<Self, RefusalReason> {
         let mut raw = Self::connect(fleet).await;
         let nonce = raw.challenge().await;
         let signature = keys.sign_b64(&signing_payload(Purpose::Authenticate, &nonce, agent_id));
+        let rotate = next.map(|n| {
+            let new_public_key = n.public_key_b64();
+            let subject = tomo_proto::handshake::rotate_subject(agent_id, &new_public_key);
+            let payload = signing_payload(Purpose::Rotate, &nonce, &subject);
+            tomo_proto::handshake::RotateKey {
+                new_public_key,
+                signature_old: keys.sign_b64(&payload),
+                signature_new: n.sign_b64(&payload),
+            }
+        });
         let msg = Handshake::Authenticate {
             proto_version: tomo_proto::PROTO_VERSION,
             agent_id: agent_id.into(),
             signature,
             facts,
+            rotate,
         };
         raw.send(&msg.to_json()).await;
         raw.outcome().await?;
