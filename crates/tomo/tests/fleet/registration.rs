@@ -626,3 +626,47 @@ async fn the_control_plane_rotates_an_agents_key() {
     );
     again.stop().await.expect("stop");
 }
+
+/// The host policy has the last word: with `max_level = "read"` and a denied method, an admin
+/// token still cannot change the host, and the agent says which rule refused it.
+#[tokio::test]
+async fn the_host_policy_caps_what_any_token_can_do() {
+    let f = Fleet::start().await;
+    let mut cfg = f.agent("guarded", Some(f.code().await));
+    let policy = f.dir.join("guarded-policy.toml");
+    std::fs::write(
+        &policy,
+        "max_level = \"read\"\ndeny_methods = [\"system.get_metrics\"]\n",
+    )
+    .expect("policy");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    cfg.policy_path = Some(policy);
+    let mut a = RunningAgent::spawn(cfg);
+    let id = a.online().await;
+    let (s, r) = f.rpc(&id, "agent.ping", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(r["result"]["pong"], json!(true), "{r}");
+    for (method, params, rule) in [
+        ("agent.restart", None, "max_level"),
+        (
+            "system.prepare_volumes",
+            Some(json!({"volumes": [{"path": "x"}]})),
+            "max_level",
+        ),
+        ("system.get_metrics", None, "deny_methods"),
+    ] {
+        let (s, r) = f.rpc(&id, method, params).await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        assert_eq!(r["error"]["code"], json!(-32001), "{method}: {r}");
+        assert_eq!(
+            r["error"]["data"]["reason"],
+            json!("policy"),
+            "{method}: {r}"
+        );
+        assert_eq!(r["error"]["data"]["rule"], json!(rule), "{method}: {r}");
+    }
+    a.stop().await.expect("stop");
+}
