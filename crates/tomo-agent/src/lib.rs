@@ -391,6 +391,18 @@ impl Agent {
             };
             match opened {
                 Ok((ws, agent_id, offered)) => {
+                    // The welcome is not signed: the id in it must be the one this agent is
+                    // (its saved id, or at registration the id its key names), or requests
+                    // addressed to another agent would pass the audience check.
+                    let expected = match &mode {
+                        Mode::Register { .. } => tomo_common::agent_id_for(keys.public_key()),
+                        Mode::Authenticate { agent_id, .. } => agent_id.clone(),
+                    };
+                    if agent_id != expected {
+                        break Err(AgentError::CommandKey(format!(
+                            "the control plane welcomed this agent as {agent_id}, but it is {expected}: possible man in the middle; refusing its commands"
+                        )));
+                    }
                     let command_key = match pin_command_key(&mode, offered.as_deref()) {
                         Ok(k) => k,
                         Err(e) => break Err(e),
@@ -430,7 +442,11 @@ impl Agent {
                             break Err(e.into());
                         }
                         keys = n;
-                        tracing::info!("key rotation done: the new key is in use");
+                        tracing::info!("key rotation done: reconnecting with the new key");
+                        // Authenticating with the new key alone retires the old one on the
+                        // control plane: do it now, not at the next reconnect days later.
+                        drop(ws);
+                        continue;
                     }
                     shared.guard.set_trust(&agent_id, &command_key);
                     tracing::info!(%agent_id, %url, "connected");

@@ -51,6 +51,8 @@ impl Dialer for PipeDialer {
 }
 
 struct Harness {
+    /// The agent's id, known after the first welcome.
+    agent_id: String,
     /// The scripted control plane's command key.
     key: ring::signature::Ed25519KeyPair,
     _dir: tempfile::TempDir,
@@ -83,7 +85,7 @@ fn code_for(key: &ring::signature::Ed25519KeyPair) -> String {
     format!("rc_0123456789abcdef0123456789abcdef_{fp}")
 }
 
-/// A request as the control plane sends it: meta for agent-1, a fresh nonce, now, signed by
+/// A request as the control plane sends it: meta for the agent, a fresh nonce, now, signed by
 /// `key`. `id` is JSON (`5`, `"s"`).
 fn signed_by(
     key: &ring::signature::Ed25519KeyPair,
@@ -98,9 +100,9 @@ fn signed_by(
     tomo_proto::rpc::signed_request_text(id, method, &meta, params, &sig)
 }
 
-fn meta(role: Option<&str>) -> Value {
+fn meta_for(aud: &str, role: Option<&str>) -> Value {
     let mut m = json!({
-        "aud": "agent-1",
+        "aud": aud,
         "nonce": tomo_common::hex(&tomo_common::random_bytes::<16>()),
         "ts": tomo_common::now_ms(),
         "principal": "test",
@@ -114,7 +116,12 @@ fn meta(role: Option<&str>) -> Value {
 impl Harness {
     /// A signed request with `role` (the usual case).
     fn req(&self, id: &str, method: &str, params: Option<&str>, role: &str) -> String {
-        signed_by(&self.key, id, method, params, meta(Some(role)))
+        signed_by(&self.key, id, method, params, self.meta(Some(role)))
+    }
+
+    /// Meta addressed to this harness's agent.
+    fn meta(&self, role: Option<&str>) -> Value {
+        meta_for(&self.agent_id, role)
     }
 }
 
@@ -163,6 +170,7 @@ fn start_in(
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(agent.run(shutdown.clone()));
     Harness {
+        agent_id: String::new(),
         key,
         _dir: dir,
         ends,
@@ -189,14 +197,24 @@ async fn welcome(h: &mut Harness) -> ServerWs {
     let hello = next_text(&mut ws).await;
     // First a registration; once welcomed, the agent authenticates with its key.
     let first = h.dials.lock().expect("lock").len() == 1;
-    match Handshake::parse(&hello) {
-        Ok(Handshake::Register { .. }) => assert!(first, "registered twice: {hello}"),
-        Ok(Handshake::Authenticate { agent_id, .. }) => assert_eq!(agent_id, "agent-1"),
+    // The agent's id is the one its key names; the agent refuses any other in `welcome`.
+    let agent_id = match Handshake::parse(&hello) {
+        Ok(Handshake::Register { public_key, .. }) => {
+            assert!(first, "registered twice: {hello}");
+            tomo_common::agent_id_for(&tomo_common::unb64(&public_key).expect("key"))
+        }
+        Ok(Handshake::Authenticate { agent_id, .. }) => {
+            if !h.agent_id.is_empty() {
+                assert_eq!(agent_id, h.agent_id);
+            }
+            agent_id
+        }
         other => panic!("unexpected hello {other:?}"),
-    }
+    };
+    h.agent_id = agent_id.clone();
     let w = Handshake::Welcome {
         proto_version: tomo_proto::PROTO_VERSION,
-        agent_id: "agent-1".into(),
+        agent_id,
         heartbeat_secs: 30,
         command_key: Some(public_b64(&h.key)),
     };
@@ -364,7 +382,7 @@ async fn malformed_frames_get_json_rpc_errors_and_change_nothing() {
         ),
         // Deny by default: a request without a role runs nothing.
         (
-            signed_by(&h.key, "14", "agent.ping", None, meta(None)),
+            signed_by(&h.key, "14", "agent.ping", None, h.meta(None)),
             json!({"id":14,"error":{"code":-32001,"data":{"reason":"no_role"}}}),
         ),
     ];
@@ -422,16 +440,16 @@ async fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
     let good = h.req("1", "system.prepare_volumes", Some(&params("a")), "execute");
     let rewritten = good.replace(r#""path":"a""#, r#""path":"evil""#);
     assert_ne!(good, rewritten);
-    let mut old = meta(Some("execute"));
+    let mut old = h.meta(Some("execute"));
     old["ts"] = json!(tomo_common::now_ms() - 5 * 60 * 1000 - 1000);
-    let mut future = meta(Some("execute"));
+    let mut future = h.meta(Some("execute"));
     future["ts"] = json!(tomo_common::now_ms() + 31_000);
-    let mut elsewhere = meta(Some("execute"));
+    let mut elsewhere = h.meta(Some("execute"));
     elsewhere["aud"] = json!("agent-2");
     let unsigned = format!(
         r#"{{"jsonrpc":"2.0","id":2,"method":"system.prepare_volumes","params":{},"meta":{}}}"#,
         params("u"),
-        meta(Some("execute"))
+        h.meta(Some("execute"))
     );
     let rows: Vec<(&str, String, i64, &str, &str)> = vec![
         ("unsigned", unsigned, -32001, "unsigned", "u"),
@@ -442,7 +460,7 @@ async fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
                 "3",
                 "system.prepare_volumes",
                 Some(&params("k")),
-                meta(Some("execute")),
+                h.meta(Some("execute")),
             ),
             -32001,
             "bad_signature",
@@ -746,5 +764,41 @@ fn assert_subset(want: &Value, got: &Value, ctx: &str) {
             }
         }
         _ => assert_eq!(want, got, "{ctx}"),
+    }
+}
+
+/// A proxy that rewrites `welcome` to another agent's id (to make this agent accept requests
+/// addressed to that one) is caught: the agent refuses the session and stops.
+#[tokio::test]
+async fn a_welcome_under_another_agents_id_is_refused() {
+    let mut h = start(false);
+    let io = h.ends.recv().await.expect("the agent dials");
+    let mut ws = tokio_tungstenite::accept_async(io)
+        .await
+        .expect("ws accept");
+    let challenge = Handshake::Challenge {
+        proto_version: tomo_proto::PROTO_VERSION,
+        nonce: "bm9uY2U=".into(),
+    };
+    ws.send(Message::text(challenge.to_json()))
+        .await
+        .expect("send");
+    let _hello = next_text(&mut ws).await;
+    let forged = Handshake::Welcome {
+        proto_version: tomo_proto::PROTO_VERSION,
+        agent_id: "00000000-0000-0000-0000-00000000000b".into(),
+        heartbeat_secs: 30,
+        command_key: Some(public_b64(&h.key)),
+    };
+    ws.send(Message::text(forged.to_json()))
+        .await
+        .expect("send");
+    let r = tokio::time::timeout(Duration::from_secs(10), h.task)
+        .await
+        .expect("the agent stops")
+        .expect("join");
+    match r {
+        Err(AgentError::CommandKey(m)) => assert!(m.contains("welcomed this agent as"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }

@@ -70,3 +70,18 @@ pub fn now_ms() -> i64 {
 pub fn now_secs() -> i64 {
     now_ms() / 1000
 }
+
+/// The agent id of an Ed25519 public key: the first 16 bytes of its SHA-256, uuid-shaped. Both
+/// sides compute it: the control plane to name a new host, the agent to check that the control
+/// plane welcomed it under its own id.
+pub fn agent_id_for(public_key: &[u8]) -> String {
+    let h = hex(&sha256(public_key)[..16]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

@@ -222,15 +222,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The agent id of a public key: the first 16 bytes of its SHA-256, as a UUID-shaped string.
 pub fn agent_id_for(public_key: &[u8]) -> String {
-    let h = tomo_common::hex(&tomo_common::sha256(public_key)[..16]);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    tomo_common::agent_id_for(public_key)
 }
 
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
@@ -425,22 +417,26 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 None if used_previous => {
-                    // The agent came back with its old key and no rotation: it lost the new key
-                    // before using it. Undo the rotation rather than lock it out.
-                    state.store.set_keys(&host.id, &used_key, None).await?;
+                    // The previous key only finishes a rotation (it must offer the key now
+                    // current). Alone, it is a retired key: whoever holds it must not undo the
+                    // rotation and lock the real agent out.
                     record(
                         state,
                         Some(&host.id),
-                        "key_rotation_undone",
-                        "the agent came back with its previous key",
+                        "retired_key",
+                        "authentication with the key replaced by the last rotation",
                     )
                     .await;
+                    return Err(Refusal::new(
+                        RefusalReason::BadSignature,
+                        "this key was replaced by a key rotation",
+                    ));
                 }
                 None if host.previous_public_key.is_some() => {
                     // The first session with the new key: the old one is retired.
                     state
                         .store
-                        .set_keys(&host.id, &host.public_key, None)
+                        .retire_previous_key(&host.id, &host.public_key)
                         .await?;
                 }
                 None => {}

@@ -210,13 +210,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Rotates a host's key: `previous = current, current = new`, if the current key is still
     /// `current` (else `Conflict`).
     async fn rotate_key(&self, id: &str, current: &[u8], new: &[u8]) -> Result<(), StoreError>;
-    /// Sets the host's keys as given (completing or undoing a rotation).
-    async fn set_keys(
-        &self,
-        id: &str,
-        current: &[u8],
-        previous: Option<&[u8]>,
-    ) -> Result<(), StoreError>;
+    /// Forgets the key before the last rotation, if the current key is still `current`.
+    async fn retire_previous_key(&self, id: &str, current: &[u8]) -> Result<(), StoreError>;
 
     /// Flushes and closes.
     async fn close(&self);

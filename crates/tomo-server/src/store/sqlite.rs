@@ -559,16 +559,10 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn set_keys(
-        &self,
-        id: &str,
-        current: &[u8],
-        previous: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE hosts SET public_key = ?, previous_public_key = ? WHERE id = ?")
-            .bind(current)
-            .bind(previous)
+    async fn retire_previous_key(&self, id: &str, current: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET previous_public_key = NULL WHERE id = ? AND public_key = ?")
             .bind(id)
+            .bind(current)
             .execute(&self.pool)
             .await
             .map_err(db)?;

@@ -549,17 +549,30 @@ async fn keys_rotate_without_a_new_code_and_survive_a_crash_at_every_step() {
         key_of(&f, id.clone()).await,
         (new.public_key().to_vec(), None)
     );
-    // An agent that lost its new key before using it comes back with the old one, no rotation:
-    // the rotation is undone rather than locking it out.
+    // The replaced key alone is retired: whoever holds it cannot undo a rotation (and lock the
+    // real agent out); it only serves to finish the rotation it started.
     Raw::authenticate_rotating(&f, &new, &id, facts("rotor", None), Some(&third))
         .await
         .expect("second rotation");
-    Raw::authenticate(&f, &new, &id, facts("rotor", None))
-        .await
-        .expect("the previous key, no rotation");
+    assert_eq!(
+        Raw::authenticate(&f, &new, &id, facts("rotor", None))
+            .await
+            .err(),
+        Some(RefusalReason::BadSignature)
+    );
     assert_eq!(
         key_of(&f, id.clone()).await,
-        (new.public_key().to_vec(), None)
+        (third.public_key().to_vec(), Some(new.public_key().to_vec()))
+    );
+    Raw::authenticate_rotating(&f, &new, &id, facts("rotor", None), Some(&third))
+        .await
+        .expect("finishing the rotation with the previous key");
+    Raw::authenticate(&f, &third, &id, facts("rotor", None))
+        .await
+        .expect("third key");
+    assert_eq!(
+        key_of(&f, id.clone()).await,
+        (third.public_key().to_vec(), None)
     );
 }
 
@@ -595,13 +608,8 @@ async fn the_control_plane_rotates_an_agents_key() {
         !dir.join("agent.key.next").exists(),
         "the next key was promoted"
     );
-    // Calls work on the new session, and after an agent restart (authenticating with the new key
-    // alone) the old key is retired.
-    let (s, r) = f.rpc(&id, "agent.ping", None).await;
-    assert_eq!(s, StatusCode::OK, "{r}");
-    a.stop().await.expect("stop");
-    let mut again = RunningAgent::spawn(f.agent("turner", None));
-    assert_eq!(again.online().await, id);
+    // The agent reconnects with the new key alone right after promoting it: the old key is
+    // retired without waiting for a restart, and calls work on the new session.
     for _ in 0..100 {
         if f.state
             .store
@@ -624,6 +632,14 @@ async fn the_control_plane_rotates_an_agents_key() {
             .previous_public_key,
         None
     );
+    f.wait_status(&id, "online").await;
+    let (s, r) = f.rpc(&id, "agent.ping", None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["result"]["pong"], json!(true), "{r}");
+    // And after a restart it still authenticates (with the new key, the only one it has).
+    a.stop().await.expect("stop");
+    let mut again = RunningAgent::spawn(f.agent("turner", None));
+    assert_eq!(again.online().await, id);
     again.stop().await.expect("stop");
 }
 
