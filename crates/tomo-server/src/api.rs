@@ -141,10 +141,41 @@ impl Principal {
     /// (so the control plane's audit record and the agent's share it).
     pub fn caller(&self) -> Caller {
         let mut c = Caller::new(self.0.name.clone(), self.0.role);
+        c.owner = format!("token:{}", self.0.id);
         if let Some(t) = &self.1 {
             c.trace_id = t.clone();
         }
         c
+    }
+
+    /// `stream.*` requests are for the caller's own streams only (whatever their role), with
+    /// params that name the stream.
+    pub(crate) fn check_stream_owner(
+        &self,
+        state: &AppState,
+        host_id: &str,
+        method: &str,
+        params: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        if !method.starts_with("stream.") {
+            return Ok(());
+        }
+        let stream = params
+            .and_then(|p| p.as_object())
+            .and_then(|p| p.get("stream"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::bad_request("stream.* params must be an object naming the stream")
+            })?;
+        if state.hub.stream_owner(host_id, stream).as_deref() != Some(self.caller().owner.as_str())
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("stream {stream:?} is not open, or was opened by another caller"),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn require(&self, level: Level) -> Result<(), ApiError> {
@@ -346,15 +377,12 @@ pub(crate) async fn resolve(state: &AppState, key: &str) -> Result<HostRecord, A
         Err(e) => return Err(e.into()),
     }
     let hosts = state.store.hosts().await?;
-    let by_name: Vec<_> = hosts.iter().filter(|h| h.hostname == key).collect();
-    let candidates = if by_name.is_empty() {
-        hosts
-            .iter()
-            .filter(|h| !key.is_empty() && h.id.starts_with(key))
-            .collect()
-    } else {
-        by_name
-    };
+    // A hostname is whatever the host reports: it must not capture calls meant for another host
+    // by id prefix. Both kinds of match count, and more than one host is ambiguous.
+    let candidates: Vec<_> = hosts
+        .iter()
+        .filter(|h| h.hostname == key || (!key.is_empty() && h.id.starts_with(key)))
+        .collect();
     match candidates.as_slice() {
         [one] => Ok((*one).clone()),
         [] => Err(ApiError::new(
@@ -458,21 +486,7 @@ async fn call_host(
         who.require(level)?;
     }
     // Stream control belongs to whoever opened the stream.
-    if body.method.starts_with("stream.") {
-        let stream = body
-            .params
-            .as_ref()
-            .and_then(|p| p.get("stream"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if state.hub.stream_owner(&h.id, stream).as_deref() != Some(who.0.name.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("stream {stream:?} is not open, or was opened by another caller"),
-            ));
-        }
-    }
+    who.check_stream_owner(&state, &h.id, &body.method, body.params.as_ref())?;
     let caller = who.caller();
     let id = body.id.unwrap_or(Id::Num(1));
     let (status, mut resp) = match state

@@ -119,6 +119,24 @@ async fn prepare(
     Ok((h.id, who.caller()))
 }
 
+/// [`prepare`] plus the stream-ownership rule of `stream.*` methods.
+async fn prepare_call(
+    state: &AppState,
+    who: &Principal,
+    host: &str,
+    method: &str,
+    params: &Map<String, Value>,
+) -> Result<(String, Caller), ApiError> {
+    let (host_id, caller) = prepare(state, who, host, method).await?;
+    who.check_stream_owner(
+        state,
+        &host_id,
+        method,
+        Some(&Value::Object(params.clone())),
+    )?;
+    Ok((host_id, caller))
+}
+
 /// Calls `method` on the host and answers with its result, or its error as an HTTP error.
 pub async fn forward(
     state: &AppState,
@@ -127,7 +145,7 @@ pub async fn forward(
     method: &str,
     params: Map<String, Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let (host_id, caller) = prepare(state, who, host, method).await?;
+    let (host_id, caller) = prepare_call(state, who, host, method, &params).await?;
     let params = Value::Object(params);
     let resp = state
         .hub
@@ -155,7 +173,7 @@ pub async fn forward_stream(
     method: &str,
     params: Map<String, Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let (host_id, caller) = prepare(state, who, host, method).await?;
+    let (host_id, caller) = prepare_call(state, who, host, method, &params).await?;
     let params = Value::Object(params);
     let (resp, handle) = state
         .hub

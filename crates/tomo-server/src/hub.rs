@@ -28,13 +28,17 @@ pub struct Caller {
     pub principal: String,
     pub role: Level,
     pub trace_id: String,
+    /// What owns the streams this caller opens: the API token's id (names are not unique).
+    pub owner: String,
 }
 
 impl Caller {
     /// A caller with a new trace id.
     pub fn new(principal: impl Into<String>, role: Level) -> Self {
+        let principal = principal.into();
         Self {
-            principal: principal.into(),
+            owner: principal.clone(),
+            principal,
             role,
             trace_id: tomo_common::hex(&tomo_common::random_bytes::<8>()),
         }
@@ -486,7 +490,7 @@ impl Hub {
         let (tx, rx) = mpsc::channel(STREAM_WINDOW as usize + 1);
         let route = Route {
             tx,
-            owner: caller.principal.clone(),
+            owner: caller.owner.clone(),
         };
         let resp = call_on(&conn, method, params, caller, timeout, Some(route)).await?;
         let stream = match &resp.outcome {

@@ -969,3 +969,85 @@ async fn system_methods_through_the_api() {
     assert_eq!(e["error"]["rpc"]["data"]["param"], "volumes[0].path");
     env.finish().await;
 }
+
+/// Streams belong to the token that opened them: another token — even an admin token with the
+/// same name — cannot close, acknowledge or write to them, by any route.
+#[tokio::test]
+async fn streams_belong_to_the_token_that_opened_them() {
+    let Some(env) = Env::start("owner").await else {
+        return;
+    };
+    let name = env
+        .container(
+            "talker",
+            &["sh", "-c", "while true; do echo hi; sleep 0.2; done"],
+        )
+        .await;
+    let url = format!(
+        "{}/api/v1/hosts/{}/containers/{name}/logs?follow=true",
+        env.fleet.info.api_url, env.host
+    );
+    let mut resp = env
+        .fleet
+        .http
+        .get(url)
+        .bearer_auth(&env.fleet.token)
+        .send()
+        .await
+        .expect("logs");
+    let mut buf = Vec::new();
+    let stream = loop {
+        let chunk = resp.chunk().await.expect("chunk").expect("more");
+        buf.extend_from_slice(&chunk);
+        if let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let v: Value = serde_json::from_slice(&buf[..nl]).expect("line");
+            break v["stream"].as_str().expect("stream id").to_owned();
+        }
+    };
+    let (other, _) = tomo_server::auth::mint_token(
+        &*env.fleet.state.store,
+        "admin",
+        tomo_proto::methods::Level::Admin,
+        None,
+    )
+    .await
+    .expect("token");
+    for (method, params) in [
+        ("stream.close", json!({"stream": stream})),
+        ("stream.ack", json!({"stream": stream, "seq": u64::MAX})),
+        (
+            "stream.write",
+            json!({"stream": stream, "data_b64": "eA=="}),
+        ),
+    ] {
+        let body = json!({"method": method, "params": params});
+        for route in ["rpc", "stream"] {
+            let (s, v) = env
+                .fleet
+                .api_as(
+                    &other,
+                    Method::POST,
+                    &format!("/hosts/{}/{route}", env.host),
+                    Some(body.clone()),
+                )
+                .await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{method} via /{route}: {v}");
+        }
+    }
+    // The stream is still open for its owner, who can close it.
+    assert!(
+        env.fleet
+            .state
+            .hub
+            .stream_owner(&env.host, &stream)
+            .is_some()
+    );
+    let (s, v) = env
+        .fleet
+        .rpc(&env.host, "stream.close", Some(json!({"stream": stream})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["result"]["open"], json!(true), "{v}");
+    drop(resp);
+    env.finish().await;
+}

@@ -686,3 +686,23 @@ async fn the_host_policy_caps_what_any_token_can_do() {
     }
     a.stop().await.expect("stop");
 }
+
+/// A host names itself: a hostname shaped like another host's id prefix does not capture calls
+/// addressed by that prefix.
+#[tokio::test]
+async fn a_hostname_cannot_capture_another_hosts_id_prefix() {
+    let f = Fleet::start().await;
+    let (_a, id_a) = Raw::register(&f, &Keys::generate(), &f.code().await, facts("alpha", None))
+        .await
+        .expect("a");
+    let prefix = &id_a[..8];
+    let (_b, _id_b) = Raw::register(&f, &Keys::generate(), &f.code().await, facts(prefix, None))
+        .await
+        .expect("b");
+    let (s, v) = f.api(Method::GET, &format!("/hosts/{prefix}"), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], json!("ambiguous"));
+    let (s, v) = f.api(Method::GET, &format!("/hosts/{id_a}"), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["hostname"], json!("alpha"));
+}
