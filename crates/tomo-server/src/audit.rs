@@ -75,34 +75,82 @@ pub fn view(r: &StoredAudit) -> Value {
 }
 
 /// Stores a record (`host_id: None` for the control plane's own) and hands it to followers.
+/// A record on its way to the store.
+#[derive(Debug)]
+pub struct Pending {
+    host_id: Option<String>,
+    at_ms: i64,
+    received_at: i64,
+    text: String,
+}
+
+/// Records queued for the writer before producers wait (a slow disk then slows requests down
+/// instead of growing memory).
+pub const WRITE_QUEUE: usize = 4096;
+/// Records written per transaction at most.
+const BATCH: usize = 512;
+
+/// Queues a record for the store and its followers. Requests never wait for SQLite: the
+/// [`writer`] stores records in batches, one transaction each.
 pub async fn ingest(state: &AppState, host_id: Option<&str>, record: &AuditRecord) {
-    let text = bounded(record);
-    let now = tomo_common::now_ms();
-    match state
-        .store
-        .add_audit(host_id, record.at_ms, now, &text)
-        .await
-    {
-        Ok(id) => {
-            let stored = StoredAudit {
-                id,
-                host_id: host_id.map(str::to_owned),
-                at_ms: record.at_ms,
-                received_at: now,
-                record: text,
-            };
-            // No receivers is fine: nobody follows.
-            let _ = state.audit.send(Live {
-                host_id: stored.host_id.clone(),
-                id,
-                view: view(&stored),
-            });
-        }
-        Err(e) => tracing::warn!(host_id, error = %e, "cannot store an audit record"),
+    let pending = Pending {
+        host_id: host_id.map(str::to_owned),
+        at_ms: record.at_ms,
+        received_at: tomo_common::now_ms(),
+        text: bounded(record),
+    };
+    if state.audit_queue.send(pending).await.is_err() {
+        tracing::warn!("the audit writer is gone; a record was not stored");
     }
 }
 
-/// An agent's `audit.record` notification: stored under the session's host id.
+/// Stores queued records in batches and hands them to followers, until the control plane shuts
+/// down (then what is queued is stored, and it returns).
+pub async fn writer(state: Arc<AppState>, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => n,
+            _ = state.shutdown.cancelled() => {
+                rx.close();
+                rx.recv_many(&mut batch, usize::MAX).await
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let rows: Vec<(Option<String>, i64, i64, String)> = batch
+            .drain(..)
+            .map(|p| (p.host_id, p.at_ms, p.received_at, p.text))
+            .collect();
+        match state.store.add_audits(&rows).await {
+            Ok(ids) => {
+                for (id, (host_id, at_ms, received_at, record)) in ids.into_iter().zip(rows) {
+                    let stored = StoredAudit {
+                        id,
+                        host_id,
+                        at_ms,
+                        received_at,
+                        record,
+                    };
+                    // No receivers is fine: nobody follows.
+                    let _ = state.audit.send(Live {
+                        host_id: stored.host_id.clone(),
+                        id,
+                        view: view(&stored),
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = rows.len(), "cannot store audit records")
+            }
+        }
+        if state.shutdown.is_cancelled() && rx.is_empty() {
+            return;
+        }
+    }
+}
+
 pub async fn on_agent_record(state: &AppState, host_id: &str, params: &str) {
     match serde_json::from_str::<AuditRecord>(params) {
         Ok(r) => ingest(state, Some(host_id), &r).await,

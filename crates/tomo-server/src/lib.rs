@@ -63,6 +63,8 @@ pub struct AppState {
     pub throttle: throttle::Throttle,
     /// Audit records as they are stored, for followers.
     pub audit: tokio::sync::broadcast::Sender<audit::Live>,
+    /// Records on their way to the store (see `audit::writer`).
+    pub audit_queue: tokio::sync::mpsc::Sender<audit::Pending>,
 }
 
 /// Startup failures.
@@ -95,6 +97,7 @@ pub struct Server {
     acceptor: tokio_rustls::TlsAcceptor,
     /// The admin token created at first start (no token existed); shown once, stored hashed.
     pub first_admin_token: Option<String>,
+    audit_rx: tokio::sync::mpsc::Receiver<audit::Pending>,
 }
 
 impl std::fmt::Debug for Server {
@@ -145,6 +148,7 @@ impl Server {
             agent_url: config.agent_url(local_addr),
             ca_file: tls.ca_file,
         };
+        let (audit_queue, audit_rx) = tokio::sync::mpsc::channel(audit::WRITE_QUEUE);
         let state = Arc::new(AppState {
             store,
             hub: Hub::new(signer),
@@ -155,12 +159,14 @@ impl Server {
             events: tokio::sync::broadcast::channel(events::FOLLOW_BUFFER).0,
             throttle: throttle::Throttle::new(),
             audit: tokio::sync::broadcast::channel(audit::FOLLOW_BUFFER).0,
+            audit_queue,
         });
         Ok(Self {
             state,
             listener,
             acceptor: tokio_rustls::TlsAcceptor::from(tls.config),
             first_admin_token,
+            audit_rx,
         })
     }
 
@@ -180,10 +186,12 @@ impl Server {
             state,
             listener,
             acceptor,
+            audit_rx,
             ..
         } = self;
         let app = router(Arc::clone(&state));
         let pruner = state.tracker.spawn(prune_history(Arc::clone(&state)));
+        let audit_writer = tokio::spawn(audit::writer(Arc::clone(&state), audit_rx));
         tracing::info!(api = %state.info.api_url, agents = %state.info.agent_url, "control plane listening");
         loop {
             let (tcp, peer) = tokio::select! {
@@ -237,6 +245,13 @@ impl Server {
             .is_err()
         {
             tracing::warn!("some connections did not finish within the grace period");
+        }
+        // The writer stores what is still queued, then stops (it watches the shutdown token).
+        if tokio::time::timeout(Duration::from_secs(5), audit_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the audit writer did not finish in time");
         }
         state.store.close().await;
         tracing::info!("control plane stopped");

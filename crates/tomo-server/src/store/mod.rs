@@ -196,6 +196,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         received_at: i64,
         record: &str,
     ) -> Result<i64, StoreError>;
+    /// Appends several audit records `(host_id, at_ms, received_at, record)` in one transaction;
+    /// returns their ids, in order.
+    async fn add_audits(
+        &self,
+        records: &[(Option<String>, i64, i64, String)],
+    ) -> Result<Vec<i64>, StoreError>;
     /// Audit records with an id above `after`, oldest first, at most `limit`; with
     /// `after == None`, the newest `limit`. `host: Some(id)` keeps that host's records only.
     async fn audit(

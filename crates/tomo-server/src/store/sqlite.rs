@@ -489,6 +489,29 @@ impl Store for SqliteStore {
         Ok(r.last_insert_rowid())
     }
 
+    async fn add_audits(
+        &self,
+        records: &[(Option<String>, i64, i64, String)],
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut ids = Vec::with_capacity(records.len());
+        for (host_id, at_ms, received_at, record) in records {
+            let r = sqlx::query(
+                "INSERT INTO audit (host_id, at_ms, received_at, record) VALUES (?, ?, ?, ?)",
+            )
+            .bind(host_id.as_deref())
+            .bind(at_ms)
+            .bind(received_at)
+            .bind(record)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            ids.push(r.last_insert_rowid());
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(ids)
+    }
+
     async fn audit(
         &self,
         host: Option<&str>,
