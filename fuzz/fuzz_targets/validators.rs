@@ -160,7 +160,7 @@ fn accepted(p: &RunParams, policy: &HostPolicy, root: &Path) {
 fn accepted_refs(p: &RunParams) {
     for v in &p.volumes_from {
         let name = v.split(':').next().unwrap_or_default();
-        assert!(!BAD_CONTAINERS.contains(&name), "volumes_from {v:?}");
+        assert_ne!(name, "priv", "volumes_from {v:?}");
     }
     for m in [&p.pid_mode, &p.ipc_mode, &p.network_mode]
         .into_iter()
@@ -248,7 +248,8 @@ fn normal_form(raw: &str) {
 
 // ---- a fake engine ----------------------------------------------------------------------------
 
-/// Containers whose namespaces or volumes must not be shared.
+/// Containers whose namespaces must not be joined (`priv` is privileged, `hostns` uses the host's
+/// namespaces, `chain` joins `hostns`'s); only `priv`'s volumes are refused.
 const BAD_CONTAINERS: &[&str] = &["priv", "hostns", "chain"];
 
 struct Engine;

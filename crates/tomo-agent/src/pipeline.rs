@@ -188,6 +188,13 @@ impl Guard {
                     "this request was already received",
                 )));
             }
+            Err(replay::Refusal::Unrecorded) => {
+                return Err(with_meta(deny(
+                    code::SECURITY,
+                    "replay_log",
+                    "the agent cannot record this request's nonce (is its data directory full?); refusing it",
+                )));
+            }
             Err(replay::Refusal::Stale) => {
                 return Err(with_meta(deny(
                     code::SECURITY,

@@ -27,6 +27,9 @@ pub enum Refusal {
     Stale,
     /// This nonce was used already.
     Replay,
+    /// The nonce could not be recorded (disk full…): refused, so that a replay after a restart
+    /// cannot slip through.
+    Unrecorded,
 }
 
 /// The nonces of the current window.
@@ -70,10 +73,14 @@ impl ReplayGuard {
                             }
                         }
                         (Some(t), Some(n)) => {
-                            if let Ok(t) = t.parse::<i64>()
-                                && t >= now_ms - WINDOW_MS
-                            {
-                                g.remember(n.to_owned(), t);
+                            if let Ok(t) = t.parse::<i64>() {
+                                if t >= now_ms - WINDOW_MS {
+                                    g.remember(n.to_owned(), t);
+                                } else {
+                                    // Forgotten, so never acceptable again (a clock stepping
+                                    // back must not revive it).
+                                    g.low_water = g.low_water.max(t);
+                                }
                             }
                         }
                         _ => {}
@@ -98,8 +105,10 @@ impl ReplayGuard {
             return Err(Refusal::Replay);
         }
         self.expire(now_ms);
+        if !self.append(&format!("{ts_ms} {nonce}\n")) {
+            return Err(Refusal::Unrecorded);
+        }
         self.remember(nonce.to_owned(), ts_ms);
-        self.append(&format!("{ts_ms} {nonce}\n"));
         Ok(())
     }
 
@@ -127,29 +136,40 @@ impl ReplayGuard {
             self.seen.remove(&n);
             if t > self.low_water {
                 self.low_water = t;
-                self.append(&format!("low {t}\n"));
+                let _ = self.append(&format!("low {t}\n"));
             }
         }
     }
 
-    /// Forgets nonces that left the window (they are refused as stale anyway).
+    /// Forgets nonces that left the window. The low-water mark rises to the newest forgotten
+    /// one, so that they stay refused even if the clock steps back.
     fn expire(&mut self, now_ms: i64) {
         let oldest = now_ms - WINDOW_MS;
+        let mut forgotten = None;
         while let Some((t, _)) = self.by_time.first()
             && *t < oldest
         {
-            if let Some((_, n)) = self.by_time.pop_first() {
+            if let Some((t, n)) = self.by_time.pop_first() {
                 self.seen.remove(&n);
+                forgotten = Some(t);
             }
+        }
+        if let Some(t) = forgotten
+            && t > self.low_water
+        {
+            self.low_water = t;
+            self.append(&format!("low {t}\n"));
         }
     }
 
-    fn append(&mut self, line: &str) {
+    /// Appends to the log; `false` when it could not be written.
+    fn append(&mut self, line: &str) -> bool {
         let Some(file) = self.log.as_mut() else {
-            return;
+            return true;
         };
         if let Err(e) = file.write_all(line.as_bytes()) {
-            tracing::warn!(error = %e, "cannot record a nonce; replays across a restart are not caught until it works again");
+            tracing::warn!(error = %e, "cannot record a nonce: refusing requests until it works again");
+            return false;
         }
         self.log_lines += 1;
         if self.log_lines > 2 * self.capacity + 16
@@ -157,6 +177,7 @@ impl ReplayGuard {
         {
             tracing::warn!(error = %e, "cannot compact the nonce log");
         }
+        true
     }
 
     /// Replaces the log by the current state, atomically.
@@ -231,6 +252,31 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0);
+    }
+
+    #[test]
+    fn forgotten_nonces_stay_refused_when_the_clock_steps_back() {
+        let mut g = ReplayGuard::in_memory(100);
+        assert_eq!(g.check("a", NOW, NOW), Ok(()));
+        // Six minutes later "a" is forgotten…
+        let later = NOW + WINDOW_MS + 60_000;
+        assert_eq!(g.check("b", later, later), Ok(()));
+        // …and the clock steps back to where "a" would be fresh again: still refused.
+        assert_eq!(g.check("a", NOW, NOW + 1000), Err(Refusal::Stale));
+    }
+
+    #[test]
+    fn an_unwritable_log_refuses_instead_of_forgetting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut g = ReplayGuard::open(dir.path(), 100, NOW).expect("open");
+        // The log's file handle is read-only now: writes fail.
+        g.log = Some(std::fs::File::open(dir.path().join("nonces.log")).expect("ro"));
+        assert_eq!(g.check("x", NOW, NOW), Err(Refusal::Unrecorded));
+        assert_eq!(
+            g.check("x", NOW, NOW),
+            Err(Refusal::Unrecorded),
+            "not remembered either"
+        );
     }
 
     #[test]

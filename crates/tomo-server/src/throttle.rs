@@ -40,6 +40,7 @@ impl Throttle {
 
     /// `Err(retry_after)` while `ip` is blocked.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let ip = source(ip);
         let now = Instant::now();
         let Ok(map) = self.sources.lock() else {
             return Ok(());
@@ -52,6 +53,7 @@ impl Throttle {
 
     /// Counts a failed attempt from `ip`; returns `true` when this one started a block.
     pub fn failed(&self, ip: IpAddr) -> bool {
+        let ip = source(ip);
         let now = Instant::now();
         let Ok(mut map) = self.sources.lock() else {
             return false;
@@ -88,6 +90,21 @@ impl Throttle {
     }
 }
 
+/// The unit of throttling: an IPv4 address, or an IPv6 /64 (one subscriber's prefix; counting
+/// single IPv6 addresses would give a guesser 2^64 fresh sources).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +131,19 @@ mod tests {
         }
         let wait = t.check(ip).expect_err("blocked again");
         assert!(wait > BLOCK, "second block is longer: {wait:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_prefix_counts_as_one_source() {
+        let t = Throttle::new();
+        for i in 0..10u16 {
+            let ip: IpAddr = format!("2001:db8:1:2::{i:x}").parse().expect("ip");
+            t.failed(ip);
+        }
+        let other_in_prefix: IpAddr = "2001:db8:1:2:ffff::1".parse().expect("ip");
+        assert!(t.check(other_in_prefix).is_err());
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert!(t.check(elsewhere).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
