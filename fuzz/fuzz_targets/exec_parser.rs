@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(AllowEntry::parse(&entry.to_string()).as_ref(), Ok(&entry));
             for a in &entry.args {
                 if let ArgPattern::Literal(l) = a {
-                    assert!(!l.is_empty() && l.chars().all(plain), "{spec:?}: literal {l:?}");
+                    assert!(
+                        !l.is_empty() && l.chars().all(plain),
+                        "{spec:?}: literal {l:?}"
+                    );
                 }
             }
             list.push(entry);
@@ -45,11 +48,19 @@ fuzz_target!(|data: &[u8]| {
 /// What an admitted vector may hold.
 fn admitted(argv: &[String], entry: &AllowEntry) {
     assert!(entry.matches(argv));
-    let (program, args) = argv.split_first().expect("an admitted vector has a program");
-    assert!(!program.contains('/') && !program.starts_with(['-', '.']), "{argv:?}");
+    let (program, args) = argv
+        .split_first()
+        .expect("an admitted vector has a program");
+    assert!(
+        !program.contains('/') && !program.starts_with(['-', '.']),
+        "{argv:?}"
+    );
     assert_eq!(args.len(), entry.args.len());
     for (arg, pattern) in args.iter().zip(&entry.args) {
-        assert!(!arg.is_empty() && arg.chars().all(plain), "{argv:?}: {arg:?}");
+        assert!(
+            !arg.is_empty() && arg.chars().all(plain),
+            "{argv:?}: {arg:?}"
+        );
         if arg.starts_with('-') {
             assert!(
                 matches!(pattern, ArgPattern::Literal(l) if l == arg),

@@ -34,7 +34,10 @@ fn message(m: Message) {
     match m {
         Message::Request(req) => {
             // The raw values are kept verbatim and are valid JSON themselves.
-            for raw in [req.params.as_deref(), req.meta.as_deref()].into_iter().flatten() {
+            for raw in [req.params.as_deref(), req.meta.as_deref()]
+                .into_iter()
+                .flatten()
+            {
                 assert!(serde_json::from_str::<&serde_json::value::RawValue>(raw.get()).is_ok());
             }
             if let Some(id) = req.id {

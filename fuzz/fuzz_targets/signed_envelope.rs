@@ -68,7 +68,11 @@ fn check(req: &Request) {
                 "the signature of {parts:?} verified, yet it is not a seed ({})",
                 d.reason
             );
-            assert_eq!(d.reason, "stale", "a seed is refused as stale: {:?}", d.error);
+            assert_eq!(
+                d.reason, "stale",
+                "a seed is refused as stale: {:?}",
+                d.error
+            );
         }
     }
 }

@@ -31,14 +31,37 @@ enum Part {
 
 #[derive(Debug, Arbitrary)]
 enum Edit {
-    Flip { part: Part, at: u16, bit: u8 },
-    Replace { part: Part, at: u16, len: u8, with: String },
-    Insert { part: Part, at: u16, text: String },
-    Truncate { part: Part, at: u16 },
-    Drop { part: Part },
-    Swap { a: Part, b: Part },
+    Flip {
+        part: Part,
+        at: u16,
+        bit: u8,
+    },
+    Replace {
+        part: Part,
+        at: u16,
+        len: u8,
+        with: String,
+    },
+    Insert {
+        part: Part,
+        at: u16,
+        text: String,
+    },
+    Truncate {
+        part: Part,
+        at: u16,
+    },
+    Drop {
+        part: Part,
+    },
+    Swap {
+        a: Part,
+        b: Part,
+    },
     /// The signature of another fresh request of the same key.
-    SigOfOther { base: u8 },
+    SigOfOther {
+        base: u8,
+    },
     /// A signature of the current parts by another key (a proxy that re-signs).
     ResignWithOtherKey,
 }
@@ -83,7 +106,10 @@ fuzz_target!(|input: Input| {
         return;
     };
     let want = signed_of(&original);
-    let want_sig = original.sig.as_deref().and_then(|s| tomo_common::unb64(&utf8(s)));
+    let want_sig = original
+        .sig
+        .as_deref()
+        .and_then(|s| tomo_common::unb64(&utf8(s)));
     let guard = SIGNER.guard();
     let single = matches!(parse_frame(&text), Frame::Single(_));
     let requests: Vec<Request> = match parse_frame(&text) {
@@ -198,7 +224,9 @@ fn edit_bytes(bytes: &mut Vec<u8>, e: &Edit) {
                 bytes[i] ^= 1 << (bit % 8);
             }
         }
-        Edit::Replace { at: i, len, with, .. } => {
+        Edit::Replace {
+            at: i, len, with, ..
+        } => {
             let start = at(*i, bytes.len());
             let end = (start + usize::from(*len)).min(bytes.len());
             bytes.splice(start..end, with.bytes());

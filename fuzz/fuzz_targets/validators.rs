@@ -84,10 +84,16 @@ fn judge(p: &RunParams) {
     let refs = block_on(validate::check_run_refs(p, &f.policy, &f.root, &Engine));
     if let Err(e) = &sync {
         assert_eq!(e.code, code::CONTAINER_BLOCKED, "{e:?}");
-        assert!(e.data.as_ref().is_some_and(|d| d["rule"].is_string()), "{e:?}");
+        assert!(
+            e.data.as_ref().is_some_and(|d| d["rule"].is_string()),
+            "{e:?}"
+        );
     }
     if let Err(e) = &refs {
-        assert!(matches!(e.code, code::CONTAINER_BLOCKED | code::NOT_FOUND), "{e:?}");
+        assert!(
+            matches!(e.code, code::CONTAINER_BLOCKED | code::NOT_FOUND),
+            "{e:?}"
+        );
     }
     if sync.is_ok() {
         accepted(p, &f.policy, &f.root);
@@ -97,7 +103,11 @@ fn judge(p: &RunParams) {
     }
     if validate::check_image(&p.image, &f.images).is_ok() {
         let r = image::normalize(&p.image).expect("an allowed image is a reference");
-        assert!(r.repository.starts_with("ghcr.io/acme/"), "{:?} → {r:?}", p.image);
+        assert!(
+            r.repository.starts_with("ghcr.io/acme/"),
+            "{:?} → {r:?}",
+            p.image
+        );
     }
 }
 
@@ -106,7 +116,10 @@ fn accepted(p: &RunParams, policy: &HostPolicy, root: &Path) {
     assert!(!p.privileged);
     for c in &p.cap_add {
         let name = validate::capability(c).expect("an accepted capability is a name");
-        assert!(DOCKER_DEFAULT_CAPS.contains(&name.as_str()), "cap_add {c:?}");
+        assert!(
+            DOCKER_DEFAULT_CAPS.contains(&name.as_str()),
+            "cap_add {c:?}"
+        );
     }
     let modes = [
         &p.pid_mode,
@@ -119,7 +132,10 @@ fn accepted(p: &RunParams, policy: &HostPolicy, root: &Path) {
     for m in modes.into_iter().flatten() {
         assert_ne!(m.trim().to_ascii_lowercase(), "host", "{p:?}");
     }
-    assert!(p.devices.is_empty() && p.device_cgroup_rules.is_empty(), "{p:?}");
+    assert!(
+        p.devices.is_empty() && p.device_cgroup_rules.is_empty(),
+        "{p:?}"
+    );
     for o in &p.security_opt {
         let o = validate::security_opt(o);
         assert_eq!(o.key, "no-new-privileges", "{o:?}");
@@ -127,11 +143,17 @@ fn accepted(p: &RunParams, policy: &HostPolicy, root: &Path) {
         assert!(o.value.as_deref().is_none_or(on), "{o:?}");
     }
     for k in p.sysctls.keys() {
-        assert!(k.trim().replace('/', ".").starts_with("net."), "sysctl {k:?}");
+        assert!(
+            k.trim().replace('/', ".").starts_with("net."),
+            "sysctl {k:?}"
+        );
     }
     for m in &p.mounts {
         let kind = m.kind.trim().to_ascii_lowercase();
-        assert!(matches!(kind.as_str(), "bind" | "volume" | "tmpfs"), "{m:?}");
+        assert!(
+            matches!(kind.as_str(), "bind" | "volume" | "tmpfs"),
+            "{m:?}"
+        );
     }
     for source in bind_sources(p) {
         let lexical = paths::normalize(source).expect("an accepted bind source is absolute");
@@ -204,10 +226,14 @@ fn bind_sources(p: &RunParams) -> Vec<&str> {
                     .collect();
                 let binds = opts.iter().any(|(k, v)| {
                     (k == "o"
-                        && v.split(',')
-                            .any(|f| matches!(f.trim().to_ascii_lowercase().as_str(), "bind" | "rbind")))
+                        && v.split(',').any(|f| {
+                            matches!(f.trim().to_ascii_lowercase().as_str(), "bind" | "rbind")
+                        }))
                         || (k == "type"
-                            && matches!(v.trim().to_ascii_lowercase().as_str(), "none" | "bind" | "rbind"))
+                            && matches!(
+                                v.trim().to_ascii_lowercase().as_str(),
+                                "none" | "bind" | "rbind"
+                            ))
                 });
                 if binds {
                     out.extend(opts.iter().filter(|(k, _)| k == "device").map(|(_, v)| *v));
@@ -223,26 +249,41 @@ fn bind_sources(p: &RunParams) -> Vec<&str> {
 fn is_volume_name(s: &str) -> bool {
     s.len() >= 2
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// The normal form of a path: absolute, no empty, `.` or `..` component, no trailing `/`,
 /// idempotent; and what it resolves to is in normal form too.
 fn normal_form(raw: &str) {
     let Some(n) = paths::normalize(raw) else {
-        assert!(!raw.starts_with('/') || raw.contains('\0'), "{raw:?} has no normal form");
+        assert!(
+            !raw.starts_with('/') || raw.contains('\0'),
+            "{raw:?} has no normal form"
+        );
         return;
     };
     assert!(n.starts_with('/'), "{raw:?} → {n:?}");
     assert!(n == "/" || !n.ends_with('/'), "{raw:?} → {n:?}");
     assert!(
-        n == "/" || n[1..].split('/').all(|c| !c.is_empty() && c != "." && c != ".."),
+        n == "/"
+            || n[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."),
         "{raw:?} → {n:?}"
     );
     assert_eq!(paths::normalize(&n).as_ref(), Some(&n), "{raw:?}");
-    assert_eq!(paths::normalize(&format!("{n}/./")).as_ref(), Some(&n), "{raw:?}");
+    assert_eq!(
+        paths::normalize(&format!("{n}/./")).as_ref(),
+        Some(&n),
+        "{raw:?}"
+    );
     if let Ok(r) = paths::resolve(&FIXTURE.root, raw) {
-        assert_eq!(paths::normalize(&r.path).as_ref(), Some(&r.path), "{raw:?} → {r:?}");
+        assert_eq!(
+            paths::normalize(&r.path).as_ref(),
+            Some(&r.path),
+            "{raw:?} → {r:?}"
+        );
     }
 }
 
@@ -334,7 +375,17 @@ fn block_on<F: Future>(f: F) -> F::Output {
 /// shared by runs).
 fn host_root() -> PathBuf {
     let root = std::env::temp_dir().join("tomo-fuzz-host-root");
-    for dir in ["etc", "srv/app", "srv/tomo", "srv/tomo-data", "data", "tmp", "run", "opt", "mnt"] {
+    for dir in [
+        "etc",
+        "srv/app",
+        "srv/tomo",
+        "srv/tomo-data",
+        "data",
+        "tmp",
+        "run",
+        "opt",
+        "mnt",
+    ] {
         std::fs::create_dir_all(root.join(dir)).expect("a fixture directory");
     }
     let links = [
@@ -388,48 +439,175 @@ enum Segment {
 }
 
 const NAMES: &[&str] = &[
-    "etc", "ETC", "srv", "tmp", "data", "var", "run", "docker.sock", "lib", "lib64", "proc",
-    "usr", "opt", "mnt", "app", "tomo", "tomo-data", "etc-abs", "etc-rel", "up", "key", "loop",
-    "dots", "sock", "shadow", "...", "home", "media",
+    "etc",
+    "ETC",
+    "srv",
+    "tmp",
+    "data",
+    "var",
+    "run",
+    "docker.sock",
+    "lib",
+    "lib64",
+    "proc",
+    "usr",
+    "opt",
+    "mnt",
+    "app",
+    "tomo",
+    "tomo-data",
+    "etc-abs",
+    "etc-rel",
+    "up",
+    "key",
+    "loop",
+    "dots",
+    "sock",
+    "shadow",
+    "...",
+    "home",
+    "media",
 ];
 const PATHS: &[&str] = &[
-    "/", "//", "/srv/app", "/srv/app/", "/srv/./app", "/srv/../etc", "/srv//app", "/SRV/app",
-    "srv/app", "./srv", "~/x", "/srv/etc-abs", "/srv/etc-rel/passwd", "/srv/up/etc", "/srv/key",
-    "/tmp/loop", "/tmp/run/docker.sock", "/opt/dots", "/mnt/app", "/mnt/sock", "/var/run/docker.sock",
-    "/run/containerd/containerd.sock", "/lib", "/lib64/x", "/library", "/srv/tomo", "/srv/tomo-data/agent.key",
-    "/data", "/proc/1/root", "/dev/sda", "/tmp/../etc", "/media/../../etc", "", "bindvol", "vol1",
+    "/",
+    "//",
+    "/srv/app",
+    "/srv/app/",
+    "/srv/./app",
+    "/srv/../etc",
+    "/srv//app",
+    "/SRV/app",
+    "srv/app",
+    "./srv",
+    "~/x",
+    "/srv/etc-abs",
+    "/srv/etc-rel/passwd",
+    "/srv/up/etc",
+    "/srv/key",
+    "/tmp/loop",
+    "/tmp/run/docker.sock",
+    "/opt/dots",
+    "/mnt/app",
+    "/mnt/sock",
+    "/var/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/lib",
+    "/lib64/x",
+    "/library",
+    "/srv/tomo",
+    "/srv/tomo-data/agent.key",
+    "/data",
+    "/proc/1/root",
+    "/dev/sda",
+    "/tmp/../etc",
+    "/media/../../etc",
+    "",
+    "bindvol",
+    "vol1",
     "/tmp/\0/x",
 ];
 const IMAGES: &[&str] = &[
-    "busybox", "ghcr.io/acme/app", "GHCR.IO/acme/app:1", "ghcr.io/acme-evil/app", "ghcr.io/acme",
-    "ghcr.io/acme/../evil", "ghcr.io.evil.com/acme/app", "sha256:0123456789abcdef", "0123456789ab",
-    "ghcr.io/acme/app@sha256:00", " ghcr.io/acme/app ", "",
+    "busybox",
+    "ghcr.io/acme/app",
+    "GHCR.IO/acme/app:1",
+    "ghcr.io/acme-evil/app",
+    "ghcr.io/acme",
+    "ghcr.io/acme/../evil",
+    "ghcr.io.evil.com/acme/app",
+    "sha256:0123456789abcdef",
+    "0123456789ab",
+    "ghcr.io/acme/app@sha256:00",
+    " ghcr.io/acme/app ",
+    "",
 ];
 const CAPS: &[&str] = &[
-    "CHOWN", "cap_chown", " net_raw ", "SYS_ADMIN", "cap_sys_admin", "ALL", "all", "NET_ADMIN",
-    "SYS_PTRACE", "SYS_MODULE", "CAP_", "", "Cap_Kill",
+    "CHOWN",
+    "cap_chown",
+    " net_raw ",
+    "SYS_ADMIN",
+    "cap_sys_admin",
+    "ALL",
+    "all",
+    "NET_ADMIN",
+    "SYS_PTRACE",
+    "SYS_MODULE",
+    "CAP_",
+    "",
+    "Cap_Kill",
 ];
 const MODES: &[&str] = &[
-    "", "host", "HOST", " host ", "Host\t", "private", "shareable", "none", "container:plain",
-    "container:priv", "CONTAINER: hostns", "container:chain", "container:", "container:nope",
-    "bridge", "hostnet", "appnet", "default", "cgroup", "slirp4netns:allow_host_loopback=true",
+    "",
+    "host",
+    "HOST",
+    " host ",
+    "Host\t",
+    "private",
+    "shareable",
+    "none",
+    "container:plain",
+    "container:priv",
+    "CONTAINER: hostns",
+    "container:chain",
+    "container:",
+    "container:nope",
+    "bridge",
+    "hostnet",
+    "appnet",
+    "default",
+    "cgroup",
+    "slirp4netns:allow_host_loopback=true",
 ];
 const SECURITY: &[&str] = &[
-    "no-new-privileges", "no-new-privileges=true", "no-new-privileges:true", "NO-NEW-PRIVILEGES=1",
-    "no-new-privileges=false", "no-new-privileges:0", "seccomp=unconfined", "seccomp:unconfined",
-    "apparmor=unconfined", "label=disable", "label:disable", "systempaths=unconfined", "disable",
+    "no-new-privileges",
+    "no-new-privileges=true",
+    "no-new-privileges:true",
+    "NO-NEW-PRIVILEGES=1",
+    "no-new-privileges=false",
+    "no-new-privileges:0",
+    "seccomp=unconfined",
+    "seccomp:unconfined",
+    "apparmor=unconfined",
+    "label=disable",
+    "label:disable",
+    "systempaths=unconfined",
+    "disable",
 ];
 const SYSCTLS: &[&str] = &[
-    "net.ipv4.ip_forward", "net/ipv4/ip_forward", " net.core.somaxconn ", "kernel.shmmax",
-    "kernel.sem", "fs.mqueue.msg_max", "net..x", ".net", "net", "vm.swappiness", "kernel.core_pattern",
+    "net.ipv4.ip_forward",
+    "net/ipv4/ip_forward",
+    " net.core.somaxconn ",
+    "kernel.shmmax",
+    "kernel.sem",
+    "fs.mqueue.msg_max",
+    "net..x",
+    ".net",
+    "net",
+    "vm.swappiness",
+    "kernel.core_pattern",
 ];
-const KINDS: &[&str] = &["bind", "BIND", " volume ", "volume", "tmpfs", "npipe", "cluster", ""];
-const OPT_KEYS: &[&str] = &["o", "O", " type", "type", "device", "Device", "device ", "size", "uid"];
+const KINDS: &[&str] = &[
+    "bind", "BIND", " volume ", "volume", "tmpfs", "npipe", "cluster", "",
+];
+const OPT_KEYS: &[&str] = &[
+    "o", "O", " type", "type", "device", "Device", "device ", "size", "uid",
+];
 const OPT_VALUES: &[&str] = &[
-    "bind", "rbind", "ro,bind", "addr=1.2.3.4, Bind", "none", "BIND", "nfs", "tmpfs", "ext4",
-    "/etc", "/srv/app", "100m",
+    "bind",
+    "rbind",
+    "ro,bind",
+    "addr=1.2.3.4, Bind",
+    "none",
+    "BIND",
+    "nfs",
+    "tmpfs",
+    "ext4",
+    "/etc",
+    "/srv/app",
+    "100m",
 ];
-const CONTAINERS: &[&str] = &["plain", "priv", "hostns", "chain", "nope", "priv:ro", "plain:rw"];
+const CONTAINERS: &[&str] = &[
+    "plain", "priv", "hostns", "chain", "nope", "priv:ro", "plain:rw",
+];
 
 #[derive(Debug, Arbitrary)]
 struct Spec {

@@ -59,8 +59,8 @@ impl Default for Signer {
 
 impl Signer {
     pub fn new() -> Self {
-        let key = Ed25519KeyPair::from_seed_unchecked(&KEY_SEED)
-            .expect("32 bytes are an Ed25519 seed");
+        let key =
+            Ed25519KeyPair::from_seed_unchecked(&KEY_SEED).expect("32 bytes are an Ed25519 seed");
         Self { key }
     }
 
