@@ -837,8 +837,10 @@ impl Checker<'_> {
             return Ok(());
         }
         let (mut typ, mut flags, mut device) = (None, Vec::new(), None);
+        // Keys exactly as the local driver reads them: a normalised key would let two spellings
+        // (`device`, `device `) reach Docker while only one of them is checked.
         for (k, v) in &u.opts {
-            match k.trim().to_ascii_lowercase().as_str() {
+            match k.as_ref() {
                 "type" => typ = Some(v.trim().to_ascii_lowercase()),
                 "o" => flags.extend(v.split(',').map(|f| f.trim().to_ascii_lowercase())),
                 "device" => device = Some(*v),

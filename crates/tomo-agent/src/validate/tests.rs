@@ -1172,3 +1172,40 @@ fn normal_forms() {
     );
     assert_eq!(device_cgroup_rule(" C  1:3 RWM "), "c 1:3 rwm");
 }
+
+/// Found by the `validators` fuzz target: option keys are taken exactly as the local driver reads
+/// them, so a second spelling of `device` cannot carry the real source past the check.
+#[test]
+fn volume_option_keys_are_exact() {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(root.path().join("srv/app")).expect("srv");
+    let policy = HostPolicy::default_for(std::path::Path::new("/srv/tomo"));
+    let mut p = RunParams {
+        image: "busybox".into(),
+        ..Default::default()
+    };
+    p.mounts.push(tomo_proto::methods::MountSpec {
+        kind: "volume".into(),
+        source: Some("v1".into()),
+        target: "/v".into(),
+        read_only: false,
+        tmpfs_size: None,
+        volume_driver_opts: [
+            ("o".to_owned(), "bind".to_owned()),
+            ("device".to_owned(), "/etc".to_owned()),
+            ("device ".to_owned(), "/srv/app".to_owned()),
+        ]
+        .into(),
+    });
+    let e = crate::validate::check_run(&p, &policy, root.path()).expect_err("refused");
+    assert_eq!(e.code, tomo_proto::rpc::code::CONTAINER_BLOCKED);
+    let rule = e
+        .data
+        .as_ref()
+        .and_then(|d| d.get("rule"))
+        .and_then(|r| r.as_str());
+    assert!(
+        matches!(rule, Some("volume_options" | "bind_protected")),
+        "{e:?}"
+    );
+}
