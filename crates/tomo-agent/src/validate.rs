@@ -837,10 +837,20 @@ impl Checker<'_> {
             return Ok(());
         }
         let (mut typ, mut flags, mut device) = (None, Vec::new(), None);
-        // Keys exactly as the local driver reads them: a normalised key would let two spellings
-        // (`device`, `device `) reach Docker while only one of them is checked.
+        // Keys are judged normalised; two spellings of one key (`device`, `device `) would let
+        // one reach Docker while the other is checked, so they are refused outright.
+        let mut seen = std::collections::HashSet::new();
+        for k in u.opts.iter().map(|(k, _)| k.trim().to_ascii_lowercase()) {
+            if !seen.insert(k.clone()) {
+                return Err(Block::new(
+                    "volume_options",
+                    &u.param,
+                    format!("the option {k:?} is given twice (in different spellings)"),
+                ));
+            }
+        }
         for (k, v) in &u.opts {
-            match k.as_ref() {
+            match k.trim().to_ascii_lowercase().as_str() {
                 "type" => typ = Some(v.trim().to_ascii_lowercase()),
                 "o" => flags.extend(v.split(',').map(|f| f.trim().to_ascii_lowercase())),
                 "device" => device = Some(*v),

@@ -1173,8 +1173,8 @@ fn normal_forms() {
     assert_eq!(device_cgroup_rule(" C  1:3 RWM "), "c 1:3 rwm");
 }
 
-/// Found by the `validators` fuzz target: option keys are taken exactly as the local driver reads
-/// them, so a second spelling of `device` cannot carry the real source past the check.
+/// Found by the `validators` fuzz target: two spellings of one option key are refused, so a second
+/// spelling of `device` cannot carry the real source past the check.
 #[test]
 fn volume_option_keys_are_exact() {
     let root = tempfile::tempdir().expect("tempdir");
