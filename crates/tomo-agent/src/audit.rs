@@ -27,7 +27,6 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tomo_proto::audit::{AUDIT_RECORD, AuditRecord};
-use tomo_proto::rpc::{OutgoingNotification, V2};
 
 use crate::stream::Outgoing;
 
@@ -331,12 +330,7 @@ fn fit(mut record: AuditRecord) -> (AuditRecord, String) {
 
 /// The `audit.record` notification frame for `record`.
 pub fn notification(record: &AuditRecord) -> String {
-    serde_json::to_string(&OutgoingNotification {
-        jsonrpc: V2,
-        method: AUDIT_RECORD,
-        params: record,
-    })
-    .unwrap_or_default()
+    tomo_proto::rpc::notification_text(AUDIT_RECORD, record)
 }
 
 /// Sends a session's queued records to the control plane as `audit.record` notifications

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tomo_proto::audit::AuditRecord;
 use tomo_proto::handshake::{Handshake, RefusalReason};
 use tomo_proto::methods::{HEALTH_STATUS, HealthStatus, METRICS_UPDATE};
-use tomo_proto::rpc::{self, Frame, Id, Message, OutgoingNotification, Response, RpcError, V2};
+use tomo_proto::rpc::{self, Frame, Id, Message, Response, RpcError};
 
 use crate::Shared;
 use crate::config::Intervals;
@@ -321,8 +321,8 @@ pub async fn serve(
                 }
                 None
             }
-            _ = metrics.tick() => Some(notification(METRICS_UPDATE, &*shared.samples.metrics.borrow())),
-            _ = health.tick() => Some(notification(HEALTH_STATUS, &health_status(&shared))),
+            _ = metrics.tick() => Some(rpc::notification_text(METRICS_UPDATE, &*shared.samples.metrics.borrow())),
+            _ = health.tick() => Some(rpc::notification_text(HEALTH_STATUS, &health_status(&shared))),
         };
         if let Some(text) = outgoing
             && let Err(e) = sink.send(WsMessage::text(text)).await
@@ -381,15 +381,6 @@ pub async fn serve(
     }
     shared.auditor.detach();
     end
-}
-
-fn notification<P: serde::Serialize>(method: &str, params: &P) -> String {
-    serde_json::to_string(&OutgoingNotification {
-        jsonrpc: V2,
-        method,
-        params,
-    })
-    .unwrap_or_default()
 }
 
 fn health_status(shared: &Shared) -> HealthStatus {

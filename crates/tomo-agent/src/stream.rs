@@ -17,7 +17,7 @@ use tomo_proto::methods::{
     MAX_STREAMS_PER_SESSION, STREAM_DATA, STREAM_END, STREAM_WINDOW, StreamData, StreamEnd,
     StreamOpened,
 };
-use tomo_proto::rpc::{OutgoingNotification, RpcError, V2, code};
+use tomo_proto::rpc::{RpcError, code};
 
 /// Input for an interactive stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,7 +239,7 @@ impl StreamSink {
             Some(false) => return Err(Stopped::Gone),
             Some(true) => {}
         }
-        let frame = notification(
+        let frame = tomo_proto::rpc::notification_text(
             STREAM_DATA,
             &StreamData {
                 stream: self.id.clone(),
@@ -302,7 +302,7 @@ impl StreamSink {
         result: Option<serde_json::Value>,
         error: Option<RpcError>,
     ) -> String {
-        notification(
+        tomo_proto::rpc::notification_text(
             STREAM_END,
             &StreamEnd {
                 stream: self.id.clone(),
@@ -330,15 +330,6 @@ impl Drop for StreamSink {
             });
         }
     }
-}
-
-fn notification<P: Serialize>(method: &str, params: &P) -> String {
-    serde_json::to_string(&OutgoingNotification {
-        jsonrpc: V2,
-        method,
-        params,
-    })
-    .unwrap_or_default()
 }
 
 #[cfg(test)]

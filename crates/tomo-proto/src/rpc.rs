@@ -168,12 +168,22 @@ pub struct OutgoingRequest<'a> {
     pub meta: Option<&'a RequestMeta>,
 }
 
-/// A notification as sent by the agent (`health.status`, `metrics.update`).
+/// A notification as sent by the agent (`health.status`, `metrics.update`, `stream.*`, …).
 #[derive(Debug, Serialize)]
 pub struct OutgoingNotification<'a, P: Serialize> {
     pub jsonrpc: V2,
     pub method: &'a str,
     pub params: &'a P,
+}
+
+/// The text of a notification `method(params)`.
+pub fn notification_text<P: Serialize>(method: &str, params: &P) -> String {
+    serde_json::to_string(&OutgoingNotification {
+        jsonrpc: V2,
+        method,
+        params,
+    })
+    .unwrap_or_default()
 }
 
 /// A JSON-RPC error object.

@@ -284,20 +284,16 @@ fn bad_server_config_exits_64() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("wss://"));
 }
 
-/// Host operations as an operator types them, against the real engine through `tomo dev`.
-#[test]
-fn host_operations_from_the_cli() {
-    let image =
-        std::env::var("TOMO_TEST_IMAGE").unwrap_or_else(|_| "tomo-test/busybox:latest".into());
-    let registry = std::env::var("TOMO_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5055".into());
-    let require = std::env::var("TOMO_REQUIRE_DOCKER").is_ok_and(|v| !v.is_empty() && v != "0");
+/// `tomo dev` in a fresh home, with the local host online; returns the env, the process and the
+/// local hostname.
+fn dev_online() -> (Env, Child, String) {
     let _ = agent_bin();
     let env = Env {
         home: tempfile::tempdir().expect("home"),
     };
     let listen = format!("127.0.0.1:{}", free_port());
     let data = env.home.path().join("dev-data");
-    let mut dev = env
+    let dev = env
         .cmd(&tomo_bin())
         .args(["dev", "--listen", &listen, "--data-dir"])
         .arg(&data)
@@ -309,6 +305,17 @@ fn host_operations_from_the_cli() {
     wait_for("the local host online", || {
         host_status(&env, &local).as_deref() == Some("online")
     });
+    (env, dev, local)
+}
+
+/// Host operations as an operator types them, against the real engine through `tomo dev`.
+#[test]
+fn host_operations_from_the_cli() {
+    let image =
+        std::env::var("TOMO_TEST_IMAGE").unwrap_or_else(|_| "tomo-test/busybox:latest".into());
+    let registry = std::env::var("TOMO_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5055".into());
+    let require = std::env::var("TOMO_REQUIRE_DOCKER").is_ok_and(|v| !v.is_empty() && v != "0");
+    let (env, mut dev, local) = dev_online();
     let ps = env.tomo(&["ps", &local, "-a", "-o", "json"]);
     if !ps.status.success() {
         let why = String::from_utf8_lossy(&ps.stderr).into_owned();
@@ -456,24 +463,7 @@ fn exec_it_on_a_terminal() {
     let image =
         std::env::var("TOMO_TEST_IMAGE").unwrap_or_else(|_| "tomo-test/busybox:latest".into());
     let require = std::env::var("TOMO_REQUIRE_DOCKER").is_ok_and(|v| !v.is_empty() && v != "0");
-    let _ = agent_bin();
-    let env = Env {
-        home: tempfile::tempdir().expect("home"),
-    };
-    let listen = format!("127.0.0.1:{}", free_port());
-    let data = env.home.path().join("dev-data");
-    let mut dev = env
-        .cmd(&tomo_bin())
-        .args(["dev", "--listen", &listen, "--data-dir"])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tomo dev");
-    let local = tomo_agent::host::static_facts(Path::new("/"), None).hostname;
-    wait_for("the local host online", || {
-        host_status(&env, &local).as_deref() == Some("online")
-    });
+    let (env, mut dev, local) = dev_online();
     let name = format!("tomo-test-tty-{:08x}", fastrand::u32(..));
     let run = env.tomo(&[
         "run",

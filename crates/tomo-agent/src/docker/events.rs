@@ -11,7 +11,6 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tomo_proto::methods::{DOCKER_EVENT, DockerEvent};
-use tomo_proto::rpc::{OutgoingNotification, V2};
 
 use super::DockerClient;
 use crate::stream::Outgoing;
@@ -64,12 +63,7 @@ pub async fn forward(
                 };
                 match next {
                     Some(Ok(m)) => {
-                        let text = serde_json::to_string(&OutgoingNotification {
-                            jsonrpc: V2,
-                            method: DOCKER_EVENT,
-                            params: &convert(m),
-                        })
-                        .unwrap_or_default();
+                        let text = tomo_proto::rpc::notification_text(DOCKER_EVENT, &convert(m));
                         let sent = tokio::select! {
                             r = out.send(Outgoing { task: None, text }) => r.is_ok(),
                             _ = stop.cancelled() => return,
