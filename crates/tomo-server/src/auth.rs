@@ -24,6 +24,10 @@ pub async fn mint_token(
         created_at: now,
         expires_at: ttl.map(|t| now + t.as_millis() as i64),
         revoked_at: None,
+        scope: Vec::new(),
+        requires_approval: false,
+        tool_rate_per_min: None,
+        last_used_at: None,
     };
     store
         .create_token(&record, &sha256(secret.as_bytes()))

@@ -52,6 +52,13 @@ pub struct TokenRecord {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Host ids and `key=value` labels this token may touch; empty: every host.
+    pub scope: Vec<String>,
+    /// Execute/admin calls made with this token become pending actions for a human to approve.
+    pub requires_approval: bool,
+    /// MCP tool calls per minute; `None`: the control plane's default.
+    pub tool_rate_per_min: Option<u32>,
+    pub last_used_at: Option<i64>,
 }
 
 /// A security event.

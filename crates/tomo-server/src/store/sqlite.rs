@@ -298,7 +298,7 @@ impl Store for SqliteStore {
 
     async fn create_token(&self, t: &TokenRecord, token_hash: &[u8; 32]) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, token_hash, name, role, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (id, token_hash, name, role, created_at, expires_at, revoked_at, host_scope, requires_approval, tool_rate_per_min) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&token_hash[..])
@@ -307,6 +307,9 @@ impl Store for SqliteStore {
         .bind(t.created_at)
         .bind(t.expires_at)
         .bind(t.revoked_at)
+        .bind(scope_json(&t.scope))
+        .bind(t.requires_approval)
+        .bind(t.tool_rate_per_min.map(i64::from))
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -317,23 +320,12 @@ impl Store for SqliteStore {
         &self,
         token_hash: &[u8; 32],
     ) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, name, role, created_at, expires_at, revoked_at FROM api_tokens WHERE token_hash = ?")
+        let row = sqlx::query("SELECT id, name, role, created_at, expires_at, revoked_at, host_scope, requires_approval, tool_rate_per_min, last_used_at FROM api_tokens WHERE token_hash = ?")
             .bind(&token_hash[..])
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-        row.map(|r| {
-            let role: String = r.try_get("role").map_err(db)?;
-            Ok(TokenRecord {
-                id: r.try_get("id").map_err(db)?,
-                name: r.try_get("name").map_err(db)?,
-                role: parse_level(&role)?,
-                created_at: r.try_get("created_at").map_err(db)?,
-                expires_at: r.try_get("expires_at").map_err(db)?,
-                revoked_at: r.try_get("revoked_at").map_err(db)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(token_row).transpose()
     }
 
     async fn count_tokens(&self) -> Result<u64, StoreError> {
@@ -793,4 +785,35 @@ mod tests {
             vec![(3, "{}".to_owned())]
         );
     }
+}
+
+/// A token from a row with every `api_tokens` column but the hash.
+fn token_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
+    let role: String = r.try_get("role").map_err(db)?;
+    let scope: Option<String> = r.try_get("host_scope").map_err(db)?;
+    let scope = match scope {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("token host_scope: {e}")))?,
+    };
+    let rate: Option<i64> = r.try_get("tool_rate_per_min").map_err(db)?;
+    Ok(TokenRecord {
+        id: r.try_get("id").map_err(db)?,
+        name: r.try_get("name").map_err(db)?,
+        role: parse_level(&role)?,
+        created_at: r.try_get("created_at").map_err(db)?,
+        expires_at: r.try_get("expires_at").map_err(db)?,
+        revoked_at: r.try_get("revoked_at").map_err(db)?,
+        scope,
+        requires_approval: r.try_get("requires_approval").map_err(db)?,
+        tool_rate_per_min: rate
+            .map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupt("token rate".into())))
+            .transpose()?,
+        last_used_at: r.try_get("last_used_at").map_err(db)?,
+    })
+}
+
+/// A scope as stored: NULL for every host.
+fn scope_json(scope: &[String]) -> Option<String> {
+    (!scope.is_empty()).then(|| serde_json::Value::from(scope.to_vec()).to_string())
 }
