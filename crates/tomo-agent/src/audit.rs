@@ -30,7 +30,7 @@ use tomo_proto::audit::{AUDIT_RECORD, AuditRecord};
 
 use crate::stream::Outgoing;
 
-mod params;
+use tomo_common::redact::params;
 
 pub use params::{MAX_ITEMS, MAX_STRING_BYTES, redact_params, redact_raw_params, redact_string};
 

@@ -18,7 +18,7 @@ pub mod host;
 pub mod identity;
 pub mod pipeline;
 pub mod policy;
-pub mod redact;
+pub use tomo_common::redact;
 pub mod replay;
 pub mod session;
 pub mod stream;

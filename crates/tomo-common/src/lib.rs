@@ -5,6 +5,7 @@
 
 pub mod fs;
 pub mod logging;
+pub mod redact;
 pub mod signals;
 pub mod tls;
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 use axum::extract::{Path, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -15,6 +14,9 @@ use serde_json::{Value, json};
 use tomo_common::now_ms;
 use tomo_proto::methods::Level;
 use tomo_proto::rpc::{Id, Response};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::hub::Caller;
 
@@ -26,16 +28,21 @@ const MAX_CODE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest per-call timeout.
 const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The routes, all behind [`require_token`].
+/// The routes, all behind [`require_token`] but the OpenAPI document's. Each is registered
+/// with `routes!` from its documented handler, so the document ([`crate::openapi`]) lists every
+/// route, and only those.
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/codes", post(create_code))
-        .route("/hosts", get(list_hosts))
-        .route("/hosts/{host}", get(show_host).delete(remove_host))
-        .route("/hosts/{host}/rpc", post(call_host))
-        .route("/hosts/{host}/metrics", get(host_metrics))
-        .route("/audit", get(crate::audit::list))
+    let protected = OpenApiRouter::new()
+        .routes(routes!(create_code))
+        .routes(routes!(list_hosts))
+        .routes(routes!(show_host, remove_host))
+        .routes(routes!(call_host))
+        .routes(routes!(host_metrics))
+        .routes(routes!(crate::audit::list))
         .merge(crate::api_host::routes())
+        .merge(crate::api_approvals::routes())
+        .merge(crate::api_tokens::routes())
+        .merge(crate::api_fleet::routes())
         // Innermost: hands the token's principal to the audit layer through the response.
         .layer(axum::middleware::from_fn(crate::audit::capture_principal))
         .layer(axum::middleware::from_fn_with_state(
@@ -46,7 +53,8 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .layer(axum::middleware::from_fn_with_state(
             crate::audit::Recorder::new(state),
             crate::audit::record,
-        ))
+        ));
+    crate::openapi::serve(protected)
 }
 
 /// An API error: status, stable code, message.
@@ -57,6 +65,9 @@ pub struct ApiError {
     message: String,
     /// The agent's JSON-RPC error, when the failure is the agent's answer.
     rpc: Option<tomo_proto::rpc::RpcError>,
+    /// A whole body instead of the error shape: the pending action of a call that waits for
+    /// approval (202).
+    body: Option<Value>,
 }
 
 impl ApiError {
@@ -66,7 +77,40 @@ impl ApiError {
             code,
             message: message.into(),
             rpc: None,
+            body: None,
         }
+    }
+
+    /// Not an error: the call became a pending action waiting for a human (202 Accepted, body
+    /// `{"pending_action": …, "message": …}`). Returned through the error path so that every
+    /// route that reaches a host stops there.
+    pub fn pending(action: Value) -> Self {
+        let message = "this token requires approval: the call waits for a human \
+                       (`tomo approve ID` / `tomo deny ID`); poll GET /api/v1/approvals/ID";
+        Self {
+            status: StatusCode::ACCEPTED,
+            code: "approval_required",
+            message: message.into(),
+            rpc: None,
+            body: Some(json!({"pending_action": action, "message": message})),
+        }
+    }
+
+    /// The pending action, when this is [`ApiError::pending`].
+    pub fn pending_action(&self) -> Option<&Value> {
+        self.body.as_ref().and_then(|b| b.get("pending_action"))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// An agent's (or the routing's) JSON-RPC error as an HTTP error.
@@ -93,6 +137,7 @@ impl ApiError {
             code,
             message: e.message.clone(),
             rpc: Some(e),
+            body: None,
         }
     }
 
@@ -103,17 +148,38 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> HttpResponse {
-        (
-            self.status,
-            Json(match self.rpc {
-                None => json!({"error": {"code": self.code, "message": self.message}}),
-                Some(rpc) => {
-                    json!({"error": {"code": self.code, "message": self.message, "rpc": rpc}})
-                }
-            }),
-        )
-            .into_response()
+        if let Some(body) = self.body {
+            return (self.status, Json(body)).into_response();
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                rpc: self.rpc,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
+}
+
+/// The body of every error answer of the API: `{"error": {"code", "message", "rpc"?}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `unauthorized`, `forbidden`, `not_found`, `bad_request`,
+    /// `host_offline`, `timeout`, … (the responses of each operation list theirs).
+    pub code: &'static str,
+    /// For a human.
+    pub message: String,
+    /// The agent's JSON-RPC error, when the failure is the agent's answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::openapi::rpc_error_schema)]
+    pub rpc: Option<tomo_proto::rpc::RpcError>,
 }
 
 impl From<StoreError> for ApiError {
@@ -185,13 +251,45 @@ impl Principal {
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("this token's role cannot do that (needs {level:?})"),
+                format!(
+                    "this needs the {} role; this token is {}",
+                    role_name(level),
+                    role_name(self.0.role)
+                ),
+            ))
+        }
+    }
+
+    /// Whether this token's host scope includes `host` (an unscoped token sees every host).
+    pub fn may_see(&self, host: &HostRecord) -> bool {
+        auth::scope_allows(&self.0.scope, host)
+    }
+
+    /// Routes not tied to one host (codes, audit, token management, labels) need a token without
+    /// a host scope: a scoped token must not reach past its hosts, nor mint a wider token.
+    pub(crate) fn require_unscoped(&self) -> Result<(), ApiError> {
+        if self.0.scope.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "out_of_scope",
+                "this needs a token without a host scope; this token is limited to some hosts",
             ))
         }
     }
 }
 
-async fn require_token(
+/// `read`, `execute` or `admin`.
+pub fn role_name(level: Level) -> &'static str {
+    match level {
+        Level::Read => "read",
+        Level::Execute => "execute",
+        Level::Admin => "admin",
+    }
+}
+
+pub(crate) async fn require_token(
     State(state): State<Arc<AppState>>,
     mut req: Request,
     next: Next,
@@ -239,6 +337,7 @@ async fn require_token(
     };
     match auth::check_token(&*state.store, raw).await {
         Ok(Some(token)) => {
+            state.last_use.note(&token.id, now_ms());
             let trace = req
                 .extensions()
                 .get::<crate::audit::TraceId>()
@@ -259,31 +358,55 @@ async fn require_token(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateCode {
+    /// How long the code stays valid, 1–604800 s (7 days); 900 (15 minutes) by default.
     #[serde(default)]
     ttl_secs: Option<u64>,
 }
 
 /// `POST /api/v1/codes` response.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CodeCreated {
+    /// The single-use code (shown once; stored only as a hash).
     pub code: String,
+    /// RFC 3339.
     pub expires_at: String,
+    /// The URL agents dial (`wss://…/agent/ws`).
     pub server_url: String,
+    /// The CA agents pin, when the certificate is self-signed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// `tomo-agent …` with every flag the new host needs.
     pub join_command: String,
+    /// The same as a `docker run` of the agent's image.
     pub docker_command: String,
 }
 
+/// Create a registration code.
+///
+/// A single-use code a new agent registers with, and the commands that start the agent with it.
+/// Admin, without a host scope.
+#[utoipa::path(
+    post,
+    path = "/codes",
+    tag = "codes",
+    request_body(content = Option<CreateCode>, description = "Optional; `{}` or no body for the defaults."),
+    responses(
+        (status = 201, description = "The code (shown once) and the join commands.", body = CodeCreated),
+        (status = 400, description = "`bad_request`: `ttl_secs` out of range.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
 async fn create_code(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     body: Option<Json<CreateCode>>,
 ) -> Result<(StatusCode, Json<CodeCreated>), ApiError> {
     who.require(Level::Admin)?;
+    who.require_unscoped()?;
     let ttl = Duration::from_secs(body.and_then(|b| b.ttl_secs).unwrap_or(15 * 60));
     if ttl.is_zero() || ttl > MAX_CODE_TTL {
         return Err(ApiError::bad_request(
@@ -334,7 +457,7 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> Value {
+pub(crate) fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> Value {
     let online = state.hub.is_online(&h.id);
     let mut v = json!({
         "id": h.id,
@@ -344,6 +467,7 @@ fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> Value {
         "registered_at": rfc3339(h.registered_at),
         "last_seen": h.last_seen.map(rfc3339),
         "facts": h.facts,
+        "labels": h.labels,
     });
     let latest = state.hub.latest(&h.id);
     if let Some((at, m)) = latest.metrics {
@@ -355,16 +479,50 @@ fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> Value {
     v
 }
 
-async fn list_hosts(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Value>>, ApiError> {
+/// List hosts.
+///
+/// The hosts in the caller's scope, each with `id`, `hostname`, `status` (`online` or
+/// `offline`, from the live sessions), `engine_id`, `registered_at`, `last_seen`, `facts`,
+/// `labels` and the latest `metrics` sample.
+#[utoipa::path(
+    get,
+    path = "/hosts",
+    tag = "hosts",
+    responses(
+        (status = 200, description = "The hosts.", body = Vec<Object>),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn list_hosts(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<Value>>, ApiError> {
     let hosts = state.store.hosts().await?;
     Ok(Json(
-        hosts.iter().map(|h| host_view(&state, h, false)).collect(),
+        hosts
+            .iter()
+            .filter(|h| who.may_see(h))
+            .map(|h| host_view(&state, h, false))
+            .collect(),
     ))
 }
 
-/// Finds a host by id, hostname or unique id prefix.
-pub(crate) async fn resolve(state: &AppState, key: &str) -> Result<HostRecord, ApiError> {
+/// Finds a host by id, hostname or unique id prefix, among the hosts in the caller's scope:
+/// hosts outside it are invisible to hostnames and prefixes, and their exact id is refused with
+/// 403 `out_of_scope`. Every route that names a host goes through here.
+pub(crate) async fn resolve(
+    state: &AppState,
+    who: &Principal,
+    key: &str,
+) -> Result<HostRecord, ApiError> {
     match state.store.host(key).await {
+        Ok(h) if !who.may_see(&h) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "out_of_scope",
+                format!("host {key} is outside this token's host scope"),
+            ));
+        }
         Ok(h) if h.removed_at.is_none() => return Ok(h),
         Ok(_) => {
             return Err(ApiError::new(
@@ -381,6 +539,7 @@ pub(crate) async fn resolve(state: &AppState, key: &str) -> Result<HostRecord, A
     // by id prefix. Both kinds of match count, and more than one host is ambiguous.
     let candidates: Vec<_> = hosts
         .iter()
+        .filter(|h| who.may_see(h))
         .filter(|h| h.hostname == key || (!key.is_empty() && h.id.starts_with(key)))
         .collect();
     match candidates.as_slice() {
@@ -407,42 +566,96 @@ pub(crate) async fn resolve(state: &AppState, key: &str) -> Result<HostRecord, A
     }
 }
 
+/// Show a host.
+///
+/// What the list says, plus its latest `health` and its last 20 `security_events`.
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}",
+    tag = "hosts",
+    params(crate::openapi::HostPath),
+    responses(
+        (status = 200, description = "The host.", body = Object),
+        crate::openapi::HostErrors,
+    )
+)]
 async fn show_host(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let h = resolve(&state, &key).await?;
+    let h = resolve(&state, &who, &key).await?;
     let mut v = host_view(&state, &h, true);
     v["security_events"] =
         serde_json::to_value(state.store.events(&h.id, 20).await?).unwrap_or_default();
     Ok(Json(v))
 }
 
+/// Remove a host.
+///
+/// Ends its session at once; its key never authenticates again. Admin.
+#[utoipa::path(
+    delete,
+    path = "/hosts/{host}",
+    tag = "hosts",
+    params(crate::openapi::HostPath),
+    responses(
+        (status = 200, description = "`{\"removed\": id}`.", body = Object),
+        crate::openapi::HostErrors,
+    )
+)]
 async fn remove_host(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     who.require(Level::Admin)?;
-    let h = resolve(&state, &key).await?;
+    let h = resolve(&state, &who, &key).await?;
     state.store.remove_host(&h.id, now_ms()).await?;
     state.hub.kick(&h.id);
     tracing::info!(host_id = %h.id, by = %who.0.name, "host removed");
     Ok(Json(json!({"removed": h.id})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CallBody {
+    /// The agent method, e.g. `docker.containers.list` (docs/protocol.md lists them).
     method: String,
+    /// The method's params: an object (or an array); at most about 1 MiB.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
+    /// 1–600000; the control plane's call timeout by default.
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// Echoed as the response's `id`; 1 by default.
     #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
     id: Option<Id>,
 }
 
+/// Call an agent method.
+///
+/// JSON-RPC passthrough: the answer is the agent's JSON-RPC response, its `result` or its
+/// `error` (an error of the agent is still HTTP 200). The token's role must reach the method's
+/// level.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/rpc",
+    tag = "rpc",
+    params(crate::openapi::HostPath),
+    request_body = CallBody,
+    responses(
+        (status = 200, description = "The agent's JSON-RPC response (`result` or `error`).", body = Object),
+        (status = 400, description = "`bad_request`: no method, params not an object or array, or `timeout_ms` out of range.", body = ErrorBody),
+        (status = 413, description = "`too_large`: the params exceed the agent's request limit.", body = ErrorBody),
+        (status = 502, description = "A JSON-RPC response whose error says the connection to the host was lost.", body = Object),
+        (status = 503, description = "A JSON-RPC response whose error says the host is offline.", body = Object),
+        (status = 504, description = "A JSON-RPC response whose error says the agent did not answer in time.", body = Object),
+        crate::openapi::HostErrors,
+    )
+)]
 async fn call_host(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
@@ -481,12 +694,13 @@ async fn call_host(
             "timeout_ms must be between 1 and 600000",
         ));
     }
-    let h = resolve(&state, &key).await?;
+    let h = resolve(&state, &who, &key).await?;
     if let Some(level) = tomo_proto::methods::level_of(&body.method) {
         who.require(level)?;
     }
     // Stream control belongs to whoever opened the stream.
     who.check_stream_owner(&state, &h.id, &body.method, body.params.as_ref())?;
+    crate::approvals::gate(&state, &who, &h, &body.method, body.params.as_ref()).await?;
     let caller = who.caller();
     let id = body.id.unwrap_or(Id::Num(1));
     let (status, mut resp) = match state
@@ -508,11 +722,26 @@ async fn call_host(
     Ok((status, Json(resp)))
 }
 
+/// A host's metrics history.
+///
+/// The latest 500 metrics samples the agent pushed (`{"host_id", "samples": [{"received_at",
+/// "sample"}]}`), kept for the history retention.
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}/metrics",
+    tag = "hosts",
+    params(crate::openapi::HostPath),
+    responses(
+        (status = 200, description = "The samples, newest first.", body = Object),
+        crate::openapi::HostErrors,
+    )
+)]
 async fn host_metrics(
     State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let h = resolve(&state, &key).await?;
+    let h = resolve(&state, &who, &key).await?;
     let rows = state
         .store
         .samples(&h.id, crate::store::SampleKind::Metrics, 500)

@@ -10,63 +10,51 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::routing::{delete, get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 use tomo_proto::methods::level_of;
 use tomo_proto::rpc::Outcome;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::api::{ApiError, Principal, resolve};
 use crate::hub::{Caller, StreamEvent, StreamHandle};
+use crate::openapi::{AgentErrors, ContainerPath, HostErrors, HostPath, NamePath};
 
 /// Pulls, runs and updates may take minutes.
 const LONG_CALL: Duration = Duration::from_secs(600);
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/hosts/{host}/stream", post(stream_call))
-        .route("/hosts/{host}/info", get(info))
-        .route(
-            "/hosts/{host}/containers",
-            get(containers_list).post(containers_run),
-        )
-        .route(
-            "/hosts/{host}/containers/{container}",
-            get(containers_get).delete(containers_remove),
-        )
-        .route("/hosts/{host}/containers/{container}/logs", get(logs))
-        .route("/hosts/{host}/containers/{container}/stats", get(stats))
-        .route(
-            "/hosts/{host}/containers/{container}/{action}",
-            post(containers_action),
-        )
-        .route(
-            "/hosts/{host}/images",
-            get(images_list).delete(images_remove),
-        )
-        .route("/hosts/{host}/images/pull", post(images_pull))
-        .route(
-            "/hosts/{host}/networks",
-            get(networks_list).post(networks_create),
-        )
-        .route("/hosts/{host}/networks/{name}", delete(networks_remove))
-        .route(
-            "/hosts/{host}/volumes",
-            get(volumes_list).post(volumes_create),
-        )
-        .route("/hosts/{host}/volumes/{name}", delete(volumes_remove))
-        .route("/hosts/{host}/system/{op}", post(system_op))
-        .route("/hosts/{host}/agent/{op}", post(agent_op))
-        .route("/hosts/{host}/events", get(events))
+/// The host operations, each registered with its documentation (see [`crate::openapi`]).
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(stream_call))
+        .routes(routes!(info))
+        .routes(routes!(containers_list, containers_run))
+        .routes(routes!(containers_get, containers_remove))
+        .routes(routes!(logs))
+        .routes(routes!(stats))
+        .routes(routes!(containers_action))
+        .routes(routes!(images_list, images_remove))
+        .routes(routes!(images_pull))
+        .routes(routes!(networks_list, networks_create))
+        .routes(routes!(networks_remove))
+        .routes(routes!(volumes_list, volumes_create))
+        .routes(routes!(volumes_remove))
+        .routes(routes!(system_op))
+        .routes(routes!(agent_op))
+        .routes(routes!(events))
 }
 
 type Who = Extension<Principal>;
 type St = State<Arc<AppState>>;
 type QueryMap = Query<HashMap<String, String>>;
+/// A JSON body that may be absent; a malformed one is a 400 in the API's error shape.
+type JsonBody = Result<Option<Json<Value>>, JsonRejection>;
 
 /// Query values as JSON where they parse (`10`, `true`), else as strings.
 fn query_params(q: HashMap<String, String>) -> Map<String, Value> {
@@ -81,7 +69,8 @@ fn query_params(q: HashMap<String, String>) -> Map<String, Value> {
         .collect()
 }
 
-fn body_params(body: Option<Json<Value>>) -> Result<Map<String, Value>, ApiError> {
+fn body_params(body: JsonBody) -> Result<Map<String, Value>, ApiError> {
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     match body.map(|Json(v)| v) {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => Ok(m),
@@ -106,7 +95,7 @@ async fn prepare(
     who: &Principal,
     host: &str,
     method: &str,
-) -> Result<(String, Caller), ApiError> {
+) -> Result<(crate::store::HostRecord, Caller), ApiError> {
     let level = level_of(method).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -115,8 +104,8 @@ async fn prepare(
         )
     })?;
     who.require(level)?;
-    let h = resolve(state, host).await?;
-    Ok((h.id, who.caller()))
+    let h = resolve(state, who, host).await?;
+    Ok((h, who.caller()))
 }
 
 /// [`prepare`] plus the stream-ownership rule of `stream.*` methods.
@@ -127,14 +116,11 @@ async fn prepare_call(
     method: &str,
     params: &Map<String, Value>,
 ) -> Result<(String, Caller), ApiError> {
-    let (host_id, caller) = prepare(state, who, host, method).await?;
-    who.check_stream_owner(
-        state,
-        &host_id,
-        method,
-        Some(&Value::Object(params.clone())),
-    )?;
-    Ok((host_id, caller))
+    let (h, caller) = prepare(state, who, host, method).await?;
+    let params = Value::Object(params.clone());
+    who.check_stream_owner(state, &h.id, method, Some(&params))?;
+    crate::approvals::gate(state, who, &h, method, Some(&params)).await?;
+    Ok((h.id, caller))
 }
 
 /// Calls `method` on the host and answers with its result, or its error as an HTTP error.
@@ -225,15 +211,32 @@ fn ndjson(handle: StreamHandle) -> HttpResponse {
         .into_response()
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StreamBody {
+    /// The agent method, e.g. `docker.containers.logs`.
     method: String,
+    /// The method's params, an object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
 }
 
-/// `POST /hosts/{host}/stream {method, params}`: any method, streamed when it opens a stream.
+/// Call an agent method, streamed.
+///
+/// Any method by name, with its params; when it opens a stream, the stream is answered as
+/// newline-delimited JSON at the pace the client reads it.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/stream",
+    tag = "rpc",
+    params(HostPath),
+    request_body = StreamBody,
+    responses(
+        (status = 200, description = "A method that opens a stream (logs with `follow`, stats with `stream`, a pull with `progress`, an exec) answers NDJSON: `{\"stream\", \"window\"}`, then `{\"seq\", \"data\"}` lines, then `{\"end\": {…}}`. Any other method answers its result as JSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        AgentErrors,
+    )
+)]
 async fn stream_call(
     State(state): St,
     Extension(who): Who,
@@ -249,6 +252,19 @@ async fn stream_call(
     forward_stream(&state, &who, &host, &body.method, params).await
 }
 
+/// Host information.
+///
+/// OS, kernel, architecture, hostname, uptime, CPUs, memory, Docker version and engine id (`system.info`).
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}/info",
+    tag = "system",
+    params(HostPath),
+    responses(
+        (status = 200, description = "The `system.info` result.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn info(
     State(s): St,
     Extension(w): Who,
@@ -257,6 +273,19 @@ async fn info(
     forward(&s, &w, &h, "system.info", Map::new()).await
 }
 
+/// List containers.
+///
+/// `docker.containers.list`.
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}/containers",
+    tag = "containers",
+    params(HostPath, ("all" = Option<bool>, Query, description = "Include stopped containers.")),
+    responses(
+        (status = 200, description = "The containers.", body = Vec<Object>),
+        AgentErrors,
+    )
+)]
 async fn containers_list(
     State(s): St,
     Extension(w): Who,
@@ -266,15 +295,44 @@ async fn containers_list(
     forward(&s, &w, &h, "docker.containers.list", query_params(q)).await
 }
 
+/// Run a container.
+///
+/// Create and start a container, pulling its image when missing (`docker.containers.run`). The
+/// host policy decides which options are allowed. Admin.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/containers",
+    tag = "containers",
+    params(HostPath),
+    request_body(content = Option<Object>, description = "The params of `docker.containers.run`: `image` and the container options (docs/protocol.md)."),
+    responses(
+        (status = 200, description = "`{id, name, state, pulled, warnings}`.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn containers_run(
     State(s): St,
     Extension(w): Who,
     Path(h): Path<String>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     forward(&s, &w, &h, "docker.containers.run", body_params(body)?).await
 }
 
+/// Show a container.
+///
+/// Its configuration and state, secret-looking environment values redacted
+/// (`docker.containers.get`).
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}/containers/{container}",
+    tag = "containers",
+    params(ContainerPath),
+    responses(
+        (status = 200, description = "The container.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn containers_get(
     State(s): St,
     Extension(w): Who,
@@ -285,6 +343,19 @@ async fn containers_get(
     forward(&s, &w, &h, "docker.containers.get", p).await
 }
 
+/// Remove a container.
+///
+/// `docker.containers.remove`. Execute.
+#[utoipa::path(
+    delete,
+    path = "/hosts/{host}/containers/{container}",
+    tag = "containers",
+    params(ContainerPath, ("force" = Option<bool>, Query, description = "Kill a running container first."), ("volumes" = Option<bool>, Query, description = "Also remove its anonymous volumes.")),
+    responses(
+        (status = 200, description = "`{id, name, state}`.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn containers_remove(
     State(s): St,
     Extension(w): Who,
@@ -296,12 +367,26 @@ async fn containers_remove(
     forward(&s, &w, &h, "docker.containers.remove", p).await
 }
 
-/// `POST …/containers/{c}/{start|stop|restart|update|exec}`, options in the body.
+/// Start, stop, restart, update or exec in a container.
+///
+/// `start`, `stop`, `restart` (execute), `update` (execute: pull the image again and recreate,
+/// rolling back when the new container is not healthy in time) and `exec` (admin).
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/containers/{container}/{action}",
+    tag = "containers",
+    params(ContainerPath, ("action" = inline(crate::openapi::ContainerActionName), Path, description = "What to do.")),
+    request_body(content = Option<Object>, description = "The method's options besides `container`: `timeout` (stop, restart), `health_timeout` (update), `cmd`, `env`, `workdir`, `user`, `interactive`, `tty`, `timeout` (exec)."),
+    responses(
+        (status = 200, description = "The method's result; an interactive exec answers NDJSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        AgentErrors,
+    )
+)]
 async fn containers_action(
     State(s): St,
     Extension(w): Who,
     Path((h, c, action)): Path<(String, String, String)>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let method = match action.as_str() {
         "start" => "docker.containers.start",
@@ -322,6 +407,19 @@ async fn containers_action(
     forward_stream(&s, &w, &h, method, p).await
 }
 
+/// A container's logs.
+///
+/// `docker.containers.logs`; with `follow`, a stream.
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}/containers/{container}/logs",
+    tag = "containers",
+    params(ContainerPath, ("tail" = Option<u64>, Query, description = "The last N lines only."), ("since" = Option<i64>, Query, description = "Only lines since this Unix time (seconds)."), ("until" = Option<i64>, Query, description = "Only lines before this Unix time (seconds)."), ("timestamps" = Option<bool>, Query, description = "Prefix lines with timestamps."), ("follow" = Option<bool>, Query, description = "Stream new lines as NDJSON.")),
+    responses(
+        (status = 200, description = "The logs; with `follow`, NDJSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        AgentErrors,
+    )
+)]
 async fn logs(
     State(s): St,
     Extension(w): Who,
@@ -333,6 +431,19 @@ async fn logs(
     forward_stream(&s, &w, &h, "docker.containers.logs", p).await
 }
 
+/// A container's resource usage.
+///
+/// `docker.containers.stats`: one sample, or a stream with `stream`.
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}/containers/{container}/stats",
+    tag = "containers",
+    params(ContainerPath, ("stream" = Option<bool>, Query, description = "Stream samples as NDJSON.")),
+    responses(
+        (status = 200, description = "One sample; with `stream`, NDJSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        AgentErrors,
+    )
+)]
 async fn stats(
     State(s): St,
     Extension(w): Who,
@@ -344,6 +455,19 @@ async fn stats(
     forward_stream(&s, &w, &h, "docker.containers.stats", p).await
 }
 
+/// List images.
+///
+/// `docker.images.list`.
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}/images",
+    tag = "images",
+    params(HostPath, ("all" = Option<bool>, Query, description = "Include intermediate images.")),
+    responses(
+        (status = 200, description = "The images.", body = Vec<Object>),
+        AgentErrors,
+    )
+)]
 async fn images_list(
     State(s): St,
     Extension(w): Who,
@@ -353,7 +477,20 @@ async fn images_list(
     forward(&s, &w, &h, "docker.images.list", query_params(q)).await
 }
 
-/// `DELETE /hosts/{host}/images?image=REF[&force=true]` (references contain `/` and `:`).
+/// Remove an image.
+///
+/// `docker.images.remove`; the reference is a query parameter because it contains `/` and `:`.
+/// Execute.
+#[utoipa::path(
+    delete,
+    path = "/hosts/{host}/images",
+    tag = "images",
+    params(HostPath, ("image" = String, Query, description = "Image reference or id."), ("force" = Option<bool>, Query, description = "Docker's force removal.")),
+    responses(
+        (status = 200, description = "`{untagged, deleted}`.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn images_remove(
     State(s): St,
     Extension(w): Who,
@@ -369,15 +506,42 @@ async fn images_remove(
     forward(&s, &w, &h, "docker.images.remove", p).await
 }
 
+/// Pull an image.
+///
+/// `docker.images.pull`; with `progress`, a stream of progress messages. Execute.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/images/pull",
+    tag = "images",
+    params(HostPath),
+    request_body(content = Option<Object>, description = "`{\"image\": \"name[:tag]\", \"auth\"?: {username, password, server?}, \"progress\"?: bool}`."),
+    responses(
+        (status = 200, description = "`{image, id}`; with `progress`, NDJSON ending with it.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        AgentErrors,
+    )
+)]
 async fn images_pull(
     State(s): St,
     Extension(w): Who,
     Path(h): Path<String>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     forward_stream(&s, &w, &h, "docker.images.pull", body_params(body)?).await
 }
 
+/// List networks.
+///
+/// `docker.networks.list`.
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}/networks",
+    tag = "networks",
+    params(HostPath),
+    responses(
+        (status = 200, description = "The networks.", body = Vec<Object>),
+        AgentErrors,
+    )
+)]
 async fn networks_list(
     State(s): St,
     Extension(w): Who,
@@ -386,15 +550,42 @@ async fn networks_list(
     forward(&s, &w, &h, "docker.networks.list", Map::new()).await
 }
 
+/// Create a network.
+///
+/// `docker.networks.create`. Execute.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/networks",
+    tag = "networks",
+    params(HostPath),
+    request_body(content = Option<Object>, description = "`{\"name\", \"driver\"?, \"internal\"?, \"labels\"?}`."),
+    responses(
+        (status = 200, description = "`{id, name}`.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn networks_create(
     State(s): St,
     Extension(w): Who,
     Path(h): Path<String>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     forward(&s, &w, &h, "docker.networks.create", body_params(body)?).await
 }
 
+/// Remove a network.
+///
+/// `docker.networks.remove`. Execute.
+#[utoipa::path(
+    delete,
+    path = "/hosts/{host}/networks/{name}",
+    tag = "networks",
+    params(NamePath),
+    responses(
+        (status = 200, description = "`{id, name}`.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn networks_remove(
     State(s): St,
     Extension(w): Who,
@@ -405,6 +596,19 @@ async fn networks_remove(
     forward(&s, &w, &h, "docker.networks.remove", p).await
 }
 
+/// List volumes.
+///
+/// `docker.volumes.list`.
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}/volumes",
+    tag = "volumes",
+    params(HostPath),
+    responses(
+        (status = 200, description = "The volumes.", body = Vec<Object>),
+        AgentErrors,
+    )
+)]
 async fn volumes_list(
     State(s): St,
     Extension(w): Who,
@@ -413,15 +617,42 @@ async fn volumes_list(
     forward(&s, &w, &h, "docker.volumes.list", Map::new()).await
 }
 
+/// Create a volume.
+///
+/// `docker.volumes.create`; the host policy decides which driver options are allowed. Execute.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/volumes",
+    tag = "volumes",
+    params(HostPath),
+    request_body(content = Option<Object>, description = "`{\"name\", \"driver\"?, \"driver_opts\"?, \"labels\"?}`."),
+    responses(
+        (status = 200, description = "`{id, name}`.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn volumes_create(
     State(s): St,
     Extension(w): Who,
     Path(h): Path<String>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     forward(&s, &w, &h, "docker.volumes.create", body_params(body)?).await
 }
 
+/// Remove a volume.
+///
+/// `docker.volumes.remove`. Execute.
+#[utoipa::path(
+    delete,
+    path = "/hosts/{host}/volumes/{name}",
+    tag = "volumes",
+    params(NamePath, ("force" = Option<bool>, Query, description = "Remove even when in use (Docker still refuses while a container uses it).")),
+    responses(
+        (status = 200, description = "`{id, name}`.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn volumes_remove(
     State(s): St,
     Extension(w): Who,
@@ -433,12 +664,26 @@ async fn volumes_remove(
     forward(&s, &w, &h, "docker.volumes.remove", p).await
 }
 
-/// `POST /hosts/{host}/system/{exec|preflight_check|prepare_volumes}`.
+/// Run a host-level operation.
+///
+/// `exec` (`system.exec`: an allowlisted command line, no shell; admin), `preflight_check`
+/// (read) or `prepare_volumes` (directories under the agent's volume base; execute).
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/system/{op}",
+    tag = "system",
+    params(HostPath, ("op" = inline(crate::openapi::SystemOpName), Path, description = "The operation.")),
+    request_body(content = Option<Object>, description = "The method's params (docs/protocol.md): `{\"command\", \"timeout\"?}` (exec), `{\"ports\"?, \"min_free_disk\"?, \"min_docker_version\"?, \"architectures\"?}` (preflight_check), `{\"volumes\": [{\"path\", \"uid\"?, \"gid\"?, \"mode\"?}]}` (prepare_volumes)."),
+    responses(
+        (status = 200, description = "The method's result.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn system_op(
     State(s): St,
     Extension(w): Who,
     Path((h, op)): Path<(String, String)>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let method = match op.as_str() {
         "exec" => "system.exec",
@@ -455,12 +700,26 @@ async fn system_op(
     forward(&s, &w, &h, method, body_params(body)?).await
 }
 
-/// `POST /hosts/{host}/agent/{update|restart}`.
+/// Change the agent's settings or restart it.
+///
+/// `update` (`agent.update`: runtime settings, never the host policy) or `restart`
+/// (`agent.restart`: answers, then reconnects as a new process). Admin.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/agent/{op}",
+    tag = "agent",
+    params(HostPath, ("op" = inline(crate::openapi::AgentOpName), Path, description = "The operation.")),
+    request_body(content = Option<Object>, description = "`update`: the settings to change: `log_level`, `metrics_interval`, `health_interval`."),
+    responses(
+        (status = 200, description = "The method's result.", body = Object),
+        AgentErrors,
+    )
+)]
 async fn agent_op(
     State(s): St,
     Extension(w): Who,
     Path((h, op)): Path<(String, String)>,
-    body: Option<Json<Value>>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let method = match op.as_str() {
         "update" => "agent.update",
@@ -476,8 +735,26 @@ async fn agent_op(
     forward(&s, &w, &h, method, body_params(body)?).await
 }
 
-/// `GET /hosts/{host}/events[?limit=N][&after=ID][&follow=true]`: stored events, oldest first;
-/// with `follow`, NDJSON that goes on with live events.
+/// A host's Docker engine events.
+///
+/// Stored events, oldest first; with `follow`, newline-delimited JSON that goes on with live
+/// events. Read.
+#[utoipa::path(
+    get,
+    path = "/hosts/{host}/events",
+    tag = "events",
+    params(
+        HostPath,
+        ("limit" = Option<u32>, Query, description = "1–10000; 100 by default."),
+        ("after" = Option<i64>, Query, description = "Only events after this event id."),
+        ("follow" = Option<bool>, Query, description = "Go on with live events, as NDJSON."),
+    ),
+    responses(
+        (status = 200, description = "The events; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 400, description = "`bad_request`: `limit` or `after` is not valid.", body = crate::api::ErrorBody),
+        HostErrors,
+    )
+)]
 async fn events(
     State(state): St,
     Extension(who): Who,
@@ -485,7 +762,7 @@ async fn events(
     Query(q): QueryMap,
 ) -> Result<HttpResponse, ApiError> {
     who.require(tomo_proto::methods::Level::Read)?;
-    let h = resolve(&state, &host).await?;
+    let h = resolve(&state, &who, &host).await?;
     let limit: u32 = match q.get("limit") {
         None => 100,
         Some(v) => v

@@ -395,17 +395,36 @@ impl Allowance {
     }
 }
 
-/// `GET /api/v1/audit[?host=H][&limit=N][&after=ID][&follow=true]`: stored records, oldest
-/// first (all hosts and the control plane's own, or one host's); with `follow`, NDJSON that
-/// goes on with live records. Admin only.
+/// The audit trail.
+///
+/// Stored records, oldest first (all hosts and the control plane's own, or one host's); with
+/// `follow`, newline-delimited JSON that goes on with live records. Admin, without a host scope.
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "audit",
+    operation_id = "audit",
+    params(
+        ("host" = Option<String>, Query, description = "Only this host's records (id, hostname or id prefix; removed hosts too)."),
+        ("limit" = Option<u32>, Query, description = "1–10000; 100 by default."),
+        ("after" = Option<i64>, Query, description = "Only records after this record id."),
+        ("follow" = Option<bool>, Query, description = "Go on with live records, as NDJSON."),
+    ),
+    responses(
+        (status = 200, description = "The records; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 400, description = "`bad_request`: `limit` or `after` is not valid.", body = crate::api::ErrorBody),
+        crate::openapi::HostErrors,
+    )
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Level::Admin)?;
+    who.require_unscoped()?;
     let host = match q.get("host") {
-        Some(key) => Some(host_id(&state, key).await?),
+        Some(key) => Some(host_id(&state, &who, key).await?),
         None => None,
     };
     let limit: u32 = match q.get("limit") {
@@ -475,10 +494,10 @@ pub async fn list(
 
 /// A host's id from its id (removed hosts too: their records stay readable), hostname or
 /// unique id prefix.
-async fn host_id(state: &AppState, key: &str) -> Result<String, ApiError> {
+async fn host_id(state: &AppState, who: &Principal, key: &str) -> Result<String, ApiError> {
     match state.store.host(key).await {
         Ok(h) => Ok(h.id),
-        Err(StoreError::NotFound) => Ok(crate::api::resolve(state, key).await?.id),
+        Err(StoreError::NotFound) => Ok(crate::api::resolve(state, who, key).await?.id),
         Err(e) => Err(e.into()),
     }
 }

@@ -26,6 +26,15 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Time given to sessions and requests to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// How long a pending action waits for a human before it expires.
+    pub approval_ttl: Duration,
+    /// MCP tool calls per minute and token, unless the token sets its own.
+    pub tool_rate_per_min: u32,
+    /// Largest text an MCP tool returns to the assistant (bigger results are cut, and say so).
+    pub tool_output_bytes: usize,
+    /// Browser origins allowed to call `/mcp` (besides requests without `Origin`, which MCP
+    /// clients outside browsers send). Empty: every request with an `Origin` is refused.
+    pub mcp_allowed_origins: Vec<String>,
 }
 
 /// Bad configuration (exit status 64).
@@ -52,6 +61,10 @@ impl ServerConfig {
             dead_after: Duration::from_secs(tomo_proto::DEAD_AFTER_SECS),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_millis(1500),
+            approval_ttl: Duration::from_secs(15 * 60),
+            tool_rate_per_min: 60,
+            tool_output_bytes: 24 * 1024,
+            mcp_allowed_origins: Vec::new(),
         }
     }
 

@@ -415,6 +415,14 @@ impl Hub {
         self.conns.read().is_ok_and(|m| m.contains_key(host_id))
     }
 
+    /// The hosts with a live session now.
+    pub fn online_hosts(&self) -> Vec<String> {
+        self.conns
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Number of live sessions.
     pub fn online_count(&self) -> usize {
         self.conns.read().map(|m| m.len()).unwrap_or(0)

@@ -7,13 +7,19 @@
 
 pub mod agent_ws;
 pub mod api;
+pub mod api_approvals;
+pub mod api_fleet;
 pub mod api_host;
+pub mod api_tokens;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod events;
 pub mod hub;
+pub mod mcp;
+pub mod openapi;
 pub mod signer;
 pub mod store;
 pub mod throttle;
@@ -65,6 +71,10 @@ pub struct AppState {
     pub audit: tokio::sync::broadcast::Sender<audit::Live>,
     /// Records on their way to the store (see `audit::writer`).
     pub audit_queue: tokio::sync::mpsc::Sender<audit::Pending>,
+    /// When tokens were last used, written to the store once a minute.
+    pub last_use: auth::LastUse,
+    /// MCP tool calls per token (see `mcp::RateLimits`).
+    pub mcp_limits: mcp::RateLimits,
 }
 
 /// Startup failures.
@@ -78,6 +88,8 @@ pub enum ServerError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Signer(#[from] signer::SignerError),
+    #[error("the first admin token: {0}")]
+    Token(#[from] auth::MintError),
     #[error("cannot use data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -160,6 +172,8 @@ impl Server {
             throttle: throttle::Throttle::new(),
             audit: tokio::sync::broadcast::channel(audit::FOLLOW_BUFFER).0,
             audit_queue,
+            last_use: auth::LastUse::default(),
+            mcp_limits: mcp::RateLimits::default(),
         });
         Ok(Self {
             state,
@@ -192,6 +206,7 @@ impl Server {
         let app = router(Arc::clone(&state));
         let pruner = state.tracker.spawn(prune_history(Arc::clone(&state)));
         let audit_writer = tokio::spawn(audit::writer(Arc::clone(&state), audit_rx));
+        let last_use = tokio::spawn(auth::flush_last_use(Arc::clone(&state)));
         tracing::info!(api = %state.info.api_url, agents = %state.info.agent_url, "control plane listening");
         loop {
             let (tcp, peer) = tokio::select! {
@@ -253,6 +268,10 @@ impl Server {
         {
             tracing::warn!("the audit writer did not finish in time");
         }
+        let _ = last_use.await;
+        if let Err(e) = state.last_use.flush(&*state.store).await {
+            tracing::warn!(error = %e, "cannot record when tokens were last used");
+        }
         state.store.close().await;
         tracing::info!("control plane stopped");
     }
@@ -263,6 +282,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/agent/ws", get(agent_ws::upgrade))
         .nest("/api/v1", api::router(Arc::clone(&state)))
+        .merge(mcp::router(Arc::clone(&state)))
         .with_state(state)
 }
 

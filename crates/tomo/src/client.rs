@@ -87,9 +87,16 @@ impl Api {
             ))
         })?;
         let token = args.token.clone().or(file.token).ok_or_else(|| {
-            Failure::new(2, "no API token configured").hint("pass --token or set TOMO_TOKEN")
+            Failure::new(2, "no API token configured")
+                .hint("run `tomo login --url URL`, or pass --token or set TOMO_TOKEN")
         })?;
         let ca_file = args.ca_file.clone().or(file.ca_file);
+        Self::new(&url, token, ca_file)
+    }
+
+    /// A client of the control plane at `url` with `token`, verifying its certificate against
+    /// `ca_file` or, without one, the webpki roots.
+    pub fn new(url: &str, token: String, ca_file: Option<PathBuf>) -> Result<Self, Failure> {
         let trust = match ca_file {
             Some(ca) => tomo_common::tls::Trust::CaFile(ca),
             None => tomo_common::tls::Trust::WebPki,
@@ -107,6 +114,11 @@ impl Api {
         })
     }
 
+    /// The control plane's base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Sends a request to `/api/v1{path}`; transport failures are exit status 2.
     pub async fn send(
         &self,
@@ -121,16 +133,10 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| {
-            let mut msg = format!("cannot reach the control plane at {}: {e}", self.url);
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            Failure::new(2, msg)
-                .hint("is it running? is --url right? for a self-signed server pass --ca-file")
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_failure(&self.url, &e))?;
         let status = resp.status();
         let text = resp
             .text()
@@ -182,13 +188,10 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let mut resp = req.send().await.map_err(|e| {
-            Failure::new(
-                2,
-                format!("cannot reach the control plane at {}: {e}", self.url),
-            )
-            .hint("is it running? is --url right? for a self-signed server pass --ca-file")
-        })?;
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| transport_failure(&self.url, &e))?;
         let status = resp.status();
         let ndjson = resp
             .headers()
@@ -241,9 +244,59 @@ pub fn api_failure(r: &Reply, status: u8) -> Failure {
         format!("{message} ({code}, HTTP {})", r.status.as_u16()),
     );
     match code {
-        "unauthorized" => f.hint("check the token (--token, TOMO_TOKEN or the client config)"),
+        "unauthorized" => f.hint(
+            "the token is missing, unknown, expired or revoked: run `tomo login --url URL` with a \
+             valid one (an admin makes one with `tomo tokens create`)",
+        ),
+        "forbidden" => f.hint(
+            "this token's role is too low for that: `tomo whoami` shows it; an admin can make a \
+             token with the role needed (`tomo tokens create NAME --role execute|admin`)",
+        ),
+        "out_of_scope" => f.hint(
+            "this token's host scope does not cover that: `tomo whoami` shows its scope; fleet-wide \
+             routes (codes, audit, tokens, labels) need a token without a scope",
+        ),
+        "host_offline" => {
+            f.hint("the host's agent is not connected: `tomo hosts ls` shows every host's status")
+        }
+        "throttled" => f.hint("too many bad tokens from this address: wait, then use a valid one"),
         "not_found" => f.hint("`tomo hosts ls` lists the hosts"),
         "ambiguous" => f.hint("use the host's id"),
         _ => f,
+    }
+}
+
+/// Why the control plane could not be reached, with what to do next: nothing listening (start
+/// it, or fix the URL), a certificate that does not verify (`--ca-file`), or anything else.
+/// Classified by the error types in the chain, never by their text.
+pub fn transport_failure(url: &str, e: &reqwest::Error) -> Failure {
+    let mut msg = format!("cannot reach the control plane at {url}: {e}");
+    let (mut refused, mut tls) = (false, false);
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        tls |= s.downcast_ref::<rustls::Error>().is_some();
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            // An io::Error's source skips the error it wraps: look at that one too.
+            tls |= io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        }
+        src = s.source();
+    }
+    let f = Failure::new(2, msg);
+    if refused {
+        f.hint(
+            "nothing listens there: is the control plane running (`tomo dev` starts one on this \
+             machine)? is the URL right (`tomo login --url URL`)?",
+        )
+    } else if tls {
+        f.hint(
+            "the server's certificate does not verify: pass the CA that signed it with --ca-file \
+             (a generated one is <data-dir>/tls/ca.pem; `tomo login --ca-file` saves it)",
+        )
+    } else {
+        f.hint("is the control plane running, and is the URL right (`tomo login --url URL`)?")
     }
 }

@@ -29,6 +29,17 @@ pub enum HostsCommand {
     /// Remove a host: it is disconnected at once and its key never authenticates again.
     #[command(alias = "remove")]
     Rm { host: String },
+    /// Set or remove a host's labels (what `--scope key=value` tokens match); admin tokens
+    /// without a scope. Without changes, shows them.
+    Label {
+        host: String,
+        /// Labels to set.
+        #[arg(value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Labels to remove; repeat for more.
+        #[arg(long, value_name = "KEY")]
+        remove: Vec<String>,
+    },
 }
 
 pub(crate) fn print_json(v: &Value) {
@@ -79,6 +90,14 @@ pub async fn codes(cmd: CodesCommand, args: &ClientArgs) -> Result<ExitCode, Fai
 }
 
 pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    if let HostsCommand::Label {
+        host,
+        labels,
+        remove,
+    } = &cmd
+    {
+        return crate::access::label(host, labels, remove, args).await;
+    }
     let api = Api::from_args(args)?;
     match cmd {
         HostsCommand::Ls => {
@@ -106,6 +125,7 @@ pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Fai
                 println!("removed host {}", v["removed"].as_str().unwrap_or_default());
             }
         }
+        HostsCommand::Label { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

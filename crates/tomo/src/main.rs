@@ -2,6 +2,7 @@
 //! (`tomo hosts`, `tomo codes`, `tomo call`). `main` parses arguments and dispatches; the work is
 //! in the libraries and in the modules below.
 
+mod access;
 mod audit_cmd;
 mod client;
 mod commands;
@@ -14,7 +15,7 @@ mod serve;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use serde_json::json;
 
 /// tomo: a secure fleet manager for Docker hosts.
@@ -243,6 +244,31 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// API tokens: create, ls, revoke (admin tokens without a host scope).
+    Tokens {
+        #[command(subcommand)]
+        command: access::TokensCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the token this CLI uses: name, role, host scope, expiry.
+    Whoami {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Check a token against a control plane, then save URL, token and CA in the client config.
+    Login {
+        #[command(flatten)]
+        login: access::LoginArgs,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Print a shell completion script: `tomo completions bash > /etc/bash_completion.d/tomo`.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
     /// The audit trail: agents' request decisions and operator API requests (admin tokens).
     Audit {
         /// Only this host's records (id, hostname or unique id prefix).
@@ -399,6 +425,13 @@ fn main() -> ExitCode {
                 limit,
                 client,
             } => audit_cmd::audit(host.as_deref(), follow, limit, &client).await,
+            Command::Tokens { command, client } => access::tokens(command, &client).await,
+            Command::Whoami { client } => access::whoami(&client).await,
+            Command::Login { login, output } => access::login(login, output).await,
+            Command::Completions { shell } => {
+                completions(shell);
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     // Do not wait for stray blocking tasks at exit.
@@ -413,6 +446,23 @@ fn main() -> ExitCode {
             ExitCode::from(e.status)
         }
     }
+}
+
+/// Shells `tomo completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+fn completions(shell: CompletionShell) {
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "tomo", &mut std::io::stdout());
 }
 
 /// A failure reported to the user: one line, an optional hint, an exit status.

@@ -3,9 +3,13 @@
 //!
 //! Times are Unix milliseconds. Secrets (codes, tokens) arrive already hashed.
 
+pub mod actions;
 mod sqlite;
 
+pub use actions::{ActionStatus, ActionStore, PendingAction};
 pub use sqlite::SqliteStore;
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use tomo_proto::handshake::HostFacts;
@@ -24,6 +28,9 @@ pub struct HostRecord {
     pub registered_at: i64,
     pub last_seen: Option<i64>,
     pub removed_at: Option<i64>,
+    /// Labels the operators set (`PUT /api/v1/hosts/{host}/labels`), matched by token scopes.
+    /// Never what the host reports about itself.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A host about to be registered.
@@ -117,7 +124,7 @@ pub enum RegisterError {
 
 /// The control plane's storage.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+pub trait Store: ActionStore + Send + Sync + std::fmt::Debug + 'static {
     async fn create_code(&self, code: &NewCode) -> Result<(), StoreError>;
 
     /// Consumes the code and creates the host, atomically: of two registrations racing for one
@@ -158,6 +165,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn token_by_hash(&self, token_hash: &[u8; 32])
     -> Result<Option<TokenRecord>, StoreError>;
     async fn count_tokens(&self) -> Result<u64, StoreError>;
+    /// Every token, revoked and expired ones included, oldest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// A token by id (`NotFound` for an unknown one).
+    async fn token(&self, id: &str) -> Result<TokenRecord, StoreError>;
+    /// Revokes a token (`NotFound` for an unknown one). Revoking it again keeps the first time.
+    async fn revoke_token(&self, id: &str, now: i64) -> Result<(), StoreError>;
+    /// Records when tokens were last used, `(id, at)`, in one transaction; a time never moves
+    /// back. Called in batches (see `auth::LastUse`), never per request.
+    async fn touch_tokens(&self, uses: &[(String, i64)]) -> Result<(), StoreError>;
+
+    /// Replaces the labels of a host that was not removed (`NotFound` otherwise).
+    async fn set_host_labels(
+        &self,
+        host_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError>;
 
     async fn add_sample(
         &self,

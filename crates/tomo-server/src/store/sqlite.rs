@@ -1,6 +1,7 @@
 //! SQLite implementation of [`Store`]: one file, WAL journal, migrations from
 //! `migrations/sqlite`.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::str::FromStr as _;
@@ -18,6 +19,8 @@ use super::{
     HostRecord, NewCode, NewHost, RegisterError, SampleKind, SecurityEvent, Store, StoreError,
     StoredAudit, StoredEvent, TokenRecord,
 };
+
+mod actions;
 
 /// A SQLite database file.
 #[derive(Debug, Clone)]
@@ -64,10 +67,12 @@ fn db(e: sqlx::Error) -> StoreError {
     }
 }
 
-const HOST_COLUMNS: &str = "id, public_key, previous_public_key, hostname, engine_id, facts, registered_at, last_seen, removed_at";
+const HOST_COLUMNS: &str = "id, public_key, previous_public_key, hostname, engine_id, facts, registered_at, last_seen, removed_at, labels";
+const TOKEN_COLUMNS: &str = "id, name, role, created_at, expires_at, revoked_at, host_scope, requires_approval, tool_rate_per_min, last_used_at";
 
 fn host_row(r: &SqliteRow) -> Result<HostRecord, StoreError> {
     let facts: String = r.try_get("facts").map_err(db)?;
+    let labels: String = r.try_get("labels").map_err(db)?;
     Ok(HostRecord {
         id: r.try_get("id").map_err(db)?,
         public_key: r.try_get("public_key").map_err(db)?,
@@ -78,6 +83,8 @@ fn host_row(r: &SqliteRow) -> Result<HostRecord, StoreError> {
         registered_at: r.try_get("registered_at").map_err(db)?,
         last_seen: r.try_get("last_seen").map_err(db)?,
         removed_at: r.try_get("removed_at").map_err(db)?,
+        labels: serde_json::from_str(&labels)
+            .map_err(|e| StoreError::Corrupt(format!("host labels: {e}")))?,
     })
 }
 
@@ -320,7 +327,8 @@ impl Store for SqliteStore {
         &self,
         token_hash: &[u8; 32],
     ) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, name, role, created_at, expires_at, revoked_at, host_scope, requires_approval, tool_rate_per_min, last_used_at FROM api_tokens WHERE token_hash = ?")
+        let q = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?");
+        let row = sqlx::query(&q)
             .bind(&token_hash[..])
             .fetch_optional(&self.pool)
             .await
@@ -334,6 +342,79 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         Ok(n as u64)
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let q = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id");
+        let rows = sqlx::query(&q).fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(token_row).collect()
+    }
+
+    async fn token(&self, id: &str) -> Result<TokenRecord, StoreError> {
+        let q = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?");
+        let row = sqlx::query(&q)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        token_row(&row)
+    }
+
+    async fn revoke_token(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        let n = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn touch_tokens(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE api_tokens SET last_used_at = ?2
+                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+            )
+            .bind(id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn set_host_labels(
+        &self,
+        host_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let n = sqlx::query("UPDATE hosts SET labels = ?2 WHERE id = ?1 AND removed_at IS NULL")
+            .bind(host_id)
+            .bind(json)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if n == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
     }
 
     async fn add_sample(
@@ -769,6 +850,74 @@ mod tests {
         // Pruned by the control plane's clock (received_at), whatever the recorder said.
         assert_eq!(s.prune_audit(30).await.expect("prune"), 2);
         assert_eq!(s.audit(None, None, 10).await.expect("left").len(), 2);
+    }
+
+    fn token(id: &str, scope: &[&str]) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            name: format!("n-{id}"),
+            role: Level::Execute,
+            created_at: 1,
+            expires_at: None,
+            revoked_at: None,
+            scope: scope.iter().map(|s| (*s).to_owned()).collect(),
+            requires_approval: true,
+            tool_rate_per_min: Some(30),
+            last_used_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_listed_revoked_and_touched() {
+        let (_d, s) = open().await;
+        s.create_token(&token("a", &[]), &[1; 32])
+            .await
+            .expect("create");
+        s.create_token(&token("b", &["h1", "env=prod"]), &[2; 32])
+            .await
+            .expect("create");
+        let all = s.list_tokens().await.expect("list");
+        assert_eq!(all, vec![token("a", &[]), token("b", &["h1", "env=prod"])]);
+        assert!(matches!(
+            s.revoke_token("zzz", 5).await,
+            Err(StoreError::NotFound)
+        ));
+        s.revoke_token("b", 5).await.expect("revoke");
+        s.revoke_token("b", 9).await.expect("again");
+        assert_eq!(s.token("b").await.expect("b").revoked_at, Some(5));
+        assert!(matches!(s.token("zzz").await, Err(StoreError::NotFound)));
+        // Last use only moves forward; unknown ids are ignored.
+        s.touch_tokens(&[("a".into(), 50), ("zzz".into(), 50)])
+            .await
+            .expect("touch");
+        s.touch_tokens(&[("a".into(), 40)]).await.expect("touch");
+        let a = s.token_by_hash(&[1; 32]).await.expect("a").expect("some");
+        assert_eq!(a.last_used_at, Some(50));
+    }
+
+    #[tokio::test]
+    async fn host_labels_are_replaced_and_read_back() {
+        let (_d, s) = open().await;
+        s.create_code(&code(1, 1000)).await.expect("create");
+        let h = s
+            .register(&new_host("a", 1), &[1; 32], 10)
+            .await
+            .expect("register");
+        assert!(h.labels.is_empty());
+        let labels: BTreeMap<String, String> =
+            [("env".to_owned(), "prod".to_owned())].into_iter().collect();
+        s.set_host_labels("a", &labels).await.expect("set");
+        assert_eq!(s.host("a").await.expect("host").labels, labels);
+        assert_eq!(s.hosts().await.expect("hosts")[0].labels, labels);
+        assert!(matches!(
+            s.set_host_labels("nope", &labels).await,
+            Err(StoreError::NotFound)
+        ));
+        s.remove_host("a", 20).await.expect("remove");
+        assert!(matches!(
+            s.set_host_labels("a", &labels).await,
+            Err(StoreError::NotFound)
+        ));
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@ mod audit;
 mod docker_env;
 mod docker_ops;
 mod malformed;
+mod openapi;
 mod registration;
 mod sessions;
 mod support;
+mod tokens;

@@ -17,6 +17,8 @@
 //!   `scheme://user:***@host`, for every URL in the value (`redis://:pw@a,redis://:pw@b`). A
 //!   user without a password is kept (`postgres://postgres@db`).
 
+pub mod params;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -40,6 +42,93 @@ pub const SECRET_MARKERS: &[&str] = &[
     "SALT",
     "DSN",
 ];
+
+/// Well-known token shapes: prefix, the characters the secret is made of, and its shortest length
+/// after the prefix. A match keeps the prefix: `ghp_***`.
+const TOKEN_SHAPES: &[(&str, fn(u8) -> bool, usize)] = &[
+    ("tomo_", is_token_char, 16),
+    ("rc_", is_token_char, 16),
+    ("ghp_", is_token_char, 20),
+    ("gho_", is_token_char, 20),
+    ("ghs_", is_token_char, 20),
+    ("github_pat_", is_token_char, 20),
+    ("glpat-", is_token_char, 20),
+    ("xoxb-", is_token_char, 10),
+    ("xoxp-", is_token_char, 10),
+    ("sk-", is_token_char, 20),
+    ("AKIA", is_upper_alnum, 16),
+    ("ASIA", is_upper_alnum, 16),
+];
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+fn is_upper_alnum(b: u8) -> bool {
+    b.is_ascii_uppercase() || b.is_ascii_digit()
+}
+
+/// Hides secrets recognisable by their shape wherever they appear in a text: PEM private key
+/// blocks (`-----BEGIN … PRIVATE KEY-----` to the matching end line, or to the end of the text)
+/// and tokens of well-known formats (tomo tokens and registration codes, GitHub, GitLab, Slack,
+/// OpenAI-style `sk-` keys, AWS access key ids). A token counts only at a word start and when
+/// long enough, so `risk-free` and `desk-lamp` stay.
+pub fn redact_known_secrets(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut last = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'-' && text[i..].starts_with("-----BEGIN ") {
+            let header_end = text[i..].find('\n').map_or(text.len(), |n| i + n);
+            if text[i..header_end].contains("PRIVATE KEY-----") {
+                let end = text[header_end..]
+                    .find("-----END ")
+                    .and_then(|e| {
+                        let from = header_end + e;
+                        text[from + 9..].find("-----").map(|f| from + 9 + f + 5)
+                    })
+                    .unwrap_or(text.len());
+                let o = out.get_or_insert_with(String::new);
+                o.push_str(&text[last..i]);
+                o.push_str("-----BEGIN PRIVATE KEY----- *** -----END PRIVATE KEY-----");
+                last = end;
+                i = end;
+                continue;
+            }
+        }
+        let at_word_start = i == 0 || !is_token_char(bytes[i - 1]);
+        if at_word_start
+            && let Some((prefix, len)) = TOKEN_SHAPES.iter().find_map(|(p, ok, min)| {
+                if !text[i..].starts_with(p) {
+                    return None;
+                }
+                let rest = &bytes[i + p.len()..];
+                let n = rest.iter().take_while(|b| ok(**b)).count();
+                (n >= *min).then_some((*p, p.len() + n))
+            })
+        {
+            let o = out.get_or_insert_with(String::new);
+            o.push_str(&text[last..i]);
+            o.push_str(prefix);
+            o.push_str(REDACTED);
+            last = i + len;
+            i = last;
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && !text.is_char_boundary(i) {
+            i += 1;
+        }
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut o) => {
+            o.push_str(&text[last..]);
+            Cow::Owned(o)
+        }
+    }
+}
 
 /// Whether a variable, label or attribute name looks like it holds a secret (see the module doc).
 pub fn is_secret_name(name: &str) -> bool {
@@ -143,6 +232,39 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_secret_shapes_are_hidden_wherever_they_appear() {
+        let cases = [
+            ("token=tomo_AbCdEfGhIjKlMnOpQrSt done", "token=tomo_*** done"),
+            ("push with ghp_0123456789abcdefghijKLMNOP now", "push with ghp_*** now"),
+            ("id AKIAIOSFODNN7EXAMPLE.", "id AKIA***."),
+            ("key sk-proj-abcdefghijklmnopqrstuvwx", "key sk-***"),
+            ("code rc_0123456789abcdef0123_ab12", "code rc_***"),
+            (
+                "a\n-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nxyz\n-----END RSA PRIVATE KEY-----\nb",
+                "a\n-----BEGIN PRIVATE KEY----- *** -----END PRIVATE KEY-----\nb",
+            ),
+            ("-----BEGIN OPENSSH PRIVATE KEY-----\ncut off", "-----BEGIN PRIVATE KEY----- *** -----END PRIVATE KEY-----"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_known_secrets(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_words_with_token_prefixes_stay() {
+        for text in [
+            "risk-free desk-lamp task-runner",
+            "tomo_short",
+            "ask-me-anything",
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+            "über grüße ✓ sk-",
+            "mask-abcdefghijklmnopqrstuvwxyz",
+        ] {
+            assert_eq!(redact_known_secrets(text), text);
+        }
+    }
 
     #[test]
     fn secret_names() {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use tomo_proto::methods::{Method as _, StreamWrite};
 
-use crate::redact::{REDACTED, is_secret_name, redact_url_credentials};
+use super::{REDACTED, is_secret_name, redact_url_credentials};
 
 /// Longest string kept in recorded params; longer ones are cut and marked.
 pub const MAX_STRING_BYTES: usize = 1024;
@@ -45,7 +45,7 @@ pub fn redact_params(method: &str, params: &Value) -> Value {
             params.get("data_b64").and_then(Value::as_str),
         )
     {
-        let n = tomo_common::unb64(data)
+        let n = crate::unb64(data)
             .map(|b| b.len())
             .unwrap_or(data.len() / 4 * 3);
         obj.insert("data_b64".into(), Value::String(format!("<{n} bytes>")));
@@ -69,6 +69,16 @@ pub fn redact_raw_params(
 /// [`redact_params`], cut when long.
 pub fn redact_string(s: &str) -> String {
     cut(&redact_text(s, 0).0).into_owned()
+}
+
+/// Host output (logs, command output) for an operator or an assistant: each line under the rules
+/// for strings of [`redact_params`], then [`super::redact_known_secrets`]; nothing is cut.
+pub fn redact_output(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for line in s.split_inclusive('\n') {
+        out.push_str(&redact_text(line, 0).0);
+    }
+    super::redact_known_secrets(&out).into_owned()
 }
 
 fn redact_value(v: &Value) -> Value {
@@ -317,7 +327,7 @@ fn query_secrets(word: &str) -> Cow<'_, str> {
 }
 
 /// A string cut to [`MAX_STRING_BYTES`] (at a character boundary), marked with its full size.
-pub(super) fn cut(s: &str) -> Cow<'_, str> {
+pub fn cut(s: &str) -> Cow<'_, str> {
     if s.len() <= MAX_STRING_BYTES {
         return Cow::Borrowed(s);
     }

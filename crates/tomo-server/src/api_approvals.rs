@@ -1,0 +1,173 @@
+//! Pending actions in the API (see [`crate::approvals`]): the asker polls its own, an admin
+//! token that does not itself require approval lists, approves and denies.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::api::{ApiError, ErrorBody, Principal};
+use crate::approvals;
+use crate::store::ActionStatus;
+
+/// Most actions listed at once.
+const MAX_LIST: u32 = 500;
+
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(approve))
+        .routes(routes!(deny))
+}
+
+/// `GET /approvals` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// `pending`, `approved`, `denied`, `expired`, `done`, `failed` or `all` (default `pending`).
+    status: Option<String>,
+    /// At most this many, newest first (default 100, at most 500).
+    limit: Option<u32>,
+}
+
+/// The action's id.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct ActionPath {
+    /// `act_…`
+    id: String,
+}
+
+/// `POST /approvals/{id}/deny` body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenyBody {
+    /// Told to the asker.
+    reason: Option<String>,
+}
+
+/// List pending actions.
+///
+/// An admin token that does not itself require approval sees every action in its scope; any
+/// other token sees its own (to poll them).
+#[utoipa::path(
+    get,
+    path = "/approvals",
+    tag = "approvals",
+    operation_id = "list_approvals",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Actions, newest first: every action in scope for an admin \
+            token that does not require approval, the token's own otherwise.", body = Vec<Object>),
+        (status = 400, description = "`bad_request`: unknown status.", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let status = match q.status.as_deref().unwrap_or("pending") {
+        "all" => None,
+        s => Some(ActionStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown status {s:?}: pending, approved, denied, expired, done, failed or all"
+            ))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let actions = approvals::list(&state, &who, status, limit).await?;
+    Ok(Json(actions.iter().map(approvals::view).collect()))
+}
+
+/// Show a pending action.
+///
+/// Its status, summary, and its result once it ran; the asker polls it here.
+#[utoipa::path(
+    get,
+    path = "/approvals/{id}",
+    tag = "approvals",
+    operation_id = "show_approval",
+    params(ActionPath),
+    responses(
+        (status = 200, description = "The action: status, summary, and the result once it ran.", body = Object),
+        (status = 404, description = "`not_found`: no such action, or not the caller's to see.", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn show(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(ActionPath { id }): Path<ActionPath>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(approvals::view(
+        &approvals::get(&state, &who, &id).await?,
+    )))
+}
+
+/// Approve a pending action.
+///
+/// Runs it and answers once it has run (done or failed). An admin token that does not itself
+/// require approval, and not the asking token.
+#[utoipa::path(
+    post,
+    path = "/approvals/{id}/approve",
+    tag = "approvals",
+    operation_id = "approve",
+    params(ActionPath),
+    responses(
+        (status = 200, description = "Approved and run: `status` is `done` (result in `result`) or `failed` (error in `result`).", body = Object),
+        (status = 403, description = "`forbidden`: not an admin token, a token that requires approval, or the asking token itself.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such action in the token's scope.", body = ErrorBody),
+        (status = 409, description = "`not_pending`: already decided or expired.", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn approve(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(ActionPath { id }): Path<ActionPath>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(approvals::view(
+        &approvals::approve(&state, &who, &id).await?,
+    )))
+}
+
+/// Deny a pending action.
+///
+/// Nothing runs; the optional reason is kept for the asker to read.
+#[utoipa::path(
+    post,
+    path = "/approvals/{id}/deny",
+    tag = "approvals",
+    operation_id = "deny",
+    params(ActionPath),
+    request_body(content = Option<DenyBody>, description = "Optional reason for the asker."),
+    responses(
+        (status = 200, description = "Denied; nothing ran.", body = Object),
+        (status = 403, description = "`forbidden`: not an admin token, a token that requires approval, or the asking token itself.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such action in the token's scope.", body = ErrorBody),
+        (status = 409, description = "`not_pending`: already decided or expired.", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn deny(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(ActionPath { id }): Path<ActionPath>,
+    body: Option<Json<DenyBody>>,
+) -> Result<Json<Value>, ApiError> {
+    let reason = body.and_then(|Json(b)| b.reason);
+    Ok(Json(approvals::view(
+        &approvals::deny(&state, &who, &id, reason.as_deref()).await?,
+    )))
+}

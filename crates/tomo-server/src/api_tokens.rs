@@ -1,0 +1,286 @@
+//! Token management and host labels in the operator API (docs/api.md): `POST/GET /tokens`,
+//! `DELETE /tokens/{id}` (revoke), `GET /whoami`, `PUT /hosts/{host}/labels`.
+//!
+//! Managing tokens and labels needs an admin token without a host scope: a scope is made of host
+//! ids and labels, so a scoped token that could mint tokens or relabel hosts could widen its own
+//! reach or another token's. The secret of a new token is in the creation answer only: never in
+//! a log line or an audit record (the audit layer records no bodies; the records written here
+//! name the token by id and name).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tomo_common::now_ms;
+use tomo_proto::audit::AuditRecord;
+use tomo_proto::methods::Level;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::api::{ApiError, ErrorBody, Principal, resolve, rfc3339, role_name};
+use crate::auth::{self, MintError, TokenSpec};
+use crate::store::{StoreError, TokenRecord};
+
+/// The routes, each registered with its documentation (see [`crate::openapi`]).
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(revoke))
+        .routes(routes!(whoami))
+        .routes(routes!(set_labels))
+}
+
+/// A token as the API shows it: everything but its hash, with a `status` (`active`, `expired`
+/// or `revoked`).
+pub fn token_view(t: &TokenRecord, now: i64) -> Value {
+    let status = if t.revoked_at.is_some() {
+        "revoked"
+    } else if t.expires_at.is_some_and(|e| e <= now) {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "role": role_name(t.role),
+        "status": status,
+        "scope": t.scope,
+        "requires_approval": t.requires_approval,
+        "tool_rate_per_min": t.tool_rate_per_min,
+        "created_at": rfc3339(t.created_at),
+        "expires_at": t.expires_at.map(rfc3339),
+        "revoked_at": t.revoked_at.map(rfc3339),
+        "last_used_at": t.last_used_at.map(rfc3339),
+    })
+}
+
+/// Token management needs an unscoped admin.
+fn require_manager(who: &Principal) -> Result<(), ApiError> {
+    who.require(Level::Admin)?;
+    who.require_unscoped()
+}
+
+/// Records what a management call changed, beside the audit layer's record of the request (which
+/// shares the trace id but not the body).
+async fn record(state: &AppState, who: &Principal, method: &str, params: Value) {
+    let r = AuditRecord {
+        at_ms: now_ms(),
+        trace_id: who.1.clone(),
+        principal: Some(who.0.name.clone()),
+        role: Some(who.0.role),
+        method: method.into(),
+        params: Some(params),
+        decision: "allowed".into(),
+        reason: None,
+        outcome: "ok".into(),
+        error: None,
+        duration_ms: 0,
+    };
+    crate::audit::ingest(state, None, &r).await;
+}
+
+/// `POST /tokens` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    /// 1–64 letters, digits, `.`, `_`, `-`, `@` or `:`.
+    name: String,
+    #[schema(value_type = crate::openapi::Role)]
+    role: Level,
+    /// Lifetime in seconds; absent: never expires.
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    /// Host ids and `key=value` labels; absent or empty: every host.
+    #[serde(default)]
+    scope: Vec<String>,
+    /// Destructive MCP tools called with this token wait for a human's approval.
+    #[serde(default)]
+    requires_approval: bool,
+    /// MCP tool calls per minute, 1–10000; the control plane's default when absent.
+    #[serde(default)]
+    tool_rate_per_min: Option<u32>,
+}
+
+/// Create a token.
+///
+/// 201 with the token's record and its `secret`, shown this once (only its SHA-256 is kept).
+/// Admin, without a host scope.
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    tag = "tokens",
+    operation_id = "create_token",
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "The token's record and `secret`.", body = Object),
+        (status = 400, description = "`bad_request`: a malformed body, or a name, lifetime, scope or rate out of bounds.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<CreateToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    require_manager(&who)?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let spec = TokenSpec {
+        name: body.name,
+        role: body.role,
+        ttl: body.ttl_secs.map(Duration::from_secs),
+        scope: body.scope,
+        requires_approval: body.requires_approval,
+        tool_rate_per_min: body.tool_rate_per_min,
+    };
+    let (secret, t) = auth::mint(&*state.store, &spec)
+        .await
+        .map_err(|e| match e {
+            MintError::Invalid(m) => ApiError::bad_request(m),
+            MintError::Store(e) => e.into(),
+        })?;
+    tracing::info!(token_id = %t.id, name = %t.name, role = role_name(t.role), by = %who.0.name, "API token created");
+    let mut view = token_view(&t, now_ms());
+    record(&state, &who, "token.create", view.clone()).await;
+    view["secret"] = Value::String(secret);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// List tokens.
+///
+/// Every token, revoked and expired ones too, oldest first: `id`, `name`, `role`, `status`
+/// (`active`, `expired`, `revoked`), `scope`, `requires_approval`, `tool_rate_per_min` and times;
+/// never a secret. Admin, without a host scope.
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    tag = "tokens",
+    operation_id = "list_tokens",
+    responses(
+        (status = 200, description = "The tokens.", body = Vec<Object>),
+        (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    require_manager(&who)?;
+    let now = now_ms();
+    let tokens = state.store.list_tokens().await?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| token_view(&state.last_use.fresh(t), now))
+            .collect(),
+    ))
+}
+
+/// Revoke a token.
+///
+/// At once: the next request with it is 401. The answer is the revoked record; revoking twice
+/// keeps the first time. Admin, without a host scope.
+#[utoipa::path(
+    delete,
+    path = "/tokens/{id}",
+    tag = "tokens",
+    operation_id = "revoke_token",
+    params(("id" = String, Path, description = "The token's id (not its secret).")),
+    responses(
+        (status = 200, description = "The revoked token's record.", body = Object),
+        (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no token with that id.", body = ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn revoke(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_manager(&who)?;
+    state
+        .store
+        .revoke_token(&id, now_ms())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no token with id {id:?} (`tomo tokens ls` lists them)"),
+            ),
+            other => other.into(),
+        })?;
+    let t = state.last_use.fresh(state.store.token(&id).await?);
+    tracing::info!(token_id = %t.id, name = %t.name, by = %who.0.name, "API token revoked");
+    let view = token_view(&t, now_ms());
+    record(&state, &who, "token.revoke", view.clone()).await;
+    Ok(Json(view))
+}
+
+/// The calling token.
+///
+/// Its record, as the token list shows it (any role, any scope).
+#[utoipa::path(
+    get,
+    path = "/whoami",
+    tag = "tokens",
+    responses(
+        (status = 200, description = "The token's record.", body = Object),
+        crate::openapi::AuthErrors,
+    )
+)]
+async fn whoami(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+) -> Json<Value> {
+    Json(token_view(&state.last_use.fresh(who.0.clone()), now_ms()))
+}
+
+/// Set a host's labels.
+///
+/// Replaces the host's labels with the body's `{"key": "value", …}`. Admin, without a host
+/// scope: labels decide what label-scoped tokens reach.
+#[utoipa::path(
+    put,
+    path = "/hosts/{host}/labels",
+    tag = "hosts",
+    params(crate::openapi::HostPath),
+    request_body(content = BTreeMap<String, String>, description = "The labels: at most 32; keys and values of 1–63 letters, digits, `.`, `_`, `-`, `/` (values also `:`)."),
+    responses(
+        (status = 200, description = "`{host_id, hostname, labels}`.", body = Object),
+        (status = 400, description = "`bad_request`: not an object of strings, or a label out of bounds.", body = ErrorBody),
+        crate::openapi::HostErrors,
+    )
+)]
+async fn set_labels(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    Path(host): Path<String>,
+    body: Result<Json<BTreeMap<String, String>>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_manager(&who)?;
+    let Json(labels) = body.map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be a JSON object of string labels: {}",
+            e.body_text()
+        ))
+    })?;
+    auth::check_labels(&labels).map_err(ApiError::bad_request)?;
+    let h = resolve(&state, &who, &host).await?;
+    state.store.set_host_labels(&h.id, &labels).await?;
+    tracing::info!(host_id = %h.id, by = %who.0.name, "host labels set");
+    let view = json!({"host_id": h.id, "hostname": h.hostname, "labels": labels});
+    record(&state, &who, "host.labels", view.clone()).await;
+    Ok(Json(view))
+}

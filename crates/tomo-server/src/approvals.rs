@@ -1,0 +1,350 @@
+//! The approval flow (issue 5, docs/mcp.md "Approval"): a token created with
+//! `requires_approval` cannot change a host by itself. Every execute- or admin-level call it makes
+//! (through the REST API or an MCP tool; [`gate`] sits on the one path both take) becomes a
+//! pending action; a human with an admin token that does not itself require approval approves or
+//! denies it (`tomo approve ID` / `tomo deny ID`, `POST /api/v1/approvals/{id}/approve|deny`);
+//! the asker polls it (`GET /api/v1/approvals/{id}`, the MCP tool `get_action_status`).
+//!
+//! Rules, each with a test (crates/tomo/tests/fleet/approvals.rs):
+//! - nobody approves their own action (the deciding token must be another token), and a token
+//!   that requires approval decides nothing;
+//! - the decider needs the admin role and the host in its scope;
+//! - a decision happens once: of two racing decisions exactly one wins (store-level
+//!   compare-and-set), and nothing is decided after `expires_at`;
+//! - when approved, the call runs with the asking token's role and identity (the agent checks
+//!   that role again), and the asking token must still be valid: revoked or expired in the
+//!   meantime, the action fails instead of running;
+//! - streaming forms (interactive exec, followed logs, pull progress) cannot wait for approval and
+//!   are refused for such tokens;
+//! - `stream.*` control is exempt: it only touches streams the token opened itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use tomo_common::now_ms;
+use tomo_common::redact::params::{redact_params, redact_string};
+use tomo_proto::methods::{Level, level_of};
+use tomo_proto::rpc::Outcome;
+
+use crate::AppState;
+use crate::api::{ApiError, Principal, rfc3339};
+use crate::store::{ActionStatus, HostRecord, PendingAction, StoreError};
+
+/// How long the agent gets for an approved call (pulls and updates take minutes).
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Params that turn a call into a stream, which cannot wait for a human.
+const STREAMING_PARAMS: &[&str] = &["interactive", "tty", "follow", "progress", "stream"];
+/// Longest summary line.
+const MAX_SUMMARY: usize = 400;
+
+/// Whether a call by `who` must wait for approval.
+pub fn needs_approval(who: &Principal, method: &str) -> bool {
+    who.0.requires_approval
+        && !method.starts_with("stream.")
+        && level_of(method).is_none_or(|l| l >= Level::Execute)
+}
+
+/// Lets the call through, or turns it into a pending action (`Err(ApiError::pending)`, 202).
+/// Called after the role and scope checks, before anything reaches the host.
+pub async fn gate(
+    state: &AppState,
+    who: &Principal,
+    host: &HostRecord,
+    method: &str,
+    params: Option<&Value>,
+) -> Result<(), ApiError> {
+    if !needs_approval(who, method) {
+        return Ok(());
+    }
+    if let Some(flag) = params
+        .and_then(Value::as_object)
+        .and_then(|p| {
+            STREAMING_PARAMS
+                .iter()
+                .find(|k| p.get(**k).is_some_and(|v| v == &Value::Bool(true)))
+        })
+    {
+        return Err(ApiError::bad_request(format!(
+            "this token requires approval, and a call with {flag}=true streams: it cannot wait \
+             for a human; call it without {flag}"
+        )));
+    }
+    let now = now_ms();
+    let action = PendingAction {
+        id: format!("act_{}", tomo_common::hex(&tomo_common::random_bytes::<6>())),
+        token_id: who.0.id.clone(),
+        token_name: who.0.name.clone(),
+        host_id: host.id.clone(),
+        method: method.to_owned(),
+        params: params.cloned(),
+        summary: summary(host, method, params),
+        status: ActionStatus::Pending,
+        created_at: now,
+        expires_at: now + state.config.approval_ttl.as_millis() as i64,
+        decided_at: None,
+        decided_by: None,
+        result: None,
+    };
+    state.store.create_action(&action).await?;
+    tracing::info!(action = %action.id, token = %who.0.name, host_id = %host.id, %method,
+        "call waits for approval");
+    Err(ApiError::pending(view(&action)))
+}
+
+/// One line for the human who decides: method, host and params with secrets hidden.
+fn summary(host: &HostRecord, method: &str, params: Option<&Value>) -> String {
+    let mut line = format!("{method} on {} ({})", host.hostname, host.id);
+    if let Some(p) = params.filter(|p| p.as_object().is_none_or(|o| !o.is_empty())) {
+        line.push(' ');
+        line.push_str(&redact_params(method, p).to_string());
+    }
+    if line.len() > MAX_SUMMARY {
+        let mut end = MAX_SUMMARY;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+    line
+}
+
+/// The API's view of an action: params with secrets hidden, times in RFC 3339.
+pub fn view(a: &PendingAction) -> Value {
+    json!({
+        "id": a.id,
+        "status": a.status,
+        "summary": a.summary,
+        "host_id": a.host_id,
+        "method": a.method,
+        "params": a.params.as_ref().map(|p| redact_params(&a.method, p)),
+        "requested_by": {"token_id": a.token_id, "name": a.token_name},
+        "created_at": rfc3339(a.created_at),
+        "expires_at": rfc3339(a.expires_at),
+        "decided_at": a.decided_at.map(rfc3339),
+        "decided_by": a.decided_by,
+        "result": a.result,
+    })
+}
+
+/// Whether `who` may decide actions (and see everyone's).
+fn is_decider(who: &Principal) -> bool {
+    who.0.role >= Level::Admin && !who.0.requires_approval
+}
+
+/// Loads an action the caller may see: its own, or any in scope for a decider. Others are
+/// "not found" (their ids say nothing).
+pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<PendingAction, ApiError> {
+    state.store.expire_actions(now_ms()).await?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no action {id}"));
+    let action = match state.store.action(id).await {
+        Ok(a) => a,
+        Err(StoreError::NotFound) => return Err(not_found()),
+        Err(e) => return Err(e.into()),
+    };
+    if action.token_id == who.0.id {
+        return Ok(action);
+    }
+    if is_decider(who) && host_in_scope(state, who, &action.host_id).await? {
+        return Ok(action);
+    }
+    Err(not_found())
+}
+
+async fn host_in_scope(state: &AppState, who: &Principal, host_id: &str) -> Result<bool, ApiError> {
+    if who.0.scope.is_empty() {
+        return Ok(true);
+    }
+    match state.store.host(host_id).await {
+        Ok(h) => Ok(who.may_see(&h)),
+        Err(StoreError::NotFound) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Actions the caller may see, newest first: a decider's whole queue (in scope), anyone
+/// else's own.
+pub async fn list(
+    state: &AppState,
+    who: &Principal,
+    status: Option<ActionStatus>,
+    limit: u32,
+) -> Result<Vec<PendingAction>, ApiError> {
+    state.store.expire_actions(now_ms()).await?;
+    if !is_decider(who) {
+        return Ok(state.store.actions(status, Some(&who.0.id), limit).await?);
+    }
+    let mut out = Vec::new();
+    for a in state.store.actions(status, None, limit).await? {
+        if host_in_scope(state, who, &a.host_id).await? {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+fn check_decider(who: &Principal, action: &PendingAction) -> Result<(), ApiError> {
+    if who.0.requires_approval {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a token that requires approval cannot decide approvals",
+        ));
+    }
+    who.require(Level::Admin)?;
+    if action.token_id == who.0.id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a token cannot approve or deny its own actions; use another admin token",
+        ));
+    }
+    Ok(())
+}
+
+/// A decision that came too late or twice.
+fn not_pending(a: &PendingAction) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_pending",
+        format!("action {} is {}, not pending", a.id, a.status.as_str()),
+    )
+}
+
+/// Approves and runs the action; answers when it has run (done or failed). The call runs in
+/// its own task, so a client that stops waiting does not cancel it.
+pub async fn approve(
+    state: &Arc<AppState>,
+    who: &Principal,
+    id: &str,
+) -> Result<PendingAction, ApiError> {
+    let action = get(state, who, id).await?;
+    check_decider(who, &action)?;
+    if action.status != ActionStatus::Pending {
+        return Err(not_pending(&action));
+    }
+    let now = now_ms();
+    if !state
+        .store
+        .decide_action(id, ActionStatus::Approved, &who.0.name, now, None)
+        .await?
+    {
+        return Err(not_pending(&get(state, who, id).await?));
+    }
+    tracing::info!(action = %id, by = %who.0.name, "action approved");
+    let run = tokio::spawn(run_approved(
+        Arc::clone(state),
+        action,
+        who.0.name.clone(),
+        who.1.clone(),
+    ));
+    if let Err(e) = run.await {
+        tracing::error!(action = %id, error = %e, "approved action task failed");
+    }
+    get(state, who, id).await
+}
+
+/// Runs an approved action as the token that asked for it and records how it ended.
+async fn run_approved(
+    state: Arc<AppState>,
+    action: PendingAction,
+    approver: String,
+    trace: Option<String>,
+) {
+    let (status, result) = match execute(&state, &action, &approver, trace).await {
+        Ok(v) => (ActionStatus::Done, v),
+        Err(e) => (ActionStatus::Failed, e),
+    };
+    tracing::info!(action = %action.id, status = status.as_str(), "approved action ended");
+    if let Err(e) = state.store.finish_action(&action.id, status, &result).await {
+        tracing::error!(action = %action.id, error = %e, "cannot record how the action ended");
+    }
+}
+
+async fn execute(
+    state: &AppState,
+    action: &PendingAction,
+    approver: &str,
+    trace: Option<String>,
+) -> Result<Value, Value> {
+    let fail = |code: &str, message: String| json!({"code": code, "message": message});
+    // The asking token must still be valid, with its scope still covering the host.
+    let token = match state.store.token(&action.token_id).await {
+        Ok(t) => t,
+        Err(e) => return Err(fail("token_gone", format!("the asking token: {e}"))),
+    };
+    let now = now_ms();
+    if token.revoked_at.is_some() || token.expires_at.is_some_and(|e| e <= now) {
+        return Err(fail(
+            "token_invalid",
+            "the asking token was revoked or expired before the action ran".into(),
+        ));
+    }
+    let host = match state.store.host(&action.host_id).await {
+        Ok(h) if h.removed_at.is_none() => h,
+        _ => return Err(fail("host_gone", "the host was removed".into())),
+    };
+    let asker = Principal(token, trace);
+    if !asker.may_see(&host) {
+        return Err(fail(
+            "out_of_scope",
+            "the host is no longer in the asking token's scope".into(),
+        ));
+    }
+    if let Some(level) = level_of(&action.method)
+        && asker.0.role < level
+    {
+        return Err(fail(
+            "forbidden",
+            "the asking token's role no longer allows this method".into(),
+        ));
+    }
+    let mut caller = asker.caller();
+    caller.principal = format!("{} (approved by {approver})", asker.0.name);
+    match state
+        .hub
+        .call(
+            &host.id,
+            &action.method,
+            action.params.as_ref(),
+            &caller,
+            RUN_TIMEOUT,
+        )
+        .await
+    {
+        Ok(resp) => match resp.outcome {
+            Outcome::Result(v) => Ok(v),
+            Outcome::Error(e) => Err(json!({"code": e.code, "message": redact_string(&e.message), "data": e.data})),
+        },
+        Err(e) => {
+            let e = e.to_rpc();
+            Err(json!({"code": e.code, "message": e.message}))
+        }
+    }
+}
+
+/// Denies the action; `reason` is kept for the asker to read.
+pub async fn deny(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    reason: Option<&str>,
+) -> Result<PendingAction, ApiError> {
+    let action = get(state, who, id).await?;
+    check_decider(who, &action)?;
+    if action.status != ActionStatus::Pending {
+        return Err(not_pending(&action));
+    }
+    let result = reason.map(|r| json!({"reason": redact_string(r)}));
+    if !state
+        .store
+        .decide_action(id, ActionStatus::Denied, &who.0.name, now_ms(), result.as_ref())
+        .await?
+    {
+        return Err(not_pending(&get(state, who, id).await?));
+    }
+    tracing::info!(action = %id, by = %who.0.name, "action denied");
+    get(state, who, id).await
+}

@@ -1,0 +1,392 @@
+//! Access commands: `tomo tokens create|ls|revoke`, `tomo whoami`, `tomo login`, and
+//! `tomo hosts label`, thin clients of `/api/v1/tokens`, `/whoami` and `/hosts/{host}/labels`.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::{Api, ClientConfig, api_failure, config_path};
+use crate::commands::{print_json, seg, table};
+use crate::{ClientArgs, Failure, Output};
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create an API token and print its secret (shown once).
+    Create {
+        /// A name to recognise it by (letters, digits, `.`, `_`, `-`, `@`, `:`).
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Lifetime, e.g. 12h or 30d (default: it never expires).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Limit it to a host (id, hostname or unique id prefix, stored as the id) or to hosts
+        /// with a label (`key=value`); repeat for more. Default: every host.
+        #[arg(long = "scope", value_name = "HOST_OR_KEY=VALUE")]
+        scope: Vec<String>,
+        /// Its execute/admin calls wait for a human's approval.
+        #[arg(long)]
+        require_approval: bool,
+        /// MCP tool calls a minute (1–10000).
+        #[arg(long, value_name = "N")]
+        tool_rate: Option<u32>,
+    },
+    /// List tokens (revoked and expired ones too).
+    #[command(alias = "list")]
+    Ls,
+    /// Revoke a token: it is refused from its next request on.
+    Revoke { id: String },
+}
+
+/// Token roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Read,
+    Execute,
+    Admin,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Execute => "execute",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// `tomo login` arguments.
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// Control plane URL, e.g. https://tomo.example.com:7443.
+    #[arg(long, env = "TOMO_URL")]
+    url: String,
+    /// The API token; `-` reads it from stdin. Without it, it is asked for on a terminal.
+    #[arg(long)]
+    token: Option<String>,
+    /// CA file that signed the control plane's certificate (self-signed setups).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+pub async fn tokens(cmd: TokensCommand, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    match cmd {
+        TokensCommand::Create {
+            name,
+            role,
+            expires,
+            scope,
+            require_approval,
+            tool_rate,
+        } => {
+            let mut body = json!({
+                "name": name,
+                "role": role.as_str(),
+                "scope": resolve_scope(&api, &scope).await?,
+                "requires_approval": require_approval,
+            });
+            if let Some(e) = expires {
+                let ttl = crate::duration::parse(&e).map_err(|e| Failure::new(2, e))?;
+                body["ttl_secs"] = json!(ttl.as_secs().max(1));
+            }
+            if let Some(r) = tool_rate {
+                body["tool_rate_per_min"] = json!(r);
+            }
+            let v = api.expect(Method::POST, "/tokens", Some(&body), 1).await?;
+            if args.output == Output::Json {
+                print_json(&v);
+            } else {
+                print_created(&v, api.url());
+            }
+        }
+        TokensCommand::Ls => {
+            let v = api.expect(Method::GET, "/tokens", None, 1).await?;
+            if args.output == Output::Json {
+                print_json(&v);
+            } else {
+                print_tokens(v.as_array().map(Vec::as_slice).unwrap_or_default());
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            let v = api
+                .expect(Method::DELETE, &format!("/tokens/{}", seg(&id)), None, 1)
+                .await?;
+            if args.output == Output::Json {
+                print_json(&v);
+            } else {
+                println!(
+                    "revoked token {} ({})",
+                    text(&v["id"]),
+                    text(&v["name"])
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Scope entries as the API takes them: labels as given, hosts by their id (a hostname is what a
+/// host says about itself; the id is what it proved).
+async fn resolve_scope(api: &Api, scope: &[String]) -> Result<Vec<String>, Failure> {
+    let mut out = Vec::with_capacity(scope.len());
+    for entry in scope {
+        if entry.contains('=') {
+            out.push(entry.clone());
+            continue;
+        }
+        let r = api
+            .send(Method::GET, &format!("/hosts/{}", seg(entry)), None)
+            .await?;
+        if !r.status.is_success() {
+            let f = api_failure(&r, 2);
+            return Err(Failure {
+                message: format!("--scope {entry}: {}", f.message),
+                ..f
+            });
+        }
+        out.push(text(&r.body["id"]));
+    }
+    Ok(out)
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or("-").to_owned()
+}
+
+fn scope_text(v: &Value) -> String {
+    match v.as_array() {
+        Some(a) if !a.is_empty() => a.iter().map(text).collect::<Vec<_>>().join(","),
+        _ => "every host".into(),
+    }
+}
+
+fn print_created(v: &Value, url: &str) {
+    println!(
+        "Created token {} ({}): role {}, {}{}, expires {}",
+        text(&v["name"]),
+        text(&v["id"]),
+        text(&v["role"]),
+        scope_text(&v["scope"]),
+        if v["requires_approval"] == true {
+            ", requires approval"
+        } else {
+            ""
+        },
+        v["expires_at"].as_str().unwrap_or("never"),
+    );
+    println!("\nIts secret, shown this once (only a hash is kept):\n\n  {}\n", text(&v["secret"]));
+    println!("Use it from another machine with:");
+    println!("  tomo login --url {url} --token -      # then paste it");
+    println!("or for one command: TOMO_TOKEN=… tomo hosts ls");
+}
+
+fn print_tokens(tokens: &[Value]) {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                text(&t["id"]),
+                text(&t["name"]),
+                text(&t["role"]),
+                text(&t["status"]),
+                scope_text(&t["scope"]),
+                if t["requires_approval"] == true {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                text(&t["expires_at"]),
+                text(&t["last_used_at"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "NAME", "ROLE", "STATUS", "SCOPE", "APPROVAL", "EXPIRES", "LAST USED",
+        ],
+        &rows,
+    );
+}
+
+pub async fn whoami(args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let v = api.expect(Method::GET, "/whoami", None, 1).await?;
+    if args.output == Output::Json {
+        print_json(&v);
+    } else {
+        println!("{} ({}) at {}", text(&v["name"]), text(&v["id"]), api.url());
+        println!("  role      {}", text(&v["role"]));
+        println!("  hosts     {}", scope_text(&v["scope"]));
+        println!(
+            "  expires   {}",
+            v["expires_at"].as_str().unwrap_or("never")
+        );
+        println!(
+            "  approval  {}",
+            if v["requires_approval"] == true {
+                "execute/admin calls wait for a human"
+            } else {
+                "not required"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tomo login`: checks the token with `GET /whoami`, then saves URL, token and CA in the client
+/// config (0600). Nothing is saved when the check fails.
+pub async fn login(args: LoginArgs, output: Output) -> Result<ExitCode, Failure> {
+    if !args.url.starts_with("https://") {
+        return Err(Failure::new(2, format!("--url {}: must start with https://", args.url)));
+    }
+    let ca_file = match &args.ca_file {
+        Some(p) => Some(std::fs::canonicalize(p).map_err(|e| {
+            Failure::new(2, format!("--ca-file {}: {e}", p.display()))
+        })?),
+        None => None,
+    };
+    let token = match args.token.as_deref() {
+        Some("-") => read_line(&mut std::io::stdin().lock())?,
+        Some(t) => t.to_owned(),
+        None if std::io::stdin().is_terminal() => prompt_hidden("API token: ")?,
+        None => {
+            return Err(Failure::new(2, "no token given").hint(
+                "pass --token - and the token on stdin (or --token TOKEN, which shells keep in \
+                 their history)",
+            ));
+        }
+    };
+    if token.is_empty() {
+        return Err(Failure::new(2, "the token is empty"));
+    }
+    let url = args.url.trim_end_matches('/').to_owned();
+    let api = Api::new(&url, token.clone(), ca_file.clone())?;
+    let me = api.expect(Method::GET, "/whoami", None, 1).await?;
+    let path = config_path();
+    let cfg = ClientConfig {
+        url: Some(url.clone()),
+        token: Some(token),
+        ca_file,
+    };
+    cfg.save(&path)
+        .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;
+    if output == Output::Json {
+        print_json(&json!({"url": url, "config": path, "token": me}));
+    } else {
+        println!(
+            "Logged in to {url} as {} (role {}, {}). Saved in {}.",
+            text(&me["name"]),
+            text(&me["role"]),
+            scope_text(&me["scope"]),
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first line of `input`, trimmed.
+fn read_line(input: &mut dyn std::io::BufRead) -> Result<String, Failure> {
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .map_err(|e| Failure::new(2, format!("reading the token: {e}")))?;
+    Ok(line.trim().to_owned())
+}
+
+/// Asks on the terminal without echoing what is typed.
+fn prompt_hidden(prompt: &str) -> Result<String, Failure> {
+    let stdin = std::io::stdin();
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let saved = rustix::termios::tcgetattr(&stdin).ok();
+    if let Some(saved) = &saved {
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet);
+    }
+    let line = read_line(&mut stdin.lock());
+    if let Some(saved) = &saved {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, saved);
+    }
+    eprintln!();
+    line
+}
+
+/// `tomo hosts label HOST key=value… [--remove KEY]…`: changes some labels, keeps the others.
+pub async fn label(
+    host: &str,
+    set: &[String],
+    remove: &[String],
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let h = api
+        .expect(Method::GET, &format!("/hosts/{}", seg(host)), None, 1)
+        .await?;
+    let mut labels: BTreeMap<String, String> =
+        serde_json::from_value(h["labels"].clone()).unwrap_or_default();
+    for k in remove {
+        labels.remove(k);
+    }
+    for kv in set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Failure::new(2, format!("{kv:?}: labels are key=value")))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let id = text(&h["id"]);
+    let v = if set.is_empty() && remove.is_empty() {
+        json!({"host_id": id, "hostname": h["hostname"], "labels": labels})
+    } else {
+        api.expect(
+            Method::PUT,
+            &format!("/hosts/{}/labels", seg(&id)),
+            Some(&json!(labels)),
+            1,
+        )
+        .await?
+    };
+    if args.output == Output::Json {
+        print_json(&v);
+    } else {
+        let labels = v["labels"].as_object().cloned().unwrap_or_default();
+        if labels.is_empty() {
+            println!("{} has no labels", text(&v["hostname"]));
+        } else {
+            let list: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            println!("{}: {}", text(&v["hostname"]), list.join(" "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_the_first_line_trimmed() {
+        let mut input = std::io::Cursor::new(b"  tomo_abc \nrest\n".to_vec());
+        assert_eq!(read_line(&mut input).expect("line"), "tomo_abc");
+        let mut empty = std::io::Cursor::new(Vec::new());
+        assert_eq!(read_line(&mut empty).expect("line"), "");
+    }
+
+    #[test]
+    fn scopes_read_as_text() {
+        assert_eq!(scope_text(&json!([])), "every host");
+        assert_eq!(scope_text(&Value::Null), "every host");
+        assert_eq!(scope_text(&json!(["abc", "env=prod"])), "abc,env=prod");
+    }
+}

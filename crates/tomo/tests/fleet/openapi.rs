@@ -1,0 +1,389 @@
+//! The OpenAPI document at `/api/v1/openapi.json` against the running API: served without a
+//! token, well formed, and matching the routes (every documented operation exists and needs a
+//! token; the operations the API must offer are documented; statuses the API really answers
+//! are documented ones).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use tomo_proto::methods::Level;
+
+use crate::support::{Fleet, RunningAgent};
+
+/// Operations the API must offer (issue 5): the document has to list each.
+const REQUIRED: &[(&str, &str)] = &[
+    ("get", "/api/v1/openapi.json"),
+    ("post", "/api/v1/codes"),
+    ("get", "/api/v1/hosts"),
+    ("get", "/api/v1/hosts/{host}"),
+    ("delete", "/api/v1/hosts/{host}"),
+    ("post", "/api/v1/hosts/{host}/rpc"),
+    ("post", "/api/v1/hosts/{host}/stream"),
+    ("get", "/api/v1/hosts/{host}/metrics"),
+    ("get", "/api/v1/hosts/{host}/info"),
+    ("get", "/api/v1/hosts/{host}/containers"),
+    ("post", "/api/v1/hosts/{host}/containers"),
+    ("get", "/api/v1/hosts/{host}/containers/{container}"),
+    ("delete", "/api/v1/hosts/{host}/containers/{container}"),
+    (
+        "post",
+        "/api/v1/hosts/{host}/containers/{container}/{action}",
+    ),
+    ("get", "/api/v1/hosts/{host}/containers/{container}/logs"),
+    ("get", "/api/v1/hosts/{host}/containers/{container}/stats"),
+    ("get", "/api/v1/hosts/{host}/images"),
+    ("delete", "/api/v1/hosts/{host}/images"),
+    ("post", "/api/v1/hosts/{host}/images/pull"),
+    ("get", "/api/v1/hosts/{host}/networks"),
+    ("post", "/api/v1/hosts/{host}/networks"),
+    ("delete", "/api/v1/hosts/{host}/networks/{name}"),
+    ("get", "/api/v1/hosts/{host}/volumes"),
+    ("post", "/api/v1/hosts/{host}/volumes"),
+    ("delete", "/api/v1/hosts/{host}/volumes/{name}"),
+    ("post", "/api/v1/hosts/{host}/system/{op}"),
+    ("post", "/api/v1/hosts/{host}/agent/{op}"),
+    ("get", "/api/v1/hosts/{host}/events"),
+    ("get", "/api/v1/audit"),
+];
+
+/// Operations that may answer a stream: each documents `application/x-ndjson`.
+const STREAMING: &[(&str, &str)] = &[
+    ("post", "/api/v1/hosts/{host}/stream"),
+    ("get", "/api/v1/hosts/{host}/containers/{container}/logs"),
+    ("get", "/api/v1/hosts/{host}/containers/{container}/stats"),
+    (
+        "post",
+        "/api/v1/hosts/{host}/containers/{container}/{action}",
+    ),
+    ("post", "/api/v1/hosts/{host}/images/pull"),
+    ("get", "/api/v1/hosts/{host}/events"),
+    ("get", "/api/v1/audit"),
+];
+
+const METHODS: &[&str] = &["get", "put", "post", "delete", "patch", "head", "options"];
+
+/// The document, fetched without a token.
+async fn document(f: &Fleet) -> Value {
+    let resp = f
+        .http
+        .get(format!("{}/api/v1/openapi.json", f.info.api_url))
+        .send()
+        .await
+        .expect("API reachable");
+    assert_eq!(resp.status(), StatusCode::OK, "served without a token");
+    let ct = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(ct.starts_with("application/json"), "{ct}");
+    resp.json().await.expect("the document is JSON")
+}
+
+/// Every `(method, path, operation)` of the document.
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut ops = Vec::new();
+    for (path, item) in paths {
+        for m in METHODS {
+            if let Some(op) = item.get(*m) {
+                ops.push(((*m).to_owned(), path.clone(), op.clone()));
+            }
+        }
+    }
+    ops
+}
+
+/// The `{names}` of a path template.
+fn template_params(path: &str) -> BTreeSet<String> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `path` with each `{param}` replaced by `value`.
+fn fill(path: &str, value: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.starts_with('{') && seg.ends_with('}') {
+                value
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Whether an operation is open to anyone (`security` with an empty requirement).
+fn is_open(op: &Value) -> bool {
+    op.get("security")
+        .and_then(Value::as_array)
+        .is_some_and(|reqs| {
+            reqs.iter()
+                .any(|r| r.as_object().is_some_and(|o| o.is_empty()))
+        })
+}
+
+fn refers_to_error_body(response: &Value) -> bool {
+    response["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ErrorBody"
+}
+
+/// HTTP clients from distinct loopback addresses, so that many requests without a token stay
+/// under the per-source throttle of failed attempts (which would answer 429 instead of 401).
+struct Sources<'a> {
+    fleet: &'a Fleet,
+    next: u8,
+    used: u32,
+    client: reqwest::Client,
+}
+
+impl<'a> Sources<'a> {
+    fn new(fleet: &'a Fleet) -> Self {
+        let mut s = Self {
+            fleet,
+            next: 10,
+            used: 0,
+            client: fleet.http.clone(),
+        };
+        s.rotate();
+        s
+    }
+
+    fn rotate(&mut self) {
+        self.next += 1;
+        self.used = 0;
+        let ca = self.fleet.info.ca_file.clone().expect("self-signed");
+        let tls =
+            tomo_common::tls::client_config(&tomo_common::tls::Trust::CaFile(ca)).expect("tls");
+        self.client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, self.next)))
+            .build()
+            .expect("http");
+    }
+
+    /// A request without a token; returns the status and the JSON body (or null).
+    async fn anonymous(&mut self, method: &str, path: &str) -> (StatusCode, Value) {
+        if self.used >= tomo_server::throttle::LIMIT - 2 {
+            self.rotate();
+        }
+        self.used += 1;
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let resp = self
+            .client
+            .request(method, format!("{}{path}", self.fleet.info.api_url))
+            .send()
+            .await
+            .expect("API reachable");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn the_document_is_served_without_a_token_and_describes_every_operation() {
+    let f = Fleet::start().await;
+    let doc = document(&f).await;
+
+    let version = doc["openapi"].as_str().expect("openapi version");
+    assert!(version.starts_with("3."), "{version}");
+    assert_eq!(doc["info"]["title"], "tomo API");
+    let bearer = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(bearer["type"], "http", "{bearer}");
+    assert_eq!(bearer["scheme"], "bearer", "{bearer}");
+    assert!(
+        doc["security"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some())),
+        "bearer is the default requirement: {}",
+        doc["security"]
+    );
+    let error = &doc["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error["required"], serde_json::json!(["error"]), "{error}");
+
+    let ops = operations(&doc);
+    let have: BTreeSet<(String, String)> =
+        ops.iter().map(|(m, p, _)| (m.clone(), p.clone())).collect();
+    for (m, p) in REQUIRED {
+        assert!(
+            have.contains(&((*m).to_owned(), (*p).to_owned())),
+            "{m} {p} is not documented"
+        );
+    }
+
+    let mut ids = BTreeSet::new();
+    for (m, p, op) in &ops {
+        let what = format!("{m} {p}");
+        assert!(p.starts_with("/api/v1/"), "{what}: outside /api/v1");
+        assert!(
+            op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+            "{what}: no summary"
+        );
+        assert!(
+            op["tags"].as_array().is_some_and(|t| !t.is_empty()),
+            "{what}: no tag"
+        );
+        let id = op["operationId"].as_str().expect("operationId");
+        assert!(ids.insert(id.to_owned()), "{what}: operationId {id} twice");
+
+        // The path's parameters are exactly the template's.
+        let declared: BTreeSet<String> = op["parameters"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter(|p| p["in"] == "path")
+                    .map(|p| p["name"].as_str().expect("name").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(declared, template_params(p), "{what}: path parameters");
+
+        let responses = op["responses"].as_object().expect("responses");
+        assert!(
+            responses.keys().any(|s| s.starts_with('2')),
+            "{what}: no success response"
+        );
+        if is_open(op) {
+            continue;
+        }
+        // Protected: the token check's answers, in the one error shape.
+        for status in ["401", "429", "500"] {
+            let r = responses
+                .get(status)
+                .unwrap_or_else(|| panic!("{what}: no {status}"));
+            assert!(refers_to_error_body(r), "{what}: {status} is not ErrorBody");
+        }
+    }
+    assert_eq!(
+        ops.iter().filter(|(_, _, op)| is_open(op)).count(),
+        1,
+        "only the document itself is open"
+    );
+
+    for (m, p) in STREAMING {
+        let op = &doc["paths"][*p][*m];
+        assert!(
+            op["responses"]["200"]["content"]
+                .get("application/x-ndjson")
+                .is_some(),
+            "{m} {p}: NDJSON not documented"
+        );
+    }
+}
+
+/// A request with a token; returns the status and the JSON body (or null).
+async fn with_token(f: &Fleet, token: &str, method: &str, path: &str) -> (StatusCode, Value) {
+    let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+    let resp = f
+        .http
+        .request(method, format!("{}{path}", f.info.api_url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("API reachable");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn every_documented_operation_exists_and_needs_a_token() {
+    let f = Fleet::start().await;
+    let doc = document(&f).await;
+    let mut sources = Sources::new(&f);
+    // A read token: whatever it reaches answers, and it can change nothing.
+    let (reader, _) = tomo_server::auth::mint_token(&*f.state.store, "reader", Level::Read, None)
+        .await
+        .expect("token");
+
+    // Controls. The token check sits on each path (not in front of the fallback): a path that
+    // does not exist is 404 without a body; an existing path with another method is 401 without
+    // a token, and 405 without a body past the token check.
+    let (s, body) = sources.anonymous("get", "/api/v1/no-such-route").await;
+    assert_eq!((s, body), (StatusCode::NOT_FOUND, Value::Null));
+    let (s, _) = sources.anonymous("patch", "/api/v1/hosts").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, body) = with_token(&f, &reader, "patch", "/api/v1/hosts").await;
+    assert_eq!((s, body), (StatusCode::METHOD_NOT_ALLOWED, Value::Null));
+
+    let ops = operations(&doc);
+    assert!(ops.len() >= REQUIRED.len(), "{} operations", ops.len());
+    for (m, p, op) in &ops {
+        let path = fill(p, "x");
+        let (status, body) = sources.anonymous(m, &path).await;
+        if is_open(op) {
+            assert_eq!(status, StatusCode::OK, "{m} {p}");
+            continue;
+        }
+        // The path exists and is protected.
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{m} {p}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{m} {p}: {body}");
+        // The method reaches a handler: a success, or an error in the API's shape (the router's
+        // own 404 and 405 have no body).
+        let (status, body) = with_token(&f, &reader, m, &path).await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {p}");
+        assert!(
+            status.is_success() || body["error"]["code"].is_string(),
+            "{m} {p}: {status} {body}"
+        );
+    }
+}
+
+/// With a token and a real host, what the read operations answer (success or the agent's
+/// refusal: this agent has no Docker) is a status their documentation lists.
+#[tokio::test]
+async fn read_operations_answer_documented_statuses() {
+    let f = Fleet::start().await;
+    let mut agent = RunningAgent::spawn(f.agent("web-1", Some(f.code().await)));
+    let host = agent.online().await;
+    let doc = document(&f).await;
+
+    let mut checked = 0;
+    for (m, p, op) in operations(&doc) {
+        if m != "get" {
+            continue;
+        }
+        let path = fill(&p.replacen("{host}", &host, 1), "x");
+        let resp = f
+            .http
+            .get(format!("{}{path}", f.info.api_url))
+            .bearer_auth(&f.token)
+            .send()
+            .await
+            .expect("API reachable");
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let documented = &op["responses"][status.as_str()];
+        assert!(
+            documented.is_object(),
+            "GET {p} answered {status}, not documented: {body}"
+        );
+        if !status.is_success() {
+            assert!(refers_to_error_body(documented), "GET {p}: {status}");
+            assert!(body["error"]["code"].is_string(), "GET {p}: {body}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked} read operations");
+
+    // A malformed body is a 400 in the error shape, as documented.
+    let resp = f
+        .http
+        .post(format!("{}/api/v1/hosts/{host}/containers", f.info.api_url))
+        .bearer_auth(&f.token)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body("{")
+        .send()
+        .await
+        .expect("API reachable");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.expect("JSON error");
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+
+    agent.stop().await.expect("agent stops");
+}
