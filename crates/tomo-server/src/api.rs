@@ -654,6 +654,7 @@ struct CallBody {
         (status = 503, description = "A JSON-RPC response whose error says the host is offline.", body = Object),
         (status = 504, description = "A JSON-RPC response whose error says the agent did not answer in time.", body = Object),
         crate::openapi::HostErrors,
+        crate::openapi::Pending,
     )
 )]
 async fn call_host(

@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::api::{ApiError, Principal, resolve};
 use crate::hub::{Caller, StreamEvent, StreamHandle};
-use crate::openapi::{AgentErrors, ContainerPath, HostErrors, HostPath, NamePath};
+use crate::openapi::{AgentErrors, ContainerPath, HostErrors, HostPath, NamePath, Pending};
 
 /// Pulls, runs and updates may take minutes.
 const LONG_CALL: Duration = Duration::from_secs(600);
@@ -235,6 +235,7 @@ struct StreamBody {
     responses(
         (status = 200, description = "A method that opens a stream (logs with `follow`, stats with `stream`, a pull with `progress`, an exec) answers NDJSON: `{\"stream\", \"window\"}`, then `{\"seq\", \"data\"}` lines, then `{\"end\": {…}}`. Any other method answers its result as JSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
         AgentErrors,
+        Pending,
     )
 )]
 async fn stream_call(
@@ -308,6 +309,7 @@ async fn containers_list(
     responses(
         (status = 200, description = "`{id, name, state, pulled, warnings}`.", body = Object),
         AgentErrors,
+        Pending,
     )
 )]
 async fn containers_run(
@@ -354,6 +356,7 @@ async fn containers_get(
     responses(
         (status = 200, description = "`{id, name, state}`.", body = Object),
         AgentErrors,
+        Pending,
     )
 )]
 async fn containers_remove(
@@ -380,6 +383,7 @@ async fn containers_remove(
     responses(
         (status = 200, description = "The method's result; an interactive exec answers NDJSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
         AgentErrors,
+        Pending,
     )
 )]
 async fn containers_action(
@@ -489,6 +493,7 @@ async fn images_list(
     responses(
         (status = 200, description = "`{untagged, deleted}`.", body = Object),
         AgentErrors,
+        Pending,
     )
 )]
 async fn images_remove(
@@ -518,6 +523,7 @@ async fn images_remove(
     responses(
         (status = 200, description = "`{image, id}`; with `progress`, NDJSON ending with it.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
         AgentErrors,
+        Pending,
     )
 )]
 async fn images_pull(
@@ -562,6 +568,7 @@ async fn networks_list(
     responses(
         (status = 200, description = "`{id, name}`.", body = Object),
         AgentErrors,
+        Pending,
     )
 )]
 async fn networks_create(
@@ -584,6 +591,7 @@ async fn networks_create(
     responses(
         (status = 200, description = "`{id, name}`.", body = Object),
         AgentErrors,
+        Pending,
     )
 )]
 async fn networks_remove(
@@ -629,6 +637,7 @@ async fn volumes_list(
     responses(
         (status = 200, description = "`{id, name}`.", body = Object),
         AgentErrors,
+        Pending,
     )
 )]
 async fn volumes_create(
@@ -651,6 +660,7 @@ async fn volumes_create(
     responses(
         (status = 200, description = "`{id, name}`.", body = Object),
         AgentErrors,
+        Pending,
     )
 )]
 async fn volumes_remove(
@@ -677,6 +687,7 @@ async fn volumes_remove(
     responses(
         (status = 200, description = "The method's result.", body = Object),
         AgentErrors,
+        Pending,
     )
 )]
 async fn system_op(
@@ -713,6 +724,7 @@ async fn system_op(
     responses(
         (status = 200, description = "The method's result.", body = Object),
         AgentErrors,
+        Pending,
     )
 )]
 async fn agent_op(

@@ -295,6 +295,38 @@ impl IntoResponses for AgentErrors {
     }
 }
 
+/// The answer of a call that waits for a human: a token that requires approval asked for an
+/// execute or admin method (see [`crate::approvals::gate`]). Nothing reached the host.
+#[derive(Debug)]
+pub struct Pending;
+
+impl IntoResponses for Pending {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let schema = ObjectBuilder::new()
+            .property(
+                "pending_action",
+                ObjectBuilder::new().description(Some(
+                    "The action as `GET /api/v1/approvals/{id}` shows it: `id`, `status`, \
+                     `summary`, `host_id`, `method`, `params`, `requested_by`, times.",
+                )),
+            )
+            .required("pending_action")
+            .property("message", ObjectBuilder::new().schema_type(Type::String))
+            .required("message")
+            .build();
+        let response = ResponseBuilder::new()
+            .description(
+                "`approval_required`: this token requires approval, so the call became a \
+                 pending action; it runs once an admin approves it (`tomo approve ID`), and \
+                 `GET /api/v1/approvals/{id}` tells its status and result.",
+            )
+            .content("application/json", Content::new(Some(schema)))
+            .build();
+        BTreeMap::from([("202".to_owned(), RefOr::T(response))])
+    }
+}
+
 /// Error responses in the one error shape.
 fn errors(list: &[(&str, &str)]) -> BTreeMap<String, RefOr<Response>> {
     list.iter()

@@ -28,7 +28,7 @@ pub mod canned;
 mod dial;
 mod stats;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -146,6 +146,42 @@ impl Api {
         Ok(Reply { status, body })
     }
 
+    /// POSTs one JSON-RPC message to the control plane's MCP endpoint (`/mcp`, see `tomo mcp`).
+    pub async fn post_mcp(&self, message: &Value, protocol: &str) -> Result<Reply, Failure> {
+        let resp = self
+            .http
+            .post(format!("{}/mcp", self.url))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::ACCEPT, "application/json, text/event-stream")
+            .header("mcp-protocol-version", protocol)
+            .json(message)
+            .send()
+            .await
+            .map_err(|e| transport_failure(&self.url, &e))?;
+        let status = resp.status();
+        let sse = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| Failure::new(2, format!("reading the answer: {e}")))?;
+        // An event stream carries the answer in a `data:` line.
+        let json_text = if sse {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim)
+                .rfind(|d| d.contains("\"id\""))
+                .unwrap_or("")
+                .to_owned()
+        } else {
+            text.clone()
+        };
+        let body = serde_json::from_str(&json_text).unwrap_or(Value::String(text));
+        Ok(Reply { status, body })
+    }
+
     /// Like [`Api::send`], turning API errors into a failure with `status`.
     pub async fn expect(
         &self,

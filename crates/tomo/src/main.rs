@@ -3,12 +3,14 @@
 //! in the libraries and in the modules below.
 
 mod access;
+mod approvals_cmd;
 mod audit_cmd;
 mod client;
 mod commands;
 mod dev;
 mod duration;
 mod interactive;
+mod mcp_stdio;
 mod ops;
 mod serve;
 
@@ -264,6 +266,37 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Actions waiting for approval (made with tokens that require it).
+    Approvals {
+        /// pending, approved, denied, expired, done, failed or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Approve a pending action: it runs now, as the token that asked for it.
+    Approve {
+        /// The action id, `act_…`.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Deny a pending action: it never runs.
+    Deny {
+        /// The action id, `act_…`.
+        id: String,
+        /// Told to whoever asked.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Serve MCP on stdin/stdout for AI assistants (Claude Desktop, Claude Code), forwarding to
+    /// the control plane's /mcp with this CLI's URL, token and CA.
+    Mcp {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print a shell completion script: `tomo completions bash > /etc/bash_completion.d/tomo`.
     Completions {
         #[arg(value_enum)]
@@ -427,6 +460,12 @@ fn main() -> ExitCode {
             } => audit_cmd::audit(host.as_deref(), follow, limit, &client).await,
             Command::Tokens { command, client } => access::tokens(command, &client).await,
             Command::Whoami { client } => access::whoami(&client).await,
+            Command::Approvals { status, client } => approvals_cmd::list(&status, &client).await,
+            Command::Approve { id, client } => approvals_cmd::decide(&id, true, None, &client).await,
+            Command::Deny { id, reason, client } => {
+                approvals_cmd::decide(&id, false, reason.as_deref(), &client).await
+            }
+            Command::Mcp { client } => mcp_stdio::run(&client).await,
             Command::Login { login, output } => access::login(login, output).await,
             Command::Completions { shell } => {
                 completions(shell);

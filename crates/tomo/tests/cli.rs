@@ -287,6 +287,11 @@ fn bad_server_config_exits_64() {
 /// `tomo dev` in a fresh home, with the local host online; returns the env, the process and the
 /// local hostname.
 fn dev_online() -> (Env, Child, String) {
+    dev_online_logging_to(Stdio::null())
+}
+
+/// [`dev_online`] with `tomo dev`'s log (stderr) going to `log`.
+fn dev_online_logging_to(log: Stdio) -> (Env, Child, String) {
     let _ = agent_bin();
     let env = Env {
         home: tempfile::tempdir().expect("home"),
@@ -298,7 +303,7 @@ fn dev_online() -> (Env, Child, String) {
         .args(["dev", "--listen", &listen, "--data-dir"])
         .arg(&data)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("tomo dev");
     let local = tomo_agent::host::static_facts(Path::new("/"), None).hostname;
@@ -550,4 +555,195 @@ fn exec_it_on_a_terminal() {
     assert_eq!(after.local_modes, before.local_modes, "terminal restored");
     let _ = env.tomo(&["rm", &local, &name, "--force"]);
     let _ = terminate(&mut dev);
+}
+
+/// `tomo` with `input` on its stdin.
+fn tomo_with_stdin(env: &Env, args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = env
+        .cmd(&tomo_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tomo");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Tokens as an operator handles them: create one (its secret shown once), list, log in with it
+/// from another account (checked before it is saved, 0600), see what it may do, be refused with a
+/// hint, revoke it; labels on a host; and no secret in the control plane's log.
+#[test]
+fn tokens_login_and_labels_from_the_cli() {
+    let logs = tempfile::tempdir().expect("logs");
+    let log_path = logs.path().join("dev.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let (env, mut dev, local) = dev_online_logging_to(Stdio::from(log));
+    let cfg: toml::Value = toml::from_str(
+        &std::fs::read_to_string(env.home.path().join(".config/tomo/config.toml")).expect("config"),
+    )
+    .expect("toml");
+    let url = cfg["url"].as_str().expect("url").to_owned();
+    let ca = cfg["ca_file"].as_str().expect("ca").to_owned();
+    let hosts = json(&env.tomo(&["hosts", "ls", "-o", "json"]));
+    let local_id = hosts[0]["id"].as_str().expect("id").to_owned();
+
+    // Create: JSON has the secret; the table form shows it once with how to use it.
+    let o = env.tomo(&["tokens", "create", "ci", "--role", "read", "--expires", "1h", "-o", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ci = json(&o);
+    let secret = ci["secret"].as_str().expect("secret").to_owned();
+    let ci_id = ci["id"].as_str().expect("id").to_owned();
+    assert_eq!(ci["role"], "read");
+    let o = env.tomo(&[
+        "tokens", "create", "web-ops", "--role", "execute", "--scope", &local, "--scope",
+        "env=dev", "--require-approval", "--tool-rate", "20",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("shown this once") && out.contains(&format!("tomo login --url {url}")),
+        "{out}"
+    );
+    let ops_secret = out
+        .split_whitespace()
+        .find(|w| w.starts_with("tomo_"))
+        .expect("the secret is printed")
+        .to_owned();
+
+    // ls: the hostname was stored as the host's id.
+    let list = json(&env.tomo(&["tokens", "ls", "-o", "json"]));
+    let ops = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|t| t["name"] == "web-ops")
+        .expect("listed");
+    assert_eq!(ops["scope"], serde_json::json!([local_id, "env=dev"]));
+    assert_eq!(ops["requires_approval"], true);
+    assert_eq!(ops["tool_rate_per_min"], 20);
+    assert!(!list.to_string().contains("tomo_"), "no secret in the list");
+    let table = stdout(&env.tomo(&["tokens", "ls"]));
+    assert!(
+        table.contains("LAST USED") && table.contains("ci") && table.contains("every host"),
+        "{table}"
+    );
+
+    // Login from another account: a bad token is refused and nothing is saved.
+    let other = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let other_cfg = other.home.path().join(".config/tomo/config.toml");
+    let o = tomo_with_stdin(
+        &other,
+        &["login", "--url", &url, "--ca-file", &ca, "--token", "-"],
+        "tomo_not_a_real_token\n",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("hint: ") && stderr(&o).contains("tomo login"), "{}", stderr(&o));
+    assert!(!other_cfg.exists(), "nothing saved for a refused token");
+    let o = other.tomo(&["login", "--url", &url, "--ca-file", &ca]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--token -"), "{}", stderr(&o));
+
+    let o = tomo_with_stdin(
+        &other,
+        &["login", "--url", &url, "--ca-file", &ca, "--token", "-"],
+        &format!("{secret}\n"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("as ci (role read"), "{}", stdout(&o));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&other_cfg).expect("saved").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let saved: toml::Value =
+        toml::from_str(&std::fs::read_to_string(&other_cfg).expect("read")).expect("toml");
+    assert_eq!(saved["token"].as_str(), Some(secret.as_str()));
+    assert_eq!(saved["url"].as_str(), Some(url.as_str()));
+    assert_eq!(saved["ca_file"].as_str(), Some(ca.as_str()));
+
+    // The saved login works; the role is too low for codes, and the hint says what to do.
+    let me = json(&other.tomo(&["whoami", "-o", "json"]));
+    assert_eq!((&me["name"], &me["role"]), (&Value::from("ci"), &Value::from("read")));
+    let o = other.tomo(&["codes", "create"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("admin role") && err.contains("tomo whoami"), "{err}");
+
+    // Labels, and a scoped token's view.
+    let o = env.tomo(&["hosts", "label", &local, "env=dev", "team=ops"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("env=dev team=ops"), "{}", stdout(&o));
+    let o = env.tomo(&["hosts", "label", &local, "--remove", "team"]);
+    assert!(stdout(&o).contains("env=dev") && !stdout(&o).contains("team"), "{}", stdout(&o));
+    let o = env.tomo(&["hosts", "label", &local, "bad"]);
+    assert_eq!(o.status.code(), Some(2));
+    let scoped = other.tomo(&["hosts", "ls", "-o", "json", "--token", &ops_secret]);
+    assert_eq!(json(&scoped).as_array().map(Vec::len), Some(1));
+    let o = other.tomo(&["tokens", "ls", "--token", &ops_secret]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("out_of_scope"), "{}", stderr(&o));
+
+    // Revoked: the next command is refused, with the way out.
+    let o = env.tomo(&["tokens", "revoke", &ci_id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), format!("revoked token {ci_id} (ci)"));
+    let o = other.tomo(&["whoami"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("unauthorized") && err.contains("hint: ") && err.contains("tomo login"), "{err}");
+
+    // Transport failures say what to check: nothing listening, or a certificate not trusted.
+    let closed = format!("https://127.0.0.1:{}", free_port());
+    let o = other.tomo(&["whoami", "--url", &closed]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("tomo dev"), "{}", stderr(&o));
+    let fresh = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let o = fresh.tomo(&["whoami", "--url", &url, "--token", "tomo_x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--ca-file"), "{}", stderr(&o));
+
+    let (status, _) = terminate(&mut dev);
+    assert!(status.success());
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(log.contains("API token created"), "the log was written: {log}");
+    for s in [&secret, &ops_secret] {
+        assert!(!log.contains(s.as_str()), "a secret in the log");
+    }
+}
+
+/// `tomo completions SHELL` prints a script that knows the commands.
+#[test]
+fn completions_for_each_shell() {
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let o = env.tomo(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(
+            script.len() > 1000 && script.contains("tokens") && script.contains("login"),
+            "{shell}: {script}"
+        );
+    }
+    assert_eq!(env.tomo(&["completions", "powershell"]).status.code(), Some(2));
 }

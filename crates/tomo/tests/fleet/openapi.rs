@@ -301,13 +301,12 @@ async fn every_documented_operation_exists_and_needs_a_token() {
         .await
         .expect("token");
 
-    // Controls. The token check sits on each path (not in front of the fallback): a path that
-    // does not exist is 404 without a body; an existing path with another method is 401 without
-    // a token, and 405 without a body past the token check.
-    let (s, body) = sources.anonymous("get", "/api/v1/no-such-route").await;
+    // Controls: what the router itself answers past the token check, a path that does not
+    // exist (404) and a method a path does not have (405), both without a body. So below, an
+    // answer with a body proves a handler was reached. (Without a token both are 401: the
+    // token check runs before routing reaches the fallbacks.)
+    let (s, body) = with_token(&f, &reader, "get", "/api/v1/no-such-route").await;
     assert_eq!((s, body), (StatusCode::NOT_FOUND, Value::Null));
-    let (s, _) = sources.anonymous("patch", "/api/v1/hosts").await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, body) = with_token(&f, &reader, "patch", "/api/v1/hosts").await;
     assert_eq!((s, body), (StatusCode::METHOD_NOT_ALLOWED, Value::Null));
 
@@ -334,42 +333,55 @@ async fn every_documented_operation_exists_and_needs_a_token() {
     }
 }
 
-/// With a token and a real host, what the read operations answer (success or the agent's
-/// refusal: this agent has no Docker) is a status their documentation lists.
+/// With a token and a real host, what every operation answers is a status its documentation
+/// lists, and its errors have the one shape. Reads use an admin token (they succeed, or the agent
+/// refuses: it has no Docker); the other operations use an admin token that requires approval,
+/// so that what would change a host waits as a pending action (202) instead of running.
 #[tokio::test]
-async fn read_operations_answer_documented_statuses() {
+async fn operations_answer_documented_statuses() {
     let f = Fleet::start().await;
     let mut agent = RunningAgent::spawn(f.agent("web-1", Some(f.code().await)));
     let host = agent.online().await;
     let doc = document(&f).await;
+    let mut spec = tomo_server::auth::TokenSpec::new("asker", Level::Admin);
+    spec.requires_approval = true;
+    let (asker, _) = tomo_server::auth::mint(&*f.state.store, &spec)
+        .await
+        .expect("token");
 
-    let mut checked = 0;
+    let (mut checked, mut pending) = (0, 0);
     for (m, p, op) in operations(&doc) {
-        if m != "get" {
+        // Not gated by approval: it would remove the host for the operations after it.
+        if (m.as_str(), p.as_str()) == ("delete", "/api/v1/hosts/{host}") {
             continue;
         }
-        let path = fill(&p.replacen("{host}", &host, 1), "x");
-        let resp = f
-            .http
-            .get(format!("{}{path}", f.info.api_url))
-            .bearer_auth(&f.token)
-            .send()
-            .await
-            .expect("API reachable");
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let path = fill(
+            &p.replacen("{host}", &host, 1)
+                .replacen("{action}", "stop", 1)
+                .replacen("{op}", "update", 1),
+            "x",
+        );
+        let token = if m == "get" { &f.token } else { &asker };
+        let (status, body) = with_token(&f, token, &m, &path).await;
         let documented = &op["responses"][status.as_str()];
         assert!(
             documented.is_object(),
-            "GET {p} answered {status}, not documented: {body}"
+            "{m} {p} answered {status}, not documented: {body}"
         );
-        if !status.is_success() {
-            assert!(refers_to_error_body(documented), "GET {p}: {status}");
-            assert!(body["error"]["code"].is_string(), "GET {p}: {body}");
+        if status == StatusCode::ACCEPTED {
+            assert_eq!(
+                body["pending_action"]["status"], "pending",
+                "{m} {p}: {body}"
+            );
+            pending += 1;
+        } else if !status.is_success() {
+            assert!(refers_to_error_body(documented), "{m} {p}: {status}");
+            assert!(body["error"]["code"].is_string(), "{m} {p}: {body}");
         }
         checked += 1;
     }
-    assert!(checked >= 10, "{checked} read operations");
+    assert!(checked >= REQUIRED.len(), "{checked} operations");
+    assert!(pending >= 8, "{pending} calls became pending actions");
 
     // A malformed body is a 400 in the error shape, as documented.
     let resp = f

@@ -1,0 +1,92 @@
+//! `tomo approvals`, `tomo approve ID`, `tomo deny ID`: the human side of the approval flow
+//! (docs/mcp.md). Calls made with a token that requires approval wait as pending actions until an
+//! admin token that does not itself require approval decides.
+
+use std::process::ExitCode;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::Api;
+use crate::commands::{print_json, seg, table};
+use crate::{ClientArgs, Failure, Output};
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `tomo approvals [--status S]`.
+pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let v = api
+        .expect(Method::GET, &format!("/approvals?status={}", seg(status)), None, 1)
+        .await?;
+    if args.output == Output::Json {
+        print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            vec![
+                text(&a["id"]),
+                text(&a["status"]),
+                text(&a["requested_by"]["name"]),
+                text(&a["expires_at"]),
+                text(&a["summary"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        eprintln!("no {status} actions");
+    } else {
+        table(&["ID", "STATUS", "ASKED BY", "EXPIRES", "ACTION"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tomo approve ID` / `tomo deny ID [--reason R]`. Exit 1 when an approved action failed.
+pub async fn decide(
+    id: &str,
+    approve: bool,
+    reason: Option<&str>,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let (verb, body) = if approve {
+        ("approve", None)
+    } else {
+        ("deny", Some(json!({"reason": reason})))
+    };
+    let v = api
+        .expect(
+            Method::POST,
+            &format!("/approvals/{}/{verb}", seg(id)),
+            body.as_ref(),
+            1,
+        )
+        .await?;
+    if args.output == Output::Json {
+        print_json(&v);
+    } else {
+        println!("{}  {}", text(&v["id"]), text(&v["summary"]));
+        println!("status: {}", text(&v["status"]));
+        if !v["result"].is_null() {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
+            );
+        }
+    }
+    Ok(if v["status"] == "failed" {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
