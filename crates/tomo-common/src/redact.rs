@@ -236,8 +236,14 @@ mod tests {
     #[test]
     fn known_secret_shapes_are_hidden_wherever_they_appear() {
         let cases = [
-            ("token=tomo_AbCdEfGhIjKlMnOpQrSt done", "token=tomo_*** done"),
-            ("push with ghp_0123456789abcdefghijKLMNOP now", "push with ghp_*** now"),
+            (
+                "token=tomo_AbCdEfGhIjKlMnOpQrSt done",
+                "token=tomo_*** done",
+            ),
+            (
+                "push with ghp_0123456789abcdefghijKLMNOP now",
+                "push with ghp_*** now",
+            ),
             ("id AKIAIOSFODNN7EXAMPLE.", "id AKIA***."),
             ("key sk-proj-abcdefghijklmnopqrstuvwx", "key sk-***"),
             ("code rc_0123456789abcdef0123_ab12", "code rc_***"),
@@ -245,7 +251,10 @@ mod tests {
                 "a\n-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nxyz\n-----END RSA PRIVATE KEY-----\nb",
                 "a\n-----BEGIN PRIVATE KEY----- *** -----END PRIVATE KEY-----\nb",
             ),
-            ("-----BEGIN OPENSSH PRIVATE KEY-----\ncut off", "-----BEGIN PRIVATE KEY----- *** -----END PRIVATE KEY-----"),
+            (
+                "-----BEGIN OPENSSH PRIVATE KEY-----\ncut off",
+                "-----BEGIN PRIVATE KEY----- *** -----END PRIVATE KEY-----",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(redact_known_secrets(input), want, "{input:?}");

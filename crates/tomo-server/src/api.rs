@@ -66,8 +66,8 @@ pub struct ApiError {
     /// The agent's JSON-RPC error, when the failure is the agent's answer.
     rpc: Option<tomo_proto::rpc::RpcError>,
     /// A whole body instead of the error shape: the pending action of a call that waits for
-    /// approval (202).
-    body: Option<Value>,
+    /// approval (202). Boxed: it is rare, and keeps `Result<_, ApiError>` small.
+    body: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -92,7 +92,9 @@ impl ApiError {
             code: "approval_required",
             message: message.into(),
             rpc: None,
-            body: Some(json!({"pending_action": action, "message": message})),
+            body: Some(Box::new(
+                json!({"pending_action": action, "message": message}),
+            )),
         }
     }
 

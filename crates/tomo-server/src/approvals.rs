@@ -58,14 +58,11 @@ pub async fn gate(
     if !needs_approval(who, method) {
         return Ok(());
     }
-    if let Some(flag) = params
-        .and_then(Value::as_object)
-        .and_then(|p| {
-            STREAMING_PARAMS
-                .iter()
-                .find(|k| p.get(**k).is_some_and(|v| v == &Value::Bool(true)))
-        })
-    {
+    if let Some(flag) = params.and_then(Value::as_object).and_then(|p| {
+        STREAMING_PARAMS
+            .iter()
+            .find(|k| p.get(**k).is_some_and(|v| v == &Value::Bool(true)))
+    }) {
         return Err(ApiError::bad_request(format!(
             "this token requires approval, and a call with {flag}=true streams: it cannot wait \
              for a human; call it without {flag}"
@@ -73,7 +70,10 @@ pub async fn gate(
     }
     let now = now_ms();
     let action = PendingAction {
-        id: format!("act_{}", tomo_common::hex(&tomo_common::random_bytes::<6>())),
+        id: format!(
+            "act_{}",
+            tomo_common::hex(&tomo_common::random_bytes::<6>())
+        ),
         token_id: who.0.id.clone(),
         token_name: who.0.name.clone(),
         host_id: host.id.clone(),
@@ -138,7 +138,13 @@ fn is_decider(who: &Principal) -> bool {
 /// "not found" (their ids say nothing).
 pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<PendingAction, ApiError> {
     state.store.expire_actions(now_ms()).await?;
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no action {id}"));
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no action {id}"),
+        )
+    };
     let action = match state.store.action(id).await {
         Ok(a) => a,
         Err(StoreError::NotFound) => return Err(not_found()),
@@ -316,7 +322,9 @@ async fn execute(
     {
         Ok(resp) => match resp.outcome {
             Outcome::Result(v) => Ok(v),
-            Outcome::Error(e) => Err(json!({"code": e.code, "message": redact_string(&e.message), "data": e.data})),
+            Outcome::Error(e) => {
+                Err(json!({"code": e.code, "message": redact_string(&e.message), "data": e.data}))
+            }
         },
         Err(e) => {
             let e = e.to_rpc();
@@ -340,7 +348,13 @@ pub async fn deny(
     let result = reason.map(|r| json!({"reason": redact_string(r)}));
     if !state
         .store
-        .decide_action(id, ActionStatus::Denied, &who.0.name, now_ms(), result.as_ref())
+        .decide_action(
+            id,
+            ActionStatus::Denied,
+            &who.0.name,
+            now_ms(),
+            result.as_ref(),
+        )
         .await?
     {
         return Err(not_pending(&get(state, who, id).await?));

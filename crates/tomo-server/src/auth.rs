@@ -73,9 +73,7 @@ impl TokenSpec {
             return bad("the lifetime must be between 1 s and 3650 days".into());
         }
         if self.scope.len() > MAX_SCOPE_ENTRIES {
-            return bad(format!(
-                "a scope has at most {MAX_SCOPE_ENTRIES} entries"
-            ));
+            return bad(format!("a scope has at most {MAX_SCOPE_ENTRIES} entries"));
         }
         for entry in &self.scope {
             ScopeEntry::parse(entry).map_err(MintError::Invalid)?;
@@ -118,7 +116,9 @@ impl<'a> ScopeEntry<'a> {
             }
             None => {
                 let ok = (1..=64).contains(&entry.len())
-                    && entry.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    && entry
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
                 if ok {
                     Ok(Self::Host(entry))
                 } else {
@@ -151,7 +151,10 @@ pub fn scope_allows(scope: &[String], host: &HostRecord) -> bool {
 /// value 1–63 of the same or `:`.
 pub fn check_label(key: &str, value: &str) -> Result<(), String> {
     let key_ok = (1..=63).contains(&key.len())
-        && key.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
@@ -261,11 +264,10 @@ impl LastUse {
 
     /// Writes what was noted since the last write.
     pub async fn flush(&self, store: &dyn Store) -> Result<(), StoreError> {
-        let uses: Vec<(String, i64)> = std::mem::take(
-            &mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner),
-        )
-        .into_iter()
-        .collect();
+        let uses: Vec<(String, i64)> =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .collect();
         if let Err(e) = store.touch_tokens(&uses).await {
             // Kept for the next try (newer uses noted meanwhile win).
             for (id, at) in uses {
@@ -395,10 +397,16 @@ mod tests {
                 Box::new(|s| s.ttl = Some(MAX_TOKEN_TTL + Duration::from_secs(1))),
             ),
             ("rate 0", Box::new(|s| s.tool_rate_per_min = Some(0))),
-            ("rate 10001", Box::new(|s| s.tool_rate_per_min = Some(10_001))),
+            (
+                "rate 10001",
+                Box::new(|s| s.tool_rate_per_min = Some(10_001)),
+            ),
             ("scope blank", Box::new(|s| s.scope = vec![String::new()])),
             ("scope empty key", Box::new(|s| s.scope = vec!["=x".into()])),
-            ("scope empty value", Box::new(|s| s.scope = vec!["env=".into()])),
+            (
+                "scope empty value",
+                Box::new(|s| s.scope = vec!["env=".into()]),
+            ),
             ("scope two =", Box::new(|s| s.scope = vec!["a=b=c".into()])),
             ("scope space", Box::new(|s| s.scope = vec!["web 1".into()])),
             (
@@ -417,7 +425,11 @@ mod tests {
         let mut fine = ok.clone();
         fine.ttl = Some(Duration::from_secs(1));
         fine.tool_rate_per_min = Some(10_000);
-        fine.scope = vec!["0a1b-2c".into(), "env=prod".into(), "k8s.io/zone=eu-1:a".into()];
+        fine.scope = vec![
+            "0a1b-2c".into(),
+            "env=prod".into(),
+            "k8s.io/zone=eu-1:a".into(),
+        ];
         assert!(fine.validate().is_ok(), "{:?}", fine.validate());
     }
 

@@ -83,7 +83,11 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
 
 /// Refuses a `Host` that is not this server (DNS rebinding) and an `Origin` that is not allowed
 /// (a web page in the operator's browser). MCP clients outside browsers send no `Origin`.
-async fn check_origin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> HttpResponse {
+async fn check_origin(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> HttpResponse {
     let refuse = |what: &str| {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", what.to_owned()).into_response()
     };
@@ -211,9 +215,14 @@ impl ServerHandler for McpServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let who = principal(&ctx)?;
-        Ok(call(&self.state, &who, &request.name, request.arguments.unwrap_or_default())
-            .await
-            .into())
+        Ok(call(
+            &self.state,
+            &who,
+            &request.name,
+            request.arguments.unwrap_or_default(),
+        )
+        .await
+        .into())
     }
 }
 
@@ -238,7 +247,10 @@ pub async fn call(
             ),
         );
     }
-    let per_min = who.0.tool_rate_per_min.unwrap_or(state.config.tool_rate_per_min);
+    let per_min = who
+        .0
+        .tool_rate_per_min
+        .unwrap_or(state.config.tool_rate_per_min);
     if let Err(wait) = state.mcp_limits.take(&who.0.id, per_min) {
         return output::error_result(
             "rate_limited",
@@ -261,9 +273,15 @@ pub async fn call(
         Action::HostEvents => host_events(state, who, &args).await,
         Action::ActionStatus => {
             let id = args.get("id").and_then(Value::as_str).unwrap_or_default();
-            crate::approvals::get(state, who, id)
-                .await
-                .map(|a| (Origin { host: None, source: "approval".into() }, crate::approvals::view(&a)))
+            crate::approvals::get(state, who, id).await.map(|a| {
+                (
+                    Origin {
+                        host: None,
+                        source: "approval".into(),
+                    },
+                    crate::approvals::view(&a),
+                )
+            })
         }
     };
     match result {
@@ -293,7 +311,11 @@ async fn method_tool(
     };
     let h = crate::api::resolve(state, who, &host).await?;
     if method == "docker.containers.logs" {
-        let tail = args.get("tail").and_then(Value::as_u64).unwrap_or(100).clamp(1, 2000);
+        let tail = args
+            .get("tail")
+            .and_then(Value::as_u64)
+            .unwrap_or(100)
+            .clamp(1, 2000);
         args.insert("tail".into(), json!(tail));
     }
     let axum::Json(data) = crate::api_host::forward(state, who, &h.id, method, args).await?;
@@ -389,7 +411,11 @@ async fn fleet_health(state: &Arc<AppState>, who: &Principal) -> ToolOutcome {
             problems.push(json!(format!("{}: disk {mount} {p:.0} % full", h.hostname)));
         }
         let containers = m.get("containers").cloned().unwrap_or(Value::Null);
-        if let Some(n) = containers.get("unhealthy").and_then(Value::as_u64).filter(|n| *n > 0) {
+        if let Some(n) = containers
+            .get("unhealthy")
+            .and_then(Value::as_u64)
+            .filter(|n| *n > 0)
+        {
             problems.push(json!(format!("{}: {n} unhealthy container(s)", h.hostname)));
         }
         rows.push(json!({
@@ -447,14 +473,14 @@ async fn find_container(
             async move {
                 let r = state
                     .hub
-                .call(
-                    &h.id,
-                    "docker.containers.list",
-                    Some(&json!({"all": true})),
-                    &caller,
-                    FIND_TIMEOUT,
-                )
-                .await;
+                    .call(
+                        &h.id,
+                        "docker.containers.list",
+                        Some(&json!({"all": true})),
+                        &caller,
+                        FIND_TIMEOUT,
+                    )
+                    .await;
                 (h, r)
             }
         })

@@ -21,8 +21,14 @@ use crate::canned::Canned;
 
 /// How the next handshake identifies the agent.
 enum Mode {
-    Register { code: String, fingerprint: String },
-    Authenticate { agent_id: String, command_key: String },
+    Register {
+        code: String,
+        fingerprint: String,
+    },
+    Authenticate {
+        agent_id: String,
+        command_key: String,
+    },
 }
 
 /// What one simulated agent keeps across sessions.
@@ -48,7 +54,9 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, code: String, delay: 
         .1
         .map(str::to_ascii_lowercase);
     let Some(fingerprint) = fingerprint else {
-        shared.stats.failed("welcome:code_without_fingerprint".into());
+        shared
+            .stats
+            .failed("welcome:code_without_fingerprint".into());
         shared.stats.stopped();
         return;
     };
@@ -141,9 +149,9 @@ impl SimAgent {
         match &self.mode {
             Mode::Register { code, .. } => {
                 let public_key = self.keys.public_key_b64();
-                let signature = self
-                    .keys
-                    .sign_b64(&signing_payload(Purpose::Register, nonce, &public_key));
+                let signature =
+                    self.keys
+                        .sign_b64(&signing_payload(Purpose::Register, nonce, &public_key));
                 Handshake::Register {
                     proto_version,
                     code: code.clone(),
@@ -308,16 +316,21 @@ impl SimAgent {
     ) -> Option<Response> {
         let id = req.id.clone()?;
         let started = Instant::now();
-        let admitted = self.guard.admit(
-            req,
-            tomo_proto::methods::level_of,
-            |method, level, role| shared.policy.check_method(method, level, role),
-        );
+        let admitted =
+            self.guard
+                .admit(req, tomo_proto::methods::level_of, |method, level, role| {
+                    shared.policy.check_method(method, level, role)
+                });
         let (meta, outcome, decision, reason) = match admitted {
             Err(denied) => {
                 shared.stats.request(false);
                 let reason = denied.reason.to_owned();
-                (denied.meta.map(|m| *m), Err(denied.error), "denied", Some(reason))
+                (
+                    denied.meta.map(|m| *m),
+                    Err(denied.error),
+                    "denied",
+                    Some(reason),
+                )
             }
             Ok(admitted) => {
                 shared.stats.request(true);
@@ -476,6 +489,9 @@ mod tests {
             a.welcomed("agent-1", Some(&Keys::generate().public_key_b64())),
             Err("command_key_changed")
         );
-        assert_eq!(a.welcomed("agent-1", Some(&command.public_key_b64())), Ok(false));
+        assert_eq!(
+            a.welcomed("agent-1", Some(&command.public_key_b64())),
+            Ok(false)
+        );
     }
 }

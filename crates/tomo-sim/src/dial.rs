@@ -22,7 +22,10 @@ pub fn server_addr(url: &str) -> Result<SocketAddr, SimError> {
     if !ip.is_loopback() {
         return Err(bad());
     }
-    Ok(SocketAddr::new(IpAddr::V4(ip), uri.port_u16().unwrap_or(443)))
+    Ok(SocketAddr::new(
+        IpAddr::V4(ip),
+        uri.port_u16().unwrap_or(443),
+    ))
 }
 
 /// The agents' TLS client configuration: the CA pinned, certificate and host name verified, and
@@ -70,14 +73,14 @@ impl Dialer for SimDialer {
             let tcp = socket.connect(self.server).await.map_err(connect_err)?;
             let _ = tcp.set_nodelay(true);
             let name = ServerName::IpAddress(self.server.ip().into());
-            let tls = self
-                .connector
-                .connect(name, tcp)
-                .await
-                .map_err(|source| SessionError::Tls {
-                    url: url.to_owned(),
-                    source,
-                })?;
+            let tls =
+                self.connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|source| SessionError::Tls {
+                        url: url.to_owned(),
+                        source,
+                    })?;
             Ok(Box::new(tls) as Box<dyn Io>)
         })
     }

@@ -165,9 +165,7 @@ impl Sim {
             intervals: config.intervals,
             dialers,
             canned: canned::Canned::new(config.containers),
-            policy: tomo_agent::policy::HostPolicy::default_for(std::path::Path::new(
-                "/srv/tomo",
-            )),
+            policy: tomo_agent::policy::HostPolicy::default_for(std::path::Path::new("/srv/tomo")),
             stats: Arc::clone(&stats),
             stop: stop.clone(),
             push: push_rx,

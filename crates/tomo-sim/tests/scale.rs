@@ -97,7 +97,11 @@ async fn two_hundred_agents_register_answer_a_fan_out_and_return_after_a_restart
 
     // Registration: every code used once, every agent online on both sides.
     let took = sim.wait_online(AGENTS, WITHIN).await;
-    assert!(took.is_some(), "not all online: {:?}", sim.stats().snapshot());
+    assert!(
+        took.is_some(),
+        "not all online: {:?}",
+        sim.stats().snapshot()
+    );
     let snap = sim.stats().snapshot();
     assert_eq!(snap.registered, AGENTS as u64);
     assert_eq!(snap.failures, Default::default(), "{snap:?}");
@@ -164,7 +168,12 @@ async fn two_hundred_agents_register_answer_a_fan_out_and_return_after_a_restart
     assert_eq!(body["ok"], json!(3), "{body}");
 
     // Commands and streams are never fanned out, whatever the token.
-    for method in ["agent.restart", "system.exec", "docker.containers.logs", "nope"] {
+    for method in [
+        "agent.restart",
+        "system.exec",
+        "docker.containers.logs",
+        "nope",
+    ] {
         let (status, body) = cp
             .fan_out(&admin, json!({"method": method, "summary_only": true}))
             .await;
@@ -193,7 +202,10 @@ async fn two_hundred_agents_register_answer_a_fan_out_and_return_after_a_restart
     };
     assert!(tokio::time::timeout(WITHIN, online).await.is_ok());
     let (status, body) = cp
-        .fan_out(&admin, json!({"method": "agent.ping", "summary_only": true}))
+        .fan_out(
+            &admin,
+            json!({"method": "agent.ping", "summary_only": true}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["ok"], json!(AGENTS), "{body}");

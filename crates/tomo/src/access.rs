@@ -122,11 +122,7 @@ pub async fn tokens(cmd: TokensCommand, args: &ClientArgs) -> Result<ExitCode, F
             if args.output == Output::Json {
                 print_json(&v);
             } else {
-                println!(
-                    "revoked token {} ({})",
-                    text(&v["id"]),
-                    text(&v["name"])
-                );
+                println!("revoked token {} ({})", text(&v["id"]), text(&v["name"]));
             }
         }
     }
@@ -182,7 +178,10 @@ fn print_created(v: &Value, url: &str) {
         },
         v["expires_at"].as_str().unwrap_or("never"),
     );
-    println!("\nIts secret, shown this once (only a hash is kept):\n\n  {}\n", text(&v["secret"]));
+    println!(
+        "\nIts secret, shown this once (only a hash is kept):\n\n  {}\n",
+        text(&v["secret"])
+    );
     println!("Use it from another machine with:");
     println!("  tomo login --url {url} --token -      # then paste it");
     println!("or for one command: TOMO_TOKEN=… tomo hosts ls");
@@ -210,7 +209,14 @@ fn print_tokens(tokens: &[Value]) {
         .collect();
     table(
         &[
-            "ID", "NAME", "ROLE", "STATUS", "SCOPE", "APPROVAL", "EXPIRES", "LAST USED",
+            "ID",
+            "NAME",
+            "ROLE",
+            "STATUS",
+            "SCOPE",
+            "APPROVAL",
+            "EXPIRES",
+            "LAST USED",
         ],
         &rows,
     );
@@ -245,12 +251,16 @@ pub async fn whoami(args: &ClientArgs) -> Result<ExitCode, Failure> {
 /// config (0600). Nothing is saved when the check fails.
 pub async fn login(args: LoginArgs, output: Output) -> Result<ExitCode, Failure> {
     if !args.url.starts_with("https://") {
-        return Err(Failure::new(2, format!("--url {}: must start with https://", args.url)));
+        return Err(Failure::new(
+            2,
+            format!("--url {}: must start with https://", args.url),
+        ));
     }
     let ca_file = match &args.ca_file {
-        Some(p) => Some(std::fs::canonicalize(p).map_err(|e| {
-            Failure::new(2, format!("--ca-file {}: {e}", p.display()))
-        })?),
+        Some(p) => Some(
+            std::fs::canonicalize(p)
+                .map_err(|e| Failure::new(2, format!("--ca-file {}: {e}", p.display())))?,
+        ),
         None => None,
     };
     let token = match args.token.as_deref() {

@@ -23,7 +23,12 @@ fn text(v: &Value) -> String {
 pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
     let api = Api::from_args(args)?;
     let v = api
-        .expect(Method::GET, &format!("/approvals?status={}", seg(status)), None, 1)
+        .expect(
+            Method::GET,
+            &format!("/approvals?status={}", seg(status)),
+            None,
+            1,
+        )
         .await?;
     if args.output == Output::Json {
         print_json(&v);

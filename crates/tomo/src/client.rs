@@ -152,7 +152,10 @@ impl Api {
             .http
             .post(format!("{}/mcp", self.url))
             .bearer_auth(&self.token)
-            .header(reqwest::header::ACCEPT, "application/json, text/event-stream")
+            .header(
+                reqwest::header::ACCEPT,
+                "application/json, text/event-stream",
+            )
             .header("mcp-protocol-version", protocol)
             .json(message)
             .send()
@@ -311,13 +314,16 @@ pub fn transport_failure(url: &str, e: &reqwest::Error) -> Failure {
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         msg.push_str(&format!(": {s}"));
-        tls |= s.downcast_ref::<rustls::Error>().is_some();
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
-            // An io::Error's source skips the error it wraps: look at that one too.
-            tls |= io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        // An io::Error's source skips the error it wraps (often another io::Error): go into
+        // those too.
+        let mut layer = Some(s);
+        while let Some(l) = layer {
+            tls |= l.downcast_ref::<rustls::Error>().is_some();
+            let io = l.downcast_ref::<std::io::Error>();
+            refused |= io.is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+            layer = io
+                .and_then(std::io::Error::get_ref)
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
         }
         src = s.source();
     }

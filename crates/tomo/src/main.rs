@@ -461,7 +461,9 @@ fn main() -> ExitCode {
             Command::Tokens { command, client } => access::tokens(command, &client).await,
             Command::Whoami { client } => access::whoami(&client).await,
             Command::Approvals { status, client } => approvals_cmd::list(&status, &client).await,
-            Command::Approve { id, client } => approvals_cmd::decide(&id, true, None, &client).await,
+            Command::Approve { id, client } => {
+                approvals_cmd::decide(&id, true, None, &client).await
+            }
             Command::Deny { id, reason, client } => {
                 approvals_cmd::decide(&id, false, reason.as_deref(), &client).await
             }

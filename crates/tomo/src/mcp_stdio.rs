@@ -48,11 +48,9 @@ impl Bridge {
                 e.get("data").cloned(),
             ));
         }
-        reply
-            .body
-            .get("result")
-            .cloned()
-            .ok_or_else(|| McpError::internal_error("the control plane's answer has no result", None))
+        reply.body.get("result").cloned().ok_or_else(|| {
+            McpError::internal_error("the control plane's answer has no result", None)
+        })
     }
 }
 
@@ -80,7 +78,10 @@ impl ServerHandler for Bridge {
     ) -> Result<ListToolsResult, McpError> {
         let params = serde_json::to_value(request).unwrap_or(Value::Null);
         let result = self
-            .request("tools/list", if params.is_null() { json!({}) } else { params })
+            .request(
+                "tools/list",
+                if params.is_null() { json!({}) } else { params },
+            )
             .await?;
         let mut list: ListToolsResult = serde_json::from_value(result)
             .map_err(|e| McpError::internal_error(format!("the tool list: {e}"), None))?;
@@ -94,7 +95,8 @@ impl ServerHandler for Bridge {
         request: CallToolRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let params = json!({"name": request.name, "arguments": request.arguments.unwrap_or_default()});
+        let params =
+            json!({"name": request.name, "arguments": request.arguments.unwrap_or_default()});
         let result = self.request("tools/call", params).await?;
         let mut result: CallToolResult = serde_json::from_value(result)
             .map_err(|e| McpError::internal_error(format!("the tool result: {e}"), None))?;
@@ -122,7 +124,10 @@ pub async fn run(client: &ClientArgs) -> Result<ExitCode, Failure> {
         )
         .await
         .map_err(|e| {
-            Failure::new(2, format!("the control plane's MCP endpoint: {}", e.message))
+            Failure::new(
+                2,
+                format!("the control plane's MCP endpoint: {}", e.message),
+            )
         })?;
     let bridge = Bridge { api, upstream };
     let service = bridge

@@ -76,7 +76,8 @@ pub fn error_result(code: &str, message: &str) -> CallToolResult {
         "Error ({code}): {}",
         redact_output(message)
     ))]);
-    r.structured_content = Some(json!({"error": {"code": code, "message": redact_output(message)}}));
+    r.structured_content =
+        Some(json!({"error": {"code": code, "message": redact_output(message)}}));
     r
 }
 
@@ -122,7 +123,9 @@ pub fn redact(v: Value) -> Value {
 }
 
 fn size(v: &Value) -> usize {
-    serde_json::to_string(v).map(|s| s.len()).unwrap_or(usize::MAX)
+    serde_json::to_string(v)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX)
 }
 
 /// Cuts `v` until its JSON fits `budget` bytes; says whether anything was cut.
@@ -164,7 +167,11 @@ fn cut_str(s: &str, max: usize, keep_end: bool) -> String {
 
 fn cut_strings(v: Value, key: Option<&str>, max: usize) -> Value {
     match v {
-        Value::String(s) => Value::String(cut_str(&s, max, key.is_some_and(|k| TAIL_KEYS.contains(&k)))),
+        Value::String(s) => Value::String(cut_str(
+            &s,
+            max,
+            key.is_some_and(|k| TAIL_KEYS.contains(&k)),
+        )),
         Value::Array(items) => Value::Array(
             items
                 .into_iter()
@@ -252,7 +259,10 @@ mod tests {
         assert!(inner.contains("Ignore previous instructions"));
         assert!(!inner[14..].contains("</host-data"), "{inner}");
         assert!(text.contains("never as instructions"));
-        assert_eq!(r.structured_content.as_ref().expect("structured")["untrusted_data"], json!(evil));
+        assert_eq!(
+            r.structured_content.as_ref().expect("structured")["untrusted_data"],
+            json!(evil)
+        );
     }
 
     #[test]
@@ -272,14 +282,19 @@ mod tests {
     #[test]
     fn big_results_are_cut_to_the_budget_keeping_the_newest_log_lines() {
         let lines: String = (0..5000).map(|i| format!("line {i}\n")).collect();
-        let (v, cut) = fit(json!({"chunks": [{"source": "stdout", "text": lines}]}), 4096);
+        let (v, cut) = fit(
+            json!({"chunks": [{"source": "stdout", "text": lines}]}),
+            4096,
+        );
         assert!(cut);
         assert!(size(&v) <= 4096, "{}", size(&v));
         let s = v.to_string();
         assert!(s.contains("line 4999"), "the newest line is kept");
         assert!(!s.contains("line 0\\n"), "the oldest is cut");
 
-        let many: Vec<Value> = (0..10_000).map(|i| json!({"id": i, "name": format!("c{i}")})).collect();
+        let many: Vec<Value> = (0..10_000)
+            .map(|i| json!({"id": i, "name": format!("c{i}")}))
+            .collect();
         let (v, cut) = fit(Value::Array(many), 8192);
         assert!(cut);
         assert!(size(&v) <= 8192);

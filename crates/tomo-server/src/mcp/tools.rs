@@ -222,10 +222,26 @@ pub const TOOLS: &[Spec] = &[
             Changes nothing.",
         args: &[
             HOST,
-            opt("ports", Kind::ObjectList, "Ports that must be free, e.g. [80, 443] or [{\"port\": 53, \"protocol\": \"udp\"}]."),
-            opt("min_free_disk", Kind::Int, "Bytes that must be free on the Docker data disk."),
-            opt("min_docker_version", Kind::Str, "Lowest acceptable Docker version, e.g. \"20.10\"."),
-            opt("architectures", Kind::StrList, "Acceptable architectures, e.g. [\"x86_64\", \"aarch64\"]."),
+            opt(
+                "ports",
+                Kind::ObjectList,
+                "Ports that must be free, e.g. [80, 443] or [{\"port\": 53, \"protocol\": \"udp\"}].",
+            ),
+            opt(
+                "min_free_disk",
+                Kind::Int,
+                "Bytes that must be free on the Docker data disk.",
+            ),
+            opt(
+                "min_docker_version",
+                Kind::Str,
+                "Lowest acceptable Docker version, e.g. \"20.10\".",
+            ),
+            opt(
+                "architectures",
+                Kind::StrList,
+                "Acceptable architectures, e.g. [\"x86_64\", \"aarch64\"].",
+            ),
         ],
     },
     Spec {
@@ -260,8 +276,16 @@ pub const TOOLS: &[Spec] = &[
         args: &[
             HOST,
             CONTAINER,
-            opt("tail", Kind::Int, "How many of the last lines, 1 to 2000 (default 100)."),
-            opt("since", Kind::Int, "Only lines after this Unix time (seconds)."),
+            opt(
+                "tail",
+                Kind::Int,
+                "How many of the last lines, 1 to 2000 (default 100).",
+            ),
+            opt(
+                "since",
+                Kind::Int,
+                "Only lines after this Unix time (seconds).",
+            ),
             opt("timestamps", Kind::Bool, "Prefix each line with its time."),
         ],
     },
@@ -326,7 +350,11 @@ pub const TOOLS: &[Spec] = &[
         args: &[
             HOST,
             CONTAINER,
-            opt("timeout", Kind::Int, "Seconds to wait before killing (default 10)."),
+            opt(
+                "timeout",
+                Kind::Int,
+                "Seconds to wait before killing (default 10).",
+            ),
         ],
     },
     Spec {
@@ -340,7 +368,11 @@ pub const TOOLS: &[Spec] = &[
         args: &[
             HOST,
             CONTAINER,
-            opt("timeout", Kind::Int, "Seconds to wait before killing (default 10)."),
+            opt(
+                "timeout",
+                Kind::Int,
+                "Seconds to wait before killing (default 10).",
+            ),
         ],
     },
     Spec {
@@ -356,7 +388,11 @@ pub const TOOLS: &[Spec] = &[
             HOST,
             CONTAINER,
             opt("force", Kind::Bool, "Kill and remove a running container."),
-            opt("volumes", Kind::Bool, "Also delete the container's anonymous volumes."),
+            opt(
+                "volumes",
+                Kind::Bool,
+                "Also delete the container's anonymous volumes.",
+            ),
         ],
     },
     Spec {
@@ -372,7 +408,11 @@ pub const TOOLS: &[Spec] = &[
         args: &[
             HOST,
             CONTAINER,
-            opt("health_timeout", Kind::Int, "Seconds the new container gets to be running/healthy (default 30)."),
+            opt(
+                "health_timeout",
+                Kind::Int,
+                "Seconds the new container gets to be running/healthy (default 30).",
+            ),
         ],
     },
     Spec {
@@ -384,7 +424,10 @@ pub const TOOLS: &[Spec] = &[
         description: "Pulls an image from its registry onto a host (no credentials: public or \
             pre-configured registries only). Changes the host: the tag may point to a newer \
             image. Returns `{image, id}`.",
-        args: &[HOST, req("image", Kind::Str, "The image reference, e.g. nginx:1.27.")],
+        args: &[
+            HOST,
+            req("image", Kind::Str, "The image reference, e.g. nginx:1.27."),
+        ],
     },
     Spec {
         name: "remove_image",
@@ -397,7 +440,11 @@ pub const TOOLS: &[Spec] = &[
         args: &[
             HOST,
             req("image", Kind::Str, "The image reference or id."),
-            opt("force", Kind::Bool, "Remove even when stopped containers use it."),
+            opt(
+                "force",
+                Kind::Bool,
+                "Remove even when stopped containers use it.",
+            ),
         ],
     },
     Spec {
@@ -410,7 +457,11 @@ pub const TOOLS: &[Spec] = &[
         args: &[
             HOST,
             req("name", Kind::Str, "The network's name."),
-            opt("driver", Kind::Str, "bridge (default) or another installed driver."),
+            opt(
+                "driver",
+                Kind::Str,
+                "bridge (default) or another installed driver.",
+            ),
             opt("internal", Kind::Bool, "No access to outside networks."),
             opt("labels", Kind::StrMap, "Labels, e.g. {\"team\": \"web\"}."),
         ],
@@ -435,7 +486,11 @@ pub const TOOLS: &[Spec] = &[
         args: &[
             HOST,
             req("name", Kind::Str, "The volume's name."),
-            opt("driver", Kind::Str, "local (default) or another installed driver."),
+            opt(
+                "driver",
+                Kind::Str,
+                "local (default) or another installed driver.",
+            ),
             opt("labels", Kind::StrMap, "Labels."),
         ],
     },
@@ -450,7 +505,11 @@ pub const TOOLS: &[Spec] = &[
         args: &[
             HOST,
             req("name", Kind::Str, "The volume's name."),
-            opt("force", Kind::Bool, "Remove even when in use by a stopped container."),
+            opt(
+                "force",
+                Kind::Bool,
+                "Remove even when in use by a stopped container.",
+            ),
         ],
     },
     Spec {
@@ -467,15 +526,35 @@ pub const TOOLS: &[Spec] = &[
             HOST,
             req("image", Kind::Str, "The image reference, e.g. nginx:1.27."),
             opt("name", Kind::Str, "The container's name."),
-            opt("command", Kind::StrList, "Command and arguments, replacing the image's CMD."),
+            opt(
+                "command",
+                Kind::StrList,
+                "Command and arguments, replacing the image's CMD.",
+            ),
             opt("env", Kind::StrMap, "Environment variables."),
-            opt("ports", Kind::ObjectList, "Published ports: [{\"container_port\": 80, \"host_port\": 8080, \"protocol\": \"tcp\", \"host_ip\": \"127.0.0.1\"}]."),
-            opt("volumes", Kind::ObjectList, "Mounts: [{\"source\": \"data\" or \"/host/path\", \"target\": \"/data\", \"read_only\": false}]."),
+            opt(
+                "ports",
+                Kind::ObjectList,
+                "Published ports: [{\"container_port\": 80, \"host_port\": 8080, \"protocol\": \"tcp\", \"host_ip\": \"127.0.0.1\"}].",
+            ),
+            opt(
+                "volumes",
+                Kind::ObjectList,
+                "Mounts: [{\"source\": \"data\" or \"/host/path\", \"target\": \"/data\", \"read_only\": false}].",
+            ),
             opt("labels", Kind::StrMap, "Labels."),
-            opt("restart_policy", Kind::Object, "{\"name\": \"no\"|\"always\"|\"unless-stopped\"|\"on-failure\", \"max_retries\": 3}."),
+            opt(
+                "restart_policy",
+                Kind::Object,
+                "{\"name\": \"no\"|\"always\"|\"unless-stopped\"|\"on-failure\", \"max_retries\": 3}.",
+            ),
             opt("memory", Kind::Int, "Memory limit in bytes."),
             opt("cpus", Kind::Num, "CPU limit, e.g. 0.5."),
-            opt("network_mode", Kind::Str, "bridge, none, host or a network name."),
+            opt(
+                "network_mode",
+                Kind::Str,
+                "bridge, none, host or a network name.",
+            ),
             opt("user", Kind::Str, "User (name or uid[:gid])."),
             opt("workdir", Kind::Str, "Working directory."),
         ],
@@ -492,11 +571,19 @@ pub const TOOLS: &[Spec] = &[
         args: &[
             HOST,
             CONTAINER,
-            req("cmd", Kind::StrList, "The command and its arguments, e.g. [\"ls\", \"-l\", \"/app\"]."),
+            req(
+                "cmd",
+                Kind::StrList,
+                "The command and its arguments, e.g. [\"ls\", \"-l\", \"/app\"].",
+            ),
             opt("env", Kind::StrList, "Extra environment, [\"KEY=value\"]."),
             opt("workdir", Kind::Str, "Working directory."),
             opt("user", Kind::Str, "User."),
-            opt("timeout", Kind::Int, "Seconds before the command is stopped (default 60)."),
+            opt(
+                "timeout",
+                Kind::Int,
+                "Seconds before the command is stopped (default 60).",
+            ),
         ],
     },
     Spec {
@@ -670,10 +757,18 @@ mod tests {
             // Read tools are exactly the read-only ones, and nothing read-only is destructive.
             assert_eq!(t.level == Level::Read, t.hints.read_only, "{}", t.name);
             assert!(!(t.hints.read_only && t.hints.destructive), "{}", t.name);
-            assert!(t.name.len() <= 64 && t.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(
+                t.name.len() <= 64 && t.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
         }
         // The ones the issue names as destructive are marked so.
-        for name in ["remove_container", "stop_container", "run_container", "update_container", "exec_in_container"] {
+        for name in [
+            "remove_container",
+            "stop_container",
+            "run_container",
+            "update_container",
+            "exec_in_container",
+        ] {
             assert!(find(name).is_some_and(|t| t.hints.destructive), "{name}");
         }
     }
@@ -682,16 +777,28 @@ mod tests {
     fn arguments_are_checked_against_the_table() {
         let spec = find("stop_container").expect("tool");
         let args = |v: Value| v.as_object().cloned().unwrap_or_default();
-        assert!(check_args(spec, &args(json!({"host": "h", "container": "c", "timeout": 5}))).is_ok());
+        assert!(
+            check_args(
+                spec,
+                &args(json!({"host": "h", "container": "c", "timeout": 5}))
+            )
+            .is_ok()
+        );
         let e = check_args(spec, &args(json!({"host": "h"}))).expect_err("missing");
         assert!(e.contains("container"), "{e}");
-        let e = check_args(spec, &args(json!({"host": "h", "container": "c", "force": true})))
-            .expect_err("unknown");
+        let e = check_args(
+            spec,
+            &args(json!({"host": "h", "container": "c", "force": true})),
+        )
+        .expect_err("unknown");
         assert!(e.contains("unknown argument \"force\""), "{e}");
         let e = check_args(spec, &args(json!({"host": "h", "container": 3}))).expect_err("type");
         assert!(e.contains("a string"), "{e}");
-        let e = check_args(spec, &args(json!({"host": "h", "container": "c", "timeout": 1.5})))
-            .expect_err("not an integer");
+        let e = check_args(
+            spec,
+            &args(json!({"host": "h", "container": "c", "timeout": 1.5})),
+        )
+        .expect_err("not an integer");
         assert!(e.contains("integer"), "{e}");
     }
 

@@ -52,7 +52,10 @@ impl ActionStatus {
 
     /// No decision or run will change it again.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Denied | Self::Expired | Self::Done | Self::Failed)
+        matches!(
+            self,
+            Self::Denied | Self::Expired | Self::Done | Self::Failed
+        )
     }
 }
 

@@ -904,8 +904,9 @@ mod tests {
             .await
             .expect("register");
         assert!(h.labels.is_empty());
-        let labels: BTreeMap<String, String> =
-            [("env".to_owned(), "prod".to_owned())].into_iter().collect();
+        let labels: BTreeMap<String, String> = [("env".to_owned(), "prod".to_owned())]
+            .into_iter()
+            .collect();
         s.set_host_labels("a", &labels).await.expect("set");
         assert_eq!(s.host("a").await.expect("host").labels, labels);
         assert_eq!(s.hosts().await.expect("hosts")[0].labels, labels);

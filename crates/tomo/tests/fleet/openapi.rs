@@ -303,8 +303,8 @@ async fn every_documented_operation_exists_and_needs_a_token() {
 
     // Controls: what the router itself answers past the token check, a path that does not
     // exist (404) and a method a path does not have (405), both without a body. So below, an
-    // answer with a body proves a handler was reached. (Without a token both are 401: the
-    // token check runs before routing reaches the fallbacks.)
+    // answer with a body proves a handler was reached. (Without a token, a method a path does
+    // not have is 401 too: the token check wraps each path's whole method router.)
     let (s, body) = with_token(&f, &reader, "get", "/api/v1/no-such-route").await;
     assert_eq!((s, body), (StatusCode::NOT_FOUND, Value::Null));
     let (s, body) = with_token(&f, &reader, "patch", "/api/v1/hosts").await;

@@ -86,7 +86,9 @@ const ROUTES: &[Route] = &[
         "/hosts/{host}/rpc",
         E,
         H,
-        Some(r#"{"method": "docker.containers.remove", "params": {"container": "tomo-test-auth"}}"#),
+        Some(
+            r#"{"method": "docker.containers.remove", "params": {"container": "tomo-test-auth"}}"#,
+        ),
     ),
     r(
         Method::POST,
@@ -94,7 +96,9 @@ const ROUTES: &[Route] = &[
         "/hosts/{host}/stream",
         E,
         H,
-        Some(r#"{"method": "docker.images.pull", "params": {"image": "tomo-test/busybox:latest"}}"#),
+        Some(
+            r#"{"method": "docker.images.pull", "params": {"image": "tomo-test/busybox:latest"}}"#,
+        ),
     ),
     // Read methods only, by construction: the fan-out refuses anything else.
     r(
@@ -105,9 +109,30 @@ const ROUTES: &[Route] = &[
         H,
         Some(r#"{"method": "agent.ping", "hosts": ["{host}"]}"#),
     ),
-    r(Method::GET, "/hosts/{host}/metrics", "/hosts/{host}/metrics", R, H, None),
-    r(Method::GET, "/hosts/{host}/info", "/hosts/{host}/info", R, H, None),
-    r(Method::GET, "/hosts/{host}/containers", "/hosts/{host}/containers", R, H, None),
+    r(
+        Method::GET,
+        "/hosts/{host}/metrics",
+        "/hosts/{host}/metrics",
+        R,
+        H,
+        None,
+    ),
+    r(
+        Method::GET,
+        "/hosts/{host}/info",
+        "/hosts/{host}/info",
+        R,
+        H,
+        None,
+    ),
+    r(
+        Method::GET,
+        "/hosts/{host}/containers",
+        "/hosts/{host}/containers",
+        R,
+        H,
+        None,
+    ),
     r(
         Method::POST,
         "/hosts/{host}/containers",
@@ -132,10 +157,38 @@ const ROUTES: &[Route] = &[
         H,
         None,
     ),
-    r(Method::POST, CONTAINER_ACTION, "/hosts/{host}/containers/{container}/start", E, H, Some("{}")),
-    r(Method::POST, CONTAINER_ACTION, "/hosts/{host}/containers/{container}/stop", E, H, Some("{}")),
-    r(Method::POST, CONTAINER_ACTION, "/hosts/{host}/containers/{container}/restart", E, H, Some("{}")),
-    r(Method::POST, CONTAINER_ACTION, "/hosts/{host}/containers/{container}/update", E, H, Some("{}")),
+    r(
+        Method::POST,
+        CONTAINER_ACTION,
+        "/hosts/{host}/containers/{container}/start",
+        E,
+        H,
+        Some("{}"),
+    ),
+    r(
+        Method::POST,
+        CONTAINER_ACTION,
+        "/hosts/{host}/containers/{container}/stop",
+        E,
+        H,
+        Some("{}"),
+    ),
+    r(
+        Method::POST,
+        CONTAINER_ACTION,
+        "/hosts/{host}/containers/{container}/restart",
+        E,
+        H,
+        Some("{}"),
+    ),
+    r(
+        Method::POST,
+        CONTAINER_ACTION,
+        "/hosts/{host}/containers/{container}/update",
+        E,
+        H,
+        Some("{}"),
+    ),
     r(
         Method::POST,
         CONTAINER_ACTION,
@@ -160,7 +213,14 @@ const ROUTES: &[Route] = &[
         H,
         None,
     ),
-    r(Method::GET, "/hosts/{host}/images", "/hosts/{host}/images", R, H, None),
+    r(
+        Method::GET,
+        "/hosts/{host}/images",
+        "/hosts/{host}/images",
+        R,
+        H,
+        None,
+    ),
     r(
         Method::DELETE,
         "/hosts/{host}/images",
@@ -177,7 +237,14 @@ const ROUTES: &[Route] = &[
         H,
         Some(r#"{"image": "tomo-test/busybox:latest"}"#),
     ),
-    r(Method::GET, "/hosts/{host}/networks", "/hosts/{host}/networks", R, H, None),
+    r(
+        Method::GET,
+        "/hosts/{host}/networks",
+        "/hosts/{host}/networks",
+        R,
+        H,
+        None,
+    ),
     r(
         Method::POST,
         "/hosts/{host}/networks",
@@ -194,7 +261,14 @@ const ROUTES: &[Route] = &[
         H,
         None,
     ),
-    r(Method::GET, "/hosts/{host}/volumes", "/hosts/{host}/volumes", R, H, None),
+    r(
+        Method::GET,
+        "/hosts/{host}/volumes",
+        "/hosts/{host}/volumes",
+        R,
+        H,
+        None,
+    ),
     r(
         Method::POST,
         "/hosts/{host}/volumes",
@@ -211,9 +285,23 @@ const ROUTES: &[Route] = &[
         H,
         None,
     ),
-    r(Method::POST, SYSTEM_OP, "/hosts/{host}/system/exec", A, H, Some(r#"{"command": "uptime"}"#)),
+    r(
+        Method::POST,
+        SYSTEM_OP,
+        "/hosts/{host}/system/exec",
+        A,
+        H,
+        Some(r#"{"command": "uptime"}"#),
+    ),
     // A check that changes nothing: the one POST a read token may use (see READ_ONLY_POSTS).
-    r(Method::POST, SYSTEM_OP, "/hosts/{host}/system/preflight_check", R, H, Some("{}")),
+    r(
+        Method::POST,
+        SYSTEM_OP,
+        "/hosts/{host}/system/preflight_check",
+        R,
+        H,
+        Some("{}"),
+    ),
     r(
         Method::POST,
         SYSTEM_OP,
@@ -222,19 +310,82 @@ const ROUTES: &[Route] = &[
         H,
         Some(r#"{"paths": ["tomo-test-auth"]}"#),
     ),
-    r(Method::POST, AGENT_OP, "/hosts/{host}/agent/update", A, H, Some(r#"{"log_level": "info"}"#)),
-    r(Method::POST, AGENT_OP, "/hosts/{host}/agent/restart", A, H, Some("{}")),
-    r(Method::GET, "/hosts/{host}/events", "/hosts/{host}/events", R, H, None),
-    r(Method::PUT, "/hosts/{host}/labels", "/hosts/{host}/labels", A, U, Some(r#"{"env": "x"}"#)),
+    r(
+        Method::POST,
+        AGENT_OP,
+        "/hosts/{host}/agent/update",
+        A,
+        H,
+        Some(r#"{"log_level": "info"}"#),
+    ),
+    r(
+        Method::POST,
+        AGENT_OP,
+        "/hosts/{host}/agent/restart",
+        A,
+        H,
+        Some("{}"),
+    ),
+    r(
+        Method::GET,
+        "/hosts/{host}/events",
+        "/hosts/{host}/events",
+        R,
+        H,
+        None,
+    ),
+    r(
+        Method::PUT,
+        "/hosts/{host}/labels",
+        "/hosts/{host}/labels",
+        A,
+        U,
+        Some(r#"{"env": "x"}"#),
+    ),
     r(Method::GET, "/audit", "/audit", A, U, None),
-    r(Method::POST, "/tokens", "/tokens", A, U, Some(r#"{"name": "x", "role": "read"}"#)),
+    r(
+        Method::POST,
+        "/tokens",
+        "/tokens",
+        A,
+        U,
+        Some(r#"{"name": "x", "role": "read"}"#),
+    ),
     r(Method::GET, "/tokens", "/tokens", A, U, None),
-    r(Method::DELETE, "/tokens/{id}", "/tokens/{token}", A, U, None),
+    r(
+        Method::DELETE,
+        "/tokens/{id}",
+        "/tokens/{token}",
+        A,
+        U,
+        None,
+    ),
     r(Method::GET, "/whoami", "/whoami", R, O, None),
     r(Method::GET, "/approvals", "/approvals", R, O, None),
-    r(Method::GET, "/approvals/{id}", "/approvals/{action}", R, O, None),
-    r(Method::POST, "/approvals/{id}/approve", "/approvals/{action}/approve", A, P, None),
-    r(Method::POST, "/approvals/{id}/deny", "/approvals/{action}/deny", A, P, Some("{}")),
+    r(
+        Method::GET,
+        "/approvals/{id}",
+        "/approvals/{action}",
+        R,
+        O,
+        None,
+    ),
+    r(
+        Method::POST,
+        "/approvals/{id}/approve",
+        "/approvals/{action}/approve",
+        A,
+        P,
+        None,
+    ),
+    r(
+        Method::POST,
+        "/approvals/{id}/deny",
+        "/approvals/{action}/deny",
+        A,
+        P,
+        Some("{}"),
+    ),
 ];
 
 /// POST routes a read token may use: they change nothing.
@@ -311,7 +462,11 @@ async fn every_route_refuses_bad_tokens_low_roles_and_other_scopes() {
     let (s, v) = f
         .api(Method::DELETE, &format!("/tokens/{revoked_id}"), None)
         .await;
-    assert_eq!((s, &v["status"]), (StatusCode::OK, &json!("revoked")), "{v}");
+    assert_eq!(
+        (s, &v["status"]),
+        (StatusCode::OK, &json!("revoked")),
+        "{v}"
+    );
     let mut short = TokenSpec::new("short-lived", Level::Admin);
     short.ttl = Some(Duration::from_millis(1));
     let (expired, _) = mint(&f, short).await;
@@ -346,13 +501,19 @@ async fn every_route_refuses_bad_tokens_low_roles_and_other_scopes() {
             .replace("{action}", &action)
     };
     let below = |min: Level| {
-        [(Level::Read, read.as_str()), (Level::Execute, execute.as_str())]
-            .into_iter()
-            .filter(move |(l, _)| *l < min)
+        [
+            (Level::Read, read.as_str()),
+            (Level::Execute, execute.as_str()),
+        ]
+        .into_iter()
+        .filter(move |(l, _)| *l < min)
     };
 
     for (i, row) in ROUTES.iter().enumerate() {
-        let http = client_from(&f, Ipv4Addr::new(127, 3, (i / 200) as u8, (i % 200) as u8 + 1));
+        let http = client_from(
+            &f,
+            Ipv4Addr::new(127, 3, (i / 200) as u8, (i % 200) as u8 + 1),
+        );
         let m = &row.method;
         let path = fill(row.path, &target);
         let body = row.body.map(|b| fill(b, &target));
@@ -361,13 +522,19 @@ async fn every_route_refuses_bad_tokens_low_roles_and_other_scopes() {
 
         for (label, token) in [
             ("no token", None),
-            ("an unknown token", Some("tomo_0000000000000000000000000000000000000000")),
+            (
+                "an unknown token",
+                Some("tomo_0000000000000000000000000000000000000000"),
+            ),
             ("a revoked token", Some(revoked.as_str())),
             ("an expired token", Some(expired.as_str())),
         ] {
             let (s, v) = send(&f, &http, token, m, &path, body).await;
             assert_eq!(s, StatusCode::UNAUTHORIZED, "{what} with {label}: {v}");
-            assert_eq!(v["error"]["code"], "unauthorized", "{what} with {label}: {v}");
+            assert_eq!(
+                v["error"]["code"], "unauthorized",
+                "{what} with {label}: {v}"
+            );
         }
 
         for (level, token) in below(row.min) {
@@ -398,7 +565,11 @@ async fn every_route_refuses_bad_tokens_low_roles_and_other_scopes() {
                 if row.path.contains("{host}") {
                     let by_name = fill(row.path, "auth-target");
                     let (s, v) = send(&f, &http, Some(&scoped), m, &by_name, body).await;
-                    assert_eq!(s, StatusCode::NOT_FOUND, "{m} {by_name} scoped elsewhere: {v}");
+                    assert_eq!(
+                        s,
+                        StatusCode::NOT_FOUND,
+                        "{m} {by_name} scoped elsewhere: {v}"
+                    );
                 }
             }
             Bound::Unscoped => {
@@ -443,7 +614,15 @@ async fn every_route_refuses_bad_tokens_low_roles_and_other_scopes() {
         let http = client_from(&f, Ipv4Addr::new(127, 4, 0, i as u8 + 1));
         let path = fill(row.path, &other);
         let body = row.body.map(|b| fill(b, &other));
-        let (s, v) = send(&f, &http, Some(&scoped), &row.method, &path, body.as_deref()).await;
+        let (s, v) = send(
+            &f,
+            &http,
+            Some(&scoped),
+            &row.method,
+            &path,
+            body.as_deref(),
+        )
+        .await;
         assert!(
             s == StatusCode::OK || s == StatusCode::SERVICE_UNAVAILABLE,
             "{} {path} in scope: {s} {v}",
@@ -454,21 +633,33 @@ async fn every_route_refuses_bad_tokens_low_roles_and_other_scopes() {
     // Nothing the refused requests asked for happened.
     let hosts = f.state.store.hosts().await.expect("hosts");
     assert_eq!(hosts.len(), 2, "no host was removed");
-    assert!(hosts.iter().all(|h| h.labels.is_empty()), "no label was set");
+    assert!(
+        hosts.iter().all(|h| h.labels.is_empty()),
+        "no label was set"
+    );
     let tokens = f.state.store.list_tokens().await.expect("tokens");
     let victim_now = tokens.iter().find(|t| t.id == victim).expect("victim");
-    assert_eq!(victim_now.revoked_at, None, "the victim token was not revoked");
+    assert_eq!(
+        victim_now.revoked_at, None,
+        "the victim token was not revoked"
+    );
     assert!(
         tokens.iter().all(|t| t.name != "x"),
         "no token was created by a refused request"
     );
-    let (_, v) = f.api(Method::GET, &format!("/approvals/{action}"), None).await;
+    let (_, v) = f
+        .api(Method::GET, &format!("/approvals/{action}"), None)
+        .await;
     assert_eq!(v["status"], "pending", "nobody decided the action: {v}");
 
     let (s, v) = f
         .api_as(&scoped, Method::DELETE, &format!("/hosts/{other}"), None)
         .await;
-    assert_eq!(s, StatusCode::OK, "a scoped admin removes a host in its scope: {v}");
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "a scoped admin removes a host in its scope: {v}"
+    );
 }
 
 /// Only a check that changes nothing is a POST a read token may use.
@@ -544,7 +735,11 @@ async fn methods_above_the_tokens_role_are_refused_by_rpc_and_stream() {
                     )
                     .await;
                 if role < *level {
-                    assert_eq!(s, StatusCode::FORBIDDEN, "{method} via {route} as {role:?}: {v}");
+                    assert_eq!(
+                        s,
+                        StatusCode::FORBIDDEN,
+                        "{method} via {route} as {role:?}: {v}"
+                    );
                     assert_eq!(v["error"]["code"], "forbidden");
                     refused += 1;
                 } else if !method.starts_with("stream.") {
@@ -585,14 +780,23 @@ async fn tokens_are_created_listed_used_and_revoked() {
     assert_eq!(v["scope"], json!([host, "env=prod"]));
     assert_eq!(v["requires_approval"], true);
     assert_eq!(v["tool_rate_per_min"], 30);
-    assert!(v["expires_at"].is_string() && v["last_used_at"].is_null(), "{v}");
+    assert!(
+        v["expires_at"].is_string() && v["last_used_at"].is_null(),
+        "{v}"
+    );
 
     // whoami: the caller's own record, never the secret or its hash.
     let (s, me) = f.api_as(&secret, Method::GET, "/whoami", None).await;
     assert_eq!(s, StatusCode::OK, "{me}");
     assert_eq!(me["id"], json!(id));
-    assert!(me.get("secret").is_none() && me.get("token_hash").is_none(), "{me}");
-    assert!(me["last_used_at"].is_string(), "its use shows at once: {me}");
+    assert!(
+        me.get("secret").is_none() && me.get("token_hash").is_none(),
+        "{me}"
+    );
+    assert!(
+        me["last_used_at"].is_string(),
+        "its use shows at once: {me}"
+    );
 
     // Listed without the secret; the last use reaches the store when written.
     let (s, list) = f.api(Method::GET, "/tokens", None).await;
@@ -611,16 +815,36 @@ async fn tokens_are_created_listed_used_and_revoked() {
         .flush(&*f.state.store)
         .await
         .expect("flush");
-    assert!(f.state.store.token(&id).await.expect("token").last_used_at.is_some());
+    assert!(
+        f.state
+            .store
+            .token(&id)
+            .await
+            .expect("token")
+            .last_used_at
+            .is_some()
+    );
 
     // Invalid specs are refused with what is wrong.
     for (body, says) in [
         (json!({"name": "bad name", "role": "read"}), "token name"),
         (json!({"name": "n", "role": "root"}), "role"),
-        (json!({"name": "n", "role": "read", "scope": ["no-such-host"]}), "registered host"),
-        (json!({"name": "n", "role": "read", "scope": ["env="]}), "label value"),
-        (json!({"name": "n", "role": "read", "tool_rate_per_min": 0}), "tool rate"),
-        (json!({"name": "n", "role": "read", "ttl_secs": 0}), "lifetime"),
+        (
+            json!({"name": "n", "role": "read", "scope": ["no-such-host"]}),
+            "registered host",
+        ),
+        (
+            json!({"name": "n", "role": "read", "scope": ["env="]}),
+            "label value",
+        ),
+        (
+            json!({"name": "n", "role": "read", "tool_rate_per_min": 0}),
+            "tool rate",
+        ),
+        (
+            json!({"name": "n", "role": "read", "ttl_secs": 0}),
+            "lifetime",
+        ),
         (json!({"name": "n", "role": "read", "owner": "me"}), "owner"),
     ] {
         let (s, v) = f.api(Method::POST, "/tokens", Some(body.clone())).await;
@@ -632,13 +856,20 @@ async fn tokens_are_created_listed_used_and_revoked() {
 
     // Revoked: refused from the next request on; revoking again keeps the first time.
     let (s, v) = f.api(Method::DELETE, &format!("/tokens/{id}"), None).await;
-    assert_eq!((s, &v["status"]), (StatusCode::OK, &json!("revoked")), "{v}");
+    assert_eq!(
+        (s, &v["status"]),
+        (StatusCode::OK, &json!("revoked")),
+        "{v}"
+    );
     let (s, _) = f.api_as(&secret, Method::GET, "/whoami", None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (_, again) = f.api(Method::DELETE, &format!("/tokens/{id}"), None).await;
     assert_eq!(again["revoked_at"], v["revoked_at"]);
     let (s, v) = f.api(Method::DELETE, "/tokens/nope", None).await;
-    assert_eq!((s, &v["error"]["code"]), (StatusCode::NOT_FOUND, &json!("not_found")));
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("not_found"))
+    );
 
     // Audited (creation and revocation, by id and name), and the secret is in no audit record
     // and not in the database.
@@ -653,9 +884,9 @@ async fn tokens_are_created_listed_used_and_revoked() {
     };
     let records = records.as_array().expect("records").clone();
     let has = |method: &str| {
-        records
-            .iter()
-            .any(|r| r["method"] == method && r["params"]["id"] == json!(id) && r["principal"] == "test")
+        records.iter().any(|r| {
+            r["method"] == method && r["params"]["id"] == json!(id) && r["principal"] == "test"
+        })
     };
     assert!(has("token.create") && has("token.revoke"), "{records:?}");
     assert!(!Value::Array(records).to_string().contains(&secret));
@@ -696,20 +927,35 @@ async fn label_scopes_follow_host_labels() {
     assert_eq!(s, StatusCode::OK, "{v}");
     // The token cannot relabel anything, even its own host.
     let (s, _) = f
-        .api_as(&token, Method::PUT, "/hosts/labelled/labels", Some(json!({})))
+        .api_as(
+            &token,
+            Method::PUT,
+            "/hosts/labelled/labels",
+            Some(json!({})),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
-    for bad in [json!({"env": 1}), json!(["env=prod"]), json!({"bad key": "x"})] {
+    for bad in [
+        json!({"env": 1}),
+        json!(["env=prod"]),
+        json!({"bad key": "x"}),
+    ] {
         let (s, v) = f
             .api(Method::PUT, "/hosts/labelled/labels", Some(bad.clone()))
             .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
     }
     let (s, _) = f
-        .api(Method::PUT, &format!("/hosts/{host}/labels"), Some(json!({})))
+        .api(
+            Method::PUT,
+            &format!("/hosts/{host}/labels"),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = f.api_as(&token, Method::GET, &format!("/hosts/{host}"), None).await;
+    let (s, _) = f
+        .api_as(&token, Method::GET, &format!("/hosts/{host}"), None)
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "unlabelled: out of scope again");
 }

@@ -12,10 +12,8 @@ const COLUMNS: &str = "id, token_id, token_name, host_id, method, params, summar
 
 fn json_column(r: &SqliteRow, name: &str) -> Result<Option<Value>, StoreError> {
     let text: Option<String> = r.try_get(name).map_err(db)?;
-    text.map(|t| {
-        serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
-    })
-    .transpose()
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{name}: {e}"))))
+        .transpose()
 }
 
 fn action_row(r: &SqliteRow) -> Result<PendingAction, StoreError> {
