@@ -397,7 +397,7 @@ pub struct CodeCreated {
     request_body(content = Option<CreateCode>, description = "Optional; `{}` or no body for the defaults."),
     responses(
         (status = 201, description = "The code (shown once) and the join commands.", body = CodeCreated),
-        (status = 400, description = "`bad_request`: `ttl_secs` out of range.", body = ErrorBody),
+        (status = 400, description = "`bad_request`: a malformed body, or `ttl_secs` out of range.", body = ErrorBody),
         (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
@@ -405,10 +405,11 @@ pub struct CodeCreated {
 async fn create_code(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
-    body: Option<Json<CreateCode>>,
+    body: Result<Option<Json<CreateCode>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<CodeCreated>), ApiError> {
     who.require(Level::Admin)?;
     who.require_unscoped()?;
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let ttl = Duration::from_secs(body.and_then(|b| b.ttl_secs).unwrap_or(15 * 60));
     if ttl.is_zero() || ttl > MAX_CODE_TTL {
         return Err(ApiError::bad_request(

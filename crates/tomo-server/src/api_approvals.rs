@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -67,15 +68,16 @@ pub struct DenyBody {
     responses(
         (status = 200, description = "Actions, newest first: every action in scope for an admin \
             token that does not require approval, the token's own otherwise.", body = Vec<Object>),
-        (status = 400, description = "`bad_request`: unknown status.", body = ErrorBody),
+        (status = 400, description = "`bad_request`: unknown status, or a malformed query.", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let status = match q.status.as_deref().unwrap_or("pending") {
         "all" => None,
         s => Some(ActionStatus::parse(s).ok_or_else(|| {
@@ -154,6 +156,7 @@ async fn approve(
     request_body(content = Option<DenyBody>, description = "Optional reason for the asker."),
     responses(
         (status = 200, description = "Denied; nothing ran.", body = Object),
+        (status = 400, description = "`bad_request`: a malformed body.", body = ErrorBody),
         (status = 403, description = "`forbidden`: not an admin token, a token that requires approval, or the asking token itself.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such action in the token's scope.", body = ErrorBody),
         (status = 409, description = "`not_pending`: already decided or expired.", body = ErrorBody),
@@ -164,8 +167,9 @@ async fn deny(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     Path(ActionPath { id }): Path<ActionPath>,
-    body: Option<Json<DenyBody>>,
+    body: Result<Option<Json<DenyBody>>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let reason = body.and_then(|Json(b)| b.reason);
     Ok(Json(approvals::view(
         &approvals::deny(&state, &who, &id, reason.as_deref()).await?,

@@ -36,6 +36,21 @@ pub struct ServerArgs {
     /// How long audit records are kept.
     #[arg(long, env = "TOMO_AUDIT_RETENTION", default_value = "30d")]
     pub audit_retention: String,
+    /// How long an action made with a token that requires approval waits for a human.
+    #[arg(long, env = "TOMO_APPROVAL_TTL", default_value = "15m")]
+    pub approval_ttl: String,
+    /// MCP tool calls per minute and token, for tokens without a rate of their own.
+    #[arg(long, env = "TOMO_TOOL_RATE", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub tool_rate: u32,
+    /// Largest MCP tool result, in bytes (bigger results are cut, and say so).
+    #[arg(long, env = "TOMO_TOOL_OUTPUT_BYTES", default_value_t = 24 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
+    pub tool_output_bytes: u64,
+    /// A browser origin allowed to call /mcp (repeatable; e.g. https://dash.example.com).
+    /// Requests with any other Origin header are refused.
+    #[arg(long = "mcp-allowed-origin", env = "TOMO_MCP_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub mcp_allowed_origins: Vec<String>,
 }
 
 impl ServerArgs {
@@ -53,6 +68,10 @@ impl ServerArgs {
             crate::duration::parse(&self.history_retention).map_err(Failure::config)?;
         c.audit_retention =
             crate::duration::parse(&self.audit_retention).map_err(Failure::config)?;
+        c.approval_ttl = crate::duration::parse(&self.approval_ttl).map_err(Failure::config)?;
+        c.tool_rate_per_min = self.tool_rate;
+        c.tool_output_bytes = self.tool_output_bytes as usize;
+        c.mcp_allowed_origins = self.mcp_allowed_origins.clone();
         c.validate().map_err(Failure::config)?;
         Ok(c)
     }

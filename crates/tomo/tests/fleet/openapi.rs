@@ -47,6 +47,16 @@ const REQUIRED: &[(&str, &str)] = &[
     ("post", "/api/v1/hosts/{host}/agent/{op}"),
     ("get", "/api/v1/hosts/{host}/events"),
     ("get", "/api/v1/audit"),
+    ("post", "/api/v1/fleet/rpc"),
+    ("get", "/api/v1/whoami"),
+    ("post", "/api/v1/tokens"),
+    ("get", "/api/v1/tokens"),
+    ("delete", "/api/v1/tokens/{id}"),
+    ("put", "/api/v1/hosts/{host}/labels"),
+    ("get", "/api/v1/approvals"),
+    ("get", "/api/v1/approvals/{id}"),
+    ("post", "/api/v1/approvals/{id}/approve"),
+    ("post", "/api/v1/approvals/{id}/deny"),
 ];
 
 /// Operations that may answer a stream: each documents `application/x-ndjson`.
