@@ -165,6 +165,13 @@ impl DockerEnv {
                 let force = RemoveImageOptionsBuilder::new().force(true).build();
                 report(t, d.remove_image(t, Some(force), None).await.map(drop));
             }
+            // An image that lost its tag to a newer push keeps only its digest (`<none>`).
+            let untagged_ours = image.repo_tags.iter().all(|t| t == "<none>:<none>")
+                && image.repo_digests.iter().any(|t| t.contains(prefix));
+            if untagged_ours {
+                let force = RemoveImageOptionsBuilder::new().force(true).build();
+                report(&image.id, d.remove_image(&image.id, Some(force), None).await.map(drop));
+            }
         }
     }
 
