@@ -226,8 +226,55 @@ impl ServerHandler for McpServer {
     }
 }
 
-/// One tool call, every guardrail included.
+/// One tool call, every guardrail included, with its audit record (method `mcp.<tool>`, the
+/// arguments redacted, `allowed`/`denied`, and `ok`, `pending` or the error code).
 pub async fn call(
+    state: &Arc<AppState>,
+    who: &Principal,
+    name: &str,
+    args: Map<String, Value>,
+) -> CallToolResult {
+    let started = std::time::Instant::now();
+    let params = tomo_common::redact::params::redact_params(name, &Value::Object(args.clone()));
+    let result = guarded_call(state, who, name, args).await;
+    let error = result
+        .structured_content
+        .as_ref()
+        .and_then(|s| s.get("error"))
+        .cloned();
+    let code = error
+        .as_ref()
+        .and_then(|e| e["code"].as_str())
+        .map(str::to_owned);
+    let denied = code
+        .as_deref()
+        .is_some_and(|c| matches!(c, "forbidden" | "rate_limited" | "out_of_scope" | "unknown_tool"));
+    let pending = result
+        .structured_content
+        .as_ref()
+        .is_some_and(|s| s.get("pending_action").is_some());
+    let record = tomo_proto::audit::AuditRecord {
+        at_ms: tomo_common::now_ms(),
+        trace_id: who.1.clone(),
+        principal: Some(who.0.name.clone()),
+        role: Some(who.0.role),
+        method: format!("mcp.{name}"),
+        params: Some(params),
+        decision: if denied { "denied" } else { "allowed" }.into(),
+        reason: if denied { code.clone() } else { None },
+        outcome: match (&code, pending) {
+            (Some(c), _) => c.clone(),
+            (None, true) => "pending".into(),
+            (None, false) => "ok".into(),
+        },
+        error: error.and_then(|e| e["message"].as_str().map(str::to_owned)),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    crate::audit::ingest(state, None, &record).await;
+    result
+}
+
+async fn guarded_call(
     state: &Arc<AppState>,
     who: &Principal,
     name: &str,

@@ -123,7 +123,7 @@ async fn mcp(f: &Fleet, token: &str, method: &str, params: Value) -> Value {
 
 /// The tools listed to `token`.
 async fn tools(f: &Fleet, token: &str) -> Vec<Value> {
-    mcp(f, token, "tools/list", json!({}))["tools"]
+    mcp(f, token, "tools/list", json!({})).await["tools"]
         .as_array()
         .cloned()
         .expect("tools array")
