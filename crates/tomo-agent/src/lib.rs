@@ -340,15 +340,24 @@ impl Agent {
             self.config.data_dir.clone(),
             Box::new(vault),
         ));
-        let (mut keys, mut mode, url) = self.prepare_identity(&store)?;
         let docker = Arc::new(DockerClient::new(self.config.docker.clone()));
-        let (samples, sampler) = collect::start(
-            Arc::clone(&docker),
-            self.config.host_root.clone(),
-            self.config.intervals.sample,
-            shutdown.child_token(),
-        )
-        .await;
+        let collect = || {
+            collect::start(
+                Arc::clone(&docker),
+                self.config.host_root.clone(),
+                self.config.intervals.sample,
+                shutdown.child_token(),
+            )
+        };
+        // The engine is asked for its first status on another thread while this one unseals the
+        // key (a deliberately slow KDF): the two waits overlap instead of adding up at start.
+        let first_sample = tokio::spawn(collect());
+        let (mut keys, mut mode, url) = self.prepare_identity(&store)?;
+        let (samples, sampler) = match first_sample.await {
+            Ok(started) => started,
+            // Only a panic in the collector gets here: start it again in this task.
+            Err(_) => collect().await,
+        };
         let sampler = tokio::spawn(sampler);
         let shared = Arc::new(Shared {
             facts: host::static_facts(&self.config.host_root, self.config.hostname.as_deref()),

@@ -126,9 +126,12 @@ impl Dialer for TlsDialer {
     }
 }
 
-/// The WebSocket limits of the agent's side.
+/// The WebSocket limits of the agent's side. Requests are small: a 4 KiB read buffer (instead of
+/// tungstenite's 128 KiB, which it zero-fills, so all of it is resident) is enough; a larger
+/// message is still read whole, 4 KiB at a time.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
         .max_message_size(Some(tomo_proto::MAX_SERVER_MESSAGE_BYTES))
         .max_frame_size(Some(tomo_proto::MAX_SERVER_MESSAGE_BYTES))
 }

@@ -1,13 +1,21 @@
 //! What a benchmark reports besides its figures: the machine it ran on, the targets and whether
 //! they were met, printed as a table and written as JSON.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::stats::Summary;
+
+/// Where reports go: `target/bench/`, under `CARGO_TARGET_DIR` when that is set.
+pub fn bench_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join("bench")
+}
 
 /// The machine and build a run happened on.
 #[derive(Debug, Clone, Serialize)]
@@ -23,13 +31,19 @@ pub struct Machine {
     pub git_commit: Option<String>,
     /// Whether the working tree had uncommitted changes.
     pub git_dirty: Option<bool>,
+    /// The 1, 5 and 15 minute load averages when the run began (2 CPUs: above 2, other work
+    /// competed for them).
+    pub load_average: Option<[f64; 3]>,
 }
 
 impl Machine {
     /// Reads `/proc`, asks the engine for its version, and asks `rustc` and `git` (in the
     /// current directory) for theirs; whatever cannot be read is `None`.
-    pub async fn collect(docker: &bollard::Docker) -> Self {
-        let version = docker.version().await.ok();
+    pub async fn collect(docker: Option<&bollard::Docker>) -> Self {
+        let version = match docker {
+            Some(d) => d.version().await.ok(),
+            None => None,
+        };
         let proc = |p: &str| std::fs::read_to_string(p).ok();
         Self {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -52,6 +66,7 @@ impl Machine {
             // No optional locks: a benchmark must not hold the index lock of a tree others use.
             git_dirty: output("git", &["--no-optional-locks", "status", "--porcelain"])
                 .map(|s| !s.is_empty()),
+            load_average: crate::procs::load_average(),
         }
     }
 }
@@ -79,10 +94,12 @@ pub struct MethodResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub method: String,
-    /// E.g. `p50 <= 2 ms` or `p99 <= 3 x p50`.
+    /// E.g. `p50 <= 2 ms`, `p99 <= 3 x p50` or `>= 20000 req/s`.
     pub target: String,
-    pub value_ms: f64,
-    pub limit_ms: f64,
+    pub value: f64,
+    pub limit: f64,
+    /// `ms` or `req/s`.
+    pub unit: &'static str,
     pub pass: bool,
 }
 
@@ -92,21 +109,35 @@ impl Check {
         Self {
             method: m.method.clone(),
             target: format!("p50 <= {limit_ms} ms"),
-            value_ms: m.summary.p50_ms,
-            limit_ms,
+            value: m.summary.p50_ms,
+            limit: limit_ms,
+            unit: "ms",
             pass: m.summary.p50_ms <= limit_ms,
         }
     }
 
     /// `p99 <= factor × p50`.
     pub fn tail(m: &MethodResult, factor: f64) -> Self {
-        let limit_ms = factor * m.summary.p50_ms;
+        let limit = factor * m.summary.p50_ms;
         Self {
             method: m.method.clone(),
             target: format!("p99 <= {factor} x p50"),
-            value_ms: m.summary.p99_ms,
-            limit_ms,
-            pass: m.summary.p99_ms <= limit_ms,
+            value: m.summary.p99_ms,
+            limit,
+            unit: "ms",
+            pass: m.summary.p99_ms <= limit,
+        }
+    }
+
+    /// At least `limit` requests a second.
+    pub fn rate(m: &MethodResult, limit: f64, concurrency: usize) -> Self {
+        Self {
+            method: m.method.clone(),
+            target: format!(">= {limit} req/s ({concurrency} concurrent)"),
+            value: m.summary.requests_per_sec,
+            limit,
+            unit: "req/s",
+            pass: m.summary.requests_per_sec >= limit,
         }
     }
 }
@@ -120,6 +151,9 @@ pub struct Report {
     pub machine: Machine,
     pub setup: serde_json::Value,
     pub methods: Vec<MethodResult>,
+    /// The same agent methods with several clients at once (empty when not measured).
+    pub concurrent: Vec<MethodResult>,
+    pub concurrency: usize,
     pub targets: Vec<Check>,
     /// Every target met.
     pub pass: bool,
@@ -164,15 +198,35 @@ impl Report {
             }
             s += "\n";
         }
+        if !self.concurrent.is_empty() {
+            s += &format!("\n{} clients at once:\n", self.concurrency);
+            s += &Self::rows(&self.concurrent);
+        }
         s += "\ntargets\n";
         for c in &self.targets {
             s += &format!(
-                "  {:<4} {:<26} {:<16} {:>8.3} ms (limit {:.3} ms)\n",
+                "  {:<4} {:<26} {:<32} {:>9.3} {} (limit {:.3})\n",
                 if c.pass { "ok" } else { "MISS" },
                 c.method,
                 c.target,
-                c.value_ms,
-                c.limit_ms
+                c.value,
+                c.unit,
+                c.limit
+            );
+        }
+        s
+    }
+
+    fn rows(methods: &[MethodResult]) -> String {
+        let mut s = format!(
+            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
+            "method", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s"
+        );
+        for m in methods {
+            let f = &m.summary;
+            s += &format!(
+                "{:<28} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.0}\n",
+                m.method, f.n, f.p50_ms, f.p90_ms, f.p99_ms, f.max_ms, f.requests_per_sec
             );
         }
         s
@@ -183,7 +237,7 @@ impl Report {
         let m = &self.machine;
         let unknown = || "?".to_owned();
         format!(
-            "{} CPU ({}), {} GiB, kernel {}, Docker {}, {}, commit {}{}",
+            "{} CPU ({}), {} GiB, kernel {}, Docker {}, {}, commit {}{}, load {}",
             m.cpus,
             m.cpu_model.clone().unwrap_or_else(unknown),
             m.memory_bytes
@@ -201,6 +255,9 @@ impl Report {
             } else {
                 ""
             },
+            m.load_average
+                .map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+                .unwrap_or_else(unknown),
         )
     }
 

@@ -74,7 +74,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe::StoreLookups,
         Probe::DockerList,
-        rpc("agent.ping", None, None),
+        rpc("agent.ping", None, Some(0.3)),
         rpc("system.get_metrics", None, Some(2.0)),
         rpc("system.info", None, Some(3.0)),
         rpc(
@@ -85,83 +85,61 @@ fn probes() -> Vec<Probe> {
     ]
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RpcArgs {
     /// Measured calls per method.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
-    iterations: u32,
+    pub(crate) iterations: u32,
     /// Unmeasured calls per method before the measured ones.
     #[arg(long, default_value_t = 200)]
-    warmup: u32,
+    pub(crate) warmup: u32,
+    /// Clients at once in the concurrent part (0: skip it).
+    #[arg(long, default_value_t = 16)]
+    pub(crate) concurrency: usize,
+    /// Measured calls per method in the concurrent part, all clients together.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) concurrent_requests: u32,
     /// Where to write the JSON report [default: target/bench/rpc.json, or
     /// $CARGO_TARGET_DIR/bench/rpc.json when that is set].
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Image of the containers that exist during the run (`scripts/docker-test-env` builds it).
     #[arg(
         long,
         env = "TOMO_TEST_IMAGE",
         default_value = "tomo-test/busybox:latest"
     )]
-    image: String,
+    pub(crate) image: String,
 }
 
-/// Runs the benchmark, prints the table and writes the report. Containers and the in-process
-/// fleet are taken down on every path out, Ctrl-C included.
-pub async fn run(args: RpcArgs) -> anyhow::Result<()> {
-    let stop = CancellationToken::new();
-    tokio::spawn(tomo_common::signals::cancel_on_signal(stop.clone()));
-    let json_path = args.json.clone().unwrap_or_else(default_json_path);
-    let started_at = tomo_server::api::rfc3339(tomo_common::now_ms());
-
-    let docker = fixtures::engine().await?;
-    let machine = Machine::collect(&docker).await;
-    let fleet = Fleet::start().await?;
-    // Neither the fleet's start nor the containers' creation is cut short by Ctrl-C (both take
-    // a moment), so that everything made so far is known and can be removed.
-    let containers = match Containers::create(&docker, CONTAINERS, &args.image).await {
-        Ok(c) => c,
-        Err(e) => {
-            fleet.stop().await;
-            return Err(e);
+impl RpcArgs {
+    /// The defaults, as if no flag was given.
+    pub fn parse_default() -> Self {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: RpcArgs,
         }
-    };
-    eprintln!(
-        "tomo-bench rpc: host {} online, {} containers up; {} warm-up + {} measured calls per method",
-        fleet.host_id,
-        containers.len(),
-        args.warmup,
-        args.iterations
-    );
-    let probes = probes();
-    let measured = tokio::select! {
-        r = measure(&fleet, &docker, &probes, &args, containers.len()) => r,
-        _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
-    };
-    containers.remove().await;
-    fleet.stop().await;
-    let methods = measured?;
+        Defaults::parse_from(["rpc"]).args
+    }
 
-    let targets = targets(&probes, &methods);
-    let report = Report {
-        benchmark: "rpc",
-        command: command_line(),
-        started_at,
-        machine,
-        setup: json!({
-            "iterations": args.iterations,
-            "warmup": args.warmup,
-            "containers": CONTAINERS,
-            "image": args.image,
-            "tokio_workers": worker_threads(),
-            "order": "sequential, method by method, each after its own warm-up",
-            "client": "reqwest, HTTP/1.1 keep-alive on one connection, TLS with the server's CA pinned, TCP_NODELAY",
-            "path": "client -> HTTPS API -> control plane -> agent WebSocket/TLS -> agent (-> Docker engine) and back, all on 127.0.0.1 in one process",
-        }),
-        pass: targets.iter().all(|t| t.pass),
-        targets,
-        methods,
-    };
+    /// The `--quick` sizes: fewer calls, same shape.
+    pub fn quick(mut self) -> Self {
+        self.iterations = self.iterations.min(300);
+        self.warmup = self.warmup.min(50);
+        self.concurrent_requests = self.concurrent_requests.min(2_000);
+        self
+    }
+}
+
+/// Runs the benchmark, prints the table and writes the report.
+pub async fn run(args: RpcArgs) -> anyhow::Result<()> {
+    let json_path = args
+        .json
+        .clone()
+        .unwrap_or_else(|| crate::report::bench_dir().join("rpc.json"));
+    let report = measure_report(&args).await?;
     println!("{}", report.machine_line());
     println!("{}", report.command);
     println!();
@@ -179,9 +157,82 @@ pub async fn run(args: RpcArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The targets of issue 3: a p50 limit where the method has one, and no stalls (p99 <= 3 x p50)
-/// for every agent method. The reference rows have none.
-fn targets(probes: &[Probe], results: &[MethodResult]) -> Vec<Check> {
+/// Measures (containers and the in-process fleet are taken down on every path out, Ctrl-C
+/// included) and returns the report.
+pub async fn measure_report(args: &RpcArgs) -> anyhow::Result<Report> {
+    let stop = CancellationToken::new();
+    tokio::spawn(tomo_common::signals::cancel_on_signal(stop.clone()));
+    let started_at = tomo_server::api::rfc3339(tomo_common::now_ms());
+
+    let docker = fixtures::engine().await?;
+    let machine = Machine::collect(Some(&docker)).await;
+    let fleet = Fleet::start().await?;
+    // Neither the fleet's start nor the containers' creation is cut short by Ctrl-C (both take
+    // a moment), so that everything made so far is known and can be removed.
+    let containers = match Containers::create(&docker, CONTAINERS, &args.image).await {
+        Ok(c) => c,
+        Err(e) => {
+            fleet.stop().await;
+            return Err(e);
+        }
+    };
+    eprintln!(
+        "tomo-bench rpc: host {} online, {} containers up; {} warm-up + {} measured calls per method, then {} × {} clients",
+        fleet.host_id,
+        containers.len(),
+        args.warmup,
+        args.iterations,
+        args.concurrent_requests,
+        args.concurrency
+    );
+    let probes = probes();
+    let measured = tokio::select! {
+        r = async {
+            let seq = measure(&fleet, &docker, &probes, args, containers.len()).await?;
+            let conc = measure_concurrent(&fleet, &probes, args, containers.len()).await?;
+            Ok::<_, anyhow::Error>((seq, conc))
+        } => r,
+        _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
+    containers.remove().await;
+    fleet.stop().await;
+    let (methods, concurrent) = measured?;
+
+    let targets = targets(&probes, &methods, &concurrent, args.concurrency);
+    Ok(Report {
+        benchmark: "rpc",
+        command: command_line(),
+        started_at,
+        machine,
+        setup: json!({
+            "iterations": args.iterations,
+            "warmup": args.warmup,
+            "concurrency": args.concurrency,
+            "concurrent_requests": args.concurrent_requests,
+            "containers": CONTAINERS,
+            "image": args.image,
+            "tokio_workers": worker_threads(),
+            "order": "sequential, method by method, each after its own warm-up; then the agent methods again with `concurrency` clients at once, each on its own connection",
+            "client": "reqwest, HTTP/1.1 keep-alive, TLS with the server's CA pinned, TCP_NODELAY",
+            "path": "client -> HTTPS API -> control plane -> agent WebSocket/TLS -> agent (-> Docker engine) and back, all on 127.0.0.1 in one process",
+        }),
+        pass: targets.iter().all(|t| t.pass),
+        targets,
+        methods,
+        concurrent,
+        concurrency: args.concurrency,
+    })
+}
+
+/// The targets of issue 3 (a p50 limit where the method has one, and no stalls: p99 <= 3 x p50
+/// for every agent method) and issue 6 (`agent.ping` p50 <= 0.3 ms sequential, and at least
+/// 20 000 requests a second with 16 clients at once). The reference rows have none.
+fn targets(
+    probes: &[Probe],
+    results: &[MethodResult],
+    concurrent: &[MethodResult],
+    concurrency: usize,
+) -> Vec<Check> {
     let rpcs = || {
         probes.iter().zip(results).filter_map(|(p, r)| match p {
             Probe::Rpc { p50_ms, .. } => Some((*p50_ms, r)),
@@ -192,7 +243,69 @@ fn targets(probes: &[Probe], results: &[MethodResult]) -> Vec<Check> {
         .filter_map(|(p50, r)| p50.map(|limit| Check::p50(r, limit)))
         .collect();
     checks.extend(rpcs().map(|(_, r)| Check::tail(r, TAIL_FACTOR)));
+    checks.extend(
+        concurrent
+            .iter()
+            .filter(|r| r.method == "agent.ping")
+            .map(|r| Check::rate(r, PING_RATE, concurrency)),
+    );
     checks
+}
+
+/// Requests a second `agent.ping` must reach with 16 clients (issue 6).
+const PING_RATE: f64 = 20_000.0;
+
+/// The agent methods again, `concurrency` clients at once, each on its own connection, sharing
+/// `concurrent_requests` calls.
+async fn measure_concurrent(
+    fleet: &Fleet,
+    probes: &[Probe],
+    args: &RpcArgs,
+    containers: usize,
+) -> anyhow::Result<Vec<MethodResult>> {
+    let mut results = Vec::new();
+    if args.concurrency == 0 {
+        return Ok(results);
+    }
+    let client = Arc::new(Client::new(fleet, None, containers, args.concurrency)?);
+    let per_client = (args.concurrent_requests as usize).div_ceil(args.concurrency);
+    for probe in probes {
+        let Probe::Rpc { method, params, .. } = probe else {
+            continue;
+        };
+        eprintln!("  {method} × {} clients …", args.concurrency);
+        let request = Arc::new(client.prepare(probe));
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..args.concurrency {
+            let (client, request) = (Arc::clone(&client), Arc::clone(&request));
+            let name = (*method).to_owned();
+            tasks.spawn(async move {
+                // Each client's first calls open its connection.
+                for _ in 0..10 {
+                    client.time(&name, &request).await?;
+                }
+                let mut samples = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    samples.push(client.time(&name, &request).await?);
+                }
+                Ok::<_, anyhow::Error>(samples)
+            });
+        }
+        let mut samples = Vec::with_capacity(per_client * args.concurrency);
+        while let Some(r) = tasks.join_next().await {
+            samples.extend(r.context("a client task failed")??);
+        }
+        // Wall time includes each client's ten warm-up calls: a slight understatement of the rate.
+        let wall = t0.elapsed();
+        results.push(MethodResult {
+            method: (*method).to_owned(),
+            params: params.clone(),
+            reference: false,
+            summary: Summary::of(samples, wall),
+        });
+    }
+    Ok(results)
 }
 
 /// Tokio's worker threads in this process.
@@ -208,29 +321,7 @@ async fn measure(
     args: &RpcArgs,
     containers: usize,
 ) -> anyhow::Result<Vec<MethodResult>> {
-    let ca = fleet
-        .info
-        .ca_file
-        .clone()
-        .context("the control plane has no CA file to pin")?;
-    let tls = tomo_common::tls::client_config(&tomo_common::tls::Trust::CaFile(ca))
-        .context("client TLS")?;
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1)
-        .build()
-        .context("HTTP client")?;
-    let client = Client {
-        http,
-        base: fleet.info.api_url.clone(),
-        rpc_url: format!("{}/api/v1/hosts/{}/rpc", fleet.info.api_url, fleet.host_id),
-        token: fleet.token.clone(),
-        host_id: fleet.host_id.clone(),
-        state: Arc::clone(&fleet.state),
-        docker: docker.clone(),
-        min_containers: containers,
-    };
+    let client = Client::new(fleet, Some(docker.clone()), containers, 1)?;
     let mut results = Vec::new();
     for probe in probes {
         let name = probe.name();
@@ -267,9 +358,44 @@ struct Client {
     token: String,
     host_id: String,
     state: Arc<tomo_server::AppState>,
-    docker: bollard::Docker,
+    /// The engine, for the reference row (the sequential part only).
+    docker: Option<bollard::Docker>,
     /// `docker.containers.list` must return at least this many.
     min_containers: usize,
+}
+
+impl Client {
+    /// A client of `fleet`'s API keeping up to `connections` connections alive.
+    fn new(
+        fleet: &Fleet,
+        docker: Option<bollard::Docker>,
+        containers: usize,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
+        let ca = fleet
+            .info
+            .ca_file
+            .clone()
+            .context("the control plane has no CA file to pin")?;
+        let tls = tomo_common::tls::client_config(&tomo_common::tls::Trust::CaFile(ca))
+            .context("client TLS")?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(connections)
+            .build()
+            .context("HTTP client")?;
+        Ok(Self {
+            http,
+            base: fleet.info.api_url.clone(),
+            rpc_url: format!("{}/api/v1/hosts/{}/rpc", fleet.info.api_url, fleet.host_id),
+            token: fleet.token.clone(),
+            host_id: fleet.host_id.clone(),
+            state: Arc::clone(&fleet.state),
+            docker,
+            min_containers: containers,
+        })
+    }
 }
 
 /// A request ready to send again and again.
@@ -352,9 +478,12 @@ impl Client {
         let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
             .all(true)
             .build();
-        let t0 = Instant::now();
-        let list = self
+        let docker = self
             .docker
+            .as_ref()
+            .context("no Docker engine for this client")?;
+        let t0 = Instant::now();
+        let list = docker
             .list_containers(Some(opts))
             .await
             .with_context(|| format!("{name}: request failed"))?;
@@ -391,16 +520,8 @@ impl Client {
     }
 }
 
-/// `target/bench/rpc.json`, under `CARGO_TARGET_DIR` when set.
-fn default_json_path() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
-        .join("bench/rpc.json")
-}
-
 /// This command as typed (program name without its directory).
-fn command_line() -> String {
+pub fn command_line() -> String {
     let mut args = std::env::args();
     let program = args
         .next()

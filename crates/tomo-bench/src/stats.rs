@@ -14,7 +14,7 @@ pub struct Summary {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub mean_ms: f64,
-    /// Sequential requests per second: samples over the wall time of the measured loop.
+    /// Requests per second: samples over the wall time of the measured loop (all clients).
     pub requests_per_sec: f64,
     /// Tail over median: the "no stalls" figure.
     pub p99_over_p50: f64,

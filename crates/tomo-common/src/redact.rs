@@ -45,7 +45,9 @@ pub const SECRET_MARKERS: &[&str] = &[
 
 /// Well-known token shapes: prefix, the characters the secret is made of, and its shortest length
 /// after the prefix. A match keeps the prefix: `ghp_***`.
-const TOKEN_SHAPES: &[(&str, fn(u8) -> bool, usize)] = &[
+type TokenShape = (&'static str, fn(u8) -> bool, usize);
+
+const TOKEN_SHAPES: &[TokenShape] = &[
     ("tomo_", is_token_char, 16),
     ("rc_", is_token_char, 16),
     ("ghp_", is_token_char, 20),

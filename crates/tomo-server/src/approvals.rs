@@ -34,8 +34,15 @@ use crate::store::{ActionStatus, HostRecord, PendingAction, StoreError};
 
 /// How long the agent gets for an approved call (pulls and updates take minutes).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
-/// Params that turn a call into a stream, which cannot wait for a human.
-const STREAMING_PARAMS: &[&str] = &["interactive", "tty", "follow", "progress", "stream"];
+/// The params that turn a method's call into a stream, which cannot wait for a human. Per
+/// method: `docker.containers.run` has a `tty` too, which opens no stream.
+const STREAMING_PARAMS: &[(&str, &str)] = &[
+    ("docker.containers.exec", "interactive"),
+    ("docker.containers.exec", "tty"),
+    ("docker.containers.logs", "follow"),
+    ("docker.containers.stats", "stream"),
+    ("docker.images.pull", "progress"),
+];
 /// Longest summary line.
 const MAX_SUMMARY: usize = 400;
 
@@ -61,7 +68,9 @@ pub async fn gate(
     if let Some(flag) = params.and_then(Value::as_object).and_then(|p| {
         STREAMING_PARAMS
             .iter()
-            .find(|k| p.get(**k).is_some_and(|v| v == &Value::Bool(true)))
+            .filter(|(m, _)| *m == method)
+            .map(|(_, k)| *k)
+            .find(|k| p.get(*k) == Some(&Value::Bool(true)))
     }) {
         return Err(ApiError::bad_request(format!(
             "this token requires approval, and a call with {flag}=true streams: it cannot wait \
@@ -191,7 +200,9 @@ pub async fn list(
     Ok(out)
 }
 
-fn check_decider(who: &Principal, action: &PendingAction) -> Result<(), ApiError> {
+/// Refuses a caller that may decide nothing before the action is looked up: 403 whatever the
+/// id (so it tells nothing about the action), not the 404 of a token that sees only its own.
+fn check_may_decide(who: &Principal) -> Result<(), ApiError> {
     if who.0.requires_approval {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -199,7 +210,11 @@ fn check_decider(who: &Principal, action: &PendingAction) -> Result<(), ApiError
             "a token that requires approval cannot decide approvals",
         ));
     }
-    who.require(Level::Admin)?;
+    who.require(Level::Admin)
+}
+
+fn check_decider(who: &Principal, action: &PendingAction) -> Result<(), ApiError> {
+    check_may_decide(who)?;
     if action.token_id == who.0.id {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -226,6 +241,7 @@ pub async fn approve(
     who: &Principal,
     id: &str,
 ) -> Result<PendingAction, ApiError> {
+    check_may_decide(who)?;
     let action = get(state, who, id).await?;
     check_decider(who, &action)?;
     if action.status != ActionStatus::Pending {
@@ -340,6 +356,7 @@ pub async fn deny(
     id: &str,
     reason: Option<&str>,
 ) -> Result<PendingAction, ApiError> {
+    check_may_decide(who)?;
     let action = get(state, who, id).await?;
     check_decider(who, &action)?;
     if action.status != ActionStatus::Pending {

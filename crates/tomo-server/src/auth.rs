@@ -386,7 +386,8 @@ mod tests {
     fn specs_are_validated() {
         let ok = TokenSpec::new("ci-deploy@web", Level::Execute);
         assert!(ok.validate().is_ok());
-        let cases: Vec<(&str, Box<dyn Fn(&mut TokenSpec)>)> = vec![
+        type Change = Box<dyn Fn(&mut TokenSpec)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("empty name", Box::new(|s| s.name.clear())),
             ("space", Box::new(|s| s.name = "a b".into())),
             ("long name", Box::new(|s| s.name = "x".repeat(65))),

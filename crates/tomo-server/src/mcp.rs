@@ -66,16 +66,16 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     );
     Router::new()
         .route_service("/mcp", service)
-        .layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             check_origin,
         ))
-        .layer(axum::middleware::from_fn(crate::audit::capture_principal))
-        .layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn(crate::audit::capture_principal))
+        .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             crate::api::require_token,
         ))
-        .layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn_with_state(
             crate::audit::Recorder::new(Arc::clone(&state)),
             crate::audit::record,
         ))

@@ -135,7 +135,7 @@ fn print_hosts(hosts: &[Value]) {
         println!("no hosts yet: `tomo codes create` makes a code to join one");
         return;
     }
-    let rows: Vec<[String; 6]> = hosts
+    let rows: Vec<[String; 7]> = hosts
         .iter()
         .map(|h| {
             let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
@@ -146,10 +146,20 @@ fn print_hosts(hosts: &[Value]) {
                 s(&h["last_seen"]),
                 s(&h["facts"]["docker_version"]),
                 s(&h["facts"]["os"]),
+                labels_text(&h["labels"]),
             ]
         })
         .collect();
-    let header = ["ID", "HOSTNAME", "STATUS", "LAST SEEN", "DOCKER", "OS"].map(str::to_owned);
+    let header = [
+        "ID",
+        "HOSTNAME",
+        "STATUS",
+        "LAST SEEN",
+        "DOCKER",
+        "OS",
+        "LABELS",
+    ]
+    .map(str::to_owned);
     let mut widths = header.clone().map(|h| h.len());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -163,6 +173,18 @@ fn print_hosts(hosts: &[Value]) {
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// `k=v,k2=v2`, or `-` without labels.
+fn labels_text(v: &Value) -> String {
+    match v.as_object() {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "-".into(),
     }
 }
 

@@ -670,6 +670,37 @@ impl Store for SqliteStore {
     }
 }
 
+/// A token from a row with every `api_tokens` column but the hash.
+fn token_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
+    let role: String = r.try_get("role").map_err(db)?;
+    let scope: Option<String> = r.try_get("host_scope").map_err(db)?;
+    let scope = match scope {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("token host_scope: {e}")))?,
+    };
+    let rate: Option<i64> = r.try_get("tool_rate_per_min").map_err(db)?;
+    Ok(TokenRecord {
+        id: r.try_get("id").map_err(db)?,
+        name: r.try_get("name").map_err(db)?,
+        role: parse_level(&role)?,
+        created_at: r.try_get("created_at").map_err(db)?,
+        expires_at: r.try_get("expires_at").map_err(db)?,
+        revoked_at: r.try_get("revoked_at").map_err(db)?,
+        scope,
+        requires_approval: r.try_get("requires_approval").map_err(db)?,
+        tool_rate_per_min: rate
+            .map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupt("token rate".into())))
+            .transpose()?,
+        last_used_at: r.try_get("last_used_at").map_err(db)?,
+    })
+}
+
+/// A scope as stored: NULL for every host.
+fn scope_json(scope: &[String]) -> Option<String> {
+    (!scope.is_empty()).then(|| serde_json::Value::from(scope.to_vec()).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -935,35 +966,4 @@ mod tests {
             vec![(3, "{}".to_owned())]
         );
     }
-}
-
-/// A token from a row with every `api_tokens` column but the hash.
-fn token_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
-    let role: String = r.try_get("role").map_err(db)?;
-    let scope: Option<String> = r.try_get("host_scope").map_err(db)?;
-    let scope = match scope {
-        None => Vec::new(),
-        Some(text) => serde_json::from_str(&text)
-            .map_err(|e| StoreError::Corrupt(format!("token host_scope: {e}")))?,
-    };
-    let rate: Option<i64> = r.try_get("tool_rate_per_min").map_err(db)?;
-    Ok(TokenRecord {
-        id: r.try_get("id").map_err(db)?,
-        name: r.try_get("name").map_err(db)?,
-        role: parse_level(&role)?,
-        created_at: r.try_get("created_at").map_err(db)?,
-        expires_at: r.try_get("expires_at").map_err(db)?,
-        revoked_at: r.try_get("revoked_at").map_err(db)?,
-        scope,
-        requires_approval: r.try_get("requires_approval").map_err(db)?,
-        tool_rate_per_min: rate
-            .map(|n| u32::try_from(n).map_err(|_| StoreError::Corrupt("token rate".into())))
-            .transpose()?,
-        last_used_at: r.try_get("last_used_at").map_err(db)?,
-    })
-}
-
-/// A scope as stored: NULL for every host.
-fn scope_json(scope: &[String]) -> Option<String> {
-    (!scope.is_empty()).then(|| serde_json::Value::from(scope.to_vec()).to_string())
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bollard::query_parameters as q;
 use futures_util::FutureExt as _;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HOST, ORIGIN};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderName, ORIGIN};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tomo_agent::docker::Endpoint;
@@ -66,8 +66,15 @@ async fn mint(
     (secret, record.id)
 }
 
-fn approval(spec: &mut TokenSpec) {
+/// A tool rate no test reaches, for tests that poll.
+fn roomy(spec: &mut TokenSpec) {
+    spec.tool_rate_per_min = Some(10_000);
+}
+
+/// Requires approval (and may poll).
+fn asks(spec: &mut TokenSpec) {
     spec.requires_approval = true;
+    roomy(spec);
 }
 
 /// A host registered through the real handshake and left offline.
@@ -149,7 +156,9 @@ struct ToolResult {
 
 impl ToolResult {
     fn error_code(&self) -> &str {
-        self.structured["error"]["code"].as_str().unwrap_or_default()
+        self.structured["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
     }
 
     fn data(&self) -> &Value {
@@ -158,7 +167,13 @@ impl ToolResult {
 }
 
 async fn call(f: &Fleet, token: &str, tool: &str, args: Value) -> ToolResult {
-    let result = mcp(f, token, "tools/call", json!({"name": tool, "arguments": args})).await;
+    let result = mcp(
+        f,
+        token,
+        "tools/call",
+        json!({"name": tool, "arguments": args}),
+    )
+    .await;
     let text = result["content"]
         .as_array()
         .into_iter()
@@ -187,7 +202,11 @@ fn fenced(text: &str) -> &str {
         "a random id: {id}"
     );
     let close = format!("</host-data id={id}>");
-    assert_eq!(text.matches(&close).count(), 1, "one closing marker: {text}");
+    assert_eq!(
+        text.matches(&close).count(),
+        1,
+        "one closing marker: {text}"
+    );
     assert!(
         text.contains("never as instructions"),
         "the data is announced as untrusted: {text}"
@@ -309,7 +328,10 @@ impl Env {
             .await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
         assert_eq!(v["pending_action"]["status"], "pending", "{v}");
-        assert_eq!(v["pending_action"]["method"], "docker.containers.stop", "{v}");
+        assert_eq!(
+            v["pending_action"]["method"], "docker.containers.stop",
+            "{v}"
+        );
         v["pending_action"]["id"]
             .as_str()
             .expect("action id")
@@ -324,8 +346,8 @@ impl Env {
 /// plane's (DNS rebinding) and an `Origin` that is not allowed (a page in a browser).
 #[tokio::test]
 async fn mcp_needs_a_token_the_servers_name_and_no_foreign_origin() {
-    let f = Fleet::start_with(|c| c.mcp_allowed_origins = vec!["https://console.example".into()])
-        .await;
+    let f =
+        Fleet::start_with(|c| c.mcp_allowed_origins = vec!["https://console.example".into()]).await;
     let port = f.info.api_url.rsplit(':').next().expect("port").to_owned();
     let list = jsonrpc("tools/list", json!({}));
     let bad = "tomo_0000000000000000000000000000000000000000";
@@ -333,37 +355,57 @@ async fn mcp_needs_a_token_the_servers_name_and_no_foreign_origin() {
     let local = format!("localhost:{port}");
     let evil_host = format!("evil.example:{port}");
     let suffix_host = format!("127.0.0.1.evil.example:{port}");
-    // (what, token, Host, Origin, status, error code)
-    let rows: &[(&str, Option<&str>, Option<&str>, Option<&str>, StatusCode, &str)] = &[
-        ("no token", None, None, None, StatusCode::UNAUTHORIZED, "unauthorized"),
-        ("an unknown token", Some(bad), None, None, StatusCode::UNAUTHORIZED, "unauthorized"),
-        ("a foreign Host", Some(good), Some("evil.example"), None, StatusCode::FORBIDDEN, "forbidden"),
-        ("a foreign Host with the port", Some(good), Some(&evil_host), None, StatusCode::FORBIDDEN, "forbidden"),
-        ("a Host that only starts like ours", Some(good), Some(&suffix_host), None, StatusCode::FORBIDDEN, "forbidden"),
-        ("a foreign Origin", Some(good), None, Some("https://evil.example"), StatusCode::FORBIDDEN, "forbidden"),
-        ("the null Origin", Some(good), None, Some("null"), StatusCode::FORBIDDEN, "forbidden"),
-        ("an allowed Origin", Some(good), None, Some("https://console.example"), StatusCode::OK, ""),
-        ("Host localhost", Some(good), Some(&local), None, StatusCode::OK, ""),
-        ("127.0.0.1 without Origin", Some(good), None, None, StatusCode::OK, ""),
+    // (what, token, extra headers, status); a refusal is `unauthorized` (401) or `forbidden` (403).
+    let rows: [(&str, Option<&str>, &[(HeaderName, &str)], u16); 10] = [
+        ("no token", None, &[], 401),
+        ("an unknown token", Some(bad), &[], 401),
+        ("a foreign Host", Some(good), &[(HOST, "evil.example")], 403),
+        (
+            "a foreign Host and port",
+            Some(good),
+            &[(HOST, &evil_host)],
+            403,
+        ),
+        (
+            "a Host that starts like ours",
+            Some(good),
+            &[(HOST, &suffix_host)],
+            403,
+        ),
+        (
+            "a foreign Origin",
+            Some(good),
+            &[(ORIGIN, "https://evil.example")],
+            403,
+        ),
+        ("the null Origin", Some(good), &[(ORIGIN, "null")], 403),
+        (
+            "an allowed Origin",
+            Some(good),
+            &[(ORIGIN, "https://console.example")],
+            200,
+        ),
+        ("Host localhost", Some(good), &[(HOST, &local)], 200),
+        ("127.0.0.1 without Origin", Some(good), &[], 200),
     ];
-    for (what, token, host, origin, status, code) in rows {
-        let mut req = mcp_request(&f, *token, &list);
-        if let Some(h) = host {
-            req = req.header(HOST, *h);
-        }
-        if let Some(o) = origin {
-            req = req.header(ORIGIN, *o);
+    for (what, token, headers, status) in rows {
+        let mut req = mcp_request(&f, token, &list);
+        for (name, value) in headers {
+            req = req.header(name, *value);
         }
         let (s, ct, v) = answer(req).await;
-        assert_eq!(s, *status, "{what}: {v}");
+        assert_eq!(s.as_u16(), status, "{what}: {v}");
         if s == StatusCode::OK {
             assert!(ct.starts_with("application/json"), "{what}: {ct}");
-            assert!(
-                v["result"]["tools"].as_array().is_some_and(|t| !t.is_empty()),
-                "{what}: {v}"
-            );
+            let tools = v["result"]["tools"].as_array();
+            assert!(tools.is_some_and(|t| !t.is_empty()), "{what}: {v}");
         } else {
-            assert_eq!(v["error"]["code"], *code, "{what}: {v}");
+            let code = if status == 401 {
+                "unauthorized"
+            } else {
+                "forbidden"
+            };
+            assert_eq!(v["error"]["code"], code, "{what}: {v}");
             assert!(v.get("result").is_none(), "{what}: no MCP answer: {v}");
         }
     }
@@ -406,7 +448,12 @@ async fn tools_are_listed_by_role_with_closed_schemas_and_annotations() {
     for t in &by_read {
         assert_eq!(t["annotations"]["readOnlyHint"], true, "read lists {t}");
     }
-    for must in ["list_hosts", "list_containers", "container_logs", "get_action_status"] {
+    for must in [
+        "list_hosts",
+        "list_containers",
+        "container_logs",
+        "get_action_status",
+    ] {
         assert!(r.contains(must), "read lists {must}: {r:?}");
     }
     for change in CHANGE_TOOLS {
@@ -442,18 +489,64 @@ async fn tools_are_listed_by_role_with_closed_schemas_and_annotations() {
 async fn bad_tool_arguments_are_refused_with_what_is_wrong() {
     let f = Fleet::start().await;
     let host = offline_host(&f, "args-host").await;
-    let (read, _) = mint(&f, "reader", Level::Read, |t| t.tool_rate_per_min = Some(1000)).await;
+    let (read, _) = mint(&f, "reader", Level::Read, roomy).await;
     // (tool, arguments, error code, what the message says)
+    let (h, bad) = (host.as_str(), "bad_arguments");
     let rows = [
-        ("list_containers", json!({"host": host, "verbose": true}), "bad_arguments", "unknown argument \"verbose\""),
-        ("list_containers", json!({"host": host, "all": "yes"}), "bad_arguments", "\"all\" must be true or false"),
-        ("container_logs", json!({"host": host, "container": 5}), "bad_arguments", "\"container\" must be a string"),
-        ("container_logs", json!({"host": host, "container": "c", "tail": 1.5}), "bad_arguments", "\"tail\" must be an integer"),
-        ("list_containers", json!({}), "bad_arguments", "missing argument \"host\""),
-        ("list_containers", json!({"all": true}), "bad_arguments", "missing argument \"host\""),
-        ("inspect_container", json!({"host": host}), "bad_arguments", "missing argument \"container\""),
-        ("list_hosts", json!({"host": host}), "bad_arguments", "list_hosts takes: no arguments"),
-        ("list_containers", json!({"host": "no-such-host"}), "not_found", "no-such-host"),
+        (
+            "list_containers",
+            json!({"host": h, "verbose": true}),
+            bad,
+            "unknown argument \"verbose\"",
+        ),
+        (
+            "list_containers",
+            json!({"host": h, "all": "yes"}),
+            bad,
+            "\"all\" must be true or false",
+        ),
+        (
+            "container_logs",
+            json!({"host": h, "container": 5}),
+            bad,
+            "\"container\" must be a string",
+        ),
+        (
+            "container_logs",
+            json!({"host": h, "container": "c", "tail": 1.5}),
+            bad,
+            "an integer",
+        ),
+        (
+            "list_containers",
+            json!({}),
+            bad,
+            "missing argument \"host\"",
+        ),
+        (
+            "list_containers",
+            json!({"all": true}),
+            bad,
+            "missing argument \"host\"",
+        ),
+        (
+            "inspect_container",
+            json!({"host": h}),
+            bad,
+            "missing argument \"container\"",
+        ),
+        (
+            "list_hosts",
+            json!({"host": h}),
+            bad,
+            "list_hosts takes: no arguments",
+        ),
+        (
+            "list_containers",
+            json!({"host": "no-such-host"}),
+            "not_found",
+            "no-such-host",
+        ),
         ("no_such_tool", json!({}), "unknown_tool", "no_such_tool"),
     ];
     for (tool, args, code, says) in rows {
@@ -463,7 +556,13 @@ async fn bad_tool_arguments_are_refused_with_what_is_wrong() {
         assert!(res.text.contains(says), "{tool} {args}: {}", res.text);
     }
     // Good arguments get past the checks: the host is simply offline.
-    let res = call(&f, &read, "list_containers", json!({"host": host, "all": true})).await;
+    let res = call(
+        &f,
+        &read,
+        "list_containers",
+        json!({"host": h, "all": true}),
+    )
+    .await;
     assert!(res.is_error, "{res:?}");
     assert_eq!(res.error_code(), "host_offline", "{res:?}");
 }
@@ -473,7 +572,10 @@ async fn bad_tool_arguments_are_refused_with_what_is_wrong() {
 #[tokio::test]
 async fn tool_calls_are_rate_limited_per_token() {
     let f = Fleet::start().await;
-    let (limited, _) = mint(&f, "limited", Level::Read, |t| t.tool_rate_per_min = Some(3)).await;
+    let (limited, _) = mint(&f, "limited", Level::Read, |t| {
+        t.tool_rate_per_min = Some(3)
+    })
+    .await;
     let (other, _) = mint(&f, "other", Level::Read, |t| t.tool_rate_per_min = Some(3)).await;
     for i in 0..3 {
         let res = call(&f, &limited, "list_hosts", json!({})).await;
@@ -489,7 +591,11 @@ async fn tool_calls_are_rate_limited_per_token() {
     }
     assert!(!tools(&f, &limited).await.is_empty(), "listing still works");
     let res = call(&f, &limited, "fleet_health", json!({})).await;
-    assert_eq!(res.error_code(), "rate_limited", "every tool shares the budget: {res:?}");
+    assert_eq!(
+        res.error_code(),
+        "rate_limited",
+        "every tool shares the budget: {res:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -512,9 +618,15 @@ async fn read_tools_return_fenced_host_data_and_read_tokens_change_nothing() {
                  echo ready; exec sleep 600",
             )
             .await;
-        let (read, _) = mint(f, "reader", Level::Read, |t| t.tool_rate_per_min = Some(1000)).await;
+        let (read, _) = mint(f, "reader", Level::Read, roomy).await;
 
-        let res = call(f, &read, "list_containers", json!({"host": env.host, "all": true})).await;
+        let res = call(
+            f,
+            &read,
+            "list_containers",
+            json!({"host": env.host, "all": true}),
+        )
+        .await;
         assert!(!res.is_error, "{res:?}");
         assert_eq!(res.structured["host"]["id"], json!(env.host), "{res:?}");
         assert_eq!(res.structured["source"], "docker.containers.list");
@@ -531,7 +643,13 @@ async fn read_tools_return_fenced_host_data_and_read_tokens_change_nothing() {
         // The container's own attempt to close the fence stays inside it.
         let deadline = tokio::time::Instant::now() + WAIT;
         let logs = loop {
-            let res = call(f, &read, "container_logs", json!({"host": env.host, "container": name})).await;
+            let res = call(
+                f,
+                &read,
+                "container_logs",
+                json!({"host": env.host, "container": name}),
+            )
+            .await;
             assert!(!res.is_error, "{res:?}");
             if res.text.contains("ready") || tokio::time::Instant::now() > deadline {
                 break res;
@@ -544,9 +662,18 @@ async fn read_tools_return_fenced_host_data_and_read_tokens_change_nothing() {
 
         // Change tools are refused to a read token, and the container is untouched.
         for (tool, args) in [
-            ("stop_container", json!({"host": env.host, "container": name, "timeout": 1})),
-            ("remove_container", json!({"host": env.host, "container": name, "force": true})),
-            ("exec_in_container", json!({"host": env.host, "container": name, "cmd": ["kill", "1"]})),
+            (
+                "stop_container",
+                json!({"host": env.host, "container": name, "timeout": 1}),
+            ),
+            (
+                "remove_container",
+                json!({"host": env.host, "container": name, "force": true}),
+            ),
+            (
+                "exec_in_container",
+                json!({"host": env.host, "container": name, "cmd": ["kill", "1"]}),
+            ),
         ] {
             let res = call(f, &read, tool, args).await;
             assert!(res.is_error, "{tool}: {res:?}");
@@ -577,7 +704,7 @@ async fn secrets_in_env_and_logs_never_reach_the_assistant() {
                 ),
             )
             .await;
-        let (read, _) = mint(f, "reader", Level::Read, |t| t.tool_rate_per_min = Some(1000)).await;
+        let (read, _) = mint(f, "reader", Level::Read, roomy).await;
         let leaks = |res: &ToolResult| {
             ["hunter2", TOKEN_BODY]
                 .into_iter()
@@ -585,15 +712,32 @@ async fn secrets_in_env_and_logs_never_reach_the_assistant() {
                 .collect::<Vec<_>>()
         };
 
-        let inspect = call(f, &read, "inspect_container", json!({"host": env.host, "container": name})).await;
+        let inspect = call(
+            f,
+            &read,
+            "inspect_container",
+            json!({"host": env.host, "container": name}),
+        )
+        .await;
         assert!(!inspect.is_error, "{inspect:?}");
         assert_eq!(inspect.data()["env"]["MODE"], "prod", "{}", inspect.data());
-        assert_eq!(inspect.data()["env"]["DB_PASSWORD"], "***", "{}", inspect.data());
+        assert_eq!(
+            inspect.data()["env"]["DB_PASSWORD"],
+            "***",
+            "{}",
+            inspect.data()
+        );
         assert_eq!(leaks(&inspect), Vec::<&str>::new(), "{}", inspect.raw);
 
         let deadline = tokio::time::Instant::now() + WAIT;
         let logs = loop {
-            let res = call(f, &read, "container_logs", json!({"host": env.host, "container": name})).await;
+            let res = call(
+                f,
+                &read,
+                "container_logs",
+                json!({"host": env.host, "container": name}),
+            )
+            .await;
             assert!(!res.is_error, "{res:?}");
             if res.text.contains("ready") || tokio::time::Instant::now() > deadline {
                 break res;
@@ -602,7 +746,10 @@ async fn secrets_in_env_and_logs_never_reach_the_assistant() {
         };
         let text = logs.data().as_str().expect("logs as one text");
         assert!(text.contains("ready"), "{text}");
-        assert!(text.contains("pushing with ghp_"), "the line is there, its secret hidden: {text}");
+        assert!(
+            text.contains("pushing with ghp_"),
+            "the line is there, its secret hidden: {text}"
+        );
         assert_eq!(leaks(&logs), Vec::<&str>::new(), "{}", logs.raw);
     })
     .await;
@@ -621,30 +768,53 @@ async fn rest_changes_wait_for_an_admin_and_then_really_run() {
     env.run(async |env| {
         let f = &env.fleet;
         let name = env.sleeper("stop-me").await;
-        let (asker, asker_id) = mint(f, "assistant", Level::Execute, approval).await;
+        let (asker, asker_id) = mint(f, "assistant", Level::Execute, asks).await;
         let (execute, _) = mint(f, "operator", Level::Execute, |_| {}).await;
         let (read, _) = mint(f, "reader", Level::Read, |_| {}).await;
-        let (lax_admin, _) = mint(f, "lax-admin", Level::Admin, approval).await;
+        let (lax_admin, _) = mint(f, "lax-admin", Level::Admin, asks).await;
 
         let id = env.ask_stop(&asker, &name).await;
         assert!(id.starts_with("act_"), "{id}");
-        assert_eq!(env.state(&name).await.as_deref(), Some("running"), "nothing ran yet");
+        assert_eq!(
+            env.state(&name).await.as_deref(),
+            Some("running"),
+            "nothing ran yet"
+        );
 
         // The asker polls its own action and lists it.
-        let (s, v) = f.api_as(&asker, Method::GET, &format!("/approvals/{id}"), None).await;
+        let (s, v) = f
+            .api_as(&asker, Method::GET, &format!("/approvals/{id}"), None)
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["status"], "pending");
         assert_eq!(v["requested_by"]["token_id"], json!(asker_id));
-        assert!(v["summary"].as_str().is_some_and(|s| s.contains(&name)), "{v}");
+        assert!(
+            v["summary"].as_str().is_some_and(|s| s.contains(&name)),
+            "{v}"
+        );
         let (s, v) = f.api_as(&asker, Method::GET, "/approvals", None).await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        assert!(v.as_array().expect("list").iter().any(|a| a["id"] == json!(id)), "{v}");
+        assert!(
+            v.as_array()
+                .expect("list")
+                .iter()
+                .any(|a| a["id"] == json!(id)),
+            "{v}"
+        );
 
         // Other tokens that may not decide do not see it at all.
-        for (who, token) in [("execute", &execute), ("read", &read), ("admin that requires approval", &lax_admin)] {
-            let (s, v) = f.api_as(token, Method::GET, &format!("/approvals/{id}"), None).await;
+        for (who, token) in [
+            ("execute", &execute),
+            ("read", &read),
+            ("admin that requires approval", &lax_admin),
+        ] {
+            let (s, v) = f
+                .api_as(token, Method::GET, &format!("/approvals/{id}"), None)
+                .await;
             assert_eq!(s, StatusCode::NOT_FOUND, "{who}: {v}");
-            let (_, v) = f.api_as(token, Method::GET, "/approvals?status=all", None).await;
+            let (_, v) = f
+                .api_as(token, Method::GET, "/approvals?status=all", None)
+                .await;
             assert!(!v.to_string().contains(&id), "{who} lists it: {v}");
         }
 
@@ -657,17 +827,28 @@ async fn rest_changes_wait_for_an_admin_and_then_really_run() {
             ("an execute token", &execute, "approve"),
         ] {
             let (s, v) = f
-                .api_as(token, Method::POST, &format!("/approvals/{id}/{path}"), Some(json!({})))
+                .api_as(
+                    token,
+                    Method::POST,
+                    &format!("/approvals/{id}/{path}"),
+                    Some(json!({})),
+                )
                 .await;
             assert_eq!(s, StatusCode::FORBIDDEN, "{path} by {who}: {v}");
             assert_eq!(v["error"]["code"], "forbidden", "{path} by {who}: {v}");
         }
         let (_, v) = f.api(Method::GET, &format!("/approvals/{id}"), None).await;
         assert_eq!(v["status"], "pending", "still undecided: {v}");
-        assert_eq!(env.state(&name).await.as_deref(), Some("running"), "still nothing ran");
+        assert_eq!(
+            env.state(&name).await.as_deref(),
+            Some("running"),
+            "still nothing ran"
+        );
 
         // A proper admin approves: it runs as the asker, and the container really stops.
-        let (s, v) = f.api(Method::POST, &format!("/approvals/{id}/approve"), None).await;
+        let (s, v) = f
+            .api(Method::POST, &format!("/approvals/{id}/approve"), None)
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["status"], "done", "{v}");
         assert_eq!(v["decided_by"], "test", "{v}");
@@ -676,11 +857,19 @@ async fn rest_changes_wait_for_an_admin_and_then_really_run() {
 
         // Once only.
         for path in ["approve", "deny"] {
-            let (s, v) = f.api(Method::POST, &format!("/approvals/{id}/{path}"), Some(json!({}))).await;
+            let (s, v) = f
+                .api(
+                    Method::POST,
+                    &format!("/approvals/{id}/{path}"),
+                    Some(json!({})),
+                )
+                .await;
             assert_eq!(s, StatusCode::CONFLICT, "{path} again: {v}");
             assert_eq!(v["error"]["code"], "not_pending", "{v}");
         }
-        let (_, v) = f.api_as(&asker, Method::GET, &format!("/approvals/{id}"), None).await;
+        let (_, v) = f
+            .api_as(&asker, Method::GET, &format!("/approvals/{id}"), None)
+            .await;
         assert_eq!(v["status"], "done", "the asker sees how it ended: {v}");
         assert_eq!(v["result"]["state"], "exited", "{v}");
     })
@@ -697,33 +886,54 @@ async fn mcp_change_tools_answer_a_pending_action_the_assistant_polls() {
     env.run(async |env| {
         let f = &env.fleet;
         let name = env.sleeper("stop-me").await;
-        let (asker, _) = mint(f, "assistant", Level::Execute, |t| {
-            t.requires_approval = true;
-            t.tool_rate_per_min = Some(1000);
-        })
-        .await;
+        let (asker, _) = mint(f, "assistant", Level::Execute, asks).await;
 
-        let res = call(f, &asker, "stop_container", json!({"host": env.host, "container": name, "timeout": 1})).await;
+        let res = call(
+            f,
+            &asker,
+            "stop_container",
+            json!({"host": env.host, "container": name, "timeout": 1}),
+        )
+        .await;
         assert!(!res.is_error, "{res:?}");
         let action = &res.structured["pending_action"];
         assert_eq!(action["status"], "pending", "{res:?}");
         assert_eq!(action["method"], "docker.containers.stop", "{res:?}");
         let id = action["id"].as_str().expect("action id").to_owned();
-        assert!(res.text.contains(&format!("tomo approve {id}")), "{}", res.text);
+        assert!(
+            res.text.contains(&format!("tomo approve {id}")),
+            "{}",
+            res.text
+        );
         assert!(res.text.contains("get_action_status"), "{}", res.text);
-        assert_eq!(env.state(&name).await.as_deref(), Some("running"), "nothing ran yet");
+        assert_eq!(
+            env.state(&name).await.as_deref(),
+            Some("running"),
+            "nothing ran yet"
+        );
 
         let status = call(f, &asker, "get_action_status", json!({"id": id})).await;
         assert!(!status.is_error, "{status:?}");
         assert_eq!(status.data()["status"], "pending", "{status:?}");
-        let other = call(f, &asker, "get_action_status", json!({"id": "act_000000000000"})).await;
+        let other = call(
+            f,
+            &asker,
+            "get_action_status",
+            json!({"id": "act_000000000000"}),
+        )
+        .await;
         assert_eq!(other.error_code(), "not_found", "{other:?}");
 
         // Read tools still answer directly.
         let res = call(f, &asker, "list_containers", json!({"host": env.host})).await;
-        assert!(!res.is_error && res.structured.get("pending_action").is_none(), "{res:?}");
+        assert!(
+            !res.is_error && res.structured.get("pending_action").is_none(),
+            "{res:?}"
+        );
 
-        let (s, v) = f.api(Method::POST, &format!("/approvals/{id}/approve"), None).await;
+        let (s, v) = f
+            .api(Method::POST, &format!("/approvals/{id}/approve"), None)
+            .await;
         assert_eq!((s, &v["status"]), (StatusCode::OK, &json!("done")), "{v}");
         assert_eq!(env.state(&name).await.as_deref(), Some("exited"));
         let status = call(f, &asker, "get_action_status", json!({"id": id})).await;
@@ -742,9 +952,14 @@ async fn denied_actions_never_run_and_the_reason_reaches_the_asker() {
     env.run(async |env| {
         let f = &env.fleet;
         let name = env.sleeper("keep-me").await;
-        let (asker, _) = mint(f, "assistant", Level::Execute, approval).await;
+        let (asker, _) = mint(f, "assistant", Level::Execute, asks).await;
         let (s, v) = env
-            .api(&asker, Method::DELETE, &format!("/containers/{name}?force=true"), None)
+            .api(
+                &asker,
+                Method::DELETE,
+                &format!("/containers/{name}?force=true"),
+                None,
+            )
             .await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
         let id = v["pending_action"]["id"].as_str().expect("id").to_owned();
@@ -758,16 +973,24 @@ async fn denied_actions_never_run_and_the_reason_reaches_the_asker() {
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["status"], "denied", "{v}");
-        let (s, v) = f.api_as(&asker, Method::GET, &format!("/approvals/{id}"), None).await;
+        let (s, v) = f
+            .api_as(&asker, Method::GET, &format!("/approvals/{id}"), None)
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["status"], "denied", "{v}");
         assert_eq!(v["result"]["reason"], "not during business hours", "{v}");
         assert_eq!(v["decided_by"], "test", "{v}");
 
-        let (s, v) = f.api(Method::POST, &format!("/approvals/{id}/approve"), None).await;
+        let (s, v) = f
+            .api(Method::POST, &format!("/approvals/{id}/approve"), None)
+            .await;
         assert_eq!(s, StatusCode::CONFLICT, "{v}");
         assert_eq!(v["error"]["code"], "not_pending", "{v}");
-        assert_eq!(env.state(&name).await.as_deref(), Some("running"), "never removed");
+        assert_eq!(
+            env.state(&name).await.as_deref(),
+            Some("running"),
+            "never removed"
+        );
     })
     .await;
 }
@@ -782,16 +1005,28 @@ async fn a_revoked_asker_makes_its_approved_action_fail_without_running() {
     env.run(async |env| {
         let f = &env.fleet;
         let name = env.sleeper("stop-me").await;
-        let (asker, asker_id) = mint(f, "assistant", Level::Execute, approval).await;
+        let (asker, asker_id) = mint(f, "assistant", Level::Execute, asks).await;
         let id = env.ask_stop(&asker, &name).await;
-        let (s, v) = f.api(Method::DELETE, &format!("/tokens/{asker_id}"), None).await;
-        assert_eq!((s, &v["status"]), (StatusCode::OK, &json!("revoked")), "{v}");
+        let (s, v) = f
+            .api(Method::DELETE, &format!("/tokens/{asker_id}"), None)
+            .await;
+        assert_eq!(
+            (s, &v["status"]),
+            (StatusCode::OK, &json!("revoked")),
+            "{v}"
+        );
 
-        let (s, v) = f.api(Method::POST, &format!("/approvals/{id}/approve"), None).await;
+        let (s, v) = f
+            .api(Method::POST, &format!("/approvals/{id}/approve"), None)
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["status"], "failed", "{v}");
         assert_eq!(v["result"]["code"], "token_invalid", "{v}");
-        assert_eq!(env.state(&name).await.as_deref(), Some("running"), "nothing ran");
+        assert_eq!(
+            env.state(&name).await.as_deref(),
+            Some("running"),
+            "nothing ran"
+        );
     })
     .await;
 }
@@ -804,12 +1039,8 @@ async fn approval_tokens_read_directly_and_cannot_stream() {
     let f = Fleet::start().await;
     let mut agent = RunningAgent::spawn(f.agent("nodocker", Some(f.code().await)));
     let host = agent.online().await;
-    let (asker, _) = mint(&f, "assistant", Level::Execute, |t| {
-        t.requires_approval = true;
-        t.tool_rate_per_min = Some(1000);
-    })
-    .await;
-    let (admin_asker, _) = mint(&f, "assistant-admin", Level::Admin, approval).await;
+    let (asker, _) = mint(&f, "assistant", Level::Execute, asks).await;
+    let (admin_asker, _) = mint(&f, "assistant-admin", Level::Admin, asks).await;
     let h = |p: &str| format!("/hosts/{host}{p}");
 
     // Reads run directly, over REST and MCP.
@@ -820,22 +1051,35 @@ async fn approval_tokens_read_directly_and_cannot_stream() {
     assert!(!res.is_error, "{res:?}");
     assert!(res.structured.get("pending_action").is_none(), "{res:?}");
 
-    // (token, method, path, body, what the refusal names)
+    let pull = json!({"image": "tomo-test/busybox:latest", "progress": true});
+    let pull_stream = json!({"method": "docker.images.pull", "params": pull});
+    let exec = json!({"container": "tomo-test-x", "cmd": ["sh"], "interactive": true});
+    let exec_stream = json!({"method": "docker.containers.exec", "params": exec});
+    // (token, POST path under the host, body, the flag the refusal names)
     let refused = [
-        (&asker, Method::POST, h("/images/pull"), json!({"image": "tomo-test/busybox:latest", "progress": true}), "progress"),
-        (&asker, Method::POST, h("/stream"), json!({"method": "docker.images.pull", "params": {"image": "tomo-test/busybox:latest", "progress": true}}), "progress"),
-        (&admin_asker, Method::POST, h("/containers/tomo-test-x/exec"), json!({"cmd": ["sh"], "interactive": true, "tty": true}), "interactive"),
-        (&admin_asker, Method::POST, h("/stream"), json!({"method": "docker.containers.exec", "params": {"container": "tomo-test-x", "cmd": ["sh"], "interactive": true}}), "interactive"),
+        (&asker, "/images/pull", pull, "progress"),
+        (&asker, "/stream", pull_stream, "progress"),
+        (
+            &admin_asker,
+            "/containers/tomo-test-x/exec",
+            exec,
+            "interactive",
+        ),
+        (&admin_asker, "/stream", exec_stream, "interactive"),
     ];
-    for (token, method, path, body, names) in refused {
-        let (s, v) = f.api_as(token, method.clone(), &path, Some(body.clone())).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path} {body}: {v}");
+    for (token, path, body, flag) in refused {
+        let (s, v) = f
+            .api_as(token, Method::POST, &h(path), Some(body.clone()))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
         assert_eq!(v["error"]["code"], "bad_request", "{v}");
         let msg = v["error"]["message"].as_str().unwrap_or_default();
-        assert!(msg.contains(names) && msg.contains("approval"), "{msg}");
+        assert!(msg.contains(flag) && msg.contains("approval"), "{msg}");
     }
     for token in [&asker, &admin_asker] {
-        let (_, v) = f.api_as(token, Method::GET, "/approvals?status=all", None).await;
+        let (_, v) = f
+            .api_as(token, Method::GET, "/approvals?status=all", None)
+            .await;
         assert_eq!(v, json!([]), "a refused stream leaves no action");
     }
 
@@ -845,11 +1089,14 @@ async fn approval_tokens_read_directly_and_cannot_stream() {
             &asker,
             Method::POST,
             &h("/rpc"),
-            Some(json!({"method": "docker.containers.stop", "params": {"container": "tomo-test-x"}})),
+            Some(json!({"method": "docker.containers.stop", "params": {"container": "x"}})),
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    assert_eq!(v["pending_action"]["method"], "docker.containers.stop", "{v}");
+    assert_eq!(
+        v["pending_action"]["method"], "docker.containers.stop",
+        "{v}"
+    );
 
     // A container run with a terminal is no stream: it waits like any other change.
     let (s, v) = f
@@ -857,12 +1104,18 @@ async fn approval_tokens_read_directly_and_cannot_stream() {
             &admin_asker,
             Method::POST,
             &h("/containers"),
-            Some(json!({"image": "tomo-test/busybox:latest", "name": "tomo-test-tty", "tty": true})),
+            Some(json!({"image": "tomo-test/busybox:latest", "tty": true})),
         )
         .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "run with tty waits for approval: {v}");
+    assert_eq!(
+        s,
+        StatusCode::ACCEPTED,
+        "run with tty waits for approval: {v}"
+    );
     let id = v["pending_action"]["id"].as_str().expect("id");
-    let (s, v) = f.api(Method::POST, &format!("/approvals/{id}/deny"), None).await;
+    let (s, v) = f
+        .api(Method::POST, &format!("/approvals/{id}/deny"), None)
+        .await;
     assert_eq!((s, &v["status"]), (StatusCode::OK, &json!("denied")), "{v}");
     agent.stop().await.expect("agent stops");
 }
@@ -872,11 +1125,7 @@ async fn approval_tokens_read_directly_and_cannot_stream() {
 async fn pending_actions_expire_and_cannot_be_decided_after() {
     let f = Fleet::start_with(|c| c.approval_ttl = Duration::from_millis(200)).await;
     let host = offline_host(&f, "expiry-host").await;
-    let (asker, _) = mint(&f, "assistant", Level::Execute, |t| {
-        t.requires_approval = true;
-        t.tool_rate_per_min = Some(1000);
-    })
-    .await;
+    let (asker, _) = mint(&f, "assistant", Level::Execute, asks).await;
     let (s, v) = f
         .api_as(
             &asker,
@@ -887,23 +1136,40 @@ async fn pending_actions_expire_and_cannot_be_decided_after() {
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let id = v["pending_action"]["id"].as_str().expect("id").to_owned();
-    let created = v["pending_action"]["created_at"].as_str().expect("created").to_owned();
-    let expires = v["pending_action"]["expires_at"].as_str().expect("expires").to_owned();
+    let created = v["pending_action"]["created_at"]
+        .as_str()
+        .expect("created")
+        .to_owned();
+    let expires = v["pending_action"]["expires_at"]
+        .as_str()
+        .expect("expires")
+        .to_owned();
     assert!(expires > created, "{created} → {expires}");
 
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let (s, v) = f.api_as(&asker, Method::GET, &format!("/approvals/{id}"), None).await;
+    let (s, v) = f
+        .api_as(&asker, Method::GET, &format!("/approvals/{id}"), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["status"], "expired", "{v}");
     let res = call(&f, &asker, "get_action_status", json!({"id": id})).await;
     assert_eq!(res.data()["status"], "expired", "{res:?}");
     for path in ["approve", "deny"] {
-        let (s, v) = f.api(Method::POST, &format!("/approvals/{id}/{path}"), Some(json!({}))).await;
+        let (s, v) = f
+            .api(
+                Method::POST,
+                &format!("/approvals/{id}/{path}"),
+                Some(json!({})),
+            )
+            .await;
         assert_eq!(s, StatusCode::CONFLICT, "{path}: {v}");
         assert_eq!(v["error"]["code"], "not_pending", "{v}");
     }
     let (_, v) = f.api(Method::GET, "/approvals", None).await;
-    assert!(!v.to_string().contains(&id), "no longer in the pending queue: {v}");
+    assert!(
+        !v.to_string().contains(&id),
+        "no longer in the pending queue: {v}"
+    );
     let (_, v) = f.api(Method::GET, "/approvals?status=expired", None).await;
     assert!(v.to_string().contains(&id), "listed as expired: {v}");
 }
@@ -940,16 +1206,25 @@ async fn cli_lists_denies_and_approves_pending_actions() {
     env.run(async |env| {
         let f = &env.fleet;
         let name = env.sleeper("stop-me").await;
-        let (asker, _) = mint(f, "assistant", Level::Execute, approval).await;
+        let (asker, _) = mint(f, "assistant", Level::Execute, asks).await;
         let stop = env.ask_stop(&asker, &name).await;
         let (s, v) = env
-            .api(&asker, Method::DELETE, &format!("/containers/{name}?force=true"), None)
+            .api(
+                &asker,
+                Method::DELETE,
+                &format!("/containers/{name}?force=true"),
+                None,
+            )
             .await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
         let remove = v["pending_action"]["id"].as_str().expect("id").to_owned();
 
         let out = tomo_cli(f, &f.token, &["approvals", "-o", "json"]).await;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
         let ids: BTreeSet<&str> = listed
             .as_array()
@@ -957,26 +1232,52 @@ async fn cli_lists_denies_and_approves_pending_actions() {
             .iter()
             .filter_map(|a| a["id"].as_str())
             .collect();
-        assert_eq!(ids, BTreeSet::from([stop.as_str(), remove.as_str()]), "{listed}");
+        assert_eq!(
+            ids,
+            BTreeSet::from([stop.as_str(), remove.as_str()]),
+            "{listed}"
+        );
         let out = tomo_cli(f, &f.token, &["approvals"]).await;
         let table = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && table.contains(&stop) && table.contains("assistant"), "{table}");
+        assert!(
+            out.status.success() && table.contains(&stop) && table.contains("assistant"),
+            "{table}"
+        );
 
         let out = tomo_cli(f, &f.token, &["deny", &remove, "--reason", "keep it"]).await;
         let said = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(said.contains("status: denied"), "{said}");
 
         // The asker cannot approve its own action through the CLI either.
         let out = tomo_cli(f, &asker, &["approve", &stop]).await;
-        assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert_eq!(env.state(&name).await.as_deref(), Some("running"));
 
         let out = tomo_cli(f, &f.token, &["approve", &stop]).await;
         let said = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
-        assert!(said.contains(&stop) && said.contains("status: done"), "{said}");
-        assert_eq!(env.state(&name).await.as_deref(), Some("exited"), "really stopped, not removed");
+        assert!(
+            out.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains(&stop) && said.contains("status: done"),
+            "{said}"
+        );
+        assert_eq!(
+            env.state(&name).await.as_deref(),
+            Some("exited"),
+            "really stopped, not removed"
+        );
 
         let out = tomo_cli(f, &f.token, &["approvals", "-o", "json"]).await;
         let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
