@@ -5,7 +5,7 @@
 //! denies it (`tomo approve ID` / `tomo deny ID`, `POST /api/v1/approvals/{id}/approve|deny`);
 //! the asker polls it (`GET /api/v1/approvals/{id}`, the MCP tool `get_action_status`).
 //!
-//! Rules, each with a test (crates/tomo/tests/fleet/approvals.rs):
+//! Rules, each with a test (crates/tomo/tests/fleet/mcp_approvals.rs):
 //! - nobody approves their own action (the deciding token must be another token), and a token
 //!   that requires approval decides nothing;
 //! - the decider needs the admin role and the host in its scope;

@@ -24,6 +24,9 @@ use tomo_server::auth::TokenSpec;
 use crate::docker_env::DockerEnv;
 use crate::support::{Fleet, Raw, RunningAgent, WAIT, facts};
 
+/// Extra request headers.
+type Headers<'a> = &'a [(HeaderName, &'a str)];
+
 /// The protocol version the clients of issue 5 speak.
 const PROTOCOL: &str = "2025-06-18";
 /// The secret part of a GitHub-shaped token a test container logs.
@@ -387,7 +390,7 @@ async fn mcp_needs_a_token_the_servers_name_and_no_foreign_origin() {
     let evil_host = format!("evil.example:{port}");
     let suffix_host = format!("127.0.0.1.evil.example:{port}");
     // (what, token, extra headers, status); a refusal is `unauthorized` (401) or `forbidden` (403).
-    let rows: [(&str, Option<&str>, &[(HeaderName, &str)], u16); 10] = [
+    let rows: [(&str, Option<&str>, Headers, u16); 10] = [
         ("no token", None, &[], 401),
         ("an unknown token", Some(bad), &[], 401),
         ("a foreign Host", Some(good), &[(HOST, "evil.example")], 403),
@@ -692,10 +695,9 @@ async fn secrets_in_env_and_logs_never_reach_the_assistant() {
         let logs = env.logs_when_ready(&read, &name).await;
         let text = logs.data().as_str().expect("logs as one text");
         assert!(text.contains("ready"), "{text}");
-        assert!(
-            text.contains("pushing with ghp_"),
-            "the line, secret hidden: {text}"
-        );
+        // Both lines are there, their secrets hidden.
+        assert!(text.contains("pushing with ghp_"), "{text}");
+        assert!(text.contains("DB_PASSWORD="), "{text}");
         assert_eq!(leaks(&logs), Vec::<&str>::new(), "{}", logs.raw);
     })
     .await;
