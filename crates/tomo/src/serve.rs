@@ -49,7 +49,11 @@ pub struct ServerArgs {
     pub tool_output_bytes: u64,
     /// A browser origin allowed to call /mcp (repeatable; e.g. https://dash.example.com).
     /// Requests with any other Origin header are refused.
-    #[arg(long = "mcp-allowed-origin", env = "TOMO_MCP_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "mcp-allowed-origin",
+        env = "TOMO_MCP_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     pub mcp_allowed_origins: Vec<String>,
 }
 
