@@ -503,7 +503,11 @@ fn completions(shell: CompletionShell) {
         CompletionShell::Zsh => clap_complete::Shell::Zsh,
         CompletionShell::Fish => clap_complete::Shell::Fish,
     };
-    clap_complete::generate(shell, &mut Cli::command(), "tomo", &mut std::io::stdout());
+    // Into memory first: clap_complete panics when its writer fails (`tomo completions bash | head`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tomo", &mut script);
+    // A closed pipe is the reader's choice, not an error.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
 }
 
 /// A failure reported to the user: one line, an optional hint, an exit status.
