@@ -246,9 +246,12 @@ pub async fn call(
         .as_ref()
         .and_then(|e| e["code"].as_str())
         .map(str::to_owned);
-    let denied = code
-        .as_deref()
-        .is_some_and(|c| matches!(c, "forbidden" | "rate_limited" | "out_of_scope" | "unknown_tool"));
+    let denied = code.as_deref().is_some_and(|c| {
+        matches!(
+            c,
+            "forbidden" | "rate_limited" | "out_of_scope" | "unknown_tool"
+        )
+    });
     let pending = result
         .structured_content
         .as_ref()

@@ -170,7 +170,10 @@ impl DockerEnv {
                 && image.repo_digests.iter().any(|t| t.contains(prefix));
             if untagged_ours {
                 let force = RemoveImageOptionsBuilder::new().force(true).build();
-                report(&image.id, d.remove_image(&image.id, Some(force), None).await.map(drop));
+                report(
+                    &image.id,
+                    d.remove_image(&image.id, Some(force), None).await.map(drop),
+                );
             }
         }
     }
