@@ -84,6 +84,10 @@ pub struct Fleet {
     pub server_connected: Usage,
     /// (connected − baseline) / N, bytes (KiB × 1024).
     pub rss_per_agent_bytes: f64,
+    /// CPU time spent connecting every agent: the control plane's and this process's (the
+    /// simulated agents'), s.
+    pub server_cpu_connect_secs: f64,
+    pub sim_cpu_connect_secs: f64,
     pub fan_outs: Vec<FanOut>,
     pub fan_out_median_ms: f64,
     /// The burst of N pushes: until the control plane's CPU went quiet, s; its CPU time, s.
@@ -145,8 +149,10 @@ pub async fn run(dir: &Path, plan: FleetPlan) -> anyhow::Result<Fleet> {
     };
     let timeout = Duration::from_secs(plan.timeout_secs);
     eprintln!("  starting {} simulated agents …", plan.agents);
+    let me = std::process::id();
+    let sim_cpu0 = crate::procs::cpu_secs(me)?;
     let sim = Sim::start(config, codes).context("simulator")?;
-    let result = phases(dir, &plan, &api, server, &sim, timeout).await;
+    let result = phases(dir, &plan, &api, server, &sim, timeout, sim_cpu0).await;
     sim.stop(Duration::from_secs(30)).await;
     let (server, mut fleet) = result?;
     server.stop().await;
@@ -166,12 +172,16 @@ async fn phases(
     server: ServerProc,
     sim: &Sim,
     timeout: Duration,
+    sim_cpu0: f64,
 ) -> anyhow::Result<(ServerProc, Fleet)> {
     let n = plan.agents;
+    let server_cpu0 = server.usage()?.cpu_secs;
     let connect = sim
         .wait_online(n, timeout)
         .await
         .with_context(|| format!("not all agents online: {:?}", sim.stats().snapshot()))?;
+    let server_cpu_connect_secs = server.usage()?.cpu_secs - server_cpu0;
+    let sim_cpu_connect_secs = crate::procs::cpu_secs(std::process::id())? - sim_cpu0;
     let connect_failures = sim.stats().snapshot().failures;
     eprintln!(
         "  {n} agents online in {:.2} s; letting the first pushes settle …",
@@ -256,6 +266,8 @@ async fn phases(
         server_baseline: Usage::default(),
         server_connected,
         rss_per_agent_bytes: 0.0,
+        server_cpu_connect_secs,
+        sim_cpu_connect_secs,
         fan_outs,
         fan_out_median_ms,
         ingest_secs,

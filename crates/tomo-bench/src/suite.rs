@@ -63,9 +63,7 @@ impl Target {
 }
 
 fn fmt(v: f64) -> String {
-    if v == v.trunc() && v.abs() < 1e9 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
+    if (v == v.trunc() && v.abs() < 1e9) || v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
         format!("{v:.2}")
@@ -258,6 +256,7 @@ pub fn fleet_table(f: &Fleet) -> String {
         "agents (simulated)               {:>10}  over {} source addresses\n\
          registration codes minted        {:>10.2} s\n\
          all connected (registering)      {:>10.2} s  failures: {:?}\n\
+         CPU to connect: control plane    {:>10.2} s  simulator {:.2} s ({:.2} / {:.2} ms per agent)\n\
          control plane RSS idle / N conn. {:>10.1} MB / {:.1} MB (peak {:.1} MB)\n\
          RSS per connected agent          {:>10.1} KB\n\
          fan-out agent.ping, ms           {:>10.0}  median; client/server each: {}\n\
@@ -271,6 +270,10 @@ pub fn fleet_table(f: &Fleet) -> String {
         f.codes_secs,
         f.connect_secs,
         f.connect_failures,
+        f.server_cpu_connect_secs,
+        f.sim_cpu_connect_secs,
+        f.server_cpu_connect_secs * 1e3 / f.plan.agents as f64,
+        f.sim_cpu_connect_secs * 1e3 / f.plan.agents as f64,
         mb(f.server_baseline.rss_kib),
         mb(f.server_connected.rss_kib),
         mb(f.server_connected.hwm_kib),

@@ -31,12 +31,13 @@ use crate::hub::AgentConn;
 use crate::store::{HostRecord, NewHost, RegisterError, SampleKind, SecurityEvent, StoreError};
 
 /// WebSocket limits on the control plane's side: agent responses may be large (capped by the
-/// agent at 10 MiB), everything else is refused. The read buffer is 4 KiB per session instead of
+/// agent at 10 MiB), everything else is refused. The read buffer is 1 KiB per session instead of
 /// tungstenite's 128 KiB (zero-filled, so resident: 1.3 GB for 10 000 agents); most frames are a
-/// few hundred bytes, and a large one is still read whole, 4 KiB at a time.
+/// few hundred bytes, and a larger one is still read whole, 1 KiB at a time (it grows the buffer
+/// to its size).
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .max_message_size(Some(tomo_proto::MAX_AGENT_MESSAGE_BYTES))
         .max_frame_size(Some(tomo_proto::MAX_AGENT_MESSAGE_BYTES))
 }
@@ -117,10 +118,11 @@ pub async fn run_session<S>(
         refuse(&mut sink, RefusalReason::Throttled, message).await;
         return;
     }
-    let handshake = tokio::time::timeout(
-        state.config.handshake_timeout,
-        handshake(&mut sink, &mut stream, &state),
-    );
+    let handshake = tokio::time::timeout(state.config.handshake_timeout, async {
+        // Handshakes take turns (see `Hub::handshake_turn`); the wait counts in the deadline.
+        let _turn = state.hub.handshake_turn().await;
+        handshake(&mut sink, &mut stream, &state).await
+    });
     let host = match handshake.await {
         Ok(Ok(host)) => host,
         Ok(Err(Refusal(reason, message))) => {
@@ -181,9 +183,7 @@ pub async fn run_session<S>(
         tracing::info!(host_id = %host.id, reason = %why, "agent disconnected");
     }
     state.hub.detach(&conn);
-    if let Err(e) = state.store.touch_host(&host.id, None, now_ms()).await {
-        tracing::warn!(error = %e, "cannot record last seen");
-    }
+    state.samples.seen(&host.id, now_ms()).await;
 }
 
 /// A refused handshake: the reason sent to the agent, and a message for the operator.
@@ -469,11 +469,16 @@ async fn authenticated(
         record(state, Some(&host.id), "engine_mismatch", &detail).await;
         return Err(Refusal::new(RefusalReason::EngineMismatch, detail));
     }
-    state
-        .store
-        .touch_host(&host.id, Some(&facts), now_ms())
-        .await?;
-    Ok(state.store.host(&host.id).await?)
+    let now = now_ms();
+    state.store.touch_host(&host.id, Some(&facts), now).await?;
+    // What the store holds now, without reading it back (one read less per connection).
+    Ok(HostRecord {
+        hostname: facts.hostname.clone(),
+        engine_id: host.engine_id.clone().or_else(|| facts.engine_id.clone()),
+        last_seen: Some(now),
+        facts,
+        ..host
+    })
 }
 
 fn check_version(v: u32) -> Result<(), Refusal> {
@@ -620,7 +625,7 @@ async fn on_message(m: Message, conn: &AgentConn, state: &AppState) -> Option<Re
 
 async fn on_notification(method: &str, params: &str, conn: &AgentConn, state: &AppState) {
     let now = now_ms();
-    let (kind, value) = match method {
+    let (kind, data) = match method {
         STREAM_DATA => {
             return match serde_json::from_str::<StreamData>(params) {
                 Ok(d) => conn.stream_data(d),
@@ -651,7 +656,7 @@ async fn on_notification(method: &str, params: &str, conn: &AgentConn, state: &A
         METRICS_UPDATE => match serde_json::from_str::<Metrics>(params) {
             Ok(m) => (
                 SampleKind::Metrics,
-                serde_json::to_value(m).unwrap_or_default(),
+                serde_json::to_string(&m).unwrap_or_default(),
             ),
             Err(e) => {
                 return tracing::warn!(host_id = %conn.host_id, error = %e, "malformed metrics.update ignored");
@@ -660,7 +665,7 @@ async fn on_notification(method: &str, params: &str, conn: &AgentConn, state: &A
         HEALTH_STATUS => match serde_json::from_str::<HealthStatus>(params) {
             Ok(h) => (
                 SampleKind::Health,
-                serde_json::to_value(h).unwrap_or_default(),
+                serde_json::to_string(&h).unwrap_or_default(),
             ),
             Err(e) => {
                 return tracing::warn!(host_id = %conn.host_id, error = %e, "malformed health.status ignored");
@@ -670,19 +675,7 @@ async fn on_notification(method: &str, params: &str, conn: &AgentConn, state: &A
             return tracing::debug!(host_id = %conn.host_id, method = other, "unknown notification ignored");
         }
     };
-    let data = value.to_string();
-    state.hub.set_latest(&conn.host_id, |l| match kind {
-        SampleKind::Metrics => l.metrics = Some((now, value)),
-        SampleKind::Health => l.health = Some((now, value)),
-    });
-    if let Err(e) = state
-        .store
-        .add_sample(&conn.host_id, kind, now, &data)
-        .await
-    {
-        tracing::warn!(error = %e, "cannot store a sample");
-    }
-    if let Err(e) = state.store.touch_host(&conn.host_id, None, now).await {
-        tracing::warn!(error = %e, "cannot record last seen");
-    }
+    state.hub.set_latest(&conn.host_id, kind, now, &data);
+    // Stored in batches by `crate::samples` (the latest is in the hub already).
+    state.samples.push(&conn.host_id, kind, now, data).await;
 }

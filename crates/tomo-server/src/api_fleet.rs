@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::{Extension, Json};
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tomo_proto::methods::Level;
@@ -27,8 +26,8 @@ use crate::AppState;
 use crate::api::{ApiError, ErrorBody, Principal};
 use crate::hub::CallError;
 
-/// Calls in flight at once during a fan-out; the rest wait for a slot.
-const IN_FLIGHT: usize = 2048;
+/// Hosts per task of a fan-out.
+const CHUNK: usize = 256;
 /// Longest per-host timeout.
 const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 /// Read methods that may stream, never fanned out.
@@ -114,21 +113,38 @@ async fn fleet_rpc(
     let targets = targets(&state, &who, body.hosts.as_deref()).await?;
     let caller = who.caller();
     let started = Instant::now();
-    let (method, params) = (body.method.as_str(), body.params.as_ref());
-    let answers: Vec<(String, Result<Response, CallError>)> = futures_util::stream::iter(targets)
-        .map(|host_id| {
-            let (state, caller) = (&state, &caller);
-            async move {
-                let answer = state
-                    .hub
-                    .call(&host_id, method, params, caller, timeout)
-                    .await;
-                (host_id, answer)
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .collect()
-        .await;
+    // Calls are signed as they are made: in tasks of CHUNK hosts, so that every worker thread
+    // signs, not only this request's.
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in targets.chunks(CHUNK) {
+        let (state, caller, chunk) = (Arc::clone(&state), caller.clone(), chunk.to_vec());
+        let (method, params) = (body.method.clone(), body.params.clone());
+        tasks.spawn(async move {
+            let calls = chunk.into_iter().map(|host_id| {
+                let (state, caller, method, params) = (&state, &caller, &method, &params);
+                async move {
+                    let answer = state
+                        .hub
+                        .call(&host_id, method, params.as_ref(), caller, timeout)
+                        .await;
+                    (host_id, answer)
+                }
+            });
+            futures_util::future::join_all(calls).await
+        });
+    }
+    let mut answers: Vec<(String, Result<Response, CallError>)> = Vec::with_capacity(targets.len());
+    while let Some(done) = tasks.join_next().await {
+        answers.extend(done.map_err(|e| {
+            tracing::error!(error = %e, "a fan-out task failed");
+            ApiError::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the control plane's log",
+            )
+        })?);
+    }
+    let method = body.method.as_str();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let failed = answers.iter().filter(|(_, a)| a.is_err()).count();
     let ok = answers

@@ -20,6 +20,7 @@ pub mod events;
 pub mod hub;
 pub mod mcp;
 pub mod openapi;
+pub mod samples;
 pub mod signer;
 pub mod store;
 pub mod throttle;
@@ -41,6 +42,11 @@ use tomo_proto::methods::Level;
 use crate::config::ServerConfig;
 use crate::hub::Hub;
 use crate::store::{SqliteStore, Store};
+
+/// TLS handshakes served at once. A crowd of connections (a fleet reconnecting after a restart)
+/// is served in turn, each handshake finishing in milliseconds, instead of all of them sharing
+/// the CPU and missing the agents' 10 s deadline together (then retrying, and again).
+const TLS_HANDSHAKES: usize = 64;
 
 /// What a running control plane tells its callers.
 #[derive(Debug, Clone)]
@@ -75,6 +81,8 @@ pub struct AppState {
     pub last_use: auth::LastUse,
     /// MCP tool calls per token (see `mcp::RateLimits`).
     pub mcp_limits: mcp::RateLimits,
+    /// Health and metrics samples and last-seen times on their way to the store (batched).
+    pub samples: samples::Samples,
 }
 
 /// Startup failures.
@@ -161,13 +169,16 @@ impl Server {
             ca_file: tls.ca_file,
         };
         let (audit_queue, audit_rx) = tokio::sync::mpsc::channel(audit::WRITE_QUEUE);
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let samples = samples::Samples::start(Arc::clone(&store), shutdown.clone(), &tracker);
         let state = Arc::new(AppState {
             store,
             hub: Hub::new(signer),
             config,
             info,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            shutdown,
+            tracker,
+            samples,
             events: tokio::sync::broadcast::channel(events::FOLLOW_BUFFER).0,
             throttle: throttle::Throttle::new(),
             audit: tokio::sync::broadcast::channel(audit::FOLLOW_BUFFER).0,
@@ -203,11 +214,15 @@ impl Server {
             audit_rx,
             ..
         } = self;
-        let app = router(Arc::clone(&state));
+        // Adds each connection's peer address to its requests. (`Router::layer` per connection
+        // would rebuild every route's middleware stack at each accept: a third of a fleet's
+        // reconnection cost went there.)
+        let app = router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
         let pruner = state.tracker.spawn(prune_history(Arc::clone(&state)));
         let audit_writer = tokio::spawn(audit::writer(Arc::clone(&state), audit_rx));
         let last_use = tokio::spawn(auth::flush_last_use(Arc::clone(&state)));
         tracing::info!(api = %state.info.api_url, agents = %state.info.agent_url, "control plane listening");
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(TLS_HANDSHAKES));
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -222,18 +237,24 @@ impl Server {
                 },
             };
             let (acceptor, app, state2) = (acceptor.clone(), app.clone(), Arc::clone(&state));
+            let handshakes = Arc::clone(&handshakes);
             state.tracker.spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let handshake = tokio::time::timeout(state2.config.handshake_timeout, acceptor.accept(tcp));
+                let handshake = tokio::time::timeout(state2.config.handshake_timeout, async {
+                    let _turn = handshakes.acquire().await;
+                    acceptor.accept(tcp).await
+                });
                 let tls = match handshake.await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
                 // The peer's address, for the audit trail's per-source bound on 401s.
-                let svc = hyper_util::service::TowerToHyperService::new(
-                    app.layer(axum::Extension(axum::extract::ConnectInfo(peer))),
-                );
+                let mut app = app;
+                let svc = match tower_service::Service::call(&mut app, peer).await {
+                    Ok(svc) => hyper_util::service::TowerToHyperService::new(svc),
+                    Err(never) => match never {},
+                };
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))

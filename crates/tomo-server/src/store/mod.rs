@@ -189,6 +189,13 @@ pub trait Store: ActionStore + Send + Sync + std::fmt::Debug + 'static {
         at: i64,
         data: &str,
     ) -> Result<(), StoreError>;
+    /// Stores samples and last-seen times in one transaction (see `crate::samples`): each
+    /// sample `(host id, kind, at, data)`, then each `(host id, at)` as the host's last seen.
+    async fn add_samples(
+        &self,
+        samples: &[(String, SampleKind, i64, String)],
+        seen: &[(String, i64)],
+    ) -> Result<(), StoreError>;
     /// Newest first.
     async fn samples(
         &self,

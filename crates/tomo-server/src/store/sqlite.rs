@@ -25,7 +25,12 @@ mod actions;
 /// A SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Reads (several at once: WAL readers never wait for the writer).
     pool: SqlitePool,
+    /// Writes, one connection: SQLite takes one writer at a time, and writers racing on several
+    /// connections wait for the lock by sleeping (1, 2, 5, 10 … ms), which under load (a fleet
+    /// reconnecting) costs more than the writes. One connection queues them in order instead.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -46,16 +51,21 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(db)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await
             .map_err(db)?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Database(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
     }
 }
 
@@ -113,7 +123,7 @@ impl Store for SqliteStore {
             .bind(c.created_at)
             .bind(c.expires_at)
             .bind(&c.created_by)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db)?;
         Ok(())
@@ -125,7 +135,7 @@ impl Store for SqliteStore {
         code_hash: &[u8; 32],
         now: i64,
     ) -> Result<HostRecord, RegisterError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.writer.begin().await.map_err(db)?;
         // The first statement is the write that claims the code: SQLite serializes writers, so
         // of two racing registrations exactly one sees a row to update.
         let claimed = sqlx::query(
@@ -238,7 +248,7 @@ impl Store for SqliteStore {
                 .bind(&f.hostname)
                 .bind(&f.engine_id)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(db)?;
             }
@@ -246,7 +256,7 @@ impl Store for SqliteStore {
                 sqlx::query("UPDATE hosts SET last_seen = ?2 WHERE id = ?1")
                     .bind(id)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(db)?;
             }
@@ -259,7 +269,7 @@ impl Store for SqliteStore {
             sqlx::query("UPDATE hosts SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL")
                 .bind(id)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(db)?
                 .rows_affected();
@@ -276,7 +286,7 @@ impl Store for SqliteStore {
             .bind(&e.host_id)
             .bind(&e.kind)
             .bind(&e.detail)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db)?;
         Ok(())
@@ -317,7 +327,7 @@ impl Store for SqliteStore {
         .bind(scope_json(&t.scope))
         .bind(t.requires_approval)
         .bind(t.tool_rate_per_min.map(i64::from))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(())
@@ -366,7 +376,7 @@ impl Store for SqliteStore {
         )
         .bind(id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?
         .rows_affected();
@@ -381,7 +391,7 @@ impl Store for SqliteStore {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.writer.begin().await.map_err(db)?;
         for (id, at) in uses {
             sqlx::query(
                 "UPDATE api_tokens SET last_used_at = ?2
@@ -406,7 +416,7 @@ impl Store for SqliteStore {
         let n = sqlx::query("UPDATE hosts SET labels = ?2 WHERE id = ?1 AND removed_at IS NULL")
             .bind(host_id)
             .bind(json)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db)?
             .rows_affected();
@@ -429,9 +439,39 @@ impl Store for SqliteStore {
             .bind(kind.as_str())
             .bind(at)
             .bind(data)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db)?;
+        Ok(())
+    }
+
+    async fn add_samples(
+        &self,
+        samples: &[(String, SampleKind, i64, String)],
+        seen: &[(String, i64)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        for (host_id, kind, at, data) in samples {
+            sqlx::query("INSERT INTO samples (host_id, kind, at, data) VALUES (?, ?, ?, ?)")
+                .bind(host_id)
+                .bind(kind.as_str())
+                .bind(at)
+                .bind(data)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for (host_id, at) in seen {
+            sqlx::query(
+                "UPDATE hosts SET last_seen = MAX(COALESCE(last_seen, 0), ?2) WHERE id = ?1",
+            )
+            .bind(host_id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
         Ok(())
     }
 
@@ -458,7 +498,7 @@ impl Store for SqliteStore {
     async fn prune_samples(&self, before: i64) -> Result<u64, StoreError> {
         let n = sqlx::query("DELETE FROM samples WHERE at < ?")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db)?;
         Ok(n.rows_affected())
@@ -475,7 +515,7 @@ impl Store for SqliteStore {
                 .bind(host_id)
                 .bind(received_at)
                 .bind(event)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(db)?;
         Ok(r.last_insert_rowid())
@@ -524,7 +564,7 @@ impl Store for SqliteStore {
     async fn prune_docker_events(&self, before: i64, keep: u32) -> Result<u64, StoreError> {
         let old = sqlx::query("DELETE FROM docker_events WHERE received_at < ?")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db)?;
         let excess = sqlx::query(
@@ -536,7 +576,7 @@ impl Store for SqliteStore {
              )",
         )
         .bind(keep)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(old.rows_affected() + excess.rows_affected())
@@ -556,7 +596,7 @@ impl Store for SqliteStore {
         .bind(at_ms)
         .bind(received_at)
         .bind(record)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(r.last_insert_rowid())
@@ -566,7 +606,7 @@ impl Store for SqliteStore {
         &self,
         records: &[(Option<String>, i64, i64, String)],
     ) -> Result<Vec<i64>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.writer.begin().await.map_err(db)?;
         let mut ids = Vec::with_capacity(records.len());
         for (host_id, at_ms, received_at, record) in records {
             let r = sqlx::query(
@@ -631,7 +671,7 @@ impl Store for SqliteStore {
     async fn prune_audit(&self, before: i64) -> Result<u64, StoreError> {
         let n = sqlx::query("DELETE FROM audit WHERE received_at < ?")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db)?;
         Ok(n.rows_affected())
@@ -645,7 +685,7 @@ impl Store for SqliteStore {
         .bind(new)
         .bind(id)
         .bind(current)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         if r.rows_affected() == 1 {
@@ -659,7 +699,7 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE hosts SET previous_public_key = NULL WHERE id = ? AND public_key = ?")
             .bind(id)
             .bind(current)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(db)?;
         Ok(())
@@ -667,6 +707,7 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 
@@ -950,6 +991,40 @@ mod tests {
             s.set_host_labels("a", &labels).await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    #[tokio::test]
+    async fn samples_and_last_seen_are_stored_in_one_batch() {
+        let (_d, s) = open().await;
+        s.create_code(&code(1, 1000)).await.expect("code");
+        s.register(&new_host("h", 1), &[1; 32], 10)
+            .await
+            .expect("register");
+        let batch = [
+            (
+                "h".to_owned(),
+                SampleKind::Metrics,
+                20,
+                r#"{"a":1}"#.to_owned(),
+            ),
+            ("h".to_owned(), SampleKind::Health, 21, "{}".to_owned()),
+        ];
+        // The latest time wins, whatever the order; an unknown host changes nothing.
+        let seen = [
+            ("h".to_owned(), 30),
+            ("h".to_owned(), 25),
+            ("x".to_owned(), 40),
+        ];
+        s.add_samples(&batch, &seen).await.expect("batch");
+        assert_eq!(
+            s.samples("h", SampleKind::Metrics, 10).await.expect("list"),
+            vec![(20, r#"{"a":1}"#.to_owned())]
+        );
+        assert_eq!(
+            s.samples("h", SampleKind::Health, 10).await.expect("list"),
+            vec![(21, "{}".to_owned())]
+        );
+        assert_eq!(s.host("h").await.expect("host").last_seen, Some(30));
     }
 
     #[tokio::test]

@@ -65,13 +65,17 @@ async fn an_agent_registers_and_answers_calls() {
         assert!(Instant::now() < deadline, "no metrics/health kept: {h}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, hist) = f
-        .api(Method::GET, &format!("/hosts/{id}/metrics"), None)
-        .await;
-    assert!(
-        !hist["samples"].as_array().expect("samples").is_empty(),
-        "{hist}"
-    );
+    // History is written in batches, a moment after the latest sample is kept.
+    loop {
+        let (_, hist) = f
+            .api(Method::GET, &format!("/hosts/{id}/metrics"), None)
+            .await;
+        if !hist["samples"].as_array().expect("samples").is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no metrics history: {hist}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     a.stop().await.expect("clean stop");
 }
 

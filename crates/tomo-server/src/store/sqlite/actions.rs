@@ -55,7 +55,7 @@ impl ActionStore for SqliteStore {
         .bind(a.decided_at)
         .bind(&a.decided_by)
         .bind(a.result.as_ref().map(Value::to_string))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(())
@@ -110,7 +110,7 @@ impl ActionStore for SqliteStore {
         .bind(result.map(Value::to_string))
         .bind(id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(done.rows_affected() == 1)
@@ -122,7 +122,7 @@ impl ActionStore for SqliteStore {
              WHERE status = 'pending' AND expires_at <= ?",
         )
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(done.rows_affected())
@@ -140,7 +140,7 @@ impl ActionStore for SqliteStore {
         .bind(to.as_str())
         .bind(result.to_string())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(db)?;
         Ok(())
