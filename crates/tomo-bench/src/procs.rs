@@ -57,6 +57,13 @@ pub struct Usage {
     pub rss_kib: u64,
     /// Peak resident memory, KiB.
     pub hwm_kib: u64,
+    /// Of `rss_kib`: private memory (heap, stacks), KiB.
+    pub rss_anon_kib: u64,
+    /// Of `rss_kib`: pages of the executable and libraries, shared with other processes
+    /// running the same files, KiB.
+    pub rss_file_kib: u64,
+    /// Threads.
+    pub threads: u64,
     /// User + system CPU time so far, seconds.
     pub cpu_secs: f64,
 }
@@ -76,6 +83,9 @@ impl Usage {
         Ok(Self {
             rss_kib: kib("VmRSS:"),
             hwm_kib: kib("VmHWM:"),
+            rss_anon_kib: kib("RssAnon:"),
+            rss_file_kib: kib("RssFile:"),
+            threads: kib("Threads:"),
             cpu_secs: cpu_secs(pid)?,
         })
     }

@@ -86,6 +86,9 @@ pub struct MethodResult {
     pub params: Option<serde_json::Value>,
     /// A reference row (no agent involved, no target).
     pub reference: bool,
+    /// CPU time of this whole process (client, control plane and agent together; not the Docker
+    /// engine) over the measured loop, per call, ms.
+    pub cpu_ms_per_call: f64,
     #[serde(flatten)]
     pub summary: Summary,
 }
@@ -163,8 +166,8 @@ impl Report {
     /// The figures and targets as a plain-text table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}\n",
-            "method", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s", "p99/p50"
+            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8}\n",
+            "method", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s", "p99/p50", "CPU ms"
         );
         for m in &self.methods {
             let f = &m.summary;
@@ -174,7 +177,7 @@ impl Report {
                 m.method.clone()
             };
             s += &format!(
-                "{:<28} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.0} {:>8.2}\n",
+                "{:<28} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.0} {:>8.2} {:>8.3}\n",
                 name,
                 f.n,
                 f.p50_ms,
@@ -182,10 +185,12 @@ impl Report {
                 f.p99_ms,
                 f.max_ms,
                 f.requests_per_sec,
-                f.p99_over_p50
+                f.p99_over_p50,
+                m.cpu_ms_per_call
             );
         }
-        s += "(in parentheses: references that do not reach the agent)\n";
+        s += "(in parentheses: references that do not reach the agent; CPU ms: this process's CPU\n\
+              time per call, client, control plane and agent together, without the Docker engine)\n";
         s += &format!("\n{:<28}", "distribution (ms)");
         for b in crate::stats::BUCKETS_MS {
             s += &format!(" {:>7}", format!("<={b}"));
@@ -219,14 +224,21 @@ impl Report {
 
     fn rows(methods: &[MethodResult]) -> String {
         let mut s = format!(
-            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
-            "method", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s"
+            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}\n",
+            "method", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s", "CPU ms"
         );
         for m in methods {
             let f = &m.summary;
             s += &format!(
-                "{:<28} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.0}\n",
-                m.method, f.n, f.p50_ms, f.p90_ms, f.p99_ms, f.max_ms, f.requests_per_sec
+                "{:<28} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.0} {:>8.3}\n",
+                m.method,
+                f.n,
+                f.p50_ms,
+                f.p90_ms,
+                f.p99_ms,
+                f.max_ms,
+                f.requests_per_sec,
+                m.cpu_ms_per_call
             );
         }
         s

@@ -215,6 +215,7 @@ pub fn footprint_table(f: &Footprint) -> String {
          start -> connected, registering  {:>10.1} ms\n\
          start -> connected, restarts     {:>10.1} ms median, {:.1} ms max ({:?})\n\
          idle {:>3} s: VmRSS / VmHWM        {:>10.2} MB / {:.2} MB\n\
+         idle RSS: private / file-backed  {:>10.2} MB / {:.2} MB, {} threads\n\
          idle CPU over {:>3} s               {:>10.3} s ({:.3} s per minute)\n\
          after {} requests: VmRSS / VmHWM {:>7.2} MB / {:.2} MB ({:.1} s)\n",
         f.binary_bytes as f64 / 1e6,
@@ -234,6 +235,9 @@ pub fn footprint_table(f: &Footprint) -> String {
         f.plan.idle_secs,
         mb(f.idle.rss_kib),
         mb(f.idle.hwm_kib),
+        mb(f.idle.rss_anon_kib),
+        mb(f.idle.rss_file_kib),
+        f.idle.threads,
         f.plan.cpu_window_secs,
         f.idle_cpu_secs,
         f.idle_cpu_secs_per_min,

@@ -1,20 +1,26 @@
 //! `tracing` setup for both binaries: human-readable on a terminal, JSON lines when `LOG_JSON` is
-//! true, level from `LOG_LEVEL` (default `info`; any `tracing` filter directive works).
+//! true, level from `LOG_LEVEL` (default `info`; or `target=level` directives separated by
+//! commas, e.g. `info,tomo_server=debug`). The filter is `tracing_subscriber`'s `Targets`, not
+//! `EnvFilter`: the latter's regular-expression engine was half a megabyte of the agent's binary
+//! (issue 6: a stripped agent of at most 10 MB).
 
 use std::io::IsTerminal as _;
 use std::sync::{Mutex, OnceLock};
 
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Registry, reload};
+use tracing_subscriber::{Registry, reload};
 
 /// Changes the level at run time (`agent.update`); set by [`init`].
-static RELOAD: OnceLock<(reload::Handle<EnvFilter, Registry>, Mutex<String>)> = OnceLock::new();
+static RELOAD: OnceLock<(reload::Handle<Targets, Registry>, Mutex<String>)> = OnceLock::new();
 
 /// Installs the global subscriber. Logs go to stderr so that stdout stays for command output.
 pub fn init(level: Option<&str>, json: bool) {
     let level = level.unwrap_or("info");
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = level
+        .parse::<Targets>()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);
@@ -44,7 +50,7 @@ pub fn set_level(level: &str) -> Result<(), String> {
         .get()
         .ok_or("logging was not set up by this process")?;
     handle
-        .reload(EnvFilter::new(level))
+        .reload(level.parse::<Targets>().map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
     if let Ok(mut c) = current.lock() {
         *c = level.to_owned();

@@ -77,6 +77,10 @@ pub fn load(source: &TlsSource, data_dir: &Path) -> Result<ServerTls, TlsSetupEr
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No TLS 1.3 session tickets: agents keep one connection for days and reconnect after a
+    // failure or a restart of this process, which forgets every session anyway; the two tickets
+    // rustls sends by default were made, stored and sent for nothing at every connection.
+    config.send_tls13_tickets = 0;
     Ok(ServerTls {
         config: Arc::new(config),
         ca_file,
