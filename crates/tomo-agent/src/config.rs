@@ -46,6 +46,9 @@ pub struct Intervals {
     pub sample: Duration,
     pub heartbeat: Duration,
     pub dead_after: Duration,
+    /// From dialing to the control plane's welcome. Generous: under a reconnect storm the
+    /// control plane serves handshakes in turn (up to 20 s in its queue, then milliseconds
+    /// each); an agent that gave up sooner would throw its place away and queue again.
     pub handshake_timeout: Duration,
     /// How long in-flight requests get to finish at shutdown.
     pub shutdown_grace: Duration,
@@ -59,7 +62,7 @@ impl Default for Intervals {
             sample: Duration::from_secs(10),
             heartbeat: Duration::from_secs(tomo_proto::HEARTBEAT_SECS),
             dead_after: Duration::from_secs(tomo_proto::DEAD_AFTER_SECS),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_millis(1500),
         }
     }

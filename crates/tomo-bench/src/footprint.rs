@@ -15,7 +15,7 @@ use anyhow::{Context as _, ensure};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::procs::{AgentProc, Api, ServerProc, Usage, sibling};
+use crate::procs::{AgentProc, Api, ServerProc, Usage, agent_bin};
 
 /// How long each phase lasts.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -57,6 +57,8 @@ pub struct Footprint {
     pub binary_bytes: u64,
     /// The binary has no symbol table.
     pub binary_stripped: bool,
+    /// The binary measured (see [`agent_bin`]).
+    pub binary_path: String,
     /// Start → connected at registration (key generated and sealed, code claimed), ms.
     pub register_ms: f64,
     /// Start → connected at each restart with the saved key, ms.
@@ -77,7 +79,7 @@ pub struct Footprint {
 
 /// Runs the footprint measurement in `dir` (a scratch directory).
 pub async fn run(dir: &Path, plan: FootprintPlan) -> anyhow::Result<Footprint> {
-    let bin = sibling("tomo-agent")?;
+    let bin = agent_bin()?;
     let bytes = std::fs::read(&bin).context("cannot read the agent binary")?;
     let binary_stripped = !bytes.windows(7).any(|w| w == b".symtab");
 
@@ -95,6 +97,7 @@ pub async fn run(dir: &Path, plan: FootprintPlan) -> anyhow::Result<Footprint> {
         plan,
         binary_bytes: bytes.len() as u64,
         binary_stripped,
+        binary_path: bin.display().to_string(),
         ..m
     })
 }
@@ -181,6 +184,7 @@ async fn measure(
         plan,
         binary_bytes: 0,
         binary_stripped: false,
+        binary_path: String::new(),
         register_ms: ms(register),
         restart_median_ms: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
         restart_max_ms: sorted.last().copied().unwrap_or(0.0),

@@ -29,6 +29,30 @@ pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The agent binary to measure: `$TOMO_BENCH_AGENT` when set, else the `agent` profile's build
+/// (`target/agent/tomo-agent`, the agent as it ships; scripts/bench builds it), else the
+/// `tomo-agent` beside tomo-bench.
+pub fn agent_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TOMO_BENCH_AGENT") {
+        let path = PathBuf::from(path);
+        ensure!(
+            path.is_file(),
+            "TOMO_BENCH_AGENT={} is not a file",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("where is tomo-bench?")?;
+    let shipped = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("agent").join("tomo-agent"));
+    match shipped {
+        Some(path) if path.is_file() => Ok(path),
+        _ => sibling("tomo-agent"),
+    }
+}
+
 /// Raises this process's open-file limit to its hard limit (children inherit it); returns it.
 pub fn raise_nofile() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
@@ -303,7 +327,7 @@ pub struct AgentProc {
 impl AgentProc {
     /// Starts `tomo-agent` with `args`, logging JSON lines at info level into `log` (appended).
     pub async fn start(args: &[String], log: &Path) -> anyhow::Result<Self> {
-        let bin = sibling("tomo-agent")?;
+        let bin = agent_bin()?;
         let mut out = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)

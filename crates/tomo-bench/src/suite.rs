@@ -211,7 +211,7 @@ pub fn targets_table(targets: &[Target]) -> String {
 pub fn footprint_table(f: &Footprint) -> String {
     let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
     format!(
-        "agent binary                     {:>10.2} MB ({} bytes, {})\n\
+        "agent binary                     {:>10.2} MB ({} bytes, {}, {})\n\
          start -> connected, registering  {:>10.1} ms\n\
          start -> connected, restarts     {:>10.1} ms median, {:.1} ms max ({:?})\n\
          idle {:>3} s: VmRSS / VmHWM        {:>10.2} MB / {:.2} MB\n\
@@ -225,6 +225,7 @@ pub fn footprint_table(f: &Footprint) -> String {
         } else {
             "NOT stripped"
         },
+        f.binary_path,
         f.register_ms,
         f.restart_median_ms,
         f.restart_max_ms,

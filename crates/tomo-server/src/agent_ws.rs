@@ -118,12 +118,22 @@ pub async fn run_session<S>(
         refuse(&mut sink, RefusalReason::Throttled, message).await;
         return;
     }
-    let handshake = tokio::time::timeout(state.config.handshake_timeout, async {
-        // Handshakes take turns (see `Hub::handshake_turn`); the wait counts in the deadline.
-        let _turn = state.hub.handshake_turn().await;
-        handshake(&mut sink, &mut stream, &state).await
-    });
-    let host = match handshake.await {
+    // Handshakes take turns (see `Hub::handshake_turn`). The wait for a turn is bounded apart
+    // from the handshake's own deadline: it measures how busy this process is, not the agent.
+    let Ok(Some(turn)) =
+        tokio::time::timeout(crate::HANDSHAKE_QUEUE, state.hub.handshake_turn()).await
+    else {
+        tracing::debug!("no turn for the session handshake in time");
+        return;
+    };
+    let handshake = tokio::time::timeout(
+        state.config.handshake_timeout,
+        handshake(&mut sink, &mut stream, &state),
+    )
+    .await;
+    // The turn is the handshake's only, not the session's.
+    drop(turn);
+    let host = match handshake {
         Ok(Ok(host)) => host,
         Ok(Err(Refusal(reason, message))) => {
             tracing::info!(%reason, %message, "agent handshake refused");

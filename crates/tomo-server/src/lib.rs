@@ -48,6 +48,13 @@ use crate::store::{SqliteStore, Store};
 /// the CPU and missing the agents' 10 s deadline together (then retrying, and again).
 const TLS_HANDSHAKES: usize = 64;
 
+/// How long an accepted connection may wait for its turn at the TLS handshake. A crowd larger
+/// than the control plane can serve within the agents' handshake deadline (30 s) is told to come
+/// back later this way (the agent backs off with jitter) rather than served too late for the
+/// agent to care: a handshake the agent has given up on is work thrown away, and its retry
+/// joins the back of the queue again.
+pub(crate) const HANDSHAKE_QUEUE: Duration = Duration::from_secs(20);
+
 /// What a running control plane tells its callers.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
@@ -240,11 +247,17 @@ impl Server {
             let handshakes = Arc::clone(&handshakes);
             state.tracker.spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let handshake = tokio::time::timeout(state2.config.handshake_timeout, async {
-                    let _turn = handshakes.acquire().await;
-                    acceptor.accept(tcp).await
-                });
-                let tls = match handshake.await {
+                // Waiting for a turn is the control plane being busy, not the peer being slow:
+                // it has its own, longer bound, and the peer's clock starts with its turn.
+                let Ok(Ok(turn)) = tokio::time::timeout(HANDSHAKE_QUEUE, handshakes.acquire()).await
+                else {
+                    return tracing::debug!(%peer, "no turn for the TLS handshake in time");
+                };
+                let handshake =
+                    tokio::time::timeout(state2.config.handshake_timeout, acceptor.accept(tcp)).await;
+                // The turn is the handshake's only, not the connection's.
+                drop(turn);
+                let tls = match handshake {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),

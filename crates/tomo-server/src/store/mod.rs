@@ -4,6 +4,7 @@
 //! Times are Unix milliseconds. Secrets (codes, tokens) arrive already hashed.
 
 pub mod actions;
+mod cache;
 mod sqlite;
 
 pub use actions::{ActionStatus, ActionStore, PendingAction};

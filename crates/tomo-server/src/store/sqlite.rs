@@ -1,10 +1,19 @@
 //! SQLite implementation of [`Store`]: one file, WAL journal, migrations from
 //! `migrations/sqlite`.
+//!
+//! The two reads every operator call makes, [`Store::token_by_hash`] and [`Store::host`], are
+//! served from memory when they can ([`super::cache`]): every write to `api_tokens` or `hosts`
+//! forgets what it changed once it has finished, so the next lookup reads the database again.
+//! Those writes run on a task of their own ([`SqliteStore::write_cached`]) so that a caller
+//! dropped mid-write (a client hanging up) cannot leave a committed change with its old row
+//! cached. The control plane is the only writer of this file; entries expire after
+//! [`super::cache::TTL`] whatever happens.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row as _;
@@ -15,6 +24,7 @@ use sqlx::sqlite::{
 use tomo_proto::handshake::HostFacts;
 use tomo_proto::methods::Level;
 
+use super::cache::{CAPACITY, Cache, Lookup, TTL};
 use super::{
     HostRecord, NewCode, NewHost, RegisterError, SampleKind, SecurityEvent, Store, StoreError,
     StoredAudit, StoredEvent, TokenRecord,
@@ -31,6 +41,46 @@ pub struct SqliteStore {
     /// connections wait for the lock by sleeping (1, 2, 5, 10 … ms), which under load (a fleet
     /// reconnecting) costs more than the writes. One connection queues them in order instead.
     writer: SqlitePool,
+    /// Shared by clones, like the pools.
+    cache: Arc<Caches>,
+}
+
+/// The rows every operator call reads.
+#[derive(Debug)]
+struct Caches {
+    /// [`Store::token_by_hash`], by hash.
+    tokens: Cache<[u8; 32], TokenRecord>,
+    /// [`Store::host`], by id.
+    hosts: Cache<String, HostRecord>,
+}
+
+/// What a write changed, to forget once it is done.
+#[derive(Debug)]
+enum Dirty {
+    /// Token rows by id: the cache is by hash, so all of them.
+    Tokens,
+    Host(String),
+}
+
+impl Caches {
+    fn forget(&self, dirty: &Dirty) {
+        match dirty {
+            Dirty::Tokens => self.tokens.clear(),
+            Dirty::Host(id) => self.hosts.forget(id.as_str()),
+        }
+    }
+}
+
+/// Forgets on drop: when the write's task ends, normally or by a panic.
+struct Forget {
+    cache: Arc<Caches>,
+    dirty: Dirty,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.cache.forget(&self.dirty);
+    }
 }
 
 impl SqliteStore {
@@ -65,7 +115,38 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(db)?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            cache: Arc::new(Caches {
+                tokens: Cache::new(CAPACITY, TTL),
+                hosts: Cache::new(CAPACITY, TTL),
+            }),
+        })
+    }
+
+    /// Runs `write`, which changes cached rows, to its end on a task of its own, then forgets
+    /// `dirty`. sqlx runs a statement it has sent to SQLite even when the future awaiting it is
+    /// dropped, so forgetting in the caller would be skipped by a cancelled request whose write
+    /// still commits, leaving e.g. a revoked token cached as live.
+    async fn write_cached<T: Send + 'static>(
+        &self,
+        dirty: Dirty,
+        write: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let forget = Forget {
+            cache: Arc::clone(&self.cache),
+            dirty,
+        };
+        let task = tokio::spawn(async move {
+            let _forget = forget;
+            write.await
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Database(format!("write: {e}"))),
+        }
     }
 }
 
@@ -207,17 +288,26 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        // A new row: nothing cached can be older (misses are not cached, and the id was free), so
+        // a cancelled commit needs no task of its own; forgotten all the same.
+        self.cache.hosts.forget(host.id.as_str());
         Ok(self.host(&host.id).await?)
     }
 
     async fn host(&self, id: &str) -> Result<HostRecord, StoreError> {
+        let seen = match self.cache.hosts.get(id) {
+            Lookup::Hit(h) => return Ok(h),
+            Lookup::Miss(seen) => seen,
+        };
         let q = format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ?");
         let row = sqlx::query(&q)
             .bind(id)
             .fetch_one(&self.pool)
             .await
             .map_err(db)?;
-        host_row(&row)
+        let h = host_row(&row)?;
+        self.cache.hosts.insert(seen, h.id.clone(), h.clone());
+        Ok(h)
     }
 
     async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
@@ -234,45 +324,60 @@ impl Store for SqliteStore {
         facts: Option<&HostFacts>,
         now: i64,
     ) -> Result<(), StoreError> {
-        match facts {
-            Some(f) => {
+        let facts = facts
+            .map(|f| {
                 let json =
                     serde_json::to_string(f).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                // The engine id is bound the first time one is seen and never changed here.
-                sqlx::query(
-                    "UPDATE hosts SET facts = ?2, hostname = ?3, engine_id = COALESCE(engine_id, ?4), last_seen = ?5
-                     WHERE id = ?1",
-                )
-                .bind(id)
-                .bind(json)
-                .bind(&f.hostname)
-                .bind(&f.engine_id)
-                .bind(now)
-                .execute(&self.writer)
-                .await
-                .map_err(db)?;
-            }
-            None => {
-                sqlx::query("UPDATE hosts SET last_seen = ?2 WHERE id = ?1")
-                    .bind(id)
+                Ok::<_, StoreError>((json, f.hostname.clone(), f.engine_id.clone()))
+            })
+            .transpose()?;
+        let (writer, id) = (self.writer.clone(), id.to_owned());
+        self.write_cached(Dirty::Host(id.clone()), async move {
+            match facts {
+                Some((json, hostname, engine_id)) => {
+                    // The engine id is bound the first time one is seen and never changed here.
+                    sqlx::query(
+                        "UPDATE hosts SET facts = ?2, hostname = ?3, engine_id = COALESCE(engine_id, ?4), last_seen = ?5
+                         WHERE id = ?1",
+                    )
+                    .bind(&id)
+                    .bind(json)
+                    .bind(hostname)
+                    .bind(engine_id)
                     .bind(now)
-                    .execute(&self.writer)
+                    .execute(&writer)
                     .await
                     .map_err(db)?;
+                }
+                None => {
+                    sqlx::query("UPDATE hosts SET last_seen = ?2 WHERE id = ?1")
+                        .bind(&id)
+                        .bind(now)
+                        .execute(&writer)
+                        .await
+                        .map_err(db)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn remove_host(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        let n =
-            sqlx::query("UPDATE hosts SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL")
-                .bind(id)
+        let (writer, id) = (self.writer.clone(), id.to_owned());
+        let n = self
+            .write_cached(Dirty::Host(id.clone()), async move {
+                let done = sqlx::query(
+                    "UPDATE hosts SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL",
+                )
+                .bind(&id)
                 .bind(now)
-                .execute(&self.writer)
+                .execute(&writer)
                 .await
-                .map_err(db)?
-                .rows_affected();
+                .map_err(db)?;
+                Ok(done.rows_affected())
+            })
+            .await?;
         if n == 0 {
             Err(StoreError::NotFound)
         } else {
@@ -330,6 +435,9 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(db)?;
+        // A new hash: nothing cached can be older (misses are not cached), so a cancelled insert
+        // needs no task of its own; forgotten all the same.
+        self.cache.tokens.forget(token_hash);
         Ok(())
     }
 
@@ -337,13 +445,22 @@ impl Store for SqliteStore {
         &self,
         token_hash: &[u8; 32],
     ) -> Result<Option<TokenRecord>, StoreError> {
+        let seen = match self.cache.tokens.get(token_hash) {
+            Lookup::Hit(t) => return Ok(Some(t)),
+            Lookup::Miss(seen) => seen,
+        };
         let q = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?");
         let row = sqlx::query(&q)
             .bind(&token_hash[..])
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-        row.as_ref().map(token_row).transpose()
+        let t = row.as_ref().map(token_row).transpose()?;
+        // Unknown hashes are not kept: a guessing flood must not fill the cache.
+        if let Some(t) = &t {
+            self.cache.tokens.insert(seen, *token_hash, t.clone());
+        }
+        Ok(t)
     }
 
     async fn count_tokens(&self) -> Result<u64, StoreError> {
@@ -371,15 +488,20 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_token(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        let n = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&self.writer)
-        .await
-        .map_err(db)?
-        .rows_affected();
+        let (writer, id) = (self.writer.clone(), id.to_owned());
+        let n = self
+            .write_cached(Dirty::Tokens, async move {
+                let done = sqlx::query(
+                    "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                )
+                .bind(&id)
+                .bind(now)
+                .execute(&writer)
+                .await
+                .map_err(db)?;
+                Ok(done.rows_affected())
+            })
+            .await?;
         if n == 0 {
             Err(StoreError::NotFound)
         } else {
@@ -391,20 +513,23 @@ impl Store for SqliteStore {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut tx = self.writer.begin().await.map_err(db)?;
-        for (id, at) in uses {
-            sqlx::query(
-                "UPDATE api_tokens SET last_used_at = ?2
-                 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
-            )
-            .bind(id)
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(())
+        let (writer, uses) = (self.writer.clone(), uses.to_vec());
+        self.write_cached(Dirty::Tokens, async move {
+            let mut tx = writer.begin().await.map_err(db)?;
+            for (id, at) in &uses {
+                sqlx::query(
+                    "UPDATE api_tokens SET last_used_at = ?2
+                     WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+            tx.commit().await.map_err(db)
+        })
+        .await
     }
 
     async fn set_host_labels(
@@ -413,13 +538,20 @@ impl Store for SqliteStore {
         labels: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let n = sqlx::query("UPDATE hosts SET labels = ?2 WHERE id = ?1 AND removed_at IS NULL")
-            .bind(host_id)
-            .bind(json)
-            .execute(&self.writer)
-            .await
-            .map_err(db)?
-            .rows_affected();
+        let (writer, id) = (self.writer.clone(), host_id.to_owned());
+        let n = self
+            .write_cached(Dirty::Host(id.clone()), async move {
+                let done = sqlx::query(
+                    "UPDATE hosts SET labels = ?2 WHERE id = ?1 AND removed_at IS NULL",
+                )
+                .bind(&id)
+                .bind(json)
+                .execute(&writer)
+                .await
+                .map_err(db)?;
+                Ok(done.rows_affected())
+            })
+            .await?;
         if n == 0 {
             Err(StoreError::NotFound)
         } else {
@@ -471,8 +603,14 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         }
-        tx.commit().await.map_err(db)?;
-        Ok(())
+        let committed = tx.commit().await.map_err(db);
+        // Only last-seen times changed: history, not what a check decides on. Forgotten here,
+        // without a task of its own (the batch would be copied), so a cancelled commit can leave
+        // an older time cached for at most the TTL. The batch writer is not cancelled anyway.
+        for (host_id, _) in seen {
+            self.cache.hosts.forget(host_id.as_str());
+        }
+        committed
     }
 
     async fn samples(
@@ -678,17 +816,24 @@ impl Store for SqliteStore {
     }
 
     async fn rotate_key(&self, id: &str, current: &[u8], new: &[u8]) -> Result<(), StoreError> {
-        let r = sqlx::query(
-            "UPDATE hosts SET previous_public_key = public_key, public_key = ?
-             WHERE id = ? AND public_key = ? AND removed_at IS NULL",
-        )
-        .bind(new)
-        .bind(id)
-        .bind(current)
-        .execute(&self.writer)
-        .await
-        .map_err(db)?;
-        if r.rows_affected() == 1 {
+        let (writer, id) = (self.writer.clone(), id.to_owned());
+        let (current, new) = (current.to_vec(), new.to_vec());
+        let n = self
+            .write_cached(Dirty::Host(id.clone()), async move {
+                let done = sqlx::query(
+                    "UPDATE hosts SET previous_public_key = public_key, public_key = ?
+                     WHERE id = ? AND public_key = ? AND removed_at IS NULL",
+                )
+                .bind(new)
+                .bind(&id)
+                .bind(current)
+                .execute(&writer)
+                .await
+                .map_err(db)?;
+                Ok(done.rows_affected())
+            })
+            .await?;
+        if n == 1 {
             Ok(())
         } else {
             Err(StoreError::Conflict)
@@ -696,13 +841,19 @@ impl Store for SqliteStore {
     }
 
     async fn retire_previous_key(&self, id: &str, current: &[u8]) -> Result<(), StoreError> {
-        sqlx::query("UPDATE hosts SET previous_public_key = NULL WHERE id = ? AND public_key = ?")
-            .bind(id)
+        let (writer, id, current) = (self.writer.clone(), id.to_owned(), current.to_vec());
+        self.write_cached(Dirty::Host(id.clone()), async move {
+            sqlx::query(
+                "UPDATE hosts SET previous_public_key = NULL WHERE id = ? AND public_key = ?",
+            )
+            .bind(&id)
             .bind(current)
-            .execute(&self.writer)
+            .execute(&writer)
             .await
             .map_err(db)?;
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn close(&self) {
@@ -1025,6 +1176,173 @@ mod tests {
             vec![(21, "{}".to_owned())]
         );
         assert_eq!(s.host("h").await.expect("host").last_seen, Some(30));
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_seen_revoked_on_the_next_lookup() {
+        let (_d, s) = open().await;
+        s.create_token(&token("a", &[]), &[1; 32])
+            .await
+            .expect("create");
+        let live = s.token_by_hash(&[1; 32]).await.expect("a").expect("some");
+        assert_eq!(live.revoked_at, None);
+        assert_eq!(
+            s.token_by_hash(&[1; 32]).await.expect("a"),
+            Some(live),
+            "cached"
+        );
+        assert_eq!(s.cache.tokens.stats(), (1, 1));
+        s.revoke_token("a", 5).await.expect("revoke");
+        let revoked = s.token_by_hash(&[1; 32]).await.expect("a").expect("some");
+        assert_eq!(revoked.revoked_at, Some(5));
+        // Last use written by the store is read back too.
+        s.touch_tokens(&[("a".into(), 50)]).await.expect("touch");
+        let t = s.token_by_hash(&[1; 32]).await.expect("a").expect("some");
+        assert_eq!((t.revoked_at, t.last_used_at), (Some(5), Some(50)));
+        // Unknown hashes are never kept.
+        assert_eq!(s.token_by_hash(&[2; 32]).await.expect("b"), None);
+        s.create_token(&token("b", &[]), &[2; 32])
+            .await
+            .expect("create");
+        assert!(s.token_by_hash(&[2; 32]).await.expect("b").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_cached_host_is_seen_changed_on_the_next_lookup() {
+        let (_d, s) = open().await;
+        s.create_code(&code(1, 1000)).await.expect("code");
+        s.register(&new_host("a", 1), &[1; 32], 10)
+            .await
+            .expect("register");
+        let before = s.host("a").await.expect("host");
+        assert_eq!(s.host("a").await.expect("host"), before, "cached");
+        let (hits, _) = s.cache.hosts.stats();
+        assert!(hits >= 1, "hits {hits}");
+        let labels: BTreeMap<String, String> = [("env".to_owned(), "prod".to_owned())]
+            .into_iter()
+            .collect();
+        s.set_host_labels("a", &labels).await.expect("labels");
+        assert_eq!(s.host("a").await.expect("host").labels, labels);
+        s.rotate_key("a", &[1; 32], &[2; 32]).await.expect("rotate");
+        let h = s.host("a").await.expect("host");
+        assert_eq!(
+            (h.public_key, h.previous_public_key),
+            (vec![2; 32], Some(vec![1; 32]))
+        );
+        s.retire_previous_key("a", &[2; 32]).await.expect("retire");
+        assert_eq!(s.host("a").await.expect("host").previous_public_key, None);
+        let facts = HostFacts {
+            hostname: "renamed".into(),
+            engine_id: Some("E1".into()),
+            ..Default::default()
+        };
+        s.touch_host("a", Some(&facts), 20).await.expect("touch");
+        let h = s.host("a").await.expect("host");
+        assert_eq!(
+            (h.hostname.as_str(), h.engine_id.as_deref(), h.last_seen),
+            ("renamed", Some("E1"), Some(20))
+        );
+        s.touch_host("a", None, 25).await.expect("touch");
+        assert_eq!(s.host("a").await.expect("host").last_seen, Some(25));
+        s.add_samples(&[], &[("a".into(), 30)]).await.expect("seen");
+        assert_eq!(s.host("a").await.expect("host").last_seen, Some(30));
+        s.remove_host("a", 40).await.expect("remove");
+        assert_eq!(s.host("a").await.expect("host").removed_at, Some(40));
+    }
+
+    /// The hits are served from memory: a row deleted behind the store's back (which the control
+    /// plane never does) is still returned until a write of the store forgets it.
+    #[tokio::test]
+    async fn lookups_are_served_from_the_cache() {
+        let (_d, s) = open().await;
+        s.create_token(&token("a", &[]), &[1; 32])
+            .await
+            .expect("create");
+        s.create_code(&code(1, 1000)).await.expect("code");
+        s.register(&new_host("h", 1), &[1; 32], 10)
+            .await
+            .expect("register");
+        assert!(s.token_by_hash(&[1; 32]).await.expect("a").is_some());
+        s.host("h").await.expect("host");
+        sqlx::query("DELETE FROM api_tokens")
+            .execute(&s.writer)
+            .await
+            .expect("delete");
+        sqlx::query("DELETE FROM hosts")
+            .execute(&s.writer)
+            .await
+            .expect("delete");
+        assert!(s.token_by_hash(&[1; 32]).await.expect("a").is_some());
+        assert_eq!(s.host("h").await.expect("host").id, "h");
+        // A clone shares the cache.
+        assert_eq!(s.clone().host("h").await.expect("host").id, "h");
+        // Any write of the table forgets.
+        assert!(matches!(
+            s.revoke_token("a", 5).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(s.token_by_hash(&[1; 32]).await.expect("a"), None);
+        assert!(matches!(
+            s.remove_host("h", 5).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(s.host("h").await, Err(StoreError::NotFound)));
+    }
+
+    /// A reader that queried before a revocation committed and inserts after it was forgotten:
+    /// its old row is dropped, the next lookup reads the revocation.
+    #[tokio::test]
+    async fn a_row_read_before_a_revocation_is_not_cached_after_it() {
+        let (_d, s) = open().await;
+        s.create_token(&token("a", &[]), &[1; 32])
+            .await
+            .expect("create");
+        let Lookup::Miss(seen) = s.cache.tokens.get(&[1; 32]) else {
+            panic!("cached before any lookup");
+        };
+        let old = s.token("a").await.expect("a");
+        s.revoke_token("a", 5).await.expect("revoke");
+        s.cache.tokens.insert(seen, [1; 32], old);
+        let t = s.token_by_hash(&[1; 32]).await.expect("a").expect("some");
+        assert_eq!(t.revoked_at, Some(5));
+    }
+
+    /// A request dropped while its revocation is in flight: the write still commits (sqlx runs
+    /// what it has sent), and the cache must not keep the live token past it, even when it was
+    /// read again between the drop and the commit.
+    #[tokio::test]
+    async fn a_cancelled_revocation_that_commits_is_not_served_stale() {
+        let (_d, s) = open().await;
+        s.create_token(&token("a", &[]), &[1; 32])
+            .await
+            .expect("create");
+        assert!(s.token_by_hash(&[1; 32]).await.expect("a").is_some());
+        // Another connection holds the write lock: the UPDATE, once sent, waits in SQLite.
+        let mut blocker = s.pool.acquire().await.expect("acquire");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *blocker)
+            .await
+            .expect("lock");
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(200), s.revoke_token("a", 5)).await;
+        assert!(dropped.is_err(), "the revocation finished: {dropped:?}");
+        let t = s.token_by_hash(&[1; 32]).await.expect("a").expect("some");
+        assert_eq!(t.revoked_at, None, "not committed yet");
+        sqlx::query("ROLLBACK")
+            .execute(&mut *blocker)
+            .await
+            .expect("unlock");
+        drop(blocker);
+        for _ in 0..200 {
+            if s.token("a").await.expect("a").revoked_at.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.token("a").await.expect("a").revoked_at, Some(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = s.token_by_hash(&[1; 32]).await.expect("a").expect("some");
+        assert_eq!(t.revoked_at, Some(5));
     }
 
     #[tokio::test]
