@@ -47,6 +47,9 @@ enum Probe {
     /// What the API reads from the store before it forwards a call (the token by its hash, then
     /// the host), made straight on the control plane's store, for reference.
     StoreLookups,
+    /// The command signature of one call, made and checked here as the control plane and the
+    /// agent do (Ed25519, ring), for reference: the cryptography's share.
+    Signature,
 }
 
 impl Probe {
@@ -56,6 +59,7 @@ impl Probe {
             Self::Get { label, .. } => (*label).to_owned(),
             Self::DockerList => "Docker GET /containers/json".into(),
             Self::StoreLookups => "store: token + host reads".into(),
+            Self::Signature => "Ed25519 sign + verify".into(),
         }
     }
 }
@@ -73,6 +77,7 @@ fn probes() -> Vec<Probe> {
             path: "/healthz".into(),
         },
         Probe::StoreLookups,
+        Probe::Signature,
         Probe::DockerList,
         rpc("agent.ping", None, Some(0.3)),
         rpc("system.get_metrics", None, Some(2.0)),
@@ -312,6 +317,35 @@ async fn measure_concurrent(
     Ok(results)
 }
 
+/// Signs a command the size of an `agent.ping` request (the control plane's share) and checks
+/// the signature (the agent's), timed.
+fn time_signature(name: &str) -> anyhow::Result<Duration> {
+    static SIGNER: std::sync::OnceLock<(tomo_server::signer::CommandSigner, Vec<u8>)> =
+        std::sync::OnceLock::new();
+    let (signer, public) = SIGNER.get_or_init(|| {
+        let signer = tomo_server::signer::CommandSigner::ephemeral();
+        let public = tomo_common::unb64(signer.public_key_b64()).unwrap_or_default();
+        (signer, public)
+    });
+    let meta = json!({
+        "trace_id": "0123456789abcdef0123456789abcdef",
+        "principal": "token:0123456789abcdef",
+        "role": "admin",
+        "aud": "b7720b1e-ab2a-af77-60d3-51eeeaa1af77",
+        "nonce": tomo_common::hex(&tomo_common::random_bytes::<16>()),
+        "ts": tomo_common::now_ms(),
+    })
+    .to_string();
+    let t0 = Instant::now();
+    let payload = tomo_proto::rpc::command_payload("1", "agent.ping", &meta, "");
+    let sig = tomo_common::unb64(&signer.sign(&payload)).context("signature")?;
+    let checked = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+        .verify(&payload, &sig);
+    let took = t0.elapsed();
+    ensure!(checked.is_ok(), "{name}: the signature does not verify");
+    Ok(took)
+}
+
 /// CPU seconds (user + system) of this process so far.
 fn own_cpu_secs() -> anyhow::Result<f64> {
     crate::procs::cpu_secs(std::process::id())
@@ -416,6 +450,7 @@ enum Prepared {
     Get { url: String },
     DockerList,
     StoreLookups,
+    Signature,
 }
 
 impl Client {
@@ -433,6 +468,7 @@ impl Client {
             },
             Probe::DockerList => Prepared::DockerList,
             Probe::StoreLookups => Prepared::StoreLookups,
+            Probe::Signature => Prepared::Signature,
         }
     }
 
@@ -448,6 +484,7 @@ impl Client {
             Prepared::Get { url } => self.http.get(url),
             Prepared::DockerList => return self.time_docker(name).await,
             Prepared::StoreLookups => return self.time_store(name).await,
+            Prepared::Signature => return time_signature(name),
         };
         let resp = builder
             .bearer_auth(&self.token)
