@@ -280,7 +280,7 @@ async fn measure_concurrent(
         };
         eprintln!("  {method} × {} clients …", args.concurrency);
         let request = Arc::new(client.prepare(probe));
-        let cpu0 = own_cpu_secs()?;
+        let cpu0 = own_cpu_secs();
         let t0 = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..args.concurrency {
@@ -305,7 +305,7 @@ async fn measure_concurrent(
         // Wall time includes each client's ten warm-up calls: a slight understatement of the rate.
         let wall = t0.elapsed();
         let calls = samples.len() + 10 * args.concurrency;
-        let cpu_ms_per_call = (own_cpu_secs()? - cpu0) * 1e3 / calls as f64;
+        let cpu_ms_per_call = (own_cpu_secs() - cpu0) * 1e3 / calls as f64;
         results.push(MethodResult {
             cpu_ms_per_call,
             method: (*method).to_owned(),
@@ -346,9 +346,11 @@ fn time_signature(name: &str) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
-/// CPU seconds (user + system) of this process so far.
-fn own_cpu_secs() -> anyhow::Result<f64> {
-    crate::procs::cpu_secs(std::process::id())
+/// CPU seconds (user + system) of this process so far, to the nanosecond (`/proc`'s figures
+/// count 10 ms ticks, too coarse for a per-call figure).
+fn own_cpu_secs() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// Tokio's worker threads in this process.
@@ -374,13 +376,13 @@ async fn measure(
             client.time(&name, &request).await?;
         }
         let mut samples = Vec::with_capacity(args.iterations as usize);
-        let cpu0 = own_cpu_secs()?;
+        let cpu0 = own_cpu_secs();
         let t0 = Instant::now();
         for _ in 0..args.iterations {
             samples.push(client.time(&name, &request).await?);
         }
         let wall = t0.elapsed();
-        let cpu_ms_per_call = (own_cpu_secs()? - cpu0) * 1e3 / f64::from(args.iterations);
+        let cpu_ms_per_call = (own_cpu_secs() - cpu0) * 1e3 / f64::from(args.iterations);
         results.push(MethodResult {
             cpu_ms_per_call,
             method: name,

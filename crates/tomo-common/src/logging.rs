@@ -18,9 +18,7 @@ static RELOAD: OnceLock<(reload::Handle<Targets, Registry>, Mutex<String>)> = On
 /// Installs the global subscriber. Logs go to stderr so that stdout stays for command output.
 pub fn init(level: Option<&str>, json: bool) {
     let level = level.unwrap_or("info");
-    let filter = level
-        .parse::<Targets>()
-        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let filter = filter(level);
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);
@@ -38,6 +36,24 @@ pub fn init(level: Option<&str>, json: bool) {
     }
 }
 
+/// The filter for a `LOG_LEVEL` value: comma-separated `level` or `target=level` directives,
+/// blanks ignored (`Targets` would read an empty directive as "everything at TRACE"); `info` when
+/// nothing valid is left.
+fn filter(level: &str) -> Targets {
+    let directives: Vec<&str> = level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Targets::new().with_default(tracing::Level::INFO);
+    }
+    directives
+        .join(",")
+        .parse::<Targets>()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
+}
+
 /// The log levels [`set_level`] accepts.
 pub const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
@@ -49,9 +65,7 @@ pub fn set_level(level: &str) -> Result<(), String> {
     let (handle, current) = RELOAD
         .get()
         .ok_or("logging was not set up by this process")?;
-    handle
-        .reload(level.parse::<Targets>().map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    handle.reload(filter(level)).map_err(|e| e.to_string())?;
     if let Ok(mut c) = current.lock() {
         *c = level.to_owned();
     }
@@ -72,4 +86,50 @@ pub fn truthy(value: &str) -> bool {
         value.trim().to_ascii_lowercase().as_str(),
         "1" | "true" | "yes" | "on"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::filter::LevelFilter;
+
+    use super::*;
+
+    fn level_for(filter: &Targets, target: &str) -> Option<LevelFilter> {
+        // The most verbose level enabled for `target`.
+        [
+            Level::TRACE,
+            Level::DEBUG,
+            Level::INFO,
+            Level::WARN,
+            Level::ERROR,
+        ]
+        .into_iter()
+        .find(|l| filter.would_enable(target, l))
+        .map(LevelFilter::from_level)
+    }
+
+    #[test]
+    fn blank_directives_do_not_turn_everything_to_trace() {
+        for value in ["", " ", ",", "info,", ",info", "info, ,"] {
+            let f = filter(value);
+            assert_eq!(
+                level_for(&f, "tomo_server"),
+                Some(LevelFilter::INFO),
+                "{value:?}"
+            );
+            assert_eq!(level_for(&f, "hyper"), Some(LevelFilter::INFO), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn levels_and_per_target_directives() {
+        let f = filter("warn,tomo_server=debug");
+        assert_eq!(level_for(&f, "tomo_server"), Some(LevelFilter::DEBUG));
+        assert_eq!(level_for(&f, "tomo_server::hub"), Some(LevelFilter::DEBUG));
+        assert_eq!(level_for(&f, "hyper"), Some(LevelFilter::WARN));
+        assert_eq!(level_for(&filter("error"), "x"), Some(LevelFilter::ERROR));
+        // Not a directive at all: the default.
+        assert_eq!(level_for(&filter("loud!=="), "x"), Some(LevelFilter::INFO));
+    }
 }

@@ -25,6 +25,10 @@ use tomo_proto::handshake::HostFacts;
 use tomo_proto::methods::Level;
 
 use super::cache::{CAPACITY, Cache, Lookup, TTL};
+
+/// Hosts cached at most: fewer than tokens, because a host record carries the facts its agent
+/// reported (up to the 64 KiB handshake limit), so 1024 entries stay within 64 MiB at worst.
+const HOST_CAPACITY: usize = 1024;
 use super::{
     HostRecord, NewCode, NewHost, RegisterError, SampleKind, SecurityEvent, Store, StoreError,
     StoredAudit, StoredEvent, TokenRecord,
@@ -120,7 +124,7 @@ impl SqliteStore {
             writer,
             cache: Arc::new(Caches {
                 tokens: Cache::new(CAPACITY, TTL),
-                hosts: Cache::new(CAPACITY, TTL),
+                hosts: Cache::new(HOST_CAPACITY, TTL),
             }),
         })
     }
