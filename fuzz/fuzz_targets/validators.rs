@@ -197,11 +197,14 @@ fn accepted_refs(p: &RunParams) {
     if let Some(n) = &p.network_mode {
         assert_ne!(n.trim(), "hostnet", "network {n:?}");
     }
-    let named = p
-        .volumes
-        .iter()
-        .map(|v| v.source.as_str())
-        .chain(p.mounts.iter().filter_map(|m| m.source.as_deref()));
+    // Named volumes only: a tmpfs mount's source is no volume (the conversion to the engine's
+    // mount refuses any source on one), and a bind's source is a host path.
+    let named = p.volumes.iter().map(|v| v.source.as_str()).chain(
+        p.mounts
+            .iter()
+            .filter(|m| m.kind.trim().eq_ignore_ascii_case("volume"))
+            .filter_map(|m| m.source.as_deref()),
+    );
     for name in named {
         assert_ne!(name, "bindvol", "the volume binds /etc");
     }
