@@ -165,30 +165,7 @@ pub struct Report {
 impl Report {
     /// The figures and targets as a plain-text table.
     pub fn table(&self) -> String {
-        let mut s = format!(
-            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8}\n",
-            "method", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s", "p99/p50", "CPU ms"
-        );
-        for m in &self.methods {
-            let f = &m.summary;
-            let name = if m.reference {
-                format!("({})", m.method)
-            } else {
-                m.method.clone()
-            };
-            s += &format!(
-                "{:<28} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.0} {:>8.2} {:>8.3}\n",
-                name,
-                f.n,
-                f.p50_ms,
-                f.p90_ms,
-                f.p99_ms,
-                f.max_ms,
-                f.requests_per_sec,
-                f.p99_over_p50,
-                m.cpu_ms_per_call
-            );
-        }
+        let mut s = Self::rows(&self.methods, true);
         s += "(in parentheses: references that do not reach the agent; CPU ms: this process's CPU\n\
               time per call, client, control plane and agent together, without the Docker engine)\n";
         s += &format!("\n{:<28}", "distribution (ms)");
@@ -205,7 +182,7 @@ impl Report {
         }
         if !self.concurrent.is_empty() {
             s += &format!("\n{} clients at once:\n", self.concurrency);
-            s += &Self::rows(&self.concurrent);
+            s += &Self::rows(&self.concurrent, false);
         }
         s += "\ntargets\n";
         for c in &self.targets {
@@ -222,22 +199,44 @@ impl Report {
         s
     }
 
-    fn rows(methods: &[MethodResult]) -> String {
+    /// One line per method; `tail` adds the p99/p50 column. Reference rows are in parentheses.
+    fn rows(methods: &[MethodResult], tail: bool) -> String {
+        let ratio = |v: String| {
+            if tail {
+                format!(" {v:>8}")
+            } else {
+                String::new()
+            }
+        };
         let mut s = format!(
-            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}\n",
-            "method", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s", "CPU ms"
+            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7}{} {:>8}\n",
+            "method",
+            "n",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "req/s",
+            ratio("p99/p50".into()),
+            "CPU ms"
         );
         for m in methods {
             let f = &m.summary;
+            let name = if m.reference {
+                format!("({})", m.method)
+            } else {
+                m.method.clone()
+            };
             s += &format!(
-                "{:<28} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.0} {:>8.3}\n",
-                m.method,
+                "{:<28} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.0}{} {:>8.3}\n",
+                name,
                 f.n,
                 f.p50_ms,
                 f.p90_ms,
                 f.p99_ms,
                 f.max_ms,
                 f.requests_per_sec,
+                ratio(format!("{:.2}", f.p99_over_p50)),
                 m.cpu_ms_per_call
             );
         }
@@ -282,5 +281,49 @@ impl Report {
         let json = serde_json::to_string_pretty(self).context("report to JSON")?;
         std::fs::write(path, json + "\n")
             .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stats::Summary;
+
+    fn result(method: &str, reference: bool, ms: &[u64]) -> MethodResult {
+        let samples = ms.iter().map(|m| Duration::from_millis(*m)).collect();
+        MethodResult {
+            method: method.to_owned(),
+            params: None,
+            reference,
+            cpu_ms_per_call: 0.25,
+            summary: Summary::of(samples, Duration::from_secs(1)),
+        }
+    }
+
+    #[test]
+    fn both_tables_line_up_and_only_the_sequential_one_has_the_tail_column() {
+        let methods = vec![
+            result("GET /healthz", true, &[1, 2, 3]),
+            result("agent.ping", false, &[1, 1, 9]),
+        ];
+        let seq = Report::rows(&methods, true);
+        let conc = Report::rows(&methods, false);
+        for (table, tail) in [(&seq, true), (&conc, false)] {
+            let lines: Vec<&str> = table.lines().collect();
+            assert_eq!(lines.len(), 3, "{table}");
+            assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
+            assert_eq!(lines[0].contains("p99/p50"), tail, "{table}");
+            assert!(lines[0].ends_with("CPU ms"), "{table}");
+            assert!(lines[1].starts_with("(GET /healthz)"), "{table}");
+            assert!(lines[2].starts_with("agent.ping"), "{table}");
+            assert!(lines[2].ends_with("0.250"), "{table}");
+        }
+        // p99 / p50 of 1, 1, 9 ms.
+        assert!(
+            seq.lines().nth(2).is_some_and(|l| l.contains(" 9.00 ")),
+            "{seq}"
+        );
     }
 }

@@ -152,6 +152,31 @@ impl SqliteStore {
             Err(e) => Err(StoreError::Database(format!("write: {e}"))),
         }
     }
+
+    /// One statement through [`Self::write_cached`] on the writer; the rows it changed.
+    async fn execute_cached(&self, dirty: Dirty, statement: Statement) -> Result<u64, StoreError> {
+        let writer = self.writer.clone();
+        self.write_cached(dirty, async move {
+            Ok(statement
+                .execute(&writer)
+                .await
+                .map_err(db)?
+                .rows_affected())
+        })
+        .await
+    }
+}
+
+/// A statement with its values bound (owned), ready to run on another task.
+type Statement = sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'static>>;
+
+/// `NotFound` when a statement meant for one row changed none.
+fn found(rows: u64) -> Result<(), StoreError> {
+    if rows == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
 }
 
 fn db(e: sqlx::Error) -> StoreError {
@@ -335,58 +360,35 @@ impl Store for SqliteStore {
                 Ok::<_, StoreError>((json, f.hostname.clone(), f.engine_id.clone()))
             })
             .transpose()?;
-        let (writer, id) = (self.writer.clone(), id.to_owned());
-        self.write_cached(Dirty::Host(id.clone()), async move {
-            match facts {
-                Some((json, hostname, engine_id)) => {
-                    // The engine id is bound the first time one is seen and never changed here.
-                    sqlx::query(
-                        "UPDATE hosts SET facts = ?2, hostname = ?3, engine_id = COALESCE(engine_id, ?4), last_seen = ?5
-                         WHERE id = ?1",
-                    )
-                    .bind(&id)
-                    .bind(json)
-                    .bind(hostname)
-                    .bind(engine_id)
-                    .bind(now)
-                    .execute(&writer)
-                    .await
-                    .map_err(db)?;
-                }
-                None => {
-                    sqlx::query("UPDATE hosts SET last_seen = ?2 WHERE id = ?1")
-                        .bind(&id)
-                        .bind(now)
-                        .execute(&writer)
-                        .await
-                        .map_err(db)?;
-                }
-            }
-            Ok(())
-        })
-        .await
+        let statement = match facts {
+            // The engine id is bound the first time one is seen and never changed here.
+            Some((json, hostname, engine_id)) => sqlx::query(
+                "UPDATE hosts SET facts = ?2, hostname = ?3, engine_id = COALESCE(engine_id, ?4), last_seen = ?5
+                 WHERE id = ?1",
+            )
+            .bind(id.to_owned())
+            .bind(json)
+            .bind(hostname)
+            .bind(engine_id)
+            .bind(now),
+            None => sqlx::query("UPDATE hosts SET last_seen = ?2 WHERE id = ?1")
+                .bind(id.to_owned())
+                .bind(now),
+        };
+        self.execute_cached(Dirty::Host(id.to_owned()), statement)
+            .await
+            .map(drop)
     }
 
     async fn remove_host(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        let (writer, id) = (self.writer.clone(), id.to_owned());
-        let n = self
-            .write_cached(Dirty::Host(id.clone()), async move {
-                let done = sqlx::query(
-                    "UPDATE hosts SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL",
-                )
-                .bind(&id)
-                .bind(now)
-                .execute(&writer)
-                .await
-                .map_err(db)?;
-                Ok(done.rows_affected())
-            })
-            .await?;
-        if n == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        let statement =
+            sqlx::query("UPDATE hosts SET removed_at = ?2 WHERE id = ?1 AND removed_at IS NULL")
+                .bind(id.to_owned())
+                .bind(now);
+        found(
+            self.execute_cached(Dirty::Host(id.to_owned()), statement)
+                .await?,
+        )
     }
 
     async fn record_event(&self, e: &SecurityEvent) -> Result<(), StoreError> {
@@ -492,25 +494,12 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_token(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        let (writer, id) = (self.writer.clone(), id.to_owned());
-        let n = self
-            .write_cached(Dirty::Tokens, async move {
-                let done = sqlx::query(
-                    "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
-                )
-                .bind(&id)
-                .bind(now)
-                .execute(&writer)
-                .await
-                .map_err(db)?;
-                Ok(done.rows_affected())
-            })
-            .await?;
-        if n == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        let statement = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+        )
+        .bind(id.to_owned())
+        .bind(now);
+        found(self.execute_cached(Dirty::Tokens, statement).await?)
     }
 
     async fn touch_tokens(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
@@ -542,25 +531,14 @@ impl Store for SqliteStore {
         labels: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (writer, id) = (self.writer.clone(), host_id.to_owned());
-        let n = self
-            .write_cached(Dirty::Host(id.clone()), async move {
-                let done = sqlx::query(
-                    "UPDATE hosts SET labels = ?2 WHERE id = ?1 AND removed_at IS NULL",
-                )
-                .bind(&id)
-                .bind(json)
-                .execute(&writer)
-                .await
-                .map_err(db)?;
-                Ok(done.rows_affected())
-            })
-            .await?;
-        if n == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        let statement =
+            sqlx::query("UPDATE hosts SET labels = ?2 WHERE id = ?1 AND removed_at IS NULL")
+                .bind(host_id.to_owned())
+                .bind(json);
+        found(
+            self.execute_cached(Dirty::Host(host_id.to_owned()), statement)
+                .await?,
+        )
     }
 
     async fn add_sample(
@@ -820,22 +798,15 @@ impl Store for SqliteStore {
     }
 
     async fn rotate_key(&self, id: &str, current: &[u8], new: &[u8]) -> Result<(), StoreError> {
-        let (writer, id) = (self.writer.clone(), id.to_owned());
-        let (current, new) = (current.to_vec(), new.to_vec());
+        let statement = sqlx::query(
+            "UPDATE hosts SET previous_public_key = public_key, public_key = ?
+             WHERE id = ? AND public_key = ? AND removed_at IS NULL",
+        )
+        .bind(new.to_vec())
+        .bind(id.to_owned())
+        .bind(current.to_vec());
         let n = self
-            .write_cached(Dirty::Host(id.clone()), async move {
-                let done = sqlx::query(
-                    "UPDATE hosts SET previous_public_key = public_key, public_key = ?
-                     WHERE id = ? AND public_key = ? AND removed_at IS NULL",
-                )
-                .bind(new)
-                .bind(&id)
-                .bind(current)
-                .execute(&writer)
-                .await
-                .map_err(db)?;
-                Ok(done.rows_affected())
-            })
+            .execute_cached(Dirty::Host(id.to_owned()), statement)
             .await?;
         if n == 1 {
             Ok(())
@@ -845,19 +816,14 @@ impl Store for SqliteStore {
     }
 
     async fn retire_previous_key(&self, id: &str, current: &[u8]) -> Result<(), StoreError> {
-        let (writer, id, current) = (self.writer.clone(), id.to_owned(), current.to_vec());
-        self.write_cached(Dirty::Host(id.clone()), async move {
-            sqlx::query(
-                "UPDATE hosts SET previous_public_key = NULL WHERE id = ? AND public_key = ?",
-            )
-            .bind(&id)
-            .bind(current)
-            .execute(&writer)
+        let statement = sqlx::query(
+            "UPDATE hosts SET previous_public_key = NULL WHERE id = ? AND public_key = ?",
+        )
+        .bind(id.to_owned())
+        .bind(current.to_vec());
+        self.execute_cached(Dirty::Host(id.to_owned()), statement)
             .await
-            .map_err(db)?;
-            Ok(())
-        })
-        .await
+            .map(drop)
     }
 
     async fn close(&self) {
