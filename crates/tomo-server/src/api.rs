@@ -32,17 +32,26 @@ const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// with `routes!` from its documented handler, so the document ([`crate::openapi`]) lists every
 /// route, and only those.
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
-    let protected = OpenApiRouter::new()
+    // Routes that reach a host: each call passes `approvals::gate`, which turns a change by a
+    // token that requires approval into a pending action (the fan-out is read-only).
+    let host_calls = OpenApiRouter::new()
+        .routes(routes!(call_host))
+        .merge(crate::api_host::routes())
+        .merge(crate::api_fleet::routes());
+    // Everything else: a change to the control plane cannot wait for a human, so a token that
+    // requires approval may only read here (`refuse_unapproved_changes`, issue 12.3). A new route
+    // lands here unless it is a host call.
+    let control_plane = OpenApiRouter::new()
         .routes(routes!(create_code))
         .routes(routes!(list_hosts))
         .routes(routes!(show_host, remove_host))
-        .routes(routes!(call_host))
         .routes(routes!(host_metrics))
         .routes(routes!(crate::audit::list))
-        .merge(crate::api_host::routes())
         .merge(crate::api_approvals::routes())
         .merge(crate::api_tokens::routes())
-        .merge(crate::api_fleet::routes())
+        .route_layer(axum::middleware::from_fn(refuse_unapproved_changes));
+    let protected = control_plane
+        .merge(host_calls)
         // Innermost: hands the token's principal to the audit layer through the response.
         .layer(axum::middleware::from_fn(crate::audit::capture_principal))
         .layer(axum::middleware::from_fn_with_state(
@@ -289,6 +298,32 @@ pub fn role_name(level: Level) -> &'static str {
         Level::Execute => "execute",
         Level::Admin => "admin",
     }
+}
+
+/// A token that requires approval reads the control plane's own routes, and changes nothing
+/// there: minting tokens or codes, relabelling or removing hosts and deciding approvals would
+/// each let it act without a human (issue 12.3). Sits behind [`require_token`], which puts the
+/// principal in the request.
+async fn refuse_unapproved_changes(req: Request, next: Next) -> HttpResponse {
+    let reads = matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    let gated = req
+        .extensions()
+        .get::<Principal>()
+        .is_none_or(|p| p.0.requires_approval);
+    if gated && !reads {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token requires approval, and a change to the control plane (tokens, codes, \
+             labels, hosts, approvals) cannot wait for one: use a token that does not require \
+             approval",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 pub(crate) async fn require_token(

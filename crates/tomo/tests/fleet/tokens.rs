@@ -36,10 +36,22 @@ enum Bound {
     Action,
 }
 
+/// What a route does for a token created with `requires_approval` (issue 12.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Changes nothing: answers as for any other token.
+    Free,
+    /// Changes a host: becomes a pending action (202) and nothing runs.
+    Pending,
+    /// Changes the control plane (codes, tokens, labels, hosts, decisions), which cannot wait
+    /// for a human: refused (403), nothing changes.
+    Refused,
+}
+
 /// One route: method, template as routed (under `/api/v1`), the path tried (placeholders
 /// `{host}`, `{container}`, `{name}`, `{token}` (a token's id), `{action}` (a pending action's id)
-/// filled in), the least role, how it
-/// relates to hosts, and a body that passes validation.
+/// filled in), the least role, how it relates to hosts, a body that passes validation, and what
+/// it does for a token that requires approval.
 struct Route {
     method: Method,
     template: &'static str,
@@ -47,6 +59,7 @@ struct Route {
     min: Level,
     bound: Bound,
     body: Option<&'static str>,
+    gate: Gate,
 }
 
 const fn r(
@@ -56,6 +69,7 @@ const fn r(
     min: Level,
     bound: Bound,
     body: Option<&'static str>,
+    gate: Gate,
 ) -> Route {
     Route {
         method,
@@ -64,10 +78,12 @@ const fn r(
         min,
         bound,
         body,
+        gate,
     }
 }
 
 use Bound::{Action as P, Fleet as F, Host as H, Own as O, Unscoped as U};
+use Gate::{Free as FREE, Pending as PEND, Refused as REFUSE};
 use Level::{Admin as A, Execute as E, Read as R};
 
 const CONTAINER_ACTION: &str = "/hosts/{host}/containers/{container}/{action}";
@@ -76,10 +92,26 @@ const AGENT_OP: &str = "/hosts/{host}/agent/{op}";
 
 /// Every route of `/api/v1` but the OpenAPI document (public by design).
 const ROUTES: &[Route] = &[
-    r(Method::POST, "/codes", "/codes", A, U, Some("{}")),
-    r(Method::GET, "/hosts", "/hosts", R, F, None),
-    r(Method::GET, "/hosts/{host}", "/hosts/{host}", R, H, None),
-    r(Method::DELETE, "/hosts/{host}", "/hosts/{host}", A, H, None),
+    r(Method::POST, "/codes", "/codes", A, U, Some("{}"), REFUSE),
+    r(Method::GET, "/hosts", "/hosts", R, F, None, FREE),
+    r(
+        Method::GET,
+        "/hosts/{host}",
+        "/hosts/{host}",
+        R,
+        H,
+        None,
+        FREE,
+    ),
+    r(
+        Method::DELETE,
+        "/hosts/{host}",
+        "/hosts/{host}",
+        A,
+        H,
+        None,
+        REFUSE,
+    ),
     r(
         Method::POST,
         "/hosts/{host}/rpc",
@@ -89,6 +121,7 @@ const ROUTES: &[Route] = &[
         Some(
             r#"{"method": "docker.containers.remove", "params": {"container": "tomo-test-auth"}}"#,
         ),
+        PEND,
     ),
     r(
         Method::POST,
@@ -99,6 +132,7 @@ const ROUTES: &[Route] = &[
         Some(
             r#"{"method": "docker.images.pull", "params": {"image": "tomo-test/busybox:latest"}}"#,
         ),
+        PEND,
     ),
     // Read methods only, by construction: the fan-out refuses anything else.
     r(
@@ -108,6 +142,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         Some(r#"{"method": "agent.ping", "hosts": ["{host}"]}"#),
+        FREE,
     ),
     r(
         Method::GET,
@@ -116,6 +151,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         None,
+        FREE,
     ),
     r(
         Method::GET,
@@ -124,6 +160,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         None,
+        FREE,
     ),
     r(
         Method::GET,
@@ -132,6 +169,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         None,
+        FREE,
     ),
     r(
         Method::POST,
@@ -140,6 +178,7 @@ const ROUTES: &[Route] = &[
         A,
         H,
         Some(r#"{"image": "tomo-test/busybox:latest", "name": "tomo-test-auth"}"#),
+        PEND,
     ),
     r(
         Method::GET,
@@ -148,6 +187,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         None,
+        FREE,
     ),
     r(
         Method::DELETE,
@@ -156,6 +196,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         None,
+        PEND,
     ),
     r(
         Method::POST,
@@ -164,6 +205,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         Some("{}"),
+        PEND,
     ),
     r(
         Method::POST,
@@ -172,6 +214,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         Some("{}"),
+        PEND,
     ),
     r(
         Method::POST,
@@ -180,6 +223,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         Some("{}"),
+        PEND,
     ),
     r(
         Method::POST,
@@ -188,6 +232,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         Some("{}"),
+        PEND,
     ),
     r(
         Method::POST,
@@ -196,6 +241,7 @@ const ROUTES: &[Route] = &[
         A,
         H,
         Some(r#"{"cmd": ["true"]}"#),
+        PEND,
     ),
     r(
         Method::GET,
@@ -204,6 +250,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         None,
+        FREE,
     ),
     r(
         Method::GET,
@@ -212,6 +259,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         None,
+        FREE,
     ),
     r(
         Method::GET,
@@ -220,6 +268,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         None,
+        FREE,
     ),
     r(
         Method::DELETE,
@@ -228,6 +277,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         None,
+        PEND,
     ),
     r(
         Method::POST,
@@ -236,6 +286,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         Some(r#"{"image": "tomo-test/busybox:latest"}"#),
+        PEND,
     ),
     r(
         Method::GET,
@@ -244,6 +295,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         None,
+        FREE,
     ),
     r(
         Method::POST,
@@ -252,6 +304,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         Some(r#"{"name": "tomo-test-auth"}"#),
+        PEND,
     ),
     r(
         Method::DELETE,
@@ -260,6 +313,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         None,
+        PEND,
     ),
     r(
         Method::GET,
@@ -268,6 +322,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         None,
+        FREE,
     ),
     r(
         Method::POST,
@@ -276,6 +331,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         Some(r#"{"name": "tomo-test-auth"}"#),
+        PEND,
     ),
     r(
         Method::DELETE,
@@ -284,6 +340,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         None,
+        PEND,
     ),
     r(
         Method::POST,
@@ -292,6 +349,7 @@ const ROUTES: &[Route] = &[
         A,
         H,
         Some(r#"{"command": "uptime"}"#),
+        PEND,
     ),
     // A check that changes nothing: the one POST a read token may use (see READ_ONLY_POSTS).
     r(
@@ -301,6 +359,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         Some("{}"),
+        FREE,
     ),
     r(
         Method::POST,
@@ -309,6 +368,7 @@ const ROUTES: &[Route] = &[
         E,
         H,
         Some(r#"{"paths": ["tomo-test-auth"]}"#),
+        PEND,
     ),
     r(
         Method::POST,
@@ -317,6 +377,7 @@ const ROUTES: &[Route] = &[
         A,
         H,
         Some(r#"{"log_level": "info"}"#),
+        PEND,
     ),
     r(
         Method::POST,
@@ -325,6 +386,7 @@ const ROUTES: &[Route] = &[
         A,
         H,
         Some("{}"),
+        PEND,
     ),
     r(
         Method::GET,
@@ -333,6 +395,7 @@ const ROUTES: &[Route] = &[
         R,
         H,
         None,
+        FREE,
     ),
     r(
         Method::PUT,
@@ -341,8 +404,9 @@ const ROUTES: &[Route] = &[
         A,
         U,
         Some(r#"{"env": "x"}"#),
+        REFUSE,
     ),
-    r(Method::GET, "/audit", "/audit", A, U, None),
+    r(Method::GET, "/audit", "/audit", A, U, None, FREE),
     r(
         Method::POST,
         "/tokens",
@@ -350,8 +414,9 @@ const ROUTES: &[Route] = &[
         A,
         U,
         Some(r#"{"name": "x", "role": "read"}"#),
+        REFUSE,
     ),
-    r(Method::GET, "/tokens", "/tokens", A, U, None),
+    r(Method::GET, "/tokens", "/tokens", A, U, None, FREE),
     r(
         Method::DELETE,
         "/tokens/{id}",
@@ -359,9 +424,10 @@ const ROUTES: &[Route] = &[
         A,
         U,
         None,
+        REFUSE,
     ),
-    r(Method::GET, "/whoami", "/whoami", R, O, None),
-    r(Method::GET, "/approvals", "/approvals", R, O, None),
+    r(Method::GET, "/whoami", "/whoami", R, O, None, FREE),
+    r(Method::GET, "/approvals", "/approvals", R, O, None, FREE),
     r(
         Method::GET,
         "/approvals/{id}",
@@ -369,6 +435,7 @@ const ROUTES: &[Route] = &[
         R,
         O,
         None,
+        FREE,
     ),
     r(
         Method::POST,
@@ -377,6 +444,7 @@ const ROUTES: &[Route] = &[
         A,
         P,
         None,
+        REFUSE,
     ),
     r(
         Method::POST,
@@ -385,6 +453,7 @@ const ROUTES: &[Route] = &[
         A,
         P,
         Some("{}"),
+        REFUSE,
     ),
 ];
 
@@ -660,6 +729,126 @@ async fn every_route_refuses_bad_tokens_low_roles_and_other_scopes() {
         StatusCode::OK,
         "a scoped admin removes a host in its scope: {v}"
     );
+}
+
+/// Issue 12.3: a token created `--require-approval` changes nothing by itself. Each row of the
+/// table says what its route does for such a token, here the widest one (admin, no host scope):
+/// a change to a host becomes a pending action and nothing runs, a change to the control plane
+/// (codes, tokens, labels, host removal, decisions) is refused, and the other routes change
+/// nothing. (It used to mint an admin token without approval, create registration codes and
+/// relabel hosts at once.)
+#[tokio::test]
+async fn a_token_that_requires_approval_changes_nothing_by_itself() {
+    let f = Fleet::start().await;
+    let target = offline_host(&f, "appr-target").await;
+    let mut lax = TokenSpec::new("lax-admin", Level::Admin);
+    lax.requires_approval = true;
+    let (lax, _) = mint(&f, lax).await;
+    let (_, victim) = mint(&f, TokenSpec::new("victim", Level::Read)).await;
+    // Another token's pending action, for the decision routes.
+    let mut asker = TokenSpec::new("asker", Level::Execute);
+    asker.requires_approval = true;
+    let (asker, _) = mint(&f, asker).await;
+    let stop = format!("/hosts/{target}/containers/tomo-test-auth/stop");
+    let (s, v) = f.api_as(&asker, Method::POST, &stop, Some(json!({}))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let action = v["pending_action"]["id"].as_str().expect("id").to_owned();
+    let fill = |p: &str| {
+        p.replace("{host}", &target)
+            .replace("{container}", "tomo-test-auth")
+            .replace("{name}", "tomo-test-auth")
+            .replace("{token}", &victim)
+            .replace("{action}", &action)
+    };
+    let own_actions = async || {
+        let (_, v) = f
+            .api_as(&lax, Method::GET, "/approvals?status=all", None)
+            .await;
+        v.as_array().map(Vec::len).expect("a list")
+    };
+
+    for (i, row) in ROUTES.iter().enumerate() {
+        let http = client_from(&f, Ipv4Addr::new(127, 5, 0, i as u8 + 1));
+        let path = fill(row.path);
+        let body = row.body.map(fill);
+        let what = format!("{} {path} ({:?})", row.method, row.gate);
+        let before = own_actions().await;
+        let (s, v) = send(&f, &http, Some(&lax), &row.method, &path, body.as_deref()).await;
+        let refusal = s == StatusCode::FORBIDDEN
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("requires approval"));
+        match row.gate {
+            Gate::Pending => {
+                assert_eq!(s, StatusCode::ACCEPTED, "{what}: {v}");
+                assert_eq!(v["pending_action"]["status"], "pending", "{what}: {v}");
+                assert_eq!(own_actions().await, before + 1, "{what}: one action");
+            }
+            Gate::Refused => {
+                assert!(refusal, "{what}: {s} {v}");
+                assert_eq!(v["error"]["code"], "forbidden", "{what}: {v}");
+                assert_eq!(own_actions().await, before, "{what}: no action");
+            }
+            Gate::Free => {
+                assert!(s != StatusCode::ACCEPTED && !refusal, "{what}: {s} {v}");
+                assert_eq!(own_actions().await, before, "{what}: no action");
+            }
+        }
+    }
+
+    // Nothing the token asked for happened.
+    let hosts = f.state.store.hosts().await.expect("hosts");
+    assert!(
+        hosts
+            .iter()
+            .all(|h| h.removed_at.is_none() && h.labels.is_empty()),
+        "no host removed or relabelled: {hosts:?}"
+    );
+    let tokens = f.state.store.list_tokens().await.expect("tokens");
+    assert!(tokens.iter().all(|t| t.name != "x"), "no token minted");
+    assert!(
+        tokens.iter().all(|t| t.revoked_at.is_none()),
+        "no token revoked"
+    );
+    let (_, v) = f
+        .api(Method::GET, &format!("/approvals/{action}"), None)
+        .await;
+    assert_eq!(
+        v["status"], "pending",
+        "nobody decided the other action: {v}"
+    );
+    let (_, v) = f.api(Method::GET, "/approvals?status=all", None).await;
+    assert!(
+        v.as_array()
+            .expect("list")
+            .iter()
+            .all(|a| a["status"] == "pending"),
+        "nothing ran: {v}"
+    );
+}
+
+/// A route that a token requiring approval may use freely changes nothing: a GET, or a POST
+/// that only reads.
+#[test]
+fn only_reads_are_free_of_approval() {
+    for row in ROUTES {
+        if row.gate == Gate::Free && row.method != Method::GET {
+            assert!(
+                READ_ONLY_POSTS.contains(&row.path),
+                "{} {} changes something without approval",
+                row.method,
+                row.path
+            );
+        }
+        if row.gate == Gate::Pending {
+            assert_eq!(
+                row.bound,
+                Bound::Host,
+                "{}: only host calls can wait",
+                row.path
+            );
+        }
+    }
 }
 
 /// Only a check that changes nothing is a POST a read token may use.
