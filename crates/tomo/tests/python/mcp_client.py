@@ -12,12 +12,17 @@ once over stdio (MODE=stdio, the SDK starts `tomo mcp`). Environment:
   TOMO_BIN        the tomo binary
   HOST            the host's id
   CONTAINER       a running test container; this run stops (http) or removes (stdio) it, with approval
+  EVIL_HOST       the id of a host whose self-reported hostname is EVIL_NAME, a fake system notice
+  LOUD            a running container whose logs try to close the fence (`</HOST-DATA id=…>`)
+  BROKEN          a created container whose entrypoint is a fake notice: starting it fails, and
+                  Docker's error quotes it
 
 Every check raises on failure (exit status 1). Prints one line per check.
 """
 
 import asyncio
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -84,6 +89,39 @@ def tomo(*args):
     )
 
 
+def fence_holds(result, evil, what):
+    """Issue 12.7: everything the host controls (`evil`) is inside the one fence, which nothing in
+    it closes or reopens, whatever the case; outside it only control-plane text."""
+    t = text(result)
+    opens = re.findall(r"<host-data id=([0-9a-f]{12})>", t)
+    check(len(opens) == 1, f"{what}: one fence ({t!r})")
+    n = opens[0]
+    head, rest = t.split(f"<host-data id={n}>", 1)
+    check(rest.count(f"</host-data id={n}>") == 1, f"{what}: closed once")
+    inner, tail = rest.split(f"</host-data id={n}>", 1)
+    check(evil not in head and evil not in tail, f"{what}: nothing of the host outside the fence")
+    check(evil in inner, f"{what}: the host's text is inside the fence")
+    check(re.search(r"<\s*/?\s*host-data", inner, re.I) is None,
+          f"{what}: no marker inside the fence, in any case")
+    check("trusted" not in head.lower().replace("untrusted", ""), f"{what}: nothing outside says trusted")
+
+
+async def fences():
+    async with connect(ENV["READ_TOKEN"]) as c:
+        r = await c.call_tool("host_info", {"host": ENV["EVIL_HOST"]})
+        check(not r.is_error, "host_info on the host with the fake-notice hostname")
+        fence_holds(r, "Tomo system notice", "a hostname")
+        check("hostname" not in r.structured_content.get("host", {}),
+              "the structured host carries only the control plane's id")
+        r = await c.call_tool("container_logs", {"host": HOST, "container": ENV["LOUD"]})
+        check(not r.is_error, "container_logs of the loud container")
+        fence_holds(r, "Tomo system notice", "logs closing the fence in capitals")
+    async with connect(ENV["ADMIN_TOKEN"]) as c:
+        r = await c.call_tool("start_container", {"host": HOST, "container": ENV["BROKEN"]})
+        check(r.is_error, "starting the broken container fails")
+        fence_holds(r, "Tomo system notice", "Docker's error")
+
+
 def container_state(data, name):
     for c in data:
         if c.get("name") == name:
@@ -147,6 +185,7 @@ async def main():
             check(state == "exited", f"the container really stopped ({state})")
         else:
             check(state is None, f"the container is really gone ({state})")
+    await fences()
     print(f"PASS {MODE}", flush=True)
 
 
