@@ -88,7 +88,9 @@ async fn list(
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let actions = approvals::list(&state, &who, status, limit).await?;
-    Ok(Json(actions.iter().map(approvals::view).collect()))
+    Ok(Json(
+        actions.iter().map(|a| approvals::view(&state, a)).collect(),
+    ))
 }
 
 /// Show a pending action.
@@ -112,6 +114,7 @@ async fn show(
     Path(ActionPath { id }): Path<ActionPath>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(approvals::view(
+        &state,
         &approvals::get(&state, &who, &id).await?,
     )))
 }
@@ -140,6 +143,7 @@ async fn approve(
     Path(ActionPath { id }): Path<ActionPath>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(approvals::view(
+        &state,
         &approvals::approve(&state, &who, &id).await?,
     )))
 }
@@ -172,6 +176,7 @@ async fn deny(
     let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let reason = body.and_then(|Json(b)| b.reason);
     Ok(Json(approvals::view(
+        &state,
         &approvals::deny(&state, &who, &id, reason.as_deref()).await?,
     )))
 }

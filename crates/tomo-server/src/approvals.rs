@@ -43,8 +43,8 @@ const STREAMING_PARAMS: &[(&str, &str)] = &[
     ("docker.containers.stats", "stream"),
     ("docker.images.pull", "progress"),
 ];
-/// Longest summary line.
-const MAX_SUMMARY: usize = 400;
+/// Longest target (container, image or name) in a summary line.
+const MAX_TARGET: usize = 200;
 
 /// Whether a call by `who` must wait for approval.
 pub fn needs_approval(who: &Principal, method: &str) -> bool {
@@ -78,16 +78,19 @@ pub async fn gate(
         )));
     }
     let now = now_ms();
+    let id = format!(
+        "act_{}",
+        tomo_common::hex(&tomo_common::random_bytes::<6>())
+    );
+    // Sealed: they wait in the database and may carry secrets (issue 12.3).
+    let sealed = params.map(|p| Value::String(state.sealer.seal(&id, p)));
     let action = PendingAction {
-        id: format!(
-            "act_{}",
-            tomo_common::hex(&tomo_common::random_bytes::<6>())
-        ),
+        id,
         token_id: who.0.id.clone(),
         token_name: who.0.name.clone(),
         host_id: host.id.clone(),
         method: method.to_owned(),
-        params: params.cloned(),
+        params: sealed,
         summary: summary(host, method, params),
         status: ActionStatus::Pending,
         created_at: now,
@@ -99,36 +102,50 @@ pub async fn gate(
     state.store.create_action(&action).await?;
     tracing::info!(action = %action.id, token = %who.0.name, host_id = %host.id, %method,
         "call waits for approval");
-    Err(ApiError::pending(view(&action)))
+    Err(ApiError::pending(view(state, &action)))
 }
 
-/// One line for the human who decides: method, host and params with secrets hidden.
+/// One line for lists, stored in clear: method, host and what it acts on (a container, image or
+/// name, never other params: those are sealed). The whole request is in [`view`].
 fn summary(host: &HostRecord, method: &str, params: Option<&Value>) -> String {
     let mut line = format!("{method} on {} ({})", host.hostname, host.id);
-    if let Some(p) = params.filter(|p| p.as_object().is_none_or(|o| !o.is_empty())) {
-        line.push(' ');
-        line.push_str(&redact_params(method, p).to_string());
-    }
-    if line.len() > MAX_SUMMARY {
-        let mut end = MAX_SUMMARY;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
-        line.push('…');
+    let target = params.and_then(Value::as_object).and_then(|p| {
+        ["container", "image", "name"]
+            .iter()
+            .find_map(|k| p.get(*k).and_then(Value::as_str).map(|v| (*k, v)))
+    });
+    if let Some((k, v)) = target {
+        let v: String = v.chars().take(MAX_TARGET).collect();
+        line.push_str(&format!(" {k} {}", redact_string(&v)));
     }
     line
 }
 
+/// The params of an action in clear (they are stored sealed).
+fn clear_params(
+    state: &AppState,
+    a: &PendingAction,
+) -> Result<Option<Value>, crate::sealer::Unsealable> {
+    match &a.params {
+        None => Ok(None),
+        Some(Value::String(sealed)) => state.sealer.open(&a.id, sealed).map(Some),
+        Some(_) => Err(crate::sealer::Unsealable),
+    }
+}
+
 /// The API's view of an action: params with secrets hidden, times in RFC 3339.
-pub fn view(a: &PendingAction) -> Value {
+pub fn view(state: &AppState, a: &PendingAction) -> Value {
+    let params = match clear_params(state, a) {
+        Ok(p) => p.map(|p| redact_params(&a.method, &p)),
+        Err(e) => Some(json!({"error": e.to_string()})),
+    };
     json!({
         "id": a.id,
         "status": a.status,
         "summary": a.summary,
         "host_id": a.host_id,
         "method": a.method,
-        "params": a.params.as_ref().map(|p| redact_params(&a.method, p)),
+        "params": params,
         "requested_by": {"token_id": a.token_id, "name": a.token_name},
         "created_at": rfc3339(a.created_at),
         "expires_at": rfc3339(a.expires_at),
@@ -323,6 +340,7 @@ async fn execute(
             "the asking token's role no longer allows this method".into(),
         ));
     }
+    let params = clear_params(state, action).map_err(|e| fail("unsealable", e.to_string()))?;
     let mut caller = asker.caller();
     caller.principal = format!("{} (approved by {approver})", asker.0.name);
     match state
@@ -330,7 +348,7 @@ async fn execute(
         .call(
             &host.id,
             &action.method,
-            action.params.as_ref(),
+            params.as_ref(),
             &caller,
             RUN_TIMEOUT,
         )

@@ -21,6 +21,7 @@ pub mod hub;
 pub mod mcp;
 pub mod openapi;
 pub mod samples;
+pub mod sealer;
 pub mod signer;
 pub mod store;
 pub mod throttle;
@@ -90,6 +91,8 @@ pub struct AppState {
     pub mcp_limits: mcp::RateLimits,
     /// Health and metrics samples and last-seen times on their way to the store (batched).
     pub samples: samples::Samples,
+    /// Seals the params of pending actions (`<data>/seal.key`, see `sealer`).
+    pub sealer: sealer::ParamSealer,
 }
 
 /// Startup failures.
@@ -103,6 +106,8 @@ pub enum ServerError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Signer(#[from] signer::SignerError),
+    #[error(transparent)]
+    SealKey(#[from] sealer::SealKeyError),
     #[error("the first admin token: {0}")]
     Token(#[from] auth::MintError),
     #[error("cannot use data directory {path}: {source}")]
@@ -147,6 +152,7 @@ impl Server {
         tomo_common::fs::create_private_dir(&config.data_dir).map_err(dir_err)?;
         let tls = tls::load(&config.tls, &config.data_dir)?;
         let signer = Arc::new(signer::CommandSigner::load_or_create(&config.data_dir)?);
+        let sealer = sealer::ParamSealer::load_or_create(&config.data_dir)?;
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&config.data_dir.join("tomo.db")).await?);
         let first_admin_token = if store.count_tokens().await? == 0 {
@@ -192,6 +198,7 @@ impl Server {
             audit_queue,
             last_use: auth::LastUse::default(),
             mcp_limits: mcp::RateLimits::default(),
+            sealer,
         });
         Ok(Self {
             state,

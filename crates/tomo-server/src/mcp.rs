@@ -329,7 +329,7 @@ async fn guarded_call(
                         host: None,
                         source: "approval".into(),
                     },
-                    crate::approvals::view(&a),
+                    crate::approvals::view(state, &a),
                 )
             })
         }

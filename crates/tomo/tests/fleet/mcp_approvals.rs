@@ -1039,3 +1039,43 @@ async fn cli_lists_denies_and_approves_pending_actions() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Secrets in pending actions.
+
+/// Issue 12.3: a pending pull with registry credentials kept the password in clear in tomo.db.
+/// Params are sealed under a key file outside the database: the password is in neither the
+/// database nor its WAL, and the approver still sees the request, the password hidden.
+#[tokio::test]
+async fn a_pending_registry_password_is_not_in_the_database() {
+    let f = Fleet::start().await;
+    let host = offline_host(&f, "seal-host").await;
+    let (asker, _) = mint(&f, "assistant", Level::Execute, asks).await;
+    let password = "Reg1stry-Pa55word-9f3c2e";
+    let body = json!({"image": "registry.example/app:1",
+                      "auth": {"username": "deploy", "password": password}});
+    let path = format!("/hosts/{host}/images/pull");
+    let (s, v) = f.api_as(&asker, Method::POST, &path, Some(body)).await;
+    let id = pending_id(s, &v);
+    assert!(!v.to_string().contains(password), "{v}");
+
+    let server = f.dir.join("server");
+    let mut bytes = std::fs::read(server.join("tomo.db")).expect("db");
+    bytes.extend(std::fs::read(server.join("tomo.db-wal")).unwrap_or_default());
+    let needle = password.as_bytes();
+    assert!(
+        !bytes.windows(needle.len()).any(|w| w == needle),
+        "the registry password is in tomo.db"
+    );
+    let user = b"deploy";
+    assert!(
+        !bytes.windows(user.len()).any(|w| w == user),
+        "the params are sealed whole"
+    );
+
+    // Unsealed for the approver, the secret hidden and marked.
+    let (s, v) = show(&f, &f.token, &id).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(!v.to_string().contains(password), "{v}");
+    assert!(v.to_string().contains("registry.example/app:1"), "{v}");
+}
