@@ -18,6 +18,7 @@
 //!   user without a password is kept (`postgres://postgres@db`).
 
 pub mod params;
+pub mod review;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

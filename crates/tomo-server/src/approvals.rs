@@ -24,8 +24,9 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{Value, json};
 use tomo_common::now_ms;
-use tomo_common::redact::params::{redact_params, redact_string};
-use tomo_proto::methods::{Level, level_of};
+use tomo_common::redact::params::redact_string;
+use tomo_common::redact::review::review;
+use tomo_proto::methods::{DockerContainersRun, Level, Method as _, RunParams, level_of};
 use tomo_proto::rpc::Outcome;
 
 use crate::AppState;
@@ -133,13 +134,44 @@ fn clear_params(
     }
 }
 
-/// The API's view of an action: params with secrets hidden, times in RFC 3339.
+/// The params as the agent will read them: a run's through its typed params, so that defaults
+/// an approver must see (`privileged: false`, `read_only: false`) are spelled out.
+fn normalise(method: &str, params: Value) -> Value {
+    if method == DockerContainersRun::NAME
+        && let Ok(run) = serde_json::from_value::<RunParams>(params.clone())
+        && let Ok(v) = serde_json::to_value(run)
+    {
+        return v;
+    }
+    params
+}
+
+/// The API's view of an action, times in RFC 3339. For whoever decides (issue 12.3): `request`
+/// is the whole normalised request, uncut, risky fields first, each `{field, value, risky}`;
+/// only values of secret-looking keys are hidden, each marked in place and listed in `hidden`;
+/// `params` is the same as one object.
 pub fn view(state: &AppState, a: &PendingAction) -> Value {
-    let params = match clear_params(state, a) {
-        Ok(p) => p.map(|p| redact_params(&a.method, &p)),
-        Err(e) => Some(json!({"error": e.to_string()})),
+    let (params, request, hidden) = match clear_params(state, a) {
+        Ok(Some(p)) => {
+            let r = review(&normalise(&a.method, p));
+            let params: serde_json::Map<String, Value> = r
+                .fields
+                .iter()
+                .map(|f| (f.name.clone(), f.value.clone()))
+                .collect();
+            let request: Vec<Value> = r
+                .fields
+                .into_iter()
+                .map(|f| json!({"field": f.name, "value": f.value, "risky": f.risky}))
+                .collect();
+            (Value::Object(params), json!(request), json!(r.hidden))
+        }
+        Ok(None) => (Value::Null, json!([]), json!([])),
+        Err(e) => (json!({"error": e.to_string()}), json!([]), json!([])),
     };
     json!({
+        "request": request,
+        "hidden": hidden,
         "id": a.id,
         "status": a.status,
         "summary": a.summary,

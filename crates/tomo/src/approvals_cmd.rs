@@ -56,6 +56,42 @@ pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// `tomo approvals show ID`: the whole request, risky fields first, uncut (issue 12.3).
+pub async fn show(id: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let v = api
+        .expect(Method::GET, &format!("/approvals/{}", seg(id)), None, 1)
+        .await?;
+    if args.output == Output::Json {
+        print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}  {}", text(&v["id"]), text(&v["status"]));
+    println!(
+        "{} on host {}, asked by {}, expires {}",
+        text(&v["method"]),
+        text(&v["host_id"]),
+        text(&v["requested_by"]["name"]),
+        text(&v["expires_at"])
+    );
+    for f in v["request"].as_array().into_iter().flatten() {
+        let mark = if f["risky"] == true { "!" } else { " " };
+        let value = serde_json::to_string_pretty(&f["value"]).unwrap_or_default();
+        println!("{mark} {}: {value}", text(&f["field"]));
+    }
+    if let Some(hidden) = v["hidden"].as_array().filter(|h| !h.is_empty()) {
+        let paths: Vec<String> = hidden.iter().map(text).collect();
+        println!("hidden (secret-looking keys): {}", paths.join(", "));
+    }
+    if !v["result"].is_null() {
+        println!(
+            "result: {}",
+            serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tomo approve ID` / `tomo deny ID [--reason R]`. Exit 1 when an approved action failed.
 pub async fn decide(
     id: &str,

@@ -62,6 +62,18 @@ pub enum Output {
     Json,
 }
 
+/// `tomo approvals show ID`.
+#[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// The whole request of an action, risky parts first, for whoever decides it.
+    Show {
+        /// The action id, `act_…`.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the control plane.
@@ -267,7 +279,10 @@ enum Command {
         output: Output,
     },
     /// Actions waiting for approval (made with tokens that require it).
+    #[command(args_conflicts_with_subcommands = true)]
     Approvals {
+        #[command(subcommand)]
+        show: Option<ApprovalsCommand>,
         /// pending, approved, denied, expired, done, failed or all.
         #[arg(long, default_value = "pending")]
         status: String,
@@ -460,7 +475,13 @@ fn main() -> ExitCode {
             } => audit_cmd::audit(host.as_deref(), follow, limit, &client).await,
             Command::Tokens { command, client } => access::tokens(command, &client).await,
             Command::Whoami { client } => access::whoami(&client).await,
-            Command::Approvals { status, client } => approvals_cmd::list(&status, &client).await,
+            Command::Approvals {
+                show: Some(ApprovalsCommand::Show { id, client }),
+                ..
+            } => approvals_cmd::show(&id, &client).await,
+            Command::Approvals { status, client, .. } => {
+                approvals_cmd::list(&status, &client).await
+            }
             Command::Approve { id, client } => {
                 approvals_cmd::decide(&id, true, None, &client).await
             }

