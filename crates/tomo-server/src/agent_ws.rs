@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -108,16 +109,10 @@ pub async fn run_session<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
-    if let Some(ip) = peer
-        && let Err(wait) = state.throttle.check(ip)
-    {
-        let message = format!(
-            "too many failed attempts from this address; try again in {} s",
-            wait.as_secs().max(1)
-        );
-        refuse(&mut sink, RefusalReason::Throttled, message).await;
-        return;
-    }
+    // A blocked address is still served a valid agent key (issue 12.6: one guesser behind a NAT
+    // must not lock out the fleet behind it); what it may no longer do is guess: a registration
+    // code is refused unseen, a failed handshake is answered `throttled`.
+    let blocked = peer.and_then(|ip| state.throttle.check(ip).err());
     // Handshakes take turns (see `Hub::handshake_turn`). The wait for a turn is bounded apart
     // from the handshake's own deadline: it measures how busy this process is, not the agent.
     let Ok(Some(turn)) =
@@ -128,7 +123,7 @@ pub async fn run_session<S>(
     };
     let handshake = tokio::time::timeout(
         state.config.handshake_timeout,
-        handshake(&mut sink, &mut stream, &state),
+        handshake(&mut sink, &mut stream, &state, blocked),
     )
     .await;
     // The turn is the handshake's only, not the session's.
@@ -146,6 +141,16 @@ pub async fn run_session<S>(
                     | RefusalReason::UnknownAgent
             );
             if let (true, Some(ip)) = (guessing, peer) {
+                // A blocked guesser is told when to come back, and its guess is not counted
+                // (nor recorded) again.
+                if let Some(wait) = blocked {
+                    let message = format!(
+                        "too many failed attempts from this address; try again in {} s",
+                        wait.as_secs().max(1)
+                    );
+                    refuse(&mut sink, RefusalReason::Throttled, message).await;
+                    return;
+                }
                 state.throttle.failed(ip);
             }
             if matches!(
@@ -242,6 +247,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     sink: &mut Sink<S>,
     stream: &mut Stream<S>,
     state: &AppState,
+    blocked: Option<Duration>,
 ) -> Result<HostRecord, Refusal> {
     let nonce = b64(&tomo_common::random_bytes::<32>());
     let challenge = Handshake::Challenge {
@@ -279,6 +285,12 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             facts,
         } => {
             check_version(proto_version)?;
+            if blocked.is_some() {
+                return Err(Refusal::new(
+                    RefusalReason::Throttled,
+                    "too many failed attempts from this address",
+                ));
+            }
             check_facts(&facts)?;
             let key = unb64(&public_key)
                 .filter(|k| k.len() == 32)

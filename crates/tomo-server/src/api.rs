@@ -335,36 +335,14 @@ pub(crate) async fn require_token(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    if let Some(ip) = peer
-        && let Err(wait) = state.throttle.check(ip)
-    {
-        let mut r = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
-            format!(
-                "too many failed attempts from this address; try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        )
-        .into_response();
-        if let Ok(v) = http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            r.headers_mut().insert(http::header::RETRY_AFTER, v);
-        }
-        return r;
-    }
-    let failed = |state: &AppState| {
-        if let Some(ip) = peer {
-            state.throttle.failed(ip);
-        }
-    };
+    // Only a token that was presented counts as a guess: a request without one (a health
+    // checker, a browser tab, a schema fuzzer) learns nothing and blocks nobody (issue 12.6).
     let raw = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(auth::bearer_token);
     let Some(raw) = raw else {
-        failed(&state);
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -373,6 +351,8 @@ pub(crate) async fn require_token(
         .into_response();
     };
     match auth::check_token(&*state.store, raw).await {
+        // A valid token is served even from a blocked address: the block is the guesser's,
+        // not its neighbours' behind the same NAT.
         Ok(Some(token)) => {
             state.last_use.note(&token.id, now_ms());
             let trace = req
@@ -383,7 +363,12 @@ pub(crate) async fn require_token(
             next.run(req).await
         }
         Ok(None) => {
-            failed(&state);
+            if let Some(ip) = peer {
+                if let Err(wait) = state.throttle.check(ip) {
+                    return throttled(wait);
+                }
+                state.throttle.failed(ip);
+            }
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -393,6 +378,21 @@ pub(crate) async fn require_token(
         }
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// 429 `throttled` with `Retry-After`: a wrong token from an address that guessed too often.
+fn throttled(wait: Duration) -> HttpResponse {
+    let secs = wait.as_secs().max(1);
+    let mut r = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "throttled",
+        format!("too many failed attempts from this address; try again in {secs} s"),
+    )
+    .into_response();
+    if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+    r
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

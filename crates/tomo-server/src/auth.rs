@@ -304,6 +304,15 @@ pub async fn flush_last_use(state: std::sync::Arc<crate::AppState>) {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header value. The scheme is matched without
+/// regard to case (RFC 7235 §2.1) and followed by one or more spaces; `None` for another scheme or
+/// no token (a request that presents no bearer token).
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.split_once(' ')?;
+    let token = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The live token for a secret, if any (unknown, revoked and expired tokens are `None`).
 pub async fn check_token(
     store: &dyn Store,
@@ -432,6 +441,24 @@ mod tests {
             "k8s.io/zone=eu-1:a".into(),
         ];
         assert!(fine.validate().is_ok(), "{:?}", fine.validate());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_without_regard_to_case() {
+        let cases = [
+            ("Bearer tomo_x", Some("tomo_x")),
+            ("bearer tomo_x", Some("tomo_x")),
+            ("BEARER   tomo_x ", Some("tomo_x")),
+            ("Bearer ", None),
+            ("Bearer", None),
+            ("Bearertomo_x", None),
+            ("Basic dXNlcjpwdw==", None),
+            ("Bearer-ish tomo_x", None),
+            ("", None),
+        ];
+        for (header, want) in cases {
+            assert_eq!(bearer_token(header), want, "{header:?}");
+        }
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Throttling of guessing: bad API tokens and bad registration codes or agent credentials, per
-//! source address. After `LIMIT` failures within `WINDOW`, the source is refused for `BLOCK`
-//! (doubling with each further block, up to `MAX_BLOCK`) — valid attempts from that source too,
-//! so that a guesser learns nothing while blocked. Memory is bounded: at most `MAX_SOURCES`
-//! addresses are tracked; the stalest are forgotten first.
+//! source address. Only a credential that was presented and is wrong counts (a request without
+//! one guesses nothing). After `LIMIT` failures within `WINDOW`, the source is blocked for
+//! `BLOCK` (doubling with each further block, up to `MAX_BLOCK`): its wrong credentials are
+//! answered "throttled" and no longer counted, and it may not register; a valid token or agent
+//! key from it is still served, so that one guesser behind a NAT does not lock out the operators
+//! and agents sharing its address (the secrets' 128+ bits, not the block, are what defeat
+//! guessing). Memory is bounded: at most `MAX_SOURCES` addresses are tracked; the stalest are
+//! forgotten first.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

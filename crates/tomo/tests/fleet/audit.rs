@@ -154,7 +154,7 @@ async fn unauthenticated_attempts_are_recorded_at_most_n_a_minute_per_source() {
             "{s}"
         );
     }
-    // Read from the store: the API now throttles this address, the admin's token included.
+    // Read from the store (the API now answers this address's wrong tokens 429).
     // Records are stored in batches, off the request path: wait for the writer, then check that
     // no more than the allowance arrives.
     let mut denied: Vec<Value> = Vec::new();

@@ -11,4 +11,5 @@ mod openapi;
 mod registration;
 mod sessions;
 mod support;
+mod throttle;
 mod tokens;

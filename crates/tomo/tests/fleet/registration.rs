@@ -448,7 +448,8 @@ async fn an_agent_refuses_a_command_key_the_code_does_not_name() {
 }
 
 /// Guessing tokens or codes is throttled per source: after 10 failures within a minute the
-/// address is refused, valid credentials included, and told when to come back.
+/// address's wrong credentials are refused as throttled and told when to come back, and it may
+/// not register (valid tokens and agent keys from it: see `throttle.rs`).
 #[tokio::test]
 async fn guessing_tokens_and_codes_is_throttled() {
     let f = Fleet::start().await;
@@ -458,7 +459,7 @@ async fn guessing_tokens_and_codes_is_throttled() {
             .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
-    let (s, v) = f.api(Method::GET, "/hosts", None).await;
+    let (s, v) = f.api_as("tomo_guess", Method::GET, "/hosts", None).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["error"]["code"], json!("throttled"));
 
@@ -473,9 +474,9 @@ async fn guessing_tokens_and_codes_is_throttled() {
     let real = g.code().await;
     let r = Raw::register(&g, &Keys::generate(), &real, facts("honest", None)).await;
     assert_eq!(r.err(), Some(RefusalReason::Throttled));
-    // The blocked attempt registered nothing (and the API is closed to that source too).
+    // The blocked attempt registered nothing (and the API refuses that source's guesses too).
     assert!(g.state.store.hosts().await.expect("hosts").is_empty());
-    let (s, _) = g.api(Method::GET, "/hosts", None).await;
+    let (s, _) = g.api_as("tomo_guess", Method::GET, "/hosts", None).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
 }
 

@@ -292,7 +292,7 @@ impl Raw {
         facts: HostFacts,
     ) -> Result<(Self, String), RefusalReason> {
         let mut raw = Self::connect(fleet).await;
-        // A throttled source is refused before any challenge.
+        // A refusal may come in place of the challenge.
         let nonce = match Handshake::parse(&raw.text().await.expect("challenge")) {
             Ok(Handshake::Challenge { nonce, .. }) => nonce,
             Ok(Handshake::Refused { reason, .. }) => return Err(reason),
