@@ -40,6 +40,7 @@ use bollard::models::{
 };
 use serde_json::json;
 use tomo_proto::methods::{RunParams, VolumeCreateParams};
+use tomo_proto::refs::{ContainerRef, NetworkRef, RefError, VolumeRef};
 use tomo_proto::rpc::{RpcError, code};
 
 use crate::policy::{HostPolicy, glob};
@@ -69,20 +70,31 @@ const DEFAULT_READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// What the checks that need the engine ask it. `None`: no such object.
+/// What the checks that need the engine ask it. `None`: no such object. It takes parsed
+/// references only (a name from the params is parsed first, -32602 naming the param).
 pub trait Lookup: Sync {
     /// A container by id or name.
     fn container(
         &self,
-        name: &str,
+        name: &ContainerRef,
     ) -> impl Future<Output = Result<Option<ContainerInspectResponse>, RpcError>> + Send;
     /// A volume by name.
-    fn volume(&self, name: &str) -> impl Future<Output = Result<Option<Volume>, RpcError>> + Send;
+    fn volume(
+        &self,
+        name: &VolumeRef,
+    ) -> impl Future<Output = Result<Option<Volume>, RpcError>> + Send;
     /// The driver of a network, by id or name.
     fn network_driver(
         &self,
-        name: &str,
+        name: &NetworkRef,
     ) -> impl Future<Output = Result<Option<String>, RpcError>> + Send;
+}
+
+/// A reference named by `param`, parsed; -32602 naming `param` when it is not one.
+fn parsed<T>(param: &str, r: Result<T, RefError>) -> Result<T, RpcError> {
+    r.map_err(|e| {
+        RpcError::invalid_params(format!("{param}: {e}")).with_data(json!({ "param": param }))
+    })
 }
 
 /// `docker.containers.run`: everything that can be decided from the params and the host's
@@ -896,7 +908,7 @@ impl Checker<'_> {
         for (param, spec) in &v.volumes_from {
             let name = spec.split(':').next().unwrap_or_default();
             let c = lookup
-                .container(name)
+                .container(&parsed(param, ContainerRef::parse(name))?)
                 .await?
                 .ok_or_else(|| not_found(param, "container", name))?;
             self.volumes_from(param, name, &c, lookup).await?;
@@ -909,7 +921,9 @@ impl Checker<'_> {
                     .await?;
             } else if *ns == Ns::Network
                 && !matches!(lower.as_str(), "" | "bridge" | "default" | "none" | "host")
-                && let Some(driver) = lookup.network_driver(m).await?
+                && let Some(driver) = lookup
+                    .network_driver(&parsed(param, NetworkRef::parse(m))?)
+                    .await?
                 && driver.eq_ignore_ascii_case("host")
             {
                 return Err(Block::new(
@@ -922,7 +936,9 @@ impl Checker<'_> {
         }
         for u in &v.volumes {
             if let Some(name) = u.name
-                && let Some(vol) = lookup.volume(name).await?
+                && let Some(vol) = lookup
+                    .volume(&parsed(&u.name_param, VolumeRef::parse(name))?)
+                    .await?
             {
                 self.existing_volume(&u.name_param, &vol)?;
             }
@@ -978,7 +994,8 @@ impl Checker<'_> {
                     let Some(vol_name) = m.name.as_deref() else {
                         continue;
                     };
-                    if let Some(vol) = lookup.volume(vol_name).await? {
+                    let vol_ref = parsed(param, VolumeRef::parse(vol_name))?;
+                    if let Some(vol) = lookup.volume(&vol_ref).await? {
                         self.existing_volume(param, &vol)
                             .map_err(|b| blocked(format!("mounts {}", b.why)))?;
                     }
@@ -1007,7 +1024,7 @@ impl Checker<'_> {
         let mut name = target.trim().to_owned();
         for _ in 0..MAX_JOIN_DEPTH {
             let c = lookup
-                .container(&name)
+                .container(&parsed(param, ContainerRef::parse(&name))?)
                 .await?
                 .ok_or_else(|| not_found(param, "container", &name))?;
             let hc = c.host_config.unwrap_or_default();

@@ -775,7 +775,7 @@ async fn local_volumes_that_bind_protected_paths_are_not_created() {
             let before = traces(&e.docker, "-", &name).await.1;
             assert!(!exists(&before), "{attack}: exists before");
             let p = VolumeCreateParams {
-                name: name.clone(),
+                name: name.parse().expect("a volume name"),
                 driver: driver.map(str::to_owned),
                 driver_opts: opts
                     .iter()
@@ -861,7 +861,7 @@ async fn update_does_not_recreate_a_container_that_breaks_the_policy() {
             let err = containers::update(
                 ctx.clone(),
                 tomo_proto::methods::UpdateParams {
-                    container: name.clone(),
+                    container: name.parse().expect("a container name"),
                     health_timeout: Some(5),
                 },
             )
@@ -910,7 +910,7 @@ async fn pulls_outside_the_policy_patterns_are_refused() {
     let pulled = tomo_agent::docker::images::pull_handler(
         ctx,
         tomo_proto::methods::PullParams {
-            image: image.clone(),
+            image: image.parse().expect("an image ref"),
             auth: None,
             progress: false,
         },

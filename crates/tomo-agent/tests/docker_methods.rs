@@ -27,7 +27,7 @@ use tomo_agent::dispatch::Ctx;
 use tomo_agent::docker::{DockerClient, Endpoint, containers, images};
 use tomo_agent::stream::{Outgoing, Streams};
 use tomo_proto::methods::{
-    ContainerRef, Healthcheck, MountSpec, PullParams, PullPolicy, RestartPolicy, RunParams,
+    ContainerParams, Healthcheck, MountSpec, PullParams, PullPolicy, RestartPolicy, RunParams,
     Streamed, UpdateParams, VolumeBinding,
 };
 use tomo_proto::rpc::code;
@@ -371,8 +371,8 @@ async fn run_maps_every_parameter_and_get_redacts() {
 
         let details = containers::get(
             ctx.clone(),
-            ContainerRef {
-                container: name.clone(),
+            ContainerParams {
+                container: name.clone().parse().expect("a container ref"),
             },
         )
         .await
@@ -395,8 +395,8 @@ async fn run_maps_every_parameter_and_get_redacts() {
 
         let missing = containers::get(
             ctx,
-            ContainerRef {
-                container: format!("{prefix}-nope"),
+            ContainerParams {
+                container: format!("{prefix}-nope").parse().expect("a container ref"),
             },
         )
         .await
@@ -457,7 +457,7 @@ async fn run_pulls_a_missing_image_and_pull_streams_progress() {
         untag().await;
 
         let p = RunParams {
-            image: repo.clone(),
+            image: repo.parse().expect("an image ref"),
             name: Some(format!("{prefix}-c")),
             command: idle(),
             network_mode: Some("none".into()),
@@ -471,7 +471,7 @@ async fn run_pulls_a_missing_image_and_pull_streams_progress() {
         let done = images::pull_handler(
             ctx.clone(),
             PullParams {
-                image: repo.clone(),
+                image: repo.parse().expect("an image ref"),
                 auth: None,
                 progress: false,
             },
@@ -494,7 +494,7 @@ async fn run_pulls_a_missing_image_and_pull_streams_progress() {
         let opened = images::pull_handler(
             ctx.clone(),
             PullParams {
-                image: repo.clone(),
+                image: repo.parse().expect("an image ref"),
                 auth: None,
                 progress: true,
             },
@@ -529,7 +529,9 @@ async fn run_pulls_a_missing_image_and_pull_streams_progress() {
 
         let missing = images::pull(
             &e.client,
-            &format!("{REGISTRY}/tomo-test/{prefix}-absent"),
+            &format!("{REGISTRY}/tomo-test/{prefix}-absent")
+                .parse()
+                .expect("an image ref"),
             None,
             None,
         )
@@ -596,7 +598,7 @@ async fn update_recreates_with_the_new_image_and_the_same_configuration() {
         let updated = containers::update(
             ctx.clone(),
             UpdateParams {
-                container: name.clone(),
+                container: name.clone().parse().expect("a container ref"),
                 health_timeout: Some(60),
             },
         )
@@ -655,7 +657,7 @@ async fn update_recreates_with_the_new_image_and_the_same_configuration() {
             containers::update(
                 ctx.clone(),
                 UpdateParams {
-                    container: name.clone(),
+                    container: name.clone().parse().expect("a container ref"),
                     health_timeout: None,
                 },
             )
@@ -702,7 +704,7 @@ async fn a_failed_update_rolls_back_to_the_old_container() {
         let err = containers::update(
             ctx.clone(),
             UpdateParams {
-                container: name.clone(),
+                container: name.clone().parse().expect("a container ref"),
                 health_timeout: Some(30),
             },
         )
@@ -737,7 +739,7 @@ async fn a_failed_update_rolls_back_to_the_old_container() {
         let bad = containers::update(
             ctx,
             UpdateParams {
-                container: name,
+                container: name.parse().expect("a container ref"),
                 health_timeout: Some(601),
             },
         )
@@ -745,6 +747,173 @@ async fn a_failed_update_rolls_back_to_the_old_container() {
         .expect_err("timeout too long");
         assert_eq!(bad.code, code::INVALID_PARAMS);
         assert_eq!(bad.data, Some(json!({"param": "health_timeout"})));
+    })
+    .await;
+}
+
+/// Issue 12.2: a reference with `/`, `?`, `#` or `%` reached another Docker endpoint
+/// (`../../info#` answered Docker's `/info` as a container, `<c>/export?` streamed the
+/// container's export into the agent, `<c>#` cut the path). Every container, image, network and
+/// volume reference is parsed before any Docker call: -32602 naming the parameter, and the
+/// container it aimed at is untouched.
+#[tokio::test]
+async fn references_that_would_reach_another_endpoint_are_refused() {
+    let Some(e) = env(false).await else { return };
+    let prefix = prefix("refs");
+    with_cleanup(&e, &prefix, &[], async {
+        let (ctx, _rx) = ctx(&e.client);
+        let c = format!("{prefix}-c");
+        let p = RunParams {
+            image: BASE.into(),
+            name: Some(c.clone()),
+            command: idle(),
+            network_mode: Some("none".into()),
+            ..Default::default()
+        };
+        containers::run(ctx.clone(), p).await.expect("run");
+        let table = tomo_agent::handlers::table();
+        let rows: Vec<(&str, Value, &str)> = vec![
+            (
+                "docker.containers.get",
+                json!({"container": "../../info#"}),
+                "container",
+            ),
+            (
+                "docker.containers.get",
+                json!({"container": format!("{c}/export?")}),
+                "container",
+            ),
+            (
+                "docker.containers.get",
+                json!({"container": format!("../containers/{c}/export#")}),
+                "container",
+            ),
+            (
+                "docker.containers.get",
+                json!({"container": format!("{c}?size=1")}),
+                "container",
+            ),
+            (
+                "docker.containers.get",
+                json!({"container": "%2e%2e%2finfo"}),
+                "container",
+            ),
+            (
+                "docker.containers.get",
+                json!({"container": ""}),
+                "container",
+            ),
+            (
+                "docker.containers.get",
+                json!({"container": "-x"}),
+                "container",
+            ),
+            (
+                "docker.containers.get",
+                json!({"container": "a".repeat(300)}),
+                "container",
+            ),
+            (
+                "docker.containers.start",
+                json!({"container": format!("{c}#")}),
+                "container",
+            ),
+            (
+                "docker.containers.stop",
+                json!({"container": format!("{c}?t=0")}),
+                "container",
+            ),
+            (
+                "docker.containers.restart",
+                json!({"container": format!("{c}%3F")}),
+                "container",
+            ),
+            (
+                "docker.containers.remove",
+                json!({"container": format!("{c}?force=1#"), "force": true}),
+                "container",
+            ),
+            (
+                "docker.containers.logs",
+                json!({"container": format!("{c}#")}),
+                "container",
+            ),
+            (
+                "docker.containers.stats",
+                json!({"container": format!("{c}?")}),
+                "container",
+            ),
+            (
+                "docker.containers.exec",
+                json!({"container": format!("{c}#"), "cmd": ["true"]}),
+                "container",
+            ),
+            (
+                "docker.containers.update",
+                json!({"container": "../../info#"}),
+                "container",
+            ),
+            (
+                "docker.images.remove",
+                json!({"image": format!("{BASE}?force=1")}),
+                "image",
+            ),
+            (
+                "docker.images.remove",
+                json!({"image": "../../info#"}),
+                "image",
+            ),
+            ("docker.images.pull", json!({"image": "busybox#x"}), "image"),
+            (
+                "docker.networks.remove",
+                json!({"name": "../../info#"}),
+                "name",
+            ),
+            ("docker.networks.create", json!({"name": "n?x"}), "name"),
+            (
+                "docker.volumes.remove",
+                json!({"name": "v?force=true"}),
+                "name",
+            ),
+            ("docker.volumes.create", json!({"name": "v#"}), "name"),
+            (
+                "docker.containers.run",
+                json!({"image": "busybox%23"}),
+                "image",
+            ),
+            (
+                "docker.containers.run",
+                json!({"image": BASE, "name": "../x"}),
+                "name",
+            ),
+            (
+                "docker.containers.run",
+                json!({"image": BASE, "volumes_from": ["../../info#"]}),
+                "volumes_from[0]",
+            ),
+            (
+                "docker.containers.run",
+                json!({"image": BASE, "network_mode": "container:../../info#"}),
+                "network_mode",
+            ),
+            (
+                "docker.containers.run",
+                json!({"image": BASE, "network_mode": "n?x"}),
+                "network_mode",
+            ),
+        ];
+        for (method, params, param) in rows {
+            let got = table
+                .call(ctx.clone(), method, Some(&params.to_string()))
+                .await;
+            let err = got.expect_err(&format!("{method} {params} must be refused"));
+            assert_eq!(err.code, code::INVALID_PARAMS, "{method} {params}: {err:?}");
+            let named = err.data.as_ref().and_then(|d| d["param"].as_str());
+            assert_eq!(named, Some(param), "{method} {params}: {err:?}");
+        }
+        // Nothing reached the container: it still runs, under its name.
+        let i = inspect(&e.docker, &c).await.expect("still there");
+        assert_eq!(i.state.and_then(|s| s.running), Some(true));
     })
     .await;
 }

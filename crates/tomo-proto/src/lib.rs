@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod handshake;
 pub mod methods;
+pub mod refs;
 pub mod rpc;
 
 /// Version of the protocol described in `docs/protocol.md`. Both ends send it in the handshake;

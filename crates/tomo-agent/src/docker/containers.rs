@@ -27,9 +27,10 @@ use bollard::query_parameters::{
 };
 use serde_json::json;
 use tomo_proto::methods::{
-    ContainerDetails, ContainerRef, ContainerState, Healthcheck, MountSpec, PortBinding,
+    ContainerDetails, ContainerParams, ContainerState, Healthcheck, MountSpec, PortBinding,
     PullPolicy, RestartPolicy, RunParams, RunResult, UpdateParams, UpdateResult,
 };
+use tomo_proto::refs::{ContainerRef, NetworkRef, VolumeRef};
 use tomo_proto::rpc::{RpcError, code};
 
 use super::{DockerClient, images};
@@ -51,11 +52,11 @@ const SETTLE: Duration = Duration::from_secs(3);
 const NANOS: i64 = 1_000_000_000;
 
 /// `docker.containers.get`: inspect, mapped and redacted.
-pub async fn get(ctx: Ctx, p: ContainerRef) -> Result<ContainerDetails, RpcError> {
+pub async fn get(ctx: Ctx, p: ContainerParams) -> Result<ContainerDetails, RpcError> {
     let client = &ctx.shared.docker;
     let docker = client.client().await?;
     let inspect = docker
-        .inspect_container(&p.container, None::<InspectContainerOptions>)
+        .inspect_container(p.container.as_str(), None::<InspectContainerOptions>)
         .await
         .map_err(|e| client.error(e))?;
     Ok(details(inspect))
@@ -245,7 +246,7 @@ pub async fn update(ctx: Ctx, p: UpdateParams) -> Result<UpdateResult, RpcError>
     // finish or roll back.
     tokio::spawn(async move {
         let timeout = Duration::from_secs(timeout);
-        update_container(&client, &p.container, timeout, (&guard.0, &guard.1)).await
+        update_container(&client, p.container.as_str(), timeout, (&guard.0, &guard.1)).await
     })
     .await
     .map_err(RpcError::internal)?
@@ -345,7 +346,8 @@ async fn ensure_image(
     image: &str,
     policy: PullPolicy,
 ) -> Result<bool, RpcError> {
-    let image = image.trim();
+    let image = images::image_ref("image", image)?;
+    let image = &image;
     match policy {
         PullPolicy::Always => {}
         PullPolicy::Missing | PullPolicy::Never => {
@@ -885,7 +887,13 @@ async fn update_container(
             ),
         ));
     }
-    let pulled = images::pull(client, &image, None, None).await?;
+    let pulled = images::pull(
+        client,
+        &images::image_ref("Config.Image", &image)?,
+        None,
+        None,
+    )
+    .await?;
     let old_image = docker
         .inspect_image(&old_image_id)
         .await
@@ -1159,23 +1167,26 @@ async fn remove(docker: &Docker, id: &str) -> Result<(), String> {
 /// The engine as the validation stage asks it (`volumes_from`, `container:<x>`, named volumes,
 /// networks); a 404 is `None`.
 impl crate::validate::Lookup for DockerClient {
-    async fn container(&self, name: &str) -> Result<Option<ContainerInspectResponse>, RpcError> {
+    async fn container(
+        &self,
+        name: &ContainerRef,
+    ) -> Result<Option<ContainerInspectResponse>, RpcError> {
         let docker = self.client().await?;
         let found = docker
-            .inspect_container(name, None::<InspectContainerOptions>)
+            .inspect_container(name.as_str(), None::<InspectContainerOptions>)
             .await;
         none_if_404(found).map_err(|e| self.error(e))
     }
 
-    async fn volume(&self, name: &str) -> Result<Option<bollard::models::Volume>, RpcError> {
+    async fn volume(&self, name: &VolumeRef) -> Result<Option<bollard::models::Volume>, RpcError> {
         let docker = self.client().await?;
-        none_if_404(docker.inspect_volume(name).await).map_err(|e| self.error(e))
+        none_if_404(docker.inspect_volume(name.as_str()).await).map_err(|e| self.error(e))
     }
 
-    async fn network_driver(&self, name: &str) -> Result<Option<String>, RpcError> {
+    async fn network_driver(&self, name: &NetworkRef) -> Result<Option<String>, RpcError> {
         let docker = self.client().await?;
         let options = None::<bollard::query_parameters::InspectNetworkOptions>;
-        let found = none_if_404(docker.inspect_network(name, options).await);
+        let found = none_if_404(docker.inspect_network(name.as_str(), options).await);
         Ok(found.map_err(|e| self.error(e))?.and_then(|n| n.driver))
     }
 }

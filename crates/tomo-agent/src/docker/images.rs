@@ -14,6 +14,7 @@ use bollard::models::CreateImageInfo;
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::StreamExt;
 use tomo_proto::methods::{PullParams, PullProgress, PullResult, RegistryAuth, Streamed};
+use tomo_proto::refs::ImageRef;
 use tomo_proto::rpc::{RpcError, code};
 
 use super::DockerClient;
@@ -26,8 +27,7 @@ pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// `docker.images.pull`: the [`PullResult`] at once, or with `progress` a stream of
 /// [`PullProgress`] whose `stream.end` carries the [`PullResult`].
 pub async fn pull_handler(ctx: Ctx, p: PullParams) -> Result<Streamed<PullResult>, RpcError> {
-    normalize_reference(&p.image)?;
-    crate::validate::check_image(&p.image, &ctx.shared.policy)?;
+    crate::validate::check_image(p.image.as_str(), &ctx.shared.policy)?;
     // An unreachable engine is an error answer, not a stream that ends at once.
     ctx.shared.docker.client().await?;
     if !p.progress {
@@ -51,14 +51,14 @@ pub async fn pull_handler(ctx: Ctx, p: PullParams) -> Result<Streamed<PullResult
 /// repository, tag or manifest) are -32014; other failures -32003 with Docker's message.
 pub async fn pull(
     docker_client: &DockerClient,
-    image: &str,
+    image: &ImageRef,
     auth: Option<&RegistryAuth>,
     mut progress: Option<&mut StreamSink>,
 ) -> Result<PullResult, RpcError> {
-    let reference = normalize_reference(image)?;
+    let reference = normalize_reference(image.as_str())?;
     let docker = docker_client.client().await?;
     let options = CreateImageOptionsBuilder::default()
-        .from_image(&reference)
+        .from_image(reference.as_str())
         .build();
     let mut stream = docker.create_image(Some(options), None, auth.map(credentials));
     let mut coalescer = Coalescer::default();
@@ -76,7 +76,7 @@ pub async fn pull(
             Next::Item(Some(item)) => item.map_err(|e| docker_client.error(e))?,
         };
         if let Some(message) = stream_error(&info) {
-            return Err(pull_failed(&reference, &message));
+            return Err(pull_failed(reference.as_str(), &message));
         }
         if let Some(sink) = progress.as_deref_mut() {
             let p = to_progress(info);
@@ -92,7 +92,7 @@ pub async fn pull(
         )
     })?;
     Ok(PullResult {
-        image: reference,
+        image: reference.into(),
         id,
     })
 }
@@ -100,10 +100,10 @@ pub async fn pull(
 /// The id of a local image, `None` when the host does not have it.
 pub async fn local_id(
     docker_client: &DockerClient,
-    image: &str,
+    image: &ImageRef,
 ) -> Result<Option<String>, RpcError> {
     let docker = docker_client.client().await?;
-    match docker.inspect_image(image).await {
+    match docker.inspect_image(image.as_str()).await {
         Ok(i) => Ok(i.id),
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
@@ -112,33 +112,25 @@ pub async fn local_id(
     }
 }
 
-/// The reference Docker is asked to pull: trimmed, with `:latest` when it has neither tag nor
-/// digest. A tag is a `:` after the last `/` (`127.0.0.1:5055/app` has none). -32602 naming
-/// `image` when it is empty or holds whitespace.
-pub fn normalize_reference(image: &str) -> Result<String, RpcError> {
-    let image = image.trim();
-    let bad = |why: &str| {
-        RpcError::invalid_params(format!("image: {why}"))
-            .with_data(serde_json::json!({"param": "image"}))
-    };
-    if image.is_empty() {
-        return Err(bad("must not be empty"));
+/// The reference Docker is asked to pull: trimmed, parsed ([`ImageRef`], -32602 naming `image`
+/// when it does not follow Docker's grammar), with `:latest` when it has neither tag nor digest.
+/// A tag is a `:` after the last `/` (`127.0.0.1:5055/app` has none).
+pub fn normalize_reference(image: &str) -> Result<ImageRef, RpcError> {
+    let parsed = image_ref("image", image)?;
+    let s = parsed.as_str();
+    let last = s.rsplit('/').next().unwrap_or(s);
+    if s.contains('@') || s.starts_with("sha256:") || last.contains(':') {
+        return Ok(parsed);
     }
-    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("must not contain whitespace"));
-    }
-    if image.starts_with(['/', ':', '@']) || image.ends_with(['/', ':', '@']) {
-        return Err(bad(&format!("{image:?} is not an image reference")));
-    }
-    if image.contains('@') {
-        return Ok(image.to_owned());
-    }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') {
-        Ok(image.to_owned())
-    } else {
-        Ok(format!("{image}:latest"))
-    }
+    image_ref("image", &format!("{s}:latest"))
+}
+
+/// `image` (trimmed) as an [`ImageRef`]; -32602 naming `param` when it is not one.
+pub fn image_ref(param: &str, image: &str) -> Result<ImageRef, RpcError> {
+    ImageRef::parse(image.trim()).map_err(|e| {
+        RpcError::invalid_params(format!("{param}: {e}"))
+            .with_data(serde_json::json!({ "param": param }))
+    })
 }
 
 enum Next {
@@ -254,18 +246,35 @@ mod tests {
                 "127.0.0.1:5055/tomo-test/busybox:v2",
             ),
             ("registry:5000/a/b", "registry:5000/a/b:latest"),
-            ("busybox@sha256:0123abcd", "busybox@sha256:0123abcd"),
-            ("r:5000/b:1@sha256:0123abcd", "r:5000/b:1@sha256:0123abcd"),
+            (
+                "busybox@sha256:0123456789abcdef0123456789abcdef",
+                "busybox@sha256:0123456789abcdef0123456789abcdef",
+            ),
+            (
+                "r:5000/b:1@sha256:0123456789abcdef0123456789abcdef",
+                "r:5000/b:1@sha256:0123456789abcdef0123456789abcdef",
+            ),
         ];
         for (input, want) in ok {
             assert_eq!(
-                normalize_reference(input).ok().as_deref(),
+                normalize_reference(input)
+                    .ok()
+                    .as_ref()
+                    .map(ImageRef::as_str),
                 Some(want),
                 "{input}"
             );
         }
         for bad in [
-            "", "  ", "bus box", "busybox:", "/busybox", "busybox@", "a\tb",
+            "",
+            "  ",
+            "bus box",
+            "busybox:",
+            "/busybox",
+            "busybox@",
+            "a\tb",
+            "busybox#x",
+            "a?b",
         ] {
             let e = normalize_reference(bad).expect_err(bad);
             assert_eq!(e.code, code::INVALID_PARAMS, "{bad}");

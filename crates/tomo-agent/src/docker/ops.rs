@@ -10,11 +10,13 @@ use bollard::query_parameters as q;
 use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tomo_proto::methods::{
-    ContainerAction, ContainerRef, ContainerStats, ExecOutput, ExecParams, ImageRemoveParams,
-    ImageRemoved, ImageSummary, ImagesListParams, LogChunk, LogsParams, LogsResult, NameRef,
-    NetworkCreateParams, NetworkSummary, NoParams, ObjectRef, RemoveParams, STREAM_CHUNK_BYTES,
-    StatsParams, StopParams, Streamed, VolumeCreateParams, VolumeSummary,
+    ContainerAction, ContainerParams, ContainerStats, ExecOutput, ExecParams, ImageRemoveParams,
+    ImageRemoved, ImageSummary, ImagesListParams, LogChunk, LogsParams, LogsResult,
+    NetworkCreateParams, NetworkRemoveParams, NetworkSummary, NoParams, ObjectRef, RemoveParams,
+    STREAM_CHUNK_BYTES, StatsParams, StopParams, Streamed, VolumeCreateParams, VolumeRemoveParams,
+    VolumeSummary,
 };
+use tomo_proto::refs::{ContainerRef, ExecId};
 use tomo_proto::rpc::RpcError;
 
 use crate::cap::Capped;
@@ -31,26 +33,12 @@ fn bad_param(param: &str, message: impl std::fmt::Display) -> RpcError {
         .with_data(serde_json::json!({ "param": param }))
 }
 
-fn check_ref(param: &str, value: &str) -> Result<(), RpcError> {
-    if value.is_empty() {
-        return Err(bad_param(param, "must not be empty"));
-    }
-    if value.len() > 512
-        || value
-            .chars()
-            .any(|c| c.is_control() || c == '/' && param != "image")
-    {
-        return Err(bad_param(param, "is not a valid Docker name or id"));
-    }
-    Ok(())
-}
-
 /// Name and state of a container after an action.
-async fn action(ctx: &Ctx, container: &str) -> Result<ContainerAction, RpcError> {
+async fn action(ctx: &Ctx, container: &ContainerRef) -> Result<ContainerAction, RpcError> {
     let d = &ctx.shared.docker;
     let docker = d.client().await?;
     let c = docker
-        .inspect_container(container, None::<q::InspectContainerOptions>)
+        .inspect_container(container.as_str(), None::<q::InspectContainerOptions>)
         .await
         .map_err(|e| d.error(e))?;
     Ok(ContainerAction {
@@ -64,12 +52,11 @@ async fn action(ctx: &Ctx, container: &str) -> Result<ContainerAction, RpcError>
     })
 }
 
-pub async fn start(ctx: Ctx, p: ContainerRef) -> Result<ContainerAction, RpcError> {
-    check_ref("container", &p.container)?;
+pub async fn start(ctx: Ctx, p: ContainerParams) -> Result<ContainerAction, RpcError> {
     let d = &ctx.shared.docker;
     d.client()
         .await?
-        .start_container(&p.container, None::<q::StartContainerOptions>)
+        .start_container(p.container.as_str(), None::<q::StartContainerOptions>)
         .await
         .or_else(not_modified)
         .map_err(|e| d.error(e))?;
@@ -77,13 +64,12 @@ pub async fn start(ctx: Ctx, p: ContainerRef) -> Result<ContainerAction, RpcErro
 }
 
 pub async fn stop(ctx: Ctx, p: StopParams) -> Result<ContainerAction, RpcError> {
-    check_ref("container", &p.container)?;
     let t = p.timeout.unwrap_or(DEFAULT_STOP_TIMEOUT) as i32;
     let d = &ctx.shared.docker;
     let opts = q::StopContainerOptionsBuilder::default().t(t).build();
     d.client()
         .await?
-        .stop_container(&p.container, Some(opts))
+        .stop_container(p.container.as_str(), Some(opts))
         .await
         .or_else(not_modified)
         .map_err(|e| d.error(e))?;
@@ -91,20 +77,18 @@ pub async fn stop(ctx: Ctx, p: StopParams) -> Result<ContainerAction, RpcError> 
 }
 
 pub async fn restart(ctx: Ctx, p: StopParams) -> Result<ContainerAction, RpcError> {
-    check_ref("container", &p.container)?;
     let t = p.timeout.unwrap_or(DEFAULT_STOP_TIMEOUT) as i32;
     let d = &ctx.shared.docker;
     let opts = q::RestartContainerOptionsBuilder::default().t(t).build();
     d.client()
         .await?
-        .restart_container(&p.container, Some(opts))
+        .restart_container(p.container.as_str(), Some(opts))
         .await
         .map_err(|e| d.error(e))?;
     action(&ctx, &p.container).await
 }
 
 pub async fn remove(ctx: Ctx, p: RemoveParams) -> Result<ContainerAction, RpcError> {
-    check_ref("container", &p.container)?;
     let mut before = action(&ctx, &p.container).await?;
     let d = &ctx.shared.docker;
     let opts = q::RemoveContainerOptionsBuilder::default()
@@ -145,12 +129,11 @@ fn log_chunk(out: bollard::container::LogOutput) -> LogChunk {
 }
 
 pub async fn logs(ctx: Ctx, p: LogsParams) -> Result<Streamed<LogsResult>, RpcError> {
-    check_ref("container", &p.container)?;
     let d = &ctx.shared.docker;
     let docker = d.client().await?;
     // Fail early (not found) before announcing a stream.
     docker
-        .inspect_container(&p.container, None::<q::InspectContainerOptions>)
+        .inspect_container(p.container.as_str(), None::<q::InspectContainerOptions>)
         .await
         .map_err(|e| d.error(e))?;
     let to_i32 = |param: &str, v: Option<i64>| -> Result<i32, RpcError> {
@@ -167,7 +150,7 @@ pub async fn logs(ctx: Ctx, p: LogsParams) -> Result<Streamed<LogsResult>, RpcEr
         .timestamps(p.timestamps)
         .tail(&p.tail.map_or_else(|| "all".to_owned(), |t| t.to_string()))
         .build();
-    let mut source = docker.logs(&p.container, Some(opts));
+    let mut source = docker.logs(p.container.as_str(), Some(opts));
     if !p.follow {
         let mut chunks = Vec::new();
         let mut size = 0usize;
@@ -315,7 +298,6 @@ fn to_stats(s: bollard::models::ContainerStatsResponse) -> ContainerStats {
 }
 
 pub async fn stats(ctx: Ctx, p: StatsParams) -> Result<Streamed<ContainerStats>, RpcError> {
-    check_ref("container", &p.container)?;
     let d = &ctx.shared.docker;
     let docker = d.client().await?;
     if !p.stream {
@@ -325,7 +307,7 @@ pub async fn stats(ctx: Ctx, p: StatsParams) -> Result<Streamed<ContainerStats>,
             .stream(false)
             .one_shot(false)
             .build();
-        let mut s = docker.stats(&p.container, Some(opts));
+        let mut s = docker.stats(p.container.as_str(), Some(opts));
         return match s.next().await {
             Some(Ok(r)) => Ok(Streamed::Done(to_stats(r))),
             Some(Err(e)) => Err(d.error(e)),
@@ -336,11 +318,11 @@ pub async fn stats(ctx: Ctx, p: StatsParams) -> Result<Streamed<ContainerStats>,
         };
     }
     docker
-        .inspect_container(&p.container, None::<q::InspectContainerOptions>)
+        .inspect_container(p.container.as_str(), None::<q::InspectContainerOptions>)
         .await
         .map_err(|e| d.error(e))?;
     let opts = q::StatsOptionsBuilder::default().stream(true).build();
-    let mut source = docker.stats(&p.container, Some(opts));
+    let mut source = docker.stats(p.container.as_str(), Some(opts));
     let (opened, mut sink, _) = ctx.open_stream(false)?;
     let client = std::sync::Arc::clone(&ctx.shared.docker);
     tokio::spawn(async move {
@@ -365,7 +347,6 @@ pub async fn stats(ctx: Ctx, p: StatsParams) -> Result<Streamed<ContainerStats>,
 }
 
 pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcError> {
-    check_ref("container", &p.container)?;
     if p.cmd.is_empty() || p.cmd[0].is_empty() {
         return Err(bad_param("cmd", "must name a program"));
     }
@@ -388,7 +369,7 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
     let env: Vec<String> = p.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let created = docker
         .create_exec(
-            &p.container,
+            p.container.as_str(),
             CreateExecOptions::<String> {
                 attach_stdin: Some(p.interactive),
                 attach_stdout: Some(true),
@@ -403,9 +384,16 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
         )
         .await
         .map_err(|e| d.error(e))?;
+    // The id goes into later paths (`/exec/{id}/json`, `/resize`): it is parsed like any ref.
+    let exec_id = ExecId::parse(&created.id).map_err(|e| {
+        RpcError::new(
+            tomo_proto::rpc::code::DOCKER,
+            format!("Docker's answer: {e}"),
+        )
+    })?;
     let started = docker
         .start_exec(
-            &created.id,
+            exec_id.as_str(),
             Some(StartExecOptions {
                 detach: false,
                 tty: p.tty,
@@ -448,7 +436,7 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
             None
         } else {
             docker
-                .inspect_exec(&created.id)
+                .inspect_exec(exec_id.as_str())
                 .await
                 .map_err(|e| d.error(e))?
                 .exit_code
@@ -467,7 +455,6 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
     }
     let (opened, mut sink, inputs) = ctx.open_stream(true)?;
     let mut inputs = inputs.ok_or_else(|| RpcError::internal("no input queue"))?;
-    let exec_id = created.id;
     tokio::spawn(async move {
         let outcome = loop {
             tokio::select! {
@@ -475,7 +462,7 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
                 item = output.next() => match item {
                     None => {
                         let code = match d.client().await {
-                            Ok(docker) => docker.inspect_exec(&exec_id).await.ok().and_then(|i| i.exit_code),
+                            Ok(docker) => docker.inspect_exec(exec_id.as_str()).await.ok().and_then(|i| i.exit_code),
                             Err(_) => None,
                         };
                         break Ok(Some(serde_json::json!({ "exit_code": code })));
@@ -506,7 +493,7 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
                     Input::Resize { rows, cols } => {
                         if let Ok(docker) = d.client().await {
                             let size = bollard::exec::ResizeExecOptions { height: rows, width: cols };
-                            let _ = docker.resize_exec(&exec_id, size).await;
+                            let _ = docker.resize_exec(exec_id.as_str(), size).await;
                         }
                     }
                 },
@@ -548,7 +535,6 @@ pub async fn images_list(ctx: Ctx, p: ImagesListParams) -> Result<Vec<ImageSumma
 }
 
 pub async fn images_remove(ctx: Ctx, p: ImageRemoveParams) -> Result<ImageRemoved, RpcError> {
-    check_ref("image", &p.image)?;
     let d = &ctx.shared.docker;
     let opts = q::RemoveImageOptionsBuilder::default()
         .force(p.force)
@@ -556,7 +542,7 @@ pub async fn images_remove(ctx: Ctx, p: ImageRemoveParams) -> Result<ImageRemove
     let items = d
         .client()
         .await?
-        .remove_image(&p.image, Some(opts), None)
+        .remove_image(p.image.as_str(), Some(opts), None)
         .await
         .map_err(|e| d.error(e))?;
     let mut out = ImageRemoved {
@@ -597,10 +583,9 @@ pub async fn networks_list(ctx: Ctx, _: NoParams) -> Result<Vec<NetworkSummary>,
 }
 
 pub async fn networks_create(ctx: Ctx, p: NetworkCreateParams) -> Result<ObjectRef, RpcError> {
-    check_ref("name", &p.name)?;
     let d = &ctx.shared.docker;
     let req = bollard::models::NetworkCreateRequest {
-        name: p.name.clone(),
+        name: p.name.to_string(),
         driver: Some(p.driver.unwrap_or_else(|| "bridge".into())),
         internal: Some(p.internal),
         labels: Some(p.labels.into_iter().collect()),
@@ -614,16 +599,15 @@ pub async fn networks_create(ctx: Ctx, p: NetworkCreateParams) -> Result<ObjectR
         .map_err(|e| d.error(e))?;
     Ok(ObjectRef {
         id: r.id,
-        name: p.name,
+        name: p.name.into(),
     })
 }
 
-pub async fn networks_remove(ctx: Ctx, p: NameRef) -> Result<ObjectRef, RpcError> {
-    check_ref("name", &p.name)?;
+pub async fn networks_remove(ctx: Ctx, p: NetworkRemoveParams) -> Result<ObjectRef, RpcError> {
     let d = &ctx.shared.docker;
     let docker = d.client().await?;
     let n = docker
-        .inspect_network(&p.name, None::<q::InspectNetworkOptions>)
+        .inspect_network(p.name.as_str(), None::<q::InspectNetworkOptions>)
         .await
         .map_err(|e| d.error(e))?;
     let id = n.id.unwrap_or_default();
@@ -657,11 +641,10 @@ pub async fn volumes_list(ctx: Ctx, _: NoParams) -> Result<Vec<VolumeSummary>, R
 }
 
 pub async fn volumes_create(ctx: Ctx, p: VolumeCreateParams) -> Result<ObjectRef, RpcError> {
-    check_ref("name", &p.name)?;
     crate::validate::check_volume_create(&p, &ctx.shared.policy, &ctx.shared.host_root)?;
     let d = &ctx.shared.docker;
     let opts = bollard::models::VolumeCreateOptions {
-        name: Some(p.name.clone()),
+        name: Some(p.name.to_string()),
         driver: Some(p.driver.unwrap_or_else(|| "local".into())),
         driver_opts: Some(p.driver_opts.into_iter().collect()),
         labels: Some(p.labels.into_iter().collect()),
@@ -679,20 +662,19 @@ pub async fn volumes_create(ctx: Ctx, p: VolumeCreateParams) -> Result<ObjectRef
     })
 }
 
-pub async fn volumes_remove(ctx: Ctx, p: NameRef) -> Result<ObjectRef, RpcError> {
-    check_ref("name", &p.name)?;
+pub async fn volumes_remove(ctx: Ctx, p: VolumeRemoveParams) -> Result<ObjectRef, RpcError> {
     let d = &ctx.shared.docker;
     let opts = q::RemoveVolumeOptionsBuilder::default()
         .force(p.force)
         .build();
     d.client()
         .await?
-        .remove_volume(&p.name, Some(opts))
+        .remove_volume(p.name.as_str(), Some(opts))
         .await
         .map_err(|e| d.error(e))?;
     Ok(ObjectRef {
-        id: p.name.clone(),
-        name: p.name,
+        id: p.name.to_string(),
+        name: p.name.into(),
     })
 }
 
@@ -719,13 +701,5 @@ mod tests {
             pieces.iter().map(|p| p.text.as_str()).collect::<String>(),
             text
         );
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert!(check_ref("container", "").is_err());
-        assert!(check_ref("container", "a/b").is_err());
-        assert!(check_ref("container", "web-1").is_ok());
-        assert!(check_ref("image", "127.0.0.1:5055/x/y:1").is_ok());
     }
 }

@@ -666,7 +666,7 @@ fn volume_create_options() {
     let root = host();
     let policy = defaults();
     let create = |driver: Option<&str>, opts: &[(&str, &str)]| VolumeCreateParams {
-        name: "v".into(),
+        name: "v0".parse().expect("a volume name"),
         driver: driver.map(str::to_owned),
         driver_opts: opts
             .iter()
@@ -913,14 +913,17 @@ struct Fake {
 }
 
 impl Lookup for Fake {
-    async fn container(&self, name: &str) -> Result<Option<ContainerInspectResponse>, RpcError> {
-        Ok(self.containers.get(name).cloned())
+    async fn container(
+        &self,
+        name: &ContainerRef,
+    ) -> Result<Option<ContainerInspectResponse>, RpcError> {
+        Ok(self.containers.get(name.as_str()).cloned())
     }
-    async fn volume(&self, name: &str) -> Result<Option<Volume>, RpcError> {
-        Ok(self.volumes.get(name).cloned())
+    async fn volume(&self, name: &VolumeRef) -> Result<Option<Volume>, RpcError> {
+        Ok(self.volumes.get(name.as_str()).cloned())
     }
-    async fn network_driver(&self, name: &str) -> Result<Option<String>, RpcError> {
-        Ok(self.networks.get(name).cloned())
+    async fn network_driver(&self, name: &NetworkRef) -> Result<Option<String>, RpcError> {
+        Ok(self.networks.get(name.as_str()).cloned())
     }
 }
 

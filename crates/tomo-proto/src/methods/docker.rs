@@ -5,18 +5,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A container, by id, id prefix or name.
+use crate::refs::{ContainerRef, ImageRef, NetworkRef, VolumeRef};
+
+/// Params of the methods that take only a container (by id, id prefix or name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ContainerRef {
-    pub container: String,
+pub struct ContainerParams {
+    pub container: ContainerRef,
 }
 
 /// Params of `docker.containers.stop` and `docker.containers.restart`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StopParams {
-    pub container: String,
+    pub container: ContainerRef,
     /// Seconds to wait for the container to exit before it is killed; 10 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u32>,
@@ -26,7 +28,7 @@ pub struct StopParams {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveParams {
-    pub container: String,
+    pub container: ContainerRef,
     /// Kill a running container first.
     #[serde(default)]
     pub force: bool,
@@ -45,10 +47,10 @@ pub struct ContainerAction {
 }
 
 /// Params of `docker.containers.logs`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogsParams {
-    pub container: String,
+    pub container: ContainerRef,
     /// Last N lines only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tail: Option<u64>,
@@ -87,7 +89,7 @@ pub struct LogsResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatsParams {
-    pub container: String,
+    pub container: ContainerRef,
     /// Keep sending a sample every second or so (a stream of [`ContainerStats`]).
     #[serde(default)]
     pub stream: bool,
@@ -112,10 +114,10 @@ pub struct ContainerStats {
 }
 
 /// Params of `docker.containers.exec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecParams {
-    pub container: String,
+    pub container: ContainerRef,
     /// The argument vector; no shell is involved unless the vector starts one.
     pub cmd: Vec<String>,
     #[serde(default)]
@@ -373,7 +375,7 @@ pub struct ContainerState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateParams {
-    pub container: String,
+    pub container: ContainerRef,
     /// Seconds to wait for the new container to be running (and healthy); 30 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_timeout: Option<u64>,
@@ -438,7 +440,7 @@ impl std::fmt::Debug for RegistryAuth {
 #[serde(deny_unknown_fields)]
 pub struct PullParams {
     /// `name[:tag]` or `name@digest`; `latest` when no tag.
-    pub image: String,
+    pub image: ImageRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<RegistryAuth>,
     /// Send progress as a stream of [`PullProgress`]; `stream.end` carries the [`PullResult`].
@@ -470,7 +472,7 @@ pub struct PullResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRemoveParams {
-    pub image: String,
+    pub image: ImageRef,
     #[serde(default)]
     pub force: bool,
 }
@@ -498,7 +500,7 @@ pub struct NetworkSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkCreateParams {
-    pub name: String,
+    pub name: NetworkRef,
     /// `bridge` by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
@@ -509,12 +511,19 @@ pub struct NetworkCreateParams {
     pub labels: BTreeMap<String, String>,
 }
 
-/// A network, volume or image by name or id.
+/// Params of `docker.networks.remove`: a network by name or id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NameRef {
-    pub name: String,
-    /// Volumes only: remove even when in use (Docker refuses it anyway while a container uses it).
+pub struct NetworkRemoveParams {
+    pub name: NetworkRef,
+}
+
+/// Params of `docker.volumes.remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRemoveParams {
+    pub name: VolumeRef,
+    /// Remove even when in use (Docker refuses it anyway while a container uses it).
     #[serde(default)]
     pub force: bool,
 }
@@ -540,7 +549,7 @@ pub struct VolumeSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeCreateParams {
-    pub name: String,
+    pub name: VolumeRef,
     /// `local` by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,

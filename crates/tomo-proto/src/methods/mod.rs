@@ -97,7 +97,7 @@ method!(
 );
 method!(
     /// One container's configuration and state, secret-looking environment values redacted.
-    DockerContainersGet, "docker.containers.get", Read, ContainerRef, ContainerDetails
+    DockerContainersGet, "docker.containers.get", Read, ContainerParams, ContainerDetails
 );
 method!(
     /// Create and start a container, pulling its image when missing.
@@ -105,7 +105,7 @@ method!(
 );
 method!(
     /// Start a stopped container.
-    DockerContainersStart, "docker.containers.start", Execute, ContainerRef, ContainerAction
+    DockerContainersStart, "docker.containers.start", Execute, ContainerParams, ContainerAction
 );
 method!(
     /// Stop a container (SIGTERM, then SIGKILL after `timeout`, 10 s by default).
@@ -158,7 +158,7 @@ method!(
 );
 method!(
     /// Remove a network.
-    DockerNetworksRemove, "docker.networks.remove", Execute, NameRef, ObjectRef
+    DockerNetworksRemove, "docker.networks.remove", Execute, NetworkRemoveParams, ObjectRef
 );
 method!(
     /// Volumes on the host.
@@ -170,7 +170,7 @@ method!(
 );
 method!(
     /// Remove a volume.
-    DockerVolumesRemove, "docker.volumes.remove", Execute, NameRef, ObjectRef
+    DockerVolumesRemove, "docker.volumes.remove", Execute, VolumeRemoveParams, ObjectRef
 );
 method!(
     /// The consumer has taken a stream's data up to `seq`: the agent may send more.

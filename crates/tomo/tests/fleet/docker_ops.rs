@@ -1051,3 +1051,43 @@ async fn streams_belong_to_the_token_that_opened_them() {
     drop(resp);
     env.finish().await;
 }
+
+/// Issue 12.2: `GET /hosts/H/containers/..%2F..%2Finfo%23` answered Docker's `/info` as a
+/// container (the path decodes to `../../info#`, which bollard put into `/containers/{}/json`).
+/// A reference that is not a Docker name or id is a 400 with the agent's -32602 naming the
+/// param, for every route that takes one; the real container is untouched.
+#[tokio::test]
+async fn a_path_in_a_reference_reaches_no_other_docker_endpoint() {
+    let Some(env) = Env::start("traverse").await else {
+        return;
+    };
+    let name = env.container("victim", &["sleep", "300"]).await;
+    let get = Method::GET;
+    let post = Method::POST;
+    let rows = [
+        (get.clone(), "/containers/..%2F..%2Finfo%23".to_owned()),
+        (get.clone(), format!("/containers/{name}%2Fexport%3F")),
+        (
+            get.clone(),
+            format!("/containers/..%2Fcontainers%2F{name}%2Fexport%23"),
+        ),
+        (get.clone(), format!("/containers/{name}%3Fsize=1/logs")),
+        (get.clone(), format!("/containers/{name}%23/stats")),
+        (post.clone(), format!("/containers/{name}%23/stop")),
+        (post.clone(), format!("/containers/{name}%3Ft=0/restart")),
+        (Method::DELETE, format!("/containers/{name}%3Fforce=1%23")),
+        (Method::DELETE, "/images?image=..%2F..%2Finfo%23".to_owned()),
+        (Method::DELETE, "/networks/..%2F..%2Finfo%23".to_owned()),
+        (Method::DELETE, "/volumes/x%3Fforce=true".to_owned()),
+    ];
+    for (method, path) in rows {
+        let (status, body) = env.api(method.clone(), &path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+        assert_eq!(
+            body["error"]["rpc"]["code"], -32602,
+            "{method} {path}: {body}"
+        );
+    }
+    assert_eq!(env.state(&name).await.as_deref(), Some("running"));
+    env.finish().await;
+}
