@@ -627,7 +627,7 @@ async fn at_most_five_commands_run_at_once() {
         let f = h.req(
             &i.to_string(),
             "docker.containers.start",
-            Some(r#"{"container":"x"}"#),
+            Some(r#"{"container":"x1"}"#),
             "execute",
         );
         ws.send(Message::text(f)).await.expect("send");
