@@ -571,7 +571,10 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         role: meta.role,
         method: req.method.clone(),
         params: params(),
-        decision: "allowed".into(),
+        decision: match &outcome {
+            Err(e) if is_refusal(e) => "denied".into(),
+            _ => "allowed".into(),
+        },
         reason: outcome.as_ref().err().map(|e| {
             // A handler's refusal (validation, policy) is the request's reason too.
             e.data
@@ -593,4 +596,15 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         Ok(v) => Response::ok(id, v),
         Err(e) => Response::err(id, e),
     })
+}
+
+/// Whether a handler's error is a refusal of the request (validation or policy: -32001,
+/// -32004, -32005) rather than a failure of a call that was let through: audited as `denied`,
+/// so `tomo audit --decision denied` shows every refusal.
+fn is_refusal(e: &RpcError) -> bool {
+    use tomo_proto::rpc::code;
+    matches!(
+        e.code,
+        code::SECURITY | code::CONTAINER_BLOCKED | code::COMMAND_BLOCKED
+    )
 }

@@ -59,6 +59,14 @@ const TOKEN_SHAPES: &[TokenShape] = &[
     ("xoxb-", is_token_char, 10),
     ("xoxp-", is_token_char, 10),
     ("sk-", is_token_char, 20),
+    // Stripe secret and restricted keys, webhook secrets; npm and PyPI publish tokens.
+    ("sk_live_", is_token_char, 16),
+    ("sk_test_", is_token_char, 16),
+    ("rk_live_", is_token_char, 16),
+    ("rk_test_", is_token_char, 16),
+    ("whsec_", is_token_char, 16),
+    ("npm_", is_token_char, 30),
+    ("pypi-", is_token_char, 30),
     ("AKIA", is_upper_alnum, 16),
     ("ASIA", is_upper_alnum, 16),
 ];
@@ -74,7 +82,8 @@ fn is_upper_alnum(b: u8) -> bool {
 /// Hides secrets recognisable by their shape wherever they appear in a text: PEM private key
 /// blocks (`-----BEGIN … PRIVATE KEY-----` to the matching end line, or to the end of the text)
 /// and tokens of well-known formats (tomo tokens and registration codes, GitHub, GitLab, Slack,
-/// OpenAI-style `sk-` keys, AWS access key ids). A token counts only at a word start and when
+/// OpenAI-style `sk-` keys, Stripe `sk_live_`/`rk_live_` keys and `whsec_` secrets, npm and PyPI
+/// tokens, AWS access key ids). A token counts only at a word start and when
 /// long enough, so `risk-free` and `desk-lamp` stay.
 pub fn redact_known_secrets(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();

@@ -197,6 +197,24 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", "not found"),
+            StoreError::Full => {
+                tracing::error!("store failure: the disk holding tomo.db is full");
+                Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "disk_full",
+                    "the control plane's disk is full: nothing was changed; free space in its \
+                     data directory and retry (tomo recovers by itself)",
+                )
+            }
+            StoreError::Unavailable(e) => {
+                tracing::error!(error = %e, "store failure: I/O error");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the control plane could not write its database (an I/O error): nothing was \
+                     changed; see its log, then retry",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 Self::new(
@@ -546,21 +564,17 @@ async fn list_hosts(
 }
 
 /// Finds a host by id, hostname or unique id prefix, among the hosts in the caller's scope:
-/// hosts outside it are invisible to hostnames and prefixes, and their exact id is refused with
-/// 403 `out_of_scope`. Every route that names a host goes through here.
+/// hosts outside it are invisible, by exact id too, and answer the same 404 as a host that does
+/// not exist (a different answer would tell a scoped token which ids exist). Every route that
+/// names a host goes through here.
 pub(crate) async fn resolve(
     state: &AppState,
     who: &Principal,
     key: &str,
 ) -> Result<HostRecord, ApiError> {
     match state.store.host(key).await {
-        Ok(h) if !who.may_see(&h) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "out_of_scope",
-                format!("host {key} is outside this token's host scope"),
-            ));
-        }
+        // Out of scope: looked up like an unknown key below, where it is filtered out.
+        Ok(h) if !who.may_see(&h) => {}
         Ok(h) if h.removed_at.is_none() => return Ok(h),
         Ok(_) => {
             return Err(ApiError::new(
@@ -790,4 +804,29 @@ async fn host_metrics(
         .map(|(at, data)| json!({"received_at": rfc3339(at), "sample": serde_json::from_str::<Value>(&data).unwrap_or(Value::Null)}))
         .collect();
     Ok(Json(json!({"host_id": h.id, "samples": samples})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13.1: a failed write is an error to its caller, and says what happened.
+    #[test]
+    fn store_failures_answer_507_or_503_with_what_to_do() {
+        let full = ApiError::from(StoreError::Full);
+        assert_eq!(
+            (full.status(), full.code()),
+            (StatusCode::INSUFFICIENT_STORAGE, "disk_full")
+        );
+        assert!(
+            full.message().contains("disk is full"),
+            "{}",
+            full.message()
+        );
+        let io = ApiError::from(StoreError::Unavailable("disk I/O error".into()));
+        assert_eq!(
+            (io.status(), io.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        );
+    }
 }

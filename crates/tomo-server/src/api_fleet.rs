@@ -195,12 +195,8 @@ async fn targets(
             ids.iter()
                 .map(|id| match hosts.iter().find(|h| &h.id == id) {
                     Some(h) if who.may_see(h) => Ok(h.id.clone()),
-                    Some(_) => Err(ApiError::new(
-                        http::StatusCode::FORBIDDEN,
-                        "out_of_scope",
-                        format!("host {id} is outside this token's host scope"),
-                    )),
-                    None => Err(ApiError::bad_request(format!("no host with id {id}"))),
+                    // Out of scope answers as unknown: nothing tells which ids exist.
+                    _ => Err(ApiError::bad_request(format!("no host with id {id}"))),
                 })
                 .collect()
         }

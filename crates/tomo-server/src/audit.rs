@@ -409,10 +409,11 @@ impl Allowance {
         ("limit" = Option<u32>, Query, description = "1–10000; 100 by default."),
         ("after" = Option<i64>, Query, description = "Only records after this record id."),
         ("follow" = Option<bool>, Query, description = "Go on with live records, as NDJSON."),
+        ("decision" = Option<String>, Query, description = "Only records with this decision: `allowed` or `denied`."),
     ),
     responses(
         (status = 200, description = "The records; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content((Object = "application/json"), (Object = "application/x-ndjson"))),
-        (status = 400, description = "`bad_request`: `limit` or `after` is not valid.", body = crate::api::ErrorBody),
+        (status = 400, description = "`bad_request`: `limit`, `after` or `decision` is not valid.", body = crate::api::ErrorBody),
         crate::openapi::HostErrors,
     )
 )]
@@ -442,10 +443,18 @@ pub async fn list(
                 .map_err(|_| ApiError::bad_request("after must be a record id"))?,
         ),
     };
+    let decision = match q.get("decision").map(String::as_str) {
+        None => None,
+        Some(d @ ("allowed" | "denied")) => Some(d.to_owned()),
+        Some(_) => return Err(ApiError::bad_request("decision must be allowed or denied")),
+    };
     let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.audit.subscribe();
-    let backlog = state.store.audit(host.as_deref(), after, limit).await?;
+    let backlog = state
+        .store
+        .audit(host.as_deref(), decision.as_deref(), after, limit)
+        .await?;
     let views: Vec<Value> = backlog.iter().map(view).collect();
     if !follow {
         return Ok(Json(Value::Array(views)).into_response());
@@ -464,7 +473,12 @@ pub async fn list(
                 _ = shutdown.cancelled() => return,
             };
             match next {
-                Ok(r) if r.id > last && (host.is_none() || r.host_id == host) => {
+                Ok(r)
+                    if r.id > last
+                        && (host.is_none() || r.host_id == host)
+                        && (decision.is_none()
+                            || r.view["decision"].as_str() == decision.as_deref()) =>
+                {
                     last = r.id;
                     if tx.send(crate::api_host::line(&r.view)).await.is_err() {
                         return;

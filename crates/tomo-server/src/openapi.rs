@@ -221,10 +221,13 @@ const THROTTLED: (&str, &str) = (
 );
 const FORBIDDEN: (&str, &str) = (
     "403",
-    "`forbidden`: the token's role is below what the operation needs; `out_of_scope`: the host \
-     is outside the token's host scope (or the operation needs a token without one).",
+    "`forbidden`: the token's role is below what the operation needs; `out_of_scope`: the \
+     operation needs a token without a host scope.",
 );
-const NOT_FOUND: (&str, &str) = ("404", "`not_found`: no such host (or it was removed).");
+const NOT_FOUND: (&str, &str) = (
+    "404",
+    "`not_found`: no such host, or it was removed, or it is outside the token's host scope.",
+);
 const AMBIGUOUS: (&str, &str) = (
     "409",
     "`ambiguous`: the host key matches several hosts; use the id.",
@@ -261,9 +264,8 @@ impl IntoResponses for AgentErrors {
             (
                 "403",
                 "`forbidden`: the token's role is below the method's level, or the agent's \
-                 security checks refused the call; `out_of_scope`: the host is outside the \
-                 token's host scope; `blocked`: the host policy refused the container options \
-                 or the command.",
+                 security checks refused the call; `blocked`: the host policy refused the \
+                 container options or the command.",
             ),
             (
                 "404",

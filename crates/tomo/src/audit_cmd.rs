@@ -1,4 +1,4 @@
-//! `tomo audit [--host H] [-f] [--limit N]`: the audit trail (admin tokens only). One line per
+//! `tomo audit [--host H] [--decision allowed|denied] [-f] [--limit N]`: the audit trail (admin tokens only). One line per
 //! record, `time host principal decision method reason outcome duration` (`-` for what a record
 //! lacks; host `-` is the control plane's own record of an API request), or the API's JSON with
 //! `-o json` (one object per line when following).
@@ -12,9 +12,18 @@ use crate::client::{Api, Streamed};
 use crate::commands::{print_json, seg};
 use crate::{ClientArgs, Failure, Output};
 
+/// Which records `tomo audit` shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter<'a> {
+    /// One host's (id, hostname or unique id prefix).
+    pub host: Option<&'a str>,
+    /// `allowed` or `denied`.
+    pub decision: Option<&'a str>,
+}
+
 /// Runs `tomo audit`.
 pub async fn audit(
-    host: Option<&str>,
+    filter: Filter<'_>,
     follow: bool,
     limit: u32,
     args: &ClientArgs,
@@ -22,8 +31,11 @@ pub async fn audit(
     let api = Api::from_args(args)?;
     let json_out = args.output == Output::Json;
     let mut path = format!("/audit?limit={limit}&follow={follow}");
-    if let Some(h) = host {
+    if let Some(h) = filter.host {
         path.push_str(&format!("&host={}", seg(h)));
+    }
+    if let Some(d) = filter.decision {
+        path.push_str(&format!("&decision={}", seg(d)));
     }
     let show = |r: &Value| {
         if json_out {

@@ -322,6 +322,9 @@ enum Command {
         /// Only this host's records (id, hostname or unique id prefix).
         #[arg(long)]
         host: Option<String>,
+        /// Only records with this decision.
+        #[arg(long, value_parser = ["allowed", "denied"])]
+        decision: Option<String>,
         /// Keep following new records.
         #[arg(short, long)]
         follow: bool,
@@ -470,9 +473,16 @@ fn main() -> ExitCode {
             Command::Audit {
                 host,
                 follow,
+                decision,
                 limit,
                 client,
-            } => audit_cmd::audit(host.as_deref(), follow, limit, &client).await,
+            } => {
+                let filter = audit_cmd::Filter {
+                    host: host.as_deref(),
+                    decision: decision.as_deref(),
+                };
+                audit_cmd::audit(filter, follow, limit, &client).await
+            }
             Command::Tokens { command, client } => access::tokens(command, &client).await,
             Command::Whoami { client } => access::whoami(&client).await,
             Command::Approvals {

@@ -21,7 +21,9 @@ const MAX_QUOTE_DEPTH: u8 = 3;
 /// - A member whose **key** looks secret ([`is_secret_name`]: `password`, `auth`, `token`,
 ///   `DB_PASSWORD` in an `env` map, …) has its whole value replaced by `***`, objects included
 ///   (so registry credentials under `auth` are gone entirely).
-/// - Every **string** has URL credentials hidden (`scheme://user:***@host`), and is read as a
+/// - Every **string** has URL credentials hidden (`scheme://user:***@host`) and secrets of a
+///   known shape hidden whatever their name ([`super::redact_known_secrets`]: `ghp_***`,
+///   `sk_live_***`, `AKIA***`), and is read as a
 ///   command line (words split on blanks, quotes grouping, a fully quoted word read again
 ///   inside): `name=value` and `--name=value` with a secret-looking name keep the name only
 ///   (`DB_PASSWORD=***`, `--password=***`, `-Djdbc.password=***`); the word after a
@@ -68,7 +70,8 @@ pub fn redact_raw_params(
 /// One free text (an error message that may quote the request) under the rules for strings of
 /// [`redact_params`], cut when long.
 pub fn redact_string(s: &str) -> String {
-    cut(&redact_text(s, 0).0).into_owned()
+    let text = redact_text(s, 0).0;
+    cut(&super::redact_known_secrets(&text)).into_owned()
 }
 
 /// Host output (logs, command output) for an operator or an assistant: each line under the rules
@@ -121,6 +124,7 @@ fn redact_array(items: &[Value]) -> Value {
                     _ => {
                         let (text, next) = redact_text(s, 0);
                         expect = next;
+                        let text = super::redact_known_secrets(&text);
                         out.push(Value::String(cut(&text).into_owned()));
                         continue;
                     }
@@ -429,6 +433,18 @@ mod tests {
                 "docker.containers.exec",
                 json!({"cmd": ["sh", "-c", "su -c 'app \"--token x\"'"]}),
                 json!({"cmd": ["sh", "-c", "su -c 'app \"--token ***\"'"]}),
+            ),
+            // Issue 12.8: secrets under innocent names, recognised by their shape (the
+            // known-token patterns of `redact_known_secrets`), in env maps, lists and commands.
+            (
+                "docker.containers.run",
+                json!({"image": "app", "env": {"GITHUB": "ghp_abcdefghijklmnopqrstuvwxyz0123", "STRIPE": "sk_live_abcdefghijklmnop1234"}, "env_list": ["GH=ghp_abcdefghijklmnopqrstuvwxyz0123"]}),
+                json!({"image": "app", "env": {"GITHUB": "ghp_***", "STRIPE": "sk_live_***"}, "env_list": ["GH=ghp_***"]}),
+            ),
+            (
+                "system.exec",
+                json!({"command": "deploy --to prod glpat-abcdefghijklmnopqrstu AKIAABCDEFGHIJKLMNOP"}),
+                json!({"command": "deploy --to prod glpat-*** AKIA***"}),
             ),
             // Long strings are cut and marked.
             (

@@ -101,6 +101,12 @@ pub enum StoreError {
     NotFound,
     #[error("already exists")]
     Conflict,
+    /// The disk holding the database is full: nothing was written.
+    #[error("the disk holding the database is full")]
+    Full,
+    /// The database file could not be read or written (an I/O error): nothing was written.
+    #[error("the database could not be written: {0}")]
+    Unavailable(String),
     #[error("database: {0}")]
     Database(String),
     #[error("corrupt row: {0}")]
@@ -241,10 +247,12 @@ pub trait Store: ActionStore + Send + Sync + std::fmt::Debug + 'static {
         records: &[(Option<String>, i64, i64, String)],
     ) -> Result<Vec<i64>, StoreError>;
     /// Audit records with an id above `after`, oldest first, at most `limit`; with
-    /// `after == None`, the newest `limit`. `host: Some(id)` keeps that host's records only.
+    /// `after == None`, the newest `limit`. `host: Some(id)` keeps that host's records only,
+    /// `decision: Some(d)` those whose decision is `d` (`allowed`, `denied`).
     async fn audit(
         &self,
         host: Option<&str>,
+        decision: Option<&str>,
         after: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredAudit>, StoreError>;

@@ -107,6 +107,7 @@ impl SqliteStore {
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .after_release(|conn, _| Box::pin(writer_is_clean(conn)))
             .connect_with(opts.clone())
             .await
             .map_err(db)?;
@@ -167,6 +168,32 @@ impl SqliteStore {
     }
 }
 
+/// Whether the writer connection may go back to the pool: outside any transaction, for SQLite
+/// and for sqlx alike. When not, it is closed (which rolls back whatever is open) and the next
+/// write opens a fresh one.
+///
+/// Issue 13.1, the root cause of writes lost on a full disk: SQLite rolls a transaction back by
+/// itself when a statement in it fails with `SQLITE_FULL`; sqlx does not know, so the rollback it
+/// sends when the transaction is dropped fails ("no transaction is active") and its depth stays
+/// at 1. The next transaction then began with `SAVEPOINT` (sqlx's nested form), which opens a
+/// transaction in SQLite; when that one failed too, sqlx's `ROLLBACK TO SAVEPOINT` left it open,
+/// and every later write on the connection, answered as a success, went into a transaction that
+/// was never committed, until a restart threw it away.
+async fn writer_is_clean(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::{Executor as _, TransactionManager as _};
+    if sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(conn) != 0 {
+        tracing::warn!("store: writer left inside a transaction; reopening it");
+        return Ok(false);
+    }
+    // BEGIN fails inside a transaction: the probe for one sqlx does not know about.
+    if conn.execute("BEGIN").await.is_err() {
+        tracing::warn!("store: writer left inside a transaction; reopening it");
+        return Ok(false);
+    }
+    conn.execute("ROLLBACK").await?;
+    Ok(true)
+}
+
 /// A statement with its values bound (owned), ready to run on another task.
 type Statement = sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'static>>;
 
@@ -179,10 +206,25 @@ fn found(rows: u64) -> Result<(), StoreError> {
     }
 }
 
+/// SQLite's primary result codes for a full disk and for an I/O error (extended codes keep the
+/// primary one in their low byte).
+const SQLITE_FULL: i64 = 13;
+const SQLITE_IOERR: i64 = 10;
+
 fn db(e: sqlx::Error) -> StoreError {
+    let primary = |d: &dyn sqlx::error::DatabaseError| {
+        d.code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .map(|c| c & 0xff)
+    };
     match e {
         sqlx::Error::RowNotFound => StoreError::NotFound,
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
+        sqlx::Error::Database(d) if primary(&*d) == Some(SQLITE_FULL) => StoreError::Full,
+        sqlx::Error::Database(d) if primary(&*d) == Some(SQLITE_IOERR) => {
+            StoreError::Unavailable(d.message().to_owned())
+        }
+        sqlx::Error::Io(e) => StoreError::Unavailable(e.to_string()),
         other => StoreError::Database(other.to_string()),
     }
 }
@@ -748,29 +790,37 @@ impl Store for SqliteStore {
     async fn audit(
         &self,
         host: Option<&str>,
+        decision: Option<&str>,
         after: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredAudit>, StoreError> {
-        // `?1 IS NULL OR host_id = ?1`: one statement for one host or all.
+        // `?1 IS NULL OR host_id = ?1`: one statement for one host or all; the same for the
+        // decision, read from the record's JSON.
         let rows = match after {
             Some(after) => sqlx::query(
                 "SELECT id, host_id, at_ms, received_at, record FROM audit
-                 WHERE (?1 IS NULL OR host_id = ?1) AND id > ?2 ORDER BY id ASC LIMIT ?3",
+                 WHERE (?1 IS NULL OR host_id = ?1)
+                   AND (?4 IS NULL OR json_extract(record, '$.decision') = ?4)
+                   AND id > ?2 ORDER BY id ASC LIMIT ?3",
             )
             .bind(host)
             .bind(after)
             .bind(limit)
+            .bind(decision)
             .fetch_all(&self.pool)
             .await
             .map_err(db)?,
             None => sqlx::query(
                 "SELECT id, host_id, at_ms, received_at, record FROM (
                      SELECT id, host_id, at_ms, received_at, record FROM audit
-                     WHERE (?1 IS NULL OR host_id = ?1) ORDER BY id DESC LIMIT ?2
+                     WHERE (?1 IS NULL OR host_id = ?1)
+                       AND (?3 IS NULL OR json_extract(record, '$.decision') = ?3)
+                     ORDER BY id DESC LIMIT ?2
                  ) ORDER BY id ASC",
             )
             .bind(host)
             .bind(limit)
+            .bind(decision)
             .fetch_all(&self.pool)
             .await
             .map_err(db)?,
@@ -1007,7 +1057,7 @@ mod tests {
             .expect("add");
         let op = s.add_audit(None, 2, 20, "{\"n\":2}").await.expect("add");
         let a3 = s
-            .add_audit(Some("h1"), 3, 30, "{\"n\":3}")
+            .add_audit(Some("h1"), 3, 30, "{\"n\":3,\"decision\":\"denied\"}")
             .await
             .expect("add");
         s.add_audit(Some("h2"), 4, 40, "{\"n\":4}")
@@ -1016,33 +1066,57 @@ mod tests {
         assert!(a1 < op && op < a3);
         let ids = |v: Vec<StoredAudit>| v.iter().map(|r| r.id).collect::<Vec<_>>();
         // All hosts and operator actions, oldest first; the newest `limit` without `after`.
-        let all = s.audit(None, None, 10).await.expect("all");
+        let all = s.audit(None, None, None, 10).await.expect("all");
         assert_eq!(all.len(), 4);
-        assert_eq!(all[1].host_id, None);
-        assert_eq!(all[1].record, "{\"n\":2}");
-        assert_eq!((all[2].at_ms, all[2].received_at), (3, 30));
-        assert_eq!(ids(s.audit(None, None, 2).await.expect("newest"))[0], a3);
+        // By decision, with or without `after`.
         assert_eq!(
-            ids(s.audit(Some("h1"), None, 10).await.expect("h1")),
-            vec![a1, a3]
-        );
-        assert_eq!(
-            ids(s.audit(Some("h1"), Some(a1), 10).await.expect("after")),
+            ids(s
+                .audit(None, Some("denied"), None, 10)
+                .await
+                .expect("denied")),
             vec![a3]
         );
         assert_eq!(
-            s.audit(None, Some(op), 1).await.expect("after, limited")[0].id,
+            ids(s
+                .audit(None, Some("denied"), Some(a3), 10)
+                .await
+                .expect("none")),
+            Vec::<i64>::new()
+        );
+        assert_eq!(all[1].host_id, None);
+        assert_eq!(all[1].record, "{\"n\":2}");
+        assert_eq!((all[2].at_ms, all[2].received_at), (3, 30));
+        assert_eq!(
+            ids(s.audit(None, None, None, 2).await.expect("newest"))[0],
+            a3
+        );
+        assert_eq!(
+            ids(s.audit(Some("h1"), None, None, 10).await.expect("h1")),
+            vec![a1, a3]
+        );
+        assert_eq!(
+            ids(s
+                .audit(Some("h1"), None, Some(a1), 10)
+                .await
+                .expect("after")),
+            vec![a3]
+        );
+        assert_eq!(
+            s.audit(None, None, Some(op), 1)
+                .await
+                .expect("after, limited")[0]
+                .id,
             a3
         );
         assert!(
-            s.audit(Some("h3"), None, 10)
+            s.audit(Some("h3"), None, None, 10)
                 .await
                 .expect("none")
                 .is_empty()
         );
         // Pruned by the control plane's clock (received_at), whatever the recorder said.
         assert_eq!(s.prune_audit(30).await.expect("prune"), 2);
-        assert_eq!(s.audit(None, None, 10).await.expect("left").len(), 2);
+        assert_eq!(s.audit(None, None, None, 10).await.expect("left").len(), 2);
     }
 
     fn token(id: &str, scope: &[&str]) -> TokenRecord {
@@ -1058,6 +1132,122 @@ mod tests {
             tool_rate_per_min: Some(30),
             last_used_at: None,
         }
+    }
+
+    /// A small tmpfs this test mounts itself (root only), unmounted on drop: a disk that fills.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        /// `None` (said on stderr) when mounting is not allowed here, except under CI.
+        fn mount(size: &str) -> Option<Self> {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ok = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Some(Self(dir));
+            }
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI needs root to mount a tmpfs for the disk-full tests"
+            );
+            eprintln!("SKIPPED: cannot mount a tmpfs (not root)");
+            None
+        }
+
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+
+        /// Fills the file system with `filler`: every later write to it fails with ENOSPC.
+        fn fill(&self) -> std::path::PathBuf {
+            use std::io::Write as _;
+            let filler = self.path().join("filler");
+            let mut f = std::fs::File::create(&filler).expect("filler");
+            let chunk = vec![0u8; 64 * 1024];
+            while f.write_all(&chunk).is_ok() {}
+            // A few bytes at a time to the very last block.
+            while f.write_all(&chunk[..512]).is_ok() {}
+            filler
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// Issue 13.1: after one write failed on a full disk, every later write answered success
+    /// and was never stored, even after space came back, until a restart. Each write must
+    /// fail while the disk is full, and succeed and be stored once space is freed.
+    #[tokio::test]
+    async fn a_full_disk_fails_writes_and_the_store_recovers_when_space_returns() {
+        let Some(fs) = Tmpfs::mount("2m") else { return };
+        let s = SqliteStore::open(&fs.path().join("tomo.db"))
+            .await
+            .expect("open");
+        s.create_token(&token("before", &[]), &[1; 32])
+            .await
+            .expect("room left");
+        let filler = fs.fill();
+        // Big rows, so each needs new pages: none of these can be stored.
+        let big = "x".repeat(256 * 1024);
+        let mut failed = 0;
+        for n in 0..8 {
+            // As the audit recorder writes: batches, in one transaction each.
+            let batch = vec![(None, n, n, big.clone()), (None, n, n, big.clone())];
+            if s.add_audits(&batch).await.is_err() {
+                failed += 1;
+            }
+            if s.add_audit(None, n, n, &big).await.is_err() {
+                failed += 1;
+            }
+        }
+        assert!(failed > 0, "a write on a full disk must fail");
+        // Whatever happened before, a write either fails or is stored: never a silent loss.
+        let mut t = token("during", &[]);
+        t.name = "y".repeat(512 * 1024);
+        match s.create_token(&t, &[2; 32]).await {
+            Ok(()) => assert!(s.token("during").await.is_ok(), "acknowledged, so stored"),
+            Err(e) => assert!(matches!(e, StoreError::Full), "a full disk says so: {e:?}"),
+        }
+        std::fs::remove_file(&filler).expect("free space");
+        s.create_token(&token("after", &[]), &[3; 32])
+            .await
+            .expect("writes work again once space returns");
+        s.add_audit(None, 99, 99, "{\"n\":99}")
+            .await
+            .expect("audit after");
+        // Stored for real: a fresh connection (a restarted control plane) sees them.
+        s.close().await;
+        let again = SqliteStore::open(&fs.path().join("tomo.db"))
+            .await
+            .expect("reopen");
+        for id in ["before", "after"] {
+            assert!(again.token(id).await.is_ok(), "{id} is stored");
+        }
+        assert_eq!(
+            again
+                .audit(None, None, None, 100)
+                .await
+                .expect("audit")
+                .iter()
+                .filter(|a| a.at_ms == 99)
+                .count(),
+            1
+        );
     }
 
     #[tokio::test]

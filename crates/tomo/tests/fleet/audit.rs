@@ -162,7 +162,7 @@ async fn unauthenticated_attempts_are_recorded_at_most_n_a_minute_per_source() {
         denied = f
             .state
             .store
-            .audit(None, None, 10_000)
+            .audit(None, None, None, 10_000)
             .await
             .expect("records")
             .iter()
@@ -354,11 +354,18 @@ async fn a_real_agent_audits_its_requests_locally_and_to_the_control_plane() {
         Some(json!({"command": "mysql --password=hunter2 -e status"})),
     )
     .await;
+    // Issue 12.8: a secret under an innocent name is known by its shape.
+    f.rpc(
+        &id,
+        "system.exec",
+        Some(json!({"command": "deploy GITHUB=ghp_abcdefghijklmnopqrstuvwxyz0123 STRIPE=sk_live_abcdefghijklmnop1234"})),
+    )
+    .await;
 
     let deadline = tokio::time::Instant::now() + WAIT;
     let rows = loop {
         let rows = audit(&f, &format!("&host={id}")).await;
-        if rows.len() >= 2 {
+        if rows.len() >= 3 {
             break rows;
         }
         assert!(
@@ -386,9 +393,29 @@ async fn a_real_agent_audits_its_requests_locally_and_to_the_control_plane() {
             .is_some_and(|c| c.contains("--password=***")),
         "{exec}"
     );
+    // Issue 12.8: a refusal by validation (-32005, not on the allowlist) is a denial, and
+    // `tomo audit --decision denied` finds it.
+    assert_eq!(
+        (&exec["decision"], &exec["outcome"]),
+        (&json!("denied"), &json!("-32005")),
+        "{exec}"
+    );
+    let shaped = &rows[2];
+    assert_eq!(
+        shaped["params"]["command"], "deploy GITHUB=ghp_*** STRIPE=sk_live_***",
+        "{shaped}"
+    );
+    let denied = audit(&f, &format!("&host={id}&decision=denied")).await;
+    assert_eq!(denied.len(), 2, "{denied:?}");
     // The same records, as JSON lines, in the agent's data directory; no secret there either.
     let text = std::fs::read_to_string(&log).expect("the agent's audit log");
-    assert!(!text.contains("hunter2"), "{text}");
+    for secret in [
+        "hunter2",
+        "abcdefghijklmnopqrstuvwxyz0123",
+        "abcdefghijklmnop1234",
+    ] {
+        assert!(!text.contains(secret), "{text}");
+    }
     assert!(
         !serde_json::to_string(&rows)
             .expect("json")

@@ -22,8 +22,8 @@ use crate::support::{Fleet, Raw, WAIT, facts};
 /// How a route relates to hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bound {
-    /// Names one host (`{host}`): a token scoped elsewhere is refused (403 `out_of_scope` for the
-    /// exact id, 404 for the hostname, which it cannot see).
+    /// Names one host (`{host}`): a token scoped elsewhere gets 404 `not_found`, by exact id as
+    /// by hostname, the same answer as for a host that does not exist.
     Host,
     /// Lists hosts: a scoped token sees its own only.
     Fleet,
@@ -627,9 +627,39 @@ async fn every_route_refuses_bad_tokens_low_roles_and_other_scopes() {
 
         match row.bound {
             Bound::Host => {
+                // Issue 12.8: by exact id, the same 404 as a host that does not exist, so a
+                // scoped token cannot tell which ids exist.
                 let (s, v) = send(&f, &http, Some(&scoped), m, &path, body).await;
-                assert_eq!(s, StatusCode::FORBIDDEN, "{what} scoped elsewhere: {v}");
-                assert_eq!(v["error"]["code"], "out_of_scope", "{what}: {v}");
+                let (want, code) = if row.path.contains("{host}") {
+                    (StatusCode::NOT_FOUND, "not_found")
+                } else {
+                    // `POST /fleet/rpc` names hosts in its body: an unknown id is a bad request.
+                    (StatusCode::BAD_REQUEST, "bad_request")
+                };
+                assert_eq!(s, want, "{what} scoped elsewhere: {v}");
+                assert_eq!(v["error"]["code"], code, "{what}: {v}");
+                let nobody = "0123456789abcdef0123456789abcdef";
+                let unknown = fill(row.path, nobody);
+                let unknown_body = row.body.map(|b| fill(b, nobody));
+                let (s2, v2) = send(
+                    &f,
+                    &http,
+                    Some(&scoped),
+                    m,
+                    &unknown,
+                    unknown_body.as_deref(),
+                )
+                .await;
+                assert_eq!(s2, s, "{m} {unknown}: {v2}");
+                assert_eq!(
+                    v["error"]["message"]
+                        .as_str()
+                        .map(|m| m.replace(&target, "")),
+                    v2["error"]["message"]
+                        .as_str()
+                        .map(|m| m.replace(nobody, "")),
+                    "{what}: the same words as for an unknown id"
+                );
                 // By hostname, the host is not even there for this token.
                 if row.path.contains("{host}") {
                     let by_name = fill(row.path, "auth-target");
@@ -1146,5 +1176,5 @@ async fn label_scopes_follow_host_labels() {
     let (s, _) = f
         .api_as(&token, Method::GET, &format!("/hosts/{host}"), None)
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "unlabelled: out of scope again");
+    assert_eq!(s, StatusCode::NOT_FOUND, "unlabelled: out of scope again");
 }
