@@ -33,6 +33,9 @@ pub struct AgentConfig {
     pub rotate_key: bool,
     /// The host policy file; `None`: `/etc/tomo/policy.toml`, the defaults when it is missing.
     pub policy_path: Option<PathBuf>,
+    /// More host paths never bind-mounted, nor their ancestors (`tomo dev`: the control plane's
+    /// data directory, beside the agent's).
+    pub protect: Vec<PathBuf>,
 }
 
 /// Default of [`AgentConfig::max_response_bytes`]: 10 MiB.
@@ -100,7 +103,22 @@ impl AgentConfig {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             rotate_key: false,
             policy_path: None,
+            protect: Vec::new(),
         }
+    }
+
+    /// The host paths that no bind mount may reach, besides the built-in ones and the policy's:
+    /// the data directory (the agent's key), [`AgentConfig::protect`], and the Docker engine's
+    /// socket or its TLS client certificates.
+    pub fn protected_paths(&self) -> Vec<PathBuf> {
+        let mut all = vec![self.data_dir.clone()];
+        all.extend(self.protect.iter().cloned());
+        match &self.docker {
+            crate::docker::Endpoint::Unix(socket) => all.push(PathBuf::from(socket)),
+            crate::docker::Endpoint::TcpTls { cert_dir, .. } => all.push(cert_dir.clone()),
+            crate::docker::Endpoint::Refused(_) => {}
+        }
+        all
     }
 
     /// Checks everything that can be checked before connecting.
@@ -159,6 +177,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("volume_base", &self.volume_base)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("policy_path", &self.policy_path)
+            .field("protect", &self.protect)
             .finish()
     }
 }

@@ -326,10 +326,11 @@ impl Agent {
         restart: CancellationToken,
     ) -> Result<(), AgentError> {
         // Read again at every (re)start, so that `agent.restart` picks up a changed policy.
-        let policy =
+        let policy = self.config.protected_paths().iter().fold(
             policy::HostPolicy::load(self.config.policy_path.as_deref(), &self.config.volume_base)
-                .map_err(ConfigError::from)?
-                .protect(&self.config.data_dir);
+                .map_err(ConfigError::from)?,
+            |policy, path| policy.protect(path),
+        );
         tracing::info!(source = ?policy.source, max_level = policy::level_name(policy.max_level), read_only = policy.read_only, "host policy loaded");
         let (per_minute, concurrent) = (
             policy.rate_per_minute as usize,

@@ -51,8 +51,10 @@ pub const DOCKER_DEFAULT_CAPS: &[&str] = &[
     "SYS_CHROOT",
 ];
 
-/// Default bind-mount source roots; the agent's volume base is always added.
-pub const DEFAULT_BIND_ROOTS: &[&str] = &["/srv", "/opt", "/mnt", "/media", "/data", "/tmp"];
+/// Default bind-mount source roots; the agent's volume base is always added. Not `/tmp`: any
+/// local user can plant a symlink there (a policy can still name it, see
+/// [`HostPolicy::explicit_bind_roots`]).
+pub const DEFAULT_BIND_ROOTS: &[&str] = &["/srv", "/opt", "/mnt", "/media", "/data"];
 
 /// Default sysctl patterns: the network namespace's own (only with a network namespace of the
 /// container's own).
@@ -95,6 +97,10 @@ pub struct HostPolicy {
     pub exec_allow: Vec<AllowEntry>,
     /// Bind-mount sources must be under one of these (normalised, absolute).
     pub bind_roots: Vec<String>,
+    /// The bind roots the policy file names itself (not the defaults, not the volume base). A
+    /// bind source under one of them may cross a directory writable by others (`/tmp`); any
+    /// other source that does is refused.
+    pub explicit_bind_roots: Vec<String>,
     /// Capabilities `cap_add` may name, canonical (`NET_ADMIN`, no `CAP_`).
     pub cap_add_allowed: BTreeSet<String>,
     /// Host device paths (globs) a container may be given; default none.
@@ -113,8 +119,10 @@ pub struct HostPolicy {
     pub rate_per_minute: u32,
     /// Requests running at once (default 5).
     pub max_concurrent: u32,
-    /// Host paths never bind-mounted besides the built-in protected ones: the agent's own data
-    /// directory. Not read from the file.
+    /// Host paths never bind-mounted, nor anything inside them nor any ancestor of them,
+    /// besides the built-in protected ones: the file's `protected` list (a control plane's data
+    /// directory on this host, a Docker `data-root` moved out of `/var`), the agent's own data
+    /// directory and what the agent's configuration adds ([`HostPolicy::protect`]).
     pub protected_extra: Vec<String>,
 }
 
@@ -170,6 +178,7 @@ struct PolicyFile {
     volume_types: Option<Vec<Spanned<String>>>,
     rate_per_minute: Option<Spanned<u32>>,
     max_concurrent: Option<Spanned<u32>>,
+    protected: Option<Vec<Spanned<String>>>,
 }
 
 impl HostPolicy {
@@ -184,6 +193,7 @@ impl HostPolicy {
             images: None,
             exec_allow: Vec::new(),
             bind_roots: DEFAULT_BIND_ROOTS.iter().map(|r| (*r).to_owned()).collect(),
+            explicit_bind_roots: Vec::new(),
             cap_add_allowed: DOCKER_DEFAULT_CAPS
                 .iter()
                 .map(|c| (*c).to_owned())
@@ -273,6 +283,7 @@ impl HostPolicy {
         }
         if let Some(list) = &file.bind_roots {
             p.bind_roots = each(list, "bind_roots", bind_root).map_err(|(s, w)| fail(s, w))?;
+            p.explicit_bind_roots = p.bind_roots.clone();
             p.add_volume_base(volume_base);
         }
         if let Some(list) = &file.cap_add_allowed {
@@ -307,6 +318,11 @@ impl HostPolicy {
         if let Some(list) = &file.volume_types {
             p.volume_types = each(list, "volume_types", word).map_err(|(s, w)| fail(s, w))?;
         }
+        if let Some(list) = &file.protected {
+            for path in each(list, "protected", protected_path).map_err(|(s, w)| fail(s, w))? {
+                p = p.protect(Path::new(&path));
+            }
+        }
         if let Some(n) = &file.rate_per_minute {
             p.rate_per_minute = in_range(n, 1..=100_000, "rate_per_minute")
                 .map_err(|w| invalid(Some(n.span()), w))?;
@@ -318,8 +334,9 @@ impl HostPolicy {
         Ok(p)
     }
 
-    /// Adds a host path that is never bind-mounted (the agent's data directory, which holds its
-    /// private key: `/data` by default, itself a default bind root).
+    /// Adds a host path that is never bind-mounted, nor anything inside it nor any ancestor of
+    /// it (the agent's data directory, which holds its private key: `/data` by default, itself a
+    /// default bind root; the control plane's data directory under `tomo dev`).
     pub fn protect(mut self, path: &Path) -> Self {
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         if let Some(p) = absolute.to_str().and_then(paths::normalize)
@@ -576,6 +593,11 @@ fn bind_root(s: &str) -> Result<String, String> {
         )),
         _ => Ok(root),
     }
+}
+
+/// An absolute path (normalised).
+fn protected_path(s: &str) -> Result<String, String> {
+    Ok(paths::normalize(s.trim()).ok_or("must be an absolute path")?)
 }
 
 fn device_pattern(s: &str) -> Result<String, String> {

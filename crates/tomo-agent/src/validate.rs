@@ -15,8 +15,10 @@
 //! | `seccomp`, `apparmor`, `label`, `systempaths`, `security_opt` | any security option but `no-new-privileges[=true]` and the policy's `security_opt` entries |
 //! | `sysctls` | a sysctl not matching the policy's `sysctls` (`net.*` by default), or a namespaced one without the container's own namespace |
 //! | `bind_relative` | a bind source that is not an absolute path (`relative/x`, `~/x`, `./x`) |
-//! | `bind_protected` | a bind source that is, lexically or once symlinks are resolved inside the host root, `/` or inside a protected path (`/etc`, `/var`, `/run`, `/usr`, `/bin`, `/sbin`, `/lib*`, `/root`, `/home`, `/boot`, `/proc`, `/sys`, `/dev`, the agent's data directory), or a socket or device node |
+//! | `bind_protected` | a bind source that is, lexically or once symlinks are resolved inside the host root, `/` or inside a protected path (`/etc`, `/var`, `/run`, `/usr`, `/bin`, `/sbin`, `/lib*`, `/root`, `/home`, `/boot`, `/proc`, `/sys`, `/dev`, the agent's data directory, the policy's `protected`), or an ancestor of one (or of what one resolves to, the runtimes' `/var/lib/docker`, `/run/containerd`, … included), or a socket or device node |
 //! | `bind_outside_roots` | a bind source outside the policy's `bind_roots` |
+//! | `bind_open_dir` | a bind source whose path crosses a directory writable by others (sticky or not, `/tmp`), unless it is under a bind root that the policy file names itself |
+//! | `bind_contents` | a directory bind source holding a socket or a device node, or that the bounded walk of [`walk`] could not look through (too deep, too many entries, too slow, unreadable) |
 //! | `volume_driver`, `volume_type`, `volume_options` | a volume driver not allowed; a `local` volume mounting a filesystem type not allowed, or an unknown option (a `local` volume with `o=bind` or `type=none` is a bind mount: the bind rules apply to its `device`) |
 //! | `mount_type` | a mount type other than bind, volume and tmpfs |
 //! | `volumes_from` | volumes from a privileged container, or from one whose mounts break the bind or volume rules |
@@ -25,12 +27,15 @@
 //! The same rules apply to `docker.containers.run` ([`check_run`], [`check_run_refs`]), to an
 //! existing container about to be recreated by `docker.containers.update` ([`check_container`]),
 //! to `docker.volumes.create` ([`check_volume_create`]) and to `docker.images.pull`
-//! ([`check_image`]). The checks that need the engine (containers named by `volumes_from` or
+//! ([`check_image`]). Docker mounts every bind source again at each start, following the
+//! symlinks it finds then, so `docker.containers.start` and `restart` judge the container's
+//! mounts again first ([`check_start`]), and `update` and `run` judge them again after their pull. The checks that need the engine (containers named by `volumes_from` or
 //! `container:<x>`, existing named volumes, networks) go through [`Lookup`], so the rules are
 //! tested without an engine.
 
 pub mod image;
 pub mod paths;
+pub mod walk;
 
 use std::future::Future;
 use std::path::Path;
@@ -161,6 +166,82 @@ pub async fn check_container<L: Lookup>(
             let source = m.source.as_deref().unwrap_or_default();
             checker
                 .bind_source(&format!("Mounts[{i}].Source"), source)
+                .map_err(|b| in_container(b.into()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `docker.containers.start` and `restart`: the container named `container` (looked up through
+/// `lookup`; -32010 when there is none), with its mounts judged again by [`check_binds`].
+/// Returns its id, so that what is started is what was judged.
+pub async fn check_start<L: Lookup>(
+    container: &str,
+    policy: &HostPolicy,
+    host_root: &Path,
+    lookup: &L,
+) -> Result<String, RpcError> {
+    let r = tomo_proto::refs::ContainerRef::parse(container)
+        .map_err(|e| RpcError::invalid_params(format!("container: {e}")))?;
+    let c = lookup
+        .container(&r)
+        .await?
+        .ok_or_else(|| not_found("container", "container", container))?;
+    check_binds(&c, policy, host_root, lookup).await?;
+    Ok(c.id.unwrap_or_default())
+}
+
+/// What the engine mounts again at every start of an existing container, judged now: every
+/// bind source (`HostConfig.Binds`, bind `HostConfig.Mounts`, and the bind `Mounts`, which hold
+/// those of `volumes_from` too) by the bind rules, and every volume it mounts that exists by the
+/// volume rules (a `local` volume with `o=bind` is a bind of its `device`). A source swapped for
+/// a symlink to `/etc` since `run` is refused here. The container's other options are not judged
+/// (a start creates nothing; [`check_container`] judges them for `update`).
+pub async fn check_binds<L: Lookup>(
+    c: &ContainerInspectResponse,
+    policy: &HostPolicy,
+    host_root: &Path,
+    lookup: &L,
+) -> Result<(), RpcError> {
+    let name = c
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .trim_start_matches('/');
+    let in_container = |mut e: RpcError| {
+        e.message = format!("container {name}: {}", e.message);
+        e
+    };
+    let hc = c.host_config.clone().unwrap_or_default();
+    let view = View::from_host_config(&hc);
+    let checker = Checker { policy, host_root };
+    let mut volumes: Vec<(String, &str)> = view
+        .volumes
+        .iter()
+        .filter_map(|u| Some((u.name_param.clone(), u.name?)))
+        .collect();
+    for (param, source) in &view.binds {
+        checker
+            .bind_source(param, source)
+            .map_err(|b| in_container(b.into()))?;
+    }
+    for (i, m) in c.mounts.iter().flatten().enumerate() {
+        let param = format!("Mounts[{i}].Source");
+        match (m.typ, m.source.as_deref(), m.name.as_deref()) {
+            (Some(MountPointTypeEnum::BIND), source, _) => checker
+                .bind_source(&param, source.unwrap_or_default())
+                .map_err(|b| in_container(b.into()))?,
+            (Some(MountPointTypeEnum::VOLUME), _, Some(vol)) => volumes.push((param, vol)),
+            _ => {}
+        }
+    }
+    for (param, vol) in volumes {
+        // A name Docker reported: refused like any other reference when it is not one.
+        let vr = tomo_proto::refs::VolumeRef::parse(vol)
+            .map_err(|e| RpcError::invalid_params(format!("volume: {e}")))?;
+        if let Some(v) = lookup.volume(&vr).await? {
+            checker
+                .existing_volume(&param, &v)
                 .map_err(|b| in_container(b.into()))?;
         }
     }
@@ -774,8 +855,10 @@ impl Checker<'_> {
     }
 
     /// The bind rules on one host path: absolute; neither its lexical form nor its resolution
-    /// (of the raw and of the lexical form) protected, a socket or a device; all of them under
-    /// a bind root.
+    /// (of the raw and of the lexical form) protected, an ancestor of a protected path, a socket
+    /// or a device; all of them under a bind root; no directory writable by others crossed on
+    /// the way (unless under a root the policy file names); and, for a directory, no socket or
+    /// device inside (within the walk's bounds).
     fn bind_source(&self, param: &str, source: &str) -> Result<(), Block> {
         let Some(lexical) = paths::normalize(source) else {
             return Err(Block::new(
@@ -798,6 +881,19 @@ impl Checker<'_> {
                 ));
             }
         }
+        let guarded = paths::guarded(self.host_root, &self.policy.protected_extra);
+        for form in forms {
+            let near = |g: &&String| paths::is_under(form, g) || paths::is_under(g, form);
+            let Some(g) = guarded.iter().find(near) else {
+                continue;
+            };
+            let why = if paths::is_under(form, g) {
+                format!("{source:?} is {form}, inside the protected {g}")
+            } else {
+                format!("{source:?} is {form}, which holds the protected {g}")
+            };
+            return Err(Block::new("bind_protected", param, why));
+        }
         if let Some(kind) = raw.special.or(clean.special) {
             return Err(Block::new(
                 "bind_protected",
@@ -805,12 +901,7 @@ impl Checker<'_> {
                 format!("{source:?} is {kind}: sockets and devices are never bind-mounted"),
             ));
         }
-        let mut roots: Vec<String> = self.policy.bind_roots.clone();
-        for r in &self.policy.bind_roots {
-            if let Ok(x) = paths::resolve(self.host_root, r) {
-                roots.push(x.path);
-            }
-        }
+        let roots = self.roots(&self.policy.bind_roots);
         for form in forms {
             if !roots.iter().any(|r| paths::is_under(form, r)) {
                 return Err(Block::new(
@@ -823,7 +914,39 @@ impl Checker<'_> {
                 ));
             }
         }
+        let open = raw.open_dirs.iter().chain(&clean.open_dirs).next();
+        let explicit = self.roots(&self.policy.explicit_bind_roots);
+        let vouched = forms
+            .iter()
+            .all(|f| explicit.iter().any(|r| paths::is_under(f, r)));
+        if let Some(dir) = open
+            && !vouched
+        {
+            return Err(Block::new(
+                "bind_open_dir",
+                param,
+                format!(
+                    "{source:?} crosses {dir}, which others can write to (anyone there can swap it for a symlink); name its root in the host policy's bind_roots to allow it"
+                ),
+            ));
+        }
+        if raw.is_dir {
+            let on_host = self.host_root.join(raw.path.trim_start_matches('/'));
+            walk::check_dir(&on_host, &raw.path, walk::Bounds::DEFAULT)
+                .map_err(|e| Block::new("bind_contents", param, format!("{source:?} {e}")))?;
+        }
         Ok(())
+    }
+
+    /// `roots` and what each resolves to on the host.
+    fn roots(&self, roots: &[String]) -> Vec<String> {
+        let mut all = roots.to_vec();
+        for r in roots {
+            if let Ok(x) = paths::resolve(self.host_root, r) {
+                all.push(x.path);
+            }
+        }
+        all
     }
 
     /// A volume's driver and options: an allowed driver; for `local`, known options only, a bind

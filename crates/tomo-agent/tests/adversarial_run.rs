@@ -433,6 +433,27 @@ fn rows(dir: &Path, prefix: &str) -> Vec<Row> {
             |p| p.volumes_from = strings(&[&format!("{prefix}-sock:ro")]),
         ),
     ]);
+    // Issue 12.1: a directory holding a host socket, and the parent of the agent's data
+    // directory (`agent` in the scratch directory, protected by the test's policy).
+    rows.extend([
+        bind_row(
+            "a directory holding a host socket",
+            &format!("{d}/sockdir"),
+            refused("bind_contents", "volumes[0].source"),
+        ),
+        bind_row(
+            "the parent of the agent's data directory",
+            &d.to_string(),
+            refused("bind_protected", "volumes[0].source"),
+        ),
+        mount_row(
+            "the agent's data directory",
+            "bind",
+            &format!("{d}/agent"),
+            &[],
+            refused("bind_protected", "mounts[0].source"),
+        ),
+    ]);
     // What must pass, and really run.
     let data = format!("{d}/data");
     rows.extend([
@@ -632,7 +653,11 @@ async fn every_attack_on_run_is_refused_and_leaves_nothing() {
             },
         )
         .await;
-        let (ctx, _rx) = ctx(&e.client, HostPolicy::default_for(Path::new("/srv/tomo")));
+        std::fs::create_dir_all(dir.join("sockdir/run")).expect("sockdir");
+        let _listener = std::os::unix::net::UnixListener::bind(dir.join("sockdir/run/s.sock"))
+            .expect("a host socket");
+        let policy = scratch_policy(&dir).protect(&dir.join("agent"));
+        let (ctx, _rx) = ctx(&e.client, policy);
         let rows = rows(&dir, prefix);
         let total = rows.len();
         let mut failures = Vec::new();
@@ -647,6 +672,24 @@ async fn every_attack_on_run_is_refused_and_leaves_nothing() {
             failures.len(),
             failures.join("\n")
         );
+        // Issue 12.1: `/tmp` is no root by default, and the scratch directory under it, even
+        // as the volume base, crosses `/tmp`, which every local user can write to.
+        let (defaults, _rx2) = self::ctx(&e.client, HostPolicy::default_for(&dir));
+        let data = format!("{}/data", dir.display());
+        let open = bind_row(
+            "a source under /tmp",
+            &data,
+            refused("bind_open_dir", "volumes[0].source"),
+        );
+        assert_eq!(check_row(e, &defaults, prefix, 999, open).await, None);
+        let (defaults, _rx3) =
+            self::ctx(&e.client, HostPolicy::default_for(Path::new("/srv/tomo")));
+        let outside = bind_row(
+            "a source under /tmp",
+            &data,
+            refused("bind_outside_roots", "volumes[0].source"),
+        );
+        assert_eq!(check_row(e, &defaults, prefix, 998, outside).await, None);
     })
     .await;
 }
@@ -696,7 +739,7 @@ async fn local_volumes_that_bind_protected_paths_are_not_created() {
     let Some(e) = &env().await else { return };
     let prefix = &format!("tomo-test-adv-{}-vol", std::process::id());
     with_fixtures(e, prefix, |dir| async move {
-        let (ctx, _rx) = ctx(&e.client, HostPolicy::default_for(Path::new("/srv/tomo")));
+        let (ctx, _rx) = ctx(&e.client, scratch_policy(&dir));
         let link = format!("{}/link", dir.display());
         let data = format!("{}/data", dir.display());
         // (attack, driver, options, expected code and rule, or None when it must be created)
@@ -927,4 +970,105 @@ async fn pulls_outside_the_policy_patterns_are_refused() {
         err.message
     );
     assert!(e.docker.inspect_image(&image).await.is_err(), "not pulled");
+}
+
+/// A policy whose only bind roots are `dir` (named explicitly, so the test's scratch directory
+/// under `/tmp` may be crossed) and the volume base.
+fn scratch_policy(dir: &Path) -> HostPolicy {
+    let text = format!("bind_roots = [{:?}]", dir.display().to_string());
+    HostPolicy::from_toml(&text, Path::new("policy.toml"), Path::new("/srv/tomo")).expect("policy")
+}
+
+/// State and start time of a container.
+async fn state_of(docker: &Docker, name: &str) -> (bool, String) {
+    let s = docker
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .expect("inspect")
+        .state
+        .expect("state");
+    (s.running.unwrap_or(false), s.started_at.unwrap_or_default())
+}
+
+/// Issue 12.1: a bind source checked at `run` as a plain directory, then replaced by a
+/// symlink to `/etc` (or to the directory of the Docker socket), must not be mounted by a later
+/// start, restart or update: each re-checks every bind source, resolved now, and refuses with
+/// -32004 before the engine is asked to (re)start anything.
+#[tokio::test]
+async fn a_bind_source_swapped_for_a_symlink_is_refused_at_start_restart_and_update() {
+    let Some(e) = &env().await else { return };
+    let prefix = &format!("tomo-test-adv-{}-swap", std::process::id());
+    with_fixtures(e, prefix, |dir| async move {
+        let (ctx, _rx) = ctx(&e.client, scratch_policy(&dir));
+        for (i, target) in ["/etc", "/var/run"].into_iter().enumerate() {
+            let source = dir.join(format!("swap{i}"));
+            std::fs::create_dir_all(&source).expect("bind dir");
+            let name = format!("{prefix}-{i}");
+            let mut p = row("swap", Want::Runs, |p| {
+                p.volumes = vec![VolumeBinding {
+                    source: source.display().to_string(),
+                    target: "/mnt/x".into(),
+                    read_only: true,
+                }];
+            })
+            .params;
+            p.name = Some(name.clone());
+            let r = containers::run(ctx.clone(), p).await.expect("runs");
+            assert_eq!(r.state, "running");
+            // Swapped while it runs: the running container keeps what it had.
+            std::fs::remove_dir(&source).expect("rmdir");
+            std::os::unix::fs::symlink(target, &source).expect("symlink");
+            let blocked = |what: &str, err: tomo_proto::rpc::RpcError| {
+                let data = err.data.clone().unwrap_or_default();
+                assert_eq!(
+                    (err.code, data["rule"].as_str()),
+                    (code::CONTAINER_BLOCKED, Some("bind_protected")),
+                    "{what} of {name} with {target}: {}",
+                    err.message
+                );
+                assert_eq!(data["param"], "HostConfig.Binds[0]", "{}", err.message);
+            };
+            let before = state_of(&e.docker, &name).await;
+            let restart = tomo_proto::methods::StopParams {
+                container: tomo_proto::refs::ContainerRef::parse(&name).expect("a valid name"),
+                timeout: Some(1),
+            };
+            let err = ops::restart(ctx.clone(), restart)
+                .await
+                .expect_err("refused");
+            blocked("restart", err);
+            assert_eq!(
+                state_of(&e.docker, &name).await,
+                before,
+                "a refused restart leaves {name} as it was"
+            );
+            let update = tomo_proto::methods::UpdateParams {
+                container: tomo_proto::refs::ContainerRef::parse(&name).expect("a valid name"),
+                health_timeout: Some(5),
+            };
+            let err = containers::update(ctx.clone(), update)
+                .await
+                .expect_err("refused");
+            blocked("update", err);
+            // Stopped, then started again: refused, and it stays stopped.
+            let stop = tomo_proto::methods::StopParams {
+                container: tomo_proto::refs::ContainerRef::parse(&name).expect("a valid name"),
+                timeout: Some(1),
+            };
+            ops::stop(ctx.clone(), stop).await.expect("stops");
+            let start = tomo_proto::methods::ContainerParams {
+                container: tomo_proto::refs::ContainerRef::parse(&name).expect("a valid name"),
+            };
+            let err = ops::start(ctx.clone(), start).await.expect_err("refused");
+            blocked("start", err);
+            assert!(
+                !state_of(&e.docker, &name).await.0,
+                "{name} was started with {target} behind its bind"
+            );
+        }
+    })
+    .await;
 }

@@ -80,6 +80,8 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     let mut agent_cfg = AgentConfig::new(agent_dir.clone());
     agent_cfg.server_url = Some(info.agent_url.clone());
     agent_cfg.ca_file = info.ca_file.clone();
+    // The control plane's database and command key sit beside the agent's data: never bound.
+    agent_cfg.protect = vec![data_dir.clone()];
     if !agent_dir.join("agent.json").exists() {
         let (code, _) = tomo_server::auth::mint_code(&state, Duration::from_secs(60), "tomo dev")
             .await

@@ -71,6 +71,8 @@ pub async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     let body = create_body(&p)?;
     let client = Arc::clone(&ctx.shared.docker);
     let pulled = ensure_image(&client, &p.image, p.pull).await?;
+    // Again after the pull, which can take long: a bind source may have been swapped meanwhile.
+    crate::validate::check_run(&p, policy, host_root)?;
     // In its own task so that an abandoned request cannot stop between create and cleanup.
     tokio::spawn(async move { create_and_start(&client, p.name.as_deref(), body, pulled).await })
         .await
@@ -894,6 +896,8 @@ async fn update_container(
         None,
     )
     .await?;
+    // Again after the pull: the engine mounts the bind sources as they are now.
+    crate::validate::check_binds(&old, policy, host_root, client).await?;
     let old_image = docker
         .inspect_image(&old_image_id)
         .await
@@ -932,7 +936,18 @@ async fn update_container(
                 state: status_of(&new),
             })
         }
-        Err(why) => {
+        Err(mut why) => {
+            // The old container mounts its bind sources again when started: judged first.
+            let mut was_running = was_running;
+            if was_running
+                && let Err(e) = crate::validate::check_binds(&old, policy, host_root, client).await
+            {
+                why = format!(
+                    "{why}; the old container is not started again: {}",
+                    e.message
+                );
+                was_running = false;
+            }
             let back = Rollback {
                 name: &name,
                 old_id: &old_id,

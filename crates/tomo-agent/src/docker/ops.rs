@@ -52,11 +52,18 @@ async fn action(ctx: &Ctx, container: &ContainerRef) -> Result<ContainerAction, 
     })
 }
 
+/// The engine mounts every bind source again at each start: judged again first (issue 12.1).
+async fn judged_id(ctx: &Ctx, container: &str) -> Result<String, RpcError> {
+    let s = &ctx.shared;
+    crate::validate::check_start(container, &s.policy, &s.host_root, &*s.docker).await
+}
+
 pub async fn start(ctx: Ctx, p: ContainerParams) -> Result<ContainerAction, RpcError> {
+    let id = judged_id(&ctx, p.container.as_str()).await?;
     let d = &ctx.shared.docker;
     d.client()
         .await?
-        .start_container(p.container.as_str(), None::<q::StartContainerOptions>)
+        .start_container(&id, None::<q::StartContainerOptions>)
         .await
         .or_else(not_modified)
         .map_err(|e| d.error(e))?;
@@ -80,9 +87,10 @@ pub async fn restart(ctx: Ctx, p: StopParams) -> Result<ContainerAction, RpcErro
     let t = p.timeout.unwrap_or(DEFAULT_STOP_TIMEOUT) as i32;
     let d = &ctx.shared.docker;
     let opts = q::RestartContainerOptionsBuilder::default().t(t).build();
+    let id = judged_id(&ctx, p.container.as_str()).await?;
     d.client()
         .await?
-        .restart_container(p.container.as_str(), Some(opts))
+        .restart_container(&id, Some(opts))
         .await
         .map_err(|e| d.error(e))?;
     action(&ctx, &p.container).await

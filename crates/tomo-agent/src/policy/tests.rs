@@ -40,15 +40,7 @@ fn defaults_let_a_new_install_work() {
     assert!(p.exec_allow.is_empty());
     assert_eq!(
         p.bind_roots,
-        [
-            "/srv",
-            "/opt",
-            "/mnt",
-            "/media",
-            "/data",
-            "/tmp",
-            "/srv/tomo"
-        ]
+        ["/srv", "/opt", "/mnt", "/media", "/data", "/srv/tomo"]
     );
     assert_eq!(p.cap_add_allowed.len(), DOCKER_DEFAULT_CAPS.len());
     for c in ["NET_BIND_SERVICE", "CHOWN", "KILL", "SETFCAP"] {

@@ -5,9 +5,14 @@
 //! ([`normalize`], what Docker's own `filepath.Clean` makes of it) and its resolution
 //! ([`resolve`], what the kernel will mount once every symlink is followed). They differ when a
 //! `..` follows a symlink, or when a component is a symlink.
+//!
+//! A bind source must also keep away from every protected path in both directions: neither
+//! inside one nor an ancestor of one ([`guarded`] lists them, with what each resolves to on the
+//! host), and it must not cross a directory that others can write to ([`Resolved::open_dirs`]),
+//! where any local user could plant or swap a symlink.
 
 use std::collections::VecDeque;
-use std::os::unix::fs::FileTypeExt as _;
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::Path;
 
 /// Host paths never bind-mounted, nor anything inside them: the system, its configuration and
@@ -16,6 +21,20 @@ use std::path::Path;
 pub const PROTECTED: &[&str] = &[
     "/bin", "/boot", "/dev", "/etc", "/home", "/proc", "/root", "/run", "/sbin", "/sys", "/usr",
     "/var",
+];
+
+/// The container runtimes' state and sockets. They are inside [`PROTECTED`] as written; they are
+/// listed again because a host may move them (`/var/lib/docker -> /srv/docker`): what each
+/// resolves to is protected too, and so is every ancestor of it.
+pub const RUNTIME: &[&str] = &[
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/run/docker",
+    "/run/docker",
+    "/var/run/containerd",
+    "/run/containerd",
 ];
 
 /// Most symlinks followed while resolving one path (Linux's own limit).
@@ -48,6 +67,11 @@ pub struct Resolved {
     pub path: String,
     /// The final file's kind when it is a socket or a device node.
     pub special: Option<&'static str>,
+    /// Whether the final file is a directory.
+    pub is_dir: bool,
+    /// The directories looked into on the way (host paths, normal form) that are writable by
+    /// others (`o+w`, sticky or not): whoever can write there can swap what the path leads to.
+    pub open_dirs: Vec<String>,
 }
 
 /// Why a path could not be resolved.
@@ -73,12 +97,18 @@ pub fn resolve(host_root: &Path, path: &str) -> Result<Resolved, ResolveError> {
     let mut todo: VecDeque<String> = components(path).collect();
     let mut done: Vec<String> = Vec::new();
     let mut links = 0;
+    let mut open_dirs: Vec<String> = Vec::new();
     // Every component is looked at, even below a missing one: a later `..` can climb back to
     // existing directories and their symlinks.
     while let Some(c) = todo.pop_front() {
         if c == ".." {
             done.pop();
             continue;
+        }
+        // `c` is looked up in the directory resolved so far.
+        let dir = format!("/{}", done.join("/"));
+        if !open_dirs.contains(&dir) && writable_by_others(&host_root.join(done.join("/"))) {
+            open_dirs.push(dir);
         }
         done.push(c);
         let on_host = host_root.join(done.join("/"));
@@ -102,21 +132,32 @@ pub fn resolve(host_root: &Path, path: &str) -> Result<Resolved, ResolveError> {
         }
     }
     let path = format!("/{}", done.join("/"));
-    let special = std::fs::symlink_metadata(host_root.join(done.join("/")))
-        .ok()
-        .and_then(|m| {
-            let t = m.file_type();
-            if t.is_socket() {
-                Some("a socket")
-            } else if t.is_char_device() {
-                Some("a character device")
-            } else if t.is_block_device() {
-                Some("a block device")
-            } else {
-                None
-            }
-        });
-    Ok(Resolved { path, special })
+    let meta = std::fs::symlink_metadata(host_root.join(done.join("/"))).ok();
+    let special = meta.as_ref().and_then(|m| special_kind(m.file_type()));
+    Ok(Resolved {
+        path,
+        special,
+        is_dir: meta.is_some_and(|m| m.is_dir()),
+        open_dirs,
+    })
+}
+
+/// `a socket`, `a character device` or `a block device`; `None` for any other kind of file.
+pub fn special_kind(t: std::fs::FileType) -> Option<&'static str> {
+    if t.is_socket() {
+        Some("a socket")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else {
+        None
+    }
+}
+
+/// Whether `dir` is a directory that others can write to.
+fn writable_by_others(dir: &Path) -> bool {
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.mode() & 0o002 != 0)
 }
 
 /// The components of a path but the empty and `.` ones (`..` is kept: it is resolved later).
@@ -141,6 +182,27 @@ pub fn protected<'a>(path: &str, extra: &'a [String]) -> Option<&'a str> {
         .copied()
         .chain(extra.iter().map(String::as_str))
         .find(|p| is_under(path, p))
+}
+
+/// Every concrete protected path a bind source must neither be inside nor be an ancestor of:
+/// [`PROTECTED`], [`RUNTIME`] and `extra` (normalised), each as written and as it resolves
+/// under `host_root` (a protected path moved elsewhere by a symlink stays protected there).
+pub fn guarded(host_root: &Path, extra: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for p in PROTECTED
+        .iter()
+        .chain(RUNTIME)
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+    {
+        let resolved = resolve(host_root, p).ok().map(|r| r.path);
+        for form in std::iter::once(p.to_owned()).chain(resolved) {
+            if !all.contains(&form) {
+                all.push(form);
+            }
+        }
+    }
+    all
 }
 
 /// Whether the normalised `path` is `root` or inside it.

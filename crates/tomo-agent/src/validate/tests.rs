@@ -23,18 +23,29 @@ fn defaults() -> HostPolicy {
 }
 
 /// A host root with `/var/run/docker.sock` (a socket is not needed: the path is protected),
-/// `/tmp/t/link -> /var/run`, `/srv/app` and `/srv/link -> /etc`.
+/// `/mnt/t/link -> /var/run`, `/srv/app` and `/srv/link -> /etc`.
 fn host() -> tempfile::TempDir {
     let root = tempfile::tempdir().expect("tempdir");
     let r = root.path();
-    for d in ["var/run", "tmp/t", "srv/app", "etc", "dev"] {
+    for d in ["var/run", "mnt/t", "srv/app", "etc", "dev"] {
         std::fs::create_dir_all(r.join(d)).expect("mkdir");
     }
     std::fs::write(r.join("var/run/docker.sock"), b"").expect("file");
-    std::os::unix::fs::symlink("/var/run", r.join("tmp/t/link")).expect("link");
+    std::os::unix::fs::symlink("/var/run", r.join("mnt/t/link")).expect("link");
     std::os::unix::fs::symlink("/etc", r.join("srv/link")).expect("link");
     std::os::unix::fs::symlink("../var/run", r.join("srv/rel")).expect("link");
+    // Whatever the umask: no directory of the fixture is writable by others unless a test says so.
+    for d in [
+        "var/run", "var", "mnt/t", "mnt", "srv/app", "srv", "etc", "dev", "",
+    ] {
+        set_mode(&r.join(d), 0o755);
+    }
     root
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 /// The rule and param of a refusal, `None` when allowed.
@@ -346,7 +357,7 @@ fn run_options_table() {
         ),
         (
             "bind symlink abs",
-            bind("/tmp/t/link/docker.sock"),
+            bind("/mnt/t/link/docker.sock"),
             rule("bind_protected", "volumes[0].source"),
         ),
         (
@@ -361,7 +372,7 @@ fn run_options_table() {
         ),
         (
             "bind missing then ..",
-            bind("/tmp/t/nope/../link/docker.sock"),
+            bind("/mnt/t/nope/../link/docker.sock"),
             rule("bind_protected", "volumes[0].source"),
         ),
         (
@@ -415,7 +426,12 @@ fn run_options_table() {
             rule("bind_relative", "volumes[0].source"),
         ),
         ("bind ok", bind("/srv/app"), None),
-        ("bind tmp ok", bind("/tmp/t/data"), None),
+        ("bind mnt ok", bind("/mnt/t/data"), None),
+        (
+            "bind tmp outside the defaults",
+            bind("/tmp/t"),
+            rule("bind_outside_roots", "volumes[0].source"),
+        ),
         ("bind base ok", bind("/srv/tomo/app"), None),
         ("named volume", bind("data"), None),
         (
@@ -650,13 +666,169 @@ fn the_agent_data_dir_is_never_bound() {
     );
 }
 
+/// Issue 12.1: binding the parent of the agent's data directory exposed its key; a directory
+/// that holds a protected path (as written, or where a symlink moved it) is refused too.
+#[test]
+fn ancestors_of_protected_paths_are_never_bound() {
+    let root = host();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("var/lib")).expect("mkdir");
+    std::fs::create_dir_all(r.join("srv/docker/volumes")).expect("mkdir");
+    std::os::unix::fs::symlink("/srv/docker", r.join("var/lib/docker")).expect("link");
+    let text = r#"protected = ["/opt/tomo-dev"]"#;
+    let policy = HostPolicy::from_toml(text, Path::new("p.toml"), Path::new(BASE))
+        .expect("policy")
+        .protect(Path::new("/data/agent"));
+    let cases: Vec<Case<RunParams>> = vec![
+        (
+            "agent dir parent",
+            bind("/data"),
+            rule("bind_protected", "volumes[0].source"),
+        ),
+        (
+            "agent dir parent, spelt",
+            bind("/data/x/../"),
+            rule("bind_protected", "volumes[0].source"),
+        ),
+        (
+            "agent dir",
+            bind("/data/agent"),
+            rule("bind_protected", "volumes[0].source"),
+        ),
+        (
+            "agent key",
+            bind("/data/agent/agent.key"),
+            rule("bind_protected", "volumes[0].source"),
+        ),
+        ("beside the agent dir", bind("/data/app"), None),
+        (
+            "policy's protected parent",
+            bind("/opt"),
+            rule("bind_protected", "volumes[0].source"),
+        ),
+        (
+            "policy's protected inside",
+            bind("/opt/tomo-dev/server/tomo.db"),
+            rule("bind_protected", "volumes[0].source"),
+        ),
+        ("beside it", bind("/opt/app"), None),
+        (
+            "moved docker root's parent",
+            bind("/srv"),
+            rule("bind_protected", "volumes[0].source"),
+        ),
+        (
+            "moved docker root",
+            bind("/srv/docker/volumes"),
+            rule("bind_protected", "volumes[0].source"),
+        ),
+        ("beside the docker root", bind("/srv/app"), None),
+    ];
+    for (name, p, want) in cases {
+        assert_eq!(outcome(check_run(&p, &policy, r)), want, "case {name}");
+    }
+    let e = check_run(&bind("/data"), &policy, r).expect_err("parent");
+    assert!(
+        e.message.contains("holds the protected /data/agent"),
+        "{}",
+        e.message
+    );
+    assert!(
+        HostPolicy::from_toml(
+            r#"protected = ["rel"]"#,
+            Path::new("p.toml"),
+            Path::new(BASE)
+        )
+        .is_err()
+    );
+}
+
+/// Issue 12.1: any local user can plant a symlink in a directory others can write to (`/tmp`);
+/// a source that crosses one is refused unless the policy file names its root.
+#[test]
+fn sources_crossing_directories_others_can_write_are_refused() {
+    let root = host();
+    let r = root.path();
+    for (dir, mode) in [("srv/sticky", 0o1777), ("srv/open", 0o777)] {
+        std::fs::create_dir_all(r.join(dir).join("app")).expect("mkdir");
+        set_mode(&r.join(dir), mode);
+    }
+    std::os::unix::fs::symlink("/srv/sticky/app", r.join("srv/via")).expect("link");
+    let blocked = rule("bind_open_dir", "volumes[0].source");
+    let cases: Vec<Case<RunParams>> = vec![
+        (
+            "under a sticky open dir",
+            bind("/srv/sticky/app"),
+            blocked.clone(),
+        ),
+        ("under an open dir", bind("/srv/open/app"), blocked.clone()),
+        (
+            "through a symlink into one",
+            bind("/srv/via"),
+            blocked.clone(),
+        ),
+        ("the open dir itself", bind("/srv/open"), None),
+        ("elsewhere", bind("/srv/app"), None),
+    ];
+    for (name, p, want) in cases {
+        assert_eq!(outcome(check_run(&p, &defaults(), r)), want, "case {name}");
+    }
+    let text = r#"bind_roots = ["/srv/sticky"]"#;
+    let named = HostPolicy::from_toml(text, Path::new("p.toml"), Path::new(BASE)).expect("policy");
+    assert_eq!(
+        outcome(check_run(&bind("/srv/sticky/app"), &named, r)),
+        None
+    );
+    // The volume base is a root, but not one the policy file names.
+    assert_eq!(
+        outcome(check_run(
+            &bind("/srv/open/app"),
+            &defaults_with_base("/srv/open"),
+            r
+        )),
+        blocked
+    );
+}
+
+fn defaults_with_base(base: &str) -> HostPolicy {
+    HostPolicy::default_for(Path::new(base))
+}
+
+/// Issue 12.1: a directory holding a root-owned host socket handed it to the container.
+#[test]
+fn directories_holding_sockets_are_never_bound() {
+    let root = host();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("srv/app/run/deep")).expect("mkdir");
+    assert_eq!(outcome(check_run(&bind("/srv/app"), &defaults(), r)), None);
+    let _listener =
+        std::os::unix::net::UnixListener::bind(r.join("srv/app/run/deep/x.sock")).expect("socket");
+    for source in ["/srv/app", "/srv/app/run"] {
+        let e = check_run(&bind(source), &defaults(), r).expect_err("holds a socket");
+        assert_eq!(
+            e.data,
+            Some(json!({"rule": "bind_contents", "param": "volumes[0].source"})),
+            "{source}"
+        );
+        assert!(
+            e.message.contains("/srv/app/run/deep/x.sock"),
+            "{}",
+            e.message
+        );
+    }
+    assert_eq!(
+        outcome(check_run(&bind("/srv/app/other"), &defaults(), r)),
+        None
+    );
+}
+
 #[test]
 fn sockets_and_devices_are_never_bound() {
     let root = host();
-    let sock = root.path().join("tmp/t/s.sock");
+    let sock = root.path().join("mnt/t/s.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("socket");
     assert_eq!(
-        outcome(check_run(&bind("/tmp/t/s.sock"), &defaults(), root.path())),
+        outcome(check_run(&bind("/mnt/t/s.sock"), &defaults(), root.path())),
         rule("bind_protected", "volumes[0].source")
     );
 }
@@ -697,7 +869,7 @@ fn volume_create_options() {
             rule("bind_protected", "driver_opts.device"),
         ),
         (
-            create(None, &[("o", "bind"), ("device", "/tmp/t/link")]),
+            create(None, &[("o", "bind"), ("device", "/mnt/t/link")]),
             rule("bind_protected", "driver_opts.device"),
         ),
         (
@@ -1154,6 +1326,89 @@ async fn existing_containers_are_checked_whole() {
         e.data,
         Some(json!({"rule": "image", "param": "Config.Image"}))
     );
+}
+
+/// Issue 12.1: a start judges the container's mounts again, as they resolve now: a bind
+/// source swapped for a symlink to `/etc` since `run` is refused, in each place Docker keeps it.
+#[tokio::test]
+async fn a_start_judges_every_mount_again() {
+    let root = host();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("srv/data")).expect("mkdir");
+    let mut lookup = fake();
+    let policy = defaults();
+    let binds = |source: &str| HostConfig {
+        binds: Some(vec![format!("{source}:/x:ro")]),
+        ..Default::default()
+    };
+    let mount = |source: &str| HostConfig {
+        mounts: Some(vec![Mount {
+            typ: Some(MountTypeEnum::BIND),
+            source: Some(source.into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let point = |source: &str| MountPoint {
+        typ: Some(MountPointTypeEnum::BIND),
+        source: Some(source.into()),
+        ..Default::default()
+    };
+    lookup
+        .containers
+        .insert("b".into(), container(binds("/srv/data"), vec![]));
+    lookup
+        .containers
+        .insert("m".into(), container(mount("/srv/data"), vec![]));
+    lookup.containers.insert(
+        "p".into(),
+        container(HostConfig::default(), vec![point("/srv/data")]),
+    );
+    lookup.containers.insert(
+        "caps".into(),
+        container(
+            HostConfig {
+                cap_add: Some(vec!["SYS_ADMIN".into()]),
+                ..Default::default()
+            },
+            vec![],
+        ),
+    );
+    let cases = [
+        ("b", "HostConfig.Binds[0]"),
+        ("m", "HostConfig.Mounts[0].Source"),
+        ("p", "Mounts[0].Source"),
+    ];
+    for (name, _) in cases {
+        assert!(
+            check_start(name, &policy, r, &lookup).await.is_ok(),
+            "{name} before"
+        );
+    }
+    std::fs::remove_dir(r.join("srv/data")).expect("rmdir");
+    std::os::unix::fs::symlink("/etc", r.join("srv/data")).expect("link");
+    for (name, param) in cases {
+        let e = check_start(name, &policy, r, &lookup)
+            .await
+            .expect_err("swapped");
+        assert_eq!(
+            e.data,
+            Some(json!({"rule": "bind_protected", "param": param})),
+            "{name}"
+        );
+        assert!(e.message.starts_with("container c: "), "{}", e.message);
+    }
+    // A volume that binds a host path is judged as it is now too.
+    let e = check_binds(&lookup.containers["evilvol"], &policy, r, &lookup)
+        .await
+        .expect_err("the volume binds the socket");
+    assert_eq!(e.code, code::CONTAINER_BLOCKED, "{}", e.message);
+    // Only what is mounted is judged at a start: other options are update's business.
+    assert!(check_start("caps", &policy, r, &lookup).await.is_ok());
+    let e = check_start("missing", &policy, r, &lookup)
+        .await
+        .expect_err("none");
+    assert_eq!(e.code, code::NOT_FOUND);
 }
 
 #[test]

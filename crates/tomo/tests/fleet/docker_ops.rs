@@ -33,6 +33,17 @@ impl Env {
         cfg.docker = Endpoint::from_env();
         let volumes = tempfile::tempdir().expect("tempdir");
         cfg.volume_base = volumes.path().join("base");
+        // The scratch directory is under /tmp, which others can write to: a bind source there
+        // is allowed only under a root the host policy names itself.
+        let policy = volumes.path().join("policy.toml");
+        let text = format!(
+            "bind_roots = [{:?}]\n",
+            volumes.path().display().to_string()
+        );
+        std::fs::write(&policy, text).expect("policy");
+        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+        std::fs::set_permissions(&policy, mode).expect("policy mode");
+        cfg.policy_path = Some(policy);
         let mut agent = RunningAgent::spawn(cfg);
         let host = agent.online().await;
         Some(Self {
