@@ -1356,12 +1356,12 @@ async fn a_start_judges_every_mount_again() {
     };
     lookup
         .containers
-        .insert("b".into(), container(binds("/srv/data"), vec![]));
+        .insert("bind".into(), container(binds("/srv/data"), vec![]));
     lookup
         .containers
-        .insert("m".into(), container(mount("/srv/data"), vec![]));
+        .insert("mount".into(), container(mount("/srv/data"), vec![]));
     lookup.containers.insert(
-        "p".into(),
+        "point".into(),
         container(HostConfig::default(), vec![point("/srv/data")]),
     );
     lookup.containers.insert(
@@ -1375,9 +1375,9 @@ async fn a_start_judges_every_mount_again() {
         ),
     );
     let cases = [
-        ("b", "HostConfig.Binds[0]"),
-        ("m", "HostConfig.Mounts[0].Source"),
-        ("p", "Mounts[0].Source"),
+        ("bind", "HostConfig.Binds[0]"),
+        ("mount", "HostConfig.Mounts[0].Source"),
+        ("point", "Mounts[0].Source"),
     ];
     for (name, _) in cases {
         assert!(
