@@ -28,6 +28,7 @@ use libfuzzer_sys::fuzz_target;
 use tomo_agent::policy::{DEFAULT_BIND_ROOTS, DOCKER_DEFAULT_CAPS, HostPolicy};
 use tomo_agent::validate::{self, Lookup, image, paths};
 use tomo_proto::methods::{MountSpec, RunParams, VolumeBinding};
+use tomo_proto::refs::{ContainerRef, NetworkRef, VolumeRef};
 use tomo_proto::rpc::{RpcError, code};
 
 /// The agent's volume base and data directory in the fuzzed policy.
@@ -90,8 +91,12 @@ fn judge(p: &RunParams) {
         );
     }
     if let Err(e) = &refs {
+        // A name that is not a Docker reference is refused as bad params (issue 12.2).
         assert!(
-            matches!(e.code, code::CONTAINER_BLOCKED | code::NOT_FOUND),
+            matches!(
+                e.code,
+                code::CONTAINER_BLOCKED | code::NOT_FOUND | code::INVALID_PARAMS
+            ),
             "{e:?}"
         );
     }
@@ -301,8 +306,9 @@ struct Engine;
 impl Lookup for Engine {
     fn container(
         &self,
-        name: &str,
+        name: &ContainerRef,
     ) -> impl Future<Output = Result<Option<ContainerInspectResponse>, RpcError>> + Send {
+        let name = name.as_str();
         let hc = |hc: HostConfig| {
             Some(ContainerInspectResponse {
                 host_config: Some(hc),
@@ -334,7 +340,11 @@ impl Lookup for Engine {
         std::future::ready(Ok(c))
     }
 
-    fn volume(&self, name: &str) -> impl Future<Output = Result<Option<Volume>, RpcError>> + Send {
+    fn volume(
+        &self,
+        name: &VolumeRef,
+    ) -> impl Future<Output = Result<Option<Volume>, RpcError>> + Send {
+        let name = name.as_str();
         let v = (name == "bindvol").then(|| Volume {
             name: name.to_owned(),
             driver: "local".to_owned(),
@@ -351,8 +361,9 @@ impl Lookup for Engine {
 
     fn network_driver(
         &self,
-        name: &str,
+        name: &NetworkRef,
     ) -> impl Future<Output = Result<Option<String>, RpcError>> + Send {
+        let name = name.as_str();
         let d = match name {
             "hostnet" => Some("host".to_owned()),
             "appnet" => Some("bridge".to_owned()),
