@@ -33,7 +33,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
-    /// `pending`, `approved`, `denied`, `expired`, `done`, `failed` or `all` (default `pending`).
+    /// `open` (the default: `pending` and `interrupted`, what needs a human), `pending`,
+    /// `approved`, `denied`, `expired`, `done`, `failed`, `interrupted` or `all`.
     status: Option<String>,
     /// At most this many, newest first (default 100, at most 500).
     limit: Option<u32>,
@@ -58,7 +59,9 @@ pub struct DenyBody {
 /// List pending actions.
 ///
 /// An admin token that does not itself require approval sees every action in its scope; any
-/// other token sees its own (to poll them).
+/// other token sees its own (to poll them). By default those that need a human: `pending`, and
+/// `interrupted` (approved, but the control plane stopped while it ran: outcome unknown until
+/// the host's audit record of the call arrives).
 #[utoipa::path(
     get,
     path = "/approvals",
@@ -78,16 +81,22 @@ async fn list(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let status = match q.status.as_deref().unwrap_or("pending") {
-        "all" => None,
-        s => Some(ActionStatus::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "unknown status {s:?}: pending, approved, denied, expired, done, failed or all"
-            ))
-        })?),
+    let one;
+    let statuses: &[ActionStatus] = match q.status.as_deref().unwrap_or("open") {
+        "all" => &[],
+        "open" => approvals::OPEN,
+        s => {
+            one = [ActionStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "unknown status {s:?}: open, pending, approved, denied, expired, done, \
+                     failed, interrupted or all"
+                ))
+            })?];
+            &one
+        }
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
-    let actions = approvals::list(&state, &who, status, limit).await?;
+    let actions = approvals::list(&state, &who, statuses, limit).await?;
     Ok(Json(
         actions.iter().map(|a| approvals::view(&state, a)).collect(),
     ))
@@ -133,7 +142,7 @@ async fn show(
         (status = 200, description = "Approved and run: `status` is `done` (result in `result`) or `failed` (error in `result`).", body = Object),
         (status = 403, description = "`forbidden`: not an admin token, a token that requires approval, or the asking token itself.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such action in the token's scope.", body = ErrorBody),
-        (status = 409, description = "`not_pending`: already decided or expired.", body = ErrorBody),
+        (status = 409, description = "`not_pending`: already decided, expired, or interrupted (never run again).", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]

@@ -16,7 +16,9 @@
 //!   meantime, the action fails instead of running;
 //! - streaming forms (interactive exec, followed logs, pull progress) cannot wait for approval and
 //!   are refused for such tokens;
-//! - `stream.*` control is exempt: it only touches streams the token opened itself.
+//! - `stream.*` control is exempt: it only touches streams the token opened itself;
+//! - an action the control plane stopped in the middle of is `interrupted` at the next start,
+//!   listed again, never run again, and settled from its host's audit ([`interrupted`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,10 @@ use tomo_proto::rpc::Outcome;
 use crate::AppState;
 use crate::api::{ApiError, Principal, rfc3339};
 use crate::store::{ActionStatus, HostRecord, PendingAction, StoreError};
+
+mod interrupted;
+
+pub use interrupted::Interrupted;
 
 /// How long the agent gets for an approved call (pulls and updates take minutes).
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -99,6 +105,7 @@ pub async fn gate(
         decided_at: None,
         decided_by: None,
         result: None,
+        trace_id: None,
     };
     state.store.create_action(&action).await?;
     tracing::info!(action = %action.id, token = %who.0.name, host_id = %host.id, %method,
@@ -228,20 +235,27 @@ async fn host_in_scope(state: &AppState, who: &Principal, host_id: &str) -> Resu
     }
 }
 
+/// What needs a human: actions waiting for a decision, and those interrupted by a stop of the
+/// control plane (their outcome is unknown). `tomo approvals` lists these by default.
+pub const OPEN: &[ActionStatus] = &[ActionStatus::Pending, ActionStatus::Interrupted];
+
 /// Actions the caller may see, newest first: a decider's whole queue (in scope), anyone
-/// else's own.
+/// else's own. A non-empty `statuses` keeps those only.
 pub async fn list(
     state: &AppState,
     who: &Principal,
-    status: Option<ActionStatus>,
+    statuses: &[ActionStatus],
     limit: u32,
 ) -> Result<Vec<PendingAction>, ApiError> {
     state.store.expire_actions(now_ms()).await?;
     if !is_decider(who) {
-        return Ok(state.store.actions(status, Some(&who.0.id), limit).await?);
+        return Ok(state
+            .store
+            .actions(statuses, Some(&who.0.id), limit)
+            .await?);
     }
     let mut out = Vec::new();
-    for a in state.store.actions(status, None, limit).await? {
+    for a in state.store.actions(statuses, None, limit).await? {
         if host_in_scope(state, who, &a.host_id).await? {
             out.push(a);
         }
@@ -276,11 +290,17 @@ fn check_decider(who: &Principal, action: &PendingAction) -> Result<(), ApiError
 
 /// A decision that came too late or twice.
 fn not_pending(a: &PendingAction) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "not_pending",
-        format!("action {} is {}, not pending", a.id, a.status.as_str()),
-    )
+    let message = if a.status == ActionStatus::Interrupted {
+        format!(
+            "action {} was interrupted: the control plane stopped while it ran on host {}, so \
+             whether it ran is unknown (its host's audit record settles it: tomo audit --host {}); \
+             it cannot be decided or run again: ask for it again if it must run",
+            a.id, a.host_id, a.host_id
+        )
+    } else {
+        format!("action {} is {}, not pending", a.id, a.status.as_str())
+    };
+    ApiError::new(StatusCode::CONFLICT, "not_pending", message)
 }
 
 /// Approves and runs the action; answers when it has run (done or failed). The call runs in
@@ -297,9 +317,22 @@ pub async fn approve(
         return Err(not_pending(&action));
     }
     let now = now_ms();
+    // Stored with the decision: the host audits the call under it, which settles the action
+    // if the control plane stops before the answer (see `interrupted`).
+    let trace = who
+        .1
+        .clone()
+        .unwrap_or_else(|| tomo_common::hex(&tomo_common::random_bytes::<8>()));
     if !state
         .store
-        .decide_action(id, ActionStatus::Approved, &who.0.name, now, None)
+        .decide_action(
+            id,
+            ActionStatus::Approved,
+            &who.0.name,
+            now,
+            None,
+            Some(&trace),
+        )
         .await?
     {
         return Err(not_pending(&get(state, who, id).await?));
@@ -309,7 +342,7 @@ pub async fn approve(
         Arc::clone(state),
         action,
         who.0.name.clone(),
-        who.1.clone(),
+        Some(trace),
     ));
     if let Err(e) = run.await {
         tracing::error!(action = %id, error = %e, "approved action task failed");
@@ -421,6 +454,7 @@ pub async fn deny(
             &who.0.name,
             now_ms(),
             result.as_ref(),
+            None,
         )
         .await?
     {

@@ -153,7 +153,10 @@ pub async fn writer(state: Arc<AppState>, mut rx: tokio::sync::mpsc::Receiver<Pe
 
 pub async fn on_agent_record(state: &AppState, host_id: &str, params: &str) {
     match serde_json::from_str::<AuditRecord>(params) {
-        Ok(r) => ingest(state, Some(host_id), &r).await,
+        Ok(r) => {
+            state.interrupted.observe(&*state.store, host_id, &r).await;
+            ingest(state, Some(host_id), &r).await
+        }
         Err(e) => tracing::warn!(host_id, error = %e, "malformed audit.record ignored"),
     }
 }

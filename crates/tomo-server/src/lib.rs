@@ -93,6 +93,8 @@ pub struct AppState {
     pub samples: samples::Samples,
     /// Seals the params of pending actions (`<data>/seal.key`, see `sealer`).
     pub sealer: sealer::ParamSealer,
+    /// Approved actions a stop interrupted, waiting for their host's audit (issue 13.2).
+    pub interrupted: approvals::Interrupted,
 }
 
 /// Startup failures.
@@ -155,6 +157,8 @@ impl Server {
         let sealer = sealer::ParamSealer::load_or_create(&config.data_dir)?;
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&config.data_dir.join("tomo.db")).await?);
+        // Nothing runs yet: an action still `approved` was cut by the last stop.
+        let interrupted = approvals::Interrupted::recover(&*store).await?;
         let first_admin_token = if store.count_tokens().await? == 0 {
             Some(
                 auth::mint_token(&*store, "admin", Level::Admin, None)
@@ -199,6 +203,7 @@ impl Server {
             last_use: auth::LastUse::default(),
             mcp_limits: mcp::RateLimits::default(),
             sealer,
+            interrupted,
         });
         Ok(Self {
             state,

@@ -19,7 +19,8 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// `tomo approvals [--status S]`.
+/// `tomo approvals [--status S]`: by default what needs a human, pending actions and those
+/// interrupted by a stop of the control plane (outcome unknown, never run again).
 pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
     let api = Api::from_args(args)?;
     let v = api
@@ -49,9 +50,25 @@ pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> 
         })
         .collect();
     if rows.is_empty() {
-        eprintln!("no {status} actions");
+        if status == "open" {
+            eprintln!("no pending or interrupted actions");
+        } else {
+            eprintln!("no {status} actions");
+        }
     } else {
         table(&["ID", "STATUS", "ASKED BY", "EXPIRES", "ACTION"], &rows);
+        let interrupted = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["status"] == "interrupted");
+        if interrupted {
+            eprintln!(
+                "interrupted: the control plane stopped while the action ran; whether it ran is \
+                 unknown until the host's audit record of it arrives (tomo approvals show ID, \
+                 tomo audit --host HOST); it is never run again"
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -283,8 +283,9 @@ enum Command {
     Approvals {
         #[command(subcommand)]
         show: Option<ApprovalsCommand>,
-        /// pending, approved, denied, expired, done, failed or all.
-        #[arg(long, default_value = "pending")]
+        /// open (pending and interrupted: what needs a human), pending, approved, denied,
+        /// expired, done, failed, interrupted or all.
+        #[arg(long, default_value = "open")]
         status: String,
         #[command(flatten)]
         client: ClientArgs,

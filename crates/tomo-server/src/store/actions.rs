@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::StoreError;
+use super::{StoreError, StoredAudit};
 
 /// Where a pending action is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -24,6 +24,10 @@ pub enum ActionStatus {
     Done,
     /// Approved but the call failed; `result` holds the error.
     Failed,
+    /// Approved and running when the control plane stopped (issue 13.2): whether it ran on the
+    /// host is unknown until the host's audit record of it arrives, which moves it to `Done` or
+    /// `Failed`. Never decided or run again.
+    Interrupted,
 }
 
 impl ActionStatus {
@@ -35,6 +39,7 @@ impl ActionStatus {
             Self::Expired => "expired",
             Self::Done => "done",
             Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
         }
     }
 
@@ -46,11 +51,12 @@ impl ActionStatus {
             "expired" => Self::Expired,
             "done" => Self::Done,
             "failed" => Self::Failed,
+            "interrupted" => Self::Interrupted,
             _ => return None,
         })
     }
 
-    /// No decision or run will change it again.
+    /// No decision, run or audit record will change it again.
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -77,8 +83,12 @@ pub struct PendingAction {
     pub expires_at: i64,
     pub decided_at: Option<i64>,
     pub decided_by: Option<String>,
-    /// The method's result (`Done`), the error (`Failed`) or the denial reason (`Denied`).
+    /// The method's result (`Done`), the error (`Failed`), the denial reason (`Denied`), or
+    /// what is known of an `Interrupted` action.
     pub result: Option<Value>,
+    /// The trace id its call carried to the host once approved: the host's audit record of the
+    /// call has it.
+    pub trace_id: Option<String>,
 }
 
 /// Storage of pending actions.
@@ -86,16 +96,17 @@ pub struct PendingAction {
 pub trait ActionStore: Send + Sync {
     async fn create_action(&self, action: &PendingAction) -> Result<(), StoreError>;
     async fn action(&self, id: &str) -> Result<PendingAction, StoreError>;
-    /// Newest first, at most `limit`; `status: Some(s)` keeps those only, `token: Some(id)`
+    /// Newest first, at most `limit`; a non-empty `statuses` keeps those only, `token: Some(id)`
     /// those asked by that token only.
     async fn actions(
         &self,
-        status: Option<ActionStatus>,
+        statuses: &[ActionStatus],
         token: Option<&str>,
         limit: u32,
     ) -> Result<Vec<PendingAction>, StoreError>;
     /// Moves a pending, unexpired action to `to` (approved or denied), atomically: of two
     /// decisions racing exactly one wins. `false` when it was not pending (or had expired).
+    /// `trace` is the trace id the approved call will carry.
     async fn decide_action(
         &self,
         id: &str,
@@ -103,6 +114,7 @@ pub trait ActionStore: Send + Sync {
         by: &str,
         now: i64,
         result: Option<&Value>,
+        trace: Option<&str>,
     ) -> Result<bool, StoreError>;
     /// Marks pending actions whose time ran out as expired; returns how many.
     async fn expire_actions(&self, now: i64) -> Result<u64, StoreError>;
@@ -113,4 +125,23 @@ pub trait ActionStore: Send + Sync {
         to: ActionStatus,
         result: &Value,
     ) -> Result<(), StoreError>;
+    /// Marks every action still `approved` as interrupted, with `result` (called at start,
+    /// when no action can be running); returns them.
+    async fn interrupt_actions(&self, result: &Value) -> Result<Vec<PendingAction>, StoreError>;
+    /// Records what the host's audit says of an interrupted action: `to` is `Done` or
+    /// `Failed`, or `Interrupted` to only replace `result`. `false` when it was not interrupted.
+    async fn settle_interrupted(
+        &self,
+        id: &str,
+        to: ActionStatus,
+        result: &Value,
+    ) -> Result<bool, StoreError>;
+    /// The audit records of `host_id` carrying `trace_id`, received from `since` on, oldest
+    /// first (at most 16).
+    async fn audit_of_trace(
+        &self,
+        host_id: &str,
+        trace_id: &str,
+        since: i64,
+    ) -> Result<Vec<StoredAudit>, StoreError>;
 }

@@ -1,14 +1,14 @@
-//! [`ActionStore`] on SQLite (table `pending_actions`, migration 0005).
+//! [`ActionStore`] on SQLite (table `pending_actions`, migrations 0005 and 0006).
 
 use serde_json::Value;
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 
 use super::{SqliteStore, db};
-use crate::store::StoreError;
 use crate::store::actions::{ActionStatus, ActionStore, PendingAction};
+use crate::store::{StoreError, StoredAudit};
 
-const COLUMNS: &str = "id, token_id, token_name, host_id, method, params, summary, status, created_at, expires_at, decided_at, decided_by, result";
+const COLUMNS: &str = "id, token_id, token_name, host_id, method, params, summary, status, created_at, expires_at, decided_at, decided_by, result, trace_id";
 
 fn json_column(r: &SqliteRow, name: &str) -> Result<Option<Value>, StoreError> {
     let text: Option<String> = r.try_get(name).map_err(db)?;
@@ -33,6 +33,7 @@ fn action_row(r: &SqliteRow) -> Result<PendingAction, StoreError> {
         decided_at: r.try_get("decided_at").map_err(db)?,
         decided_by: r.try_get("decided_by").map_err(db)?,
         result: json_column(r, "result")?,
+        trace_id: r.try_get("trace_id").map_err(db)?,
     })
 }
 
@@ -40,7 +41,7 @@ fn action_row(r: &SqliteRow) -> Result<PendingAction, StoreError> {
 impl ActionStore for SqliteStore {
     async fn create_action(&self, a: &PendingAction) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "INSERT INTO pending_actions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO pending_actions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&a.id)
         .bind(&a.token_id)
@@ -55,6 +56,7 @@ impl ActionStore for SqliteStore {
         .bind(a.decided_at)
         .bind(&a.decided_by)
         .bind(a.result.as_ref().map(Value::to_string))
+        .bind(&a.trace_id)
         .execute(&self.writer)
         .await
         .map_err(db)?;
@@ -74,16 +76,21 @@ impl ActionStore for SqliteStore {
 
     async fn actions(
         &self,
-        status: Option<ActionStatus>,
+        statuses: &[ActionStatus],
         token: Option<&str>,
         limit: u32,
     ) -> Result<Vec<PendingAction>, StoreError> {
+        // The statuses as a JSON array, so that one statement takes any number of them.
+        let statuses = (!statuses.is_empty()).then(|| {
+            Value::from(statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>()).to_string()
+        });
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM pending_actions \
-             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR token_id = ?2) \
+             WHERE (?1 IS NULL OR status IN (SELECT value FROM json_each(?1))) \
+               AND (?2 IS NULL OR token_id = ?2) \
              ORDER BY created_at DESC, id LIMIT ?3"
         ))
-        .bind(status.map(ActionStatus::as_str))
+        .bind(statuses)
         .bind(token)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -99,15 +106,17 @@ impl ActionStore for SqliteStore {
         by: &str,
         now: i64,
         result: Option<&Value>,
+        trace: Option<&str>,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE pending_actions SET status = ?, decided_by = ?, decided_at = ?, result = ? \
-             WHERE id = ? AND status = 'pending' AND expires_at > ?",
+            "UPDATE pending_actions SET status = ?, decided_by = ?, decided_at = ?, result = ?, \
+             trace_id = ? WHERE id = ? AND status = 'pending' AND expires_at > ?",
         )
         .bind(to.as_str())
         .bind(by)
         .bind(now)
         .bind(result.map(Value::to_string))
+        .bind(trace)
         .bind(id)
         .bind(now)
         .execute(&self.writer)
@@ -144,5 +153,67 @@ impl ActionStore for SqliteStore {
         .await
         .map_err(db)?;
         Ok(())
+    }
+
+    async fn interrupt_actions(&self, result: &Value) -> Result<Vec<PendingAction>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE pending_actions SET status = 'interrupted', result = ? \
+             WHERE status = 'approved' RETURNING {COLUMNS}"
+        ))
+        .bind(result.to_string())
+        .fetch_all(&self.writer)
+        .await
+        .map_err(db)?;
+        rows.iter().map(action_row).collect()
+    }
+
+    async fn settle_interrupted(
+        &self,
+        id: &str,
+        to: ActionStatus,
+        result: &Value,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE pending_actions SET status = ?, result = ? \
+             WHERE id = ? AND status = 'interrupted'",
+        )
+        .bind(to.as_str())
+        .bind(result.to_string())
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn audit_of_trace(
+        &self,
+        host_id: &str,
+        trace_id: &str,
+        since: i64,
+    ) -> Result<Vec<StoredAudit>, StoreError> {
+        // `audit_received` bounds the scan to what arrived since the action was approved.
+        let rows = sqlx::query(
+            "SELECT id, host_id, at_ms, received_at, record FROM audit \
+             WHERE received_at >= ? AND host_id = ? \
+               AND json_extract(record, '$.trace_id') = ? ORDER BY id ASC LIMIT 16",
+        )
+        .bind(since)
+        .bind(host_id)
+        .bind(trace_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredAudit {
+                    id: r.try_get("id").map_err(db)?,
+                    host_id: r.try_get("host_id").map_err(db)?,
+                    at_ms: r.try_get("at_ms").map_err(db)?,
+                    received_at: r.try_get("received_at").map_err(db)?,
+                    record: r.try_get("record").map_err(db)?,
+                })
+            })
+            .collect()
     }
 }
