@@ -3,9 +3,18 @@
 //! `audit.record` notification while a session is up.
 //!
 //! The local file is the record that always exists: a record is written there first, then offered
-//! to the session's bounded queue; when the queue is full or no session is up it stays in the file
-//! only (counted by [`Auditor::dropped`] and [`Auditor::unsent`]). Auditing never fails a request:
-//! a write failure is logged (at most once a minute) and counted.
+//! to the session's bounded queue; when the queue is full it stays in the file only (counted by
+//! [`Auditor::dropped`]); made while no session is up (counted by [`Auditor::unsent`]), the last
+//! [`QUEUE`] of them wait in memory and go to the next session first.
+//!
+//! A command (execute or admin level) is recorded twice (issue 13.3): its admission
+//! ([`Auditor::admit`], outcome `admitted`), written and flushed to disk before its handler runs,
+//! and its outcome ([`Admission::finish`]) under the same `admission_id`. A command whose
+//! admission cannot be written is not run: that is the one audit failure that fails a request.
+//! An admission left without an outcome — the request's task dropped, or the agent killed — gets
+//! an outcome record `unknown`: at once when the task is dropped, else when an auditor next opens
+//! the directory ([`Auditor::new`]). Any other write failure is logged (at most once a minute) and
+//! counted, and the request goes on.
 //!
 //! The file (mode 0600) is rotated by size: a record that would take it past `max_bytes` first
 //! moves it to `audit.log.1` (`.1` to `.2` …, the oldest of `keep` rotated files deleted). Each
@@ -15,12 +24,13 @@
 //!
 //! [`redact_params`] is what goes into a record's `params`: see its documentation for the rules.
 
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -40,8 +50,12 @@ pub const FILE_NAME: &str = "audit.log";
 pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
 /// Rotated files kept (`audit.log.1` … `audit.log.5`).
 pub const DEFAULT_KEEP: usize = 5;
-/// Records queued for the control plane per session before new ones stay in the file only.
+/// Records queued for the control plane per session before new ones stay in the file only; also
+/// the most kept in memory, while no session is up, for the next one.
 pub const QUEUE: usize = 1024;
+/// The error of an outcome `unknown`: the agent stopped before the handler ended.
+pub const UNKNOWN_OUTCOME: &str = "the agent stopped (killed, crashed or shut down) before the \
+    command's handler ended: whether it took effect is unknown; check the host";
 /// Longest record line; a record whose params make it longer loses its params (marked).
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// At most one warning per this interval about a failing audit log.
@@ -55,6 +69,8 @@ pub struct Auditor {
     keep: usize,
     file: Mutex<LogFile>,
     session: Mutex<Option<mpsc::Sender<AuditRecord>>>,
+    /// Records made while no session was up, oldest first, for the next session.
+    backlog: Mutex<VecDeque<AuditRecord>>,
     dropped: AtomicU64,
     unsent: AtomicU64,
     write_failures: AtomicU64,
@@ -89,25 +105,76 @@ impl std::fmt::Debug for Auditor {
 }
 
 impl Auditor {
-    /// An auditor writing `<data_dir>/audit.log` with the default limits. Nothing is opened
-    /// before the first record.
+    /// An auditor writing `<data_dir>/audit.log` with the default limits. Admissions an earlier
+    /// process left without an outcome get their `unknown` outcome record now (see
+    /// [`Auditor::recover`]).
     pub fn new(data_dir: &Path) -> Self {
         Self::with_limits(data_dir, DEFAULT_MAX_BYTES, DEFAULT_KEEP)
     }
 
     /// An auditor rotating past `max_bytes` and keeping `keep` rotated files.
     pub fn with_limits(data_dir: &Path, max_bytes: u64, keep: usize) -> Self {
-        Self {
+        let this = Self {
             path: data_dir.join(FILE_NAME),
             max_bytes,
             keep,
             file: Mutex::new(LogFile::default()),
             session: Mutex::new(None),
+            backlog: Mutex::new(VecDeque::new()),
             dropped: AtomicU64::new(0),
             unsent: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
             warned: Mutex::new(Warned::default()),
+        };
+        match this.recover() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                path = %this.path.display(),
+                commands = n,
+                "commands were admitted but the agent stopped before they ended; recorded their outcome as unknown"
+            ),
+            Err(e) => tracing::warn!(path = %this.path.display(), error = %e,
+                "cannot read the audit log to find commands left without an outcome"),
         }
+        this
+    }
+
+    /// Appends an outcome record `unknown` for every admission in the log (the current file
+    /// and the last rotated one) that has no outcome record; returns how many. A missing log
+    /// has none.
+    pub fn recover(&self) -> std::io::Result<usize> {
+        let mut open: Vec<AuditRecord> = Vec::new();
+        let mut ended: HashSet<String> = HashSet::new();
+        for path in [self.rotated(1), self.path.clone()] {
+            let text = match std::fs::read(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for line in text.split(|b| *b == b'\n') {
+                let Ok(r) = serde_json::from_slice::<AuditRecord>(line) else {
+                    continue;
+                };
+                let Some(id) = r.admission_id.clone() else {
+                    continue;
+                };
+                if r.outcome == ADMITTED {
+                    open.push(r);
+                } else {
+                    ended.insert(id);
+                }
+            }
+        }
+        open.retain(|r| {
+            r.admission_id
+                .as_ref()
+                .is_some_and(|id| !ended.contains(id))
+        });
+        let n = open.len();
+        for r in open {
+            self.record(unknown_outcome(r, 0));
+        }
+        Ok(n)
     }
 
     /// The queue a session forwards with [`forward`]: attach its sender with
@@ -121,9 +188,16 @@ impl Auditor {
         &self.path
     }
 
-    /// Offers the following records to `tx` (a session's queue), replacing any earlier one.
+    /// Offers the following records to `tx` (a session's queue), replacing any earlier one;
+    /// the records made while no session was up go first.
     pub fn attach(&self, tx: mpsc::Sender<AuditRecord>) {
-        *lock(&self.session) = Some(tx);
+        let mut session = lock(&self.session);
+        for r in lock(&self.backlog).drain(..) {
+            if tx.try_send(r).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        *session = Some(tx);
     }
 
     /// Stops offering records to the control plane (the session ended).
@@ -159,20 +233,66 @@ impl Auditor {
         self.offer(record);
     }
 
+    /// Records the admission of a command, before its handler runs: written and flushed to
+    /// disk, then offered to the session. `record` is the request's record (its outcome is
+    /// replaced by `admitted`). An error means the admission is not on disk: the command must not
+    /// run. Dropping the [`Admission`] without [`Admission::finish`] records outcome `unknown`.
+    pub async fn admit(self: &Arc<Self>, mut record: AuditRecord) -> std::io::Result<Admission> {
+        record.outcome = ADMITTED.into();
+        record.admission_id = Some(tomo_common::hex(&tomo_common::random_bytes::<8>()));
+        record.error = None;
+        let (record, line) = fit(record);
+        let this = Arc::clone(self);
+        // Writing and flushing wait for the disk: off the async workers.
+        let written = tokio::task::spawn_blocking(move || this.append_durably(&line))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = written {
+            self.write_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        self.offer(record.clone());
+        Ok(Admission {
+            auditor: Arc::clone(self),
+            admitted: Some(record),
+            started: Instant::now(),
+        })
+    }
+
     fn offer(&self, record: AuditRecord) {
-        let tx = lock(&self.session).clone();
-        let Some(tx) = tx else {
-            self.unsent.fetch_add(1, Ordering::Relaxed);
-            return;
+        // Held throughout, so that a record cannot miss both the backlog `attach` drains and the
+        // session it attaches.
+        let session = lock(&self.session);
+        let Some(tx) = session.as_ref() else {
+            return self.keep_for_later(record);
         };
         match tx.try_send(record) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.unsent.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(mpsc::error::TrySendError::Closed(r)) => self.keep_for_later(r),
+        }
+    }
+
+    /// No session: the record waits for the next one (the oldest goes past [`QUEUE`]).
+    fn keep_for_later(&self, record: AuditRecord) {
+        self.unsent.fetch_add(1, Ordering::Relaxed);
+        let mut backlog = lock(&self.backlog);
+        if backlog.len() >= QUEUE {
+            backlog.pop_front();
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        backlog.push_back(record);
+    }
+
+    /// [`Self::append`], then flushes the file's data to the disk.
+    fn append_durably(&self, line: &str) -> std::io::Result<()> {
+        self.append(line)?;
+        let log = lock(&self.file);
+        match log.file.as_ref() {
+            Some(f) => f.sync_data(),
+            None => Err(std::io::Error::other("audit log not open")),
         }
     }
 
@@ -286,6 +406,91 @@ impl Auditor {
     }
 }
 
+/// A request's record before its decision: who asked (from `meta`), the method and params; the
+/// caller fills in the decision and outcome.
+pub fn request_record(
+    meta: Option<&tomo_proto::rpc::RequestMeta>,
+    method: &str,
+    params: Option<Value>,
+) -> AuditRecord {
+    AuditRecord {
+        at_ms: tomo_common::now_ms(),
+        trace_id: meta.and_then(|m| m.trace_id.clone()),
+        principal: meta.and_then(|m| m.principal.clone()),
+        role: meta.and_then(|m| m.role),
+        method: method.to_owned(),
+        params,
+        decision: "allowed".into(),
+        reason: None,
+        outcome: String::new(),
+        error: None,
+        duration_ms: 0,
+        admission_id: None,
+    }
+}
+
+/// The answer to a command whose admission could not be written: it was not run.
+pub fn unwritable(path: &Path, e: &std::io::Error) -> tomo_proto::rpc::RpcError {
+    tomo_proto::rpc::RpcError::new(
+        tomo_proto::rpc::code::INTERNAL_ERROR,
+        format!(
+            "the agent cannot record this command in its audit log {} ({e}): the command was not \
+             run; free space on the agent's disk (or fix its data directory) and retry",
+            path.display()
+        ),
+    )
+    .with_data(serde_json::json!({"reason": "audit_unwritable"}))
+}
+
+/// The outcome of a command's admission, `admitted`.
+pub const ADMITTED: &str = "admitted";
+
+/// A command's admission on disk, waiting for its outcome.
+#[derive(Debug)]
+pub struct Admission {
+    auditor: Arc<Auditor>,
+    /// `None` once finished.
+    admitted: Option<AuditRecord>,
+    started: Instant,
+}
+
+impl Admission {
+    /// The id shared by the admission and its outcome record.
+    pub fn id(&self) -> Option<&str> {
+        self.admitted
+            .as_ref()
+            .and_then(|r| r.admission_id.as_deref())
+    }
+
+    /// Records the command's outcome (`record`, as [`Auditor::record`] takes it) under the
+    /// admission's id.
+    pub fn finish(mut self, mut record: AuditRecord) {
+        if let Some(admitted) = self.admitted.take() {
+            record.admission_id = admitted.admission_id;
+        }
+        self.auditor.record(record);
+    }
+}
+
+impl Drop for Admission {
+    /// The request's task ended without an outcome (aborted at shutdown, or cancelled).
+    fn drop(&mut self) {
+        if let Some(admitted) = self.admitted.take() {
+            let ms = self.started.elapsed().as_millis() as u64;
+            self.auditor.record(unknown_outcome(admitted, ms));
+        }
+    }
+}
+
+/// The outcome record `unknown` of an admission.
+fn unknown_outcome(mut admitted: AuditRecord, duration_ms: u64) -> AuditRecord {
+    admitted.at_ms = tomo_common::now_ms();
+    admitted.outcome = "unknown".into();
+    admitted.error = Some(UNKNOWN_OUTCOME.into());
+    admitted.duration_ms = duration_ms;
+    admitted
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -378,6 +583,7 @@ mod tests {
             outcome: "ok".into(),
             error: None,
             duration_ms: 1,
+            admission_id: None,
         }
     }
 
@@ -496,17 +702,18 @@ mod tests {
     }
 
     #[test]
-    fn full_queue_or_no_session_means_file_only() {
+    fn a_full_queue_means_file_only_and_records_made_without_a_session_go_to_the_next() {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = Auditor::new(dir.path());
         a.record(rec(0));
         assert_eq!((a.unsent(), a.dropped()), (1, 0));
-        let (tx, mut rx) = mpsc::channel(2);
+        let (tx, mut rx) = mpsc::channel(3);
         a.attach(tx);
         for n in 1..=5 {
             a.record(rec(n));
         }
         assert_eq!(a.dropped(), 3);
+        assert_eq!(rx.try_recv().expect("made before the session").at_ms, 0);
         assert_eq!(rx.try_recv().expect("first").at_ms, 1);
         assert_eq!(rx.try_recv().expect("second").at_ms, 2);
         assert!(rx.try_recv().is_err());
@@ -515,6 +722,97 @@ mod tests {
         assert_eq!((a.unsent(), a.dropped()), (2, 3));
         // Everything is in the file all the same.
         assert_eq!(lines(a.path()).len(), 7);
+        let (tx, mut rx) = mpsc::channel(3);
+        a.attach(tx);
+        assert_eq!(rx.try_recv().expect("made while detached").at_ms, 6);
+    }
+
+    /// Regression test for issue 13.3: a stop and an exec cut by a kill of the agent left no
+    /// record anywhere. The admission is on disk before the handler runs; reopened, an admission
+    /// without its outcome reads `unknown`, once, and goes to the next session.
+    #[tokio::test]
+    async fn an_admission_left_without_outcome_reads_unknown_after_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Arc::new(Auditor::new(dir.path()));
+        let killed = a.admit(rec(1)).await.expect("admitted");
+        let killed_id = killed.id().expect("id").to_owned();
+        // On disk before anything else happens.
+        let on_disk = lines(a.path());
+        assert_eq!(on_disk.len(), 1);
+        assert_eq!(on_disk[0].outcome, ADMITTED);
+        assert_eq!(on_disk[0].admission_id.as_deref(), Some(killed_id.as_str()));
+        let finished = a.admit(rec(2)).await.expect("admitted");
+        let finished_id = finished.id().expect("id").to_owned();
+        finished.finish(rec(2));
+        // Killed: the handler never ended and nothing ran the admission's drop.
+        std::mem::forget(killed);
+        drop(a);
+
+        let b = Auditor::new(dir.path());
+        let all = lines(b.path());
+        let outcomes: Vec<(&str, &str)> = all
+            .iter()
+            .map(|r| (r.admission_id.as_deref().unwrap_or("-"), r.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                (killed_id.as_str(), ADMITTED),
+                (finished_id.as_str(), ADMITTED),
+                (finished_id.as_str(), "ok"),
+                (killed_id.as_str(), "unknown"),
+            ]
+        );
+        let unknown = &all[3];
+        assert_eq!(unknown.error.as_deref(), Some(UNKNOWN_OUTCOME));
+        assert_eq!(
+            (unknown.method.as_str(), unknown.trace_id.as_deref()),
+            ("system.info", Some("t1"))
+        );
+        // The next session gets it.
+        let (tx, mut rx) = Auditor::channel();
+        b.attach(tx);
+        assert_eq!(&rx.try_recv().expect("sent"), unknown);
+        // Reopened again: settled, nothing more.
+        drop(b);
+        let c = Auditor::new(dir.path());
+        assert_eq!(lines(c.path()).len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_admission_records_unknown_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Arc::new(Auditor::new(dir.path()));
+        let admission = a.admit(rec(1)).await.expect("admitted");
+        let id = admission.id().map(str::to_owned);
+        // An aborted request task drops it.
+        drop(admission);
+        let all = lines(a.path());
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[1].outcome.as_str(), &all[1].admission_id),
+            ("unknown", &id)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_admission_that_cannot_be_written_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Nothing can be opened there (as when the disk is full, the write fails).
+        std::fs::create_dir(dir.path().join(FILE_NAME)).expect("dir");
+        let a = Arc::new(Auditor::new(dir.path()));
+        let (tx, mut rx) = Auditor::channel();
+        a.attach(tx);
+        let e = a.admit(rec(1)).await.expect_err("not on disk");
+        assert_eq!(a.write_failures(), 1);
+        assert!(
+            rx.try_recv().is_err(),
+            "an admission not on disk is not announced"
+        );
+        let answer = unwritable(a.path(), &e);
+        assert_eq!(answer.code, tomo_proto::rpc::code::INTERNAL_ERROR);
+        assert!(answer.message.contains("was not run"), "{}", answer.message);
+        assert_eq!(answer.data.expect("data")["reason"], "audit_unwritable");
     }
 
     #[tokio::test]

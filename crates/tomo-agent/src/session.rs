@@ -514,7 +514,8 @@ impl RequestCtx<'_> {
 
 /// Runs one request; `None` for a notification. The request passes the pipeline
 /// ([`crate::pipeline`]) first; a panicking handler becomes -32603 for this request only. Every
-/// decision (refused, or run and how it ended) is audited.
+/// decision (refused, or run and how it ended) is audited; a command's admission is on disk
+/// before its handler runs, or the handler does not run (issue 13.3, [`crate::audit`]).
 async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Option<Response> {
     let id = req.id.clone()?;
     let started = std::time::Instant::now();
@@ -543,9 +544,31 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
                 outcome: denied.error.code.to_string(),
                 error: Some(denied.error.message.clone()),
                 duration_ms: started.elapsed().as_millis() as u64,
+                admission_id: None,
             });
             return Some(Response::err(id, denied.error));
         }
+    };
+    let meta = &admitted.meta;
+    let admission = if admitted.level >= tomo_proto::methods::Level::Execute {
+        let admission = crate::audit::request_record(Some(meta), &req.method, params());
+        match shared.auditor.admit(admission).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let error = crate::audit::unwritable(shared.auditor.path(), &e);
+                tracing::error!(method = %req.method, error = %e, "command refused: its admission cannot be audited");
+                let mut denied = crate::audit::request_record(Some(meta), &req.method, params());
+                denied.decision = "denied".into();
+                denied.reason = Some("audit_unwritable".into());
+                denied.outcome = error.code.to_string();
+                denied.error = Some(error.message.clone());
+                denied.duration_ms = started.elapsed().as_millis() as u64;
+                shared.auditor.record(denied);
+                return Some(Response::err(id, error));
+            }
+        }
+    } else {
+        None
     };
     let cap = ctx.shared.max_response_bytes;
     let fut = dispatcher.call(ctx, &req.method, req.params.as_deref().map(|p| p.get()));
@@ -563,8 +586,7 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         .with_data(serde_json::json!({"reason": "response_too_large"}))),
         other => other,
     };
-    let meta = &admitted.meta;
-    shared.auditor.record(AuditRecord {
+    let record = AuditRecord {
         at_ms: tomo_common::now_ms(),
         trace_id: meta.trace_id.clone(),
         principal: meta.principal.clone(),
@@ -590,7 +612,12 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         },
         error: outcome.as_ref().err().map(|e| e.message.clone()),
         duration_ms: started.elapsed().as_millis() as u64,
-    });
+        admission_id: None,
+    };
+    match admission {
+        Some(a) => a.finish(record),
+        None => shared.auditor.record(record),
+    }
     drop(admitted);
     Some(match outcome {
         Ok(v) => Response::ok(id, v),

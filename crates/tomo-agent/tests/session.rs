@@ -802,3 +802,125 @@ async fn a_welcome_under_another_agents_id_is_refused() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// A "Docker engine" that accepts connections and never answers: commands to it stay in flight.
+fn hung_engine() -> (tempfile::TempDir, Endpoint) {
+    let sock_dir = tempfile::tempdir().expect("tempdir");
+    let sock = sock_dir.path().join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let endpoint = Endpoint::Unix(sock.display().to_string());
+    (sock_dir, endpoint)
+}
+
+/// The params of the next `audit.record` notification whose outcome is `outcome`.
+async fn audit_record(ws: &mut ServerWs, outcome: &str) -> Value {
+    let wait = async {
+        loop {
+            let v: Value = serde_json::from_str(&next_text(ws).await).expect("JSON");
+            if v["method"] == "audit.record" && v["params"]["outcome"] == outcome {
+                return v["params"].clone();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no audit record with outcome {outcome}"))
+}
+
+/// The agent's audit log, one record per line.
+fn audit_log(dir: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("agent").join("audit.log"))
+        .expect("audit.log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a whole record"))
+        .collect()
+}
+
+/// Regression test for issue 13.3: a stop and an exec cut by a kill of the agent left no record
+/// anywhere. A command's admission is on disk and sent before its handler ends; the agent
+/// started again in the same directory records its outcome `unknown` and sends it too.
+#[tokio::test]
+async fn a_command_cut_by_a_kill_is_audited_admitted_then_unknown() {
+    let (_engine, endpoint) = hung_engine();
+    let mut h = start_with(false, endpoint);
+    let mut ws = welcome(&mut h).await;
+    let params = r#"{"container":"x1"}"#;
+    let req = h.req("7", "docker.containers.start", Some(params), "execute");
+    ws.send(Message::text(req)).await.expect("send");
+    let admitted = audit_record(&mut ws, "admitted").await;
+    assert_eq!(admitted["method"], "docker.containers.start", "{admitted}");
+    assert_eq!(admitted["decision"], "allowed", "{admitted}");
+    let id = admitted["admission_id"].clone();
+    assert!(id.is_string(), "{admitted}");
+    // On disk while the handler still waits for the engine.
+    let logged = audit_log(h._dir.path());
+    let of_it: Vec<&Value> = logged.iter().filter(|r| r["admission_id"] == id).collect();
+    assert_eq!(of_it.len(), 1, "{logged:?}");
+    assert_eq!(of_it[0]["outcome"], "admitted");
+
+    // Killed: the agent's task is gone without shutting anything down.
+    h.task.abort();
+    drop(ws);
+    let Harness { _dir, key, .. } = h;
+    let mut h = restart_in(_dir, key);
+    let mut ws = welcome(&mut h).await;
+    let unknown = audit_record(&mut ws, "unknown").await;
+    assert_eq!(unknown["admission_id"], id, "{unknown}");
+    assert_eq!(unknown["method"], "docker.containers.start", "{unknown}");
+    let logged = audit_log(h._dir.path());
+    let outcomes: Vec<&Value> = logged
+        .iter()
+        .filter(|r| r["admission_id"] == id)
+        .map(|r| &r["outcome"])
+        .collect();
+    assert_eq!(
+        outcomes,
+        [&json!("admitted"), &json!("unknown")],
+        "{logged:?}"
+    );
+    h.shutdown.cancel();
+    assert!(h.task.await.expect("join").is_ok());
+}
+
+/// Issue 13.3: a command whose admission cannot be written is not run, with an error that says
+/// so; the refusal still reaches the control plane, and reads go on.
+#[tokio::test]
+async fn a_command_whose_admission_cannot_be_written_is_not_run() {
+    let mut h = start(false);
+    let mut ws = welcome(&mut h).await;
+    // The log cannot be opened for writing (as on a full disk, where the write fails).
+    std::fs::create_dir(h._dir.path().join("agent").join("audit.log")).expect("dir");
+    let req = h.req(
+        "8",
+        "docker.containers.start",
+        Some(r#"{"container":"x1"}"#),
+        "execute",
+    );
+    ws.send(Message::text(req)).await.expect("send");
+    let got = next_reply(&mut ws).await;
+    assert_eq!(got["id"], json!(8), "{got}");
+    // Not the engine's error (-32003): the handler never ran.
+    assert_eq!(got["error"]["code"], json!(-32603), "{got}");
+    assert_eq!(got["error"]["data"]["reason"], "audit_unwritable", "{got}");
+    let message = got["error"]["message"].as_str().expect("message");
+    assert!(message.contains("was not run"), "{message}");
+    let denied = audit_record(&mut ws, "-32603").await;
+    assert_eq!(
+        (&denied["decision"], &denied["reason"]),
+        (&json!("denied"), &json!("audit_unwritable")),
+        "{denied}"
+    );
+    ws.send(Message::text(h.req("9", "agent.ping", None, "read")))
+        .await
+        .expect("send");
+    let got = next_reply(&mut ws).await;
+    assert!(got.get("result").is_some(), "{got}");
+    h.shutdown.cancel();
+    assert!(h.task.await.expect("join").is_ok());
+}

@@ -11,6 +11,12 @@ use crate::methods::Level;
 pub const AUDIT_RECORD: &str = "audit.record";
 
 /// What was decided about a request, and how it ended.
+///
+/// A command (an execute- or admin-level method) allowed by the agent has two records sharing an
+/// `admission_id`: its admission, `outcome: "admitted"`, written and flushed before the handler
+/// runs, and its outcome once the handler ended. An admission whose outcome the agent never wrote
+/// (it was killed) gets an outcome record `unknown` when the agent starts again. Other requests
+/// have one record, written when they end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// When the decision was made, Unix milliseconds.
@@ -33,9 +39,14 @@ pub struct AuditRecord {
     /// `rate_limited`, `invalid_params`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// `ok`, or the JSON-RPC error code of the answer.
+    /// `ok`, the JSON-RPC error code of the answer, `admitted` (a command's admission: its
+    /// handler is about to run) or `unknown` (the agent stopped before the handler ended: whether
+    /// the command took effect is not known).
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// Shared by a command's admission record and its outcome record (see above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission_id: Option<String>,
 }

@@ -84,6 +84,7 @@ async fn record(state: &AppState, who: &Principal, method: &str, params: Value) 
         outcome: "ok".into(),
         error: None,
         duration_ms: 0,
+        admission_id: None,
     };
     crate::audit::ingest(state, None, &r).await;
 }

@@ -276,6 +276,7 @@ pub async fn record(State(rec): State<Recorder>, mut req: Request, next: Next) -
         },
         error: None,
         duration_ms: started.elapsed().as_millis() as u64,
+        admission_id: None,
     };
     ingest(&rec.state, None, &record).await;
     resp
@@ -579,6 +580,7 @@ mod tests {
             outcome: "ok".into(),
             error: Some("e".repeat(MAX_RECORD_BYTES)),
             duration_ms: 0,
+            admission_id: None,
         };
         let text = bounded(&r);
         assert!(text.len() < 2 * MAX_TEXT + 500, "{}", text.len());

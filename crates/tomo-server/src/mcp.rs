@@ -272,6 +272,7 @@ pub async fn call(
         },
         error: error.and_then(|e| e["message"].as_str().map(str::to_owned)),
         duration_ms: started.elapsed().as_millis() as u64,
+        admission_id: None,
     };
     crate::audit::ingest(state, None, &record).await;
     result

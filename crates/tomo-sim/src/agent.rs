@@ -360,6 +360,7 @@ impl SimAgent {
             },
             error: outcome.as_ref().err().map(|e| e.message.clone()),
             duration_ms: started.elapsed().as_millis() as u64,
+            admission_id: None,
         };
         audits.push(rpc::notification_text(AUDIT_RECORD, &record));
         Some(match outcome {

@@ -173,6 +173,7 @@ mod tests {
             outcome: outcome.into(),
             error: (outcome != "ok").then(|| "engine said no".into()),
             duration_ms: 5,
+            admission_id: None,
         }
     }
 

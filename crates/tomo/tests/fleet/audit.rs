@@ -197,6 +197,7 @@ fn record(n: i64, method: &str) -> AuditRecord {
         outcome: "-32002".into(),
         error: Some("too many commands".into()),
         duration_ms: 0,
+        admission_id: None,
     }
 }
 
@@ -363,10 +364,14 @@ async fn a_real_agent_audits_its_requests_locally_and_to_the_control_plane() {
     .await;
 
     let deadline = tokio::time::Instant::now() + WAIT;
-    let rows = loop {
-        let rows = audit(&f, &format!("&host={id}")).await;
+    let (rows, admissions) = loop {
+        // Issue 13.3: each command (the execs) is recorded admitted, then with its outcome.
+        let (admissions, rows): (Vec<Value>, Vec<Value>) = audit(&f, &format!("&host={id}"))
+            .await
+            .into_iter()
+            .partition(|r| r["outcome"] == "admitted");
         if rows.len() >= 3 {
-            break rows;
+            break (rows, admissions);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -400,6 +405,13 @@ async fn a_real_agent_audits_its_requests_locally_and_to_the_control_plane() {
         (&json!("denied"), &json!("-32005")),
         "{exec}"
     );
+    let admitted: Vec<&Value> = admissions.iter().map(|r| &r["admission_id"]).collect();
+    for r in &rows[1..] {
+        assert!(
+            admitted.contains(&&r["admission_id"]),
+            "{r} follows its admission: {admissions:?}"
+        );
+    }
     let shaped = &rows[2];
     assert_eq!(
         shaped["params"]["command"], "deploy GITHUB=ghp_*** STRIPE=sk_live_***",
