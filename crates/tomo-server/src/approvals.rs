@@ -33,6 +33,7 @@ use tomo_proto::rpc::Outcome;
 
 use crate::AppState;
 use crate::api::{ApiError, Principal, rfc3339};
+use crate::hub::CallError;
 use crate::store::{ActionStatus, HostRecord, PendingAction, StoreError};
 
 mod interrupted;
@@ -357,14 +358,34 @@ async fn run_approved(
     approver: String,
     trace: Option<String>,
 ) {
-    let (status, result) = match execute(&state, &action, &approver, trace).await {
+    let (status, result) = match execute(&state, &action, &approver, trace.clone()).await {
         Ok(v) => (ActionStatus::Done, v),
-        Err(e) => (ActionStatus::Failed, e),
+        Err(Failure::Failed(e)) => (ActionStatus::Failed, e),
+        Err(Failure::Unknown(e)) => (ActionStatus::Interrupted, e),
     };
     tracing::info!(action = %action.id, status = status.as_str(), "approved action ended");
     if let Err(e) = state.store.finish_action(&action.id, status, &result).await {
         tracing::error!(action = %action.id, error = %e, "cannot record how the action ended");
+        return;
     }
+    if status == ActionStatus::Interrupted
+        && let Some(trace) = trace
+    {
+        let action = PendingAction { status, ..action };
+        state
+            .interrupted
+            .wait_for(&*state.store, &action, &trace)
+            .await;
+    }
+}
+
+/// How an approved call did not succeed.
+enum Failure {
+    /// It failed: the error.
+    Failed(Value),
+    /// The host may have run it but did not say how it ended (the connection was lost, the
+    /// call timed out, the agent shut down before it ended): the action is interrupted.
+    Unknown(Value),
 }
 
 async fn execute(
@@ -372,8 +393,9 @@ async fn execute(
     action: &PendingAction,
     approver: &str,
     trace: Option<String>,
-) -> Result<Value, Value> {
-    let fail = |code: &str, message: String| json!({"code": code, "message": message});
+) -> Result<Value, Failure> {
+    let fail =
+        |code: &str, message: String| Failure::Failed(json!({"code": code, "message": message}));
     // The asking token must still be valid, with its scope still covering the host.
     let token = match state.store.token(&action.token_id).await {
         Ok(t) => t,
@@ -406,6 +428,14 @@ async fn execute(
         ));
     }
     let params = clear_params(state, action).map_err(|e| fail("unsealable", e.to_string()))?;
+    let unknown = |message: String| {
+        Failure::Unknown(json!({
+            "code": "interrupted",
+            "message": format!("{message}: whether it ran on the host is unknown until the \
+                host's audit record of it arrives (tomo audit --host {}); it is not run again",
+                action.host_id),
+        }))
+    };
     let mut caller = asker.caller();
     caller.principal = format!("{} (approved by {approver})", asker.0.name);
     match state
@@ -421,13 +451,21 @@ async fn execute(
     {
         Ok(resp) => match resp.outcome {
             Outcome::Result(v) => Ok(v),
-            Outcome::Error(e) => {
-                Err(json!({"code": e.code, "message": redact_string(&e.message), "data": e.data}))
+            Outcome::Error(e) if e.code == tomo_proto::rpc::code::SHUTTING_DOWN => {
+                Err(unknown(redact_string(&e.message)))
             }
+            Outcome::Error(e) => Err(Failure::Failed(
+                json!({"code": e.code, "message": redact_string(&e.message), "data": e.data}),
+            )),
         },
+        Err(e @ (CallError::Timeout { .. } | CallError::ConnectionLost(_))) => {
+            Err(unknown(e.to_string()))
+        }
         Err(e) => {
             let e = e.to_rpc();
-            Err(json!({"code": e.code, "message": e.message}))
+            Err(Failure::Failed(
+                json!({"code": e.code, "message": e.message}),
+            ))
         }
     }
 }

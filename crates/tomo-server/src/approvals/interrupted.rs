@@ -7,7 +7,9 @@
 //! trace id stored with the action; the host's agent audits the call under it and forwards the
 //! records (delivering those made while no session was up once one is), so the first record with
 //! an outcome — already stored, or arriving later ([`Interrupted::observe`]) — moves the action to
-//! `done` or `failed`.
+//! `done` or `failed`. An approved call whose answer the control plane lost while it runs (the
+//! host's connection dropped, the call timed out, the agent shut down before it ended) is
+//! interrupted the same way ([`Interrupted::wait_for`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -16,6 +18,9 @@ use serde_json::{Value, json};
 use tomo_proto::audit::AuditRecord;
 
 use crate::store::{ActionStatus, PendingAction, Store, StoreError};
+
+/// Interrupted actions read at start to wait for their host's audit record, at most (the newest).
+const MAX_WAITING: u32 = 10_000;
 
 /// Interrupted actions still waiting for their host's audit record, by (host id, trace id).
 #[derive(Debug, Default)]
@@ -77,13 +82,19 @@ fn verdict(record: &AuditRecord) -> (ActionStatus, Value) {
 }
 
 impl Interrupted {
-    /// Marks the actions left `approved` by an earlier process interrupted, and settles those
-    /// whose host's audit record of the call is already stored. Called once, at start.
+    /// Marks the actions left `approved` by an earlier process interrupted, and settles the
+    /// interrupted ones (these and earlier ones) whose host's audit record of the call is already
+    /// stored; the others wait for it. Called once, at start.
     pub async fn recover(store: &dyn Store) -> Result<Self, StoreError> {
         let this = Self::default();
         for a in store.interrupt_actions(&unknown()).await? {
             tracing::warn!(action = %a.id, host_id = %a.host_id, method = %a.method,
                 "approved action interrupted by a stop of the control plane; its outcome is unknown");
+        }
+        let open = store
+            .actions(&[ActionStatus::Interrupted], None, MAX_WAITING)
+            .await?;
+        for a in open {
             let Some(trace) = a.trace_id.clone() else {
                 continue;
             };
@@ -92,6 +103,23 @@ impl Interrupted {
             }
         }
         Ok(this)
+    }
+
+    /// Waits for the host's audit record of `a`'s call, interrupted while the control plane
+    /// runs (the connection to the host was lost, or the call timed out): settled from what is
+    /// already stored, else from the record when it arrives.
+    pub async fn wait_for(&self, store: &dyn Store, a: &PendingAction, trace: &str) {
+        self.lock()
+            .insert((a.host_id.clone(), trace.to_owned()), a.id.clone());
+        match self.settle_from_store(store, a, trace).await {
+            Ok(true) => {
+                self.lock().remove(&(a.host_id.clone(), trace.to_owned()));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(action = %a.id, error = %e, "cannot read the host's audit of an interrupted action")
+            }
+        }
     }
 
     /// Settles `a` from the audit records already stored; whether it is settled for good.

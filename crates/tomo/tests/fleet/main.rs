@@ -4,6 +4,7 @@
 mod audit;
 mod docker_env;
 mod docker_ops;
+mod interrupted;
 mod malformed;
 mod mcp_approvals;
 mod mcp_python;

@@ -1,0 +1,153 @@
+//! Issue 13.2 and 13.3 end to end: an approved command the control plane stops in the middle
+//! of, with a real agent whose engine holds the command. The agent audits the admission before
+//! the handler runs; the action is `interrupted` after the control plane comes back, listed,
+//! never decided again, and settled from the agent's audit record of the outcome.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tomo_agent::docker::Endpoint;
+use tomo_proto::methods::Level;
+use tomo_server::auth::TokenSpec;
+
+use crate::support::{Fleet, RunningAgent, WAIT};
+
+/// A "Docker engine" that accepts connections and answers nothing until released; then it
+/// hangs up on every connection and accepts no more.
+fn held_engine(dir: &std::path::Path) -> (Endpoint, oneshot::Sender<()>) {
+    let sock = dir.join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+    let (release, released) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        tokio::pin!(released);
+        loop {
+            tokio::select! {
+                Ok((s, _)) = listener.accept() => held.push(s),
+                _ = &mut released => return,
+            }
+        }
+    });
+    (Endpoint::Unix(sock.display().to_string()), release)
+}
+
+/// Polls `check` until it returns something, for at most [`WAIT`].
+async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, check: impl Fn() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_approved_command_cut_by_a_control_plane_stop_is_interrupted_then_settled_from_the_agents_audit()
+ {
+    let mut f = Fleet::start().await;
+    let engine_dir = tempfile::tempdir().expect("tempdir");
+    let (endpoint, release) = held_engine(engine_dir.path());
+    let mut config = f.agent("held", Some(f.code().await));
+    config.docker = endpoint;
+    let mut agent = RunningAgent::spawn(config);
+    let host = agent.online().await;
+    let mut spec = TokenSpec::new("assistant", Level::Execute);
+    spec.requires_approval = true;
+    let (asker, _) = tomo_server::auth::mint(&*f.state.store, &spec)
+        .await
+        .expect("token");
+    let path = format!("/hosts/{host}/containers/tomo-test-held/start");
+    let (s, v) = f.api_as(&asker, Method::POST, &path, None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["pending_action"]["id"]
+        .as_str()
+        .expect("action id")
+        .to_owned();
+
+    // Approved: the call reaches the agent, whose engine holds it.
+    let approve = {
+        let (http, url, token) = (f.http.clone(), f.info.api_url.clone(), f.token.clone());
+        let id = id.clone();
+        tokio::spawn(async move {
+            http.post(format!("{url}/api/v1/approvals/{id}/approve"))
+                .bearer_auth(token)
+                .send()
+                .await
+        })
+    };
+    // Issue 13.3: the agent's admission is on record before the handler ended.
+    let state = f.state.clone();
+    let admitted = eventually("the agent's admission record", || {
+        let state = state.clone();
+        let host = host.clone();
+        async move {
+            let rows = state.store.audit(Some(&host), None, None, 100).await.ok()?;
+            rows.into_iter()
+                .filter_map(|r| serde_json::from_str::<Value>(&r.record).ok())
+                .find(|r| r["outcome"] == "admitted")
+        }
+    })
+    .await;
+    assert_eq!(admitted["method"], "docker.containers.start", "{admitted}");
+    let action = f.state.store.action(&id).await.expect("action");
+    assert_eq!(
+        action.trace_id.as_deref(),
+        admitted["trace_id"].as_str(),
+        "the admission carries the trace id stored with the approval"
+    );
+
+    // The control plane stops while the command runs.
+    let addr = f.info.local_addr.to_string();
+    let dir = f.dir.clone();
+    f.stop().await;
+    let _ = approve.await;
+    agent
+        .status
+        .wait_for(|s| matches!(s, tomo_agent::Status::Offline { .. }))
+        .await
+        .expect("agent alive");
+    let f2 = Fleet::start_in(&dir, &addr, |_| {}).await;
+
+    // Issue 13.2: interrupted, listed by default, never decided again.
+    let (s, listed) = f2.api(Method::GET, "/approvals", None).await;
+    assert_eq!(s, StatusCode::OK, "{listed}");
+    let mine = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} not listed: {listed}"));
+    assert_eq!(mine["status"], "interrupted", "{mine}");
+    let (s, v) = f2
+        .api(Method::POST, &format!("/approvals/{id}/approve"), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("interrupted"), "{v}");
+
+    // The engine lets go: the handler ends, and the agent's outcome record settles the action.
+    let _ = release.send(());
+    f2.wait_status(&host, "online").await;
+    let settled = eventually("the action settled from the agent's audit", || {
+        let f2 = &f2;
+        let id = id.clone();
+        async move {
+            let (_, v) = f2.api(Method::GET, &format!("/approvals/{id}"), None).await;
+            (v["status"] != "interrupted").then_some(v)
+        }
+    })
+    .await;
+    assert!(
+        settled["status"] == "failed" || settled["status"] == "done",
+        "{settled}"
+    );
+    let audit = &settled["result"]["audit"];
+    assert_eq!(audit["admission_id"], admitted["admission_id"], "{settled}");
+    assert_ne!(audit["outcome"], "admitted", "{settled}");
+    agent.stop().await.expect("stop");
+}
