@@ -332,9 +332,10 @@ impl Agent {
             |policy, path| policy.protect(path),
         );
         tracing::info!(source = ?policy.source, max_level = policy::level_name(policy.max_level), read_only = policy.read_only, "host policy loaded");
-        let (per_minute, concurrent) = (
+        let (per_minute, concurrent, reads) = (
             policy.rate_per_minute as usize,
             policy.max_concurrent as usize,
+            policy.reads_per_minute as usize,
         );
         let vault = vault::SealedVault::from_config(&self.config)?;
         let store = Arc::new(IdentityStore::new(
@@ -385,7 +386,8 @@ impl Agent {
                 .map_err(AgentError::State)?,
                 per_minute,
                 concurrent,
-            ),
+            )
+            .with_reads_per_minute(reads),
             auditor: Arc::new(audit::Auditor::new(&self.config.data_dir)),
             identity: Arc::clone(&store),
         });

@@ -12,12 +12,15 @@
 //! 5. **Authorization** — the effective level, the lower of the signed role and the host policy's
 //!    ceiling, reaches the method's level, and the host policy allows the method (`-32001`,
 //!    `no_role`/`forbidden`/`policy`).
-//! 6. **Rate limits** — commands (execute and admin methods): at most N a minute and M at once
-//!    (`-32002`). Reads are not limited here (they change nothing; sessions bound their streams).
+//! 6. **Rate limits** (`-32002`) — commands (execute and admin methods): at most N a minute and M
+//!    at once for the host; reads: at most R a minute for each principal (the token the control
+//!    plane signs into `meta.principal`), so that a read token cannot keep the agent busy. Frames
+//!    that continue a stream an admitted call opened (`stream.ack`, `stream.close`,
+//!    `stream.write`, `stream.resize`) are not counted as reads.
 //! 7. Params are then parsed by the method's own type and validated by its handler (`-32602`,
 //!    `-32004`, `-32005`), and every decision is audited.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -34,6 +37,19 @@ use crate::replay::{self, ReplayGuard};
 pub const DEFAULT_PER_MINUTE: usize = 30;
 /// Default concurrent commands.
 pub const DEFAULT_CONCURRENT: usize = 5;
+/// Default read rate: this many reads a minute for each principal.
+pub const DEFAULT_READS_PER_MINUTE: usize = 600;
+
+/// Frames that continue a stream an admitted call opened: not reads of their own.
+const CONTINUATIONS: &[&str] = &[
+    "stream.ack",
+    "stream.close",
+    "stream.write",
+    "stream.resize",
+];
+/// Principals whose read windows are kept at once; past it, idle windows are dropped first and
+/// then the call is refused (the principals come from signed metas, so this is only a bound).
+const MAX_READ_PRINCIPALS: usize = 4096;
 
 /// Who the agent trusts: set once the handshake told it its id and the command key.
 #[derive(Debug, Clone)]
@@ -74,6 +90,8 @@ pub struct Guard {
     replay: Mutex<ReplayGuard>,
     rate: Mutex<VecDeque<Instant>>,
     per_minute: usize,
+    reads: Mutex<HashMap<String, VecDeque<Instant>>>,
+    reads_per_minute: usize,
     concurrent: Arc<Semaphore>,
     max_concurrent: usize,
 }
@@ -85,9 +103,18 @@ impl Guard {
             replay: Mutex::new(replay),
             rate: Mutex::new(VecDeque::new()),
             per_minute,
+            reads: Mutex::new(HashMap::new()),
+            reads_per_minute: DEFAULT_READS_PER_MINUTE,
             concurrent: Arc::new(Semaphore::new(concurrent)),
             max_concurrent: concurrent,
         }
+    }
+
+    /// Sets the read rate (reads a minute for each principal; the host policy's
+    /// `reads_per_minute`).
+    pub fn with_reads_per_minute(mut self, reads_per_minute: usize) -> Self {
+        self.reads_per_minute = reads_per_minute;
+        self
     }
 
     /// Trusts `key_b64` (the pinned command key) for requests addressed to `agent_id`.
@@ -274,6 +301,10 @@ impl Guard {
             rate.push_back(now);
             Some(slot)
         } else {
+            if !CONTINUATIONS.contains(&req.method.as_str()) {
+                self.count_read(meta.principal.as_deref().unwrap_or(""))
+                    .map_err(with_meta)?;
+            }
             None
         };
         Ok(Admitted {
@@ -282,4 +313,46 @@ impl Guard {
             _slot: slot,
         })
     }
+
+    /// Counts a read for `principal` in its sliding minute, or refuses it.
+    fn count_read(&self, principal: &str) -> Result<(), Denied> {
+        let now = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut reads = self
+            .reads
+            .lock()
+            .map_err(|_| deny(code::INTERNAL_ERROR, "internal", "read windows poisoned"))?;
+        if !reads.contains_key(principal) && reads.len() >= MAX_READ_PRINCIPALS {
+            reads.retain(|_, w| w.back().is_some_and(|t| now.duration_since(*t) < minute));
+            if reads.len() >= MAX_READ_PRINCIPALS {
+                return Err(deny(
+                    code::RATE_LIMITED,
+                    "read_rate",
+                    "too many principals are reading this host; try again in a minute",
+                ));
+            }
+        }
+        let window = reads.entry(principal.to_owned()).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= minute)
+        {
+            window.pop_front();
+        }
+        if window.len() >= self.reads_per_minute {
+            return Err(deny(
+                code::RATE_LIMITED,
+                "read_rate",
+                format!(
+                    "read rate exceeded: more than {} reads in the last minute by this token on this host (the host policy's reads_per_minute); try again shortly",
+                    self.reads_per_minute
+                ),
+            ));
+        }
+        window.push_back(now);
+        Ok(())
+    }
 }
+
+#[cfg(test)]
+mod tests;

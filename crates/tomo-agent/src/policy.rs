@@ -71,6 +71,8 @@ pub const DEFAULT_VOLUME_TYPES: &[&str] = &["tmpfs", "nfs", "nfs4", "cifs"];
 pub const DEFAULT_RATE_PER_MINUTE: u32 = 30;
 /// Default of [`HostPolicy::max_concurrent`].
 pub const DEFAULT_MAX_CONCURRENT: u32 = 5;
+/// Default of [`HostPolicy::reads_per_minute`]: generous, a dashboard polling every second fits.
+pub const DEFAULT_READS_PER_MINUTE: u32 = 600;
 
 /// `stream.ack` and `stream.close` only manage streams that an allowed method opened; an
 /// `allow_methods` list that forgot them would hang those streams, so it does not apply to them
@@ -119,6 +121,9 @@ pub struct HostPolicy {
     pub rate_per_minute: u32,
     /// Requests running at once (default 5).
     pub max_concurrent: u32,
+    /// Read requests per minute for each principal (token), stream continuations not counted
+    /// (default 600).
+    pub reads_per_minute: u32,
     /// Host paths never bind-mounted, nor anything inside them nor any ancestor of them,
     /// besides the built-in protected ones: the file's `protected` list (a control plane's data
     /// directory on this host, a Docker `data-root` moved out of `/var`), the agent's own data
@@ -178,6 +183,7 @@ struct PolicyFile {
     volume_types: Option<Vec<Spanned<String>>>,
     rate_per_minute: Option<Spanned<u32>>,
     max_concurrent: Option<Spanned<u32>>,
+    reads_per_minute: Option<Spanned<u32>>,
     protected: Option<Vec<Spanned<String>>>,
 }
 
@@ -212,6 +218,7 @@ impl HostPolicy {
                 .collect(),
             rate_per_minute: DEFAULT_RATE_PER_MINUTE,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
+            reads_per_minute: DEFAULT_READS_PER_MINUTE,
             protected_extra: Vec::new(),
         };
         policy.add_volume_base(volume_base);
@@ -330,6 +337,10 @@ impl HostPolicy {
         if let Some(n) = &file.max_concurrent {
             p.max_concurrent =
                 in_range(n, 1..=1_000, "max_concurrent").map_err(|w| invalid(Some(n.span()), w))?;
+        }
+        if let Some(n) = &file.reads_per_minute {
+            p.reads_per_minute = in_range(n, 1..=1_000_000, "reads_per_minute")
+                .map_err(|w| invalid(Some(n.span()), w))?;
         }
         Ok(p)
     }

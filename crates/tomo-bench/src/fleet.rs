@@ -74,6 +74,7 @@ impl Fleet {
         config.ca_file = info.ca_file.clone();
         config.register_code = Some(code);
         config.hostname = Some(HOSTNAME.into());
+        config.policy_path = Some(crate::procs::bench_policy(tmp.path())?);
         let agent = Agent::new(config).context("agent configuration")?;
         let mut status = agent.status();
         let agent_stop = CancellationToken::new();

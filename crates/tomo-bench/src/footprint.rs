@@ -118,6 +118,8 @@ async fn measure(
         server.ca_file.display().to_string(),
         "--data-dir".into(),
         dir.join("agent").display().to_string(),
+        "--policy".into(),
+        crate::procs::bench_policy(dir)?.display().to_string(),
         "--hostname".into(),
         "tomo-bench-footprint".into(),
     ];

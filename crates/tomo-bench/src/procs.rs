@@ -53,6 +53,18 @@ pub fn agent_bin() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Writes a host policy for the benchmarks' agents into `dir`: the defaults, but a read rate
+/// (`reads_per_minute`, 600 by default) that the measured call loops never reach, since they
+/// measure the round trip, not the limit. The file is 0644 in the caller's scratch directory.
+pub fn bench_policy(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("bench-policy.toml");
+    std::fs::write(&path, "reads_per_minute = 1000000\n").context("cannot write the policy")?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .context("cannot set the policy's mode")?;
+    Ok(path)
+}
+
 /// Raises this process's open-file limit to its hard limit (children inherit it); returns it.
 pub fn raise_nofile() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};

@@ -61,6 +61,7 @@ fn defaults_let_a_new_install_work() {
     assert_eq!(p.volume_drivers, ["local"]);
     assert_eq!(p.rate_per_minute, 30);
     assert_eq!(p.max_concurrent, 5);
+    assert_eq!(p.reads_per_minute, 600);
     // An empty file is the defaults, from that file.
     let empty = policy("");
     assert_eq!(
@@ -104,6 +105,7 @@ volume_drivers = ["local", "rexray"]
 volume_types = ["tmpfs", "ext4"]
 rate_per_minute = 120
 max_concurrent = 2
+reads_per_minute = 90
 "#,
     );
     assert_eq!(p.max_level, Level::Execute);
@@ -142,6 +144,7 @@ max_concurrent = 2
     assert_eq!(p.volume_types, ["tmpfs", "ext4"]);
     assert_eq!(p.rate_per_minute, 120);
     assert_eq!(p.max_concurrent, 2);
+    assert_eq!(p.reads_per_minute, 90);
 }
 
 #[test]
@@ -182,6 +185,7 @@ fn malformed_files_name_the_line() {
         ("cap_add_allowed = [\"NET ADMIN\"]\n", 1, "capability"),
         ("rate_per_minute = 0\n", 1, "rate_per_minute"),
         ("\n\n\nmax_concurrent = 100000\n", 4, "max_concurrent"),
+        ("reads_per_minute = 0\n", 1, "reads_per_minute"),
         ("sysctls = [\"kernel shm\"]\n", 1, "sysctl"),
         ("read_only = true\nread_only = false\n", 2, "duplicate"),
         ("[section\n", 1, ""),
