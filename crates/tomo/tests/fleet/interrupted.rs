@@ -1,7 +1,7 @@
-//! Issue 13.2 and 13.3 end to end: an approved command the control plane stops in the middle
-//! of, with a real agent whose engine holds the command. The agent audits the admission before
-//! the handler runs; the action is `interrupted` after the control plane comes back, listed,
-//! never decided again, and settled from the agent's audit record of the outcome.
+//! Issues 13.2 and 13.3 end to end, with a real agent whose engine holds the command: an
+//! approved command the control plane stops in the middle of is `interrupted` after it comes
+//! back, listed, never decided again, and settled from the agent's audit record of the outcome;
+//! a command cut by a kill of the agent is on record as admitted, then as `unknown`.
 
 use std::time::Duration;
 
@@ -150,4 +150,78 @@ async fn an_approved_command_cut_by_a_control_plane_stop_is_interrupted_then_set
     assert_eq!(audit["admission_id"], admitted["admission_id"], "{settled}");
     assert_ne!(audit["outcome"], "admitted", "{settled}");
     agent.stop().await.expect("stop");
+}
+
+/// The records of `host` stored by the control plane, as JSON.
+async fn records(f: &Fleet, host: &str) -> Vec<Value> {
+    let rows = f
+        .state
+        .store
+        .audit(Some(host), None, None, 1000)
+        .await
+        .expect("audit");
+    rows.into_iter()
+        .filter_map(|r| serde_json::from_str(&r.record).ok())
+        .collect()
+}
+
+/// Issue 13.3 with a real agent: a command in flight when the agent dies was recorded nowhere.
+/// Its admission reaches the control plane before the handler ends; the agent started again on
+/// its directory sends the outcome `unknown`.
+#[tokio::test]
+async fn a_command_cut_by_a_kill_of_the_agent_is_admitted_then_unknown_on_the_control_plane() {
+    let f = Fleet::start().await;
+    let engine_dir = tempfile::tempdir().expect("tempdir");
+    let (endpoint, _release) = held_engine(engine_dir.path());
+    let mut config = f.agent("killed", Some(f.code().await));
+    config.docker = endpoint;
+    let log = config.data_dir.join(tomo_agent::audit::FILE_NAME);
+    let mut agent = RunningAgent::spawn(config.clone());
+    let host = agent.online().await;
+    let call = {
+        let (http, url, token) = (f.http.clone(), f.info.api_url.clone(), f.token.clone());
+        let host = host.clone();
+        tokio::spawn(async move {
+            http.post(format!(
+                "{url}/api/v1/hosts/{host}/containers/tomo-test-held/stop"
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+        })
+    };
+    let admitted = eventually("the admission on the control plane", || async {
+        records(&f, &host)
+            .await
+            .into_iter()
+            .find(|r| r["outcome"] == "admitted")
+    })
+    .await;
+    assert_eq!(admitted["method"], "docker.containers.stop", "{admitted}");
+
+    agent.kill();
+    let _ = call.await;
+    let mut again = RunningAgent::spawn(config);
+    assert_eq!(again.online().await, host);
+    let unknown = eventually("the outcome unknown on the control plane", || async {
+        records(&f, &host)
+            .await
+            .into_iter()
+            .find(|r| r["outcome"] == "unknown")
+    })
+    .await;
+    assert_eq!(
+        unknown["admission_id"], admitted["admission_id"],
+        "{unknown}"
+    );
+    assert_eq!(unknown["trace_id"], admitted["trace_id"], "{unknown}");
+    let text = std::fs::read_to_string(&log).expect("audit.log");
+    let local: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a whole record"))
+        .filter(|r: &Value| r["admission_id"] == admitted["admission_id"])
+        .map(|r| r["outcome"].clone())
+        .collect();
+    assert_eq!(local, ["admitted", "unknown"], "{text}");
+    again.stop().await.expect("stop");
 }

@@ -219,6 +219,12 @@ impl RunningAgent {
             .expect("join")
     }
 
+    /// Ends the agent about as a kill does: its task is dropped and nothing shuts down (the
+    /// tasks of requests in flight are not killed, but nothing else runs).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
     pub async fn stop(self) -> Result<(), AgentError> {
         self.shutdown.cancel();
         self.finished().await
