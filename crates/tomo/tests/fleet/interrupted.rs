@@ -12,6 +12,7 @@ use tomo_agent::docker::Endpoint;
 use tomo_proto::methods::Level;
 use tomo_server::auth::TokenSpec;
 
+use crate::mcp_approvals::tomo_cli;
 use crate::support::{Fleet, RunningAgent, WAIT};
 
 /// A "Docker engine" that accepts connections and answers nothing until released; then it
@@ -129,6 +130,16 @@ async fn an_approved_command_cut_by_a_control_plane_stop_is_interrupted_then_set
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     let message = v["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("interrupted"), "{v}");
+    // The same in the CLI: listed by default, with what it means; approving it again fails.
+    let (ok, out, all) = tomo_cli(&f2, &f2.token, &["approvals"]).await;
+    let row = out
+        .lines()
+        .find(|l| l.contains(id.as_str()))
+        .unwrap_or_default();
+    assert!(ok && row.contains("interrupted"), "{all}");
+    assert!(all.contains("it is never run again"), "{all}");
+    let (ok, _, all) = tomo_cli(&f2, &f2.token, &["approve", &id]).await;
+    assert!(!ok && all.contains("was interrupted"), "{all}");
 
     // The engine lets go: the handler ends, and the agent's outcome record settles the action.
     let _ = release.send(());

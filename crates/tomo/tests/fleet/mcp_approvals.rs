@@ -352,7 +352,7 @@ impl Env {
 
 /// Runs the `tomo` binary against the fleet with `token`: success, standard output, and both
 /// outputs for messages.
-async fn tomo_cli(f: &Fleet, token: &str, args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn tomo_cli(f: &Fleet, token: &str, args: &[&str]) -> (bool, String, String) {
     let home = tempfile::tempdir().expect("home");
     let ca = f.info.ca_file.clone().expect("ca");
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tomo"))
