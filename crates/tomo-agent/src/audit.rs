@@ -210,7 +210,8 @@ impl Auditor {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Records made while no session was attached (they are in the file only).
+    /// Records made while no session was attached (in the file; the last [`QUEUE`] also wait in
+    /// memory for the next session).
     pub fn unsent(&self) -> u64 {
         self.unsent.load(Ordering::Relaxed)
     }

@@ -60,8 +60,9 @@ pub struct DenyBody {
 ///
 /// An admin token that does not itself require approval sees every action in its scope; any
 /// other token sees its own (to poll them). By default those that need a human: `pending`, and
-/// `interrupted` (approved, but the control plane stopped while it ran: outcome unknown until
-/// the host's audit record of the call arrives).
+/// `interrupted` (approved, but the answer was lost: the control plane stopped while it ran, or
+/// the host's connection or the call's time ran out; outcome unknown until the host's audit
+/// record of the call arrives).
 #[utoipa::path(
     get,
     path = "/approvals",

@@ -17,8 +17,9 @@
 //! - streaming forms (interactive exec, followed logs, pull progress) cannot wait for approval and
 //!   are refused for such tokens;
 //! - `stream.*` control is exempt: it only touches streams the token opened itself;
-//! - an action the control plane stopped in the middle of is `interrupted` at the next start,
-//!   listed again, never run again, and settled from its host's audit ([`interrupted`]).
+//! - an approved action whose answer is lost (the control plane stopped while it ran: seen at
+//!   the next start; the host's connection dropped; the call timed out) is `interrupted`, listed
+//!   again, never run again, and settled from its host's audit ([`interrupted`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -236,8 +237,8 @@ async fn host_in_scope(state: &AppState, who: &Principal, host_id: &str) -> Resu
     }
 }
 
-/// What needs a human: actions waiting for a decision, and those interrupted by a stop of the
-/// control plane (their outcome is unknown). `tomo approvals` lists these by default.
+/// What needs a human: actions waiting for a decision, and interrupted ones (their outcome is
+/// unknown). `tomo approvals` lists these by default.
 pub const OPEN: &[ActionStatus] = &[ActionStatus::Pending, ActionStatus::Interrupted];
 
 /// Actions the caller may see, newest first: a decider's whole queue (in scope), anyone
@@ -293,9 +294,10 @@ fn check_decider(who: &Principal, action: &PendingAction) -> Result<(), ApiError
 fn not_pending(a: &PendingAction) -> ApiError {
     let message = if a.status == ActionStatus::Interrupted {
         format!(
-            "action {} was interrupted: the control plane stopped while it ran on host {}, so \
-             whether it ran is unknown (its host's audit record settles it: tomo audit --host {}); \
-             it cannot be decided or run again: ask for it again if it must run",
+            "action {} was interrupted: the control plane lost the answer of its call to host {} \
+             (it stopped, or the host's connection or the call's time ran out), so whether it ran \
+             is unknown until the host's audit record settles it (tomo audit --host {}); it \
+             cannot be decided or run again: ask for it again if it must run",
             a.id, a.host_id, a.host_id
         )
     } else {

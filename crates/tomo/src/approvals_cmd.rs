@@ -19,8 +19,8 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// `tomo approvals [--status S]`: by default what needs a human, pending actions and those
-/// interrupted by a stop of the control plane (outcome unknown, never run again).
+/// `tomo approvals [--status S]`: by default what needs a human, pending actions and
+/// interrupted ones (approved, but the answer was lost: outcome unknown, never run again).
 pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
     let api = Api::from_args(args)?;
     let v = api
@@ -64,9 +64,10 @@ pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> 
             .any(|a| a["status"] == "interrupted");
         if interrupted {
             eprintln!(
-                "interrupted: the control plane stopped while the action ran; whether it ran is \
-                 unknown until the host's audit record of it arrives (tomo approvals show ID, \
-                 tomo audit --host HOST); it is never run again"
+                "interrupted: the control plane lost the answer of an approved action (it stopped, \
+                 or the host's connection or the call's time ran out); whether it ran is unknown \
+                 until the host's audit record of it arrives (tomo approvals show ID, tomo audit \
+                 --host HOST); it is never run again"
             );
         }
     }

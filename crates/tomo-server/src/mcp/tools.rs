@@ -170,7 +170,8 @@ pub const TOOLS: &[Spec] = &[
         description: "Returns the status of an action that waits for a human's approval (ids \
             `act_…`, returned when a change tool was called with a token that requires approval): \
             pending, approved, denied, expired, done (with the result), failed (with the error) or \
-            interrupted (the control plane stopped while it ran: whether it ran is unknown until \
+            interrupted (its answer was lost, the control plane stopped or the host's connection \
+            dropped while it ran: whether it ran is unknown until \
             the host's audit settles it as done or failed; it is never run again, do not retry it \
             blindly). Poll this after asking the user to approve. Changes nothing.",
         args: &[req("id", Kind::Str, "The action id, `act_…`.")],
