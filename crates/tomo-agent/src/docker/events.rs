@@ -49,13 +49,13 @@ pub async fn forward(
 ) {
     loop {
         let client = tokio::select! {
-            c = docker.client() => c,
+            c = docker.streaming() => c,
             _ = stop.cancelled() => return,
         };
-        if let Ok(client) = client {
+        if let Ok((client, meter)) = client {
             let since = tomo_common::now_secs().to_string();
             let opts = EventsOptionsBuilder::default().since(&since).build();
-            let mut events = client.events(Some(opts));
+            let mut events = super::transport::metered(client.events(Some(opts)), meter);
             loop {
                 let next = tokio::select! {
                     n = events.next() => n,

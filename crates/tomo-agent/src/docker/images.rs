@@ -56,11 +56,15 @@ pub async fn pull(
     mut progress: Option<&mut StreamSink>,
 ) -> Result<PullResult, RpcError> {
     let reference = normalize_reference(image.as_str())?;
-    let docker = docker_client.client().await?;
+    // Progress is a stream: capped between two messages.
+    let (docker, meter) = docker_client.streaming().await?;
     let options = CreateImageOptionsBuilder::default()
         .from_image(reference.as_str())
         .build();
-    let mut stream = docker.create_image(Some(options), None, auth.map(credentials));
+    let mut stream = super::transport::metered(
+        docker.create_image(Some(options), None, auth.map(credentials)),
+        meter,
+    );
     let mut coalescer = Coalescer::default();
     loop {
         let next = match progress.as_deref() {

@@ -4,18 +4,24 @@
 //! with TLS and certificate verification (`DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`), never in clear.
 //! The client is made lazily and dropped after a connection failure, so the agent finds the
 //! engine again by itself when it comes back (possibly with another API version).
+//!
+//! Every read from the engine is bounded ([`transport`]): a whole-body answer (inspect, lists,
+//! `info`) at most [`transport::DEFAULT_BODY_CAP`] bytes, a stream at most that between two items;
+//! past it the call fails with -32003 `docker_answer_too_large`, naming the cap.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub mod containers;
 pub mod events;
 pub mod images;
 pub mod ops;
+pub mod transport;
 
 use bollard::Docker;
 use tomo_proto::methods::{ContainerCounts, ContainerSummary, DockerStatus};
 use tomo_proto::rpc::{RpcError, code};
+use transport::{Dial, Meter, Transport};
 
 const TIMEOUT_SECS: u64 = 120;
 
@@ -69,50 +75,82 @@ impl Endpoint {
 #[derive(Debug)]
 pub struct DockerClient {
     endpoint: Endpoint,
-    client: Mutex<Option<Docker>>,
+    body_cap: usize,
+    client: Mutex<Option<(Docker, Arc<Dial>)>>,
 }
 
 impl DockerClient {
     pub fn new(endpoint: Endpoint) -> Self {
+        Self::with_body_cap(endpoint, transport::DEFAULT_BODY_CAP)
+    }
+
+    /// A client whose reads from the engine are capped at `body_cap` bytes (see [`transport`]).
+    pub fn with_body_cap(endpoint: Endpoint, body_cap: usize) -> Self {
         Self {
             endpoint,
+            body_cap,
             client: Mutex::new(None),
         }
     }
 
     /// A connected client with a negotiated API version, or -32003 saying why there is none.
+    /// Each of its calls reads at most the body cap: for whole-body answers.
     pub async fn client(&self) -> Result<Docker, RpcError> {
+        self.connected().await.map(|(docker, _)| docker)
+    }
+
+    /// A client for one stream (logs, stats, events, exec, pull progress): what it reads between
+    /// two items is capped, as long as the caller passes each item through [`Meter::reset`]
+    /// ([`transport::metered`] does). Use it for the stream's request only.
+    pub async fn streaming(&self) -> Result<(Docker, Meter), RpcError> {
+        let (docker, dial) = self.connected().await?;
+        let meter = Meter::new(self.body_cap);
+        let transport = Transport::shared(dial, meter.clone());
+        let stream =
+            Self::over(transport, &docker.client_version()).map_err(|e| unavailable(&e))?;
+        Ok((stream, meter))
+    }
+
+    async fn connected(&self) -> Result<(Docker, Arc<Dial>), RpcError> {
         if let Some(c) = self.client.lock().ok().and_then(|c| c.clone()) {
             return Ok(c);
         }
-        let fresh = match &self.endpoint {
-            Endpoint::Unix(path) => {
-                Docker::connect_with_unix(path, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-            }
-            Endpoint::TcpTls { addr, cert_dir } => Docker::connect_with_ssl(
-                addr,
-                &cert_dir.join("key.pem"),
-                &cert_dir.join("cert.pem"),
-                &cert_dir.join("ca.pem"),
-                TIMEOUT_SECS,
-                bollard::API_DEFAULT_VERSION,
-            ),
+        let dial = match &self.endpoint {
+            Endpoint::Unix(path) => Dial::Unix(PathBuf::from(path)),
+            Endpoint::TcpTls { addr, cert_dir } => Dial::tls(addr, cert_dir)
+                .map_err(|e| RpcError::new(code::DOCKER, format!("Docker TLS: {e}")))?,
             Endpoint::Refused(why) => return Err(RpcError::new(code::DOCKER, why.clone())),
-        }
-        .map_err(|e| unavailable(&e))?;
-        let negotiated = fresh
-            .negotiate_version()
-            .await
-            .map_err(|e| unavailable(&e))?;
+        };
+        let dial = Arc::new(dial);
+        let transport = Transport::per_request(Arc::clone(&dial), self.body_cap);
+        let fresh =
+            Self::over(transport, bollard::API_DEFAULT_VERSION).map_err(|e| unavailable(&e))?;
+        let negotiated = fresh.negotiate_version().await.map_err(|e| self.error(e))?;
+        let pair = (negotiated, dial);
         if let Ok(mut slot) = self.client.lock() {
-            *slot = Some(negotiated.clone());
+            *slot = Some(pair.clone());
         }
-        Ok(negotiated)
+        Ok(pair)
+    }
+
+    fn over(
+        transport: Transport,
+        version: &bollard::ClientVersion,
+    ) -> Result<Docker, bollard::errors::Error> {
+        Docker::connect_with_custom_transport(
+            move |req| transport.request(req),
+            Some("http://docker"),
+            TIMEOUT_SECS,
+            version,
+        )
     }
 
     /// Maps a bollard error to JSON-RPC, forgetting the client when the engine went away.
     pub fn error(&self, e: bollard::errors::Error) -> RpcError {
         use bollard::errors::Error as E;
+        if let Some(t) = transport::too_large(&e) {
+            return too_large(t);
+        }
         match e {
             E::DockerResponseServerError {
                 status_code: 404,
@@ -194,6 +232,20 @@ impl DockerClient {
             stopped: all.len() as u64 - running,
         })
     }
+}
+
+/// A read from the engine went past the cap: -32003 naming the cap. The engine is fine, so the
+/// client is kept.
+fn too_large(t: transport::BodyTooLarge) -> RpcError {
+    RpcError::new(
+        code::DOCKER,
+        format!(
+            "Docker's answer is larger than the agent's cap of {} bytes ({} MiB) for one read; narrow the request",
+            t.cap,
+            t.cap / (1024 * 1024)
+        ),
+    )
+    .with_data(serde_json::json!({"reason": "docker_answer_too_large", "cap_bytes": t.cap}))
 }
 
 fn unavailable(e: &dyn std::fmt::Display) -> RpcError {

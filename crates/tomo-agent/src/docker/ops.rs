@@ -19,6 +19,7 @@ use tomo_proto::methods::{
 use tomo_proto::refs::{ContainerRef, ExecId};
 use tomo_proto::rpc::RpcError;
 
+use super::transport::metered;
 use crate::cap::Capped;
 use crate::dispatch::Ctx;
 use crate::stream::Input;
@@ -158,7 +159,9 @@ pub async fn logs(ctx: Ctx, p: LogsParams) -> Result<Streamed<LogsResult>, RpcEr
         .timestamps(p.timestamps)
         .tail(&p.tail.map_or_else(|| "all".to_owned(), |t| t.to_string()))
         .build();
-    let mut source = docker.logs(p.container.as_str(), Some(opts));
+    // A stream: what is read between two chunks is capped (a TTY log line without an end).
+    let (streamer, meter) = d.streaming().await?;
+    let mut source = metered(streamer.logs(p.container.as_str(), Some(opts)), meter);
     if !p.follow {
         let mut chunks = Vec::new();
         let mut size = 0usize;
@@ -330,7 +333,8 @@ pub async fn stats(ctx: Ctx, p: StatsParams) -> Result<Streamed<ContainerStats>,
         .await
         .map_err(|e| d.error(e))?;
     let opts = q::StatsOptionsBuilder::default().stream(true).build();
-    let mut source = docker.stats(p.container.as_str(), Some(opts));
+    let (streamer, meter) = d.streaming().await?;
+    let mut source = metered(streamer.stats(p.container.as_str(), Some(opts)), meter);
     let (opened, mut sink, _) = ctx.open_stream(false)?;
     let client = std::sync::Arc::clone(&ctx.shared.docker);
     tokio::spawn(async move {
@@ -399,7 +403,9 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
             format!("Docker's answer: {e}"),
         )
     })?;
-    let started = docker
+    // Its output is a stream: capped between two frames, however long the command runs.
+    let (streamer, meter) = d.streaming().await?;
+    let started = streamer
         .start_exec(
             exec_id.as_str(),
             Some(StartExecOptions {
@@ -410,13 +416,10 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
         )
         .await
         .map_err(|e| d.error(e))?;
-    let StartExecResults::Attached {
-        mut output,
-        mut input,
-    } = started
-    else {
+    let StartExecResults::Attached { output, mut input } = started else {
         return Err(RpcError::internal("Docker detached an attached exec"));
     };
+    let mut output = metered(output, meter);
     if !p.interactive {
         let begun = Instant::now();
         let half = ctx.shared.max_response_bytes / 2;
