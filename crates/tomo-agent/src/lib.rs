@@ -342,7 +342,10 @@ impl Agent {
             self.config.data_dir.clone(),
             Box::new(vault),
         ));
-        let docker = Arc::new(DockerClient::new(self.config.docker.clone()));
+        let docker = Arc::new(DockerClient::with_body_cap(
+            self.config.docker.clone(),
+            policy.docker_read_bytes as usize,
+        ));
         let collect = || {
             collect::start(
                 Arc::clone(&docker),

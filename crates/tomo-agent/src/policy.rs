@@ -71,6 +71,8 @@ pub const DEFAULT_VOLUME_TYPES: &[&str] = &["tmpfs", "nfs", "nfs4", "cifs"];
 pub const DEFAULT_RATE_PER_MINUTE: u32 = 30;
 /// Default of [`HostPolicy::max_concurrent`].
 pub const DEFAULT_MAX_CONCURRENT: u32 = 5;
+/// Default of [`HostPolicy::docker_read_bytes`]: 4 MiB.
+pub const DEFAULT_DOCKER_READ_BYTES: u32 = crate::docker::transport::DEFAULT_BODY_CAP as u32;
 /// Default of [`HostPolicy::reads_per_minute`]: generous, a dashboard polling every second fits.
 pub const DEFAULT_READS_PER_MINUTE: u32 = 600;
 
@@ -124,6 +126,9 @@ pub struct HostPolicy {
     /// Read requests per minute for each principal (token), stream continuations not counted
     /// (default 600).
     pub reads_per_minute: u32,
+    /// Largest answer read from Docker for one call, and most read between two items of a
+    /// stream, bytes (default 4 MiB; see [`crate::docker::transport`]).
+    pub docker_read_bytes: u32,
     /// Host paths never bind-mounted, nor anything inside them nor any ancestor of them,
     /// besides the built-in protected ones: the file's `protected` list (a control plane's data
     /// directory on this host, a Docker `data-root` moved out of `/var`), the agent's own data
@@ -184,6 +189,7 @@ struct PolicyFile {
     rate_per_minute: Option<Spanned<u32>>,
     max_concurrent: Option<Spanned<u32>>,
     reads_per_minute: Option<Spanned<u32>>,
+    docker_read_bytes: Option<Spanned<u32>>,
     protected: Option<Vec<Spanned<String>>>,
 }
 
@@ -219,6 +225,7 @@ impl HostPolicy {
             rate_per_minute: DEFAULT_RATE_PER_MINUTE,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             reads_per_minute: DEFAULT_READS_PER_MINUTE,
+            docker_read_bytes: DEFAULT_DOCKER_READ_BYTES,
             protected_extra: Vec::new(),
         };
         policy.add_volume_base(volume_base);
@@ -340,6 +347,10 @@ impl HostPolicy {
         }
         if let Some(n) = &file.reads_per_minute {
             p.reads_per_minute = in_range(n, 1..=1_000_000, "reads_per_minute")
+                .map_err(|w| invalid(Some(n.span()), w))?;
+        }
+        if let Some(n) = &file.docker_read_bytes {
+            p.docker_read_bytes = in_range(n, 64 * 1024..=256 * 1024 * 1024, "docker_read_bytes")
                 .map_err(|w| invalid(Some(n.span()), w))?;
         }
         Ok(p)

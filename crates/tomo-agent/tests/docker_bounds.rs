@@ -6,7 +6,8 @@
 //! default cap, with the process's resident memory measured around the call; and the real
 //! engine (test image `tomo-test/busybox:latest`), with a small cap set on the client, for an
 //! inspect with large labels, a list of all containers and a TTY log line without an end. The
-//! real-engine test prints "SKIPPED: …" without an engine unless `TOMO_REQUIRE_DOCKER=1`.
+//! real-engine test prints "SKIPPED: …" without an engine unless `TOMO_REQUIRE_DOCKER=1`. The
+//! fake engine also serves over TLS with client certificates, for a `tcp://` endpoint.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,63 +83,133 @@ fn assert_cap_error(e: &RpcError, cap: usize, what: &str) {
     );
 }
 
-/// A fake engine: `/version`, an empty container list, and for any container inspect a
-/// `HUGE`-byte JSON body written as fast as the reader takes it (never held in memory).
+/// A fake engine on a unix socket (see [`serve`]).
 async fn fake_engine(dir: &std::path::Path) -> String {
     let sock = dir.join("docker.sock");
     let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    sock.display().to_string()
+}
+
+/// One connection of the fake engine: `/version`, an empty container list, and for any
+/// container inspect a `HUGE`-byte JSON body written as fast as the reader takes it (never held
+/// in memory).
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let small = |body: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    if line.contains("/version") {
+        let v = r#"{"Version":"27.0.0","ApiVersion":"1.47","MinAPIVersion":"1.24"}"#;
+        let _ = s.write_all(small(v).as_bytes()).await;
+    } else if line.contains("/containers/json") {
+        let _ = s.write_all(small("[]").as_bytes()).await;
+    } else {
+        let start = r#"{"Id":"0123456789ab","Config":{"Labels":{"big":""#;
+        let end = r#""}}}"#;
+        let pad = HUGE - start.len() - end.len();
+        let header = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {HUGE}\r\n\r\n{start}"
+        );
+        if s.write_all(header.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut left = pad;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if s.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+        let _ = s.write_all(end.as_bytes()).await;
+    }
+    let _ = s.shutdown().await;
+}
+
+/// The fake engine behind TLS on 127.0.0.1 that requires a client certificate, as
+/// `dockerd --tlsverify` does; writes `ca.pem`, `cert.pem` and `key.pem` into `cert_dir`.
+async fn fake_tls_engine(cert_dir: &std::path::Path) -> String {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>, usage| {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(names).expect("params");
+        p.extended_key_usages = vec![usage];
+        (p.signed_by(&key, &issuer).expect("leaf"), key)
+    };
+    let (server, server_key) = leaf(
+        vec!["127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client, client_key) = leaf(vec!["agent".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    std::fs::write(cert_dir.join("ca.pem"), ca_cert.pem()).expect("ca.pem");
+    std::fs::write(cert_dir.join("cert.pem"), client.pem()).expect("cert.pem");
+    std::fs::write(cert_dir.join("key.pem"), client_key.serialize_pem()).expect("key.pem");
+
+    let provider = tomo_common::tls::provider();
+    let roots = tomo_common::tls::load_roots(&cert_dir.join("ca.pem")).expect("roots");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("client verifier");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(server.pem().as_bytes()).expect("server cert")],
+            PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).expect("key"),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let line = String::from_utf8_lossy(&head)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-                let small = |body: &str| {
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                };
-                if line.contains("/version") {
-                    let v = r#"{"Version":"27.0.0","ApiVersion":"1.47","MinAPIVersion":"1.24"}"#;
-                    let _ = s.write_all(small(v).as_bytes()).await;
-                } else if line.contains("/containers/json") {
-                    let _ = s.write_all(small("[]").as_bytes()).await;
-                } else {
-                    let start = r#"{"Id":"0123456789ab","Config":{"Labels":{"big":""#;
-                    let end = r#""}}}"#;
-                    let pad = HUGE - start.len() - end.len();
-                    let header = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {HUGE}\r\n\r\n{start}"
-                    );
-                    if s.write_all(header.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    let chunk = vec![b'a'; 64 * 1024];
-                    let mut left = pad;
-                    while left > 0 {
-                        let n = left.min(chunk.len());
-                        if s.write_all(&chunk[..n]).await.is_err() {
-                            return;
-                        }
-                        left -= n;
-                    }
-                    let _ = s.write_all(end.as_bytes()).await;
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    serve(tls).await;
                 }
             });
         }
     });
-    sock.display().to_string()
+    format!("https://{addr}")
 }
 
 /// The red team's read (a 300 MB answer to one read call) against the default cap: a clear
@@ -181,6 +252,35 @@ async fn a_300_mb_answer_is_refused_at_the_cap_without_growing_the_agent() {
         "one read raised the agent's peak by {peak} bytes"
     );
     // The engine is fine and so is the client: the next call is answered.
+    assert_eq!(
+        client
+            .list_containers(true)
+            .await
+            .expect("list again")
+            .len(),
+        0
+    );
+}
+
+/// A TCP endpoint with TLS (`DOCKER_HOST=tcp://…`, `DOCKER_TLS_VERIFY=1`) goes through the same
+/// counted connection: verified both ways, and capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_engine_is_verified_and_capped_the_same_way() {
+    let _one = SERIAL.lock().await;
+    const CAP: usize = 64 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = fake_tls_engine(dir.path()).await;
+    let endpoint = Endpoint::TcpTls {
+        addr,
+        cert_dir: dir.path().to_owned(),
+    };
+    let client = Arc::new(DockerClient::with_body_cap(endpoint, CAP));
+    let (ctx, _rx) = ctx(&client);
+    assert_eq!(client.list_containers(true).await.expect("list").len(), 0);
+    let e = containers::get(ctx.clone(), params(json!({"container": "victim"})))
+        .await
+        .expect_err("past the cap");
+    assert_cap_error(&e, CAP, "inspect over TLS");
     assert_eq!(
         client
             .list_containers(true)

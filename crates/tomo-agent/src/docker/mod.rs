@@ -6,8 +6,8 @@
 //! engine again by itself when it comes back (possibly with another API version).
 //!
 //! Every read from the engine is bounded ([`transport`]): a whole-body answer (inspect, lists,
-//! `info`) at most [`transport::DEFAULT_BODY_CAP`] bytes, a stream at most that between two items;
-//! past it the call fails with -32003 `docker_answer_too_large`, naming the cap.
+//! `info`) at most the host policy's `docker_read_bytes` (4 MiB by default), a stream at most that
+//! between two items; past it the call fails with -32003 `docker_answer_too_large`, naming the cap.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -62,6 +62,7 @@ fn defaults_let_a_new_install_work() {
     assert_eq!(p.rate_per_minute, 30);
     assert_eq!(p.max_concurrent, 5);
     assert_eq!(p.reads_per_minute, 600);
+    assert_eq!(p.docker_read_bytes, 4 << 20);
     // An empty file is the defaults, from that file.
     let empty = policy("");
     assert_eq!(
@@ -106,6 +107,7 @@ volume_types = ["tmpfs", "ext4"]
 rate_per_minute = 120
 max_concurrent = 2
 reads_per_minute = 90
+docker_read_bytes = 16777216
 "#,
     );
     assert_eq!(p.max_level, Level::Execute);
@@ -145,6 +147,7 @@ reads_per_minute = 90
     assert_eq!(p.rate_per_minute, 120);
     assert_eq!(p.max_concurrent, 2);
     assert_eq!(p.reads_per_minute, 90);
+    assert_eq!(p.docker_read_bytes, 16 << 20);
 }
 
 #[test]
@@ -186,6 +189,7 @@ fn malformed_files_name_the_line() {
         ("rate_per_minute = 0\n", 1, "rate_per_minute"),
         ("\n\n\nmax_concurrent = 100000\n", 4, "max_concurrent"),
         ("reads_per_minute = 0\n", 1, "reads_per_minute"),
+        ("docker_read_bytes = 1024\n", 1, "docker_read_bytes"),
         ("sysctls = [\"kernel shm\"]\n", 1, "sysctl"),
         ("read_only = true\nread_only = false\n", 2, "duplicate"),
         ("[section\n", 1, ""),
