@@ -94,7 +94,9 @@ impl DockerClient {
     }
 
     /// A connected client with a negotiated API version, or -32003 saying why there is none.
-    /// Each of its calls reads at most the body cap: for whole-body answers.
+    /// Each of its calls reads at most the body cap in all: for whole-body answers. (A stream
+    /// read through it is cut at the cap too, but bollard reports that as a lost connection:
+    /// streams take [`DockerClient::streaming`].)
     pub async fn client(&self) -> Result<Docker, RpcError> {
         self.connected().await.map(|(docker, _)| docker)
     }
@@ -125,7 +127,11 @@ impl DockerClient {
         let transport = Transport::per_request(Arc::clone(&dial), self.body_cap);
         let fresh =
             Self::over(transport, bollard::API_DEFAULT_VERSION).map_err(|e| unavailable(&e))?;
-        let negotiated = fresh.negotiate_version().await.map_err(|e| self.error(e))?;
+        // Any failure here is the engine's absence, as before; an oversized answer says so.
+        let negotiated = fresh
+            .negotiate_version()
+            .await
+            .map_err(|e| transport::too_large(&e).map_or_else(|| unavailable(&e), too_large))?;
         let pair = (negotiated, dial);
         if let Ok(mut slot) = self.client.lock() {
             *slot = Some(pair.clone());

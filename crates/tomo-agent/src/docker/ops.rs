@@ -318,7 +318,10 @@ pub async fn stats(ctx: Ctx, p: StatsParams) -> Result<Streamed<ContainerStats>,
             .stream(false)
             .one_shot(false)
             .build();
-        let mut s = docker.stats(p.container.as_str(), Some(opts));
+        // Decoded as a stream by bollard: read through a metered client, so that an answer past
+        // the cap is reported as such.
+        let (streamer, meter) = d.streaming().await?;
+        let mut s = metered(streamer.stats(p.container.as_str(), Some(opts)), meter);
         return match s.next().await {
             Some(Ok(r)) => Ok(Streamed::Done(to_stats(r))),
             Some(Err(e)) => Err(d.error(e)),
