@@ -609,6 +609,75 @@ async fn commands_are_rate_limited() {
     assert!(h.task.await.expect("join").is_ok());
 }
 
+/// An agent whose host policy (a file, as an operator writes it) sets `extra`.
+fn start_with_policy(extra: &str) -> Harness {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, extra).expect("policy");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("mode");
+    let key = command_key();
+    let mut cfg = AgentConfig::new(dir.path().join("agent"));
+    cfg.server_url = Some("wss://tomo.test/agent/ws".into());
+    cfg.register_code = Some(code_for(&key));
+    cfg.volume_base = dir.path().join("volumes");
+    cfg.docker = Endpoint::Refused("no Docker in this test".into());
+    cfg.policy_path = Some(path);
+    let (tx, ends) = mpsc::unbounded_channel();
+    let dials = Arc::new(Mutex::new(Vec::new()));
+    let agent = Agent::with_dialer(
+        cfg,
+        Arc::new(PipeDialer {
+            fail: false,
+            ends: tx,
+            dials: Arc::clone(&dials),
+        }),
+    );
+    let status = agent.status();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(agent.run(shutdown.clone()));
+    Harness {
+        agent_id: String::new(),
+        key,
+        _dir: dir,
+        ends,
+        dials,
+        status,
+        shutdown,
+        task,
+    }
+}
+
+/// Issue 12.2: reads are limited per token by the host policy's `reads_per_minute`; stream
+/// continuations are not counted, and the window slides.
+#[tokio::test(start_paused = true)]
+async fn reads_past_the_policys_read_rate_are_refused() {
+    let mut h = start_with_policy("reads_per_minute = 3\n");
+    let mut ws = welcome(&mut h).await;
+    let mut send = async |id: u32, method: &str, params: Option<&str>| {
+        let req = h.req(&id.to_string(), method, params, "read");
+        ws.send(Message::text(req)).await.expect("send");
+        next_reply(&mut ws).await
+    };
+    for i in 0..3 {
+        let got = send(i, "agent.ping", None).await;
+        assert!(got.get("result").is_some(), "read {i}: {got}");
+    }
+    let got = send(3, "system.info", None).await;
+    assert_eq!(got["error"]["code"], json!(-32002), "{got}");
+    assert_eq!(got["error"]["data"]["reason"], json!("read_rate"), "{got}");
+    let message = got["error"]["message"].as_str().expect("message");
+    assert!(message.contains("read rate"), "{message}");
+    // A continuation is not a read: answered for itself (no such stream), not refused.
+    let got = send(4, "stream.ack", Some(r#"{"stream":"s1","seq":1}"#)).await;
+    assert_ne!(got["error"]["data"]["reason"], json!("read_rate"), "{got}");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let got = send(5, "agent.ping", None).await;
+    assert!(got.get("result").is_some(), "a minute later: {got}");
+    h.shutdown.cancel();
+    assert!(h.task.await.expect("join").is_ok());
+}
+
 #[tokio::test]
 async fn at_most_five_commands_run_at_once() {
     // Commands against an engine that never answers stay in flight.
