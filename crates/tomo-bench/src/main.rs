@@ -9,6 +9,8 @@
 //! - `tomo-bench fleet`: `tomo server` in its own process and N simulated agents (`tomo-sim`):
 //!   connect time, memory per agent, fan-out, a metrics burst and a restart storm (issue 6).
 //! - `tomo-bench all`: the three, with the targets of issue 6 in one table and one report.
+//! - `tomo-bench flood`: the API's latency and real agents' connect time under pre-auth floods
+//!   (issue 12.5), bounded, loopback only; a control plane in this process.
 //!
 //! Run them with `scripts/bench`, which builds `tomo`, `tomo-agent` and this in release mode.
 
@@ -16,6 +18,7 @@
 
 mod fixtures;
 mod fleet;
+mod flood;
 mod footprint;
 mod procs;
 mod report;
@@ -63,6 +66,8 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The API and real agents under pre-authentication floods (issue 12.5).
+    Flood(flood::FloodArgs),
     /// Footprint, round trip and fleet, with every target of issue 6.
     All {
         /// Simulated agents [default: 10000; 1000 with --quick].
@@ -89,6 +94,13 @@ async fn main() -> ExitCode {
                 rpc::run(args.quick()).await
             } else {
                 rpc::run(args).await
+            }
+        }
+        Command::Flood(args) => {
+            if cli.quick {
+                flood::run(args.quick()).await
+            } else {
+                flood::run(args).await
             }
         }
         Command::Footprint { json } => {

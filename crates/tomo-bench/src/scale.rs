@@ -40,7 +40,9 @@ impl FleetPlan {
     pub fn full() -> Self {
         Self {
             agents: 10_000,
-            source_ips: 8,
+            // 50 agents per address: a restart storm stays within each source's share of
+            // unauthenticated connections (64, issue 12.5).
+            source_ips: 200,
             fan_outs: 5,
             timeout_secs: 180,
         }
@@ -49,7 +51,7 @@ impl FleetPlan {
     pub fn quick() -> Self {
         Self {
             agents: 1_000,
-            source_ips: 4,
+            source_ips: 32,
             fan_outs: 3,
             timeout_secs: 60,
         }

@@ -26,6 +26,7 @@
 mod agent;
 pub mod canned;
 mod dial;
+pub mod flood;
 mod stats;
 
 use std::net::Ipv4Addr;
