@@ -68,13 +68,27 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Ht
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
+    // The connection leaves its source's connection share for its agent handshake share (a
+    // budget of its own, issue 12.5); it counts until the welcome (`ReadBudget::lift`).
+    let slot = req
+        .extensions()
+        .get::<crate::admission::Unauthenticated>()
+        .cloned();
+    if slot.as_ref().is_some_and(|s| !s.to_agent_handshake()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many agent handshakes from this address; try again later",
+        )
+            .into_response();
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let task_state = Arc::clone(&state);
     state.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let budget = crate::budget::ReadBudget::new(crate::budget::HANDSHAKE_BUDGET);
+                let budget =
+                    crate::budget::ReadBudget::new(crate::budget::HANDSHAKE_BUDGET).releasing(slot);
                 let io = crate::budget::Budgeted::new(TokioIo::new(upgraded), budget.clone());
                 let ws =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
@@ -113,21 +127,36 @@ pub async fn run_session<S>(
     // must not lock out the fleet behind it); what it may no longer do is guess: a registration
     // code is refused unseen, a failed handshake is answered `throttled`.
     let blocked = peer.and_then(|ip| state.throttle.check(ip).err());
-    // Handshakes take turns (see `Hub::handshake_turn`). The wait for a turn is bounded apart
-    // from the handshake's own deadline: it measures how busy this process is, not the agent.
-    let Ok(Some(turn)) =
-        tokio::time::timeout(crate::HANDSHAKE_QUEUE, state.hub.handshake_turn()).await
-    else {
-        tracing::debug!("no turn for the session handshake in time");
-        return;
-    };
-    let handshake = tokio::time::timeout(
-        state.config.handshake_timeout,
-        handshake(&mut sink, &mut stream, &state, blocked),
+    // The challenge and the agent's first message come before any turn, within their own short
+    // deadline: a silent peer holds no session handshake turn (issue 12.5).
+    let first = tokio::time::timeout(
+        state.config.first_message_timeout,
+        first_message(&mut sink, &mut stream),
     )
     .await;
-    // The turn is the handshake's only, not the session's.
-    drop(turn);
+    let handshake = match first {
+        Ok(Ok((nonce, text))) => {
+            // Handshakes take turns (see `Hub::handshake_turn`). The wait for a turn is bounded
+            // apart from the handshake's own deadline: it measures how busy this process is,
+            // not the agent.
+            let Ok(Some(turn)) =
+                tokio::time::timeout(crate::HANDSHAKE_QUEUE, state.hub.handshake_turn()).await
+            else {
+                tracing::debug!("no turn for the session handshake in time");
+                return;
+            };
+            let handshake = tokio::time::timeout(
+                state.config.handshake_timeout,
+                handshake(&state, blocked, &nonce, &text),
+            )
+            .await;
+            // The turn is the handshake's only, not the session's.
+            drop(turn);
+            handshake
+        }
+        Ok(Err(refusal)) => Ok(Err(refusal)),
+        Err(elapsed) => Err(elapsed),
+    };
     let host = match handshake {
         Ok(Ok(host)) => host,
         Ok(Err(Refusal(reason, message))) => {
@@ -243,12 +272,11 @@ pub fn agent_id_for(public_key: &[u8]) -> String {
     tomo_common::agent_id_for(public_key)
 }
 
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+/// Sends the challenge and reads the agent's first handshake message: its nonce and text.
+async fn first_message<S: AsyncRead + AsyncWrite + Unpin>(
     sink: &mut Sink<S>,
     stream: &mut Stream<S>,
-    state: &AppState,
-    blocked: Option<Duration>,
-) -> Result<HostRecord, Refusal> {
+) -> Result<(String, tungstenite::Utf8Bytes), Refusal> {
     let nonce = b64(&tomo_common::random_bytes::<32>());
     let challenge = Handshake::Challenge {
         proto_version: tomo_proto::PROTO_VERSION,
@@ -275,7 +303,17 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    let msg = Handshake::parse(&text).map_err(|r| Refusal::new(r, "not a handshake message"))?;
+    Ok((nonce, text))
+}
+
+/// Judges the agent's first message (`text`, an answer to the challenge `nonce`).
+async fn handshake(
+    state: &AppState,
+    blocked: Option<Duration>,
+    nonce: &str,
+    text: &str,
+) -> Result<HostRecord, Refusal> {
+    let msg = Handshake::parse(text).map_err(|r| Refusal::new(r, "not a handshake message"))?;
     match msg {
         Handshake::Register {
             proto_version,
@@ -302,7 +340,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 })?;
             verify(
                 &key,
-                &signing_payload(Purpose::Register, &nonce, &public_key),
+                &signing_payload(Purpose::Register, nonce, &public_key),
                 &signature,
             )?;
             let host = NewHost {
@@ -375,7 +413,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             }
             // The current key, or the one before the last rotation while the agent has not
             // authenticated with the new one yet.
-            let payload = signing_payload(Purpose::Authenticate, &nonce, &agent_id);
+            let payload = signing_payload(Purpose::Authenticate, nonce, &agent_id);
             let used_previous = match verify(&host.public_key, &payload, &signature) {
                 Ok(()) => false,
                 Err(e) => match &host.previous_public_key {
@@ -409,7 +447,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                         })?;
                     let subject =
                         tomo_proto::handshake::rotate_subject(&agent_id, &r.new_public_key);
-                    let rotate_payload = signing_payload(Purpose::Rotate, &nonce, &subject);
+                    let rotate_payload = signing_payload(Purpose::Rotate, nonce, &subject);
                     verify(&used_key, &rotate_payload, &r.signature_old)?;
                     verify(&new_key, &rotate_payload, &r.signature_new)?;
                     if new_key == host.public_key {

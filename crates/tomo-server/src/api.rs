@@ -372,6 +372,10 @@ pub(crate) async fn require_token(
         // A valid token is served even from a blocked address: the block is the guesser's,
         // not its neighbours' behind the same NAT.
         Ok(Some(token)) => {
+            // The connection is an operator's: it leaves its source's unauthenticated share.
+            if let Some(slot) = req.extensions().get::<crate::admission::Unauthenticated>() {
+                slot.authenticated();
+            }
             state.last_use.note(&token.id, now_ms());
             let trace = req
                 .extensions()

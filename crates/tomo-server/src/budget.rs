@@ -1,7 +1,9 @@
 //! A read budget for connections that have not authenticated yet. The WebSocket layer accepts
 //! messages as large as an agent's biggest answer (11 MiB); before the handshake completes, a
 //! peer may send at most [`HANDSHAKE_BUDGET`] bytes, so an unauthenticated peer cannot make the
-//! control plane buffer megabytes. The budget is lifted once the agent is authenticated.
+//! control plane buffer megabytes. The budget is lifted once the agent is authenticated; so is
+//! the connection's place in its source's unauthenticated share (`admission`), which the budget
+//! carries.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,16 +18,25 @@ pub const HANDSHAKE_BUDGET: u64 = 2 * tomo_proto::MAX_HANDSHAKE_BYTES as u64;
 
 /// The shared, liftable budget.
 #[derive(Debug, Clone)]
-pub struct ReadBudget(Arc<AtomicU64>);
+pub struct ReadBudget(Arc<AtomicU64>, Option<crate::admission::Unauthenticated>);
 
 impl ReadBudget {
     pub fn new(bytes: u64) -> Self {
-        Self(Arc::new(AtomicU64::new(bytes)))
+        Self(Arc::new(AtomicU64::new(bytes)), None)
     }
 
-    /// No limit from now on.
+    /// The connection's admission slot, released by [`ReadBudget::lift`].
+    pub fn releasing(mut self, slot: Option<crate::admission::Unauthenticated>) -> Self {
+        self.1 = slot;
+        self
+    }
+
+    /// No limit from now on: the peer is authenticated.
     pub fn lift(&self) {
         self.0.store(u64::MAX, Ordering::Relaxed);
+        if let Some(slot) = &self.1 {
+            slot.authenticated();
+        }
     }
 }
 

@@ -24,6 +24,19 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     pub dead_after: Duration,
     pub handshake_timeout: Duration,
+    /// Unauthenticated connections one source (IPv4 address, IPv6 /64) may hold at once:
+    /// waiting for their first TLS byte, in TLS, or in HTTP before a request authenticates
+    /// (see `admission`). Past it, a new connection is closed as soon as it is accepted.
+    pub unauthenticated_per_source: usize,
+    /// Upgraded `/agent/ws` connections one source may have in their session handshake at once
+    /// (a budget apart from the operators' connections above).
+    pub agent_handshakes_per_source: usize,
+    /// How long an accepted connection may take to send its first TLS byte. It holds no shared
+    /// turn meanwhile, only its source's slot.
+    pub first_byte_timeout: Duration,
+    /// How long an upgraded `/agent/ws` connection may take to send its first handshake message
+    /// after the challenge. It holds no session handshake turn meanwhile.
+    pub first_message_timeout: Duration,
     /// Time given to sessions and requests to finish at shutdown.
     pub shutdown_grace: Duration,
     /// How long a pending action waits for a human before it expires.
@@ -44,6 +57,8 @@ pub enum ConfigError {
     Missing(PathBuf),
     #[error("public URL {0:?} must start with https://")]
     PublicUrl(String),
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
 }
 
 impl ServerConfig {
@@ -60,6 +75,10 @@ impl ServerConfig {
             heartbeat: Duration::from_secs(tomo_proto::HEARTBEAT_SECS),
             dead_after: Duration::from_secs(tomo_proto::DEAD_AFTER_SECS),
             handshake_timeout: Duration::from_secs(10),
+            unauthenticated_per_source: 64,
+            agent_handshakes_per_source: 64,
+            first_byte_timeout: Duration::from_secs(5),
+            first_message_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_millis(1500),
             approval_ttl: Duration::from_secs(15 * 60),
             tool_rate_per_min: 60,
@@ -80,6 +99,29 @@ impl ServerConfig {
             && !u.starts_with("https://")
         {
             return Err(ConfigError::PublicUrl(u.clone()));
+        }
+        for (name, n) in [
+            (
+                "unauthenticated connections per source",
+                self.unauthenticated_per_source,
+            ),
+            (
+                "agent handshakes per source",
+                self.agent_handshakes_per_source,
+            ),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        for (name, d) in [
+            ("the handshake timeout", self.handshake_timeout),
+            ("the first-byte timeout", self.first_byte_timeout),
+            ("the first-message timeout", self.first_message_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Zero(name));
+            }
         }
         Ok(())
     }

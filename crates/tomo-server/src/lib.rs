@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod agent_ws;
 pub mod api;
 pub mod api_approvals;
@@ -95,6 +96,8 @@ pub struct AppState {
     pub sealer: sealer::ParamSealer,
     /// Approved actions a stop interrupted, waiting for their host's audit (issue 13.2).
     pub interrupted: approvals::Interrupted,
+    /// Unauthenticated connections per source (issue 12.5, see `admission`).
+    pub admission: admission::Admission,
 }
 
 /// Startup failures.
@@ -188,7 +191,12 @@ impl Server {
         let (audit_queue, audit_rx) = tokio::sync::mpsc::channel(audit::WRITE_QUEUE);
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         let samples = samples::Samples::start(Arc::clone(&store), shutdown.clone(), &tracker);
+        let admission = admission::Admission::new(
+            config.unauthenticated_per_source,
+            config.agent_handshakes_per_source,
+        );
         let state = Arc::new(AppState {
+            admission,
             store,
             hub: Hub::new(signer),
             config,
@@ -255,14 +263,29 @@ impl Server {
                     }
                 },
             };
+            // A source past its share of unauthenticated connections gets no more: closed unread
+            // (issue 12.5, see `admission`).
+            let Some(slot) = state.admission.admit(peer.ip()) else {
+                tracing::debug!(%peer, "too many unauthenticated connections from this source");
+                continue;
+            };
             let (acceptor, app, state2) = (acceptor.clone(), app.clone(), Arc::clone(&state));
             let handshakes = Arc::clone(&handshakes);
             state.tracker.spawn(async move {
                 let _ = tcp.set_nodelay(true);
+                // The first byte before any turn: an idle connection holds only its slot.
+                if !admission::first_byte(&tcp, state2.config.first_byte_timeout).await {
+                    return tracing::debug!(%peer, "no TLS byte in time");
+                }
                 // Waiting for a turn is the control plane being busy, not the peer being slow:
-                // it has its own, longer bound, and the peer's clock starts with its turn.
-                let Ok(Ok(turn)) = tokio::time::timeout(HANDSHAKE_QUEUE, handshakes.acquire()).await
-                else {
+                // it has its own, longer bound, and the peer's clock starts with its turn. The
+                // source's own turns first, so one source never holds all of them.
+                let turns = async {
+                    let mine = slot.tls_turn().await?;
+                    let turn = handshakes.acquire().await.ok()?;
+                    Some((mine, turn))
+                };
+                let Ok(Some(turn)) = tokio::time::timeout(HANDSHAKE_QUEUE, turns).await else {
                     return tracing::debug!(%peer, "no turn for the TLS handshake in time");
                 };
                 let handshake =
@@ -277,9 +300,14 @@ impl Server {
                 // The peer's address, for the audit trail's per-source bound on 401s.
                 let mut app = app;
                 let svc = match tower_service::Service::call(&mut app, peer).await {
-                    Ok(svc) => hyper_util::service::TowerToHyperService::new(svc),
+                    Ok(svc) => svc,
                     Err(never) => match never {},
                 };
+                // Each request carries the connection's slot: authenticating releases it.
+                let svc = hyper::service::service_fn(move |mut req: http::Request<_>| {
+                    req.extensions_mut().insert(slot.clone());
+                    tower_service::Service::call(&mut svc.clone(), req)
+                });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))

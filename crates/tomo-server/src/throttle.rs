@@ -96,7 +96,7 @@ impl Throttle {
 
 /// The unit of throttling: an IPv4 address, or an IPv6 /64 (one subscriber's prefix; counting
 /// single IPv6 addresses would give a guesser 2^64 fresh sources).
-fn source(ip: IpAddr) -> IpAddr {
+pub(crate) fn source(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

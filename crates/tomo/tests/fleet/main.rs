@@ -5,6 +5,7 @@ mod audit;
 mod docker_env;
 mod docker_ops;
 mod interrupted;
+mod flood;
 mod malformed;
 mod mcp_approvals;
 mod mcp_python;
