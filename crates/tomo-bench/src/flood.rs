@@ -279,7 +279,7 @@ async fn agent_online(cp: &ControlPlane, name: &str) -> anyhow::Result<Option<f6
     let took = t0.elapsed();
     stop.cancel();
     let _ = task.await;
-    Ok(online.then(|| took.as_secs_f64() * 1e3))
+    Ok(online.then_some(took.as_secs_f64() * 1e3))
 }
 
 fn line(p: &Phase) -> String {

@@ -51,9 +51,8 @@ impl Flood {
         for h in &mut self.held {
             if let Held::Tcp(tcp) = h {
                 let mut b = [0u8; 1];
-                match tokio::time::timeout(wait, tcp.read(&mut b)).await {
-                    Ok(Ok(0) | Err(_)) => closed += 1,
-                    Ok(Ok(_)) | Err(_) => {}
+                if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(wait, tcp.read(&mut b)).await {
+                    closed += 1;
                 }
             }
         }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use tomo_sim::flood;
 
-use crate::support::{Fleet, RunningAgent};
+use tomo_agent::identity::Keys;
+
+use crate::support::{Fleet, Raw, RunningAgent, facts};
 
 const FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// The API's answer under a flood, on a fresh connection (the benchmark's target is 100 ms p99;
@@ -149,4 +151,47 @@ async fn idle_agent_upgrades_from_one_address_do_not_keep_agents_out() {
     share_becomes(&f, (0, share), Duration::from_secs(1)).await;
     drop(flood);
     share_becomes(&f, (0, 0), Duration::from_secs(5)).await;
+}
+
+/// Issue 12.5: the share bounds unauthenticated connections only. Agents behind one address
+/// (a NAT, the simulator's ~1250 per address) stay connected past it, and operators with a
+/// valid token keep their connections: each left the share when it authenticated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_connections_do_not_count_against_the_share() {
+    let f = Fleet::start_with(|c| {
+        c.unauthenticated_per_source = 3;
+        c.agent_handshakes_per_source = 2;
+    })
+    .await;
+    let local = std::net::IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut sessions = Vec::new();
+    for i in 0..10 {
+        let keys = Keys::generate();
+        let (raw, _) = Raw::register(&f, &keys, &f.code().await, facts(&format!("nat-{i}"), None))
+            .await
+            .expect("registered past the share");
+        sessions.push(raw);
+    }
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let ca = f.info.ca_file.clone().expect("self-signed");
+        let tls =
+            tomo_common::tls::client_config(&tomo_common::tls::Trust::CaFile(ca)).expect("tls");
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .expect("http");
+        let resp = http
+            .get(format!("{}/api/v1/hosts", f.info.api_url))
+            .bearer_auth(&f.token)
+            .send()
+            .await
+            .expect("API reachable past the share");
+        assert_eq!(resp.status(), StatusCode::OK);
+        // Kept, with its idle keep-alive connection.
+        clients.push(http);
+    }
+    assert_eq!(f.state.admission.held(local), (0, 0));
+    assert_eq!(f.hosts().await.len(), 10);
+    drop((sessions, clients));
 }

@@ -111,7 +111,7 @@ async fn bad_handshakes_are_refused_without_effect() {
 }
 
 #[tokio::test]
-async fn a_silent_connection_is_refused_after_the_handshake_timeout() {
+async fn a_silent_connection_is_refused_after_the_first_message_timeout() {
     let f = Fleet::start_with(|c| c.first_message_timeout = Duration::from_millis(300)).await;
     let mut raw = Raw::connect(&f).await;
     raw.challenge().await;
