@@ -4,8 +4,8 @@
 mod audit;
 mod docker_env;
 mod docker_ops;
-mod interrupted;
 mod flood;
+mod interrupted;
 mod malformed;
 mod mcp_approvals;
 mod mcp_python;
