@@ -25,19 +25,19 @@ pub const SIGNED_SEEDS: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "1",
         "system.info",
-        r#"{"principal":"admin","role":"admin","aud":"a-fuzz","nonce":"nonce-fuzz-0000000001","ts":1700000000000}"#,
+        r#"{"principal":"admin","role":"admin","aud":"a-fuzz","nonce":"nonce-fuzz-0000000001","ts":1700000000000,"exp":1700000030000}"#,
         None,
     ),
     (
         "2",
         "system.exec",
-        r#"{"principal":"ops","role":"admin","aud":"a-fuzz","nonce":"nonce-fuzz-0000000002","ts":1700000000000}"#,
+        r#"{"principal":"ops","role":"admin","aud":"a-fuzz","nonce":"nonce-fuzz-0000000002","ts":1700000000000,"exp":1700000030000}"#,
         Some(r#"{"command":"df -h"}"#),
     ),
     (
         "3",
         "docker.containers.run",
-        r#"{"principal":"admin","role":"admin","aud":"a-fuzz","nonce":"nonce-fuzz-0000000003","ts":1700000000000}"#,
+        r#"{"principal":"admin","role":"admin","aud":"a-fuzz","nonce":"nonce-fuzz-0000000003","ts":1700000000000,"exp":1700000030000}"#,
         Some(r#"{"image":"busybox","volumes":[{"source":"/srv/app","target":"/app"}]}"#),
     ),
 ];

@@ -3,7 +3,9 @@
 //! Files in the data directory, all 0600 and written atomically:
 //! - `agent.key`: the private key (PKCS#8), sealed by a [`KeyVault`], as JSON
 //!   `{"format": "<vault format>", "data": "<base64 of the sealed bytes>"}`;
-//! - `agent.json`: agent id, server URL, registration time;
+//! - `agent.json`: agent id, server URL, registration time, the pinned command key, and a MAC
+//!   over them keyed by the (sealed) private key, so that the file cannot be changed outside the
+//!   agent (a swapped command key or server URL is refused at load);
 //! - the vault's own files ([`crate::vault`]: `key.salt`, and `machine.secret` on hosts without a
 //!   machine id).
 //!
@@ -66,6 +68,17 @@ pub enum IdentityError {
          register again with a new code"
     )]
     Unsealable { dir: PathBuf, why: String },
+    /// An `agent.json` the agent cannot trust: no pinned command key, or changed from outside.
+    #[error(
+        "{path} cannot be trusted: {why}; to register again, remove agent.json, agent.key and \
+         key.salt (and machine.secret, if present) from {dir}, delete the host in the control plane \
+         (`tomo hosts rm`), and start the agent with a new code (`tomo codes create`)"
+    )]
+    Untrusted {
+        path: PathBuf,
+        dir: PathBuf,
+        why: String,
+    },
     #[error("{path} was sealed as {found:?}, this agent opens {expected:?}")]
     WrongFormat {
         path: PathBuf,
@@ -123,14 +136,58 @@ impl Keys {
 }
 
 /// What is saved next to the key once the control plane accepted the agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     pub agent_id: String,
     pub server_url: String,
     pub registered_at_ms: i64,
     /// The control plane's command-signing public key (base64), pinned at registration.
+    pub command_key: String,
+}
+
+/// `agent.json` on disk. The command key is optional here only so that a file written before
+/// pinning is refused with a clear message instead of a parse error.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    agent_id: String,
+    server_url: String,
+    registered_at_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command_key: Option<String>,
+    command_key: Option<String>,
+    /// HMAC-SHA256 (base64) of the fields above under a key derived from the private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+impl Registration {
+    /// The MAC key of `agent.json`, derived from the private key: whoever cannot open the
+    /// sealed key cannot write an `agent.json` the agent accepts.
+    fn mac_key(keys: &Keys) -> ring::hmac::Key {
+        let mut secret = b"tomo-agent-json-mac-v1\0".to_vec();
+        secret.extend_from_slice(&keys.pkcs8);
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tomo_common::sha256(&secret))
+    }
+
+    /// The bytes the MAC covers: every field, length-prefixed.
+    fn mac_input(&self) -> Vec<u8> {
+        let at = self.registered_at_ms.to_string();
+        let mut out = Vec::new();
+        for part in [&self.agent_id, &self.server_url, &at, &self.command_key] {
+            out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+        out
+    }
+
+    fn mac(&self, keys: &Keys) -> String {
+        b64(ring::hmac::sign(&Self::mac_key(keys), &self.mac_input()).as_ref())
+    }
+
+    fn mac_verifies(&self, keys: &Keys, mac: &str) -> bool {
+        unb64(mac).is_some_and(|tag| {
+            ring::hmac::verify(&Self::mac_key(keys), &self.mac_input(), &tag).is_ok()
+        })
+    }
 }
 
 /// The agent's identity as found in the data directory.
@@ -179,11 +236,51 @@ impl IdentityStore {
         let registration = if state_path.exists() {
             check_private(&state_path)?;
             let text = read(&state_path)?;
-            Some(serde_json::from_slice(&text).map_err(|e| corrupt(&state_path, e))?)
+            let file: StateFile =
+                serde_json::from_slice(&text).map_err(|e| corrupt(&state_path, e))?;
+            Some(self.check_state(&state_path, file, &keys)?)
         } else {
             None
         };
         Ok(Some(Identity { keys, registration }))
+    }
+
+    /// No trust on first use, no edits from outside: a registration without a pinned command key
+    /// or whose MAC does not verify is refused, saying how to register again.
+    fn check_state(
+        &self,
+        path: &Path,
+        file: StateFile,
+        keys: &Keys,
+    ) -> Result<Registration, IdentityError> {
+        let untrusted = |why: &str| IdentityError::Untrusted {
+            path: path.to_owned(),
+            dir: self.dir.clone(),
+            why: why.to_owned(),
+        };
+        let command_key = file.command_key.ok_or_else(|| {
+            untrusted("it pins no command key (it predates protocol 2's pinning)")
+        })?;
+        let reg = Registration {
+            agent_id: file.agent_id,
+            server_url: file.server_url,
+            registered_at_ms: file.registered_at_ms,
+            command_key,
+        };
+        // The next key's MAC is good while a promotion is half done (see `promote_next`).
+        let by_next = |mac: &str| {
+            self.load_next()
+                .ok()
+                .flatten()
+                .is_some_and(|next| reg.mac_verifies(&next, mac))
+        };
+        match file.mac {
+            Some(mac) if reg.mac_verifies(keys, &mac) || by_next(&mac) => Ok(reg),
+            Some(_) => Err(untrusted(
+                "its MAC does not verify: it was changed outside the agent",
+            )),
+            None => Err(untrusted("it has no MAC (it predates protocol 2)")),
+        }
     }
 
     fn load_keys(&self, path: &Path) -> Result<Keys, IdentityError> {
@@ -236,8 +333,17 @@ impl IdentityStore {
     }
 
     /// Ends a rotation the control plane accepted: the next key becomes the key (an atomic
-    /// rename; the old key is gone).
-    pub fn promote_next(&self) -> Result<(), IdentityError> {
+    /// rename; the old key is gone). `agent.json`'s MAC moves to the next key first; a crash
+    /// between the two steps leaves a MAC that the next key verifies, which [`Self::load`]
+    /// accepts while `agent.key.next` is there.
+    pub fn promote_next(&self, current: &Keys, next: &Keys) -> Result<(), IdentityError> {
+        let state_path = self.dir.join(STATE_FILE);
+        if state_path.exists() {
+            let file: StateFile =
+                serde_json::from_slice(&read(&state_path)?).map_err(|e| corrupt(&state_path, e))?;
+            let reg = self.check_state(&state_path, file, current)?;
+            self.save_registration(&reg, next)?;
+        }
         let from = self.dir.join(NEXT_KEY_FILE);
         let to = self.dir.join(KEY_FILE);
         std::fs::rename(&from, &to).map_err(|source| IdentityError::Io {
@@ -268,11 +374,19 @@ impl IdentityStore {
             .map_err(|source| IdentityError::Io { path, source })
     }
 
-    /// Saves the registration once the control plane welcomed the agent.
-    pub fn save_registration(&self, reg: &Registration) -> Result<(), IdentityError> {
+    /// Saves the registration once the control plane welcomed the agent, with its MAC under
+    /// `keys` (the agent's key).
+    pub fn save_registration(&self, reg: &Registration, keys: &Keys) -> Result<(), IdentityError> {
         self.ensure_dir()?;
         let path = self.dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(reg).expect("serializes");
+        let file = StateFile {
+            agent_id: reg.agent_id.clone(),
+            server_url: reg.server_url.clone(),
+            registered_at_ms: reg.registered_at_ms,
+            command_key: Some(reg.command_key.clone()),
+            mac: Some(reg.mac(keys)),
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("serializes");
         tomo_common::fs::write_private(&path, &json)
             .map_err(|source| IdentityError::Io { path, source })
     }
@@ -333,13 +447,109 @@ mod tests {
             agent_id: "a".into(),
             server_url: "wss://x/agent/ws".into(),
             registered_at_ms: 1,
-            command_key: None,
+            command_key: b64(&[7; 32]),
         };
-        s.save_registration(&reg).expect("save");
+        s.save_registration(&reg, &keys).expect("save");
         assert_eq!(
             s.load().expect("load").expect("some").registration,
             Some(reg)
         );
+    }
+
+    /// Issue 12.4: no trust on first use, and `agent.json` cannot be edited from outside (a
+    /// swapped command key or server URL would hand the host to whoever holds that key).
+    #[test]
+    fn refuses_an_agent_json_without_pinned_key_or_with_a_bad_mac() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let keys = Keys::generate();
+        s.save_keys(&keys).expect("save");
+        let reg = Registration {
+            agent_id: "a".into(),
+            server_url: "wss://x/agent/ws".into(),
+            registered_at_ms: 1,
+            command_key: b64(&[7; 32]),
+        };
+        s.save_registration(&reg, &keys).expect("save");
+        let path = dir.path().join(STATE_FILE);
+        let good: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+        let cases: [(&str, Edit, &str); 4] = [
+            (
+                "attacker's command key",
+                &|v| v["command_key"] = b64(&[9; 32]).into(),
+                "MAC does not verify",
+            ),
+            (
+                "relay's URL",
+                &|v| v["server_url"] = "wss://relay/agent/ws".into(),
+                "MAC does not verify",
+            ),
+            (
+                "no MAC",
+                &|v| {
+                    v.as_object_mut().expect("object").remove("mac");
+                },
+                "no MAC",
+            ),
+            (
+                "no pinned key (TOFU)",
+                &|v| {
+                    v.as_object_mut().expect("object").remove("command_key");
+                },
+                "pins no command key",
+            ),
+        ];
+        for (case, edit, want) in cases {
+            let mut v = good.clone();
+            edit(&mut v);
+            tomo_common::fs::write_private(&path, &serde_json::to_vec(&v).expect("json"))
+                .expect("write");
+            match s.load() {
+                Err(e @ IdentityError::Untrusted { .. }) => {
+                    let text = e.to_string();
+                    assert!(text.contains(want), "{case}: {text}");
+                    assert!(
+                        text.contains("tomo codes create"),
+                        "{case}: says how to re-register: {text}"
+                    );
+                }
+                other => panic!("{case}: expected a refusal, got {other:?}"),
+            }
+        }
+        // Another key's MAC does not pass either.
+        let other = Keys::generate();
+        s.save_registration(&reg, &other).expect("save");
+        assert!(matches!(s.load(), Err(IdentityError::Untrusted { .. })));
+    }
+
+    /// A key rotation keeps `agent.json` trusted, and so does a crash halfway through it.
+    #[test]
+    fn a_rotation_moves_the_mac_to_the_next_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let (old, next) = (Keys::generate(), Keys::generate());
+        s.save_keys(&old).expect("save");
+        let reg = Registration {
+            agent_id: "a".into(),
+            server_url: "wss://x/agent/ws".into(),
+            registered_at_ms: 1,
+            command_key: b64(&[7; 32]),
+        };
+        s.save_registration(&reg, &old).expect("save");
+        s.save_next(&next).expect("save next");
+        // Crash after the MAC moved, before the rename: still trusted.
+        s.save_registration(&reg, &next).expect("save");
+        assert_eq!(
+            s.load().expect("half done").expect("some").registration,
+            Some(reg.clone())
+        );
+        s.save_registration(&reg, &old).expect("save");
+        s.promote_next(&old, &next).expect("promote");
+        let loaded = s.load().expect("load").expect("some");
+        assert_eq!(loaded.keys.public_key(), next.public_key());
+        assert_eq!(loaded.registration, Some(reg));
     }
 
     #[test]

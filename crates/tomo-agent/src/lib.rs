@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tomo_proto::handshake::{Handshake, HostFacts, Purpose, RefusalReason, signing_payload};
+use tomo_proto::handshake::{ChannelBinding, Handshake, HostFacts, RefusalReason};
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, ConfigError};
@@ -136,12 +136,7 @@ pub enum Status {
 
 /// Checks the command key the control plane offered in `welcome`: at registration against the
 /// code's fingerprint, later against the pinned key. Returns the key to trust.
-fn pin_command_key(mode: &Mode, offered: Option<&str>) -> Result<String, AgentError> {
-    let offered = offered.ok_or_else(|| {
-        AgentError::CommandKey(
-            "the control plane offered no command key; refusing to take commands from it".into(),
-        )
-    })?;
+fn pin_command_key(mode: &Mode, offered: &str) -> Result<String, AgentError> {
     let key = tomo_common::unb64(offered)
         .filter(|k| k.len() == 32)
         .ok_or_else(|| {
@@ -157,7 +152,7 @@ fn pin_command_key(mode: &Mode, offered: Option<&str>) -> Result<String, AgentEr
             }
         }
         Mode::Authenticate {
-            command_key: Some(pinned),
+            command_key: pinned,
             ..
         } => {
             if pinned != offered {
@@ -165,13 +160,6 @@ fn pin_command_key(mode: &Mode, offered: Option<&str>) -> Result<String, AgentEr
                     "the control plane offers a command key different from the one pinned at registration: possible man in the middle; refusing its commands".into(),
                 ));
             }
-        }
-        Mode::Authenticate {
-            command_key: None, ..
-        } => {
-            tracing::warn!(
-                "this registration predates command-key pinning: pinning the key offered now (trust on first use)"
-            );
         }
     }
     Ok(offered.to_owned())
@@ -220,7 +208,9 @@ impl AgentError {
                 | Self::CodeWithoutFingerprint
                 | Self::State(_)
                 | Self::Tls(_)
-                | Self::Identity(IdentityError::Unsealable { .. })
+                | Self::Identity(
+                    IdentityError::Unsealable { .. } | IdentityError::Untrusted { .. }
+                )
         )
     }
 }
@@ -248,8 +238,8 @@ enum Mode {
     },
     Authenticate {
         agent_id: String,
-        /// The pinned command key; `None` for a registration made before keys were pinned.
-        command_key: Option<String>,
+        /// The command key pinned at registration (there is no trust on first use).
+        command_key: String,
         /// The next key of a rotation in flight, offered at every authentication until the
         /// control plane welcomes it.
         next: Option<Keys>,
@@ -399,16 +389,18 @@ impl Agent {
         let result = loop {
             self.status.send_replace(Status::Connecting);
             let facts = self.facts(&shared);
-            let hello = |nonce: &str| hello(&mode, &keys, nonce, facts);
+            let hello =
+                |nonce: &str, binding: &ChannelBinding| hello(&mode, &keys, nonce, binding, facts);
             let opened = tokio::select! {
                 r = session::open(&*self.dialer, &url, hello, self.config.intervals.handshake_timeout) => r,
                 _ = shutdown.cancelled() => break Ok(()),
             };
             match opened {
-                Ok((ws, agent_id, offered)) => {
-                    // The welcome is not signed: the id in it must be the one this agent is
-                    // (its saved id, or at registration the id its key names), or requests
-                    // addressed to another agent would pass the audience check.
+                Ok((ws, welcomed)) => {
+                    let agent_id = welcomed.agent_id.clone();
+                    // The id in the welcome must be the one this agent is (its saved id, or at
+                    // registration the id its key names), or requests addressed to another
+                    // agent would pass the audience check.
                     let expected = match &mode {
                         Mode::Register { .. } => tomo_common::agent_id_for(keys.public_key()),
                         Mode::Authenticate { agent_id, .. } => agent_id.clone(),
@@ -418,42 +410,47 @@ impl Agent {
                             "the control plane welcomed this agent as {agent_id}, but it is {expected}: possible man in the middle; refusing its commands"
                         )));
                     }
-                    let command_key = match pin_command_key(&mode, offered.as_deref()) {
+                    let command_key = match pin_command_key(&mode, &welcomed.command_key) {
                         Ok(k) => k,
                         Err(e) => break Err(e),
                     };
-                    let newly_pinned = match &mode {
-                        Mode::Register { .. } => true,
-                        Mode::Authenticate { command_key, .. } => command_key.is_none(),
-                    };
-                    if newly_pinned {
+                    // Signed by that key over this agent's key, the challenge and this very
+                    // TLS connection: a relay in the middle cannot welcome the agent as itself
+                    // (issue 12.4). Checked before anything is saved or trusted.
+                    if !tomo_common::hello::welcome_verifies(
+                        &command_key,
+                        &agent_id,
+                        &keys.public_key_b64(),
+                        &welcomed.nonce,
+                        &welcomed.binding,
+                        &welcomed.signature,
+                    ) {
+                        break Err(AgentError::CommandKey(
+                            "the welcome is not signed by the control plane's command key for this TLS connection: possible man in the middle (a TLS-terminating proxy?); refusing its commands".into(),
+                        ));
+                    }
+                    if let Mode::Register { .. } = mode {
                         let reg = Registration {
                             agent_id: agent_id.clone(),
                             server_url: url.clone(),
                             registered_at_ms: tomo_common::now_ms(),
-                            command_key: Some(command_key.clone()),
+                            command_key: command_key.clone(),
                         };
-                        if let Err(e) = store.save_registration(&reg) {
+                        if let Err(e) = store.save_registration(&reg, &keys) {
                             break Err(e.into());
                         }
-                        if let Mode::Register { .. } = mode {
-                            tracing::info!(%agent_id, "registered with the control plane");
-                        }
-                        let pending = match &mut mode {
-                            Mode::Authenticate { next, .. } => next.take(),
-                            Mode::Register { .. } => None,
-                        };
+                        tracing::info!(%agent_id, "registered with the control plane");
                         mode = Mode::Authenticate {
                             agent_id: agent_id.clone(),
-                            command_key: Some(command_key.clone()),
-                            next: pending,
+                            command_key: command_key.clone(),
+                            next: None,
                         };
                     }
                     // The control plane welcomed the next key: it is the key from now on.
                     if let Mode::Authenticate { next, .. } = &mut mode
                         && let Some(n) = next.take()
                     {
-                        if let Err(e) = store.promote_next() {
+                        if let Err(e) = store.promote_next(&keys, &n) {
                             break Err(e.into());
                         }
                         keys = n;
@@ -588,39 +585,25 @@ impl Agent {
     }
 }
 
-fn hello(mode: &Mode, keys: &Keys, nonce: &str, facts: HostFacts) -> Handshake {
-    let proto_version = tomo_proto::PROTO_VERSION;
+fn hello(
+    mode: &Mode,
+    keys: &Keys,
+    nonce: &str,
+    binding: &ChannelBinding,
+    facts: HostFacts,
+) -> Handshake {
+    let sign = |m: &[u8]| keys.sign_b64(m);
     match mode {
         Mode::Register { code, .. } => {
-            let public_key = keys.public_key_b64();
-            let signature = keys.sign_b64(&signing_payload(Purpose::Register, nonce, &public_key));
-            Handshake::Register {
-                proto_version,
-                code: code.clone(),
-                public_key,
-                signature,
-                facts,
-            }
+            tomo_common::hello::register(code, &keys.public_key_b64(), sign, nonce, binding, facts)
         }
         Mode::Authenticate { agent_id, next, .. } => {
-            let signature = keys.sign_b64(&signing_payload(Purpose::Authenticate, nonce, agent_id));
-            let rotate = next.as_ref().map(|n| {
-                let new_public_key = n.public_key_b64();
-                let subject = tomo_proto::handshake::rotate_subject(agent_id, &new_public_key);
-                let payload = signing_payload(Purpose::Rotate, nonce, &subject);
-                tomo_proto::handshake::RotateKey {
-                    new_public_key,
-                    signature_old: keys.sign_b64(&payload),
-                    signature_new: n.sign_b64(&payload),
-                }
+            let sign_next = |m: &[u8]| next.as_ref().map(|n| n.sign_b64(m)).unwrap_or_default();
+            let next = next.as_ref().map(|n| tomo_common::hello::NextKey {
+                public_key: n.public_key_b64(),
+                sign: &sign_next,
             });
-            Handshake::Authenticate {
-                proto_version,
-                agent_id: agent_id.clone(),
-                signature,
-                facts,
-                rotate,
-            }
+            tomo_common::hello::authenticate(agent_id, sign, nonce, binding, facts, next)
         }
     }
 }

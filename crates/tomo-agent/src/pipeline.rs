@@ -6,8 +6,9 @@
 //!    command key (pinned at registration) over its exact id, method, `meta` and `params` texts.
 //!    Nothing of the request is parsed before this passes (`-32001`, `unsigned`/`bad_signature`).
 //! 2. **Audience** — `meta.aud` is this agent's id (`audience`).
-//! 3. **Freshness and replay** — `meta.nonce` unused and `meta.ts` within the window
-//!    ([`crate::replay`]; `stale`/`replay`).
+//! 3. **Freshness and replay** — `meta.exp` not passed (`expired`: the operator's call timed
+//!    out), `meta.nonce` unused and `meta.ts` within the window ([`crate::replay`];
+//!    `stale`/`replay`).
 //! 4. **Method** — served by this agent (`-32601`).
 //! 5. **Authorization** — the effective level, the lower of the signed role and the host policy's
 //!    ceiling, reaches the method's level, and the host policy allows the method (`-32001`,
@@ -201,11 +202,24 @@ impl Guard {
                 "the nonce is malformed",
             )));
         }
+        // A command carries its signed expiry, the moment the operator's call times out (issue
+        // 12.4): mandatory, and never further than the replay window from its signing time.
+        let now = tomo_common::now_ms();
+        let Some(exp) = meta
+            .exp
+            .filter(|&e| e >= ts && e - ts <= rpc::MAX_COMMAND_TTL_MS)
+        else {
+            return Err(with_meta(deny(
+                code::SECURITY,
+                "stale",
+                "the request has no valid expiry (protocol 2 signs one, at most 5 min after its time)",
+            )));
+        };
         let checked = self
             .replay
             .lock()
             .map_err(|_| deny(code::INTERNAL_ERROR, "internal", "replay guard poisoned"))?
-            .check(nonce, ts, tomo_common::now_ms());
+            .check(nonce, ts, now);
         match checked {
             Ok(()) => {}
             Err(replay::Refusal::Replay) => {
@@ -229,6 +243,17 @@ impl Guard {
                     "the request's timestamp is outside the accepted window (5 min past, 30 s ahead)",
                 )));
             }
+        }
+        // Held back in the network past its expiry, it is refused, not run late.
+        if now > exp {
+            return Err(with_meta(deny(
+                code::SECURITY,
+                "expired",
+                format!(
+                    "the request expired {} ms before it arrived (the operator's call had already timed out); not run",
+                    now - exp
+                ),
+            )));
         }
         // 4. Method.
         let Some(level) = level_of(&req.method) else {

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use tomo_proto::audit::AuditRecord;
-use tomo_proto::handshake::{Handshake, RefusalReason};
+use tomo_proto::handshake::{ChannelBinding, Handshake, RefusalReason};
 use tomo_proto::methods::{HEALTH_STATUS, HealthStatus, METRICS_UPDATE};
 use tomo_proto::rpc::{self, Frame, Id, Message, Response, RpcError};
 
@@ -38,7 +38,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// A WebSocket over any [`Io`].
 pub type Ws = WebSocketStream<Box<dyn Io>>;
 
-type DialFuture<'a> = Pin<Box<dyn Future<Output = Result<Box<dyn Io>, SessionError>> + Send + 'a>>;
+type DialFuture<'a> = Pin<Box<dyn Future<Output = Result<Dialed, SessionError>> + Send + 'a>>;
+
+/// An open byte stream and the TLS channel binding of the connection it runs on (RFC 9266
+/// `tls-exporter`), which every handshake signature names.
+pub struct Dialed {
+    pub io: Box<dyn Io>,
+    pub binding: ChannelBinding,
+}
+
+impl std::fmt::Debug for Dialed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialed").finish_non_exhaustive()
+    }
+}
 
 /// Opens the byte stream to the control plane.
 pub trait Dialer: Send + Sync {
@@ -121,7 +134,17 @@ impl Dialer for TlsDialer {
                         url: url.into(),
                         source,
                     })?;
-            Ok(Box::new(tls) as Box<dyn Io>)
+            // TLS 1.3 only: its exporter is a sound channel binding (TLS 1.2's is not, without
+            // the extended master secret).
+            let binding = tomo_common::tls::channel_binding(tls.get_ref().1).ok_or_else(|| {
+                SessionError::Protocol(format!(
+                    "{url} did not negotiate TLS 1.3; agents need TLS 1.3 to bind their session to the connection"
+                ))
+            })?;
+            Ok(Dialed {
+                io: Box::new(tls),
+                binding,
+            })
         })
     }
 }
@@ -136,17 +159,30 @@ pub fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(tomo_proto::MAX_SERVER_MESSAGE_BYTES))
 }
 
+/// What the control plane answered a successful handshake with. The welcome's signature is
+/// checked by the caller, which knows which command key to expect.
+#[derive(Debug)]
+pub struct Welcomed {
+    pub agent_id: String,
+    pub command_key: String,
+    pub signature: String,
+    /// The challenge's nonce and the connection's binding, which the signature covers.
+    pub nonce: String,
+    pub binding: ChannelBinding,
+}
+
 /// Dials, upgrades to WebSocket and runs the handshake; `hello` builds the agent's message from
-/// the server's nonce. Returns the open socket and the agent id the control plane confirmed.
+/// the server's nonce and the connection's channel binding. Returns the open socket and the
+/// welcome.
 pub async fn open(
     dialer: &dyn Dialer,
     url: &str,
-    hello: impl FnOnce(&str) -> Handshake,
+    hello: impl FnOnce(&str, &ChannelBinding) -> Handshake,
     timeout: Duration,
-) -> Result<(Ws, String, Option<String>), SessionError> {
+) -> Result<(Ws, Welcomed), SessionError> {
     // Everything, from TCP connect to welcome, within one deadline: a black-holed peer cannot hang us.
     let work = async {
-        let io = dialer.dial(url).await?;
+        let Dialed { io, binding } = dialer.dial(url).await?;
         let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(url, io, Some(ws_config())).await?;
         let nonce = match next_handshake(&mut ws).await? {
@@ -170,13 +206,24 @@ pub async fn open(
                 )));
             }
         };
-        ws.send(WsMessage::text(hello(&nonce).to_json())).await?;
+        ws.send(WsMessage::text(hello(&nonce, &binding).to_json()))
+            .await?;
         match next_handshake(&mut ws).await? {
             Handshake::Welcome {
                 agent_id,
                 command_key,
+                signature,
                 ..
-            } => Ok((ws, agent_id, command_key)),
+            } => Ok((
+                ws,
+                Welcomed {
+                    agent_id,
+                    command_key,
+                    signature,
+                    nonce,
+                    binding,
+                },
+            )),
             Handshake::Refused { reason, message } => {
                 Err(SessionError::Refused { reason, message })
             }

@@ -833,7 +833,7 @@ mod tests {
         ) -> std::pin::Pin<
             Box<
                 dyn std::future::Future<
-                        Output = Result<Box<dyn crate::session::Io>, crate::session::SessionError>,
+                        Output = Result<crate::session::Dialed, crate::session::SessionError>,
                     > + Send
                     + 'a,
             >,

@@ -15,9 +15,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tomo_agent::config::AgentConfig;
 use tomo_agent::docker::Endpoint;
-use tomo_agent::session::{Dialer, Io, SessionError};
+use tomo_agent::session::{Dialed, Dialer, SessionError};
 use tomo_agent::{Agent, AgentError, Status};
-use tomo_proto::handshake::Handshake;
+use tomo_proto::handshake::{ChannelBinding, Handshake};
+
+/// The channel binding of every pipe (a TLS connection would give each its own).
+const PIPE_BINDING: ChannelBinding = ChannelBinding([4; 32]);
 
 type ServerWs = WebSocketStream<DuplexStream>;
 
@@ -33,7 +36,7 @@ impl Dialer for PipeDialer {
         &'a self,
         url: &'a str,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Box<dyn Io>, SessionError>> + Send + 'a>,
+        Box<dyn std::future::Future<Output = Result<Dialed, SessionError>> + Send + 'a>,
     > {
         Box::pin(async move {
             self.dials.lock().expect("lock").push(Instant::now());
@@ -45,7 +48,10 @@ impl Dialer for PipeDialer {
             }
             let (a, b) = tokio::io::duplex(4 << 20);
             let _ = self.ends.send(b);
-            Ok(Box::new(a) as Box<dyn Io>)
+            Ok(Dialed {
+                io: Box::new(a),
+                binding: PIPE_BINDING,
+            })
         })
     }
 }
@@ -53,6 +59,8 @@ impl Dialer for PipeDialer {
 struct Harness {
     /// The agent's id, known after the first welcome.
     agent_id: String,
+    /// The agent's public key (base64), known after the first hello.
+    agent_key: String,
     /// The scripted control plane's command key.
     key: ring::signature::Ed25519KeyPair,
     _dir: tempfile::TempDir,
@@ -105,6 +113,7 @@ fn meta_for(aud: &str, role: Option<&str>) -> Value {
         "aud": aud,
         "nonce": tomo_common::hex(&tomo_common::random_bytes::<16>()),
         "ts": tomo_common::now_ms(),
+        "exp": tomo_common::now_ms() + 30_000,
         "principal": "test",
     });
     if let Some(r) = role {
@@ -171,6 +180,7 @@ fn start_in(
     let task = tokio::spawn(agent.run(shutdown.clone()));
     Harness {
         agent_id: String::new(),
+        agent_key: String::new(),
         key,
         _dir: dir,
         ends,
@@ -201,6 +211,7 @@ async fn welcome(h: &mut Harness) -> ServerWs {
     let agent_id = match Handshake::parse(&hello) {
         Ok(Handshake::Register { public_key, .. }) => {
             assert!(first, "registered twice: {hello}");
+            h.agent_key = public_key.clone();
             tomo_common::agent_id_for(&tomo_common::unb64(&public_key).expect("key"))
         }
         Ok(Handshake::Authenticate { agent_id, .. }) => {
@@ -212,17 +223,37 @@ async fn welcome(h: &mut Harness) -> ServerWs {
         other => panic!("unexpected hello {other:?}"),
     };
     h.agent_id = agent_id.clone();
-    let w = Handshake::Welcome {
-        proto_version: tomo_proto::PROTO_VERSION,
-        agent_id,
-        heartbeat_secs: 30,
-        command_key: Some(public_b64(&h.key)),
-    };
+    let w = signed_welcome(&h.key, &agent_id, &h.agent_key, "bm9uY2U=", &PIPE_BINDING);
     ws.send(Message::text(w.to_json()))
         .await
         .expect("send welcome");
     wait_status(h, |s| matches!(s, Status::Online { .. })).await;
     ws
+}
+
+/// A welcome as the control plane sends it: signed by `key` over the agent, the nonce and the
+/// connection's binding.
+fn signed_welcome(
+    key: &ring::signature::Ed25519KeyPair,
+    agent_id: &str,
+    agent_key: &str,
+    nonce: &str,
+    binding: &ChannelBinding,
+) -> Handshake {
+    use tomo_proto::handshake::{Purpose, signing_payload, welcome_subject};
+    let payload = signing_payload(
+        Purpose::Welcome,
+        nonce,
+        binding,
+        &welcome_subject(agent_id, agent_key),
+    );
+    Handshake::Welcome {
+        proto_version: tomo_proto::PROTO_VERSION,
+        agent_id: agent_id.into(),
+        heartbeat_secs: 30,
+        command_key: public_b64(key),
+        signature: tomo_common::b64(key.sign(&payload).as_ref()),
+    }
 }
 
 async fn next_text(ws: &mut ServerWs) -> String {
@@ -444,6 +475,13 @@ async fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
     old["ts"] = json!(tomo_common::now_ms() - 5 * 60 * 1000 - 1000);
     let mut future = h.meta(Some("execute"));
     future["ts"] = json!(tomo_common::now_ms() + 31_000);
+    let mut expired = h.meta(Some("execute"));
+    expired["ts"] = json!(tomo_common::now_ms() - 40_000);
+    expired["exp"] = json!(tomo_common::now_ms() - 10_000);
+    let mut no_expiry = h.meta(Some("execute"));
+    no_expiry.as_object_mut().expect("object").remove("exp");
+    let mut too_long = h.meta(Some("execute"));
+    too_long["exp"] = json!(tomo_common::now_ms() + 5 * 60 * 1000 + 1000);
     let mut elsewhere = h.meta(Some("execute"));
     elsewhere["aud"] = json!("agent-2");
     let unsigned = format!(
@@ -513,6 +551,45 @@ async fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
             "f",
         ),
         (
+            "issue 12.4: held back past its signed expiry",
+            signed_by(
+                &h.key,
+                "9",
+                "system.prepare_volumes",
+                Some(&params("x")),
+                expired,
+            ),
+            -32001,
+            "expired",
+            "x",
+        ),
+        (
+            "issue 12.4: no signed expiry",
+            signed_by(
+                &h.key,
+                "10",
+                "system.prepare_volumes",
+                Some(&params("n")),
+                no_expiry,
+            ),
+            -32001,
+            "stale",
+            "n",
+        ),
+        (
+            "issue 12.4: an expiry past the replay window",
+            signed_by(
+                &h.key,
+                "11",
+                "system.prepare_volumes",
+                Some(&params("w")),
+                too_long,
+            ),
+            -32001,
+            "stale",
+            "w",
+        ),
+        (
             "above the caller's role",
             h.req("7", "system.prepare_volumes", Some(&params("r")), "read"),
             -32001,
@@ -544,9 +621,9 @@ async fn forged_replayed_stale_and_misaddressed_requests_are_refused() {
     // Across an agent restart, the replay still fails.
     h.shutdown.cancel();
     assert!(h.task.await.expect("join").is_ok());
-    let dir = h._dir;
-    let key = h.key;
+    let (dir, key, agent_key) = (h._dir, h.key, h.agent_key);
     let mut h = restart_in(dir, key);
+    h.agent_key = agent_key;
     let mut ws = welcome(&mut h).await;
     ws.send(Message::text(good.as_str())).await.expect("send");
     let got = next_reply(&mut ws).await;
@@ -852,13 +929,17 @@ async fn a_welcome_under_another_agents_id_is_refused() {
     ws.send(Message::text(challenge.to_json()))
         .await
         .expect("send");
-    let _hello = next_text(&mut ws).await;
-    let forged = Handshake::Welcome {
-        proto_version: tomo_proto::PROTO_VERSION,
-        agent_id: "00000000-0000-0000-0000-00000000000b".into(),
-        heartbeat_secs: 30,
-        command_key: Some(public_b64(&h.key)),
+    let hello = next_text(&mut ws).await;
+    let Ok(Handshake::Register { public_key, .. }) = Handshake::parse(&hello) else {
+        panic!("{hello}");
     };
+    let forged = signed_welcome(
+        &h.key,
+        "00000000-0000-0000-0000-00000000000b",
+        &public_key,
+        "bm9uY2U=",
+        &PIPE_BINDING,
+    );
     ws.send(Message::text(forged.to_json()))
         .await
         .expect("send");

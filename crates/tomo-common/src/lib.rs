@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fs;
+pub mod hello;
 pub mod logging;
 pub mod redact;
 pub mod signals;
@@ -85,4 +86,45 @@ pub fn agent_id_for(public_key: &[u8]) -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// The registration code's Ed25519 key, derived from its secret part: the agent signs with it to
+/// prove that it knows the code without sending it ([`tomo_proto::handshake::code_seed`]).
+pub fn code_key_pair(code: &str) -> ring::signature::Ed25519KeyPair {
+    let seed = sha256(&tomo_proto::handshake::code_seed(code));
+    ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+        .expect("any 32 bytes are an Ed25519 seed")
+}
+
+/// The public half of [`code_key_pair`]: what names a code on the wire; the control plane stores
+/// its SHA-256 ([`code_id`]).
+pub fn code_public_key(code: &str) -> [u8; 32] {
+    use ring::signature::KeyPair as _;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(code_key_pair(code).public_key().as_ref());
+    out
+}
+
+/// What the control plane stores of a registration code: the SHA-256 of its public key. Neither
+/// the code nor anything that signs for it can be recovered from a stolen database.
+pub fn code_id(code_public_key: &[u8]) -> [u8; 32] {
+    sha256(code_public_key)
+}
+
+#[cfg(test)]
+mod code_key_tests {
+    use super::*;
+
+    #[test]
+    fn the_code_key_is_stable_and_depends_on_the_secret_only() {
+        let full = "rc_00112233445566778899aabbccddeeff_0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            code_public_key(full),
+            code_public_key("rc_00112233445566778899aabbccddeeff")
+        );
+        assert_ne!(
+            code_public_key(full),
+            code_public_key("rc_00112233445566778899aabbccddeef0")
+        );
+    }
 }

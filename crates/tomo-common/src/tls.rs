@@ -42,6 +42,21 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The RFC 9266 `tls-exporter` binding of an established connection, or `None` when it is not
+/// TLS 1.3 (a TLS 1.2 exporter is only a safe binding with the extended master secret, which a
+/// peer may not offer; agents speak TLS 1.3 only). Each end computes it from its own connection:
+/// a relay that terminates TLS sits between two different bindings.
+pub fn channel_binding<D>(
+    conn: &rustls::ConnectionCommon<D>,
+) -> Option<tomo_proto::handshake::ChannelBinding> {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    conn.export_keying_material([0u8; 32], tomo_proto::handshake::EXPORTER_LABEL, Some(&[]))
+        .ok()
+        .map(tomo_proto::handshake::ChannelBinding)
+}
+
 /// A client configuration with TLS 1.2+ and the given trust.
 pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())

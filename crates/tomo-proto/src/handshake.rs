@@ -7,8 +7,16 @@
 //! ```
 //!
 //! The agent proves possession of its Ed25519 key by signing [`signing_payload`], which binds the
-//! server's fresh nonce, the purpose and the subject, so a signature is good for one handshake only
-//! and can never be mistaken for a signature over anything else.
+//! server's fresh nonce, the TLS channel ([`ChannelBinding`]), the purpose and the subject, so a
+//! signature is good for one handshake on one TLS connection only and can never be mistaken for a
+//! signature over anything else. A relay that terminates TLS holds two connections with two
+//! different bindings: what the agent signed on one fails on the other (protocol version 2).
+//!
+//! The registration code never crosses the wire: the agent derives an Ed25519 key from the
+//! code's secret ([`code_seed`]) and signs the handshake with it; the control plane stores only
+//! the SHA-256 of that key's public half. `welcome` is signed by the control plane's command key
+//! over the agent's key, the nonce and the binding, so the agent knows it reached the real
+//! control plane before it saves or trusts anything.
 
 use serde::{Deserialize, Serialize};
 
@@ -40,10 +48,16 @@ pub enum Handshake {
         /// 32 random bytes, base64 (standard alphabet, padded).
         nonce: String,
     },
-    /// First connection of a new agent: a one-time registration code and a fresh public key.
+    /// First connection of a new agent: proof of a one-time registration code and a fresh
+    /// public key.
     Register {
         proto_version: u32,
-        code: String,
+        /// The public half of the key derived from the code's secret ([`code_seed`]), base64.
+        /// It names the code; the secret itself is never sent.
+        code_key: String,
+        /// Signature by the code key over [`signing_payload`] with purpose `code` and the agent's
+        /// public key as subject: proof of the code, bound to this connection.
+        code_signature: String,
         /// Ed25519 public key, 32 bytes, base64.
         public_key: String,
         /// Signature over [`signing_payload`] with purpose `register` and the public key as subject.
@@ -70,8 +84,10 @@ pub enum Handshake {
         /// The control plane's command-signing public key (Ed25519, base64). The agent pins it
         /// at registration, after checking it against the fingerprint in the registration code,
         /// and refuses a different one later.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        command_key: Option<String>,
+        command_key: String,
+        /// Signature by the command key over [`signing_payload`] with purpose `welcome` and
+        /// [`welcome_subject`] as subject: the agent refuses a welcome that does not verify.
+        signature: String,
     },
     /// The handshake failed; the control plane closes the connection after sending this.
     Refused {
@@ -163,27 +179,82 @@ pub fn rotate_subject(agent_id: &str, new_public_key: &str) -> String {
     format!("{agent_id}\n{new_public_key}")
 }
 
-/// What an agent signs to prove possession of its key during a handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    Register,
-    Authenticate,
-    Rotate,
+/// The subject of a `welcome` signature: the agent id and the agent's public key (base64).
+pub fn welcome_subject(agent_id: &str, public_key: &str) -> String {
+    format!("{agent_id}\n{public_key}")
 }
 
-/// The exact bytes an agent signs: a domain tag, the purpose, the server's nonce and the subject
-/// (the public key for `register`, the agent id for `authenticate`), NUL-separated.
-pub fn signing_payload(purpose: Purpose, nonce: &str, subject: &str) -> Vec<u8> {
+/// The TLS channel a handshake runs on: 32 bytes of the RFC 9266 `tls-exporter` of the
+/// connection (TLS 1.3 exporter, label [`EXPORTER_LABEL`], no context). Both ends compute it from
+/// their own TLS connection; a relay in between has two connections and two bindings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ChannelBinding(pub [u8; 32]);
+
+impl std::fmt::Debug for ChannelBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not a secret, but not worth printing either.
+        f.write_str("ChannelBinding(..)")
+    }
+}
+
+/// The exporter label of RFC 9266.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
+
+/// Domain separation of handshake signatures (protocol version 2).
+pub const HANDSHAKE_DOMAIN: &str = "tomo-handshake-v2";
+
+/// What a signature in the handshake is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// By the agent's new key: proof of possession at registration.
+    Register,
+    /// By the code key: proof of the registration code.
+    Code,
+    /// By the agent's key: reconnection.
+    Authenticate,
+    /// By the old and the new key: a key rotation.
+    Rotate,
+    /// By the control plane's command key: the session is open.
+    Welcome,
+}
+
+/// The exact bytes signed in a handshake: a domain tag, the purpose, the server's nonce, the
+/// channel binding and the subject (the public key for `register` and `code`, the agent id for
+/// `authenticate`, [`rotate_subject`], [`welcome_subject`]). Every field is length-prefixed.
+pub fn signing_payload(
+    purpose: Purpose,
+    nonce: &str,
+    binding: &ChannelBinding,
+    subject: &str,
+) -> Vec<u8> {
     let purpose = match purpose {
         Purpose::Register => "register",
+        Purpose::Code => "code",
         Purpose::Authenticate => "authenticate",
         Purpose::Rotate => "rotate",
+        Purpose::Welcome => "welcome",
     };
-    let mut out = Vec::with_capacity(32 + nonce.len() + subject.len());
-    for part in ["tomo-handshake-v1", purpose, nonce, subject] {
-        out.extend_from_slice(part.as_bytes());
-        out.push(0);
+    let parts: [&[u8]; 5] = [
+        HANDSHAKE_DOMAIN.as_bytes(),
+        purpose.as_bytes(),
+        nonce.as_bytes(),
+        &binding.0,
+        subject.as_bytes(),
+    ];
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part);
     }
+    out
+}
+
+/// The input from which both ends derive the registration code's Ed25519 key: the caller hashes
+/// it (SHA-256) into the 32-byte seed. Only the code's secret part (`rc_<secret>`) enters.
+pub fn code_seed(code: &str) -> Vec<u8> {
+    let (secret, _) = split_code(code);
+    let mut out = b"tomo-code-key-v2\0".to_vec();
+    out.extend_from_slice(secret.as_bytes());
     out
 }
 
@@ -227,16 +298,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payload_is_domain_separated_and_unambiguous() {
-        let a = signing_payload(Purpose::Register, "n", "k");
-        let b = signing_payload(Purpose::Authenticate, "n", "k");
+    fn payload_is_domain_separated_channel_bound_and_unambiguous() {
+        let cb = ChannelBinding([7; 32]);
+        let a = signing_payload(Purpose::Register, "n", &cb, "k");
+        let b = signing_payload(Purpose::Authenticate, "n", &cb, "k");
         assert_ne!(a, b);
-        // Moving a separator between fields changes the bytes.
+        // Moving a boundary between fields changes the bytes.
         assert_ne!(
-            signing_payload(Purpose::Register, "ab", "c"),
-            signing_payload(Purpose::Register, "a", "bc")
+            signing_payload(Purpose::Register, "ab", &cb, "c"),
+            signing_payload(Purpose::Register, "a", &cb, "bc")
         );
-        assert!(a.starts_with(b"tomo-handshake-v1\0register\0"));
+        // Another TLS connection, another payload.
+        assert_ne!(
+            a,
+            signing_payload(Purpose::Register, "n", &ChannelBinding([8; 32]), "k")
+        );
+        assert!(a[8..].starts_with(b"tomo-handshake-v2"));
+        // Never a command payload (those start with the length of `tomo-command-v1`, then it).
+        assert!(!a[8..].starts_with(crate::rpc::COMMAND_DOMAIN.as_bytes()));
+    }
+
+    #[test]
+    fn the_code_seed_uses_the_secret_only() {
+        assert_eq!(
+            code_seed("rc_abc_0123456789abcdef0123456789abcdef"),
+            code_seed("rc_abc")
+        );
+        assert_ne!(code_seed("rc_abc"), code_seed("rc_abd"));
     }
 
     #[test]

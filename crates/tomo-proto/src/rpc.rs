@@ -88,7 +88,15 @@ pub struct RequestMeta {
     /// Unix time in milliseconds at which the request was signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<i64>,
+    /// Unix time in milliseconds after which the agent refuses the request (`expired`): the
+    /// moment the operator's call times out, never later than the replay window allows. A
+    /// command held back in the network past it is not run late. Mandatory from protocol 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
 }
+
+/// The longest a signed command may stay valid (`meta.exp - meta.ts`): the agent's replay window.
+pub const MAX_COMMAND_TTL_MS: i64 = 5 * 60 * 1000;
 
 /// Domain separation of command signatures.
 pub const COMMAND_DOMAIN: &str = "tomo-command-v1";

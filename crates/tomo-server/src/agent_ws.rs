@@ -20,7 +20,9 @@ use tokio_tungstenite::tungstenite::protocol::{
 };
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tomo_common::{b64, now_ms, unb64};
-use tomo_proto::handshake::{Handshake, HostFacts, Purpose, RefusalReason, signing_payload};
+use tomo_proto::handshake::{
+    ChannelBinding, Handshake, HostFacts, Purpose, RefusalReason, signing_payload, welcome_subject,
+};
 use tomo_proto::methods::{
     DOCKER_EVENT, DockerEvent, HEALTH_STATUS, HealthStatus, METRICS_UPDATE, Metrics, STREAM_DATA,
     STREAM_END, StreamData, StreamEnd,
@@ -81,6 +83,15 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Ht
         )
             .into_response();
     }
+    // Every handshake signature names the TLS connection it travels on (issue 12.4): without a
+    // binding (not TLS 1.3) there is nothing an agent could sign.
+    let Some(binding) = req.extensions().get::<ChannelBinding>().copied() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "agents must connect over TLS 1.3 straight to the control plane (a TLS-terminating proxy cannot carry the session; pass TLS through instead)",
+        )
+            .into_response();
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let task_state = Arc::clone(&state);
@@ -92,7 +103,7 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut req: Request) -> Ht
                 let io = crate::budget::Budgeted::new(TokioIo::new(upgraded), budget.clone());
                 let ws =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
-                run_session(ws, task_state, peer, Some(budget)).await;
+                run_session(ws, task_state, peer, Some(budget), binding).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
@@ -113,12 +124,14 @@ type Stream<S> = SplitStream<WebSocketStream<S>>;
 
 /// Runs one agent connection from handshake to close. Generic over the byte stream so that
 /// tests drive it over in-memory pipes with a paused clock. `peer` is the source address, for
-/// the throttling of guessed codes and credentials.
+/// the throttling of guessed codes and credentials; `binding` is the TLS channel binding of the
+/// connection (tests over pipes pass the same value to both ends).
 pub async fn run_session<S>(
     ws: WebSocketStream<S>,
     state: Arc<AppState>,
     peer: Option<IpAddr>,
     budget: Option<crate::budget::ReadBudget>,
+    binding: ChannelBinding,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -134,8 +147,10 @@ pub async fn run_session<S>(
         first_message(&mut sink, &mut stream),
     )
     .await;
+    let mut challenge = String::new();
     let handshake = match first {
         Ok(Ok((nonce, text))) => {
+            challenge.clone_from(&nonce);
             // Handshakes take turns (see `Hub::handshake_turn`). The wait for a turn is bounded
             // apart from the handshake's own deadline: it measures how busy this process is,
             // not the agent.
@@ -147,7 +162,7 @@ pub async fn run_session<S>(
             };
             let handshake = tokio::time::timeout(
                 state.config.handshake_timeout,
-                handshake(&state, blocked, &nonce, &text),
+                handshake(&state, blocked, &nonce, &binding, &text),
             )
             .await;
             // The turn is the handshake's only, not the session's.
@@ -157,8 +172,8 @@ pub async fn run_session<S>(
         Ok(Err(refusal)) => Ok(Err(refusal)),
         Err(elapsed) => Err(elapsed),
     };
-    let host = match handshake {
-        Ok(Ok(host)) => host,
+    let (host, agent_key) = match handshake {
+        Ok(Ok(done)) => done,
         Ok(Err(Refusal(reason, message))) => {
             tracing::info!(%reason, %message, "agent handshake refused");
             let guessing = matches!(
@@ -215,11 +230,20 @@ pub async fn run_session<S>(
         b.lift();
     }
     let (conn, outbox) = state.hub.attach(&host.id);
+    // Signed, so that the agent knows it reached this control plane on this very connection
+    // before it trusts or saves anything (a relay cannot welcome it as itself).
+    let subject = welcome_subject(&host.id, &b64(&agent_key));
     let welcome = Handshake::Welcome {
         proto_version: tomo_proto::PROTO_VERSION,
         agent_id: host.id.clone(),
         heartbeat_secs: state.config.heartbeat.as_secs(),
-        command_key: Some(state.hub.command_key().to_owned()),
+        command_key: state.hub.command_key().to_owned(),
+        signature: state.hub.sign_welcome(&signing_payload(
+            Purpose::Welcome,
+            &challenge,
+            &binding,
+            &subject,
+        )),
     };
     if sink.send(WsMessage::text(welcome.to_json())).await.is_ok() {
         tracing::info!(host_id = %host.id, hostname = %host.hostname, "agent connected");
@@ -306,18 +330,33 @@ async fn first_message<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((nonce, text))
 }
 
-/// Judges the agent's first message (`text`, an answer to the challenge `nonce`).
+/// A successful handshake: the host and the agent key that answered the challenge (what the
+/// welcome is signed over).
+type Handshaken = (HostRecord, Vec<u8>);
+
+/// Judges the agent's first message (`text`, an answer to the challenge `nonce` on the
+/// connection whose channel binding is `binding`).
 async fn handshake(
     state: &AppState,
     blocked: Option<Duration>,
     nonce: &str,
+    binding: &ChannelBinding,
     text: &str,
-) -> Result<HostRecord, Refusal> {
-    let msg = Handshake::parse(text).map_err(|r| Refusal::new(r, "not a handshake message"))?;
+) -> Result<Handshaken, Refusal> {
+    let msg = Handshake::parse(text).map_err(|r| {
+        // An older agent's message does not parse: tell it which protocol to speak.
+        match old_version(text) {
+            Some(v) => check_version(v)
+                .err()
+                .unwrap_or_else(|| Refusal::new(r, "not a handshake message")),
+            None => Refusal::new(r, "not a handshake message"),
+        }
+    })?;
     match msg {
         Handshake::Register {
             proto_version,
-            code,
+            code_key,
+            code_signature,
             public_key,
             signature,
             facts,
@@ -338,23 +377,38 @@ async fn handshake(
                         "public_key must be 32 bytes of base64",
                     )
                 })?;
+            let code_key = unb64(&code_key)
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| {
+                    Refusal::new(
+                        RefusalReason::Malformed,
+                        "code_key must be 32 bytes of base64",
+                    )
+                })?;
+            // Both proofs name this connection: what a relay forwards fails here. Checked before
+            // the store is asked, so a failed proof never burns a code.
             verify(
                 &key,
-                &signing_payload(Purpose::Register, nonce, &public_key),
+                &signing_payload(Purpose::Register, nonce, binding, &public_key),
                 &signature,
+            )?;
+            verify(
+                &code_key,
+                &signing_payload(Purpose::Code, nonce, binding, &public_key),
+                &code_signature,
             )?;
             let host = NewHost {
                 id: agent_id_for(&key),
                 public_key: key,
                 facts,
             };
-            // Only the secret part is stored; the fingerprint is for the agent to check.
-            let code_hash =
-                tomo_common::sha256(tomo_proto::handshake::split_code(&code).0.as_bytes());
+            // The store knows a code by the hash of its public key only.
+            let code_hash = tomo_common::code_id(&code_key);
             match state.store.register(&host, &code_hash, now_ms()).await {
                 Ok(h) => {
                     tracing::info!(host_id = %h.id, hostname = %h.hostname, "agent registered");
-                    Ok(h)
+                    let key = h.public_key.clone();
+                    Ok((h, key))
                 }
                 Err(e) => {
                     let reason = match e {
@@ -364,7 +418,8 @@ async fn handshake(
                         RegisterError::KnownKey { removed: true } => RefusalReason::HostRemoved,
                         // The key proves who it is: welcome it as the host it already is.
                         RegisterError::KnownKey { removed: false } => {
-                            return authenticated(state, &host.id, host.facts.clone()).await;
+                            let h = authenticated(state, &host.id, host.facts.clone()).await?;
+                            return Ok((h, host.public_key));
                         }
                         RegisterError::Store(e) => return Err(e.into()),
                     };
@@ -413,7 +468,7 @@ async fn handshake(
             }
             // The current key, or the one before the last rotation while the agent has not
             // authenticated with the new one yet.
-            let payload = signing_payload(Purpose::Authenticate, nonce, &agent_id);
+            let payload = signing_payload(Purpose::Authenticate, nonce, binding, &agent_id);
             let used_previous = match verify(&host.public_key, &payload, &signature) {
                 Ok(()) => false,
                 Err(e) => match &host.previous_public_key {
@@ -447,7 +502,8 @@ async fn handshake(
                         })?;
                     let subject =
                         tomo_proto::handshake::rotate_subject(&agent_id, &r.new_public_key);
-                    let rotate_payload = signing_payload(Purpose::Rotate, nonce, &subject);
+                    let rotate_payload =
+                        signing_payload(Purpose::Rotate, nonce, binding, &subject);
                     verify(&used_key, &rotate_payload, &r.signature_old)?;
                     verify(&new_key, &rotate_payload, &r.signature_new)?;
                     if new_key == host.public_key {
@@ -504,7 +560,8 @@ async fn handshake(
                 }
                 None => {}
             }
-            authenticated(state, &host.id, facts).await
+            let h = authenticated(state, &host.id, facts).await?;
+            Ok((h, used_key))
         }
         Handshake::Challenge { .. } | Handshake::Welcome { .. } | Handshake::Refused { .. } => {
             Err(Refusal::new(
@@ -541,6 +598,21 @@ async fn authenticated(
     })
 }
 
+/// The `proto_version` of a register or authenticate message that does not parse, when it is
+/// not this protocol's: an older (or newer) agent.
+fn old_version(text: &str) -> Option<u32> {
+    if text.len() > tomo_proto::MAX_HANDSHAKE_BYTES {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let hello = matches!(
+        v.get("type").and_then(|t| t.as_str()),
+        Some("register" | "authenticate")
+    );
+    let version = u32::try_from(v.get("proto_version")?.as_u64()?).ok()?;
+    (hello && version != tomo_proto::PROTO_VERSION).then_some(version)
+}
+
 fn check_version(v: u32) -> Result<(), Refusal> {
     if v == tomo_proto::PROTO_VERSION {
         Ok(())
@@ -548,7 +620,7 @@ fn check_version(v: u32) -> Result<(), Refusal> {
         Err(Refusal::new(
             RefusalReason::UnsupportedVersion,
             format!(
-                "control plane speaks protocol {}, agent {v}",
+                "control plane speaks protocol {}, agent {v}: install the agent of the control plane's release (`tomo` and `tomo-agent` upgrade together)",
                 tomo_proto::PROTO_VERSION
             ),
         ))
@@ -574,7 +646,12 @@ fn verify(public_key: &[u8], payload: &[u8], signature: &str) -> Result<(), Refu
         .ok_or_else(|| Refusal::new(RefusalReason::BadSignature, "signature is not base64"))?;
     UnparsedPublicKey::new(&ED25519, public_key)
         .verify(payload, &sig)
-        .map_err(|_| Refusal::new(RefusalReason::BadSignature, "signature does not verify"))
+        .map_err(|_| {
+            Refusal::new(
+                RefusalReason::BadSignature,
+                "signature does not verify over this TLS connection (a wrong key, or a TLS-terminating proxy between agent and control plane)",
+            )
+        })
 }
 
 async fn record(state: &AppState, host_id: Option<&str>, kind: &str, detail: &str) {

@@ -326,8 +326,10 @@ pub async fn check_token(
 }
 
 /// Creates a single-use registration code valid for `ttl`; returns it and its expiry (Unix ms).
-/// The code is `rc_<secret>_<fingerprint>`: only the secret part is stored (hashed); the
-/// fingerprint of the command-signing key lets the agent check the key it is offered.
+/// The code is `rc_<secret>_<fingerprint>`: the store keeps only the hash of the public key
+/// derived from the secret ([`tomo_common::code_id`]), so neither the code nor a proof of it can
+/// be recovered from the database; the fingerprint of the command-signing key lets the agent
+/// check the key it is offered.
 pub async fn mint_code(
     state: &crate::AppState,
     ttl: Duration,
@@ -343,7 +345,7 @@ pub async fn mint_code(
     let expires_at = now + ttl.as_millis() as i64;
     store
         .create_code(&NewCode {
-            code_hash: sha256(secret.as_bytes()),
+            code_hash: tomo_common::code_id(&tomo_common::code_public_key(&secret)),
             created_at: now,
             expires_at,
             created_by: created_by.to_owned(),

@@ -21,6 +21,10 @@ use crate::signer::CommandSigner;
 /// Frames queued for one agent before senders wait.
 const OUTBOX: usize = 256;
 
+/// How long a stream-control request (ack, write, resize, close) stays valid: it answers
+/// something happening now, and a late one is better refused than run.
+const CONTROL_TTL: Duration = Duration::from_secs(60);
+
 /// Who a request is made for: the control plane puts it, with a fresh audience, nonce and
 /// timestamp, in the `meta` of every request it sends (the one place requests are built).
 #[derive(Debug, Clone)]
@@ -181,7 +185,14 @@ impl AgentConn {
     /// A request whose answer nobody waits for (stream flow control), for the control plane.
     fn control_request(&self, method: &str, params: Value) -> String {
         let caller = Caller::new("tomo", Level::Read);
-        request_text(self, self.next_id(), method, Some(&params), &caller)
+        request_text(
+            self,
+            self.next_id(),
+            method,
+            Some(&params),
+            &caller,
+            CONTROL_TTL,
+        )
     }
 }
 
@@ -193,22 +204,30 @@ fn json_stream(stream: &str, seq: Option<u64>) -> Value {
 }
 
 /// Builds the text of a request to an agent: the one place requests are made. The meta carries
-/// the caller, the audience (the agent's id), a fresh nonce and the time; the signature covers
-/// the id, the method and the exact meta and params texts (`tomo_proto::rpc::command_payload`).
+/// the caller, the audience (the agent's id), a fresh nonce, the time and the expiry (`ttl`
+/// after now: the caller's timeout, capped by [`tomo_proto::rpc::MAX_COMMAND_TTL_MS`]); the
+/// signature covers the id, the method and the exact meta and params texts
+/// (`tomo_proto::rpc::command_payload`).
 fn request_text(
     conn: &AgentConn,
     id: i64,
     method: &str,
     params: Option<&Value>,
     caller: &Caller,
+    ttl: Duration,
 ) -> String {
+    let ts = tomo_common::now_ms();
+    let ttl_ms = i64::try_from(ttl.as_millis())
+        .unwrap_or(i64::MAX)
+        .min(tomo_proto::rpc::MAX_COMMAND_TTL_MS);
     let meta = RequestMeta {
         trace_id: Some(caller.trace_id.clone()),
         principal: Some(caller.principal.clone()),
         role: Some(caller.role),
         aud: Some(conn.host_id.clone()),
         nonce: Some(tomo_common::hex(&tomo_common::random_bytes::<16>())),
-        ts: Some(tomo_common::now_ms()),
+        ts: Some(ts),
+        exp: Some(ts + ttl_ms),
     };
     let meta_text = serde_json::to_string(&meta).unwrap_or_default();
     let params_text = params.map(Value::to_string);
@@ -267,6 +286,7 @@ impl StreamHandle {
                         "stream.ack",
                         Some(&params),
                         &self.caller,
+                        CONTROL_TTL,
                     );
                     let _ = self.conn.outbox.send(text).await;
                 }
@@ -288,6 +308,7 @@ impl StreamHandle {
             method,
             Some(&params),
             &self.caller,
+            CONTROL_TTL,
         );
         self.conn.outbox.send(text).await.is_ok()
     }
@@ -308,6 +329,7 @@ impl Drop for StreamHandle {
             "stream.close",
             Some(&params),
             &self.caller,
+            CONTROL_TTL,
         );
         let _ = self.conn.outbox.try_send(text);
     }
@@ -387,6 +409,12 @@ impl Hub {
     /// The command-signing key's public half, base64 (sent in `welcome`).
     pub fn command_key(&self) -> &str {
         self.signer.public_key_b64()
+    }
+
+    /// Signs a `welcome` ([`tomo_proto::handshake::Purpose::Welcome`] payload) with the command
+    /// key; the payload's domain keeps it apart from every command signature.
+    pub fn sign_welcome(&self, payload: &[u8]) -> String {
+        self.signer.sign(payload)
     }
 
     /// The fingerprint registration codes carry.
@@ -568,7 +596,7 @@ async fn call_on(
     if let Ok(mut p) = conn.pending.lock() {
         p.insert(id, Pending { answer: tx, stream });
     }
-    let text = request_text(conn, id, method, params, caller);
+    let text = request_text(conn, id, method, params, caller, timeout);
     let work = async {
         conn.outbox
             .send(text)

@@ -297,15 +297,22 @@ impl Server {
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
+                // The connection's TLS channel binding (RFC 9266), for the agent handshake: what
+                // an agent signs must name this very connection (issue 12.4).
+                let binding = tomo_common::tls::channel_binding(tls.get_ref().1);
                 // The peer's address, for the audit trail's per-source bound on 401s.
                 let mut app = app;
                 let svc = match tower_service::Service::call(&mut app, peer).await {
                     Ok(svc) => svc,
                     Err(never) => match never {},
                 };
-                // Each request carries the connection's slot: authenticating releases it.
+                // Each request carries the connection's slot (authenticating releases it) and
+                // its channel binding.
                 let svc = hyper::service::service_fn(move |mut req: http::Request<_>| {
                     req.extensions_mut().insert(slot.clone());
+                    if let Some(b) = binding {
+                        req.extensions_mut().insert(b);
+                    }
                     tower_service::Service::call(&mut svc.clone(), req)
                 });
                 let conn = hyper::server::conn::http1::Builder::new()

@@ -10,9 +10,9 @@ use tomo_agent::backoff::Backoff;
 use tomo_agent::identity::Keys;
 use tomo_agent::pipeline::Guard;
 use tomo_agent::replay::{self, ReplayGuard};
-use tomo_agent::session::{SessionError, Ws};
+use tomo_agent::session::{SessionError, Welcomed, Ws};
 use tomo_proto::audit::{AUDIT_RECORD, AuditRecord};
-use tomo_proto::handshake::{Handshake, Purpose, signing_payload};
+use tomo_proto::handshake::{ChannelBinding, Handshake};
 use tomo_proto::methods::{HEALTH_STATUS, METRICS_UPDATE};
 use tomo_proto::rpc::{self, Frame, Id, Message, Response, RpcError};
 
@@ -82,16 +82,16 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, code: String, delay: 
     );
     loop {
         let dialer = &shared.dialers[agent.index % shared.dialers.len()];
-        let hello = |nonce: &str| agent.hello(nonce);
+        let hello = |nonce: &str, binding: &ChannelBinding| agent.hello(nonce, binding);
         let opened = tokio::select! {
             r = tomo_agent::session::open(dialer, &shared.url, hello, shared.intervals.handshake_timeout) => r,
             _ = shared.stop.cancelled() => return,
         };
         match opened {
-            Ok((ws, agent_id, offered)) => match agent.welcomed(&agent_id, offered.as_deref()) {
+            Ok((ws, welcomed)) => match agent.welcomed(&welcomed) {
                 Ok(registered) => {
                     if registered {
-                        shared.stats.registered(&agent_id);
+                        shared.stats.registered(&welcomed.agent_id);
                     }
                     backoff.reset();
                     shared.stats.session_up();
@@ -142,43 +142,31 @@ fn failure_kind(e: &SessionError) -> String {
 }
 
 impl SimAgent {
-    /// The agent's answer to a challenge: `register` or `authenticate`, signed over the nonce.
-    fn hello(&self, nonce: &str) -> Handshake {
-        let proto_version = tomo_proto::PROTO_VERSION;
+    /// The agent's answer to a challenge: `register` or `authenticate`, signed over the nonce
+    /// and the connection's channel binding.
+    fn hello(&self, nonce: &str, binding: &ChannelBinding) -> Handshake {
         let facts = Canned::facts(&self.hostname);
+        let sign = |m: &[u8]| self.keys.sign_b64(m);
         match &self.mode {
-            Mode::Register { code, .. } => {
-                let public_key = self.keys.public_key_b64();
-                let signature =
-                    self.keys
-                        .sign_b64(&signing_payload(Purpose::Register, nonce, &public_key));
-                Handshake::Register {
-                    proto_version,
-                    code: code.clone(),
-                    public_key,
-                    signature,
-                    facts,
-                }
-            }
-            Mode::Authenticate { agent_id, .. } => Handshake::Authenticate {
-                proto_version,
-                agent_id: agent_id.clone(),
-                signature: self.keys.sign_b64(&signing_payload(
-                    Purpose::Authenticate,
-                    nonce,
-                    agent_id,
-                )),
+            Mode::Register { code, .. } => tomo_common::hello::register(
+                code,
+                &self.keys.public_key_b64(),
+                sign,
+                nonce,
+                binding,
                 facts,
-                rotate: None,
-            },
+            ),
+            Mode::Authenticate { agent_id, .. } => {
+                tomo_common::hello::authenticate(agent_id, sign, nonce, binding, facts, None)
+            }
         }
     }
 
     /// Checks a `welcome` as the agent does (its own id; the command key named by the code, or
-    /// the one pinned at registration) and trusts the key. Returns whether this was the
-    /// registration.
-    fn welcomed(&mut self, agent_id: &str, offered: Option<&str>) -> Result<bool, &'static str> {
-        let offered = offered.ok_or("no_command_key")?;
+    /// the one pinned at registration; the welcome signed by it over this connection) and
+    /// trusts the key. Returns whether this was the registration.
+    fn welcomed(&mut self, w: &Welcomed) -> Result<bool, &'static str> {
+        let (agent_id, offered) = (w.agent_id.as_str(), w.command_key.as_str());
         let key = tomo_common::unb64(offered)
             .filter(|k| k.len() == 32)
             .ok_or("malformed_command_key")?;
@@ -206,6 +194,16 @@ impl SimAgent {
                 false
             }
         };
+        if !tomo_common::hello::welcome_verifies(
+            offered,
+            agent_id,
+            &self.keys.public_key_b64(),
+            &w.nonce,
+            &w.binding,
+            &w.signature,
+        ) {
+            return Err("welcome_not_signed");
+        }
         if !self.guard.set_trust(agent_id, offered) {
             return Err("malformed_command_key");
         }
@@ -415,6 +413,7 @@ mod tests {
             aud: Some(aud.into()),
             nonce: Some(nonce.into()),
             ts: Some(tomo_common::now_ms()),
+            exp: Some(tomo_common::now_ms() + 30_000),
         };
         let meta = serde_json::to_string(&meta).expect("meta");
         let id = id.to_string();
@@ -479,19 +478,48 @@ mod tests {
     }
 
     #[test]
-    fn the_welcome_must_name_this_agent_and_the_pinned_key() {
+    fn the_welcome_must_name_this_agent_and_the_pinned_key_and_be_signed_for_this_connection() {
         let command = Keys::generate();
         let mut a = agent("agent-1", &command);
+        let binding = ChannelBinding([5; 32]);
+        let mine = a.keys.public_key_b64();
+        let signed = |id: &str, key: &Keys, signer: &Keys, on: &ChannelBinding| Welcomed {
+            agent_id: id.into(),
+            command_key: key.public_key_b64(),
+            signature: signer.sign_b64(&tomo_proto::handshake::signing_payload(
+                tomo_proto::handshake::Purpose::Welcome,
+                "nonce",
+                on,
+                &tomo_proto::handshake::welcome_subject(id, &mine),
+            )),
+            nonce: "nonce".into(),
+            binding,
+        };
+        let other = Keys::generate();
         assert_eq!(
-            a.welcomed("agent-2", Some(&command.public_key_b64())),
+            a.welcomed(&signed("agent-2", &command, &command, &binding)),
             Err("wrong_agent_id")
         );
         assert_eq!(
-            a.welcomed("agent-1", Some(&Keys::generate().public_key_b64())),
+            a.welcomed(&signed("agent-1", &other, &other, &binding)),
             Err("command_key_changed")
         );
         assert_eq!(
-            a.welcomed("agent-1", Some(&command.public_key_b64())),
+            a.welcomed(&signed("agent-1", &command, &other, &binding)),
+            Err("welcome_not_signed")
+        );
+        assert_eq!(
+            a.welcomed(&signed(
+                "agent-1",
+                &command,
+                &command,
+                &ChannelBinding([6; 32])
+            )),
+            Err("welcome_not_signed"),
+            "signed for another connection (a relay's)"
+        );
+        assert_eq!(
+            a.welcomed(&signed("agent-1", &command, &command, &binding)),
             Ok(false)
         );
     }

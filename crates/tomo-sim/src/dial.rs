@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
-use tomo_agent::session::{Dialer, Io, SessionError};
+use tomo_agent::session::{Dialed, Dialer, SessionError};
 
 use crate::SimError;
 
@@ -55,7 +55,7 @@ impl SimDialer {
     }
 }
 
-type DialFuture<'a> = Pin<Box<dyn Future<Output = Result<Box<dyn Io>, SessionError>> + Send + 'a>>;
+type DialFuture<'a> = Pin<Box<dyn Future<Output = Result<Dialed, SessionError>> + Send + 'a>>;
 
 impl Dialer for SimDialer {
     fn dial<'a>(&'a self, url: &'a str) -> DialFuture<'a> {
@@ -81,7 +81,12 @@ impl Dialer for SimDialer {
                         url: url.to_owned(),
                         source,
                     })?;
-            Ok(Box::new(tls) as Box<dyn Io>)
+            let binding = tomo_common::tls::channel_binding(tls.get_ref().1)
+                .ok_or_else(|| SessionError::Protocol("no TLS 1.3 channel binding".into()))?;
+            Ok(Dialed {
+                io: Box::new(tls),
+                binding,
+            })
         })
     }
 }

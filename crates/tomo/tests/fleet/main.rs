@@ -11,6 +11,7 @@ mod mcp_approvals;
 mod mcp_python;
 mod openapi;
 mod registration;
+mod relay;
 mod sessions;
 mod support;
 mod throttle;

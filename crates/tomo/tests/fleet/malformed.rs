@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tomo_agent::identity::Keys;
-use tomo_proto::handshake::{Handshake, Purpose, RefusalReason, signing_payload};
+use tomo_proto::handshake::{ChannelBinding, Handshake, RefusalReason};
 
 use crate::support::{Fleet, Raw, RunningAgent, facts};
 
@@ -17,51 +17,80 @@ async fn bad_handshakes_are_refused_without_effect() {
     let code = f.code().await;
     let keys = Keys::generate();
     let pk = keys.public_key_b64();
-    let reg = |nonce: &str, proto: u32, sig_over: &str| {
-        let signature = keys.sign_b64(&signing_payload(Purpose::Register, nonce, sig_over));
-        Handshake::Register {
-            proto_version: proto,
-            code: code.clone(),
-            public_key: pk.clone(),
-            signature,
-            facts: facts("evil", None),
-        }
-        .to_json()
-    };
+    // A register message for this connection (`cb`), with the version, the key the agent's
+    // signature is over, and the binding its code proof is over changed at will.
+    let reg =
+        |nonce: &str, cb: &ChannelBinding, proto: u32, sig_over: &str, code_cb: &ChannelBinding| {
+            let mut msg = tomo_common::hello::register(
+                &code,
+                sig_over,
+                |m| keys.sign_b64(m),
+                nonce,
+                cb,
+                facts("evil", None),
+            );
+            let proof = tomo_common::hello::register(
+                &code,
+                &pk,
+                |m| keys.sign_b64(m),
+                nonce,
+                code_cb,
+                facts("evil", None),
+            );
+            if let (
+                Handshake::Register {
+                    proto_version,
+                    public_key,
+                    code_signature,
+                    ..
+                },
+                Handshake::Register {
+                    code_signature: proof,
+                    ..
+                },
+            ) = (&mut msg, proof)
+            {
+                *proto_version = proto;
+                *public_key = pk.clone();
+                *code_signature = proof;
+            }
+            msg.to_json()
+        };
     type Case<'a> = (
         &'static str,
-        Box<dyn Fn(&str) -> String + 'a>,
+        Box<dyn Fn(&str, &ChannelBinding) -> String + 'a>,
         RefusalReason,
     );
     let cases: Vec<Case> = vec![
         (
             "not JSON",
-            Box::new(|_| "hello?".into()),
+            Box::new(|_, _| "hello?".into()),
             RefusalReason::Malformed,
         ),
         (
             "wrong types",
-            Box::new(|_| r#"{"type":"register","proto_version":"1","code":5}"#.into()),
+            Box::new(|_, _| r#"{"type":"register","proto_version":"1","code":5}"#.into()),
             RefusalReason::Malformed,
         ),
         (
             "unknown type",
-            Box::new(|_| r#"{"type":"hello","proto_version":1}"#.into()),
+            Box::new(|_, _| r#"{"type":"hello","proto_version":1}"#.into()),
             RefusalReason::Malformed,
         ),
         (
             "JSON-RPC before the handshake",
-            Box::new(|_| r#"{"jsonrpc":"2.0","id":1,"method":"agent.ping"}"#.into()),
+            Box::new(|_, _| r#"{"jsonrpc":"2.0","id":1,"method":"agent.ping"}"#.into()),
             RefusalReason::Malformed,
         ),
         (
             "welcome from the agent",
-            Box::new(|_| {
+            Box::new(|_, _| {
                 Handshake::Welcome {
-                    proto_version: 1,
+                    proto_version: 2,
                     agent_id: "x".into(),
                     heartbeat_secs: 1,
-                    command_key: None,
+                    command_key: "x".into(),
+                    signature: "x".into(),
                 }
                 .to_json()
             }),
@@ -69,29 +98,49 @@ async fn bad_handshakes_are_refused_without_effect() {
         ),
         (
             "oversized",
-            Box::new(|_| format!(r#"{{"type":"hello","pad":"{}"}}"#, "x".repeat(100_000))),
+            Box::new(|_, _| format!(r#"{{"type":"hello","pad":"{}"}}"#, "x".repeat(100_000))),
             RefusalReason::Malformed,
         ),
         (
             "other protocol version",
-            Box::new(|n| reg(n, 99, &pk)),
+            Box::new(|n, cb| reg(n, cb, 99, &pk, cb)),
             RefusalReason::UnsupportedVersion,
         ),
         (
             "signature over another key",
-            Box::new(|n| reg(n, 1, "someone-else")),
+            Box::new(|n, cb| reg(n, cb, 2, "someone-else", cb)),
             RefusalReason::BadSignature,
         ),
         (
             "signature over another nonce",
-            Box::new(|_| reg("stale-nonce", 1, &pk)),
+            Box::new(|_, cb| reg("stale-nonce", cb, 2, &pk, cb)),
+            RefusalReason::BadSignature,
+        ),
+        (
+            "protocol 1 (the registration code in clear)",
+            Box::new(|_, _| {
+                format!(
+                    r#"{{"type":"register","proto_version":1,"code":"{code}","public_key":"{pk}","signature":"x","facts":{}}}"#,
+                    serde_json::to_string(&facts("old", None)).expect("json")
+                )
+            }),
+            RefusalReason::UnsupportedVersion,
+        ),
+        (
+            "issue 12.4: code proof made on another TLS connection (a relay's)",
+            Box::new(|n, cb| reg(n, cb, 2, &pk, &ChannelBinding([9; 32]))),
+            RefusalReason::BadSignature,
+        ),
+        (
+            "issue 12.4: agent signature made on another TLS connection (a relay's)",
+            Box::new(|n, cb| reg(n, &ChannelBinding([9; 32]), 2, &pk, cb)),
             RefusalReason::BadSignature,
         ),
     ];
     for (name, frame, want) in &cases {
         let mut raw = Raw::connect(&f).await;
         let nonce = raw.challenge().await;
-        raw.send(&frame(&nonce)).await;
+        raw.send(&frame(&nonce, &raw.binding.clone())).await;
         assert_eq!(raw.outcome().await.err(), Some(*want), "{name}");
         raw.closed().await;
     }

@@ -531,6 +531,7 @@ async fn keys_rotate_without_a_new_code_and_survive_a_crash_at_every_step() {
     let payload = tomo_proto::handshake::signing_payload(
         tomo_proto::handshake::Purpose::Rotate,
         &nonce,
+        &raw.binding,
         &subject,
     );
     let msg = tomo_proto::handshake::Handshake::Authenticate {
@@ -539,6 +540,7 @@ async fn keys_rotate_without_a_new_code_and_survive_a_crash_at_every_step() {
         signature: new.sign_b64(&tomo_proto::handshake::signing_payload(
             tomo_proto::handshake::Purpose::Authenticate,
             &nonce,
+            &raw.binding,
             &id,
         )),
         facts: facts("rotor", None),

@@ -6,7 +6,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tomo_agent::identity::Keys;
-use tomo_proto::handshake::{Handshake, Purpose, signing_payload};
+use tomo_proto::handshake::{ChannelBinding, Handshake};
 
 use crate::support::{Fleet, Raw, facts};
 
@@ -31,6 +31,7 @@ async fn piped_session(
         f.state.clone(),
         None,
         None,
+        ChannelBinding([3; 32]),
     ));
     let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(b, Role::Client, None).await;
     let nonce = match ws.next().await.expect("open").expect("frame") {
@@ -40,14 +41,14 @@ async fn piped_session(
         },
         other => panic!("{other:?}"),
     };
-    let signature = keys.sign_b64(&signing_payload(Purpose::Authenticate, &nonce, &id));
-    let hello = Handshake::Authenticate {
-        proto_version: 1,
-        agent_id: id.clone(),
-        signature,
-        facts: facts("piped", None),
-        rotate: None,
-    };
+    let hello = tomo_common::hello::authenticate(
+        &id,
+        |m| keys.sign_b64(m),
+        &nonce,
+        &ChannelBinding([3; 32]),
+        facts("piped", None),
+        None,
+    );
     ws.send(Message::text(hello.to_json())).await.expect("send");
     match ws.next().await.expect("open").expect("frame") {
         Message::Text(t) => assert!(

@@ -17,7 +17,7 @@ use tomo_agent::docker::Endpoint;
 use tomo_agent::identity::Keys;
 use tomo_agent::session::{Dialer as _, Io, TlsDialer};
 use tomo_agent::{Agent, AgentError, Status};
-use tomo_proto::handshake::{Handshake, HostFacts, Purpose, RefusalReason, signing_payload};
+use tomo_proto::handshake::{ChannelBinding, Handshake, HostFacts, RefusalReason};
 use tomo_proto::methods::Level;
 use tomo_server::config::ServerConfig;
 use tomo_server::{AppState, Server, ServerInfo};
@@ -234,6 +234,8 @@ impl RunningAgent {
 /// A raw protocol client speaking to the control plane over real TLS.
 pub struct Raw {
     pub ws: WebSocketStream<Box<dyn Io>>,
+    /// The TLS channel binding of this connection, which handshake signatures must name.
+    pub binding: ChannelBinding,
 }
 
 impl Raw {
@@ -241,14 +243,18 @@ impl Raw {
         let ca = fleet.info.ca_file.clone().expect("ca");
         let tls =
             tomo_common::tls::client_config(&tomo_common::tls::Trust::CaFile(ca)).expect("tls");
-        let io = TlsDialer::new(tls, false)
+        let dialed = TlsDialer::new(tls, false)
             .dial(&fleet.info.agent_url)
             .await
             .expect("dial");
-        let (ws, _) = tokio_tungstenite::client_async_with_config(&fleet.info.agent_url, io, None)
-            .await
-            .expect("ws");
-        Self { ws }
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(&fleet.info.agent_url, dialed.io, None)
+                .await
+                .expect("ws");
+        Self {
+            ws,
+            binding: dialed.binding,
+        }
     }
 
     /// The next text frame, `None` once closed.
@@ -304,15 +310,14 @@ impl Raw {
             Ok(Handshake::Refused { reason, .. }) => return Err(reason),
             other => panic!("expected a challenge, got {other:?}"),
         };
-        let public_key = keys.public_key_b64();
-        let signature = keys.sign_b64(&signing_payload(Purpose::Register, &nonce, &public_key));
-        let msg = Handshake::Register {
-            proto_version: tomo_proto::PROTO_VERSION,
-            code: code.into(),
-            public_key,
-            signature,
+        let msg = tomo_common::hello::register(
+            code,
+            &keys.public_key_b64(),
+            |m| keys.sign_b64(m),
+            &nonce,
+            &raw.binding,
             facts,
-        };
+        );
         raw.send(&msg.to_json()).await;
         let id = raw.outcome().await?;
         Ok((raw, id))
@@ -337,24 +342,19 @@ impl Raw {
     ) -> Result<Self, RefusalReason> {
         let mut raw = Self::connect(fleet).await;
         let nonce = raw.challenge().await;
-        let signature = keys.sign_b64(&signing_payload(Purpose::Authenticate, &nonce, agent_id));
-        let rotate = next.map(|n| {
-            let new_public_key = n.public_key_b64();
-            let subject = tomo_proto::handshake::rotate_subject(agent_id, &new_public_key);
-            let payload = signing_payload(Purpose::Rotate, &nonce, &subject);
-            tomo_proto::handshake::RotateKey {
-                new_public_key,
-                signature_old: keys.sign_b64(&payload),
-                signature_new: n.sign_b64(&payload),
-            }
+        let sign_next = |m: &[u8]| next.map(|n| n.sign_b64(m)).unwrap_or_default();
+        let next = next.map(|n| tomo_common::hello::NextKey {
+            public_key: n.public_key_b64(),
+            sign: &sign_next,
         });
-        let msg = Handshake::Authenticate {
-            proto_version: tomo_proto::PROTO_VERSION,
-            agent_id: agent_id.into(),
-            signature,
+        let msg = tomo_common::hello::authenticate(
+            agent_id,
+            |m| keys.sign_b64(m),
+            &nonce,
+            &raw.binding,
             facts,
-            rotate,
-        };
+            next,
+        );
         raw.send(&msg.to_json()).await;
         raw.outcome().await?;
         Ok(raw)
