@@ -715,6 +715,7 @@ fn start_with_policy(extra: &str) -> Harness {
     let task = tokio::spawn(agent.run(shutdown.clone()));
     Harness {
         agent_id: String::new(),
+        agent_key: String::new(),
         key,
         _dir: dir,
         ends,
@@ -1017,8 +1018,14 @@ async fn a_command_cut_by_a_kill_is_audited_admitted_then_unknown() {
     // Killed: the agent's task is gone without shutting anything down.
     h.task.abort();
     drop(ws);
-    let Harness { _dir, key, .. } = h;
+    let Harness {
+        _dir,
+        key,
+        agent_key,
+        ..
+    } = h;
     let mut h = restart_in(_dir, key);
+    h.agent_key = agent_key;
     let mut ws = welcome(&mut h).await;
     let unknown = audit_record(&mut ws, "unknown").await;
     assert_eq!(unknown["admission_id"], id, "{unknown}");

@@ -334,6 +334,7 @@ fn time_signature(name: &str) -> anyhow::Result<Duration> {
         "aud": "b7720b1e-ab2a-af77-60d3-51eeeaa1af77",
         "nonce": tomo_common::hex(&tomo_common::random_bytes::<16>()),
         "ts": tomo_common::now_ms(),
+        "exp": tomo_common::now_ms() + 30_000,
     })
     .to_string();
     let t0 = Instant::now();

@@ -43,6 +43,7 @@ impl Fixture {
             "aud": AGENT,
             "nonce": tomo_common::hex(&tomo_common::random_bytes::<16>()),
             "ts": tomo_common::now_ms(),
+            "exp": tomo_common::now_ms() + 30_000,
             "principal": principal,
             "role": role,
         })
