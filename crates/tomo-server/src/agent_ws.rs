@@ -377,14 +377,12 @@ async fn handshake(
                         "public_key must be 32 bytes of base64",
                     )
                 })?;
-            let code_key = unb64(&code_key)
-                .filter(|k| k.len() == 32)
-                .ok_or_else(|| {
-                    Refusal::new(
-                        RefusalReason::Malformed,
-                        "code_key must be 32 bytes of base64",
-                    )
-                })?;
+            let code_key = unb64(&code_key).filter(|k| k.len() == 32).ok_or_else(|| {
+                Refusal::new(
+                    RefusalReason::Malformed,
+                    "code_key must be 32 bytes of base64",
+                )
+            })?;
             // Both proofs name this connection: what a relay forwards fails here. Checked before
             // the store is asked, so a failed proof never burns a code.
             verify(
@@ -502,8 +500,7 @@ async fn handshake(
                         })?;
                     let subject =
                         tomo_proto::handshake::rotate_subject(&agent_id, &r.new_public_key);
-                    let rotate_payload =
-                        signing_payload(Purpose::Rotate, nonce, binding, &subject);
+                    let rotate_payload = signing_payload(Purpose::Rotate, nonce, binding, &subject);
                     verify(&used_key, &rotate_payload, &r.signature_old)?;
                     verify(&new_key, &rotate_payload, &r.signature_new)?;
                     if new_key == host.public_key {
