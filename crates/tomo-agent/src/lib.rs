@@ -384,6 +384,15 @@ impl Agent {
             auditor: Arc::new(audit::Auditor::new(&self.config.data_dir)),
             identity: Arc::clone(&store),
         });
+        // Containers the engine starts by itself are judged too (issue 12.1).
+        let guard = docker::guard::BindGuard {
+            id: docker::guard::guard_id(&shared.data_dir),
+            docker: Arc::clone(&shared.docker),
+            policy: Arc::clone(&shared.policy),
+            host_root: shared.host_root.clone(),
+            auditor: Arc::clone(&shared.auditor),
+        };
+        let guard = tokio::spawn(guard.run(shutdown.child_token()));
         let dispatcher = Arc::new(handlers::table());
         let mut backoff = Backoff::standard();
         let result = loop {
@@ -504,6 +513,7 @@ impl Agent {
             }
         };
         sampler.abort();
+        guard.abort();
         result
     }
 

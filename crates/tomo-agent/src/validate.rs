@@ -29,7 +29,8 @@
 //! to `docker.volumes.create` ([`check_volume_create`]) and to `docker.images.pull`
 //! ([`check_image`]). Docker mounts every bind source again at each start, following the
 //! symlinks it finds then, so `docker.containers.start` and `restart` judge the container's
-//! mounts again first ([`check_start`]), and `update` and `run` judge them again after their pull. The checks that need the engine (containers named by `volumes_from` or
+//! mounts again first ([`check_start`]), and `update` and `run` judge them again after their pull;
+//! starts the engine makes by itself are judged by the bind guard (`crate::docker::guard`). The checks that need the engine (containers named by `volumes_from` or
 //! `container:<x>`, existing named volumes, networks) go through [`Lookup`], so the rules are
 //! tested without an engine.
 

@@ -1072,3 +1072,105 @@ async fn a_bind_source_swapped_for_a_symlink_is_refused_at_start_restart_and_upd
     })
     .await;
 }
+
+/// Issue 12.1, the engine's own restarts: a container run with a plain directory as its bind
+/// source and a restart policy, whose source is then swapped for a symlink to a protected path
+/// (here the agent's data directory), is started again by the engine itself when its process
+/// exits, without the agent being asked. The bind guard judges that start: the container is
+/// killed, its restart policy set to `no`, and the refusal audited.
+#[tokio::test]
+async fn a_container_the_engine_restarts_by_itself_is_judged_again_and_killed() {
+    let Some(e) = &env().await else { return };
+    let prefix = &format!("tomo-test-adv-{}-guard", std::process::id());
+    with_fixtures(e, prefix, |dir| async move {
+        let data = dir.join("agent-data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        std::fs::write(data.join("agent.key"), b"secret").expect("key");
+        let policy = scratch_policy(&dir).protect(&data);
+        let (ctx, _rx) = ctx(&e.client, policy.clone());
+        let source = dir.join("guarded");
+        std::fs::create_dir_all(&source).expect("bind dir");
+        let name = format!("{prefix}-0");
+        let mut p = row("guard", Want::Runs, |p| {
+            p.volumes = vec![VolumeBinding {
+                source: source.display().to_string(),
+                target: "/mnt/x".into(),
+                read_only: true,
+            }];
+        })
+        .params;
+        p.name = Some(name.clone());
+        // Exits every second; the engine starts it again each time.
+        p.command = Some(strings(&["sh", "-c", "sleep 1; exit 3"]));
+        p.restart_policy = Some(tomo_proto::methods::RestartPolicy {
+            name: "always".into(),
+            max_retries: None,
+        });
+        containers::run(ctx.clone(), p).await.expect("runs");
+        let audit_dir = dir.join("guard-audit");
+        std::fs::create_dir_all(&audit_dir).expect("audit dir");
+        let auditor = Arc::new(tomo_agent::audit::Auditor::new(&audit_dir));
+        let guard = tomo_agent::docker::guard::BindGuard {
+            id: tomo_agent::docker::guard::guard_id(&ctx.shared.data_dir),
+            docker: Arc::clone(&e.client),
+            policy: Arc::new(policy),
+            host_root: "/".into(),
+            auditor: Arc::clone(&auditor),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(guard.run(stop.clone()));
+        // Nothing to say while the source is what was judged at `run`.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let inspect = |n: String| async move {
+            e.docker
+                .inspect_container(&n, None::<bollard::query_parameters::InspectContainerOptions>)
+                .await
+                .expect("inspect")
+        };
+        let c = inspect(name.clone()).await;
+        assert!(
+            c.restart_count.unwrap_or(0) >= 1,
+            "the engine restarts it by itself: {:?}",
+            c.restart_count
+        );
+        assert_eq!(
+            c.host_config.and_then(|h| h.restart_policy).and_then(|r| r.name),
+            Some(bollard::models::RestartPolicyNameEnum::ALWAYS),
+            "a clean source is left alone"
+        );
+        // Swapped: the next start by the engine would mount the agent's data directory.
+        std::fs::remove_dir(&source).expect("rmdir");
+        std::os::unix::fs::symlink(&data, &source).expect("symlink");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let c = inspect(name.clone()).await;
+            let policy = c
+                .host_config
+                .and_then(|h| h.restart_policy)
+                .and_then(|r| r.name);
+            let running = c.state.and_then(|s| s.running).unwrap_or(false);
+            if policy == Some(bollard::models::RestartPolicyNameEnum::NO) && !running {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the engine kept starting {name} with the data directory behind its bind (policy {policy:?}, running {running})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Stays down, and the refusal is in the audit log.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let c = inspect(name.clone()).await;
+        assert!(!c.state.and_then(|s| s.running).unwrap_or(false), "started again");
+        let log = std::fs::read_to_string(auditor.path()).expect("audit log");
+        let line = log
+            .lines()
+            .find(|l| l.contains("engine.start"))
+            .unwrap_or_else(|| panic!("no engine.start record: {log}"));
+        assert!(line.contains(r#""decision":"denied""#), "{line}");
+        assert!(line.contains("bind_protected") || line.contains(&name), "{line}");
+        stop.cancel();
+        let _ = task.await;
+    })
+    .await;
+}

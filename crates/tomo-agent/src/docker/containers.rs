@@ -68,7 +68,12 @@ pub async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     let (policy, host_root) = (&ctx.shared.policy, &ctx.shared.host_root);
     crate::validate::check_run(&p, policy, host_root)?;
     crate::validate::check_run_refs(&p, policy, host_root, &*ctx.shared.docker).await?;
-    let body = create_body(&p)?;
+    let mut body = create_body(&p)?;
+    // The bind guard of this agent judges its mounts whenever the engine starts it by itself.
+    body.labels.get_or_insert_default().insert(
+        super::guard::GUARD_LABEL.into(),
+        super::guard::guard_id(&ctx.shared.data_dir),
+    );
     let client = Arc::clone(&ctx.shared.docker);
     let pulled = ensure_image(&client, &p.image, p.pull).await?;
     // Again after the pull, which can take long: a bind source may have been swapped meanwhile.

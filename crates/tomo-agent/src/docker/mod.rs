@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 pub mod containers;
 pub mod events;
+pub mod guard;
 pub mod images;
 pub mod ops;
 pub mod transport;
