@@ -120,6 +120,15 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A data directory the control plane cannot write to (a read-only mount, permissions): it
+    /// would serve reads and fail every write, the audit's included, so it does not start.
+    #[error(
+        "the data directory {path} is not writable ({source}); tokens, codes and the audit could not be stored: make it writable (a read-only mount? wrong owner?)"
+    )]
+    ReadOnly {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -155,6 +164,10 @@ impl Server {
             source,
         };
         tomo_common::fs::create_private_dir(&config.data_dir).map_err(dir_err)?;
+        check_writable(&config.data_dir).map_err(|source| ServerError::ReadOnly {
+            path: config.data_dir.clone(),
+            source,
+        })?;
         let tls = tls::load(&config.tls, &config.data_dir)?;
         let signer = Arc::new(signer::CommandSigner::load_or_create(&config.data_dir)?);
         let sealer = sealer::ParamSealer::load_or_create(&config.data_dir)?;
@@ -356,6 +369,36 @@ impl Server {
         state.store.close().await;
         tracing::info!("control plane stopped");
     }
+}
+
+/// Whether the data directory and the database in it take writes (issue 13.9): a probe file is
+/// written and removed, and an existing `tomo.db` opened for writing. A full disk is not a
+/// reason to refuse to start (the store answers 507 and recovers when space returns); a
+/// read-only file system or missing permission is.
+fn check_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let refuses = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+        )
+    };
+    let probe = dir.join(".write-probe");
+    let written = std::fs::write(&probe, b"tomo").and_then(|()| std::fs::remove_file(&probe));
+    match written {
+        Err(e) if refuses(&e) => return Err(e),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "the data directory takes no writes now; writes will fail until it does")
+        }
+        Ok(()) => {}
+    }
+    let db = dir.join("tomo.db");
+    if db.exists() {
+        match std::fs::OpenOptions::new().append(true).open(&db) {
+            Err(e) if refuses(&e) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn router(state: Arc<AppState>) -> Router {

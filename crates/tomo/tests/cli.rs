@@ -284,6 +284,67 @@ fn bad_server_config_exits_64() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("wss://"));
 }
 
+/// Issue 13.9: a control plane whose data directory is read-only started, served reads and
+/// answered writes with 500. It must refuse to start: status 64, one line naming the directory.
+#[test]
+fn a_read_only_data_directory_is_refused_at_start() {
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let mnt = tempfile::tempdir().expect("mount point");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs root to mount a tmpfs"
+        );
+        return eprintln!("SKIPPED: cannot mount a tmpfs (not root)");
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.path());
+    let data = mnt.path().join("data");
+    let port = free_port().to_string();
+    let server = |data: &Path| {
+        let mut c = env.cmd(&tomo_bin());
+        c.args(["server", "--data-dir"])
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}")]);
+        c
+    };
+    // A first start makes the data directory and its database.
+    let mut child = server(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_for("tomo.db", || data.join("tomo.db").exists());
+    terminate(&mut child);
+    let ro = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(mnt.path())
+        .status()
+        .expect("remount");
+    assert!(ro.success());
+    let o = server(&data).output().expect("run");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "{stderr}");
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("not writable"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(said[0].contains(&data.display().to_string()), "{stderr}");
+}
+
 /// `tomo dev` in a fresh home, with the local host online; returns the env, the process and the
 /// local hostname.
 fn dev_online() -> (Env, Child, String) {
