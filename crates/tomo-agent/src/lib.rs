@@ -591,6 +591,7 @@ impl Agent {
             cpus: f.cpus,
             memory_bytes: f.memory_bytes,
             agent_version: VERSION.into(),
+            clock_ms: None,
         }
     }
 }
@@ -600,8 +601,10 @@ fn hello(
     keys: &Keys,
     nonce: &str,
     binding: &ChannelBinding,
-    facts: HostFacts,
+    mut facts: HostFacts,
 ) -> Handshake {
+    // The clock as the message leaves: the control plane measures the offset from it.
+    facts.clock_ms = Some(tomo_common::now_ms());
     let sign = |m: &[u8]| keys.sign_b64(m);
     match mode {
         Mode::Register { code, .. } => {

@@ -35,6 +35,10 @@ pub struct HostFacts {
     pub cpus: u32,
     pub memory_bytes: u64,
     pub agent_version: String,
+    /// The agent's clock (Unix ms) when it sent this message: the control plane measures the
+    /// offset between the two clocks from it and stamps every command in the agent's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_ms: Option<i64>,
 }
 
 /// Every handshake message, tagged by `type`. Each end accepts only the variants that are valid

@@ -148,6 +148,8 @@ pub async fn run_session<S>(
     )
     .await;
     let mut challenge = String::new();
+    // When the agent's message arrived: its clock then, minus this one, is the offset.
+    let received_at = now_ms();
     let handshake = match first {
         Ok(Ok((nonce, text))) => {
             challenge.clone_from(&nonce);
@@ -229,7 +231,11 @@ pub async fn run_session<S>(
     if let Some(b) = &budget {
         b.lift();
     }
-    let (conn, outbox) = state.hub.attach(&host.id);
+    let offset = clock_offset(host.facts.clock_ms, received_at);
+    if offset.abs() > CLOCK_WARN_MS {
+        tracing::warn!(host_id = %host.id, offset_ms = offset, "{}", clock_skew_text(&host.hostname, offset));
+    }
+    let (conn, outbox) = state.hub.attach(&host.id, offset);
     // Signed, so that the agent knows it reached this control plane on this very connection
     // before it trusts or saves anything (a relay cannot welcome it as itself).
     let subject = welcome_subject(&host.id, &b64(&agent_key));
@@ -252,6 +258,25 @@ pub async fn run_session<S>(
     }
     state.hub.detach(&conn);
     state.samples.seen(&host.id, now_ms()).await;
+}
+
+/// A clock offset past this is warned about (in the log, `GET /hosts/{host}` and `tomo hosts`).
+pub const CLOCK_WARN_MS: i64 = 10_000;
+
+/// The agent's clock minus this one's, from the time the agent put in its handshake message and
+/// the time it arrived (0 when it sent none). Its error is the message's one-way delay, bounded
+/// by the handshake deadline; the message is on the TLS connection the agent signed for.
+fn clock_offset(agent_clock_ms: Option<i64>, received_at: i64) -> i64 {
+    agent_clock_ms.map_or(0, |t| t.saturating_sub(received_at))
+}
+
+/// What an operator reads about a host whose clock is off: how much, which way, what to do.
+pub fn clock_skew_text(host: &str, offset_ms: i64) -> String {
+    let secs = offset_ms.abs() as f64 / 1000.0;
+    let way = if offset_ms > 0 { "ahead of" } else { "behind" };
+    format!(
+        "clock skew of {secs:.0} s between the control plane and host {host} (its clock is {way} the control plane's): commands are stamped in the host's time, so they still run, but fix its clock (NTP)"
+    )
 }
 
 /// A refused handshake: the reason sent to the agent, and a message for the operator.

@@ -127,7 +127,31 @@ impl ApiError {
     /// An agent's (or the routing's) JSON-RPC error as an HTTP error.
     pub fn from_rpc(e: tomo_proto::rpc::RpcError) -> Self {
         use tomo_proto::rpc::code as c;
-        let (status, code) = match e.code {
+        let reason = e
+            .data
+            .as_ref()
+            .and_then(|d| d.get("reason"))
+            .and_then(|r| r.as_str());
+        let (status, code) = match (e.code, reason) {
+            // Not a permission problem: a clock or the network (issue 13.7), the agent's disk
+            // (issue 13.8); each has its own code so that clients say what happened.
+            (c::SECURITY, Some("stale" | "expired")) => (StatusCode::FORBIDDEN, "stale_request"),
+            (c::SECURITY, Some("replay_log")) => (StatusCode::SERVICE_UNAVAILABLE, "agent_disk"),
+            (code, _) => Self::status_of(code),
+        };
+        Self {
+            status,
+            code,
+            message: e.message.clone(),
+            rpc: Some(e),
+            body: None,
+        }
+    }
+
+    /// The HTTP status and error code of a JSON-RPC error code.
+    fn status_of(code: i64) -> (StatusCode, &'static str) {
+        use tomo_proto::rpc::code as c;
+        match code {
             c::INVALID_PARAMS | c::INVALID_REQUEST | c::PARSE_ERROR => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
@@ -142,13 +166,6 @@ impl ApiError {
             c::CONNECTION_LOST => (StatusCode::BAD_GATEWAY, "connection_lost"),
             c::SHUTTING_DOWN => (StatusCode::SERVICE_UNAVAILABLE, "agent_shutting_down"),
             _ => (StatusCode::BAD_GATEWAY, "agent_error"),
-        };
-        Self {
-            status,
-            code,
-            message: e.message.clone(),
-            rpc: Some(e),
-            body: None,
         }
     }
 
@@ -529,6 +546,12 @@ pub(crate) fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> Value
         "facts": h.facts,
         "labels": h.labels,
     });
+    if let Some(offset) = state.hub.clock_offset(&h.id) {
+        v["clock"] = json!({"offset_ms": offset});
+        if offset.abs() > crate::agent_ws::CLOCK_WARN_MS {
+            v["clock"]["warning"] = json!(crate::agent_ws::clock_skew_text(&h.hostname, offset));
+        }
+    }
     let latest = state.hub.latest(&h.id);
     if let Some((at, m)) = latest.metrics {
         v["metrics"] = json!({"received_at": rfc3339(at), "sample": m});
@@ -543,7 +566,8 @@ pub(crate) fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> Value
 ///
 /// The hosts in the caller's scope, each with `id`, `hostname`, `status` (`online` or
 /// `offline`, from the live sessions), `engine_id`, `registered_at`, `last_seen`, `facts`,
-/// `labels` and the latest `metrics` sample.
+/// `labels`, the latest `metrics` sample and, while online, `clock`: `offset_ms` (the host's
+/// clock minus the control plane's, measured at its handshake) and a `warning` past 10 s.
 #[utoipa::path(
     get,
     path = "/hosts",
@@ -815,6 +839,27 @@ mod tests {
     use super::*;
 
     /// Issue 13.1: a failed write is an error to its caller, and says what happened.
+    /// Issues 13.7 and 13.8: a request the agent refused as out of date (a clock skew, or held
+    /// back past its expiry) or because it cannot record it (its disk) is not reported as a
+    /// permission problem.
+    #[test]
+    fn agent_refusals_that_are_not_permissions_have_their_own_codes() {
+        use tomo_proto::rpc::{RpcError, code};
+        let refusal = |reason: &str| {
+            RpcError::new(code::SECURITY, "refused").with_data(json!({ "reason": reason }))
+        };
+        for (reason, status, want) in [
+            ("stale", StatusCode::FORBIDDEN, "stale_request"),
+            ("expired", StatusCode::FORBIDDEN, "stale_request"),
+            ("replay_log", StatusCode::SERVICE_UNAVAILABLE, "agent_disk"),
+            ("forbidden", StatusCode::FORBIDDEN, "forbidden"),
+            ("bad_signature", StatusCode::FORBIDDEN, "forbidden"),
+        ] {
+            let e = ApiError::from_rpc(refusal(reason));
+            assert_eq!((e.status, e.code), (status, want), "{reason}");
+        }
+    }
+
     #[test]
     fn store_failures_answer_507_or_503_with_what_to_do() {
         let full = ApiError::from(StoreError::Full);

@@ -80,6 +80,9 @@ pub struct AgentConn {
     /// Cancelled to end the session (host removed, replaced by a newer session).
     pub kick: CancellationToken,
     pub connected_at: i64,
+    /// The agent's clock minus this one's, measured at the handshake (ms): commands are stamped
+    /// in the agent's time, so a host with a wrong clock still judges them fresh.
+    pub clock_offset_ms: i64,
     signer: Arc<CommandSigner>,
 }
 
@@ -216,7 +219,9 @@ fn request_text(
     caller: &Caller,
     ttl: Duration,
 ) -> String {
-    let ts = tomo_common::now_ms();
+    // In the agent's time (the offset measured at its handshake): its freshness window and the
+    // expiry are judged by its own clock.
+    let ts = tomo_common::now_ms() + conn.clock_offset_ms;
     let ttl_ms = i64::try_from(ttl.as_millis())
         .unwrap_or(i64::MAX)
         .min(tomo_proto::rpc::MAX_COMMAND_TTL_MS);
@@ -424,7 +429,11 @@ impl Hub {
 
     /// Registers a new session for `host_id`, ending any older one (an agent that reconnects
     /// before its old connection timed out replaces it). Returns the receiving end of its outbox.
-    pub fn attach(&self, host_id: &str) -> (Arc<AgentConn>, mpsc::Receiver<String>) {
+    pub fn attach(
+        &self,
+        host_id: &str,
+        clock_offset_ms: i64,
+    ) -> (Arc<AgentConn>, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(OUTBOX);
         let conn = Arc::new(AgentConn {
             host_id: host_id.to_owned(),
@@ -435,6 +444,7 @@ impl Hub {
             next_call: AtomicU64::new(1),
             kick: CancellationToken::new(),
             connected_at: tomo_common::now_ms(),
+            clock_offset_ms,
             signer: Arc::clone(&self.signer),
         });
         let old = self
@@ -458,6 +468,14 @@ impl Hub {
             m.remove(&conn.host_id);
         }
         conn.fail_pending();
+    }
+
+    /// The clock offset of the host's live session (its clock minus this one's, ms).
+    pub fn clock_offset(&self, host_id: &str) -> Option<i64> {
+        self.conns
+            .read()
+            .ok()
+            .and_then(|m| m.get(host_id).map(|c| c.clock_offset_ms))
     }
 
     pub fn is_online(&self, host_id: &str) -> bool {

@@ -264,8 +264,9 @@ impl IntoResponses for AgentErrors {
             (
                 "403",
                 "`forbidden`: the token's role is below the method's level, or the agent's \
-                 security checks refused the call; `blocked`: the host policy refused the \
-                 container options or the command.",
+                 security checks refused the call; `stale_request`: the host judged the call \
+                 out of date (a clock skew, or held back past its expiry), not run; `blocked`: \
+                 the host policy refused the container options or the command.",
             ),
             (
                 "404",
@@ -290,7 +291,8 @@ impl IntoResponses for AgentErrors {
             ),
             (
                 "503",
-                "`host_offline`: the host has no session; `agent_shutting_down`.",
+                "`host_offline`: the host has no session; `agent_shutting_down`; \
+                 `agent_disk`: the agent cannot record the request (its disk).",
             ),
             ("504", "`timeout`: the agent did not answer in time."),
         ])

@@ -145,7 +145,8 @@ impl SimAgent {
     /// The agent's answer to a challenge: `register` or `authenticate`, signed over the nonce
     /// and the connection's channel binding.
     fn hello(&self, nonce: &str, binding: &ChannelBinding) -> Handshake {
-        let facts = Canned::facts(&self.hostname);
+        let mut facts = Canned::facts(&self.hostname);
+        facts.clock_ms = Some(tomo_common::now_ms());
         let sign = |m: &[u8]| self.keys.sign_b64(m);
         match &self.mode {
             Mode::Register { code, .. } => tomo_common::hello::register(

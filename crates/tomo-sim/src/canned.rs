@@ -62,6 +62,7 @@ impl Canned {
             cpus: 4,
             memory_bytes: 8 << 30,
             agent_version: tomo_agent::VERSION.into(),
+            clock_ms: None,
         }
     }
 

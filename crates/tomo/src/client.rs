@@ -291,6 +291,12 @@ pub fn api_failure(r: &Reply, status: u8) -> Failure {
             "this token's role is too low for that: `tomo whoami` shows it; an admin can make a \
              token with the role needed (`tomo tokens create NAME --role execute|admin`)",
         ),
+        "stale_request" => f.hint(
+            "the host judged the request out of date: its clock and the control plane's differ              (`tomo hosts ls` shows each host's CLOCK offset; fix it with NTP), or the request was              held back in the network past its timeout; it was not run",
+        ),
+        "agent_disk" => f.hint(
+            "the host's agent cannot write to its data directory (full or read-only disk), so it              refuses commands; free space there and retry",
+        ),
         "out_of_scope" => f.hint(
             "this token's host scope does not cover that: `tomo whoami` shows its scope; fleet-wide \
              routes (codes, audit, tokens, labels) need a token without a scope",

@@ -135,7 +135,7 @@ fn print_hosts(hosts: &[Value]) {
         println!("no hosts yet: `tomo codes create` makes a code to join one");
         return;
     }
-    let rows: Vec<[String; 7]> = hosts
+    let rows: Vec<[String; 8]> = hosts
         .iter()
         .map(|h| {
             let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
@@ -144,6 +144,7 @@ fn print_hosts(hosts: &[Value]) {
                 s(&h["hostname"]),
                 s(&h["status"]),
                 s(&h["last_seen"]),
+                clock_text(&h["clock"]),
                 s(&h["facts"]["docker_version"]),
                 s(&h["facts"]["os"]),
                 labels_text(&h["labels"]),
@@ -155,6 +156,7 @@ fn print_hosts(hosts: &[Value]) {
         "HOSTNAME",
         "STATUS",
         "LAST SEEN",
+        "CLOCK",
         "DOCKER",
         "OS",
         "LABELS",
@@ -174,6 +176,18 @@ fn print_hosts(hosts: &[Value]) {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
+    for h in hosts {
+        if let Some(w) = h["clock"]["warning"].as_str() {
+            eprintln!("warning: {w}");
+        }
+    }
+}
+
+/// A host's clock offset, `+1.2s`; `-` offline.
+fn clock_text(v: &Value) -> String {
+    v["offset_ms"]
+        .as_i64()
+        .map_or_else(|| "-".into(), |ms| format!("{:+.1}s", ms as f64 / 1000.0))
 }
 
 /// `k=v,k2=v2`, or `-` without labels.

@@ -2,6 +2,7 @@
 //! 127.0.0.1 with a real SQLite file.
 
 mod audit;
+mod clock;
 mod docker_env;
 mod docker_ops;
 mod flood;
