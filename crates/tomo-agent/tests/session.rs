@@ -159,12 +159,24 @@ fn start_in(
     dir: tempfile::TempDir,
     key: ring::signature::Ed25519KeyPair,
 ) -> Harness {
+    start_configured(fail, docker, dir, key, |_| {})
+}
+
+/// [`start_in`], with the agent's configuration changed by `tweak` before it starts.
+fn start_configured(
+    fail: bool,
+    docker: Endpoint,
+    dir: tempfile::TempDir,
+    key: ring::signature::Ed25519KeyPair,
+    tweak: impl FnOnce(&mut AgentConfig),
+) -> Harness {
     let mut cfg = AgentConfig::new(dir.path().join("agent"));
     cfg.server_url = Some("wss://tomo.test/agent/ws".into());
     cfg.register_code = Some(code_for(&key));
     cfg.volume_base = dir.path().join("volumes");
     cfg.hostname = Some("pipe-host".into());
     cfg.docker = docker;
+    tweak(&mut cfg);
     let (tx, ends) = mpsc::unbounded_channel();
     let dials = Arc::new(Mutex::new(Vec::new()));
     let agent = Agent::with_dialer(
@@ -693,37 +705,13 @@ fn start_with_policy(extra: &str) -> Harness {
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, extra).expect("policy");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("mode");
-    let key = command_key();
-    let mut cfg = AgentConfig::new(dir.path().join("agent"));
-    cfg.server_url = Some("wss://tomo.test/agent/ws".into());
-    cfg.register_code = Some(code_for(&key));
-    cfg.volume_base = dir.path().join("volumes");
-    cfg.docker = Endpoint::Refused("no Docker in this test".into());
-    cfg.policy_path = Some(path);
-    let (tx, ends) = mpsc::unbounded_channel();
-    let dials = Arc::new(Mutex::new(Vec::new()));
-    let agent = Agent::with_dialer(
-        cfg,
-        Arc::new(PipeDialer {
-            fail: false,
-            ends: tx,
-            dials: Arc::clone(&dials),
-        }),
-    );
-    let status = agent.status();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(agent.run(shutdown.clone()));
-    Harness {
-        agent_id: String::new(),
-        agent_key: String::new(),
-        key,
-        _dir: dir,
-        ends,
-        dials,
-        status,
-        shutdown,
-        task,
-    }
+    start_configured(
+        false,
+        Endpoint::Refused("no Docker in this test".into()),
+        dir,
+        command_key(),
+        |cfg| cfg.policy_path = Some(path),
+    )
 }
 
 /// Issue 12.2: reads are limited per token by the host policy's `reads_per_minute`; stream
