@@ -143,6 +143,13 @@ impl Api {
             .await
             .map_err(|e| Failure::new(2, format!("reading the answer: {e}")))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        // Held for a human (a token created `--require-approval`): never shown as a success,
+        // whichever command asked (issue 17.2).
+        if status == reqwest::StatusCode::ACCEPTED
+            && let Some(id) = body["pending_action"]["id"].as_str()
+        {
+            return Err(Failure::pending(id));
+        }
         Ok(Reply { status, body })
     }
 
@@ -242,6 +249,11 @@ impl Api {
                 .await
                 .map_err(|e| Failure::new(2, format!("reading the answer: {e}")))?;
             let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            if status == reqwest::StatusCode::ACCEPTED
+                && let Some(id) = body["pending_action"]["id"].as_str()
+            {
+                return Err(Failure::pending(id));
+            }
             if !status.is_success() {
                 return Err(api_failure(&Reply { status, body }, 1));
             }

@@ -542,6 +542,9 @@ fn completions(shell: CompletionShell) {
     let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
 }
 
+/// The exit status of a command whose call is held for approval (not a success, not an error).
+pub const PENDING_STATUS: u8 = 3;
+
 /// A failure reported to the user: one line, an optional hint, an exit status.
 #[derive(Debug)]
 pub struct Failure {
@@ -562,6 +565,17 @@ impl Failure {
         self.hint = Some(hint.into());
         self
     }
+    /// A call held for approval: status [`PENDING_STATUS`], the action's id and what to run.
+    pub fn pending(id: &str) -> Self {
+        Self::new(
+            PENDING_STATUS,
+            format!("waiting for approval: {id} (tomo approve {id})"),
+        )
+        .hint(format!(
+            "this token requires approval: the call runs once an approver runs `tomo approve {id}` (`tomo deny {id}` drops it; `tomo approvals show {id}` shows the request)"
+        ))
+    }
+
     /// Bad configuration: status 64.
     pub fn config(message: impl std::fmt::Display) -> Self {
         Self::new(64, message.to_string())

@@ -345,6 +345,66 @@ fn a_read_only_data_directory_is_refused_at_start() {
     assert!(said[0].contains(&data.display().to_string()), "{stderr}");
 }
 
+/// Issue 17.2: with a `--require-approval` token, `tomo stop|start|rm|restart` printed `- - (-)`
+/// and exited 0. Every command that can be held says "waiting for approval: ID (tomo approve
+/// ID)" and exits 3; the action is really pending.
+#[test]
+fn a_held_call_says_it_waits_for_approval_and_exits_3() {
+    let (env, mut dev, local) = dev_online();
+    let made = env.tomo(&[
+        "tokens",
+        "create",
+        "careful",
+        "--role",
+        "admin",
+        "--require-approval",
+        "-o",
+        "json",
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let token = json(&made)["secret"].as_str().expect("secret").to_owned();
+    let held = |args: &[&str]| {
+        let o = env
+            .cmd(&tomo_bin())
+            .args(args)
+            .env("TOMO_TOKEN", &token)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("waiting for approval: "))
+            .unwrap_or_else(|| panic!("{args:?}: {stderr}"))
+            .to_owned();
+        let id = line
+            .split("waiting for approval: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("id")
+            .to_owned();
+        assert!(line.contains(&format!("(tomo approve {id})")), "{line}");
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("- - (-)"),
+            "{args:?}: {o:?}"
+        );
+        id
+    };
+    let mut ids = Vec::new();
+    for verb in ["stop", "start", "restart", "rm"] {
+        ids.push(held(&[verb, &local, "tomo-test-cli-held"]));
+    }
+    ids.push(held(&["call", &local, "agent.restart"]));
+    // Each is a real pending action, listed for the approver.
+    let list = env.tomo(&["approvals", "-o", "json"]);
+    assert!(list.status.success(), "{list:?}");
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    for id in &ids {
+        assert!(listed.contains(id.as_str()), "{id} not in {listed}");
+    }
+    let _ = terminate(&mut dev);
+}
+
 /// `tomo dev` in a fresh home, with the local host online; returns the env, the process and the
 /// local hostname.
 fn dev_online() -> (Env, Child, String) {
