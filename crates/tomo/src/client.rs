@@ -68,6 +68,33 @@ pub struct Api {
     token: String,
 }
 
+/// Connecting (TCP and TLS) to the control plane.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A read (`GET`): the control plane answers these from its own state.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Anything else: a call to a host may take the longest call timeout (10 min, a pull or run).
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(11 * 60);
+
+/// The control plane's URL must be `https://`: the token is a bearer secret (issue 17.4).
+pub fn check_url(url: &str) -> Result<(), Failure> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    let fixed = match url.strip_prefix("http://") {
+        Some(rest) => format!("https://{rest}"),
+        None => format!("https://{url}"),
+    };
+    let why = if url.starts_with("http://") {
+        "the API token would go out in clear over http://"
+    } else {
+        "the URL has no https:// scheme"
+    };
+    Err(
+        Failure::new(2, format!("refusing {url}: {why}; use https://"))
+            .hint(format!("the control plane speaks HTTPS only: try {fixed}")),
+    )
+}
+
 /// An answer from the API: status and JSON body.
 #[derive(Debug)]
 pub struct Reply {
@@ -97,6 +124,7 @@ impl Api {
     /// A client of the control plane at `url` with `token`, verifying its certificate against
     /// `ca_file` or, without one, the webpki roots.
     pub fn new(url: &str, token: String, ca_file: Option<PathBuf>) -> Result<Self, Failure> {
+        check_url(url)?;
         let trust = match ca_file {
             Some(ca) => tomo_common::tls::Trust::CaFile(ca),
             None => tomo_common::tls::Trust::WebPki,
@@ -105,6 +133,10 @@ impl Api {
             tomo_common::tls::client_config(&trust).map_err(|e| Failure::new(2, e.to_string()))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
+            // The token never goes out in clear, whatever a redirect says (issue 17.4).
+            .https_only(true)
+            // A server that accepts and never answers is reported, not waited for (issue 17.5).
+            .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| Failure::new(2, format!("HTTP client: {e}")))?;
         Ok(Self {
@@ -126,10 +158,16 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, Failure> {
+        let deadline = if method == reqwest::Method::GET {
+            READ_TIMEOUT
+        } else {
+            CALL_TIMEOUT
+        };
         let mut req = self
             .http
             .request(method, format!("{}/api/v1{path}", self.url))
-            .bearer_auth(&self.token);
+            .bearer_auth(&self.token)
+            .timeout(deadline);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -327,6 +365,17 @@ pub fn api_failure(r: &Reply, status: u8) -> Failure {
 /// it, or fix the URL), a certificate that does not verify (`--ca-file`), or anything else.
 /// Classified by the error types in the chain, never by their text.
 pub fn transport_failure(url: &str, e: &reqwest::Error) -> Failure {
+    if e.is_timeout() {
+        let what = if e.is_connect() {
+            format!("no connection to the control plane at {url} within {CONNECT_TIMEOUT:?}")
+        } else {
+            format!("no answer from the control plane at {url} in time")
+        };
+        return Failure::new(2, what).hint(
+            "it accepts connections but does not answer: is the URL the control plane's API \
+             (`tomo login --url URL`), and is it running and not overloaded?",
+        );
+    }
     let mut msg = format!("cannot reach the control plane at {url}: {e}");
     let (mut refused, mut tls) = (false, false);
     let mut src = std::error::Error::source(e);

@@ -405,6 +405,61 @@ fn a_held_call_says_it_waits_for_approval_and_exits_3() {
     let _ = terminate(&mut dev);
 }
 
+/// Issue 17.4: the CLI sent the bearer token over `http://`. It refuses `http://` and
+/// scheme-less URLs, saying "use https://", before sending anything.
+#[test]
+fn the_cli_refuses_to_send_its_token_over_http() {
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    for url in [
+        format!("http://127.0.0.1:{port}"),
+        format!("127.0.0.1:{port}"),
+    ] {
+        let o = env.tomo(&["hosts", "ls", "--url", &url, "--token", "tomo_secret_token"]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains("use https://"), "{url}: {stderr}");
+    }
+    // Nothing connected: the token never left.
+    assert!(listener.accept().is_err(), "the CLI connected");
+}
+
+/// Issue 17.5: against a server that accepts and never answers, `tomo hosts ls` waited past
+/// 30 s. It gives up after the connect deadline (10 s) with a clear message.
+#[test]
+fn a_server_that_never_answers_is_reported_in_time() {
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Accepts, holds, never answers.
+    let hold = std::thread::spawn(move || {
+        let conn = listener.accept();
+        std::thread::sleep(Duration::from_secs(25));
+        drop(conn);
+    });
+    let t0 = Instant::now();
+    let o = env.tomo(&[
+        "hosts",
+        "ls",
+        "--url",
+        &format!("https://127.0.0.1:{port}"),
+        "--token",
+        "x",
+    ]);
+    let took = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(stderr.contains("within 10s"), "{stderr}");
+    drop(hold);
+}
+
 /// `tomo dev` in a fresh home, with the local host online; returns the env, the process and the
 /// local hostname.
 fn dev_online() -> (Env, Child, String) {
