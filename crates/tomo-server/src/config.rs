@@ -126,6 +126,19 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The host name (or IP address) of the public URL, which a generated certificate must
+    /// cover (issue 17.3).
+    pub fn public_host(&self) -> Option<String> {
+        let rest = self.public_url.as_deref()?.strip_prefix("https://")?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        };
+        (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    }
+
     /// The HTTPS base URL of the API.
     pub fn api_url(&self, bound: SocketAddr) -> String {
         if let Some(u) = &self.public_url {
@@ -149,5 +162,33 @@ impl ServerConfig {
             "{}/agent/ws",
             self.api_url(bound).replacen("https://", "wss://", 1)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_host_is_the_urls_host_without_port_or_path() {
+        let host = |u: &str| {
+            let mut c = ServerConfig::new("/x".into(), "127.0.0.1:0".parse().expect("addr"));
+            c.public_url = Some(u.into());
+            c.public_host()
+        };
+        assert_eq!(
+            host("https://Tomo.Example.com"),
+            Some("tomo.example.com".into())
+        );
+        assert_eq!(
+            host("https://tomo.example.com:7443/x"),
+            Some("tomo.example.com".into())
+        );
+        assert_eq!(
+            host("https://[2001:db8::1]:7443"),
+            Some("2001:db8::1".into())
+        );
+        assert_eq!(host("https://192.0.2.7"), Some("192.0.2.7".into()));
+        assert_eq!(host("https://"), None);
     }
 }

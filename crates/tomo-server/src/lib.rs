@@ -168,7 +168,11 @@ impl Server {
             path: config.data_dir.clone(),
             source,
         })?;
-        let tls = tls::load(&config.tls, &config.data_dir)?;
+        let tls = tls::load(
+            &config.tls,
+            &config.data_dir,
+            config.public_host().as_deref(),
+        )?;
         let signer = Arc::new(signer::CommandSigner::load_or_create(&config.data_dir)?);
         let sealer = sealer::ParamSealer::load_or_create(&config.data_dir)?;
         let store: Arc<dyn Store> =

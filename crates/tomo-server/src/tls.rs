@@ -31,6 +31,12 @@ pub enum TlsSetupError {
     NoCert(PathBuf),
     #[error("{0}: no private key found")]
     NoKey(PathBuf),
+    /// The generated certificate does not name the public URL's host: agents dialing that
+    /// name would fail TLS.
+    #[error(
+        "the generated certificate in {dir} does not cover {host} (the public URL's host): remove {dir} to generate a new CA and certificate that do (agents registered before must then be given the new ca.pem), or pass --tls-cert/--tls-key"
+    )]
+    NotCovered { dir: PathBuf, host: String },
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
@@ -44,8 +50,15 @@ pub struct ServerTls {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Builds the server's TLS configuration (TLS 1.2 and 1.3, HTTP/1.1).
-pub fn load(source: &TlsSource, data_dir: &Path) -> Result<ServerTls, TlsSetupError> {
+/// Builds the server's TLS configuration (TLS 1.2 and 1.3, HTTP/1.1). A generated certificate
+/// covers `localhost`, `127.0.0.1`, `::1`, the machine's host name and `public_host` (the public
+/// URL's host); one generated before without `public_host` is refused, since its CA key is gone
+/// and no new certificate can be issued under the CA that agents pin.
+pub fn load(
+    source: &TlsSource,
+    data_dir: &Path,
+    public_host: Option<&str>,
+) -> Result<ServerTls, TlsSetupError> {
     let (cert, key, ca_file) = match source {
         TlsSource::Files { cert, key } => (cert.clone(), key.clone(), None),
         TlsSource::SelfSigned => {
@@ -56,7 +69,14 @@ pub fn load(source: &TlsSource, data_dir: &Path) -> Result<ServerTls, TlsSetupEr
                 dir.join("ca.pem"),
             );
             if !(cert.exists() && key.exists() && ca.exists()) {
-                generate(&dir)?;
+                generate(&dir, public_host)?;
+            } else if let Some(host) = public_host
+                && !covered(&dir).iter().any(|n| n.eq_ignore_ascii_case(host))
+            {
+                return Err(TlsSetupError::NotCovered {
+                    dir,
+                    host: host.to_owned(),
+                });
             }
             (cert, key, Some(ca))
         }
@@ -87,9 +107,27 @@ pub fn load(source: &TlsSource, data_dir: &Path) -> Result<ServerTls, TlsSetupEr
     })
 }
 
+/// The names a generated certificate covers, one per line, next to it.
+const NAMES_FILE: &str = "names";
+
+/// The names the generated certificate in `dir` covers (from [`NAMES_FILE`]; a certificate
+/// generated before that file existed covers the default names only).
+fn covered(dir: &Path) -> Vec<String> {
+    match std::fs::read_to_string(dir.join(NAMES_FILE)) {
+        Ok(text) => text.lines().map(str::to_owned).collect(),
+        Err(_) => {
+            let mut names = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
+            if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+                names.push(h.trim().to_owned());
+            }
+            names
+        }
+    }
+}
+
 /// Writes `ca.pem`, `server.pem` and `server.key` (0600) into `dir`. The CA key is never
 /// written: nothing can issue another certificate under this CA.
-fn generate(dir: &Path) -> Result<(), TlsSetupError> {
+fn generate(dir: &Path, public_host: Option<&str>) -> Result<(), TlsSetupError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
@@ -119,6 +157,14 @@ fn generate(dir: &Path) -> Result<(), TlsSetupError> {
             names.push(h.to_owned());
         }
     }
+    if let Some(h) = public_host
+        && !names.iter().any(|n| n.eq_ignore_ascii_case(h))
+    {
+        names.push(h.to_owned());
+    }
+    let names_path = dir.join(NAMES_FILE);
+    tomo_common::fs::write_private(&names_path, names.join("\n").as_bytes())
+        .map_err(io(&names_path))?;
     let mut leaf = CertificateParams::new(names)?;
     leaf.distinguished_name
         .push(DnType::CommonName, "tomo control plane");
@@ -135,4 +181,79 @@ fn generate(dir: &Path) -> Result<(), TlsSetupError> {
         .map_err(io(&key_path))?;
     tracing::info!(dir = %dir.display(), "generated a development CA and server certificate");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier as _;
+    use rustls::pki_types::{ServerName, UnixTime};
+
+    /// Whether a client pinning the generated CA accepts the generated certificate for `name`.
+    fn verifies(dir: &Path, name: &str) -> bool {
+        let tls = dir.join("tls");
+        let roots = tomo_common::tls::load_roots(&tls.join("ca.pem")).expect("roots");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            tomo_common::tls::provider(),
+        )
+        .build()
+        .expect("verifier");
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(tls.join("server.pem"))
+                .expect("pem")
+                .filter_map(Result::ok)
+                .collect();
+        let server = ServerName::try_from(name.to_owned()).expect("name");
+        verifier
+            .verify_server_cert(&chain[0], &chain[1..], &server, &[], UnixTime::now())
+            .is_ok()
+    }
+
+    /// Issue 17.3: `tomo server --public-url https://NAME` made a certificate without NAME, so a
+    /// remote agent using the printed join line failed TLS.
+    #[test]
+    fn the_generated_certificate_covers_the_public_urls_host() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        load(
+            &TlsSource::SelfSigned,
+            dir.path(),
+            Some("tomo.example.test"),
+        )
+        .expect("load");
+        assert!(verifies(dir.path(), "tomo.example.test"));
+        assert!(verifies(dir.path(), "localhost"));
+        assert!(!verifies(dir.path(), "other.example.test"));
+        // Loaded again with the same name: fine.
+        load(
+            &TlsSource::SelfSigned,
+            dir.path(),
+            Some("tomo.example.test"),
+        )
+        .expect("again");
+        // An IP address as the public host.
+        let ip = tempfile::tempdir().expect("tempdir");
+        load(&TlsSource::SelfSigned, ip.path(), Some("192.0.2.7")).expect("load");
+        assert!(verifies(ip.path(), "192.0.2.7"));
+    }
+
+    /// A certificate generated before without the public host cannot be re-issued under the same
+    /// CA (its key is gone): the control plane refuses to start, saying what to do.
+    #[test]
+    fn a_certificate_that_does_not_cover_the_public_host_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        load(&TlsSource::SelfSigned, dir.path(), None).expect("load");
+        match load(
+            &TlsSource::SelfSigned,
+            dir.path(),
+            Some("tomo.example.test"),
+        ) {
+            Err(e @ TlsSetupError::NotCovered { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("tomo.example.test"), "{text}");
+                assert!(text.contains("--tls-cert"), "{text}");
+            }
+            other => panic!("expected NotCovered, got {other:?}"),
+        }
+    }
 }

@@ -43,7 +43,7 @@ struct Relay {
 
 async fn relay(f: &Fleet, play: Play) -> Relay {
     let dir = f.dir.join("relay");
-    let tls = tomo_server::tls::load(&tomo_server::tls::TlsSource::SelfSigned, &dir)
+    let tls = tomo_server::tls::load(&tomo_server::tls::TlsSource::SelfSigned, &dir, None)
         .expect("relay certificate");
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
