@@ -378,7 +378,10 @@ pub async fn logs(
                 print(c);
             }
             if v["truncated"] == true {
-                eprintln!("(output truncated at the response cap; use --tail or --since)");
+                let cut = v["cut_bytes"].as_u64().unwrap_or(0);
+                eprintln!(
+                    "(the oldest {cut} bytes of the log were left out: the answer is capped; the newest part is shown; use --tail or --since to choose the part shown)"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -163,27 +163,12 @@ pub async fn logs(ctx: Ctx, p: LogsParams) -> Result<Streamed<LogsResult>, RpcEr
     let (streamer, meter) = d.streaming().await?;
     let mut source = metered(streamer.logs(p.container.as_str(), Some(opts)), meter);
     if !p.follow {
-        let mut chunks = Vec::new();
-        let mut size = 0usize;
         let cap = ctx.shared.max_response_bytes.saturating_sub(64 * 1024);
-        let mut truncated = false;
+        let mut tail = LogTail::new(cap);
         while let Some(item) = source.next().await {
-            let mut chunk = log_chunk(item.map_err(|e| d.error(e))?);
-            // Per-chunk JSON overhead counted roughly, so the whole answer stays under the cap.
-            let room = cap.saturating_sub(size + 32);
-            if chunk.text.len() > room {
-                chunk.text = cut(&chunk.text, room);
-                truncated = true;
-            }
-            size += chunk.text.len() + 32;
-            if !chunk.text.is_empty() {
-                chunks.push(chunk);
-            }
-            if truncated {
-                break;
-            }
+            tail.push(log_chunk(item.map_err(|e| d.error(e))?));
         }
-        return Ok(Streamed::Done(LogsResult { chunks, truncated }));
+        return Ok(Streamed::Done(tail.finish()));
     }
     let (opened, mut sink, _) = ctx.open_stream(false)?;
     let client = std::sync::Arc::clone(&ctx.shared.docker);
@@ -211,6 +196,119 @@ pub async fn logs(ctx: Ctx, p: LogsParams) -> Result<Streamed<LogsResult>, RpcEr
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+/// The newest output of a log that fits in `cap` bytes (issue 17.6: keep the end, like
+/// `docker logs --tail`, and count what was left out). Per-chunk JSON overhead is counted
+/// roughly, so the whole answer stays under the cap; memory stays within it too.
+struct LogTail {
+    cap: usize,
+    size: usize,
+    chunks: std::collections::VecDeque<LogChunk>,
+    cut_bytes: u64,
+}
+
+impl LogTail {
+    const OVERHEAD: usize = 32;
+
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            size: 0,
+            chunks: std::collections::VecDeque::new(),
+            cut_bytes: 0,
+        }
+    }
+
+    fn push(&mut self, mut chunk: LogChunk) {
+        if chunk.text.is_empty() {
+            return;
+        }
+        let room = self.cap.saturating_sub(Self::OVERHEAD);
+        if chunk.text.len() > room {
+            // One chunk bigger than everything: its end.
+            let keep = cut_start(&chunk.text, room);
+            self.cut_bytes += (chunk.text.len() - keep.len()) as u64;
+            chunk.text = keep;
+        }
+        self.size += chunk.text.len() + Self::OVERHEAD;
+        self.chunks.push_back(chunk);
+        while self.size > self.cap {
+            let Some(old) = self.chunks.pop_front() else {
+                break;
+            };
+            self.size -= old.text.len() + Self::OVERHEAD;
+            self.cut_bytes += old.text.len() as u64;
+        }
+    }
+
+    fn finish(self) -> LogsResult {
+        LogsResult {
+            chunks: self.chunks.into(),
+            truncated: self.cut_bytes > 0,
+            cut_bytes: self.cut_bytes,
+        }
+    }
+}
+
+/// The last `max` bytes of `s` or fewer, starting at a character boundary.
+fn cut_start(s: &str, max: usize) -> String {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_owned()
+}
+
+#[cfg(test)]
+mod log_tail_tests {
+    use super::*;
+
+    fn chunk(text: &str) -> LogChunk {
+        LogChunk {
+            source: "stdout".into(),
+            text: text.into(),
+        }
+    }
+
+    /// Issue 17.6: a log longer than the cap kept lines 1…270 034 of 2 000 000; the newest
+    /// must be kept, and what was left out counted.
+    #[test]
+    fn a_long_log_keeps_its_newest_lines() {
+        let mut tail = LogTail::new(4096);
+        for i in 1..=2000 {
+            tail.push(chunk(&format!("line {i}\n")));
+        }
+        let r = tail.finish();
+        let text: String = r.chunks.iter().map(|c| c.text.as_str()).collect();
+        assert!(
+            text.ends_with("line 2000\n"),
+            "{}",
+            &text[text.len() - 40..]
+        );
+        assert!(!text.contains("line 1\n"));
+        assert!(r.truncated);
+        let kept: usize = text.len();
+        let total: usize = (1..=2000).map(|i| format!("line {i}\n").len()).sum();
+        assert_eq!(r.cut_bytes as usize, total - kept);
+        // One huge chunk: its end.
+        let mut tail = LogTail::new(100);
+        tail.push(chunk(&format!("{}end", "é".repeat(500))));
+        let r = tail.finish();
+        assert!(r.chunks[0].text.ends_with("end"));
+        assert!(r.chunks[0].text.len() <= 100);
+        // A short log: whole, not truncated.
+        let mut tail = LogTail::new(4096);
+        tail.push(chunk("a\n"));
+        assert_eq!(
+            tail.finish(),
+            LogsResult {
+                chunks: vec![chunk("a\n")],
+                truncated: false,
+                cut_bytes: 0
+            }
+        );
+    }
+}
+
 fn cut(s: &str, max: usize) -> String {
     let mut end = max.min(s.len());
     while !s.is_char_boundary(end) {

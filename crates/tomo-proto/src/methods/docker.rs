@@ -81,8 +81,16 @@ pub struct LogChunk {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogsResult {
     pub chunks: Vec<LogChunk>,
-    /// The output was cut at the response cap; ask with `tail` or `since` for the rest.
+    /// The output was cut at the response cap: its oldest part is left out (the newest is kept,
+    /// like `docker logs --tail`); ask with `tail`, `since` or `until` for the rest.
     pub truncated: bool,
+    /// How many bytes of the oldest output were left out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cut_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Params of `docker.containers.stats`.
