@@ -122,7 +122,7 @@ pub async fn tokens(cmd: TokensCommand, args: &ClientArgs) -> Result<ExitCode, F
             if args.output == Output::Json {
                 print_json(&v);
             } else {
-                println!("revoked token {} ({})", text(&v["id"]), text(&v["name"]));
+                outln!("revoked token {} ({})", text(&v["id"]), text(&v["name"]));
             }
         }
     }
@@ -165,7 +165,7 @@ fn scope_text(v: &Value) -> String {
 }
 
 fn print_created(v: &Value, url: &str) {
-    println!(
+    outln!(
         "Created token {} ({}): role {}, {}{}, expires {}",
         text(&v["name"]),
         text(&v["id"]),
@@ -178,13 +178,13 @@ fn print_created(v: &Value, url: &str) {
         },
         v["expires_at"].as_str().unwrap_or("never"),
     );
-    println!(
+    outln!(
         "\nIts secret, shown this once (only a hash is kept):\n\n  {}\n",
         text(&v["secret"])
     );
-    println!("Use it from another machine with:");
-    println!("  tomo login --url {url} --token -      # then paste it");
-    println!("or for one command: TOMO_TOKEN=… tomo hosts ls");
+    outln!("Use it from another machine with:");
+    outln!("  tomo login --url {url} --token -      # then paste it");
+    outln!("or for one command: TOMO_TOKEN=… tomo hosts ls");
 }
 
 fn print_tokens(tokens: &[Value]) {
@@ -228,14 +228,14 @@ pub async fn whoami(args: &ClientArgs) -> Result<ExitCode, Failure> {
     if args.output == Output::Json {
         print_json(&v);
     } else {
-        println!("{} ({}) at {}", text(&v["name"]), text(&v["id"]), api.url());
-        println!("  role      {}", text(&v["role"]));
-        println!("  hosts     {}", scope_text(&v["scope"]));
-        println!(
+        outln!("{} ({}) at {}", text(&v["name"]), text(&v["id"]), api.url());
+        outln!("  role      {}", text(&v["role"]));
+        outln!("  hosts     {}", scope_text(&v["scope"]));
+        outln!(
             "  expires   {}",
             v["expires_at"].as_str().unwrap_or("never")
         );
-        println!(
+        outln!(
             "  approval  {}",
             if v["requires_approval"] == true {
                 "execute/admin calls wait for a human"
@@ -291,7 +291,7 @@ pub async fn login(args: LoginArgs, output: Output) -> Result<ExitCode, Failure>
     if output == Output::Json {
         print_json(&json!({"url": url, "config": path, "token": me}));
     } else {
-        println!(
+        outln!(
             "Logged in to {url} as {} (role {}, {}). Saved in {}.",
             text(&me["name"]),
             text(&me["role"]),
@@ -369,13 +369,13 @@ pub async fn label(
     } else {
         let labels = v["labels"].as_object().cloned().unwrap_or_default();
         if labels.is_empty() {
-            println!("{} has no labels", text(&v["hostname"]));
+            outln!("{} has no labels", text(&v["hostname"]));
         } else {
             let list: Vec<String> = labels
                 .iter()
                 .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
                 .collect();
-            println!("{}: {}", text(&v["hostname"]), list.join(" "));
+            outln!("{}: {}", text(&v["hostname"]), list.join(" "));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -84,8 +84,8 @@ pub async fn show(id: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}  {}", text(&v["id"]), text(&v["status"]));
-    println!(
+    outln!("{}  {}", text(&v["id"]), text(&v["status"]));
+    outln!(
         "{} on host {}, asked by {}, expires {}",
         text(&v["method"]),
         text(&v["host_id"]),
@@ -95,14 +95,14 @@ pub async fn show(id: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
     for f in v["request"].as_array().into_iter().flatten() {
         let mark = if f["risky"] == true { "!" } else { " " };
         let value = serde_json::to_string_pretty(&f["value"]).unwrap_or_default();
-        println!("{mark} {}: {value}", text(&f["field"]));
+        outln!("{mark} {}: {value}", text(&f["field"]));
     }
     if let Some(hidden) = v["hidden"].as_array().filter(|h| !h.is_empty()) {
         let paths: Vec<String> = hidden.iter().map(text).collect();
-        println!("hidden (secret-looking keys): {}", paths.join(", "));
+        outln!("hidden (secret-looking keys): {}", paths.join(", "));
     }
     if !v["result"].is_null() {
-        println!(
+        outln!(
             "result: {}",
             serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
         );
@@ -134,10 +134,10 @@ pub async fn decide(
     if args.output == Output::Json {
         print_json(&v);
     } else {
-        println!("{}  {}", text(&v["id"]), text(&v["summary"]));
-        println!("status: {}", text(&v["status"]));
+        outln!("{}  {}", text(&v["id"]), text(&v["summary"]));
+        outln!("status: {}", text(&v["status"]));
         if !v["result"].is_null() {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
             );

@@ -39,11 +39,11 @@ pub async fn audit(
     }
     let show = |r: &Value| {
         if json_out {
-            println!("{r}");
+            outln!("{r}");
         } else if let Some(n) = r.get("lagged") {
             eprintln!("({n} records skipped: this reader was too slow)");
         } else {
-            println!("{}", human(r));
+            outln!("{}", human(r));
         }
     };
     let r = api

@@ -43,7 +43,7 @@ pub enum HostsCommand {
 }
 
 pub(crate) fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// Percent-encodes a path segment.
@@ -74,17 +74,17 @@ pub async fn codes(cmd: CodesCommand, args: &ClientArgs) -> Result<ExitCode, Fai
         print_json(&v);
     } else {
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-        println!("Registration code: {}", s("code"));
-        println!("Expires at:        {} (single use)", s("expires_at"));
-        println!("Server URL:        {}", s("server_url"));
+        outln!("Registration code: {}", s("code"));
+        outln!("Expires at:        {} (single use)", s("expires_at"));
+        outln!("Server URL:        {}", s("server_url"));
         if let Some(ca) = v["ca_file"].as_str() {
-            println!("CA file:           {ca} (copy it to the new host)");
+            outln!("CA file:           {ca} (copy it to the new host)");
         }
-        println!(
+        outln!(
             "\nJoin a host with the agent binary:\n  {}",
             s("join_command")
         );
-        println!("\nor with Docker:\n  {}", s("docker_command"));
+        outln!("\nor with Docker:\n  {}", s("docker_command"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -122,7 +122,7 @@ pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Fai
             if args.output == Output::Json {
                 print_json(&v);
             } else {
-                println!("removed host {}", v["removed"].as_str().unwrap_or_default());
+                outln!("removed host {}", v["removed"].as_str().unwrap_or_default());
             }
         }
         HostsCommand::Label { .. } => unreachable!("handled above"),
@@ -132,7 +132,7 @@ pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Fai
 
 fn print_hosts(hosts: &[Value]) {
     if hosts.is_empty() {
-        println!("no hosts yet: `tomo codes create` makes a code to join one");
+        outln!("no hosts yet: `tomo codes create` makes a code to join one");
         return;
     }
     let rows: Vec<[String; 8]> = hosts
@@ -174,7 +174,7 @@ fn print_hosts(hosts: &[Value]) {
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
     for h in hosts {
         if let Some(w) = h["clock"]["warning"].as_str() {
@@ -263,6 +263,6 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
 }

@@ -101,21 +101,21 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     });
 
     let hostname = tomo_agent::host::static_facts(std::path::Path::new("/"), None).hostname;
-    println!("tomo dev is running\n");
-    println!("  API        {}", info.api_url);
-    println!("  agents     {}", info.agent_url);
+    outln!("tomo dev is running\n");
+    outln!("  API        {}", info.api_url);
+    outln!("  agents     {}", info.agent_url);
     if let Some(ca) = &info.ca_file {
-        println!("  CA         {}", ca.display());
+        outln!("  CA         {}", ca.display());
     }
-    println!("  data       {}", data_dir.display());
-    println!("  CLI config {} (URL, token, CA)\n", cfg_path.display());
-    println!("Try, in another terminal:");
-    println!("  tomo hosts ls");
-    println!("  tomo call {hostname} agent.ping");
-    println!("  tomo call {hostname} system.info");
-    println!("  tomo call {hostname} docker.containers.list '{{\"all\": true}}'");
-    println!("  tomo codes create          # join another host\n");
-    println!("Ctrl-C stops it.");
+    outln!("  data       {}", data_dir.display());
+    outln!("  CLI config {} (URL, token, CA)\n", cfg_path.display());
+    outln!("Try, in another terminal:");
+    outln!("  tomo hosts ls");
+    outln!("  tomo call {hostname} agent.ping");
+    outln!("  tomo call {hostname} system.info");
+    outln!("  tomo call {hostname} docker.containers.list '{{\"all\": true}}'");
+    outln!("  tomo codes create          # join another host\n");
+    outln!("Ctrl-C stops it.");
 
     shutdown.cancelled().await;
     let _ = tokio::join!(agent_task, server_task);

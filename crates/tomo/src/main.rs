@@ -2,6 +2,24 @@
 //! (`tomo hosts`, `tomo codes`, `tomo call`). `main` parses arguments and dispatches; the work is
 //! in the libraries and in the modules below.
 
+/// `println!` for the CLI's output: a reader that went away (`tomo events | head -1`) ends the
+/// command quietly instead of a panic (issue 17.7). Defined before the modules so they see it.
+macro_rules! outln {
+    () => {
+        $crate::out::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::out::line(format_args!($($arg)*))
+    };
+}
+
+/// `print!` with [`outln!`]'s handling of a closed pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::out::text(format_args!($($arg)*))
+    };
+}
+
 mod access;
 mod approvals_cmd;
 mod audit_cmd;
@@ -12,6 +30,7 @@ mod duration;
 mod interactive;
 mod mcp_stdio;
 mod ops;
+mod out;
 mod serve;
 
 use std::path::PathBuf;

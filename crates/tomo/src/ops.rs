@@ -269,7 +269,7 @@ pub async fn action(
     if args.output == Output::Json {
         print_json(&r);
     } else if action == "update" {
-        println!(
+        outln!(
             "{}: updated {} → {}{}",
             s(&r["name"]),
             short(&r["old_id"]),
@@ -281,7 +281,7 @@ pub async fn action(
             }
         );
     } else {
-        println!("{} {} ({})", s(&r["name"]), s(&r["state"]), short(&r["id"]));
+        outln!("{} {} ({})", s(&r["name"]), s(&r["state"]), short(&r["id"]));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -304,7 +304,7 @@ pub async fn run(a: &RunArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
         for w in r["warnings"].as_array().into_iter().flatten() {
             eprintln!("warning: {}", s(w));
         }
-        println!("{} {} ({})", s(&r["name"]), s(&r["state"]), short(&r["id"]));
+        outln!("{} {} ({})", s(&r["name"]), s(&r["state"]), short(&r["id"]));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -348,14 +348,14 @@ pub async fn logs(
     let json_out = args.output == Output::Json;
     let print = |chunk: &Value| {
         if json_out {
-            println!("{chunk}");
+            outln!("{chunk}");
             return;
         }
         let text = chunk["text"].as_str().unwrap_or_default();
         if chunk["source"] == "stderr" {
             eprint!("{text}");
         } else {
-            print!("{text}");
+            out!("{text}");
             let _ = std::io::stdout().flush();
         }
     };
@@ -427,7 +427,7 @@ pub async fn stats(
                 |line| {
                     if let Some(d) = line.get("data") {
                         if json_out {
-                            println!("{d}");
+                            outln!("{d}");
                         } else {
                             table(&STATS_HEADER, &[stats_row(d)]);
                         }
@@ -470,7 +470,7 @@ pub async fn stats(
             print_json(&Value::Array(ok));
         } else {
             if follow {
-                print!("\x1b[2J\x1b[H");
+                out!("\x1b[2J\x1b[H");
             }
             table(&STATS_HEADER, &ok.iter().map(stats_row).collect::<Vec<_>>());
         }
@@ -499,7 +499,7 @@ pub async fn pull(host: &str, image: &str, args: &ClientArgs) -> Result<ExitCode
                     return true;
                 };
                 if json_out {
-                    println!("{d}");
+                    outln!("{d}");
                     return true;
                 }
                 let layer = d["layer"].as_str().unwrap_or("").to_owned();
@@ -561,9 +561,9 @@ pub async fn pull(host: &str, image: &str, args: &ClientArgs) -> Result<ExitCode
         Streamed::End(end) => {
             let status = end_status(&end)?;
             if json_out {
-                println!("{end}");
+                outln!("{end}");
             } else {
-                println!(
+                outln!(
                     "pulled {} ({})",
                     s(&end["end"]["result"]["image"]),
                     short(&end["end"]["result"]["id"])
@@ -665,7 +665,7 @@ pub async fn objects(
             if json_out {
                 print_json(&r)
             } else {
-                println!("created {} ({})", s(&r["name"]), short(&r["id"]))
+                outln!("created {} ({})", s(&r["name"]), short(&r["id"]))
             }
         }
         ObjectAction::Rm { name, force } => {
@@ -683,7 +683,7 @@ pub async fn objects(
             if json_out {
                 print_json(&r)
             } else {
-                println!("removed {name}")
+                outln!("removed {name}")
             }
         }
     }
@@ -701,12 +701,12 @@ pub async fn events(
     let json_out = args.output == Output::Json;
     let show = |e: &Value| {
         if json_out {
-            println!("{e}");
+            outln!("{e}");
         } else if let Some(n) = e.get("lagged") {
             eprintln!("({n} events skipped: this reader was too slow)");
         } else {
             let name = e["attributes"]["name"].as_str().unwrap_or("");
-            println!(
+            outln!(
                 "{}  {} {} {} {name}",
                 s(&e["received_at"]),
                 s(&e["type"]),
@@ -762,8 +762,8 @@ pub async fn metrics(host: &str, args: &ClientArgs) -> Result<ExitCode, Failure>
             u["percent"].as_f64().unwrap_or(0.0)
         )
     };
-    println!("cpu      {:.1}%", m["cpu_percent"].as_f64().unwrap_or(0.0));
-    println!(
+    outln!("cpu      {:.1}%", m["cpu_percent"].as_f64().unwrap_or(0.0));
+    outln!(
         "load     {}",
         m["load"]
             .as_array()
@@ -774,24 +774,24 @@ pub async fn metrics(host: &str, args: &ClientArgs) -> Result<ExitCode, Failure>
                 .join(" "))
             .unwrap_or_default()
     );
-    println!("memory   {}", usage(&m["memory"]));
-    println!("swap     {}", usage(&m["swap"]));
+    outln!("memory   {}", usage(&m["memory"]));
+    outln!("swap     {}", usage(&m["swap"]));
     for d in m["disks"].as_array().into_iter().flatten() {
-        println!("disk     {} {}", s(&d["mount"]), usage(d));
+        outln!("disk     {} {}", s(&d["mount"]), usage(d));
     }
-    println!(
+    outln!(
         "network  rx {}/s tx {}/s",
         human_bytes(m["network"]["rx_bytes_per_sec"].as_f64().unwrap_or(0.0)),
         human_bytes(m["network"]["tx_bytes_per_sec"].as_f64().unwrap_or(0.0))
     );
     if let Some(c) = m.get("containers") {
-        println!(
+        outln!(
             "containers  {} running, {} stopped",
             s(&c["running"]),
             s(&c["stopped"])
         );
     }
-    println!("uptime   {} s", s(&m["uptime_secs"]));
+    outln!("uptime   {} s", s(&m["uptime_secs"]));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -825,7 +825,7 @@ pub async fn exec(
             print_json(&r);
             return Ok(ExitCode::SUCCESS);
         }
-        print!("{}", r["stdout"].as_str().unwrap_or_default());
+        out!("{}", r["stdout"].as_str().unwrap_or_default());
         eprint!("{}", r["stderr"].as_str().unwrap_or_default());
         if r["truncated"] == true {
             eprintln!("(output truncated at the response cap)");

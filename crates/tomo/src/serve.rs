@@ -88,13 +88,13 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, Failure> {
         .await
         .map_err(Failure::config)?;
     if let Some(token) = &server.first_admin_token {
-        println!("Admin token (shown once; store it safely): {token}");
-        println!(
+        outln!("Admin token (shown once; store it safely): {token}");
+        outln!(
             "Use it with: export TOMO_URL={} TOMO_TOKEN=<token>",
             server.info().api_url
         );
         if let Some(ca) = &server.info().ca_file {
-            println!(
+            outln!(
                 "and, for the self-signed certificate: export TOMO_CA_FILE={}",
                 ca.display()
             );

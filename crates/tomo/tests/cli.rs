@@ -460,6 +460,35 @@ fn a_server_that_never_answers_is_reported_in_time() {
     drop(hold);
 }
 
+/// Issue 17.7: `tomo events | head -1` and the like panicked ("failed printing to stdout: Broken
+/// pipe", exit 101). A reader that goes away ends the command quietly, status 0.
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    let (env, mut dev, local) = dev_online();
+    for args in [
+        vec!["completions", "bash"],
+        vec!["hosts", "ls"],
+        vec!["hosts", "show", local.as_str()],
+        vec!["audit", "-o", "json"],
+    ] {
+        let mut child = env
+            .cmd(&tomo_bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // The reader is gone before the command writes.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+    let _ = terminate(&mut dev);
+}
+
 /// `tomo dev` in a fresh home, with the local host online; returns the env, the process and the
 /// local hostname.
 fn dev_online() -> (Env, Child, String) {
