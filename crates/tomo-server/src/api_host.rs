@@ -758,7 +758,7 @@ async fn agent_op(
     params(
         HostPath,
         ("limit" = Option<u32>, Query, description = "1–10000; 100 by default."),
-        ("after" = Option<i64>, Query, description = "Only events after this event id."),
+        ("after" = Option<i64>, Query, description = "Only events after this one (its `seq`)."),
         ("follow" = Option<bool>, Query, description = "Go on with live events, as NDJSON."),
     ),
     responses(
@@ -787,7 +787,7 @@ async fn events(
         None => None,
         Some(v) => Some(
             v.parse()
-                .map_err(|_| ApiError::bad_request("after must be an event id"))?,
+                .map_err(|_| ApiError::bad_request("after must be an event's seq (a number)"))?,
         ),
     };
     let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");

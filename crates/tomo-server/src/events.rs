@@ -20,11 +20,13 @@ pub struct Live {
     pub view: Value,
 }
 
-/// The JSON shape of an event in the API.
+/// The JSON shape of an event in the API: the engine's event (`id` is the object's id, a
+/// container's for instance), with `seq`, its place in the host's stored events (the cursor
+/// for `after`), and `received_at`.
 pub fn view(e: &StoredEvent) -> Value {
     let mut v: Value = serde_json::from_str(&e.event).unwrap_or(Value::Null);
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("id".into(), json!(e.id));
+        obj.insert("seq".into(), json!(e.id));
         obj.insert(
             "received_at".into(),
             json!(crate::api::rfc3339(e.received_at)),
@@ -52,5 +54,25 @@ pub async fn ingest(state: &AppState, host_id: &str, event: DockerEvent) {
             });
         }
         Err(e) => tracing::warn!(host_id, error = %e, "cannot store a Docker event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17.9: `tomo events -o json` showed the database row id as `id` and lost the
+    /// container's id.
+    #[test]
+    fn an_event_keeps_its_objects_id_and_gets_a_seq() {
+        let e = StoredEvent {
+            id: 42,
+            received_at: 0,
+            event: r#"{"time_nanos":1,"type":"container","action":"start","id":"abc123","attributes":{}}"#.into(),
+        };
+        let v = view(&e);
+        assert_eq!(v["id"], "abc123");
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["action"], "start");
     }
 }
