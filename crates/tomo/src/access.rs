@@ -104,7 +104,7 @@ pub async fn tokens(cmd: TokensCommand, args: &ClientArgs) -> Result<ExitCode, F
             if args.output == Output::Json {
                 print_json(&v);
             } else {
-                print_created(&v, api.url());
+                print_created(&v, api.url(), api.ca_file());
             }
         }
         TokensCommand::Ls => {
@@ -164,7 +164,7 @@ fn scope_text(v: &Value) -> String {
     }
 }
 
-fn print_created(v: &Value, url: &str) {
+fn print_created(v: &Value, url: &str, ca_file: Option<&std::path::Path>) {
     outln!(
         "Created token {} ({}): role {}, {}{}, expires {}",
         text(&v["name"]),
@@ -183,8 +183,20 @@ fn print_created(v: &Value, url: &str) {
         text(&v["secret"])
     );
     outln!("Use it from another machine with:");
-    outln!("  tomo login --url {url} --token -      # then paste it");
+    outln!("  {}      # then paste it", login_line(url, ca_file));
     outln!("or for one command: TOMO_TOKEN=… tomo hosts ls");
+}
+
+/// A `tomo login` line to paste: the URL and, for a pinned CA, `--ca-file` (a copy of that
+/// file must be on the other machine); the token is read from standard input.
+pub fn login_line(url: &str, ca_file: Option<&std::path::Path>) -> String {
+    match ca_file {
+        Some(ca) => format!(
+            "tomo login --url {url} --ca-file {} --token -",
+            ca.display()
+        ),
+        None => format!("tomo login --url {url} --token -"),
+    }
 }
 
 fn print_tokens(tokens: &[Value]) {

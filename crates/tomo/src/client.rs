@@ -66,6 +66,8 @@ pub struct Api {
     http: reqwest::Client,
     url: String,
     token: String,
+    /// The CA the control plane's certificate is checked against, when one is pinned.
+    ca_file: Option<PathBuf>,
 }
 
 /// Connecting (TCP and TLS) to the control plane.
@@ -125,7 +127,7 @@ impl Api {
     /// `ca_file` or, without one, the webpki roots.
     pub fn new(url: &str, token: String, ca_file: Option<PathBuf>) -> Result<Self, Failure> {
         check_url(url)?;
-        let trust = match ca_file {
+        let trust = match ca_file.clone() {
             Some(ca) => tomo_common::tls::Trust::CaFile(ca),
             None => tomo_common::tls::Trust::WebPki,
         };
@@ -143,7 +145,13 @@ impl Api {
             http,
             url: url.trim_end_matches('/').to_owned(),
             token,
+            ca_file,
         })
+    }
+
+    /// The pinned CA file, if any.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// The control plane's base URL.

@@ -89,16 +89,11 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, Failure> {
         .map_err(Failure::config)?;
     if let Some(token) = &server.first_admin_token {
         outln!("Admin token (shown once; store it safely): {token}");
+        let info = server.info();
         outln!(
-            "Use it with: export TOMO_URL={} TOMO_TOKEN=<token>",
-            server.info().api_url
+            "Log the CLI in with (then paste the token):\n  {}",
+            crate::access::login_line(&info.api_url, info.ca_file.as_deref())
         );
-        if let Some(ca) = &server.info().ca_file {
-            outln!(
-                "and, for the self-signed certificate: export TOMO_CA_FILE={}",
-                ca.display()
-            );
-        }
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(tomo_common::signals::cancel_on_signal(shutdown.clone()));

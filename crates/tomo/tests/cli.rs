@@ -489,6 +489,55 @@ fn a_closed_pipe_ends_the_command_quietly() {
     let _ = terminate(&mut dev);
 }
 
+/// Issue 17.10 (part): `tokens create`'s "use it from another machine" line lacked `--ca-file`,
+/// and `tomo server`'s first start printed a placeholder instead of a pasteable `tomo login`.
+#[test]
+fn login_lines_are_pasteable() {
+    let (env, mut dev, _) = dev_online();
+    let made = env.tomo(&["tokens", "create", "laptop", "--role", "read"]);
+    assert!(made.status.success(), "{made:?}");
+    let out = String::from_utf8_lossy(&made.stdout).into_owned();
+    let line = out
+        .lines()
+        .find(|l| l.contains("tomo login --url"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("--ca-file ") && line.contains("--token -"),
+        "{line}"
+    );
+    let _ = terminate(&mut dev);
+
+    let data = env.home.path().join("server-data");
+    let port = free_port().to_string();
+    let mut server = env
+        .cmd(&tomo_bin())
+        .args(["server", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = server.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let login = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .take(10)
+        .find(|l| l.contains("tomo login"))
+        .expect("a login line");
+    assert!(!login.contains('<'), "a placeholder: {login}");
+    assert!(
+        login.contains(&format!("--url https://127.0.0.1:{port}")),
+        "{login}"
+    );
+    assert!(
+        login.contains("--ca-file ") && login.contains("ca.pem"),
+        "{login}"
+    );
+    let _ = terminate(&mut server);
+}
+
 /// `tomo dev` in a fresh home, with the local host online; returns the env, the process and the
 /// local hostname.
 fn dev_online() -> (Env, Child, String) {
