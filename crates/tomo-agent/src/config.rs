@@ -78,6 +78,11 @@ pub enum ConfigError {
         "server URL {0:?} must start with wss:// (the agent never talks to the control plane in clear)"
     )]
     NotWss(String),
+    /// An `https://` URL: most likely the API's, given where the agent's endpoint was meant.
+    #[error(
+        "server URL {0:?} is an https:// URL; the agent dials its WebSocket endpoint: use {1} (the join line of `tomo codes create` prints it)"
+    )]
+    Https(String, String),
     #[error("server URL {0:?} is not a valid URL")]
     BadUrl(String),
     #[error("CA file {0} does not exist")]
@@ -140,6 +145,13 @@ impl AgentConfig {
 pub fn check_url(url: &str) -> Result<(), ConfigError> {
     let uri: tokio_tungstenite::tungstenite::http::Uri =
         url.parse().map_err(|_| ConfigError::BadUrl(url.into()))?;
+    if uri.scheme_str() == Some("https") {
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        return Err(ConfigError::Https(
+            url.into(),
+            format!("wss://{authority}/agent/ws"),
+        ));
+    }
     if uri.scheme_str() != Some("wss") {
         return Err(ConfigError::NotWss(url.into()));
     }
@@ -193,10 +205,15 @@ mod tests {
             check_url("ws://127.0.0.1/agent/ws"),
             Err(ConfigError::NotWss(_))
         ));
-        assert!(matches!(
-            check_url("https://x/agent/ws"),
-            Err(ConfigError::NotWss(_))
-        ));
+        // Issue 17.10: an https:// URL is told the wss:// one to use, not "never in clear".
+        match check_url("https://tomo.example.com:7443") {
+            Err(e @ ConfigError::Https(..)) => assert!(
+                e.to_string()
+                    .contains("use wss://tomo.example.com:7443/agent/ws"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
         assert!(check_url("not a url").is_err());
     }
 

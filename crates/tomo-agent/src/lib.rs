@@ -496,7 +496,13 @@ impl Agent {
                     break Err(AgentError::Refused { reason, message });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot connect to the control plane");
+                    // A certificate that does not verify will not start to: say what to do
+                    // (issue 17.10), found by the error's type.
+                    if e.is_certificate_error() {
+                        tracing::warn!(error = %e, "cannot connect to the control plane: its certificate does not verify; pass the CA that signed it with --ca-file (a generated one is <control plane data dir>/tls/ca.pem), retrying");
+                    } else {
+                        tracing::warn!(error = %e, "cannot connect to the control plane");
+                    }
                     self.status.send_replace(Status::Offline {
                         reason: e.to_string(),
                     });

@@ -78,6 +78,20 @@ pub enum SessionError {
     Timeout(Duration),
 }
 
+impl SessionError {
+    /// Whether the TLS handshake failed on the control plane's certificate (unknown issuer,
+    /// wrong name, expired): found by the `rustls::Error` in the chain, not by text.
+    pub fn is_certificate_error(&self) -> bool {
+        let Self::Tls { source, .. } = self else {
+            return false;
+        };
+        source
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)))
+    }
+}
+
 /// Dials `wss://` URLs over TCP and rustls.
 pub struct TlsDialer {
     connector: tokio_rustls::TlsConnector,

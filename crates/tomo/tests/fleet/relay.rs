@@ -377,3 +377,24 @@ async fn a_command_held_back_past_its_timeout_is_refused_not_run_late() {
     assert!(volumes.join("on-time").exists());
     a.stop().await.expect("stop");
 }
+
+/// Issue 17.10: an agent without the control plane's CA retried forever without saying "pass
+/// --ca-file": the dial error is known for what it is, by type.
+#[tokio::test]
+async fn a_certificate_the_agent_cannot_verify_is_named_as_such() {
+    let f = Fleet::start().await;
+    let config = tomo_common::tls::client_config(&tomo_common::tls::Trust::WebPki).expect("tls");
+    let Err(e) = TlsDialer::new(config, false).dial(&f.info.agent_url).await else {
+        panic!("a self-signed control plane verified against the webpki roots");
+    };
+    assert!(e.is_certificate_error(), "{e}");
+    // Nothing listening is another error.
+    let config = tomo_common::tls::client_config(&tomo_common::tls::Trust::WebPki).expect("tls");
+    let Err(e) = TlsDialer::new(config, false)
+        .dial("wss://127.0.0.1:1/agent/ws")
+        .await
+    else {
+        panic!("connected to port 1");
+    };
+    assert!(!e.is_certificate_error(), "{e}");
+}
