@@ -250,7 +250,7 @@ impl Api {
         if r.status.is_success() {
             return Ok(r.body);
         }
-        Err(api_failure(&r, status))
+        Err(api_failure_at(&r, status, path))
     }
 }
 
@@ -301,7 +301,7 @@ impl Api {
                 return Err(Failure::pending(id));
             }
             if !status.is_success() {
-                return Err(api_failure(&Reply { status, body }, 1));
+                return Err(api_failure_at(&Reply { status, body }, 1, path));
             }
             return Ok(Streamed::Json(body));
         }
@@ -330,6 +330,38 @@ impl Api {
 }
 
 /// Turns an error reply into a failure with a hint where one helps.
+/// [`api_failure`] for an answer to `path`: a `not_found` hint names what lists the kind of
+/// thing that path asked for (issue 17.10).
+pub fn api_failure_at(r: &Reply, status: u8, path: &str) -> Failure {
+    let f = api_failure(r, status);
+    if r.body["error"]["code"] != "not_found" {
+        return f;
+    }
+    let segs: Vec<&str> = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .split('/')
+        .collect();
+    // `/hosts/H/...`: the host was found when the agent answered (the error carries `rpc`).
+    let hint = match segs.as_slice() {
+        ["", "approvals", ..] => "`tomo approvals --status all` lists the actions".to_owned(),
+        ["", "tokens", ..] => "`tomo tokens ls` lists the tokens".to_owned(),
+        ["", "codes", ..] => "`tomo codes create` makes a new code".to_owned(),
+        ["", "hosts", host, "images", ..] if r.body["error"]["rpc"].is_object() => {
+            format!("`tomo images {host}` lists the host's images")
+        }
+        ["", "hosts", host, _, ..] if r.body["error"]["rpc"].is_object() => {
+            format!("`tomo ps {host} -a` lists the host's containers")
+        }
+        _ => "`tomo hosts ls` lists the hosts".to_owned(),
+    };
+    Failure {
+        hint: Some(hint),
+        ..f
+    }
+}
+
 pub fn api_failure(r: &Reply, status: u8) -> Failure {
     let code = r.body["error"]["code"].as_str().unwrap_or("error");
     let message = r.body["error"]["message"]

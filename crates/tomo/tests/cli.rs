@@ -538,6 +538,30 @@ fn login_lines_are_pasteable() {
     let _ = terminate(&mut server);
 }
 
+/// Issue 17.10 (part): "no such container" hinted `tomo hosts ls`, and so did an unknown
+/// approval or token. Each hint names what lists that kind of thing.
+#[test]
+fn not_found_hints_name_what_lists_the_thing() {
+    let (env, mut dev, local) = dev_online();
+    let hint_of = |args: &[&str]| {
+        let o = env.tomo(args);
+        assert!(!o.status.success(), "{args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = hint_of(&["approvals", "show", "999999"]);
+    assert!(e.contains("tomo approvals --status all"), "{e}");
+    let e = hint_of(&["tokens", "revoke", "tok_does_not_exist"]);
+    assert!(e.contains("tomo tokens ls"), "{e}");
+    let e = hint_of(&["hosts", "show", "no-such-host"]);
+    assert!(e.contains("tomo hosts ls"), "{e}");
+    let docker = std::env::var("TOMO_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let e = hint_of(&["logs", &local, "tomo-test-cli-no-such-container"]);
+    if docker || e.contains("No such container") || e.contains("not_found") {
+        assert!(e.contains(&format!("tomo ps {local} -a")), "{e}");
+    }
+    let _ = terminate(&mut dev);
+}
+
 /// `tomo dev` in a fresh home, with the local host online; returns the env, the process and the
 /// local hostname.
 fn dev_online() -> (Env, Child, String) {
