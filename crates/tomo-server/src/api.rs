@@ -137,6 +137,12 @@ impl ApiError {
             // (issue 13.8); each has its own code so that clients say what happened.
             (c::SECURITY, Some("stale" | "expired")) => (StatusCode::FORBIDDEN, "stale_request"),
             (c::SECURITY, Some("replay_log")) => (StatusCode::SERVICE_UNAVAILABLE, "agent_disk"),
+            // The engine refused the change as conflicting with the container's state or name.
+            (c::DOCKER, _)
+                if e.data.as_ref().and_then(|d| d.get("status")) == Some(&json!(409)) =>
+            {
+                (StatusCode::CONFLICT, "conflict")
+            }
             (code, _) => Self::status_of(code),
         };
         Self {
@@ -858,6 +864,15 @@ mod tests {
             let e = ApiError::from_rpc(refusal(reason));
             assert_eq!((e.status, e.code), (status, want), "{reason}");
         }
+        // Issue 17.10: the engine's 409 (name in use, container running) is a conflict, not
+        // a failed engine (502).
+        let engine = |status: u16| {
+            RpcError::new(code::DOCKER, "Docker error").with_data(json!({ "status": status }))
+        };
+        let e = ApiError::from_rpc(engine(409));
+        assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "conflict"));
+        let e = ApiError::from_rpc(engine(500));
+        assert_eq!((e.status, e.code), (StatusCode::BAD_GATEWAY, "docker"));
     }
 
     #[test]

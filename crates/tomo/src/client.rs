@@ -397,6 +397,10 @@ pub fn api_failure(r: &Reply, status: u8) -> Failure {
         "throttled" => f.hint("too many bad tokens from this address: wait, then use a valid one"),
         "not_found" => f.hint("`tomo hosts ls` lists the hosts"),
         "ambiguous" => f.hint("use the host's id"),
+        "conflict" => f.hint(
+            "the engine refused it as it stands: the name is taken (`--name` another, or `tomo rm` \
+             the old one) or the container is running (`tomo stop` it first)",
+        ),
         _ => f,
     }
 }

@@ -163,13 +163,16 @@ impl DockerClient {
                 status_code: 404,
                 message,
             } => RpcError::new(code::NOT_FOUND, format!("not found: {message}")),
+            // The engine's status travels in `data.status`: a 409 (name in use, container
+            // running) is the caller's conflict, not a failed engine (issue 17.10).
             E::DockerResponseServerError {
                 status_code,
                 message,
             } => RpcError::new(
                 code::DOCKER,
                 format!("Docker error ({status_code}): {message}"),
-            ),
+            )
+            .with_data(serde_json::json!({ "status": status_code })),
             other => {
                 if let Ok(mut slot) = self.client.lock() {
                     *slot = None;
