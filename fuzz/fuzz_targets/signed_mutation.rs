@@ -144,9 +144,10 @@ fn fresh(base: u8) -> Parts {
     // Each input gets a fresh guard, so a counter is nonce enough (and keeps runs reproducible).
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nonce = format!("nonce-mut-{:016x}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let now = tomo_common::now_ms();
     let meta = format!(
-        r#"{{"principal":"admin","role":"admin","aud":"{AGENT_ID}","nonce":"{nonce}","ts":{}}}"#,
-        tomo_common::now_ms()
+        r#"{{"principal":"admin","role":"admin","aud":"{AGENT_ID}","nonce":"{nonce}","ts":{now},"exp":{}}}"#,
+        now + 30_000
     );
     let id = format!("{}", u16::from(base) + 1);
     let sig = SIGNER.sign(&id, method, &meta, params);
