@@ -273,7 +273,12 @@ impl IntoResponses for AgentErrors {
                 "`not_found`: no such host, container, image, network or volume, or no such \
                  operation; `unknown_method`.",
             ),
-            AMBIGUOUS,
+            (
+                "409",
+                "`ambiguous`: the host key matches several hosts; use the id. `conflict`: the \
+                 Docker engine refused the change as conflicting (a name in use, a running \
+                 container).",
+            ),
             (
                 "429",
                 "`throttled`: too many failed token attempts from this address; \
