@@ -17,7 +17,9 @@
 //!    at once for the host; reads: at most R a minute for each principal (the token the control
 //!    plane signs into `meta.principal`), so that a read token cannot keep the agent busy. Frames
 //!    that continue a stream an admitted call opened (`stream.ack`, `stream.close`,
-//!    `stream.write`, `stream.resize`) are not counted as reads.
+//!    `stream.write`, `stream.resize`) are neither commands nor reads: the opening call was
+//!    counted, and input is bounded per stream instead ([`crate::stream::InputBudget`]), so an
+//!    interactive shell does not lose keystrokes to the command rate (issue 17.1).
 //! 7. Params are then parsed by the method's own type and validated by its handler (`-32602`,
 //!    `-32004`, `-32005`), and every decision is audited.
 
@@ -48,6 +50,12 @@ const CONTINUATIONS: &[&str] = &[
     "stream.write",
     "stream.resize",
 ];
+/// Whether `method` continues a stream that an admitted call opened (input, acks, close): such
+/// a frame still passes stages 1–5 but is not a command of its own.
+pub fn is_continuation(method: &str) -> bool {
+    CONTINUATIONS.contains(&method)
+}
+
 /// Principals whose read windows are kept at once; past it, idle windows are dropped first and
 /// then the call is refused (the principals come from signed metas, so this is only a bound).
 const MAX_READ_PRINCIPALS: usize = 4096;
@@ -65,6 +73,15 @@ pub struct Admitted {
     pub meta: RequestMeta,
     pub level: Level,
     _slot: Option<OwnedSemaphorePermit>,
+    continuation: bool,
+}
+
+impl Admitted {
+    /// Whether this is a command (an execute or admin call of its own, counted and audited
+    /// before it runs), not a read nor a frame continuing a stream.
+    pub fn is_command(&self) -> bool {
+        self.level >= Level::Execute && !self.continuation
+    }
 }
 
 /// A refused request: the error to answer and the reason to audit.
@@ -290,8 +307,11 @@ impl Guard {
                 meta: None,
             })
         })?;
-        // 6. Rate limits for commands.
-        let slot = if level >= Level::Execute {
+        // 6. Rate limits for commands, then for reads; stream continuations are neither.
+        let continuation = is_continuation(&req.method);
+        let slot = if continuation {
+            None
+        } else if level >= Level::Execute {
             let slot = Arc::clone(&self.concurrent).try_acquire_owned().map_err(|_| {
                 with_meta(deny(
                     code::RATE_LIMITED,
@@ -326,16 +346,15 @@ impl Guard {
             rate.push_back(now);
             Some(slot)
         } else {
-            if !CONTINUATIONS.contains(&req.method.as_str()) {
-                self.count_read(meta.principal.as_deref().unwrap_or(""))
-                    .map_err(with_meta)?;
-            }
+            self.count_read(meta.principal.as_deref().unwrap_or(""))
+                .map_err(with_meta)?;
             None
         };
         Ok(Admitted {
             meta,
             level,
             _slot: slot,
+            continuation,
         })
     }
 

@@ -611,7 +611,7 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         }
     };
     let meta = &admitted.meta;
-    let admission = if admitted.level >= tomo_proto::methods::Level::Execute {
+    let admission = if admitted.is_command() {
         let admission = crate::audit::request_record(Some(meta), &req.method, params());
         match shared.auditor.admit(admission).await {
             Ok(a) => Some(a),
@@ -677,6 +677,10 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
     };
     match admission {
         Some(a) => a.finish(record),
+        // Input to an open stream is not a command: its keystrokes (a typed password among
+        // them) are not audited one by one; the exec that opened the stream was, and so is
+        // every refusal (issue 17.1).
+        None if crate::pipeline::is_continuation(&req.method) && record.outcome == "ok" => {}
         None => shared.auditor.record(record),
     }
     drop(admitted);

@@ -37,11 +37,92 @@ pub struct Outgoing {
 /// Input messages queued per stream before `stream.write` waits.
 const INPUT_QUEUE: usize = 16;
 
+/// Input to a stream is not a command (it is not counted against the host's command rate,
+/// issue 17.1), so each interactive stream has its own budget instead: a token bucket of
+/// messages and one of bytes. A human typing, pasting a page or resizing a window stays far
+/// inside it; a client flooding the agent is refused with -32002 `input_rate` and may resend.
+#[derive(Debug)]
+pub struct InputBudget {
+    messages: Bucket,
+    bytes: Bucket,
+}
+
+impl InputBudget {
+    /// Input messages a second, sustained.
+    pub const MESSAGES_PER_SEC: f64 = 50.0;
+    /// Input messages at once after a quiet spell.
+    pub const MESSAGES_BURST: f64 = 500.0;
+    /// Input bytes a second, sustained (1 MiB).
+    pub const BYTES_PER_SEC: f64 = 1024.0 * 1024.0;
+    /// Input bytes at once after a quiet spell (4 MiB).
+    pub const BYTES_BURST: f64 = 4.0 * 1024.0 * 1024.0;
+
+    pub fn new() -> Self {
+        Self {
+            messages: Bucket::full(Self::MESSAGES_BURST, Self::MESSAGES_PER_SEC),
+            bytes: Bucket::full(Self::BYTES_BURST, Self::BYTES_PER_SEC),
+        }
+    }
+
+    /// Spends one message of `len` bytes, or refuses it (spending nothing).
+    pub fn spend(&mut self, len: usize) -> Result<(), RpcError> {
+        let now = tokio::time::Instant::now();
+        self.messages.refill(now);
+        self.bytes.refill(now);
+        if self.messages.level < 1.0 || self.bytes.level < len as f64 {
+            return Err(RpcError::new(
+                code::RATE_LIMITED,
+                format!(
+                    "input to this stream is coming faster than {} messages or {} KiB a second; slow down and resend",
+                    Self::MESSAGES_PER_SEC,
+                    Self::BYTES_PER_SEC as u64 / 1024
+                ),
+            )
+            .with_data(serde_json::json!({"reason": "input_rate"})));
+        }
+        self.messages.level -= 1.0;
+        self.bytes.level -= len as f64;
+        Ok(())
+    }
+}
+
+impl Default for InputBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    level: f64,
+    burst: f64,
+    per_sec: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, per_sec: f64) -> Self {
+        Self {
+            level: burst,
+            burst,
+            per_sec,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: tokio::time::Instant) {
+        let secs = now.saturating_duration_since(self.at).as_secs_f64();
+        self.level = (self.level + secs * self.per_sec).min(self.burst);
+        self.at = now;
+    }
+}
+
 struct Entry {
     /// Messages the consumer has taken (`seq + 1` of the last ack).
     acked: watch::Sender<u64>,
     close: CancellationToken,
     input: Option<mpsc::Sender<Input>>,
+    budget: InputBudget,
 }
 
 /// The open streams of one session.
@@ -109,6 +190,7 @@ impl Streams {
                 acked: acked_tx,
                 close: close.clone(),
                 input: input_tx,
+                budget: InputBudget::new(),
             },
         );
         let sink = StreamSink {
@@ -145,15 +227,24 @@ impl Streams {
         self.with(id, |e| e.close.cancel())
     }
 
-    /// Queues input for an interactive stream; waits while its queue is full.
+    /// Queues input for an interactive stream within its [`InputBudget`]; waits while its queue
+    /// is full.
     pub async fn input(&self, id: &str, input: Input) -> Result<bool, RpcError> {
         let tx = match self.table.lock() {
-            Ok(t) => match t.get(id) {
+            Ok(mut t) => match t.get_mut(id) {
                 None => return Ok(false),
-                Some(e) => e.input.clone().ok_or_else(|| {
-                    RpcError::invalid_params(format!("stream {id} takes no input"))
-                        .with_data(serde_json::json!({"param": "stream"}))
-                })?,
+                Some(e) => {
+                    let tx = e.input.clone().ok_or_else(|| {
+                        RpcError::invalid_params(format!("stream {id} takes no input"))
+                            .with_data(serde_json::json!({"param": "stream"}))
+                    })?;
+                    let len = match &input {
+                        Input::Data(d) => d.len(),
+                        Input::Resize { .. } => 0,
+                    };
+                    e.budget.spend(len)?;
+                    tx
+                }
             },
             Err(_) => return Err(RpcError::internal("stream table poisoned")),
         };
@@ -405,6 +496,33 @@ mod tests {
         assert_eq!(end["method"], STREAM_END);
         assert_eq!(end["params"]["reason"], "eof");
         assert!(streams.open(replied, false).is_ok());
+    }
+
+    /// Issue 17.1: input is bounded per stream (not by the command rate): a burst of 500
+    /// keystrokes passes, the 501st at once is refused with -32002 `input_rate` and passes
+    /// again once the bucket refills; bytes are bounded the same way.
+    #[tokio::test(start_paused = true)]
+    async fn input_has_a_budget_per_stream() {
+        let mut b = InputBudget::new();
+        for i in 0..InputBudget::MESSAGES_BURST as usize {
+            assert!(b.spend(1).is_ok(), "keystroke {i}");
+        }
+        let e = b.spend(1).expect_err("past the burst");
+        assert_eq!(e.code, code::RATE_LIMITED);
+        assert_eq!(e.data.as_ref().expect("data")["reason"], "input_rate");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        for i in 0..5 {
+            assert!(b.spend(1).is_ok(), "refilled keystroke {i}");
+        }
+        assert!(b.spend(1).is_err(), "the refill is 50 a second");
+        let mut b = InputBudget::new();
+        let mib = 1024 * 1024;
+        for _ in 0..4 {
+            b.spend(mib).expect("4 MiB of paste at once");
+        }
+        assert!(b.spend(mib).is_err(), "a fifth MiB at once is refused");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        b.spend(mib).expect("a MiB a second");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -46,6 +47,59 @@ fn window_size() -> Option<(u16, u16)> {
     (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
+/// What became of one input message.
+#[derive(Debug)]
+enum Sent {
+    Delivered,
+    /// The stream is gone (the session ended): stop reading input.
+    Closed,
+    /// The input did not reach the session, for this reason: the user must be told.
+    Refused(String),
+}
+
+/// How long held-back input is resent before it is reported as refused.
+const INPUT_RETRY: Duration = Duration::from_secs(10);
+
+/// Sends one `stream.write`/`stream.resize`. Input the agent holds back (its per-stream input
+/// budget, -32002 / HTTP 429) is resent, in order, for up to [`INPUT_RETRY`]; any other refusal
+/// is reported, so a keystroke is never dropped without a word (issue 17.1).
+async fn deliver(api: &Api, rpc_path: &str, method: &'static str, params: Value) -> Sent {
+    let body = json!({"method": method, "params": params});
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let reply = match api.send(Method::POST, rpc_path, Some(&body)).await {
+            Ok(r) => r,
+            Err(f) => return Sent::Refused(f.message),
+        };
+        if reply.status.is_success() {
+            return if reply.body["result"]["open"] == false {
+                Sent::Closed
+            } else {
+                Sent::Delivered
+            };
+        }
+        let why = crate::client::api_failure(&reply, 1).message;
+        if reply.status != reqwest::StatusCode::TOO_MANY_REQUESTS || started.elapsed() > INPUT_RETRY
+        {
+            return Sent::Refused(why);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Tells the user, on the terminal (raw mode: `\r\n`), that input was lost.
+fn say_refused(why: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = write!(
+        err,
+        "\r\ntomo: input not delivered to the session: {}\r\n",
+        crate::out::terminal_safe(why)
+    );
+    let _ = err.flush();
+}
+
 pub async fn exec(
     api: &Api,
     host: &str,
@@ -67,20 +121,16 @@ pub async fn exec(
             let Some(stream) = stream_rx.recv().await else {
                 return;
             };
-            let call = |method: &'static str, params: Value| {
+            let send = |method: &'static str, params: Value| {
                 let api = api.clone();
                 let rpc_path = rpc_path.clone();
-                async move {
-                    let body = json!({"method": method, "params": params});
-                    api.send(Method::POST, &rpc_path, Some(&body)).await.is_ok()
-                }
+                async move { deliver(&api, &rpc_path, method, params).await }
             };
             if tty && let Some((rows, cols)) = window_size() {
-                call(
-                    "stream.resize",
-                    json!({"stream": stream, "rows": rows, "cols": cols}),
-                )
-                .await;
+                let resize = json!({"stream": stream, "rows": rows, "cols": cols});
+                if let Sent::Refused(why) = send("stream.resize", resize).await {
+                    say_refused(&why);
+                }
             }
             let mut winch =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();
@@ -92,14 +142,18 @@ pub async fn exec(
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
                             let data = tomo_common::b64(&buf[..n]);
-                            if !call("stream.write", json!({"stream": stream, "data_b64": data})).await {
-                                break;
+                            match send("stream.write", json!({"stream": stream, "data_b64": data})).await {
+                                Sent::Delivered => {}
+                                Sent::Closed => break,
+                                Sent::Refused(why) => say_refused(&why),
                             }
                         }
                     },
                     Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
-                        if let Some((rows, cols)) = window_size() {
-                            call("stream.resize", json!({"stream": stream, "rows": rows, "cols": cols})).await;
+                        if let Some((rows, cols)) = window_size()
+                            && let Sent::Refused(why) = send("stream.resize", json!({"stream": stream, "rows": rows, "cols": cols})).await
+                        {
+                            say_refused(&why);
                         }
                     }
                 }

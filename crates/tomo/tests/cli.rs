@@ -738,19 +738,116 @@ fn host_operations_from_the_cli() {
     let _ = terminate(&mut dev);
 }
 
-/// `tomo exec -it` on a real pseudo-terminal: keystrokes reach the shell in the container, its
-/// output comes back, the exit code is the command's, and the terminal is restored.
-#[test]
-fn exec_it_on_a_terminal() {
-    use std::io::{Read as _, Write as _};
+/// `tomo` running on a real pseudo-terminal: the test holds the leader side, types on it and
+/// reads what the CLI writes to its terminal.
+struct PtySession {
+    child: Child,
+    leader: std::fs::File,
+    follower: std::fs::File,
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl PtySession {
+    /// Spawns `tomo args` with a fresh pseudo-terminal (24 × 80) as stdin, stdout and stderr.
+    fn spawn(env: &Env, args: &[&str]) -> Self {
+        use std::io::Read as _;
+        let leader =
+            rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
+                .expect("openpt");
+        rustix::pty::grantpt(&leader).expect("grantpt");
+        rustix::pty::unlockpt(&leader).expect("unlockpt");
+        let follower_path = rustix::pty::ptsname(&leader, Vec::new()).expect("ptsname");
+        let follower = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(follower_path.to_str().expect("utf-8 path"))
+            .expect("open follower");
+        let mut size = rustix::termios::tcgetwinsize(&follower).expect("tcgetwinsize");
+        size.ws_row = 24;
+        size.ws_col = 80;
+        rustix::termios::tcsetwinsize(&follower, size).expect("tcsetwinsize");
+        let child = env
+            .cmd(&tomo_bin())
+            .args(args)
+            .stdin(follower.try_clone().expect("clone"))
+            .stdout(follower.try_clone().expect("clone"))
+            .stderr(follower.try_clone().expect("clone"))
+            .spawn()
+            .expect("tomo on a terminal");
+        let leader = std::fs::File::from(leader);
+        // Output is collected on a thread; the leader side must be drained or the CLI blocks.
+        let mut reader = leader.try_clone().expect("clone leader");
+        let (tx, output) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            leader,
+            follower,
+            output,
+            seen: Vec::new(),
+        }
+    }
+
+    fn terminal_modes(&self) -> rustix::termios::LocalModes {
+        rustix::termios::tcgetattr(&self.follower)
+            .expect("tcgetattr")
+            .local_modes
+    }
+
+    fn type_bytes(&mut self, bytes: &[u8]) {
+        use std::io::Write as _;
+        self.leader.write_all(bytes).expect("type");
+    }
+
+    /// Waits up to `secs` for `needle` in everything the terminal showed so far.
+    fn wait_output(&mut self, needle: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !String::from_utf8_lossy(&self.seen).contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {needle:?} in {:?}",
+                String::from_utf8_lossy(&self.seen)
+            );
+            if let Ok(chunk) = self.output.recv_timeout(left) {
+                self.seen.extend(chunk);
+            }
+        }
+    }
+
+    fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tomo did not end; the terminal showed {:?}",
+                String::from_utf8_lossy(&self.seen)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A running `sleep` container for the interactive tests, or `None` (skipped) without Docker.
+fn sleeping_container(env: &Env, local: &str, test: &str) -> Option<String> {
     let image =
         std::env::var("TOMO_TEST_IMAGE").unwrap_or_else(|_| "tomo-test/busybox:latest".into());
     let require = std::env::var("TOMO_REQUIRE_DOCKER").is_ok_and(|v| !v.is_empty() && v != "0");
-    let (env, mut dev, local) = dev_online();
     let name = format!("tomo-test-tty-{:08x}", fastrand::u32(..));
     let run = env.tomo(&[
         "run",
-        &local,
+        local,
         &image,
         "--name",
         &name,
@@ -762,75 +859,64 @@ fn exec_it_on_a_terminal() {
     ]);
     if !run.status.success() {
         let why = String::from_utf8_lossy(&run.stderr).into_owned();
-        let _ = terminate(&mut dev);
         assert!(!require, "Docker required but `tomo run` failed: {why}");
-        eprintln!("SKIPPED exec_it_on_a_terminal: {why}");
-        return;
+        eprintln!("SKIPPED {test}: {why}");
+        return None;
     }
-    // A pseudo-terminal pair: the CLI gets the follower side as stdin/stdout/stderr.
-    let leader =
-        rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
-            .expect("openpt");
-    rustix::pty::grantpt(&leader).expect("grantpt");
-    rustix::pty::unlockpt(&leader).expect("unlockpt");
-    let follower_path = rustix::pty::ptsname(&leader, Vec::new()).expect("ptsname");
-    let follower = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(follower_path.to_str().expect("utf-8 path"))
-        .expect("open follower");
-    let before = rustix::termios::tcgetattr(&follower).expect("tcgetattr");
-    let mut child = env
-        .cmd(&tomo_bin())
-        .args(["exec", &local, &name, "-it", "--", "sh"])
-        .stdin(follower.try_clone().expect("clone"))
-        .stdout(follower.try_clone().expect("clone"))
-        .stderr(follower.try_clone().expect("clone"))
-        .spawn()
-        .expect("tomo exec -it");
-    let mut leader = std::fs::File::from(leader);
-    // Output is collected on a thread; the leader side must be drained or the CLI blocks.
-    let mut reader = leader.try_clone().expect("clone leader");
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let wait_output = |needle: &str, seen: &mut Vec<u8>| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !String::from_utf8_lossy(seen).contains(needle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no {needle:?} in {:?}",
-                String::from_utf8_lossy(seen)
-            );
-            if let Ok(chunk) = rx.recv_timeout(left) {
-                seen.extend(chunk);
-            }
-        }
+    Some(name)
+}
+
+/// `tomo exec -it` on a real pseudo-terminal: keystrokes reach the shell in the container, its
+/// output comes back, the exit code is the command's, and the terminal is restored.
+#[test]
+fn exec_it_on_a_terminal() {
+    let (env, mut dev, local) = dev_online();
+    let Some(name) = sleeping_container(&env, &local, "exec_it_on_a_terminal") else {
+        let _ = terminate(&mut dev);
+        return;
     };
+    let mut pty = PtySession::spawn(&env, &["exec", &local, &name, "-it", "--", "sh"]);
+    let before = pty.terminal_modes();
     // The shell prompt shows up once the session is open.
-    wait_output("#", &mut seen);
-    leader.write_all(b"echo tty-$((6*7))\r").expect("type");
-    wait_output("tty-42", &mut seen);
-    leader.write_all(b"exit 5\r").expect("type");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "tomo exec -it did not end");
-        std::thread::sleep(Duration::from_millis(50));
+    pty.wait_output("#", 15);
+    pty.type_bytes(b"echo tty-$((6*7))\r");
+    pty.wait_output("tty-42", 15);
+    pty.type_bytes(b"exit 5\r");
+    assert_eq!(pty.wait_exit(15).code(), Some(5));
+    assert_eq!(pty.terminal_modes(), before, "terminal restored");
+    let _ = env.tomo(&["rm", &local, &name, "--force"]);
+    let _ = terminate(&mut dev);
+}
+
+/// Issue 17.1: every keystroke was a command against the host's command rate (30 a minute), so
+/// after 27 keys the rest, Enter included, vanished without a word. 500 characters typed one
+/// at a time at a brisk human speed (40 a second) all reach the shell, and the line it reads
+/// back is the one typed.
+#[test]
+fn exec_it_takes_500_keystrokes_at_human_speed() {
+    let (env, mut dev, local) = dev_online();
+    let Some(name) = sleeping_container(&env, &local, "exec_it_takes_500_keystrokes") else {
+        let _ = terminate(&mut dev);
+        return;
     };
-    assert_eq!(status.code(), Some(5));
-    let after = rustix::termios::tcgetattr(&follower).expect("tcgetattr");
-    assert_eq!(after.local_modes, before.local_modes, "terminal restored");
+    let script = "stty -echo; echo ready; read -r line; echo \"len=${#line} line=$line\"";
+    let mut pty = PtySession::spawn(
+        &env,
+        &["exec", &local, &name, "-it", "--", "sh", "-c", script],
+    );
+    pty.wait_output("ready", 15);
+    let typed: String = (0..500)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    for b in typed.bytes() {
+        pty.type_bytes(&[b]);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    pty.type_bytes(b"\r");
+    pty.wait_output(&format!("len=500 line={typed}"), 20);
+    assert_eq!(pty.wait_exit(15).code(), Some(0));
+    let shown = String::from_utf8_lossy(&pty.seen).into_owned();
+    assert!(!shown.contains("refused"), "{shown}");
     let _ = env.tomo(&["rm", &local, &name, "--force"]);
     let _ = terminate(&mut dev);
 }

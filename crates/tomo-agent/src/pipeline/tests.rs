@@ -155,3 +155,30 @@ async fn read_windows_are_bounded_in_number() {
     tokio::time::advance(Duration::from_secs(60)).await;
     assert!(f.admit("one-too-many", "agent.ping", "read").is_ok());
 }
+
+/// Issue 17.1: keystrokes of an interactive exec (`stream.write`, admin level) were commands of
+/// their own, so the 28th key in a minute was refused by the host's command rate. Input to a
+/// stream an admitted call opened is not a command: it neither spends the command rate nor
+/// holds a command slot, while the next real command is still counted.
+#[tokio::test(start_paused = true)]
+async fn stream_input_does_not_spend_the_command_rate() {
+    let mut f = fixture(DEFAULT_READS_PER_MINUTE);
+    for i in 0..500 {
+        let r = f.admit("alice", "stream.write", "admin");
+        assert!(r.is_ok(), "keystroke {i}: {r:?}");
+        if i % 50 == 0 {
+            f.admit("alice", "stream.resize", "admin")
+                .expect("a resize is input too");
+        }
+    }
+    for i in 0..DEFAULT_PER_MINUTE {
+        let r = f.admit("alice", "docker.containers.restart", "admin");
+        assert!(r.is_ok(), "command {i}: {r:?}");
+    }
+    let over = f
+        .admit("alice", "docker.containers.restart", "admin")
+        .expect_err("commands are still limited");
+    assert_eq!(over.reason, "rate");
+    f.admit("alice", "stream.write", "admin")
+        .expect("input goes on past the command limit");
+}
