@@ -153,8 +153,9 @@ async fn resolve_scope(api: &Api, scope: &[String]) -> Result<Vec<String>, Failu
     Ok(out)
 }
 
+/// A string field for a terminal (names and labels can be a host's: [`crate::out::terminal_safe`]).
 fn text(v: &Value) -> String {
-    v.as_str().unwrap_or("-").to_owned()
+    crate::out::terminal_safe(v.as_str().unwrap_or("-")).into_owned()
 }
 
 fn scope_text(v: &Value) -> String {

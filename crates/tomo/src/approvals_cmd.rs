@@ -11,9 +11,10 @@ use crate::client::Api;
 use crate::commands::{print_json, seg, table};
 use crate::{ClientArgs, Failure, Output};
 
+/// A field for a terminal (summaries and results can carry a host's strings).
 fn text(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::out::terminal_safe(s).into_owned(),
         Value::Null => "-".into(),
         other => other.to_string(),
     }
@@ -95,17 +96,19 @@ pub async fn show(id: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
     for f in v["request"].as_array().into_iter().flatten() {
         let mark = if f["risky"] == true { "!" } else { " " };
         let value = serde_json::to_string_pretty(&f["value"]).unwrap_or_default();
-        outln!("{mark} {}: {value}", text(&f["field"]));
+        outln!(
+            "{mark} {}: {}",
+            text(&f["field"]),
+            crate::out::terminal_safe(&value)
+        );
     }
     if let Some(hidden) = v["hidden"].as_array().filter(|h| !h.is_empty()) {
         let paths: Vec<String> = hidden.iter().map(text).collect();
         outln!("hidden (secret-looking keys): {}", paths.join(", "));
     }
     if !v["result"].is_null() {
-        outln!(
-            "result: {}",
-            serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
-        );
+        let result = serde_json::to_string_pretty(&v["result"]).unwrap_or_default();
+        outln!("result: {}", crate::out::terminal_safe(&result));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -65,7 +65,7 @@ pub async fn audit(
 /// One record as a human line.
 fn human(r: &Value) -> String {
     let text = |v: &Value| match v {
-        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::String(s) if !s.is_empty() => crate::out::terminal_safe(s).into_owned(),
         Value::Null => "-".into(),
         Value::String(_) => "-".into(),
         other => other.to_string(),
@@ -75,7 +75,11 @@ fn human(r: &Value) -> String {
         .map(|h| h.chars().take(12).collect())
         .unwrap_or_else(|| "-".into());
     let principal = match (&r["principal"], &r["role"]) {
-        (Value::String(p), Value::String(role)) => format!("{p}({role})"),
+        (Value::String(p), Value::String(role)) => format!(
+            "{}({})",
+            crate::out::terminal_safe(p),
+            crate::out::terminal_safe(role)
+        ),
         (p, _) => text(p),
     };
     format!(
@@ -93,6 +97,27 @@ fn human(r: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// An agent forwards its own audit records: a hostile host can put anything in `method`,
+    /// `reason` or `principal`. The line shows it escaped.
+    #[test]
+    fn hostile_audit_records_are_shown_escaped() {
+        let forged = json!({"at": "2025-01-01T00:00:00Z", "host_id": "0123456789abcdef",
+            "principal": "x\u{1b}[8m", "role": "admin", "decision": "allowed",
+            "method": "\u{1b}]8;;https://evil.example/\u{7}docker.containers.list",
+            "reason": "\u{9b}2J", "outcome": "ok", "duration_ms": 1});
+        let line = human(&forged);
+        assert!(
+            !line.chars().any(|c| c.is_control()),
+            "no control character reaches the terminal: {line:?}"
+        );
+        assert!(line.contains("x\\x1b[8m(admin)"), "{line}");
+        assert!(
+            line.contains("\\x1b]8;;https://evil.example/\\x07docker.containers.list"),
+            "{line}"
+        );
+        assert!(line.contains("\\x9b2J"), "{line}");
+    }
 
     #[test]
     fn human_lines() {

@@ -122,7 +122,8 @@ pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Fai
             if args.output == Output::Json {
                 print_json(&v);
             } else {
-                outln!("removed host {}", v["removed"].as_str().unwrap_or_default());
+                let removed = v["removed"].as_str().unwrap_or_default();
+                outln!("removed host {}", crate::out::terminal_safe(removed));
             }
         }
         HostsCommand::Label { .. } => unreachable!("handled above"),
@@ -135,11 +136,11 @@ fn print_hosts(hosts: &[Value]) {
         outln!("no hosts yet: `tomo codes create` makes a code to join one");
         return;
     }
-    let rows: Vec<[String; 8]> = hosts
+    let rows: Vec<Vec<String>> = hosts
         .iter()
         .map(|h| {
             let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
-            [
+            vec![
                 s(&h["id"]).chars().take(8).collect(),
                 s(&h["hostname"]),
                 s(&h["status"]),
@@ -151,34 +152,22 @@ fn print_hosts(hosts: &[Value]) {
             ]
         })
         .collect();
-    let header = [
-        "ID",
-        "HOSTNAME",
-        "STATUS",
-        "LAST SEEN",
-        "CLOCK",
-        "DOCKER",
-        "OS",
-        "LABELS",
-    ]
-    .map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    for r in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        outln!("{}", line.join("  ").trim_end());
-    }
+    table(
+        &[
+            "ID",
+            "HOSTNAME",
+            "STATUS",
+            "LAST SEEN",
+            "CLOCK",
+            "DOCKER",
+            "OS",
+            "LABELS",
+        ],
+        &rows,
+    );
     for h in hosts {
         if let Some(w) = h["clock"]["warning"].as_str() {
-            eprintln!("warning: {w}");
+            eprintln!("warning: {}", crate::out::terminal_safe(w));
         }
     }
 }
@@ -248,21 +237,65 @@ pub async fn call(
     Err(api_failure(&r, 2))
 }
 
-/// Prints rows under a header, columns padded to their widest cell.
+/// Prints rows under a header, columns padded to their widest cell ([`table_lines`]).
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
+    for line in table_lines(header, rows) {
+        outln!("{line}");
+    }
+}
+
+/// The lines of a table. Cells are made terminal-safe first: a name, label or state holding an
+/// escape sequence (a host's or a container's words) is shown escaped, not acted upon by the
+/// terminal, and the padding counts what is shown.
+pub(crate) fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| crate::out::terminal_safe(c).into_owned())
+                .collect()
+        })
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
     let head: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    for r in std::iter::once(&head).chain(rows) {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        outln!("{}", line.join("  ").trim_end());
+    std::iter::once(&head)
+        .chain(&rows)
+        .map(|r| {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            line.join("  ").trim_end().to_owned()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_lines;
+
+    /// A host's OS name or a container's state with an escape sequence (retitle the window,
+    /// clear the screen) is printed escaped, and the columns still line up.
+    #[test]
+    fn table_cells_are_terminal_safe() {
+        let rows = vec![
+            vec!["web".to_owned(), "\u{1b}]0;pwned\u{7}\u{1b}[2J".to_owned()],
+            vec!["db".to_owned(), "Debian 12".to_owned()],
+        ];
+        let lines = table_lines(&["NAME", "OS"], &rows);
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains('\u{1b}') && !l.contains('\u{7}')),
+            "{lines:?}"
+        );
+        assert_eq!(lines[1], "web   \\x1b]0;pwned\\x07\\x1b[2J");
+        assert_eq!(lines[2], "db    Debian 12");
     }
 }

@@ -531,9 +531,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tomo: {}", e.message);
+            // Errors can quote a host or a container (an engine's message, a name).
+            eprintln!("tomo: {}", out::terminal_safe(&e.message));
             if let Some(hint) = e.hint {
-                eprintln!("hint: {hint}");
+                eprintln!("hint: {}", out::terminal_safe(&hint));
             }
             ExitCode::from(e.status)
         }

@@ -172,9 +172,11 @@ pub fn run_params(a: &RunArgs) -> Result<Value, Failure> {
     Ok(p)
 }
 
+/// A field for a terminal: names, labels, states and errors come from a host and its
+/// containers, so control characters are shown escaped ([`crate::out::terminal_safe`]).
 fn s(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::out::terminal_safe(s).into_owned(),
         Value::Null => "-".into(),
         other => other.to_string(),
     }
@@ -502,7 +504,8 @@ pub async fn pull(host: &str, image: &str, args: &ClientArgs) -> Result<ExitCode
                     outln!("{d}");
                     return true;
                 }
-                let layer = d["layer"].as_str().unwrap_or("").to_owned();
+                let layer =
+                    crate::out::terminal_safe(d["layer"].as_str().unwrap_or("")).into_owned();
                 let mut text = s(&d["status"]);
                 if let (Some(c), Some(t)) = (d["current"].as_f64(), d["total"].as_f64())
                     && t > 0.0
@@ -705,7 +708,7 @@ pub async fn events(
         } else if let Some(n) = e.get("lagged") {
             eprintln!("({n} events skipped: this reader was too slow)");
         } else {
-            let name = e["attributes"]["name"].as_str().unwrap_or("");
+            let name = crate::out::terminal_safe(e["attributes"]["name"].as_str().unwrap_or(""));
             outln!(
                 "{}  {} {} {} {name}",
                 s(&e["received_at"]),

@@ -1158,3 +1158,29 @@ fn completions_for_each_shell() {
         Some(2)
     );
 }
+
+/// What a host or a container controls reaches the operator's terminal as text, never as
+/// terminal commands: end to end, a container reference holding an escape sequence (retitle the
+/// window, clear the screen) comes back in the agent's refusal and the control plane's error, and
+/// `tomo` shows no raw escape. (The renderers' own tests feed hostile host data to the table
+/// and the audit line: `commands::tests`, `audit_cmd::tests`.)
+#[test]
+fn host_strings_reach_the_terminal_escaped() {
+    let (env, mut dev, local) = dev_online();
+    let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2Jgone";
+    let start = env.tomo(&["start", &local, evil]);
+    let inspect = env.tomo(&["logs", &local, evil]);
+    let _ = terminate(&mut dev);
+    for (what, o) in [("start", &start), ("logs", &inspect)] {
+        let shown = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(o));
+        assert!(!o.status.success(), "{what}: {o:?}");
+        assert!(
+            shown.contains("pwned"),
+            "{what}: the refusal is shown: {shown:?}"
+        );
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{what}: no raw escape reaches the terminal: {shown:?}"
+        );
+    }
+}
