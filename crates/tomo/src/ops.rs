@@ -813,6 +813,12 @@ pub async fn exec(
             "no command: tomo exec HOST CONTAINER -- CMD…",
         ));
     }
+    // As docker does: a terminal session needs a terminal (issue 17.8; it used to hang).
+    if interactive && tty && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(Failure::new(1, "the input device is not a TTY").hint(
+            "drop -t to pipe input into the command (`tomo exec HOST CONTAINER -i -- CMD`), or run it from a terminal",
+        ));
+    }
     let api = Api::from_args(args)?;
     if !interactive {
         let body = json!({"cmd": cmd});

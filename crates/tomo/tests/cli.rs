@@ -1184,3 +1184,27 @@ fn host_strings_reach_the_terminal_escaped() {
         );
     }
 }
+
+/// Issue 17.8: `tomo exec -it` with stdin not a terminal hung forever; it says, as docker does,
+/// "the input device is not a TTY", exits 1 at once and contacts nothing.
+#[test]
+fn exec_it_without_a_terminal_says_so() {
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let t0 = Instant::now();
+    let out = env
+        .cmd(&tomo_bin())
+        .args(["exec", "some-host", "some-container", "-it", "--", "sh"])
+        .args(["--url", "https://127.0.0.1:9", "--token", "t"])
+        .stdin(Stdio::piped())
+        .output()
+        .expect("tomo exec -it");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr(&out).contains("the input device is not a TTY"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "at once");
+}
