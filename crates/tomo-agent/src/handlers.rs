@@ -161,9 +161,14 @@ async fn stream_write(ctx: Ctx, p: StreamWriteParams) -> Result<StreamState, Rpc
                 .with_data(serde_json::json!({"param": "data_b64"})),
         );
     }
-    Ok(StreamState {
-        open: ctx.streams.input(&p.stream, Input::Data(bytes)).await?,
-    })
+    let mut open = true;
+    if !bytes.is_empty() || !p.eof {
+        open = ctx.streams.input(&p.stream, Input::Data(bytes)).await?;
+    }
+    if p.eof && open {
+        open = ctx.streams.input(&p.stream, Input::Eof).await?;
+    }
+    Ok(StreamState { open })
 }
 
 async fn stream_resize(ctx: Ctx, p: StreamResizeParams) -> Result<StreamState, RpcError> {

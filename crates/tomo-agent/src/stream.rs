@@ -23,7 +23,12 @@ use tomo_proto::rpc::{RpcError, code};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     Data(Vec<u8>),
-    Resize { rows: u16, cols: u16 },
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// End of input: the exec's stdin is closed.
+    Eof,
 }
 
 /// A frame for the session to send. `task` is set for the answer of a request (whose task is
@@ -123,6 +128,8 @@ struct Entry {
     close: CancellationToken,
     input: Option<mpsc::Sender<Input>>,
     budget: InputBudget,
+    /// `eof` was queued: no more data is taken.
+    input_ended: bool,
 }
 
 /// The open streams of one session.
@@ -191,6 +198,7 @@ impl Streams {
                 close: close.clone(),
                 input: input_tx,
                 budget: InputBudget::new(),
+                input_ended: false,
             },
         );
         let sink = StreamSink {
@@ -240,9 +248,16 @@ impl Streams {
                     })?;
                     let len = match &input {
                         Input::Data(d) => d.len(),
-                        Input::Resize { .. } => 0,
+                        Input::Resize { .. } | Input::Eof => 0,
                     };
+                    if e.input_ended && !matches!(input, Input::Resize { .. }) {
+                        return Err(RpcError::invalid_params(format!(
+                            "stream {id}: its input has ended (eof was sent)"
+                        ))
+                        .with_data(serde_json::json!({"param": "eof"})));
+                    }
                     e.budget.spend(len)?;
+                    e.input_ended |= matches!(input, Input::Eof);
                     tx
                 }
             },
@@ -550,6 +565,32 @@ mod tests {
                 .input("s999", Input::Resize { rows: 1, cols: 1 })
                 .await
                 .expect("unknown")
+        );
+    }
+
+    /// After `eof` the stream takes no more data (a resize still goes through).
+    #[tokio::test]
+    async fn no_input_after_eof() {
+        let (tx, _rx) = mpsc::channel(16);
+        let streams = Streams::new(tx, CancellationToken::new());
+        let (s, _sink, input) = streams.open(CancellationToken::new(), true).expect("open");
+        let mut input = input.expect("input");
+        assert!(streams.input(&s.stream, Input::Eof).await.expect("eof"));
+        assert_eq!(input.recv().await, Some(Input::Eof));
+        let e = streams
+            .input(&s.stream, Input::Data(b"late".to_vec()))
+            .await
+            .expect_err("data after eof");
+        assert_eq!(e.code, code::INVALID_PARAMS);
+        assert!(
+            streams.input(&s.stream, Input::Eof).await.is_err(),
+            "a second eof"
+        );
+        assert!(
+            streams
+                .input(&s.stream, Input::Resize { rows: 2, cols: 3 })
+                .await
+                .expect("resize")
         );
     }
 }

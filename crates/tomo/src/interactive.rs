@@ -139,7 +139,15 @@ pub async fn exec(
             loop {
                 tokio::select! {
                     n = stdin.read(&mut buf) => match n {
-                        Ok(0) | Err(_) => break,
+                        Ok(0) | Err(_) => {
+                            // End of input (a pipe or file): the container's stdin is closed,
+                            // as `docker exec -i` does, and its output keeps coming.
+                            let eof = json!({"stream": stream, "data_b64": "", "eof": true});
+                            if let Sent::Refused(why) = send("stream.write", eof).await {
+                                say_refused(&why);
+                            }
+                            break;
+                        }
                         Ok(n) => {
                             let data = tomo_common::b64(&buf[..n]);
                             match send("stream.write", json!({"stream": stream, "data_b64": data})).await {

@@ -1208,3 +1208,60 @@ fn exec_it_without_a_terminal_says_so() {
     );
     assert!(t0.elapsed() < Duration::from_secs(5), "at once");
 }
+
+/// Issue 17.8: `tomo exec -i` (no `-t`) with piped stdin never told the container that its
+/// input ended, so `echo … | tomo exec -i H C -- sh` hung. At the end of stdin the container's
+/// stdin is closed (as docker does): the script runs, the shell exits, its code comes back.
+#[test]
+fn exec_i_with_piped_stdin_ends_at_eof() {
+    let (env, mut dev, local) = dev_online();
+    let Some(name) = sleeping_container(&env, &local, "exec_i_with_piped_stdin_ends_at_eof") else {
+        let _ = terminate(&mut dev);
+        return;
+    };
+    let mut child = env
+        .cmd(&tomo_bin())
+        .args(["exec", &local, &name, "-i", "--", "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tomo exec -i");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"echo piped-$((6*7))\nread -r rest; echo \"rest=$rest\"; exit 3\n")
+            .expect("write stdin");
+        // stdin is dropped here: the pipe closes.
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    let _ = env.tomo(&["rm", &local, &name, "--force"]);
+    let _ = terminate(&mut dev);
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "tomo exec -i did not end after stdin closed; stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("piped-42"), "{stdout:?}");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "{stdout:?} {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -79,8 +79,14 @@ pub struct StreamRef {
 #[serde(deny_unknown_fields)]
 pub struct StreamWriteParams {
     pub stream: String,
-    /// Bytes, base64 (standard alphabet, padded).
+    /// Bytes, base64 (standard alphabet, padded). May be empty with `eof`.
+    #[serde(default)]
     pub data_b64: String,
+    /// The input has ended: after `data_b64`, the exec's stdin is closed (as `docker exec -i`
+    /// does at the end of piped input), so the program in the container reads end-of-file.
+    /// Later writes to the stream are refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eof: bool,
 }
 
 /// Params of `stream.resize`: a new terminal size for an interactive exec.
