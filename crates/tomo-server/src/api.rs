@@ -24,7 +24,6 @@ use crate::store::{HostRecord, StoreError, TokenRecord};
 use crate::{AppState, auth};
 
 /// Longest TTL a registration code may have.
-const MAX_CODE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest per-call timeout.
 const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -491,7 +490,7 @@ async fn create_code(
     who.require_unscoped()?;
     let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let ttl = Duration::from_secs(body.and_then(|b| b.ttl_secs).unwrap_or(15 * 60));
-    if ttl.is_zero() || ttl > MAX_CODE_TTL {
+    if ttl.is_zero() || ttl > auth::MAX_CODE_TTL {
         return Err(ApiError::bad_request(
             "ttl_secs must be between 1 and 604800 (7 days)",
         ));

@@ -16,6 +16,8 @@ use crate::store::{HostRecord, NewCode, Store, StoreError, TokenRecord};
 
 /// Longest lifetime of a token (ten years).
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
+/// Longest lifetime of a registration code.
+pub const MAX_CODE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most entries in a token's host scope.
 pub const MAX_SCOPE_ENTRIES: usize = 64;
 /// Most labels on one host.

@@ -159,6 +159,15 @@ impl Server {
     /// Validates the configuration, opens the store, prepares TLS and binds the listener.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         config.validate()?;
+        // The port first: a start that cannot listen writes nothing (no keys, no database,
+        // no first admin token that would never be shown).
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let dir_err = |source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -188,13 +197,6 @@ impl Server {
         } else {
             None
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
         let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.listen,
             source,

@@ -87,15 +87,25 @@ pub async fn tokens(cmd: TokensCommand, args: &ClientArgs) -> Result<ExitCode, F
             require_approval,
             tool_rate,
         } => {
+            // Checked before anything is sent.
+            let ttl = expires
+                .map(|e| {
+                    crate::duration::parse_lifetime(
+                        "--expires",
+                        &e,
+                        tomo_server::auth::MAX_TOKEN_TTL,
+                    )
+                })
+                .transpose()
+                .map_err(|e| Failure::new(2, e))?;
             let mut body = json!({
                 "name": name,
                 "role": role.as_str(),
                 "scope": resolve_scope(&api, &scope).await?,
                 "requires_approval": require_approval,
             });
-            if let Some(e) = expires {
-                let ttl = crate::duration::parse(&e).map_err(|e| Failure::new(2, e))?;
-                body["ttl_secs"] = json!(ttl.as_secs().max(1));
+            if let Some(ttl) = ttl {
+                body["ttl_secs"] = json!(ttl.as_secs());
             }
             if let Some(r) = tool_rate {
                 body["tool_rate_per_min"] = json!(r);

@@ -60,7 +60,8 @@ pub(crate) fn seg(s: &str) -> String {
 
 pub async fn codes(cmd: CodesCommand, args: &ClientArgs) -> Result<ExitCode, Failure> {
     let CodesCommand::Create { ttl } = cmd;
-    let ttl = crate::duration::parse(&ttl).map_err(|e| Failure::new(2, e))?;
+    let ttl = crate::duration::parse_lifetime("--ttl", &ttl, tomo_server::auth::MAX_CODE_TTL)
+        .map_err(|e| Failure::new(2, e))?;
     let api = Api::from_args(args)?;
     let v = api
         .expect(

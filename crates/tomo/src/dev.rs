@@ -38,7 +38,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     let config = ServerConfig::new(data_dir.join("server"), args.listen);
     let server = tomo_server::Server::bind(config)
         .await
-        .map_err(Failure::config)?;
+        .map_err(Failure::server_start)?;
     let info = server.info().clone();
     let state = server.state();
 

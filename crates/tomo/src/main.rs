@@ -600,4 +600,15 @@ impl Failure {
     pub fn config(message: impl std::fmt::Display) -> Self {
         Self::new(64, message.to_string())
     }
+    /// A control plane that could not start (`tomo dev`, `tomo server`), with what to do.
+    pub fn server_start(e: tomo_server::ServerError) -> Self {
+        let in_use = matches!(&e, tomo_server::ServerError::Bind { source, .. }
+            if source.kind() == std::io::ErrorKind::AddrInUse);
+        let f = Self::config(e);
+        if in_use {
+            f.hint("another process listens there (another `tomo dev`?): stop it, or pick another address with --listen")
+        } else {
+            f
+        }
+    }
 }

@@ -86,7 +86,7 @@ pub async fn run(args: ServerArgs) -> Result<ExitCode, Failure> {
     tracing::info!(?config, "starting the control plane");
     let server = tomo_server::Server::bind(config)
         .await
-        .map_err(Failure::config)?;
+        .map_err(Failure::server_start)?;
     if let Some(token) = &server.first_admin_token {
         outln!("Admin token (shown once; store it safely): {token}");
         let info = server.info();

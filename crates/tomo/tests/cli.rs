@@ -1265,3 +1265,73 @@ fn exec_i_with_piped_stdin_ends_at_eof() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 17.10: a lifetime out of range was refused with the API's field name (`ttl_secs`),
+/// which appears nowhere on the command line. The CLI names its own flag, exits 2 and sends
+/// nothing.
+#[test]
+fn lifetime_errors_name_the_flag() {
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let cases: [&[&str]; 4] = [
+        &["codes", "create", "--ttl", "30d"],
+        &["codes", "create", "--ttl", "0"],
+        &["tokens", "create", "ci", "--expires", "0s"],
+        &["tokens", "create", "ci", "--expires", "20000d"],
+    ];
+    for args in cases {
+        let out = env
+            .cmd(&tomo_bin())
+            .args(args)
+            .args(["--url", "https://127.0.0.1:9", "--token", "t"])
+            .output()
+            .expect("tomo");
+        let err = stderr(&out);
+        let flag = if args[0] == "codes" {
+            "--ttl"
+        } else {
+            "--expires"
+        };
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?} names {flag}: {err}");
+        assert!(!err.contains("ttl_secs"), "{args:?}: {err}");
+        assert!(
+            !err.contains("connect"),
+            "{args:?} contacted nothing: {err}"
+        );
+    }
+}
+
+/// Issue 17.10: `tomo dev` (and `tomo server`) on a port already in use made its keys, its
+/// database and the first admin token — never shown — before failing. It fails before writing
+/// anything, with a line naming the address, and a second try on a free port is a first start.
+#[test]
+fn a_busy_port_fails_before_anything_is_written() {
+    let env = Env {
+        home: tempfile::tempdir().expect("home"),
+    };
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    for cmd in ["dev", "server"] {
+        let data = env.home.path().join(format!("{cmd}-data"));
+        let out = env
+            .cmd(&tomo_bin())
+            .args([cmd, "--listen", &addr, "--data-dir"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .output()
+            .expect("tomo");
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{cmd}: {err}");
+        assert!(err.contains(&addr), "{cmd} names the address: {err}");
+        assert!(err.contains("--listen"), "{cmd} says what to do: {err}");
+        assert!(
+            !data.exists(),
+            "{cmd} wrote {:?} before failing",
+            std::fs::read_dir(&data)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        );
+    }
+    drop(busy);
+}
