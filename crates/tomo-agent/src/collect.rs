@@ -14,7 +14,24 @@ use crate::host;
 /// How often the engine's identity and version are re-read when it is available.
 const DOCKER_STATUS_REFRESH: Duration = Duration::from_secs(60);
 /// A hung engine must not hold up the agent: status probes give up after this.
-const DOCKER_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+const DOCKER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the engine is pinged (`_ping`), so that its health is known within
+/// `DOCKER_PING_EVERY + DOCKER_PROBE_TIMEOUT` (4 s) of it going away or hanging, and at once
+/// after a call found it gone (issue 13.4).
+const DOCKER_PING_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether the engine answers `_ping` in time; `Err` says why not.
+async fn ping(docker: &DockerClient) -> Result<(), String> {
+    match tokio::time::timeout(DOCKER_PROBE_TIMEOUT, docker.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.message),
+        Err(_) => Err(no_answer()),
+    }
+}
+
+fn no_answer() -> String {
+    format!("Docker engine did not answer within {DOCKER_PROBE_TIMEOUT:?}")
+}
 
 /// The engine's status, or "unavailable" when it does not answer in time.
 async fn probe(docker: &DockerClient) -> DockerStatus {
@@ -22,9 +39,7 @@ async fn probe(docker: &DockerClient) -> DockerStatus {
         Ok(s) => s,
         Err(_) => DockerStatus {
             available: false,
-            error: Some(format!(
-                "Docker engine did not answer within {DOCKER_PROBE_TIMEOUT:?}"
-            )),
+            error: Some(no_answer()),
             ..Default::default()
         },
     }
@@ -53,22 +68,45 @@ pub async fn start(
     let task = async move {
         let mut status_at = Instant::now();
         let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping_tick = tokio::time::interval(DOCKER_PING_EVERY);
+        for t in [&mut tick, &mut ping_tick] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         tick.tick().await;
+        ping_tick.tick().await;
         loop {
-            tokio::select! {
+            let sample = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let stale =
-                !docker_tx.borrow().available || status_at.elapsed() >= DOCKER_STATUS_REFRESH;
-            if stale {
-                docker_tx.send_replace(probe(&sampler.docker).await);
+                _ = tick.tick() => true,
+                _ = ping_tick.tick() => false,
+                _ = sampler.docker.went_away() => false,
+            };
+            let was = docker_tx.borrow().available;
+            if !sample && was && status_at.elapsed() < DOCKER_STATUS_REFRESH {
+                // Available: a ping is enough; its failure is news at once.
+                if let Err(error) = ping(&sampler.docker).await {
+                    docker_tx.send_replace(DockerStatus {
+                        available: false,
+                        error: Some(error),
+                        ..Default::default()
+                    });
+                    status_at = Instant::now();
+                }
+            } else if !was || status_at.elapsed() >= DOCKER_STATUS_REFRESH {
+                let now = probe(&sampler.docker).await;
+                // Unchanged news is not sent: health pushes follow changes.
+                docker_tx.send_if_modified(|s| {
+                    let changed = *s != now;
+                    *s = now;
+                    changed
+                });
                 status_at = Instant::now();
             }
-            let status = docker_tx.borrow().clone();
-            let m = sampler.sample(&status).await;
-            metrics_tx.send_replace(m);
+            if sample {
+                let status = docker_tx.borrow().clone();
+                let m = sampler.sample(&status).await;
+                metrics_tx.send_replace(m);
+            }
         }
     };
     (

@@ -328,6 +328,9 @@ pub async fn serve(
     let current = *settings.borrow_and_update();
     let mut metrics = tokio::time::interval(current.metrics_push);
     let mut health = tokio::time::interval(current.health_push);
+    // A change of the engine's status is pushed at once, not at the next health tick.
+    let mut engine = shared.samples.docker.clone();
+    engine.mark_unchanged();
     for t in [&mut heartbeat, &mut metrics, &mut health] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
@@ -387,6 +390,10 @@ pub async fn serve(
             }
             _ = metrics.tick() => Some(rpc::notification_text(METRICS_UPDATE, &*shared.samples.metrics.borrow())),
             _ = health.tick() => Some(rpc::notification_text(HEALTH_STATUS, &health_status(&shared))),
+            Ok(()) = engine.changed() => {
+                engine.mark_unchanged();
+                Some(rpc::notification_text(HEALTH_STATUS, &health_status(&shared)))
+            }
         };
         if let Some(text) = outgoing
             && let Err(e) = sink.send(WsMessage::text(text)).await

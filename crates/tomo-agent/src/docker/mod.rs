@@ -78,6 +78,8 @@ pub struct DockerClient {
     endpoint: Endpoint,
     body_cap: usize,
     client: Mutex<Option<(Docker, Arc<Dial>)>>,
+    /// Woken when a call finds the engine gone, so its status is probed again at once.
+    gone: tokio::sync::Notify,
 }
 
 impl DockerClient {
@@ -91,7 +93,19 @@ impl DockerClient {
             endpoint,
             body_cap,
             client: Mutex::new(None),
+            gone: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Waits until a call finds the engine gone (see [`DockerClient::error`]).
+    pub async fn went_away(&self) {
+        self.gone.notified().await;
+    }
+
+    /// The engine's `_ping`: the cheapest proof that it answers.
+    pub async fn ping(&self) -> Result<(), RpcError> {
+        let docker = self.client().await?;
+        docker.ping().await.map(|_| ()).map_err(|e| self.error(e))
     }
 
     /// A connected client with a negotiated API version, or -32003 saying why there is none.
@@ -177,6 +191,7 @@ impl DockerClient {
                 if let Ok(mut slot) = self.client.lock() {
                     *slot = None;
                 }
+                self.gone.notify_one();
                 unavailable(&other)
             }
         }

@@ -2,7 +2,7 @@
 //! every effect checked through the Docker API itself. Skipped loudly without an engine (and
 //! failing instead with TOMO_REQUIRE_DOCKER=1, as in CI).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::query_parameters as q;
 use reqwest::{Method, StatusCode};
@@ -1101,4 +1101,54 @@ async fn a_path_in_a_reference_reaches_no_other_docker_endpoint() {
     }
     assert_eq!(env.state(&name).await.as_deref(), Some("running"));
     env.finish().await;
+}
+
+/// Issue 13.4: health stayed `healthy` through an engine outage (it was re-read only once a
+/// minute, and pushed only on the agent's health timer). With the engine cut, the host's health
+/// on the control plane turns `degraded` within 5 s (no call needed: the agent pings), and
+/// `healthy` again within 5 s of it coming back.
+#[tokio::test]
+async fn health_follows_the_engine_within_5_seconds() {
+    let Some(_docker) = DockerEnv::get().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut relay = Relay {
+        path: dir.path().join("docker.sock"),
+        task: None,
+    };
+    relay.up();
+    let fleet = Fleet::start().await;
+    let mut cfg = fleet.agent("outage", Some(fleet.code().await));
+    cfg.docker = Endpoint::Unix(relay.path.display().to_string());
+    let mut agent = RunningAgent::spawn(cfg);
+    let host = agent.online().await;
+    let status = |want: &'static str| {
+        let fleet = &fleet;
+        let host = host.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let (_, h) = fleet
+                    .api(Method::GET, &format!("/hosts/{host}"), None)
+                    .await;
+                if h["health"]["status"]["status"] == want {
+                    return Instant::now();
+                }
+                assert!(Instant::now() < deadline, "not {want} within 5 s: {h}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    status("healthy").await;
+    let cut = Instant::now();
+    relay.down();
+    let seen = status("degraded").await;
+    eprintln!("degraded after {:?}", seen - cut);
+    let back = Instant::now();
+    relay.up();
+    let seen = status("healthy").await;
+    eprintln!("healthy again after {:?}", seen - back);
+    relay.down();
+    let _ = agent.stop().await;
 }
