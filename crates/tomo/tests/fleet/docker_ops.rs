@@ -669,11 +669,8 @@ impl Relay {
     }
 }
 
-#[tokio::test]
-async fn the_agent_finds_the_engine_again_after_it_went_away() {
-    let Some(_docker) = DockerEnv::get().await else {
-        return;
-    };
+/// A fleet with one online agent whose engine is reached through a [`Relay`] (up).
+async fn relayed_agent(name: &str) -> (tempfile::TempDir, Relay, Fleet, RunningAgent, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut relay = Relay {
         path: dir.path().join("docker.sock"),
@@ -681,10 +678,19 @@ async fn the_agent_finds_the_engine_again_after_it_went_away() {
     };
     relay.up();
     let fleet = Fleet::start().await;
-    let mut cfg = fleet.agent("flaky", Some(fleet.code().await));
+    let mut cfg = fleet.agent(name, Some(fleet.code().await));
     cfg.docker = Endpoint::Unix(relay.path.display().to_string());
     let mut agent = RunningAgent::spawn(cfg);
     let host = agent.online().await;
+    (dir, relay, fleet, agent, host)
+}
+
+#[tokio::test]
+async fn the_agent_finds_the_engine_again_after_it_went_away() {
+    let Some(_docker) = DockerEnv::get().await else {
+        return;
+    };
+    let (_dir, mut relay, fleet, agent, host) = relayed_agent("flaky").await;
     let path = format!("/hosts/{host}/containers?all=true");
     let (s, r) = fleet.api(Method::GET, &path, None).await;
     assert_eq!(s, StatusCode::OK, "{r}");
@@ -1112,17 +1118,7 @@ async fn health_follows_the_engine_within_5_seconds() {
     let Some(_docker) = DockerEnv::get().await else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut relay = Relay {
-        path: dir.path().join("docker.sock"),
-        task: None,
-    };
-    relay.up();
-    let fleet = Fleet::start().await;
-    let mut cfg = fleet.agent("outage", Some(fleet.code().await));
-    cfg.docker = Endpoint::Unix(relay.path.display().to_string());
-    let mut agent = RunningAgent::spawn(cfg);
-    let host = agent.online().await;
+    let (_dir, mut relay, fleet, agent, host) = relayed_agent("outage").await;
     let status = |want: &'static str| {
         let fleet = &fleet;
         let host = host.clone();
