@@ -79,7 +79,9 @@ pub async fn start(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => true,
                 _ = ping_tick.tick() => false,
-                _ = sampler.docker.went_away() => false,
+                // Only news while the engine counts as available: when it is down, failing
+                // calls must not turn the 2 s probe into a tight loop.
+                _ = sampler.docker.went_away(), if docker_tx.borrow().available => false,
             };
             let was = docker_tx.borrow().available;
             if !sample && was && status_at.elapsed() < DOCKER_STATUS_REFRESH {

@@ -23,7 +23,6 @@ use crate::hub::Caller;
 use crate::store::{HostRecord, StoreError, TokenRecord};
 use crate::{AppState, auth};
 
-/// Longest TTL a registration code may have.
 /// Longest per-call timeout.
 const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 

@@ -568,7 +568,6 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
     let (opened, mut sink, inputs) = ctx.open_stream(true)?;
     let mut inputs = inputs.ok_or_else(|| RpcError::internal("no input queue"))?;
     tokio::spawn(async move {
-        let mut stdin_closed = false;
         let outcome = loop {
             tokio::select! {
                 _ = sink.closed() => break Ok(None),
@@ -598,9 +597,6 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
                 },
                 Some(i) = inputs.recv() => match i {
                     Input::Data(bytes) => {
-                        if stdin_closed {
-                            continue;
-                        }
                         if let Err(e) = input.write_all(&bytes).await {
                             tracing::debug!(error = %e, "exec stdin closed");
                         }
@@ -608,13 +604,11 @@ pub async fn exec(ctx: Ctx, p: ExecParams) -> Result<Streamed<ExecOutput>, RpcEr
                     }
                     Input::Eof => {
                         // A half-close of the attach connection: the engine closes the
-                        // process's stdin, and output keeps flowing until it exits.
-                        if !stdin_closed {
-                            stdin_closed = true;
-                            let _ = input.flush().await;
-                            if let Err(e) = input.shutdown().await {
-                                tracing::debug!(error = %e, "exec stdin shutdown");
-                            }
+                        // process's stdin, and output keeps flowing until it exits. The stream
+                        // table lets one `Eof` through and no data after it.
+                        let _ = input.flush().await;
+                        if let Err(e) = input.shutdown().await {
+                            tracing::debug!(error = %e, "exec stdin shutdown");
                         }
                     }
                     Input::Resize { rows, cols } => {
