@@ -478,6 +478,7 @@ impl Agent {
                         Arc::clone(&shared),
                         Arc::clone(&dispatcher),
                         self.config.intervals,
+                        welcomed.events_since_nanos,
                         shutdown.clone(),
                     )
                     .await;

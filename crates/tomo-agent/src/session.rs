@@ -183,6 +183,8 @@ pub struct Welcomed {
     /// The challenge's nonce and the connection's binding, which the signature covers.
     pub nonce: String,
     pub binding: ChannelBinding,
+    /// Where the engine event subscription starts (the newest event the control plane holds).
+    pub events_since_nanos: Option<i64>,
 }
 
 /// Dials, upgrades to WebSocket and runs the handshake; `hello` builds the agent's message from
@@ -227,6 +229,7 @@ pub async fn open(
                 agent_id,
                 command_key,
                 signature,
+                events_since_nanos,
                 ..
             } => Ok((
                 ws,
@@ -236,6 +239,7 @@ pub async fn open(
                     signature,
                     nonce,
                     binding,
+                    events_since_nanos,
                 },
             )),
             Handshake::Refused { reason, message } => {
@@ -298,6 +302,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     dispatcher: Arc<Dispatcher>,
     intervals: Intervals,
+    events_since_nanos: Option<i64>,
     shutdown: CancellationToken,
 ) -> SessionEnd {
     let (mut sink, mut stream) = ws.split();
@@ -310,6 +315,7 @@ pub async fn serve(
     tokio::spawn(crate::docker::events::forward(
         Arc::clone(&shared.docker),
         answers_tx.clone(),
+        events_since_nanos,
         session_token.clone(),
     ));
     // Audit records go to the control plane too, through the same bounded queue.

@@ -265,6 +265,7 @@ fn signed_welcome(
         heartbeat_secs: 30,
         command_key: public_b64(key),
         signature: tomo_common::b64(key.sign(&payload).as_ref()),
+        events_since_nanos: None,
     }
 }
 

@@ -92,6 +92,11 @@ pub enum Handshake {
         /// Signature by the command key over [`signing_payload`] with purpose `welcome` and
         /// [`welcome_subject`] as subject: the agent refuses a welcome that does not verify.
         signature: String,
+        /// The engine time (Unix ns) of the newest Docker event the control plane holds for this
+        /// host; the agent subscribes to the engine's events from it (inclusive), so what happened
+        /// while no session was up is replayed. Left out when it holds none: events start now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        events_since_nanos: Option<i64>,
     },
     /// The handshake failed; the control plane closes the connection after sending this.
     Refused {

@@ -14,7 +14,7 @@ pub mod rpc;
 
 /// Version of the protocol described in `docs/protocol.md`. Both ends send it in the handshake;
 /// a peer speaking another major version is refused with [`handshake::RefusalReason::UnsupportedVersion`].
-pub const PROTO_VERSION: u32 = 2;
+pub const PROTO_VERSION: u32 = 3;
 
 /// Largest handshake message either end accepts, in bytes. Handshake frames are small; a large
 /// one before authentication is an attack or a bug.

@@ -239,6 +239,14 @@ pub async fn run_session<S>(
     // Signed, so that the agent knows it reached this control plane on this very connection
     // before it trusts or saves anything (a relay cannot welcome it as itself).
     let subject = welcome_subject(&host.id, &b64(&agent_key));
+    // Where the agent's event subscription starts: after an outage, at the newest event stored.
+    let events_since_nanos = match state.store.newest_docker_event(&host.id).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(host_id = %host.id, error = %e, "cannot read the newest Docker event; events start now");
+            None
+        }
+    };
     let welcome = Handshake::Welcome {
         proto_version: tomo_proto::PROTO_VERSION,
         agent_id: host.id.clone(),
@@ -250,6 +258,7 @@ pub async fn run_session<S>(
             &binding,
             &subject,
         )),
+        events_since_nanos,
     };
     if sink.send(WsMessage::text(welcome.to_json())).await.is_ok() {
         tracing::info!(host_id = %host.id, hostname = %host.hostname, "agent connected");

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use tomo_proto::methods::DockerEvent;
 
 use crate::AppState;
-use crate::store::StoredEvent;
+use crate::store::{NewEvent, StoredEvent};
 
 /// Events kept per host at most (older ones are pruned with the history).
 pub const KEEP_PER_HOST: u32 = 10_000;
@@ -35,12 +35,26 @@ pub fn view(e: &StoredEvent) -> Value {
     v
 }
 
-/// Stores an event and hands it to live followers.
+/// What makes an event itself: a copy replayed after an outage has the same key. `None` for an
+/// event without an engine time, which cannot be told from another.
+pub fn key(e: &DockerEvent) -> Option<String> {
+    (e.time_nanos > 0).then(|| format!("{}:{}:{}:{}", e.time_nanos, e.kind, e.action, e.id))
+}
+
+/// Stores an event and hands it to live followers; a copy of one already stored (replayed after
+/// an outage) is dropped.
 pub async fn ingest(state: &AppState, host_id: &str, event: DockerEvent) {
     let text = serde_json::to_string(&event).unwrap_or_default();
     let now = tomo_common::now_ms();
-    match state.store.add_docker_event(host_id, now, &text).await {
-        Ok(id) => {
+    let key = key(&event);
+    let new = NewEvent {
+        received_at: now,
+        time_nanos: event.time_nanos,
+        key: key.as_deref(),
+        event: &text,
+    };
+    match state.store.add_docker_event(host_id, &new).await {
+        Ok(Some(id)) => {
             let stored = StoredEvent {
                 id,
                 received_at: now,
@@ -53,6 +67,7 @@ pub async fn ingest(state: &AppState, host_id: &str, event: DockerEvent) {
                 view: view(&stored),
             });
         }
+        Ok(None) => tracing::debug!(host_id, "a replayed Docker event was already stored"),
         Err(e) => tracing::warn!(host_id, error = %e, "cannot store a Docker event"),
     }
 }

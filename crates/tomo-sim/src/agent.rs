@@ -495,6 +495,7 @@ mod tests {
             )),
             nonce: "nonce".into(),
             binding,
+            events_since_nanos: None,
         };
         let other = Keys::generate();
         assert_eq!(

@@ -1,7 +1,11 @@
 //! Forwards the engine's events (`docker events`) to the control plane as `docker.event`
 //! notifications while a session is up. Events go through the session's bounded queue: when the
-//! control plane is slow, reading from Docker pauses instead of buffering. Events that happen
-//! while no session is up are not replayed.
+//! control plane is slow, reading from Docker pauses instead of buffering.
+//!
+//! Nothing is lost across an outage, within the engine's memory: the subscription starts at the
+//! newest event the control plane holds (sent in the welcome), and after an engine failure again
+//! at the last event read, with the engine's `since` (inclusive; the control plane drops the
+//! copies). The engine keeps its last 256 events, and none from before its own restart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,10 +45,21 @@ pub fn convert(m: bollard::models::EventMessage) -> DockerEvent {
     }
 }
 
-/// Runs until `stop`: subscribes, forwards, and subscribes again after an engine failure.
+/// The engine's `since` for a Unix time in nanoseconds: `seconds.nanoseconds`.
+fn since_text(nanos: i64) -> String {
+    format!(
+        "{}.{:09}",
+        nanos.div_euclid(1_000_000_000),
+        nanos.rem_euclid(1_000_000_000)
+    )
+}
+
+/// Runs until `stop`: subscribes from `since_nanos` (now when `None`), forwards, and subscribes
+/// again from the last event read after an engine failure.
 pub async fn forward(
     docker: Arc<DockerClient>,
     out: mpsc::Sender<Outgoing>,
+    mut since_nanos: Option<i64>,
     stop: CancellationToken,
 ) {
     loop {
@@ -53,7 +68,7 @@ pub async fn forward(
             _ = stop.cancelled() => return,
         };
         if let Ok((client, meter)) = client {
-            let since = tomo_common::now_secs().to_string();
+            let since = since_nanos.map_or_else(|| tomo_common::now_secs().to_string(), since_text);
             let opts = EventsOptionsBuilder::default().since(&since).build();
             let mut events = super::transport::metered(client.events(Some(opts)), meter);
             loop {
@@ -63,7 +78,11 @@ pub async fn forward(
                 };
                 match next {
                     Some(Ok(m)) => {
-                        let text = tomo_proto::rpc::notification_text(DOCKER_EVENT, &convert(m));
+                        let event = convert(m);
+                        if event.time_nanos > 0 {
+                            since_nanos = Some(event.time_nanos);
+                        }
+                        let text = tomo_proto::rpc::notification_text(DOCKER_EVENT, &event);
                         let sent = tokio::select! {
                             r = out.send(Outgoing { task: None, text }) => r.is_ok(),
                             _ = stop.cancelled() => return,
@@ -91,6 +110,15 @@ pub async fn forward(
 mod tests {
     use super::*;
     use bollard::models::{EventActor, EventMessage, EventMessageTypeEnum};
+
+    #[test]
+    fn since_is_seconds_dot_nanoseconds() {
+        assert_eq!(
+            since_text(1_700_000_000_000_000_123),
+            "1700000000.000000123"
+        );
+        assert_eq!(since_text(5), "0.000000005");
+    }
 
     #[test]
     fn events_keep_their_fields_and_lose_their_secrets() {

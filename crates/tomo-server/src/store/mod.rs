@@ -213,13 +213,15 @@ pub trait Store: ActionStore + Send + Sync + std::fmt::Debug + 'static {
     /// Deletes samples older than `before`; returns how many.
     async fn prune_samples(&self, before: i64) -> Result<u64, StoreError>;
 
-    /// Appends a Docker event (JSON); returns its id, increasing per store.
+    /// Appends a Docker event; returns its id, increasing per store, or `None` when an event
+    /// with the same [`NewEvent::key`] is already stored for the host (a replayed copy).
     async fn add_docker_event(
         &self,
         host_id: &str,
-        received_at: i64,
-        event: &str,
-    ) -> Result<i64, StoreError>;
+        event: &NewEvent<'_>,
+    ) -> Result<Option<i64>, StoreError>;
+    /// The engine time (Unix ns) of the newest stored event of a host: where a replay starts.
+    async fn newest_docker_event(&self, host_id: &str) -> Result<Option<i64>, StoreError>;
     /// Events of a host with an id above `after`, oldest first, at most `limit`; with
     /// `after == None`, the newest `limit` events.
     async fn docker_events(
@@ -282,6 +284,18 @@ pub struct StoredAudit {
 }
 
 /// A stored Docker event.
+/// A Docker event to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    pub received_at: i64,
+    /// The engine's time of the event, Unix ns.
+    pub time_nanos: i64,
+    /// What makes the event itself; a second event with the same key is not stored.
+    pub key: Option<&'a str>,
+    /// The event as the agent sent it (JSON).
+    pub event: &'a str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     pub id: i64,

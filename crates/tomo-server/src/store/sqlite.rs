@@ -30,8 +30,8 @@ use super::cache::{CAPACITY, Cache, Lookup, TTL};
 /// reported (up to the 64 KiB handshake limit), so 1024 entries stay within 64 MiB at worst.
 const HOST_CAPACITY: usize = 1024;
 use super::{
-    HostRecord, NewCode, NewHost, RegisterError, SampleKind, SecurityEvent, Store, StoreError,
-    StoredAudit, StoredEvent, TokenRecord,
+    HostRecord, NewCode, NewEvent, NewHost, RegisterError, SampleKind, SecurityEvent, Store,
+    StoreError, StoredAudit, StoredEvent, TokenRecord,
 };
 
 mod actions;
@@ -669,18 +669,29 @@ impl Store for SqliteStore {
     async fn add_docker_event(
         &self,
         host_id: &str,
-        received_at: i64,
-        event: &str,
-    ) -> Result<i64, StoreError> {
-        let r =
-            sqlx::query("INSERT INTO docker_events (host_id, received_at, event) VALUES (?, ?, ?)")
-                .bind(host_id)
-                .bind(received_at)
-                .bind(event)
-                .execute(&self.writer)
-                .await
-                .map_err(db)?;
-        Ok(r.last_insert_rowid())
+        e: &NewEvent<'_>,
+    ) -> Result<Option<i64>, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO docker_events (host_id, received_at, time_nanos, event_key, event)
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (host_id, event_key) DO NOTHING",
+        )
+        .bind(host_id)
+        .bind(e.received_at)
+        .bind(e.time_nanos)
+        .bind(e.key)
+        .bind(e.event)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok((r.rows_affected() == 1).then(|| r.last_insert_rowid()))
+    }
+
+    async fn newest_docker_event(&self, host_id: &str) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT MAX(time_nanos) FROM docker_events WHERE host_id = ?")
+            .bind(host_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
     }
 
     async fn docker_events(
@@ -1026,9 +1037,14 @@ mod tests {
     async fn docker_events_are_kept_in_order_and_pruned() {
         let (_d, s) = open().await;
         for i in 0..5 {
-            s.add_docker_event("h1", i, &format!("{{\"n\":{i}}}"))
-                .await
-                .expect("add");
+            let event = format!("{{\"n\":{i}}}");
+            let e = NewEvent {
+                received_at: i,
+                time_nanos: i,
+                key: None,
+                event: &event,
+            };
+            s.add_docker_event("h1", &e).await.expect("add");
         }
         let newest = s.docker_events("h1", None, 2).await.expect("newest");
         assert_eq!(newest.len(), 2);
@@ -1046,6 +1062,35 @@ mod tests {
             left.iter().map(|e| e.received_at).collect::<Vec<_>>(),
             vec![3, 4]
         );
+    }
+
+    /// Issue 13.4: a replayed event (same key) is stored once; the newest engine time is where
+    /// the next replay starts, per host.
+    #[tokio::test]
+    async fn a_replayed_event_is_stored_once() {
+        let (_d, s) = open().await;
+        assert_eq!(s.newest_docker_event("h1").await.expect("none"), None);
+        let e = |t: i64, key: &'static str| NewEvent {
+            received_at: 1,
+            time_nanos: t,
+            key: Some(key),
+            event: "{}",
+        };
+        let first = s.add_docker_event("h1", &e(5, "5:container:start:a")).await;
+        assert!(first.expect("first").is_some());
+        let again = s.add_docker_event("h1", &e(5, "5:container:start:a")).await;
+        assert_eq!(again.expect("copy"), None, "a copy is not stored");
+        let other_host = s.add_docker_event("h2", &e(9, "5:container:start:a")).await;
+        assert!(other_host.expect("h2").is_some(), "keys are per host");
+        s.add_docker_event("h1", &e(7, "7:container:die:a"))
+            .await
+            .expect("later");
+        assert_eq!(
+            s.docker_events("h1", None, 10).await.expect("list").len(),
+            2
+        );
+        assert_eq!(s.newest_docker_event("h1").await.expect("h1"), Some(7));
+        assert_eq!(s.newest_docker_event("h2").await.expect("h2"), Some(9));
     }
 
     #[tokio::test]

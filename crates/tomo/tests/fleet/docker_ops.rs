@@ -1148,3 +1148,114 @@ async fn health_follows_the_engine_within_5_seconds() {
     relay.down();
     let _ = agent.stop().await;
 }
+
+/// The `(action, id)` of a host's stored events whose object id starts with `prefix`.
+async fn events_of(fleet: &Fleet, host: &str, prefix: &str) -> Vec<(String, String)> {
+    let (s, events) = fleet
+        .api(
+            Method::GET,
+            &format!("/hosts/{host}/events?limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{events}");
+    events
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["id"].as_str().is_some_and(|id| id.starts_with(prefix)))
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (field("action"), field("id"))
+        })
+        .collect()
+}
+
+/// Waits (10 s at most) until the host's stored events under `prefix` are exactly `want`, in
+/// order, each once; a missing or a duplicated event fails.
+async fn events_become(fleet: &Fleet, host: &str, prefix: &str, want: &[(&str, String)]) {
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, id)| ((*a).to_owned(), id.clone()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = events_of(fleet, host, prefix).await;
+    while seen.len() < want.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = events_of(fleet, host, prefix).await;
+    }
+    // A copy would come in after the originals: give it time to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    seen = events_of(fleet, host, prefix).await;
+    assert_eq!(seen, want, "events stored for {prefix}");
+}
+
+async fn volume_events(docker: &DockerEnv, name: &str) {
+    let body = bollard::models::VolumeCreateOptions {
+        name: Some(name.to_owned()),
+        ..Default::default()
+    };
+    docker.docker.create_volume(body).await.expect("volume");
+    docker
+        .docker
+        .remove_volume(name, None::<q::RemoveVolumeOptions>)
+        .await
+        .expect("volume rm");
+}
+
+/// Issue 13.4: events that happened while the engine was cut from the agent were never
+/// delivered (the agent subscribed again from "now"). After the engine comes back they are
+/// replayed from the last one read, each stored once.
+#[tokio::test]
+async fn engine_events_of_an_outage_are_replayed_once() {
+    let Some(docker) = DockerEnv::get().await else {
+        return;
+    };
+    let (_dir, mut relay, fleet, agent, host) = relayed_agent("replay").await;
+    let prefix = DockerEnv::unique("evr");
+    let (before, during) = (format!("{prefix}-before"), format!("{prefix}-during"));
+    volume_events(&docker, &before).await;
+    let mut want = vec![("create", before.clone()), ("destroy", before.clone())];
+    events_become(&fleet, &host, &prefix, &want).await;
+
+    relay.down();
+    volume_events(&docker, &during).await;
+    relay.up();
+    want.extend([("create", during.clone()), ("destroy", during.clone())]);
+    events_become(&fleet, &host, &prefix, &want).await;
+    relay.down();
+    let _ = agent.stop().await;
+    docker.cleanup(&prefix).await;
+}
+
+/// Issue 13.4: events that happened while the agent had no session were lost. The control
+/// plane's welcome names the newest event it holds, and the agent's new subscription starts
+/// there: nothing is missing and nothing is stored twice.
+#[tokio::test]
+async fn engine_events_between_sessions_are_replayed_once() {
+    let Some(docker) = DockerEnv::get().await else {
+        return;
+    };
+    let fleet = Fleet::start().await;
+    let mut cfg = fleet.agent("replay-session", Some(fleet.code().await));
+    cfg.docker = Endpoint::from_env();
+    let mut agent = RunningAgent::spawn(cfg.clone());
+    let host = agent.online().await;
+    let prefix = DockerEnv::unique("evs");
+    let (before, offline) = (format!("{prefix}-before"), format!("{prefix}-offline"));
+    volume_events(&docker, &before).await;
+    let mut want = vec![("create", before.clone()), ("destroy", before.clone())];
+    events_become(&fleet, &host, &prefix, &want).await;
+
+    agent.stop().await.expect("agent stops");
+    volume_events(&docker, &offline).await;
+    // Offline for more than the second a subscription from "now" would still cover.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cfg.register_code = None;
+    let mut agent = RunningAgent::spawn(cfg);
+    assert_eq!(agent.online().await, host);
+    want.extend([("create", offline.clone()), ("destroy", offline.clone())]);
+    events_become(&fleet, &host, &prefix, &want).await;
+    let _ = agent.stop().await;
+    docker.cleanup(&prefix).await;
+}

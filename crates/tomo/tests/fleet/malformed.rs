@@ -11,6 +11,9 @@ use tomo_proto::handshake::{ChannelBinding, Handshake, RefusalReason};
 
 use crate::support::{Fleet, Raw, RunningAgent, facts};
 
+/// This protocol's version.
+const V: u32 = tomo_proto::PROTO_VERSION;
+
 #[tokio::test]
 async fn bad_handshakes_are_refused_without_effect() {
     let f = Fleet::start().await;
@@ -86,11 +89,12 @@ async fn bad_handshakes_are_refused_without_effect() {
             "welcome from the agent",
             Box::new(|_, _| {
                 Handshake::Welcome {
-                    proto_version: 2,
+                    proto_version: tomo_proto::PROTO_VERSION,
                     agent_id: "x".into(),
                     heartbeat_secs: 1,
                     command_key: "x".into(),
                     signature: "x".into(),
+                    events_since_nanos: None,
                 }
                 .to_json()
             }),
@@ -107,13 +111,18 @@ async fn bad_handshakes_are_refused_without_effect() {
             RefusalReason::UnsupportedVersion,
         ),
         (
+            "the previous protocol (an agent not upgraded with its control plane)",
+            Box::new(|n, cb| reg(n, cb, V - 1, &pk, cb)),
+            RefusalReason::UnsupportedVersion,
+        ),
+        (
             "signature over another key",
-            Box::new(|n, cb| reg(n, cb, 2, "someone-else", cb)),
+            Box::new(|n, cb| reg(n, cb, V, "someone-else", cb)),
             RefusalReason::BadSignature,
         ),
         (
             "signature over another nonce",
-            Box::new(|_, cb| reg("stale-nonce", cb, 2, &pk, cb)),
+            Box::new(|_, cb| reg("stale-nonce", cb, V, &pk, cb)),
             RefusalReason::BadSignature,
         ),
         (
@@ -128,12 +137,12 @@ async fn bad_handshakes_are_refused_without_effect() {
         ),
         (
             "issue 12.4: code proof made on another TLS connection (a relay's)",
-            Box::new(|n, cb| reg(n, cb, 2, &pk, &ChannelBinding([9; 32]))),
+            Box::new(|n, cb| reg(n, cb, V, &pk, &ChannelBinding([9; 32]))),
             RefusalReason::BadSignature,
         ),
         (
             "issue 12.4: agent signature made on another TLS connection (a relay's)",
-            Box::new(|n, cb| reg(n, &ChannelBinding([9; 32]), 2, &pk, cb)),
+            Box::new(|n, cb| reg(n, &ChannelBinding([9; 32]), V, &pk, cb)),
             RefusalReason::BadSignature,
         ),
     ];

@@ -156,6 +156,7 @@ async fn impersonate(
             &down_binding,
             &subject,
         )),
+        events_since_nanos: None,
     };
     let _ = down.send(Message::text(welcome.to_json())).await;
     // Hold the connection until the agent drops it.
