@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tomo_proto::methods::{Level, Method};
+use tomo_proto::methods::{Deadline, Level, Method};
 use tomo_proto::rpc::RpcError;
 
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,7 @@ impl Ctx {
 
 struct Entry {
     level: Level,
+    deadline: Deadline,
     handler: Handler,
 }
 
@@ -95,6 +96,7 @@ impl Dispatcher {
             M::NAME,
             Entry {
                 level: M::LEVEL,
+                deadline: M::DEADLINE,
                 handler,
             },
         );
@@ -105,6 +107,11 @@ impl Dispatcher {
     /// The level of a method, `None` when the agent does not serve it.
     pub fn level(&self, method: &str) -> Option<Level> {
         self.table.get(method).map(|e| e.level)
+    }
+
+    /// How long a call of `method` may run, `None` when the agent does not serve it.
+    pub fn deadline(&self, method: &str) -> Option<Deadline> {
+        self.table.get(method).map(|e| e.deadline)
     }
 
     /// Names of all methods, sorted.
@@ -161,6 +168,38 @@ mod tests {
         for (name, level) in tomo_proto::methods::ALL {
             assert_eq!(table.level(name), Some(*level), "{name}");
         }
+    }
+
+    /// docs/protocol.md's "Deadlines" table is the agent's: one row per method, as served.
+    #[test]
+    fn the_documented_deadlines_are_the_agents() {
+        let doc = include_str!("../../../docs/protocol.md");
+        let table = crate::handlers::table();
+        for name in table.methods() {
+            let row = match table.deadline(name).expect("served") {
+                Deadline::Cut(s) => format!("| `{name}` | {s} s |"),
+                Deadline::Whole(s) => format!("| `{name}` | {s} s, not cut at the wait |"),
+            };
+            assert!(doc.contains(&row), "docs/protocol.md lacks {row}");
+        }
+    }
+
+    #[test]
+    fn a_deadline_is_cut_to_the_wait_unless_whole() {
+        use std::time::Duration;
+        assert_eq!(Deadline::Cut(30).limit(None), Duration::from_secs(30));
+        assert_eq!(
+            Deadline::Cut(30).limit(Some(1500)),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            Deadline::Cut(30).limit(Some(60_000)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            Deadline::Whole(900).limit(Some(1500)),
+            Duration::from_secs(900)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod docker;
 pub mod handlers;
 pub mod host;
+pub mod idempotency;
 pub mod identity;
 pub mod pipeline;
 pub mod policy;
@@ -69,6 +70,8 @@ pub struct Shared {
     pub identity: Arc<IdentityStore>,
     /// The audit trail: `<data_dir>/audit.log`, and the session's `audit.record` queue.
     pub auditor: Arc<audit::Auditor>,
+    /// Commands' idempotency keys: `<data_dir>/idempotency.log`.
+    pub idempotency: Arc<idempotency::Keys>,
 }
 
 impl Shared {
@@ -81,6 +84,7 @@ impl Shared {
             policy: Arc::new(policy::HostPolicy::default_for(&dir)),
             host_root: std::path::PathBuf::from("/"),
             auditor: Arc::new(audit::Auditor::new(&dir)),
+            idempotency: Arc::new(idempotency::Keys::in_memory()),
             identity: Arc::new(IdentityStore::new(
                 dir.clone(),
                 Box::new(identity::PlainVault),
@@ -382,6 +386,10 @@ impl Agent {
             )
             .with_reads_per_minute(reads),
             auditor: Arc::new(audit::Auditor::new(&self.config.data_dir)),
+            idempotency: Arc::new(
+                idempotency::Keys::open(&self.config.data_dir, tomo_common::now_ms())
+                    .map_err(AgentError::State)?,
+            ),
             identity: Arc::clone(&store),
         });
         // Containers the engine starts by itself are judged too (issue 12.1).

@@ -29,6 +29,7 @@ use tomo_proto::rpc::{self, Frame, Id, Message, Response, RpcError};
 use crate::Shared;
 use crate::config::Intervals;
 use crate::dispatch::{Ctx, Dispatcher};
+use crate::idempotency::Claim;
 use crate::stream::{Outgoing, Streams};
 
 /// A byte stream the session can run over.
@@ -645,10 +646,62 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         None
     };
     let cap = ctx.shared.max_response_bytes;
-    let fut = dispatcher.call(ctx, &req.method, req.params.as_deref().map(|p| p.get()));
-    let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(r) => r,
-        Err(_) => Err(RpcError::internal("the handler panicked")),
+    // Past its deadline a call is cancelled (dropped: its Docker request is abandoned) and its
+    // slot freed (issue 13.5).
+    let deadline = dispatcher.deadline(&req.method);
+    let limit = deadline.map(|d| d.limit(meta.wait_ms));
+    let left = || limit.unwrap_or_default().saturating_sub(started.elapsed());
+    let cancelled = || {
+        let limit = limit.unwrap_or_default();
+        let by_wait = deadline.is_some_and(|d| d.limit(None) > limit);
+        tracing::warn!(method = %req.method, after_ms = limit.as_millis() as u64, by_wait, "call cancelled at its deadline");
+        deadline_passed(&req.method, limit, by_wait)
+    };
+    // A command with an idempotency key runs once (issue 13.6): a retry gets the first answer.
+    let raw_params = req.params.as_deref().map_or("", |p| p.get());
+    let (early, ticket) = match meta.idempotency_key.as_deref() {
+        Some(key) if admitted.is_command() => {
+            let principal = meta.principal.as_deref().unwrap_or("");
+            let claim = shared.idempotency.claim(
+                principal,
+                key,
+                &req.method,
+                raw_params,
+                tomo_common::now_ms(),
+            );
+            match claim {
+                Claim::Run(t) => (None, Some(t)),
+                Claim::Answered(a) => (Some((a, true)), None),
+                Claim::Refused(e) => (Some((Err(e), false)), None),
+                Claim::Running(mut rx) => {
+                    let first = tokio::time::timeout(left(), rx.wait_for(Option::is_some)).await;
+                    let a = match first {
+                        Ok(Ok(a)) => a.clone().unwrap_or_else(|| Err(first_ended())),
+                        Ok(Err(_)) => Err(first_ended()),
+                        Err(_) => Err(cancelled()),
+                    };
+                    (Some((a, true)), None)
+                }
+            }
+        }
+        _ => (None, None),
+    };
+    let retried = early.as_ref().is_some_and(|(_, retried)| *retried);
+    let outcome = match early {
+        Some((answer, _)) => answer,
+        None => {
+            let fut = dispatcher.call(ctx, &req.method, Some(raw_params).filter(|p| !p.is_empty()));
+            let run = AssertUnwindSafe(fut).catch_unwind();
+            let ran = match limit {
+                Some(_) => tokio::time::timeout(left(), run).await,
+                None => Ok(run.await),
+            };
+            match ran {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(RpcError::internal("the handler panicked")),
+                Err(_) => Err(cancelled()),
+            }
+        }
     };
     let outcome = match outcome {
         // Handlers with big outputs cut them themselves (and say so); this guards the rest.
@@ -660,6 +713,9 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         .with_data(serde_json::json!({"reason": "response_too_large"}))),
         other => other,
     };
+    if let Some(t) = ticket {
+        t.finish(&outcome);
+    }
     let record = AuditRecord {
         at_ms: tomo_common::now_ms(),
         trace_id: meta.trace_id.clone(),
@@ -688,6 +744,15 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         duration_ms: started.elapsed().as_millis() as u64,
         admission_id: None,
     };
+    // A retry did not run anything: its record says whose answer it got.
+    let record = if retried {
+        AuditRecord {
+            reason: Some("idempotent_retry".into()),
+            ..record
+        }
+    } else {
+        record
+    };
     match admission {
         Some(a) => a.finish(record),
         // Input to an open stream is not a command: its keystrokes (a typed password among
@@ -701,6 +766,36 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         Ok(v) => Response::ok(id, v),
         Err(e) => Response::err(id, e),
     })
+}
+
+/// The answer of a retry whose first call ended without an answer (its task was stopped).
+fn first_ended() -> RpcError {
+    RpcError::new(
+        tomo_proto::rpc::code::TIMEOUT,
+        "the first call with this idempotency key ended without an answer (the agent stopped it): whether it took effect is unknown; check the host",
+    )
+    .with_data(serde_json::json!({"reason": "outcome_unknown"}))
+}
+
+/// The answer of a call cancelled at its deadline: what happened, where, and what to do.
+fn deadline_passed(method: &str, limit: Duration, by_wait: bool) -> RpcError {
+    let secs = limit.as_secs_f64();
+    let why = if by_wait {
+        format!(
+            "{method} was cancelled on the agent after {secs:.1} s, when the control plane stopped waiting for it"
+        )
+    } else {
+        format!(
+            "{method} did not finish within its deadline of {secs:.0} s on the agent and was cancelled"
+        )
+    };
+    let hint = if method.starts_with("docker.") {
+        "; whether the engine carried it out is unknown (check the container's state); the engine may be hung: check it on the host (`systemctl status docker`, `docker info`)"
+    } else {
+        "; whether it took effect is unknown"
+    };
+    RpcError::new(tomo_proto::rpc::code::TIMEOUT, format!("{why}{hint}"))
+        .with_data(serde_json::json!({"reason": "deadline", "after_ms": limit.as_millis() as u64}))
 }
 
 /// Whether a handler's error is a refusal of the request (validation or policy: -32001,

@@ -93,6 +93,26 @@ pub struct RequestMeta {
     /// command held back in the network past it is not run late. Mandatory from protocol 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
+    /// How long the control plane waits for the answer, in milliseconds (protocol 3): the agent
+    /// cancels a call still running after it, unless its method's deadline says the call must
+    /// not be cut ([`crate::methods::Deadline`]). Unlike `exp` it is not capped by the replay
+    /// window, and it counts from when the agent received the request, not by its clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// The caller's idempotency key (protocol 3, issue 13.6; the API's `Idempotency-Key`
+    /// header): a command sent again with it is not run twice, the retry gets the first answer.
+    /// 1 to 64 of `A-Z a-z 0-9 - _`; kept 24 h by the agent, per principal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// Whether `key` is an idempotency key a caller may send ([`RequestMeta::idempotency_key`]):
+/// 1 to 64 of `A-Z a-z 0-9 - _`.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=64).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The longest a signed command may stay valid (`meta.exp - meta.ts`): the agent's replay window.
@@ -379,6 +399,15 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Id>, D::Error> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn idempotency_keys_are_short_and_plain() {
+        assert!(valid_idempotency_key("3f9c0a1b-2c3d_4e5f"));
+        assert!(!valid_idempotency_key(""));
+        assert!(!valid_idempotency_key(&"a".repeat(65)));
+        assert!(!valid_idempotency_key("a b"));
+        assert!(!valid_idempotency_key("a\n"));
+    }
+
     use super::*;
 
     fn single(text: &str) -> Message {

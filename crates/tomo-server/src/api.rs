@@ -250,7 +250,33 @@ impl From<StoreError> for ApiError {
 
 /// The authenticated caller, put in the request by [`require_token`].
 #[derive(Debug, Clone)]
-pub struct Principal(pub TokenRecord, pub Option<String>);
+pub struct Principal(
+    pub TokenRecord,
+    pub Option<String>,
+    pub Option<IdempotencyKey>,
+);
+
+/// A valid `Idempotency-Key` header (issue 13.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(pub String);
+
+/// The request's `Idempotency-Key`: `Ok(None)` without one, an error naming the rule for one
+/// that is not 1 to 64 of `A-Z a-z 0-9 - _`.
+pub(crate) fn idempotency_key(
+    headers: &http::HeaderMap,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if tomo_proto::rpc::valid_idempotency_key(k) => {
+            Ok(Some(IdempotencyKey(k.to_owned())))
+        }
+        _ => Err(ApiError::bad_request(
+            "the Idempotency-Key header must be 1 to 64 of A-Z a-z 0-9 - _",
+        )),
+    }
+}
 
 impl Principal {
     /// The caller of agent requests made for this principal, with the API request's trace id
@@ -261,6 +287,7 @@ impl Principal {
         if let Some(t) = &self.1 {
             c.trace_id = t.clone();
         }
+        c.idempotency_key = self.2.as_ref().map(|k| k.0.clone());
         c
     }
 
@@ -402,7 +429,11 @@ pub(crate) async fn require_token(
                 .extensions()
                 .get::<crate::audit::TraceId>()
                 .map(|t| t.0.clone());
-            req.extensions_mut().insert(Principal(token, trace));
+            let key = match idempotency_key(req.headers()) {
+                Ok(k) => k,
+                Err(e) => return e.into_response(),
+            };
+            req.extensions_mut().insert(Principal(token, trace, key));
             next.run(req).await
         }
         Ok(None) => {

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::{Extension, Json};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
 use tomo_proto::methods::level_of;
 use tomo_proto::rpc::Outcome;
 use utoipa_axum::router::OpenApiRouter;
@@ -174,9 +175,15 @@ pub async fn forward_stream(
         .map_err(|e| ApiError::from_rpc(e.to_rpc()))?;
     match (resp.outcome, handle) {
         (Outcome::Error(e), _) => Err(ApiError::from_rpc(e)),
-        (Outcome::Result(_), Some(handle)) => Ok(ndjson(handle)),
+        (Outcome::Result(_), Some(handle)) => Ok(ndjson(handle, state.shutdown.clone())),
         (Outcome::Result(v), None) => Ok(Json(v).into_response()),
     }
+}
+
+/// The last line of a stream that did not end on the host.
+fn stream_cut(reason: &str, message: &str) -> Value {
+    json!({"end": {"reason": reason, "sent": 0,
+        "error": {"code": tomo_proto::rpc::code::CONNECTION_LOST, "message": message}}})
 }
 
 pub(crate) fn line(v: &Value) -> Result<Bytes, Infallible> {
@@ -185,23 +192,38 @@ pub(crate) fn line(v: &Value) -> Result<Bytes, Infallible> {
     Ok(Bytes::from(text))
 }
 
-fn ndjson(handle: StreamHandle) -> HttpResponse {
+/// The stream's NDJSON answer. When the control plane shuts down, the stream ends with a line
+/// that says so (issue 13.8: it used to blame the host's connection, or just break off).
+fn ndjson(handle: StreamHandle, shutdown: CancellationToken) -> HttpResponse {
     let opening = futures_util::stream::once(std::future::ready(line(
         &json!({"stream": handle.id(), "window": tomo_proto::methods::STREAM_WINDOW}),
     )));
-    let lines = futures_util::stream::unfold(Some(handle), |state| async move {
-        let mut handle = state?;
-        match handle.next().await {
-            Some(StreamEvent::Data { seq, data }) => {
-                Some((line(&json!({"seq": seq, "data": data})), Some(handle)))
+    let lines = futures_util::stream::unfold(Some(handle), move |state| {
+        let shutdown = shutdown.clone();
+        async move {
+            let mut handle = state?;
+            // The shutdown first: stopping also ends the hosts' sessions, and so this stream.
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Some((line(&stream_cut(
+                    "control_plane_shutdown",
+                    "the control plane is shutting down (a restart?), so the stream ended here; run the command again once it is back",
+                )), None)),
+                n = handle.next() => n,
+            };
+            match next {
+                Some(StreamEvent::Data { seq, data }) => {
+                    Some((line(&json!({"seq": seq, "data": data})), Some(handle)))
+                }
+                Some(StreamEvent::End(end)) => Some((line(&json!({ "end": end })), None)),
+                None => Some((
+                    line(&stream_cut(
+                        "connection_lost",
+                        "the connection to the host was lost",
+                    )),
+                    None,
+                )),
             }
-            Some(StreamEvent::End(end)) => Some((line(&json!({ "end": end })), None)),
-            None => Some((
-                line(&json!({"end": {"reason": "connection_lost", "sent": 0,
-                    "error": {"code": tomo_proto::rpc::code::CONNECTION_LOST,
-                              "message": "the connection to the host was lost"}}})),
-                None,
-            )),
         }
     });
     (

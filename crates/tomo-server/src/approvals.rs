@@ -414,7 +414,7 @@ async fn execute(
         Ok(h) if h.removed_at.is_none() => h,
         _ => return Err(fail("host_gone", "the host was removed".into())),
     };
-    let asker = Principal(token, trace);
+    let asker = Principal(token, trace, None);
     if !asker.may_see(&host) {
         return Err(fail(
             "out_of_scope",

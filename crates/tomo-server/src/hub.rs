@@ -34,6 +34,9 @@ pub struct Caller {
     pub trace_id: String,
     /// What owns the streams this caller opens: the API token's id (names are not unique).
     pub owner: String,
+    /// The API request's `Idempotency-Key` (issue 13.6): sent with its commands, so that a
+    /// retry with the same key gets the first answer instead of running again.
+    pub idempotency_key: Option<String>,
 }
 
 impl Caller {
@@ -45,6 +48,7 @@ impl Caller {
             principal,
             role,
             trace_id: tomo_common::hex(&tomo_common::random_bytes::<8>()),
+            idempotency_key: None,
         }
     }
 }
@@ -233,6 +237,8 @@ fn request_text(
         nonce: Some(tomo_common::hex(&tomo_common::random_bytes::<16>())),
         ts: Some(ts),
         exp: Some(ts + ttl_ms),
+        wait_ms: Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        idempotency_key: caller.idempotency_key.clone(),
     };
     let meta_text = serde_json::to_string(&meta).unwrap_or_default();
     let params_text = params.map(Value::to_string);

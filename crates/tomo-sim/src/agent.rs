@@ -415,6 +415,8 @@ mod tests {
             nonce: Some(nonce.into()),
             ts: Some(tomo_common::now_ms()),
             exp: Some(tomo_common::now_ms() + 30_000),
+            wait_ms: Some(30_000),
+            idempotency_key: None,
         };
         let meta = serde_json::to_string(&meta).expect("meta");
         let id = id.to_string();

@@ -68,6 +68,8 @@ pub struct Api {
     token: String,
     /// The CA the control plane's certificate is checked against, when one is pinned.
     ca_file: Option<PathBuf>,
+    /// Sent as `Idempotency-Key` with every request that is not a `GET`.
+    idempotency_key: Option<String>,
 }
 
 /// Connecting (TCP and TLS) to the control plane.
@@ -146,7 +148,14 @@ impl Api {
             url: url.trim_end_matches('/').to_owned(),
             token,
             ca_file,
+            idempotency_key: None,
         })
+    }
+
+    /// This client, sending `key` as the `Idempotency-Key` of its writes.
+    pub fn with_idempotency_key(mut self, key: &str) -> Self {
+        self.idempotency_key = Some(key.to_owned());
+        self
     }
 
     /// The pinned CA file, if any.
@@ -171,11 +180,15 @@ impl Api {
         } else {
             CALL_TIMEOUT
         };
+        let write = method != reqwest::Method::GET;
         let mut req = self
             .http
             .request(method, format!("{}/api/v1{path}", self.url))
             .bearer_auth(&self.token)
             .timeout(deadline);
+        if let (true, Some(k)) = (write, &self.idempotency_key) {
+            req = req.header("idempotency-key", k);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -310,7 +323,7 @@ impl Api {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| Failure::new(2, format!("the stream broke: {e}")))?
+            .map_err(|e| stream_broke(&self.url, &e))?
         {
             buf.extend_from_slice(&chunk);
             while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
@@ -325,8 +338,25 @@ impl Api {
                 }
             }
         }
+        if last.get("end").is_none() {
+            // The body ended cleanly without the stream's last line: the control plane went.
+            return Err(stream_broke(
+                &self.url,
+                &"the answer ended before the stream did",
+            ));
+        }
         Ok(Streamed::End(last))
     }
+}
+
+/// A stream whose connection to the control plane broke before its end (issue 13.8: it said
+/// "error decoding response body"): what happened, where, and what to do.
+fn stream_broke(url: &str, e: &dyn std::fmt::Display) -> Failure {
+    Failure::new(
+        2,
+        format!("the connection to the control plane at {url} broke in the middle of the stream ({e}); it may have stopped or restarted"),
+    )
+    .hint("run the command again once the control plane answers (`tomo hosts ls`)")
 }
 
 /// Turns an error reply into a failure with a hint where one helps.

@@ -66,6 +66,11 @@ pub struct RunArgs {
     pub memory: Option<String>,
     #[arg(long)]
     pub cpus: Option<f64>,
+    /// Run at most once under this key (1 to 64 of A-Z a-z 0-9 - _): a retry with the same key
+    /// and arguments within 24 h answers with the first run's result. A new key is made when
+    /// none is given, and shown when the run's outcome could not be learnt.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
     /// Command and arguments, after `--`.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -288,18 +293,68 @@ pub async fn action(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tomo run HOST IMAGE …`.
+/// How long `tomo run` keeps retrying (with its idempotency key) when the control plane or the
+/// host went away during the run.
+const RUN_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+/// The pause between two of those retries.
+const RUN_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether an answer says the run's outcome was not learnt, so that a retry with the same key
+/// may learn it: the host's connection was lost or is not up yet, or no answer came in time.
+fn outcome_not_learnt(r: &crate::client::Reply) -> bool {
+    // The host's own answer that it cancelled the run, or cannot know its outcome, is final.
+    let host_said = matches!(
+        r.body["error"]["rpc"]["data"]["reason"].as_str(),
+        Some("deadline" | "outcome_unknown")
+    );
+    !host_said
+        && matches!(
+            r.body["error"]["code"].as_str(),
+            Some("connection_lost" | "host_offline" | "timeout")
+        )
+}
+
+/// `tomo run HOST IMAGE …`. Sent with an idempotency key: when the control plane or the host
+/// goes away before the answer, the same request is sent again (for [`RUN_RETRY_FOR`]), and
+/// runs at most once (issue 13.6).
 pub async fn run(a: &RunArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
     let params = run_params(a)?;
-    let api = Api::from_args(args)?;
-    let r = api
-        .expect(
-            Method::POST,
-            &path(&a.host, "/containers"),
-            Some(&params),
-            1,
+    let key = match &a.idempotency_key {
+        Some(k) if tomo_proto::rpc::valid_idempotency_key(k) => k.clone(),
+        Some(_) => {
+            return Err(Failure::new(
+                2,
+                "--idempotency-key must be 1 to 64 of A-Z a-z 0-9 - _",
+            ));
+        }
+        None => tomo_common::hex(&tomo_common::random_bytes::<16>()),
+    };
+    let api = Api::from_args(args)?.with_idempotency_key(&key);
+    let path = path(&a.host, "/containers");
+    let started = std::time::Instant::now();
+    let retry_hint = || {
+        format!(
+            "retry with `--idempotency-key {key}` and the same arguments: it runs at most once, and answers with the first run's result if there was one"
         )
-        .await?;
+    };
+    let r = loop {
+        let failure = match api.send(Method::POST, &path, Some(&params)).await {
+            Ok(r) if r.status.is_success() => break r.body,
+            Ok(r) if outcome_not_learnt(&r) => crate::client::api_failure_at(&r, 1, &path),
+            Ok(r) => return Err(crate::client::api_failure_at(&r, 1, &path)),
+            // The control plane cannot be reached (restarting?): nothing says the run was not sent.
+            Err(f) if f.status == 2 => f,
+            Err(f) => return Err(f),
+        };
+        if started.elapsed() + RUN_RETRY_PAUSE > RUN_RETRY_FOR {
+            return Err(failure.hint(retry_hint()));
+        }
+        eprintln!(
+            "tomo: {}; sending the run again with the same idempotency key (it runs at most once)",
+            failure.message
+        );
+        tokio::time::sleep(RUN_RETRY_PAUSE).await;
+    };
     if args.output == Output::Json {
         print_json(&r);
     } else {

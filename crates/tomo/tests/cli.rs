@@ -693,6 +693,35 @@ fn host_operations_from_the_cli() {
             .any(|e| e["attributes"]["name"] == name.as_str() && e["action"] == "start"),
         "start event of {name} missing"
     );
+    // Issue 13.6: `run` twice with one idempotency key (and no name) runs once; the second
+    // answers with the first run's container.
+    let key = format!("cli-{:08x}", fastrand::u32(..));
+    let once = |what: &str| {
+        let o = env.tomo(&[
+            "run",
+            &local,
+            &image,
+            "--idempotency-key",
+            &key,
+            "--network",
+            "none",
+            "-l",
+            "tomo.test=cli",
+            "-o",
+            "json",
+            "--",
+            "sleep",
+            "600",
+        ]);
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+        json(&o)["id"].as_str().expect("id").to_owned()
+    };
+    let (first, second) = (once("first"), once("retry"));
+    assert_eq!(first, second, "the retry ran a second container");
+    let bad = env.tomo(&["run", &local, &image, "--idempotency-key", "not a key"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    let rm_once = env.tomo(&["rm", &local, &first, "-f"]);
+    assert!(rm_once.status.success(), "{}", stderr(&rm_once));
     let rm = env.tomo(&["rm", &local, &name]);
     assert!(
         rm.status.success(),
@@ -1334,4 +1363,40 @@ fn a_busy_port_fails_before_anything_is_written() {
         );
     }
     drop(busy);
+}
+
+/// Issue 13.8: `tomo logs -f` cut by a control-plane restart said "error decoding response
+/// body" or blamed the host. It says the control plane stopped and to run it again.
+#[test]
+fn a_follow_cut_by_a_control_plane_stop_says_so() {
+    let (env, mut dev, local) = dev_online();
+    let Some(name) =
+        sleeping_container(&env, &local, "a_follow_cut_by_a_control_plane_stop_says_so")
+    else {
+        let _ = terminate(&mut dev);
+        return;
+    };
+    let logs = env
+        .cmd(&tomo_bin())
+        .args(["logs", &local, &name, "-f"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tomo logs -f");
+    // A sleeping container prints nothing: give the stream a moment to open.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = terminate(&mut dev);
+    let out = logs.wait_with_output().expect("logs ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("control plane is shutting down"), "{err}");
+    assert!(err.contains("run the command again"), "{err}");
+    assert!(
+        !err.contains("decoding") && !err.contains("connection to the host"),
+        "{err}"
+    );
+    // The control plane is gone: the container is removed through the engine itself.
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &name])
+        .output();
 }

@@ -24,12 +24,42 @@ pub enum Level {
     Admin,
 }
 
+/// How long the agent lets one call of a method run before it cancels it and frees its slot
+/// (issue 13.5): a hung Docker engine cannot hold the agent's command slots for long. The table
+/// is in docs/protocol.md ("Deadlines").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// At most this many seconds, and no longer than the control plane waits for the answer
+    /// (`meta.wait_ms`): a call nobody waits for any more is cancelled.
+    Cut(u64),
+    /// At most this many seconds, even after the control plane stopped waiting: a call that
+    /// must not be cut in the middle (an update that rolls back what it began).
+    Whole(u64),
+}
+
+impl Deadline {
+    /// How long a call may run, given how long the control plane waits for it (`None`: it did
+    /// not say).
+    pub fn limit(self, wait_ms: Option<u64>) -> std::time::Duration {
+        use std::time::Duration;
+        match self {
+            Self::Cut(s) => {
+                let own = Duration::from_secs(s);
+                wait_ms.map_or(own, |w| own.min(Duration::from_millis(w)))
+            }
+            Self::Whole(s) => Duration::from_secs(s),
+        }
+    }
+}
+
 /// A JSON-RPC method the agent serves.
 pub trait Method {
     /// Wire name, e.g. `system.info`.
     const NAME: &'static str;
     /// Lowest role allowed to call it.
     const LEVEL: Level;
+    /// How long a call may run on the agent.
+    const DEADLINE: Deadline;
     type Params: DeserializeOwned + Serialize + Send + 'static;
     type Result: Serialize + DeserializeOwned + Send + 'static;
 }
@@ -40,13 +70,14 @@ pub trait Method {
 pub struct NoParams {}
 
 macro_rules! method {
-    ($(#[$doc:meta])* $ty:ident, $name:literal, $level:ident, $params:ty, $result:ty) => {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $level:ident, $deadline:expr, $params:ty, $result:ty) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy)]
         pub struct $ty;
         impl Method for $ty {
             const NAME: &'static str = $name;
             const LEVEL: Level = Level::$level;
+            const DEADLINE: Deadline = $deadline;
             type Params = $params;
             type Result = $result;
         }
@@ -55,138 +86,138 @@ macro_rules! method {
 
 method!(
     /// Liveness check.
-    AgentPing, "agent.ping", Read, NoParams, Pong
+    AgentPing, "agent.ping", Read, Deadline::Cut(10), NoParams, Pong
 );
 method!(
     /// OS, kernel, architecture, hostname, uptime, CPUs, memory, Docker version and engine id.
-    SystemInfo, "system.info", Read, NoParams, SystemInfoResult
+    SystemInfo, "system.info", Read, Deadline::Cut(30), NoParams, SystemInfoResult
 );
 method!(
     /// The latest background metrics sample; never samples on the request path.
-    SystemGetMetrics, "system.get_metrics", Read, NoParams, Metrics
+    SystemGetMetrics, "system.get_metrics", Read, Deadline::Cut(10), NoParams, Metrics
 );
 method!(
     /// Change the agent's runtime settings (log level, push intervals); never the host policy.
-    AgentUpdate, "agent.update", Admin, AgentSettingsPatch, AgentSettings
+    AgentUpdate, "agent.update", Admin, Deadline::Cut(10), AgentSettingsPatch, AgentSettings
 );
 method!(
     /// Restart the agent process gracefully (answers first, then reconnects as a new process).
-    AgentRestart, "agent.restart", Admin, NoParams, Restarting
+    AgentRestart, "agent.restart", Admin, Deadline::Cut(10), NoParams, Restarting
 );
 method!(
     /// Rotate the agent's key: the agent makes a new key, keeps it sealed, and offers it (vouched
     /// for by the current key) at its next authentication, which follows at once. No new
     /// registration code is needed; the agent id stays.
-    AgentRotateKey, "agent.rotate_key", Admin, NoParams, RotatingKey
+    AgentRotateKey, "agent.rotate_key", Admin, Deadline::Cut(30), NoParams, RotatingKey
 );
 method!(
     /// Run an allowlisted command line, split into an argument vector by the agent (no shell).
-    SystemExec, "system.exec", Admin, SystemExecParams, ExecOutput
+    SystemExec, "system.exec", Admin, Deadline::Cut(600), SystemExecParams, ExecOutput
 );
 method!(
     /// Can this host take a deployment: Docker, disk, architecture, ports, data directory.
-    SystemPreflightCheck, "system.preflight_check", Read, PreflightParams, PreflightResult
+    SystemPreflightCheck, "system.preflight_check", Read, Deadline::Cut(60), PreflightParams, PreflightResult
 );
 method!(
     /// Create directories with owner and mode, only under the agent's volume base directory.
-    SystemPrepareVolumes, "system.prepare_volumes", Execute, PrepareVolumesParams, PreparedVolumes
+    SystemPrepareVolumes, "system.prepare_volumes", Execute, Deadline::Cut(60), PrepareVolumesParams, PreparedVolumes
 );
 method!(
     /// Containers on the host.
-    DockerContainersList, "docker.containers.list", Read, ContainersListParams, Vec<ContainerSummary>
+    DockerContainersList, "docker.containers.list", Read, Deadline::Cut(30), ContainersListParams, Vec<ContainerSummary>
 );
 method!(
     /// One container's configuration and state, secret-looking environment values redacted.
-    DockerContainersGet, "docker.containers.get", Read, ContainerParams, ContainerDetails
+    DockerContainersGet, "docker.containers.get", Read, Deadline::Cut(30), ContainerParams, ContainerDetails
 );
 method!(
     /// Create and start a container, pulling its image when missing.
-    DockerContainersRun, "docker.containers.run", Admin, RunParams, RunResult
+    DockerContainersRun, "docker.containers.run", Admin, Deadline::Cut(600), RunParams, RunResult
 );
 method!(
     /// Start a stopped container.
-    DockerContainersStart, "docker.containers.start", Execute, ContainerParams, ContainerAction
+    DockerContainersStart, "docker.containers.start", Execute, Deadline::Cut(60), ContainerParams, ContainerAction
 );
 method!(
     /// Stop a container (SIGTERM, then SIGKILL after `timeout`, 10 s by default).
-    DockerContainersStop, "docker.containers.stop", Execute, StopParams, ContainerAction
+    DockerContainersStop, "docker.containers.stop", Execute, Deadline::Cut(120), StopParams, ContainerAction
 );
 method!(
     /// Restart a container.
-    DockerContainersRestart, "docker.containers.restart", Execute, StopParams, ContainerAction
+    DockerContainersRestart, "docker.containers.restart", Execute, Deadline::Cut(120), StopParams, ContainerAction
 );
 method!(
     /// Remove a container.
-    DockerContainersRemove, "docker.containers.remove", Execute, RemoveParams, ContainerAction
+    DockerContainersRemove, "docker.containers.remove", Execute, Deadline::Cut(60), RemoveParams, ContainerAction
 );
 method!(
     /// A container's logs, or a stream of them with `follow`.
-    DockerContainersLogs, "docker.containers.logs", Read, LogsParams, Streamed<LogsResult>
+    DockerContainersLogs, "docker.containers.logs", Read, Deadline::Cut(60), LogsParams, Streamed<LogsResult>
 );
 method!(
     /// A container's resource usage: one sample, or a stream with `stream`.
-    DockerContainersStats, "docker.containers.stats", Read, StatsParams, Streamed<ContainerStats>
+    DockerContainersStats, "docker.containers.stats", Read, Deadline::Cut(30), StatsParams, Streamed<ContainerStats>
 );
 method!(
     /// Run a command in a container: one-shot with output and exit code, or an interactive stream.
-    DockerContainersExec, "docker.containers.exec", Admin, ExecParams, Streamed<ExecOutput>
+    DockerContainersExec, "docker.containers.exec", Admin, Deadline::Cut(600), ExecParams, Streamed<ExecOutput>
 );
 method!(
     /// Pull the container's image again and recreate it with the same configuration; roll back
     /// to the old container when the new one is not running (and healthy) in time.
-    DockerContainersUpdate, "docker.containers.update", Execute, UpdateParams, UpdateResult
+    DockerContainersUpdate, "docker.containers.update", Execute, Deadline::Whole(900), UpdateParams, UpdateResult
 );
 method!(
     /// Images on the host.
-    DockerImagesList, "docker.images.list", Read, ImagesListParams, Vec<ImageSummary>
+    DockerImagesList, "docker.images.list", Read, Deadline::Cut(30), ImagesListParams, Vec<ImageSummary>
 );
 method!(
     /// Pull an image; with `progress`, a stream of progress messages.
-    DockerImagesPull, "docker.images.pull", Execute, PullParams, Streamed<PullResult>
+    DockerImagesPull, "docker.images.pull", Execute, Deadline::Cut(900), PullParams, Streamed<PullResult>
 );
 method!(
     /// Remove an image.
-    DockerImagesRemove, "docker.images.remove", Execute, ImageRemoveParams, ImageRemoved
+    DockerImagesRemove, "docker.images.remove", Execute, Deadline::Cut(60), ImageRemoveParams, ImageRemoved
 );
 method!(
     /// Networks on the host.
-    DockerNetworksList, "docker.networks.list", Read, NoParams, Vec<NetworkSummary>
+    DockerNetworksList, "docker.networks.list", Read, Deadline::Cut(30), NoParams, Vec<NetworkSummary>
 );
 method!(
     /// Create a network.
-    DockerNetworksCreate, "docker.networks.create", Execute, NetworkCreateParams, ObjectRef
+    DockerNetworksCreate, "docker.networks.create", Execute, Deadline::Cut(60), NetworkCreateParams, ObjectRef
 );
 method!(
     /// Remove a network.
-    DockerNetworksRemove, "docker.networks.remove", Execute, NetworkRemoveParams, ObjectRef
+    DockerNetworksRemove, "docker.networks.remove", Execute, Deadline::Cut(60), NetworkRemoveParams, ObjectRef
 );
 method!(
     /// Volumes on the host.
-    DockerVolumesList, "docker.volumes.list", Read, NoParams, Vec<VolumeSummary>
+    DockerVolumesList, "docker.volumes.list", Read, Deadline::Cut(30), NoParams, Vec<VolumeSummary>
 );
 method!(
     /// Create a volume.
-    DockerVolumesCreate, "docker.volumes.create", Execute, VolumeCreateParams, ObjectRef
+    DockerVolumesCreate, "docker.volumes.create", Execute, Deadline::Cut(60), VolumeCreateParams, ObjectRef
 );
 method!(
     /// Remove a volume.
-    DockerVolumesRemove, "docker.volumes.remove", Execute, VolumeRemoveParams, ObjectRef
+    DockerVolumesRemove, "docker.volumes.remove", Execute, Deadline::Cut(120), VolumeRemoveParams, ObjectRef
 );
 method!(
     /// The consumer has taken a stream's data up to `seq`: the agent may send more.
-    StreamAcknowledge, "stream.ack", Read, StreamRef, StreamState
+    StreamAcknowledge, "stream.ack", Read, Deadline::Cut(10), StreamRef, StreamState
 );
 method!(
     /// Close a stream; the agent answers, then sends its `stream.end`.
-    StreamClose, "stream.close", Read, StreamRef, StreamState
+    StreamClose, "stream.close", Read, Deadline::Cut(10), StreamRef, StreamState
 );
 method!(
     /// Input for an interactive exec.
-    StreamWrite, "stream.write", Admin, StreamWriteParams, StreamState
+    StreamWrite, "stream.write", Admin, Deadline::Cut(10), StreamWriteParams, StreamState
 );
 method!(
     /// A new terminal size for an interactive exec.
-    StreamResize, "stream.resize", Admin, StreamResizeParams, StreamState
+    StreamResize, "stream.resize", Admin, Deadline::Cut(10), StreamResizeParams, StreamState
 );
 
 const fn entry<M: Method>() -> (&'static str, Level) {

@@ -1259,3 +1259,53 @@ async fn engine_events_between_sessions_are_replayed_once() {
     let _ = agent.stop().await;
     docker.cleanup(&prefix).await;
 }
+
+/// Issue 13.8: a stream cut by a control-plane restart ended by blaming the host ("the
+/// connection to the host was lost"), or broke off. It ends with a line that names the control
+/// plane's shutdown and what to do.
+#[tokio::test]
+async fn a_stream_cut_by_a_control_plane_stop_says_so() {
+    let Some(mut env) = Env::start("cut").await else {
+        return;
+    };
+    let name = env
+        .container("cut", &["sh", "-c", "echo first; exec sleep 600"])
+        .await;
+    let url = format!(
+        "{}/api/v1/hosts/{}/containers/{name}/logs?follow=true",
+        env.fleet.info.api_url, env.host
+    );
+    let mut resp = env
+        .fleet
+        .http
+        .get(url)
+        .bearer_auth(&env.fleet.token)
+        .send()
+        .await
+        .expect("logs");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut text = String::new();
+    while !text.contains("first") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("a line in time")
+            .expect("body")
+            .expect("not ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    env.fleet.stop().await;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let last: Value =
+        serde_json::from_str(text.lines().last().unwrap_or_default()).expect("a last line");
+    assert_eq!(last["end"]["reason"], "control_plane_shutdown", "{text}");
+    let message = last["end"]["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("control plane is shutting down")
+            && message.contains("run the command again"),
+        "{message}"
+    );
+    let _ = env.agent.stop().await;
+    env.docker.cleanup(&env.prefix).await;
+}

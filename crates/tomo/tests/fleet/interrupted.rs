@@ -17,7 +17,7 @@ use crate::support::{Fleet, RunningAgent, WAIT};
 
 /// A "Docker engine" that accepts connections and answers nothing until released; then it
 /// hangs up on every connection and accepts no more.
-fn held_engine(dir: &std::path::Path) -> (Endpoint, oneshot::Sender<()>) {
+pub(crate) fn held_engine(dir: &std::path::Path) -> (Endpoint, oneshot::Sender<()>) {
     let sock = dir.join("docker.sock");
     let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
     let (release, released) = oneshot::channel::<()>();

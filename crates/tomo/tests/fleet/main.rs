@@ -6,6 +6,8 @@ mod clock;
 mod docker_env;
 mod docker_ops;
 mod flood;
+mod hung;
+mod idempotent;
 mod interrupted;
 mod malformed;
 mod mcp_approvals;

@@ -174,7 +174,7 @@ async fn a_restarted_agent_reconnects_with_its_key_and_no_code() {
     f.wait_status(&id, "online").await;
     assert_eq!(f.hosts().await.len(), 1);
     // No code and no bearer secret is stored by the agent: its (sealed) key, its id and pinned
-    // command key, and its replay and audit logs.
+    // command key, and its replay, audit and idempotency logs.
     let dir = f.dir.join("agents/phoenix");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .expect("ls")
@@ -185,6 +185,7 @@ async fn a_restarted_agent_reconnects_with_its_key_and_no_code() {
         "agent.json",
         "agent.key",
         "audit.log",
+        "idempotency.log",
         "key.salt",
         "machine.secret",
         "nonces.log",
