@@ -2,15 +2,19 @@
 //! not run twice. The retry gets the first call's answer, waits for it while the first still
 //! runs, or, when the first was cut by an agent restart, is told that its outcome is unknown.
 //!
-//! A key belongs to the principal that sent it and to the method (another principal's key, or
-//! the key with another method, is another key) and to one request: the same key with other
-//! params is refused (-32602). Keys are
-//! kept [`KEEP_MS`] (24 h), at most [`CAPACITY`]; past it the oldest is forgotten.
+//! A key belongs to the caller that sent it (the control plane derives the key it signs from the
+//! API token's id and the operator's key, so another token's key is another key) and to the
+//! method, and names one request: the same key with other params is refused (-32602). Keys are
+//! kept [`KEEP_MS`] (24 h), at most [`CAPACITY`] (more than a day of commands at the default
+//! rate limit); past it the oldest finished one is forgotten, a running one never.
 //!
 //! Every admission is appended to `<data>/idempotency.log` and flushed to the disk before the
 //! handler runs (an admission that cannot be written refuses the command), and every answer
 //! after it, so a retry after an agent crash or restart is still recognised. The log is
-//! rewritten without expired entries at start.
+//! rewritten without expired entries at start and whenever it holds more than twice the lines
+//! it needs. What a retry gets back is bounded ([`MAX_KEPT_ANSWER`] each, [`KEPT_BUDGET`] in all),
+//! and the output of an
+//! `exec` is never kept (it may hold secrets): its retry is told it ran, with its exit code.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
@@ -25,10 +29,12 @@ use tomo_proto::rpc::{RpcError, code};
 
 /// How long a key is remembered.
 pub const KEEP_MS: i64 = 24 * 60 * 60 * 1000;
-/// Keys remembered at most.
-pub const CAPACITY: usize = 20_000;
+/// Keys remembered at most: 24 h of commands at the default rate (30 a minute) fit.
+pub const CAPACITY: usize = 50_000;
 /// The largest answer kept for a retry; a larger one is replaced by an error saying so.
-pub const MAX_KEPT_ANSWER: usize = 64 * 1024;
+pub const MAX_KEPT_ANSWER: usize = 16 * 1024;
+/// The answers kept in all, bytes: past it, a new answer is kept as "it ran" only.
+pub const KEPT_BUDGET: usize = 16 * 1024 * 1024;
 /// The log's file name in the agent's data directory.
 pub const FILE: &str = "idempotency.log";
 
@@ -66,6 +72,8 @@ struct Entry {
     fingerprint: String,
     at_ms: i64,
     state: State,
+    /// Bytes of the kept answer, counted in [`Inner::kept`].
+    size: usize,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +81,31 @@ struct Inner {
     entries: HashMap<String, Entry>,
     order: VecDeque<(i64, String)>,
     log: Option<std::fs::File>,
+    /// Lines in the log file, to know when to compact it.
+    log_lines: usize,
+    /// The last write failed part-way: the next line starts on a fresh line.
+    torn: bool,
+    /// Bytes of all kept answers.
+    kept: usize,
+}
+
+impl Inner {
+    /// Forgets `key` if its entry is the one admitted at `at`.
+    fn forget(&mut self, key: &str, at: i64) {
+        if self.entries.get(key).is_some_and(|e| e.at_ms == at)
+            && let Some(e) = self.entries.remove(key)
+        {
+            self.kept = self.kept.saturating_sub(e.size);
+        }
+    }
+}
+
+/// The size an answer takes when kept.
+fn answer_size(answer: &Answer) -> usize {
+    match answer {
+        Ok(v) => serde_json::to_string(v).map_or(0, |t| t.len()),
+        Err(e) => serde_json::to_string(e).map_or(0, |t| t.len()),
+    }
 }
 
 /// The agent's idempotency keys.
@@ -101,32 +134,55 @@ pub enum Claim {
 pub struct Ticket {
     keys: Arc<Keys>,
     key: String,
+    at_ms: i64,
     tx: watch::Sender<Option<Answer>>,
 }
 
 impl Ticket {
     /// Records the call's answer (for retries, on disk and in memory) and hands it to the
     /// retries that wait.
-    pub fn finish(self, answer: &Answer) {
-        let kept = keepable(answer);
-        self.keys.answered(&self.key, &kept);
+    pub fn finish(self, method: &str, answer: &Answer) {
+        let kept = self
+            .keys
+            .answered(&self.key, self.at_ms, &keepable(method, answer));
         let _ = self.tx.send(Some(kept));
     }
 }
 
-/// The answer as kept for retries: a too-large result is replaced by an error saying so.
-fn keepable(answer: &Answer) -> Answer {
-    match answer {
-        Ok(v) if serde_json::to_string(v).map_or(0, |t| t.len()) > MAX_KEPT_ANSWER => {
-            Err(RpcError::new(
-                code::INTERNAL_ERROR,
-                format!(
-                    "the call with this idempotency key ran once and succeeded, but its result was larger than the {MAX_KEPT_ANSWER} bytes kept for retries"
-                ),
-            ))
-        }
-        other => other.clone(),
+/// The answer as kept for retries: an exec's output is dropped (its exit code stays), a
+/// too-large answer is replaced by an error saying so.
+fn keepable(method: &str, answer: &Answer) -> Answer {
+    if method.ends_with(".exec")
+        && let Ok(v) = answer
+    {
+        let exit = v.get("exit_code").cloned().unwrap_or(Value::Null);
+        return Err(RpcError::new(
+            code::TIMEOUT,
+            format!(
+                "the command with this idempotency key ran once (exit code {exit}); its output is not kept for retries, as it may hold secrets"
+            ),
+        )
+        .with_data(serde_json::json!({"reason": "ran_output_not_kept", "exit_code": exit})));
     }
+    if answer_size(answer) > MAX_KEPT_ANSWER {
+        return too_large(answer);
+    }
+    answer.clone()
+}
+
+/// What a retry gets when the first answer is not kept for its size.
+fn too_large(answer: &Answer) -> Answer {
+    Err(RpcError::new(
+        code::INTERNAL_ERROR,
+        format!(
+            "the call with this idempotency key ran once ({}), but its answer is not kept for retries (over {MAX_KEPT_ANSWER} bytes, or over the agent's budget for kept answers)",
+            if answer.is_ok() {
+                "it succeeded"
+            } else {
+                "it failed"
+            }
+        ),
+    ))
 }
 
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
@@ -157,11 +213,11 @@ impl Keys {
     pub fn open(dir: &Path, now_ms: i64) -> std::io::Result<Self> {
         let path = dir.join(FILE);
         let mut inner = Inner::default();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                for line in text.lines() {
-                    // A torn last line (a crash while writing) is skipped.
-                    let Ok(l) = serde_json::from_str::<Line>(line) else {
+        match read_nofollow(&path) {
+            Ok(bytes) => {
+                for line in bytes.split(|b| *b == b'\n') {
+                    // A torn line (a crash or a full disk while writing) is skipped.
+                    let Ok(l) = serde_json::from_slice::<Line>(line) else {
                         continue;
                     };
                     match (l.fp, l.at) {
@@ -173,16 +229,21 @@ impl Keys {
                                     fingerprint: fp,
                                     at_ms: at,
                                     state: State::Unknown,
+                                    size: 0,
                                 },
                             );
                         }
                         (Some(_), _) => {}
                         (None, _) => {
+                            let answer = match l.err {
+                                Some(err) => Err(err),
+                                None => Ok(l.ok.unwrap_or(Value::Null)),
+                            };
+                            let size = answer_size(&answer);
                             if let Some(e) = inner.entries.get_mut(&l.k) {
-                                e.state = State::Done(match l.err {
-                                    Some(err) => Err(err),
-                                    None => Ok(l.ok.unwrap_or(Value::Null)),
-                                });
+                                e.state = State::Done(answer);
+                                let old = std::mem::replace(&mut e.size, size);
+                                inner.kept = (inner.kept + size).saturating_sub(old);
                             }
                         }
                     }
@@ -192,11 +253,17 @@ impl Keys {
             Err(e) => return Err(e),
         }
         inner.order.make_contiguous().sort();
+        while inner.entries.len() > CAPACITY {
+            let Some((at, k)) = inner.order.pop_front() else {
+                break;
+            };
+            inner.forget(&k, at);
+        }
         let keys = Self {
             path: Some(path),
             inner: Mutex::new(inner),
         };
-        keys.rewrite()?;
+        keys.rewrite(&mut lock(&keys.inner))?;
         Ok(keys)
     }
 
@@ -229,7 +296,7 @@ impl Keys {
                     RpcError::new(
                         code::INVALID_PARAMS,
                         format!(
-                            "idempotency key {key:?} was used for another {method} in the last 24 h (with other params): use a new key for a new request"
+                            "this idempotency key was used for another {method} in the last 24 h (with other params): use a new key for a new request"
                         ),
                     )
                     .with_data(serde_json::json!({"reason": "idempotency_key_reused"})),
@@ -241,9 +308,7 @@ impl Keys {
                 State::Unknown => Claim::Refused(
                     RpcError::new(
                         code::TIMEOUT,
-                        format!(
-                            "the call with idempotency key {key:?} was cut by a restart of the agent before it answered: whether it took effect is unknown, so it is not run again; check the host (`tomo ps`), then retry with a new key if needed"
-                        ),
+                        "the call with this idempotency key was cut by a restart of the agent before it answered: whether it took effect is unknown, so it is not run again; check the host (`tomo ps`), then retry with a new key if needed",
                     )
                     .with_data(serde_json::json!({"reason": "outcome_unknown"})),
                 ),
@@ -275,25 +340,50 @@ impl Keys {
                 fingerprint: fp,
                 at_ms: now_ms,
                 state: State::Running(rx),
+                size: 0,
             },
         );
+        // The oldest finished keys go first; a running one is never forgotten.
+        let mut kept_running = Vec::new();
         while inner.entries.len() > CAPACITY {
             let Some((at, k)) = inner.order.pop_front() else {
                 break;
             };
-            if inner.entries.get(&k).is_some_and(|e| e.at_ms == at) {
-                inner.entries.remove(&k);
+            match inner.entries.get(&k) {
+                Some(e) if e.at_ms == at && matches!(e.state, State::Running(_)) => {
+                    kept_running.push((at, k));
+                }
+                Some(e) if e.at_ms == at => inner.forget(&k, at),
+                _ => {}
             }
+        }
+        for r in kept_running.into_iter().rev() {
+            inner.order.push_front(r);
         }
         Claim::Run(Ticket {
             keys: Arc::clone(self),
             key: scoped,
+            at_ms: now_ms,
             tx,
         })
     }
 
-    fn answered(&self, key: &str, answer: &Answer) {
+    /// Keeps a call's answer; returns it as kept (over the budget, "it ran" only).
+    fn answered(&self, key: &str, at_ms: i64, answer: &Answer) -> Answer {
         let mut inner = lock(&self.inner);
+        // The entry may have been forgotten (expired) and the key admitted again since.
+        let ours = inner
+            .entries
+            .get(key)
+            .is_some_and(|e| e.at_ms == at_ms && matches!(e.state, State::Running(_)));
+        if !ours {
+            return answer.clone();
+        }
+        let mut answer = answer.clone();
+        if inner.kept + answer_size(&answer) > KEPT_BUDGET {
+            answer = too_large(&answer);
+        }
+        let answer = &answer;
         let line = Line {
             k: key.to_owned(),
             fp: None,
@@ -301,13 +391,22 @@ impl Keys {
             ok: answer.as_ref().ok().cloned(),
             err: answer.as_ref().err().cloned(),
         };
-        // Not fatal: a lost answer line makes a retry after a restart "outcome unknown".
-        if let Err(e) = self.append(&mut inner, &line, false) {
-            tracing::warn!(error = %e, "cannot record an idempotent call's answer");
+        // On disk before the retries learn it: a crash after this keeps it.
+        if let Err(e) = self.append(&mut inner, &line, true) {
+            tracing::warn!(error = %e, "cannot record an idempotent call's answer (a retry after a restart will be told its outcome is unknown)");
         }
+        let size = answer_size(answer);
         if let Some(e) = inner.entries.get_mut(key) {
             e.state = State::Done(answer.clone());
+            e.size = size;
+            inner.kept += size;
         }
+        if inner.log_lines > 2 * inner.entries.len() + 1024
+            && let Err(e) = self.rewrite(&mut inner)
+        {
+            tracing::warn!(error = %e, "cannot compact the idempotency log");
+        }
+        answer.clone()
     }
 
     fn expire(&self, inner: &mut Inner, now_ms: i64) {
@@ -315,10 +414,8 @@ impl Keys {
             if now_ms - at < KEEP_MS {
                 break;
             }
-            if let Some((at, k)) = inner.order.pop_front()
-                && inner.entries.get(&k).is_some_and(|e| e.at_ms == at)
-            {
-                inner.entries.remove(&k);
+            if let Some((at, k)) = inner.order.pop_front() {
+                inner.forget(&k, at);
             }
         }
     }
@@ -330,7 +427,12 @@ impl Keys {
         if inner.log.is_none() {
             inner.log = Some(open_append(path)?);
         }
-        let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
+        let mut text = if inner.torn {
+            "\n".to_owned()
+        } else {
+            String::new()
+        };
+        text.push_str(&serde_json::to_string(line).map_err(std::io::Error::other)?);
         text.push('\n');
         let Some(f) = inner.log.as_mut() else {
             return Err(std::io::Error::other("idempotency log not open"));
@@ -338,60 +440,93 @@ impl Keys {
         let written = f
             .write_all(text.as_bytes())
             .and_then(|()| if durable { f.sync_data() } else { Ok(()) });
-        if written.is_err() {
-            // Reopened before the next line; a torn line is skipped when the log is read.
-            inner.log = None;
+        match written {
+            Ok(()) => {
+                inner.torn = false;
+                inner.log_lines += 1;
+            }
+            Err(_) => {
+                // Part of the line may be on disk: the next one starts on a fresh line, and the
+                // torn piece is skipped when the log is read.
+                inner.torn = true;
+                inner.log = None;
+            }
         }
         written
     }
 
-    /// Writes the log again with the entries in memory only.
-    fn rewrite(&self) -> std::io::Result<()> {
+    /// Writes the log again with the entries in memory only (a new file, synced, renamed over
+    /// the old one, the directory synced).
+    fn rewrite(&self, inner: &mut Inner) -> std::io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let mut inner = lock(&self.inner);
         let tmp = path.with_extension("log.tmp");
+        let mut text = String::new();
+        let mut lines = 0;
+        for (_, k) in &inner.order {
+            let Some(e) = inner.entries.get(k) else {
+                continue;
+            };
+            let admitted = Line {
+                k: k.clone(),
+                fp: Some(e.fingerprint.clone()),
+                at: Some(e.at_ms),
+                ok: None,
+                err: None,
+            };
+            text.push_str(&serde_json::to_string(&admitted).map_err(std::io::Error::other)?);
+            text.push('\n');
+            lines += 1;
+            if let State::Done(answer) = &e.state {
+                let done = Line {
+                    k: k.clone(),
+                    fp: None,
+                    at: None,
+                    ok: answer.as_ref().ok().cloned(),
+                    err: answer.as_ref().err().cloned(),
+                };
+                text.push_str(&serde_json::to_string(&done).map_err(std::io::Error::other)?);
+                text.push('\n');
+                lines += 1;
+            }
+        }
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(&tmp)?;
-            let mut text = String::new();
-            for (_, k) in &inner.order {
-                let Some(e) = inner.entries.get(k) else {
-                    continue;
-                };
-                let admitted = Line {
-                    k: k.clone(),
-                    fp: Some(e.fingerprint.clone()),
-                    at: Some(e.at_ms),
-                    ok: None,
-                    err: None,
-                };
-                text.push_str(&serde_json::to_string(&admitted).map_err(std::io::Error::other)?);
-                text.push('\n');
-                if let State::Done(answer) = &e.state {
-                    let done = Line {
-                        k: k.clone(),
-                        fp: None,
-                        at: None,
-                        ok: answer.as_ref().ok().cloned(),
-                        err: answer.as_ref().err().cloned(),
-                    };
-                    text.push_str(&serde_json::to_string(&done).map_err(std::io::Error::other)?);
-                    text.push('\n');
-                }
-            }
             f.write_all(text.as_bytes())?;
             f.sync_data()?;
         }
         std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         inner.log = None;
+        inner.log_lines = lines;
+        inner.torn = false;
         Ok(())
     }
+}
+
+/// The log's bytes, without following a symlink in its place.
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
@@ -425,7 +560,7 @@ mod tests {
             "{\"image\":\"a\"}",
             0,
         ));
-        t.finish(&Ok(json!({"id": "c1"})));
+        t.finish("m", &Ok(json!({"id": "c1"})));
         match keys.claim(
             "alice",
             "k1",
@@ -465,7 +600,7 @@ mod tests {
         let Claim::Running(mut rx) = keys.claim("a", "k", "m", "{}", 1) else {
             panic!("running");
         };
-        t.finish(&Err(RpcError::new(code::DOCKER, "boom")));
+        t.finish("m", &Err(RpcError::new(code::DOCKER, "boom")));
         let answer = rx.wait_for(Option::is_some).await.expect("answer").clone();
         assert_eq!(answer.expect("some").expect_err("error").message, "boom");
     }
@@ -475,10 +610,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let keys = Arc::new(Keys::open(dir.path(), 0).expect("open"));
-            run(keys.claim("a", "done", "m", "{}", 0)).finish(&Ok(json!(1)));
+            run(keys.claim("a", "done", "m", "{}", 0)).finish("m", &Ok(json!(1)));
             // Admitted, never answered: the agent dies here.
             std::mem::forget(run(keys.claim("a", "cut", "m", "{}", 0)));
-            run(keys.claim("a", "old", "m", "{}", -KEEP_MS)).finish(&Ok(json!(2)));
+            run(keys.claim("a", "old", "m", "{}", -KEEP_MS)).finish("m", &Ok(json!(2)));
         }
         let keys = Arc::new(Keys::open(dir.path(), 10).expect("reopen"));
         assert!(
@@ -495,6 +630,49 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(FILE)).expect("log");
         assert!(!text.contains("\\nold"), "{text}");
         run(keys.claim("a", "old", "m", "{}", 10));
+    }
+
+    /// A line torn in the middle of a multi-byte character (a full disk) neither stops the
+    /// agent from starting nor swallows the next line.
+    #[test]
+    fn a_torn_line_is_skipped_and_the_rest_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let keys = Arc::new(Keys::open(dir.path(), 0).expect("open"));
+            run(keys.claim("a", "before", "m", "{}", 0)).finish("m", &Ok(json!("é")));
+        }
+        let path = dir.path().join(FILE);
+        let mut bytes = std::fs::read(&path).expect("log");
+        bytes.extend_from_slice("{\"k\":\"a\\nm\\ntorn\",\"fp\":\"\u{e9}".as_bytes());
+        bytes.truncate(bytes.len() - 1);
+        std::fs::write(&path, &bytes).expect("torn");
+        let keys = Arc::new(Keys::open(dir.path(), 1).expect("a torn log still opens"));
+        assert!(
+            matches!(keys.claim("a", "before", "m", "{}", 1), Claim::Answered(Ok(v)) if v == json!("é"))
+        );
+        run(keys.claim("a", "after", "m", "{}", 1)).finish("m", &Ok(json!(2)));
+        let keys = Arc::new(Keys::open(dir.path(), 2).expect("reopen"));
+        assert!(
+            matches!(keys.claim("a", "after", "m", "{}", 2), Claim::Answered(Ok(v)) if v == json!(2))
+        );
+    }
+
+    /// An exec's output may hold secrets: a retry learns that it ran and its exit code only.
+    #[test]
+    fn an_execs_output_is_not_kept() {
+        let keys = Arc::new(Keys::in_memory());
+        let method = "docker.containers.exec";
+        run(keys.claim("a", "k", method, "{}", 0)).finish(
+            method,
+            &Ok(json!({"exit_code": 3, "stdout": "password=hunter2"})),
+        );
+        match keys.claim("a", "k", method, "{}", 1) {
+            Claim::Answered(Err(e)) => {
+                assert!(e.message.contains("exit code 3"), "{}", e.message);
+                assert!(!format!("{e:?}").contains("hunter2"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -661,24 +661,26 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
     let raw_params = req.params.as_deref().map_or("", |p| p.get());
     let (early, ticket) = match meta.idempotency_key.as_deref() {
         Some(key) if admitted.is_command() => {
-            let principal = meta.principal.as_deref().unwrap_or("");
-            let claim = shared.idempotency.claim(
-                principal,
-                key,
-                &req.method,
-                raw_params,
-                tomo_common::now_ms(),
-            );
+            // Off the runtime's threads: a new key's admission is synced to the disk.
+            let keys = Arc::clone(&shared.idempotency);
+            let (principal, key) = (meta.principal.clone().unwrap_or_default(), key.to_owned());
+            let (method, params) = (req.method.clone(), raw_params.to_owned());
+            let claim = tokio::task::spawn_blocking(move || {
+                keys.claim(&principal, &key, &method, &params, tomo_common::now_ms())
+            })
+            .await
+            .unwrap_or_else(|_| Claim::Refused(RpcError::internal("the idempotency claim failed")));
             match claim {
                 Claim::Run(t) => (None, Some(t)),
                 Claim::Answered(a) => (Some((a, true)), None),
                 Claim::Refused(e) => (Some((Err(e), false)), None),
                 Claim::Running(mut rx) => {
+                    let left_at_start = left();
                     let first = tokio::time::timeout(left(), rx.wait_for(Option::is_some)).await;
                     let a = match first {
                         Ok(Ok(a)) => a.clone().unwrap_or_else(|| Err(first_ended())),
                         Ok(Err(_)) => Err(first_ended()),
-                        Err(_) => Err(cancelled()),
+                        Err(_) => Err(still_running(left_at_start)),
                     };
                     (Some((a, true)), None)
                 }
@@ -714,7 +716,10 @@ async fn answer(ctx: Ctx, dispatcher: Arc<Dispatcher>, req: rpc::Request) -> Opt
         other => other,
     };
     if let Some(t) = ticket {
-        t.finish(&outcome);
+        let method = req.method.clone();
+        let answer = outcome.clone();
+        // The answer is synced to the disk before retries learn it: off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || t.finish(&method, &answer)).await;
     }
     let record = AuditRecord {
         at_ms: tomo_common::now_ms(),
@@ -775,6 +780,19 @@ fn first_ended() -> RpcError {
         "the first call with this idempotency key ended without an answer (the agent stopped it): whether it took effect is unknown; check the host",
     )
     .with_data(serde_json::json!({"reason": "outcome_unknown"}))
+}
+
+/// The answer of a retry that waited for the first call with its key as long as it may, while
+/// that call still runs: retry again later with the same key.
+fn still_running(waited: Duration) -> RpcError {
+    RpcError::new(
+        tomo_proto::rpc::code::TIMEOUT,
+        format!(
+            "the first call with this idempotency key still runs (waited {:.0} s for it); retry later with the same key to get its answer",
+            waited.as_secs_f64()
+        ),
+    )
+    .with_data(serde_json::json!({"reason": "still_running"}))
 }
 
 /// The answer of a call cancelled at its deadline: what happened, where, and what to do.

@@ -12,10 +12,14 @@
 //! - `tomo-bench flood`: the API's latency and real agents' connect time under pre-auth floods
 //!   (issue 12.5), bounded, loopback only; a control plane in this process.
 //!
+//! - `tomo-bench chaos`: faults injected into a real fleet (issue 13); fails when a case does
+//!   not hold. Run it with `scripts/chaos`.
+//!
 //! Run them with `scripts/bench`, which builds `tomo`, `tomo-agent` and this in release mode.
 
 #![forbid(unsafe_code)]
 
+mod chaos;
 mod fixtures;
 mod fleet;
 mod flood;
@@ -68,6 +72,9 @@ enum Command {
     },
     /// The API and real agents under pre-authentication floods (issue 12.5).
     Flood(flood::FloodArgs),
+    /// Faults injected into a real fleet (issue 13): kill -9 of either binary mid-command, a
+    /// run retried across a kill, a network black hole. Fails when a case does not hold.
+    Chaos(chaos::ChaosArgs),
     /// Footprint, round trip and fleet, with every target of issue 6.
     All {
         /// Simulated agents [default: 10000; 1000 with --quick].
@@ -103,6 +110,7 @@ async fn main() -> ExitCode {
                 flood::run(args).await
             }
         }
+        Command::Chaos(args) => chaos::run(args).await,
         Command::Footprint { json } => {
             let parts = suite::Parts {
                 footprint: true,

@@ -217,7 +217,12 @@ impl ServerProc {
                 {
                     tx.send_modify(|s| s.0 = Some(t.trim().to_owned()));
                 }
-                if let Some(u) = line.split("TOMO_URL=").nth(1) {
+                // `tomo login --url URL …` (older releases printed `TOMO_URL=URL`).
+                if let Some(u) = line
+                    .split("tomo login --url ")
+                    .nth(1)
+                    .or_else(|| line.split("TOMO_URL=").nth(1))
+                {
                     let url = u.split_whitespace().next().unwrap_or_default().to_owned();
                     tx.send_modify(|s| s.1 = Some(url));
                 }
@@ -291,6 +296,11 @@ impl ServerProc {
     /// SIGTERM, and waits for the exit (SIGKILL after 30 s). Returns how long it took.
     pub async fn stop(mut self) -> Duration {
         stop_child(&mut self.child, Duration::from_secs(30)).await
+    }
+
+    /// SIGKILL (a crash: nothing is shut down), and waits for the exit.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
     }
 }
 
@@ -397,6 +407,11 @@ impl AgentProc {
     pub async fn stop(mut self) -> Duration {
         stop_child(&mut self.child, Duration::from_secs(10)).await
     }
+
+    /// SIGKILL (a crash: nothing is shut down), and waits for the exit.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
 }
 
 /// An HTTPS client of the control plane's API, its CA pinned.
@@ -465,6 +480,34 @@ impl Api {
             .with_context(|| format!("{path}: reading the answer"))?;
         ensure!(status.is_success(), "{path}: HTTP {status}: {text}");
         serde_json::from_str(&text).with_context(|| format!("{path}: answer is not JSON"))
+    }
+
+    /// A request to `/api/v1{path}` with extra headers; the status and the body (JSON when it
+    /// parses), or the transport error.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(reqwest::StatusCode, Value), reqwest::Error> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     /// A new single-use registration code.

@@ -99,9 +99,10 @@ pub struct RequestMeta {
     /// window, and it counts from when the agent received the request, not by its clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_ms: Option<u64>,
-    /// The caller's idempotency key (protocol 3, issue 13.6; the API's `Idempotency-Key`
-    /// header): a command sent again with it is not run twice, the retry gets the first answer.
-    /// 1 to 64 of `A-Z a-z 0-9 - _`; kept 24 h by the agent, per principal.
+    /// The caller's idempotency key (protocol 3, issue 13.6; derived by the control plane from
+    /// the API token's id and its `Idempotency-Key` header): a command sent again with it is
+    /// not run twice, the retry gets the first answer. 1 to 64 of `A-Z a-z 0-9 - _`; kept 24 h
+    /// by the agent, per principal and method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }

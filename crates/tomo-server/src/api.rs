@@ -287,7 +287,12 @@ impl Principal {
         if let Some(t) = &self.1 {
             c.trace_id = t.clone();
         }
-        c.idempotency_key = self.2.as_ref().map(|k| k.0.clone());
+        // The key the host keeps is the operator's key under this token's id: another token
+        // (even one with the same name) that sends the same key gets nothing of this one's.
+        c.idempotency_key = self.2.as_ref().map(|k| {
+            let scoped = format!("tomo-idempotency-v1\0{}\0{}", self.0.id, k.0);
+            tomo_common::hex(&tomo_common::sha256(scoped.as_bytes()))[..32].to_owned()
+        });
         c
     }
 
@@ -429,9 +434,14 @@ pub(crate) async fn require_token(
                 .extensions()
                 .get::<crate::audit::TraceId>()
                 .map(|t| t.0.clone());
-            let key = match idempotency_key(req.headers()) {
-                Ok(k) => k,
-                Err(e) => return e.into_response(),
+            // Only writes run commands; a read ignores the header.
+            let key = if req.method() == http::Method::GET {
+                None
+            } else {
+                match idempotency_key(req.headers()) {
+                    Ok(k) => k,
+                    Err(e) => return e.into_response(),
+                }
             };
             req.extensions_mut().insert(Principal(token, trace, key));
             next.run(req).await

@@ -35,10 +35,12 @@ pub fn view(e: &StoredEvent) -> Value {
     v
 }
 
-/// What makes an event itself: a copy replayed after an outage has the same key. `None` for an
-/// event without an engine time, which cannot be told from another.
+/// What makes an event itself: a copy replayed after an outage has the same key, the hash of
+/// the whole event (its attributes are sorted, so its JSON is canonical). `None` for an event
+/// without an engine time, which cannot be told from another.
 pub fn key(e: &DockerEvent) -> Option<String> {
-    (e.time_nanos > 0).then(|| format!("{}:{}:{}:{}", e.time_nanos, e.kind, e.action, e.id))
+    let text = serde_json::to_string(e).ok()?;
+    (e.time_nanos > 0).then(|| tomo_common::hex(&tomo_common::sha256(text.as_bytes())))
 }
 
 /// Stores an event and hands it to live followers; a copy of one already stored (replayed after
@@ -78,6 +80,28 @@ mod tests {
 
     /// Issue 17.9: `tomo events -o json` showed the database row id as `id` and lost the
     /// container's id.
+    /// Two containers joining one network in the same nanosecond are two events (the
+    /// network's id, the time and the action are the same); a copy of one is the same event.
+    #[test]
+    fn events_that_differ_in_an_attribute_have_different_keys() {
+        let e = |c: &str| DockerEvent {
+            time_nanos: 5,
+            kind: "network".into(),
+            action: "connect".into(),
+            id: "net1".into(),
+            attributes: [("container".to_owned(), c.to_owned())].into(),
+        };
+        assert_ne!(key(&e("a")), key(&e("b")));
+        assert_eq!(key(&e("a")), key(&e("a")));
+        assert_eq!(
+            key(&DockerEvent {
+                time_nanos: 0,
+                ..e("a")
+            }),
+            None
+        );
+    }
+
     #[test]
     fn an_event_keeps_its_objects_id_and_gets_a_seq() {
         let e = StoredEvent {

@@ -320,6 +320,9 @@ impl Api {
         }
         let mut buf: Vec<u8> = Vec::new();
         let mut last = Value::Null;
+        // A host stream (its first line names it) ends with an `end` line; a follow of events
+        // or audit records just ends.
+        let mut host_stream = false;
         while let Some(chunk) = resp
             .chunk()
             .await
@@ -331,6 +334,7 @@ impl Api {
                 let Ok(v) = serde_json::from_slice::<Value>(&line) else {
                     continue;
                 };
+                host_stream |= v.get("stream").is_some() && v.get("window").is_some();
                 let go_on = on_line(&v);
                 last = v;
                 if !go_on {
@@ -338,7 +342,7 @@ impl Api {
                 }
             }
         }
-        if last.get("end").is_none() {
+        if host_stream && last.get("end").is_none() {
             // The body ended cleanly without the stream's last line: the control plane went.
             return Err(stream_broke(
                 &self.url,

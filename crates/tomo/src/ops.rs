@@ -305,7 +305,7 @@ fn outcome_not_learnt(r: &crate::client::Reply) -> bool {
     // The host's own answer that it cancelled the run, or cannot know its outcome, is final.
     let host_said = matches!(
         r.body["error"]["rpc"]["data"]["reason"].as_str(),
-        Some("deadline" | "outcome_unknown")
+        Some("deadline" | "outcome_unknown" | "ran_output_not_kept")
     );
     !host_said
         && matches!(
@@ -331,7 +331,7 @@ pub async fn run(a: &RunArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
     };
     let api = Api::from_args(args)?.with_idempotency_key(&key);
     let path = path(&a.host, "/containers");
-    let started = std::time::Instant::now();
+    let mut failing_since: Option<std::time::Instant> = None;
     let retry_hint = || {
         format!(
             "retry with `--idempotency-key {key}` and the same arguments: it runs at most once, and answers with the first run's result if there was one"
@@ -342,11 +342,14 @@ pub async fn run(a: &RunArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
             Ok(r) if r.status.is_success() => break r.body,
             Ok(r) if outcome_not_learnt(&r) => crate::client::api_failure_at(&r, 1, &path),
             Ok(r) => return Err(crate::client::api_failure_at(&r, 1, &path)),
+            // A certificate that does not verify will not start to: no retry.
+            Err(f) if f.hint.as_deref().is_some_and(|h| h.contains("--ca-file")) => return Err(f),
             // The control plane cannot be reached (restarting?): nothing says the run was not sent.
             Err(f) if f.status == 2 => f,
             Err(f) => return Err(f),
         };
-        if started.elapsed() + RUN_RETRY_PAUSE > RUN_RETRY_FOR {
+        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() + RUN_RETRY_PAUSE > RUN_RETRY_FOR {
             return Err(failure.hint(retry_hint()));
         }
         eprintln!(

@@ -68,7 +68,12 @@ pub async fn forward(
             _ = stop.cancelled() => return,
         };
         if let Ok((client, meter)) = client {
-            let since = since_nanos.map_or_else(|| tomo_common::now_secs().to_string(), since_text);
+            // Never from the future: one stored event with a wrong time would stop the replay.
+            let now = tomo_common::now_ms().saturating_mul(1_000_000);
+            let since = since_nanos.map_or_else(
+                || tomo_common::now_secs().to_string(),
+                |t| since_text(t.min(now)),
+            );
             let opts = EventsOptionsBuilder::default().since(&since).build();
             let mut events = super::transport::metered(client.events(Some(opts)), meter);
             loop {

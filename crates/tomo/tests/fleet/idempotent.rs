@@ -71,12 +71,18 @@ impl Drop for Gate {
     }
 }
 
-/// `POST /hosts/{host}/containers` with an `Idempotency-Key`.
-async fn run(f: &Fleet, host: &str, key: &str, body: &Value) -> (StatusCode, Value) {
+/// `POST /hosts/{host}/containers` with an `Idempotency-Key`, as `token`.
+async fn run_as(
+    f: &Fleet,
+    token: &str,
+    host: &str,
+    key: &str,
+    body: &Value,
+) -> (StatusCode, Value) {
     let r = f
         .http
         .post(format!("{}/api/v1/hosts/{host}/containers", f.info.api_url))
-        .bearer_auth(&f.token)
+        .bearer_auth(token)
         .header("idempotency-key", key)
         .json(body)
         .send()
@@ -84,6 +90,11 @@ async fn run(f: &Fleet, host: &str, key: &str, body: &Value) -> (StatusCode, Val
         .expect("request");
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// [`run_as`] the fleet's admin token.
+async fn run(f: &Fleet, host: &str, key: &str, body: &Value) -> (StatusCode, Value) {
+    run_as(f, &f.token, host, key, body).await
 }
 
 /// The ids of the containers that carry `label`.
@@ -129,6 +140,29 @@ async fn a_run_retried_after_a_control_plane_restart_runs_once() {
     assert_eq!(s, StatusCode::OK, "{again}");
     assert_eq!(again["id"], first["id"], "{again}");
     assert_eq!(labelled(&docker, &label).await.len(), 1);
+    // Another token, even one with the same name, that sends the same key shares nothing with
+    // the first: its call runs (and is its own).
+    let (twin, _) = tomo_server::auth::mint_token(
+        &*f.state.store,
+        "test",
+        tomo_proto::methods::Level::Admin,
+        None,
+    )
+    .await
+    .expect("token");
+    let (s, theirs) = run_as(&f, &twin, &host, "key-plain", &body).await;
+    assert_eq!(s, StatusCode::OK, "{theirs}");
+    assert_ne!(
+        theirs["id"], first["id"],
+        "another token got this token's answer"
+    );
+    let theirs_id = theirs["id"].as_str().expect("id").to_owned();
+    let rm = q::RemoveContainerOptionsBuilder::new().force(true).build();
+    docker
+        .docker
+        .remove_container(&theirs_id, Some(rm))
+        .await
+        .expect("rm");
     // The same key for another run is refused, and nothing runs.
     let mut other = body.clone();
     other["command"] = json!(["sleep", "601"]);
@@ -190,7 +224,11 @@ async fn a_run_retried_after_a_control_plane_restart_runs_once() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (addr, dir) = (f.info.local_addr.to_string(), f.dir.clone());
+    let (addr, dir, token) = (
+        f.info.local_addr.to_string(),
+        f.dir.clone(),
+        f.token.clone(),
+    );
     f.stop().await;
     let _ = pending.await;
     // The run goes on without the control plane, and its answer has nowhere to go.
@@ -205,8 +243,8 @@ async fn a_run_retried_after_a_control_plane_restart_runs_once() {
     }
     let f2 = Fleet::start_in(&dir, &addr, |_| {}).await;
     f2.wait_status(&host, "online").await;
-    // The operator retries with the key: the first run's container, not a third.
-    let (s, retried) = run(&f2, &host, "key-lost", &body).await;
+    // The operator retries with the key (and its token): the first run's container, not a third.
+    let (s, retried) = run_as(&f2, &token, &host, "key-lost", &body).await;
     assert_eq!(s, StatusCode::OK, "{retried}");
     let ids = labelled(&docker, &label).await;
     assert_eq!(ids.len(), 2, "{ids:?}");

@@ -1,0 +1,655 @@
+//! `tomo-bench chaos` (`scripts/chaos`): faults injected into a real fleet, issue 13. The release
+//! binaries run in their own processes (`tomo server`, `tomo-agent`), against the real Docker
+//! engine and a real SQLite file, on loopback. Each case kills or freezes something for real
+//! (SIGKILL, a TCP proxy that stops forwarding), then asserts what the operator saw and how
+//! fast, that nothing acknowledged was lost or done twice, and that the fleet recovered without
+//! a human. The figures go to `target/bench/chaos.json` and into docs/reliability.md.
+//!
+//! Unlike the benchmarks, a case that does not hold fails the run (exit status 1).
+//!
+//! The quick versions of these faults run in `./scripts/test` (in-process); these are the slow
+//! and the real ones: a kill -9 of either binary and a 90 s dead-peer detection.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters as q;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::procs::{AgentProc, Api, ServerProc};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChaosArgs {
+    /// Where to write the JSON report [default: target/bench/chaos.json].
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Skip the black hole (it waits for the 90 s dead-peer detection).
+    #[arg(long)]
+    pub no_black_hole: bool,
+}
+
+/// One case's outcome, as docs/reliability.md reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    pub fault: &'static str,
+    /// What the operator's call (or the fleet's view) said, and when after the fault.
+    pub operator_saw: String,
+    pub detection_ms: u64,
+    /// From the restart (or the end of the fault) to the host online again.
+    pub recovery_ms: u64,
+    pub lost: String,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// A fleet of one: a control plane and one agent on the local engine, in their own processes.
+struct Fleet {
+    dir: PathBuf,
+    server: Option<ServerProc>,
+    agent: Option<AgentProc>,
+    agent_args: Vec<String>,
+    api: Api,
+    host: String,
+    starts: u32,
+}
+
+impl Fleet {
+    /// Starts both; the agent dials `agent_url` (the control plane's own by default).
+    async fn start(
+        dir: &Path,
+        agent_url: Option<&dyn Fn(SocketAddr) -> String>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let server = ServerProc::start(
+            &dir.join("server"),
+            "127.0.0.1:0".parse()?,
+            &dir.join("server-0.log"),
+            "info",
+        )
+        .await?;
+        let token = server.first_token.clone().context("no admin token")?;
+        let api = Api::new(&server.api_url, &server.ca_file, &token, 4)?;
+        let code = api.create_code().await?;
+        let url = agent_url.map_or_else(|| server.agent_url.clone(), |f| f(server.listen));
+        let agent_args = vec![
+            "--server-url".to_owned(),
+            url,
+            "--ca-file".into(),
+            server.ca_file.display().to_string(),
+            "--data-dir".into(),
+            dir.join("agent").display().to_string(),
+            "--policy".into(),
+            crate::procs::bench_policy(dir)?.display().to_string(),
+            "--hostname".into(),
+            "tomo-chaos".into(),
+        ];
+        let mut first = agent_args.clone();
+        first.extend(["--register-code".to_owned(), code]);
+        let mut agent = AgentProc::start(&first, &dir.join("agent.log")).await?;
+        agent.wait_connected(Duration::from_secs(30)).await?;
+        let hosts = api.send(Method::GET, "/hosts", None).await?;
+        let host = hosts[0]["id"].as_str().context("no host")?.to_owned();
+        Ok(Self {
+            dir: dir.to_owned(),
+            server: Some(server),
+            agent: Some(agent),
+            agent_args,
+            api,
+            host,
+            starts: 1,
+        })
+    }
+
+    /// SIGKILL of the control plane.
+    async fn kill_server(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.kill().await;
+        }
+    }
+
+    /// Starts the control plane again on its directory and port.
+    async fn restart_server(&mut self, listen: SocketAddr) -> anyhow::Result<()> {
+        let log = self.dir.join(format!("server-{}.log", self.starts));
+        self.starts += 1;
+        self.server =
+            Some(ServerProc::start(&self.dir.join("server"), listen, &log, "info").await?);
+        Ok(())
+    }
+
+    async fn kill_agent(&mut self) {
+        if let Some(a) = self.agent.take() {
+            a.kill().await;
+        }
+    }
+
+    async fn restart_agent(&mut self) -> anyhow::Result<()> {
+        let mut a = AgentProc::start(&self.agent_args, &self.dir.join("agent.log")).await?;
+        a.wait_connected(Duration::from_secs(30)).await?;
+        self.agent = Some(a);
+        Ok(())
+    }
+
+    /// Waits until the control plane shows the host with `status`; returns how long it took.
+    async fn wait_status(&self, status: &str, within: Duration) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            if let Ok((StatusCode::OK, h)) = self
+                .api
+                .raw(Method::GET, &format!("/hosts/{}", self.host), None, &[])
+                .await
+                && h["status"] == status
+            {
+                return Ok(t0.elapsed());
+            }
+            ensure!(
+                t0.elapsed() < within,
+                "the host was not {status} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The agent's audit records of `method` stored on the control plane.
+    async fn audit_of(&self, method: &str) -> anyhow::Result<Vec<Value>> {
+        let rows = self
+            .api
+            .send(
+                Method::GET,
+                &format!("/audit?host={}&limit=1000", self.host),
+                None,
+            )
+            .await?;
+        Ok(rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["method"] == method)
+            .cloned()
+            .collect())
+    }
+
+    async fn stop(mut self) {
+        if let Some(a) = self.agent.take() {
+            a.stop().await;
+        }
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+    }
+}
+
+/// A container that ignores SIGTERM, so that a stop with `timeout: 3` takes 3 s.
+async fn stubborn(docker: &Docker, name: &str, image: &str) -> anyhow::Result<()> {
+    let body = ContainerCreateBody {
+        image: Some(image.to_owned()),
+        cmd: Some(
+            ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+                .map(str::to_owned)
+                .to_vec(),
+        ),
+        labels: Some([(crate::fixtures::LABEL.to_owned(), "chaos".to_owned())].into()),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(q::CreateContainerOptionsBuilder::new().name(name).build()),
+            body,
+        )
+        .await
+        .context("create")?;
+    docker
+        .start_container(name, None::<q::StartContainerOptions>)
+        .await
+        .context("start")?;
+    Ok(())
+}
+
+/// How many times the engine reported `action` for container `name` since `since` (Unix s).
+async fn engine_events(
+    docker: &Docker,
+    name: &str,
+    action: &str,
+    since: i64,
+) -> anyhow::Result<usize> {
+    use futures_util::StreamExt as _;
+    let until = tomo_common::now_secs() as i64 + 1;
+    let filters = [("container", vec![name]), ("event", vec![action])]
+        .into_iter()
+        .collect::<std::collections::HashMap<_, _>>();
+    let opts = q::EventsOptionsBuilder::new()
+        .since(&since.to_string())
+        .until(&until.to_string())
+        .filters(&filters)
+        .build();
+    let events: Vec<_> = docker.events(Some(opts)).collect().await;
+    Ok(events.into_iter().filter(|e| e.is_ok()).count())
+}
+
+async fn remove(docker: &Docker, name: &str) {
+    let rm = q::RemoveContainerOptionsBuilder::new().force(true).build();
+    let _ = docker.remove_container(name, Some(rm)).await;
+}
+
+/// Waits until container `name` is not running, at most `within`.
+async fn wait_exited(docker: &Docker, name: &str, within: Duration) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let c = docker
+            .inspect_container(name, None::<q::InspectContainerOptions>)
+            .await?;
+        if !c.state.and_then(|s| s.running).unwrap_or(true) {
+            return Ok(());
+        }
+        ensure!(t0.elapsed() < within, "{name} still runs after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `check` says yes, at most `within`.
+async fn eventually<F: Future<Output = anyhow::Result<bool>>>(
+    what: &str,
+    within: Duration,
+    check: impl Fn() -> F,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        ensure!(t0.elapsed() < within, "never within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `stop` in flight when the control plane is killed: the operator is told at once, the stop
+/// runs exactly once, the agent comes back when the control plane does, and its audit record of
+/// the stop reaches the control plane.
+async fn control_plane_killed_mid_command(
+    dir: &Path,
+    docker: &Docker,
+    image: &str,
+) -> anyhow::Result<Case> {
+    let mut f = Fleet::start(&dir.join("cp-kill"), None).await?;
+    let name = format!("tomo-chaos-{}-cpkill", std::process::id());
+    stubborn(docker, &name, image).await?;
+    let since = tomo_common::now_secs() as i64;
+    let listen = f.server.as_ref().context("server")?.listen;
+    let call = {
+        let (api, host, name) = (f.api.clone(), f.host.clone(), name.clone());
+        tokio::spawn(async move {
+            let path = format!("/hosts/{host}/containers/{name}/stop");
+            let r = api
+                .raw(Method::POST, &path, Some(&json!({"timeout": 3})), &[])
+                .await;
+            (Instant::now(), r)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed = Instant::now();
+    f.kill_server().await;
+    let (answered, r) = call.await?;
+    let saw = match r {
+        Ok((s, v)) => format!("HTTP {s}: {v}"),
+        Err(e) => format!("the connection failed: {e}"),
+    };
+    let detection = answered.saturating_duration_since(killed);
+    f.restart_server(listen).await?;
+    let back = Instant::now();
+    f.wait_status("online", Duration::from_secs(60)).await?;
+    let recovery = back.elapsed();
+    wait_exited(docker, &name, Duration::from_secs(15)).await?;
+    let stops = engine_events(docker, &name, "stop", since).await?;
+    ensure!(stops == 1, "the engine stopped {name} {stops} times");
+    eventually(
+        "the agent's record of the stop on the control plane",
+        Duration::from_secs(15),
+        || async {
+            Ok(f.audit_of("docker.containers.stop")
+                .await?
+                .iter()
+                .any(|r| r["outcome"] == "ok"))
+        },
+    )
+    .await?;
+    remove(docker, &name).await;
+    f.stop().await;
+    Ok(Case {
+        fault: "kill -9 of the control plane while a stop runs (3 s grace)",
+        operator_saw: saw,
+        detection_ms: ms(detection),
+        recovery_ms: ms(recovery),
+        lost: "nothing: the stop ran once (one engine `stop` event), its audit record reached the restarted control plane".into(),
+    })
+}
+
+/// A `stop` in flight when the agent is killed: the operator is told at once, the agent's
+/// restart records the outcome `unknown`, and both records reach the control plane.
+async fn agent_killed_mid_command(
+    dir: &Path,
+    docker: &Docker,
+    image: &str,
+) -> anyhow::Result<Case> {
+    let mut f = Fleet::start(&dir.join("agent-kill"), None).await?;
+    let name = format!("tomo-chaos-{}-agentkill", std::process::id());
+    stubborn(docker, &name, image).await?;
+    let call = {
+        let (api, host, name) = (f.api.clone(), f.host.clone(), name.clone());
+        tokio::spawn(async move {
+            let path = format!("/hosts/{host}/containers/{name}/stop");
+            let r = api
+                .raw(Method::POST, &path, Some(&json!({"timeout": 3})), &[])
+                .await;
+            (Instant::now(), r)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed = Instant::now();
+    f.kill_agent().await;
+    let (answered, r) = call.await?;
+    let saw = match r {
+        Ok((s, v)) => format!(
+            "HTTP {s}: {}",
+            v["error"]["message"].as_str().unwrap_or_default()
+        ),
+        Err(e) => format!("the connection failed: {e}"),
+    };
+    let detection = answered.saturating_duration_since(killed);
+    let back = Instant::now();
+    f.restart_agent().await?;
+    f.wait_status("online", Duration::from_secs(30)).await?;
+    let recovery = back.elapsed();
+    eventually(
+        "admitted and unknown records of the stop",
+        Duration::from_secs(15),
+        || async {
+            let rows = f.audit_of("docker.containers.stop").await?;
+            let has = |o: &str| rows.iter().any(|r| r["outcome"] == o);
+            Ok(has("admitted") && has("unknown"))
+        },
+    )
+    .await?;
+    remove(docker, &name).await;
+    f.stop().await;
+    Ok(Case {
+        fault: "kill -9 of the agent while a stop runs",
+        operator_saw: saw,
+        detection_ms: ms(detection),
+        recovery_ms: ms(recovery),
+        lost: "nothing: the stop is on record as admitted, then `unknown` after the restart, on the control plane".into(),
+    })
+}
+
+/// A run with an idempotency key whose answer is lost to a kill of the control plane: the retry
+/// after the restart answers with the same container, and only one exists.
+async fn run_retried_across_a_control_plane_kill(
+    dir: &Path,
+    docker: &Docker,
+    image: &str,
+) -> anyhow::Result<Case> {
+    let mut f = Fleet::start(&dir.join("run-key"), None).await?;
+    let label = format!("tomo.chaos.{}", std::process::id());
+    let body = json!({"image": image, "command": ["sleep", "600"], "network_mode": "none",
+                      "labels": {label.clone(): "1", crate::fixtures::LABEL: "chaos"}});
+    let key = tomo_common::hex(&tomo_common::random_bytes::<16>());
+    let listen = f.server.as_ref().context("server")?.listen;
+    let call = {
+        let (api, host, body, key) = (f.api.clone(), f.host.clone(), body.clone(), key.clone());
+        tokio::spawn(async move {
+            api.raw(
+                Method::POST,
+                &format!("/hosts/{host}/containers"),
+                Some(&body),
+                &[("idempotency-key", &key)],
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let killed = Instant::now();
+    f.kill_server().await;
+    let first = call.await?;
+    let detection = killed.elapsed();
+    f.restart_server(listen).await?;
+    let back = Instant::now();
+    f.wait_status("online", Duration::from_secs(60)).await?;
+    let recovery = back.elapsed();
+    let (s, retried) = f
+        .api
+        .raw(
+            Method::POST,
+            &format!("/hosts/{}/containers", f.host),
+            Some(&body),
+            &[("idempotency-key", &key)],
+        )
+        .await?;
+    ensure!(s == StatusCode::OK, "the retry answered {s}: {retried}");
+    let filters = [("label", vec![label.as_str()])]
+        .into_iter()
+        .collect::<std::collections::HashMap<_, _>>();
+    let listed = docker
+        .list_containers(Some(
+            q::ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await?;
+    for c in &listed {
+        if let Some(id) = &c.id {
+            remove(docker, id).await;
+        }
+    }
+    ensure!(listed.len() == 1, "{} containers for one run", listed.len());
+    ensure!(
+        listed[0].id.as_deref() == retried["id"].as_str(),
+        "the retry answered another container: {retried}"
+    );
+    f.stop().await;
+    Ok(Case {
+        fault: "kill -9 of the control plane during a `run` with an Idempotency-Key, then the operator's retry",
+        operator_saw: match first {
+            Ok((s, v)) => format!("first call: HTTP {s} {v}; the retry: the same container"),
+            Err(e) => format!(
+                "first call: the connection failed ({e}); the retry: the first run's container"
+            ),
+        },
+        detection_ms: ms(detection),
+        recovery_ms: ms(recovery),
+        lost: "nothing, nothing twice: one container".into(),
+    })
+}
+
+/// A TCP proxy between the agent and the control plane that can stop forwarding (a network
+/// black hole: nothing is closed, nothing arrives). It listens before it knows where to: the
+/// control plane's port is set once that runs.
+struct Freezer {
+    port: u16,
+    to: std::sync::Arc<std::sync::OnceLock<SocketAddr>>,
+    frozen: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Freezer {
+    async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (frozen, rx) = watch::channel(false);
+        let to = std::sync::Arc::new(std::sync::OnceLock::<SocketAddr>::new());
+        let dest = std::sync::Arc::clone(&to);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (rx, dest) = (rx.clone(), std::sync::Arc::clone(&dest));
+                tokio::spawn(async move {
+                    let Some(to) = dest.get().copied() else {
+                        return;
+                    };
+                    let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        _ = pump(cr, sw, rx.clone()) => {}
+                        _ = pump(sr, cw, rx) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            port,
+            to,
+            frozen,
+            task,
+        })
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding every byte while frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The network between agent and control plane turns into a black hole: the control plane
+/// marks the host offline after the dead-peer time, a call meanwhile fails in its timeout, and
+/// once the network is back the agent reconnects by itself.
+async fn network_black_hole(dir: &Path) -> anyhow::Result<Case> {
+    let freezer = Freezer::start().await?;
+    let (port, to) = (freezer.port, std::sync::Arc::clone(&freezer.to));
+    let url = move |listen: SocketAddr| {
+        let _ = to.set(listen);
+        format!("wss://127.0.0.1:{port}/agent/ws")
+    };
+    let f = Fleet::start(&dir.join("black-hole"), Some(&url)).await?;
+    let frozen = freezer.frozen.clone();
+    frozen.send_replace(true);
+    let cut = Instant::now();
+    // A call during the black hole fails within its own timeout (the default 30 s).
+    let (s, v) = f
+        .api
+        .raw(
+            Method::POST,
+            &format!("/hosts/{}/rpc", f.host),
+            Some(&json!({"method": "agent.ping", "timeout_ms": 5000})),
+            &[],
+        )
+        .await?;
+    let saw = format!(
+        "a ping meanwhile: HTTP {s} {}",
+        v["error"]["message"]
+            .as_str()
+            .or(v["error"]["code"].as_str())
+            .unwrap_or_default()
+    );
+    f.wait_status("offline", Duration::from_secs(150)).await?;
+    let detection = cut.elapsed();
+    frozen.send_replace(false);
+    let back = Instant::now();
+    f.wait_status("online", Duration::from_secs(120)).await?;
+    let recovery = back.elapsed();
+    f.stop().await;
+    drop(freezer);
+    Ok(Case {
+        fault: "network black hole between agent and control plane (a proxy that stops forwarding, nothing closed)",
+        operator_saw: format!("{saw}; the host offline after {} s", detection.as_secs()),
+        detection_ms: ms(detection),
+        recovery_ms: ms(recovery),
+        lost: "nothing acknowledged: calls during the hole fail with their timeout".into(),
+    })
+}
+
+pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    let docker = crate::fixtures::engine().await?;
+    let image =
+        std::env::var("TOMO_TEST_IMAGE").unwrap_or_else(|_| "tomo-test/busybox:latest".into());
+    docker
+        .inspect_image(&image)
+        .await
+        .with_context(|| format!("the test image {image} is missing (scripts/docker-test-env)"))?;
+    let tmp = tempfile::Builder::new().prefix("tomo-chaos-").tempdir()?;
+    let dir = tmp.path();
+    let mut cases = Vec::new();
+    let mut failed = Vec::new();
+    macro_rules! case {
+        ($e:expr) => {
+            match $e.await {
+                Ok(c) => {
+                    println!(
+                        "ok    {} — detected in {} ms, recovered in {} ms; lost: {}",
+                        c.fault, c.detection_ms, c.recovery_ms, c.lost
+                    );
+                    println!("      the operator saw: {}", c.operator_saw);
+                    cases.push(c);
+                }
+                Err(e) => {
+                    println!("FAIL  {e:#}");
+                    failed.push(format!("{e:#}"));
+                }
+            }
+        };
+    }
+    case!(control_plane_killed_mid_command(dir, &docker, &image));
+    case!(agent_killed_mid_command(dir, &docker, &image));
+    case!(run_retried_across_a_control_plane_kill(
+        dir, &docker, &image
+    ));
+    if !args.no_black_hole {
+        case!(network_black_hole(dir));
+    }
+    let path = args
+        .json
+        .unwrap_or_else(|| crate::report::bench_dir().join("chaos.json"));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json!({"cases": cases, "failed": failed}))?,
+    )?;
+    println!("report: {}", path.display());
+    if !failed.is_empty() {
+        // Keep the logs of a failed run.
+        let kept = tmp.keep();
+        bail!(
+            "{} case(s) failed; logs in {}",
+            failed.len(),
+            kept.display()
+        );
+    }
+    Ok(())
+}
