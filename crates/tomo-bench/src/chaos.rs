@@ -472,6 +472,109 @@ async fn run_retried_across_a_control_plane_kill(
     })
 }
 
+/// An approved action that runs when the control plane is killed: after the restart it is
+/// `interrupted` (never run again), then settled from the agent's audit record, and the stop
+/// ran once.
+async fn control_plane_killed_mid_approval(
+    dir: &Path,
+    docker: &Docker,
+    image: &str,
+) -> anyhow::Result<Case> {
+    let mut f = Fleet::start(&dir.join("approval-kill"), None).await?;
+    let name = format!("tomo-chaos-{}-approval", std::process::id());
+    stubborn(docker, &name, image).await?;
+    let since = tomo_common::now_secs() as i64;
+    let listen = f.server.as_ref().context("server")?.listen;
+    let ca = f.server.as_ref().context("server")?.ca_file.clone();
+    let created = f
+        .api
+        .send(
+            Method::POST,
+            "/tokens",
+            Some(&json!({"name": "chaos-assistant", "role": "execute", "requires_approval": true})),
+        )
+        .await?;
+    let secret = created["secret"].as_str().context("no secret")?;
+    let asker = Api::new(&format!("https://{listen}"), &ca, secret, 1)?;
+    let path = format!("/hosts/{}/containers/{name}/stop", f.host);
+    let (s, pending) = asker
+        .raw(Method::POST, &path, Some(&json!({"timeout": 3})), &[])
+        .await?;
+    ensure!(
+        s == StatusCode::ACCEPTED,
+        "the stop was not held for approval: {s} {pending}"
+    );
+    let id = pending["pending_action"]["id"]
+        .as_str()
+        .context("no action id")?
+        .to_owned();
+    let approve = {
+        let (api, id) = (f.api.clone(), id.clone());
+        tokio::spawn(async move {
+            let r = api
+                .raw(Method::POST, &format!("/approvals/{id}/approve"), None, &[])
+                .await;
+            (Instant::now(), r)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed = Instant::now();
+    f.kill_server().await;
+    let (answered, r) = approve.await?;
+    let saw = match r {
+        Ok((s, v)) => format!("the approver: HTTP {s} {v}"),
+        Err(e) => format!("the approver: the connection failed ({e})"),
+    };
+    let detection = answered.saturating_duration_since(killed);
+    f.restart_server(listen).await?;
+    let back = Instant::now();
+    f.wait_status("online", Duration::from_secs(60)).await?;
+    let recovery = back.elapsed();
+    let first = f
+        .api
+        .send(Method::GET, &format!("/approvals/{id}"), None)
+        .await?;
+    let first_status = first["status"].as_str().unwrap_or_default().to_owned();
+    ensure!(
+        matches!(first_status.as_str(), "interrupted" | "done"),
+        "after the restart the action is {first_status}: {first}"
+    );
+    eventually(
+        "the interrupted action settled from the agent's audit",
+        Duration::from_secs(20),
+        || async {
+            let a = f
+                .api
+                .send(Method::GET, &format!("/approvals/{id}"), None)
+                .await?;
+            Ok(a["status"] == "done")
+        },
+    )
+    .await?;
+    let (s, again) = f
+        .api
+        .raw(Method::POST, &format!("/approvals/{id}/approve"), None, &[])
+        .await?;
+    ensure!(
+        s == StatusCode::CONFLICT,
+        "approving it again answered {s}: {again}"
+    );
+    wait_exited(docker, &name, Duration::from_secs(15)).await?;
+    let stops = engine_events(docker, &name, "stop", since).await?;
+    ensure!(stops == 1, "the engine stopped {name} {stops} times");
+    remove(docker, &name).await;
+    f.stop().await;
+    Ok(Case {
+        fault: "kill -9 of the control plane while an approved stop runs",
+        operator_saw: format!(
+            "{saw}; after the restart the action was `{first_status}`, then `done` from the host's audit; approving it again: 409"
+        ),
+        detection_ms: ms(detection),
+        recovery_ms: ms(recovery),
+        lost: "nothing: the stop ran once and is never run again".into(),
+    })
+}
+
 /// A TCP proxy between the agent and the control plane that can stop forwarding (a network
 /// black hole: nothing is closed, nothing arrives). It listens before it knows where to: the
 /// control plane's port is set once that runs.
@@ -628,6 +731,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     case!(run_retried_across_a_control_plane_kill(
         dir, &docker, &image
     ));
+    case!(control_plane_killed_mid_approval(dir, &docker, &image));
     if !args.no_black_hole {
         case!(network_black_hole(dir));
     }

@@ -64,6 +64,30 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     crate::openapi::serve(protected)
 }
 
+/// The answer to a path no route serves: 404 in the error shape (it was an empty body).
+pub(crate) async fn no_route(uri: http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no such route: {} (the routes are listed in /api/v1/openapi.json)",
+            uri.path()
+        ),
+    )
+}
+
+/// The answer to a method a route does not take: 405 in the error shape.
+pub(crate) async fn no_method(method: http::Method, uri: http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not a method of {} (the routes are listed in /api/v1/openapi.json)",
+            uri.path()
+        ),
+    )
+}
+
 /// An API error: status, stable code, message.
 #[derive(Debug)]
 pub struct ApiError {

@@ -416,7 +416,7 @@ impl Allowance {
         ("decision" = Option<String>, Query, description = "Only records with this decision: `allowed` or `denied`."),
     ),
     responses(
-        (status = 200, description = "The records; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "The records; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([Object] = "application/json"), (Object = "application/x-ndjson"))),
         (status = 400, description = "`bad_request`: `limit`, `after` or `decision` is not valid.", body = crate::api::ErrorBody),
         crate::openapi::HostErrors,
     )

@@ -413,6 +413,9 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/agent/ws", get(agent_ws::upgrade))
         .nest("/api/v1", api::router(Arc::clone(&state)))
         .merge(mcp::router(Arc::clone(&state)))
+        // An unknown route and a known route's unknown method answer in the API's error shape.
+        .fallback(api::no_route)
+        .method_not_allowed_fallback(api::no_method)
         .with_state(state)
 }
 

@@ -60,7 +60,6 @@ pub const BEARER: &str = "bearer";
         (name = "audit", description = "The audit trail of agents' decisions and API requests."),
         (name = "tokens", description = "API tokens: role, host scope, expiry; and host labels, which scopes name."),
         (name = "approvals", description = "Pending actions of tokens that require approval: poll, approve, deny."),
-        (name = "approvals", description = "Calls made with a token that requires approval, waiting for a human's decision."),
     )
 )]
 pub struct ApiDoc;

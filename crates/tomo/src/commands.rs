@@ -197,8 +197,15 @@ pub async fn call(
     method: &str,
     params: Option<&str>,
     timeout: Option<&str>,
+    idempotency_key: Option<&str>,
     args: &ClientArgs,
 ) -> Result<ExitCode, Failure> {
+    if idempotency_key.is_some_and(|k| !tomo_proto::rpc::valid_idempotency_key(k)) {
+        return Err(Failure::new(
+            2,
+            "--idempotency-key must be 1 to 64 of A-Z a-z 0-9 - _",
+        ));
+    }
     let params: Option<Value> = match params {
         Some(p) => {
             let v: Value = serde_json::from_str(p)
@@ -218,7 +225,10 @@ pub async fn call(
         let t = crate::duration::parse(t).map_err(|e| Failure::new(2, e))?;
         body["timeout_ms"] = json!(t.as_millis() as u64);
     }
-    let api = Api::from_args(args)?;
+    let mut api = Api::from_args(args)?;
+    if let Some(k) = idempotency_key {
+        api = api.with_idempotency_key(k);
+    }
     let r = api
         .send(
             Method::POST,

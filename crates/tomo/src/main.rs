@@ -124,6 +124,10 @@ enum Command {
         /// Timeout, e.g. 30s or 2m.
         #[arg(long)]
         timeout: Option<String>,
+        /// Run the call at most once under this key (1 to 64 of A-Z a-z 0-9 - _): calling again
+        /// with the same key and params within 24 h answers with the first call's answer.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -385,6 +389,7 @@ fn main() -> ExitCode {
                 method,
                 params,
                 timeout,
+                idempotency_key,
                 client,
             } => {
                 commands::call(
@@ -392,6 +397,7 @@ fn main() -> ExitCode {
                     &method,
                     params.as_deref(),
                     timeout.as_deref(),
+                    idempotency_key.as_deref(),
                     &client,
                 )
                 .await

@@ -720,6 +720,36 @@ fn host_operations_from_the_cli() {
     assert_eq!(first, second, "the retry ran a second container");
     let bad = env.tomo(&["run", &local, &image, "--idempotency-key", "not a key"]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    // `tomo call` takes one too: a second network create with the key answers with the first
+    // network; without it, the engine makes a second network of the same name.
+    let net = format!("{name}-net");
+    let params = format!(r#"{{"name":"{net}","internal":true}}"#);
+    let create = |key: Option<&str>| {
+        let mut args = vec!["call", &local, "docker.networks.create", &params];
+        if let Some(k) = key {
+            args.extend(["--idempotency-key", k]);
+        }
+        let o = env.tomo(&args);
+        assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        json(&o)["result"]["id"].as_str().expect("id").to_owned()
+    };
+    let first_net = create(Some(&key));
+    assert_eq!(
+        first_net,
+        create(Some(&key)),
+        "the retry made a second network"
+    );
+    let second_net = create(None);
+    assert_ne!(first_net, second_net);
+    for id in [&first_net, &second_net] {
+        let rm_net = env.tomo(&[
+            "call",
+            &local,
+            "docker.networks.remove",
+            &format!(r#"{{"name":"{id}"}}"#),
+        ]);
+        assert!(rm_net.status.success(), "{}", stderr(&rm_net));
+    }
     let rm_once = env.tomo(&["rm", &local, &first, "-f"]);
     assert!(rm_once.status.success(), "{}", stderr(&rm_once));
     let rm = env.tomo(&["rm", &local, &name]);

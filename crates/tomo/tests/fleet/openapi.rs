@@ -273,13 +273,25 @@ async fn every_documented_operation_exists_and_needs_a_token() {
         .expect("token");
 
     // Controls: what the router itself answers past the token check, a path that does not
-    // exist (404) and a method a path does not have (405), both without a body. So below, an
-    // answer with a body proves a handler was reached. (Without a token, a method a path does
-    // not have is 401 too: the token check wraps each path's whole method router.)
+    // exist (404 "no such route") and a method a path does not have (405). So below, another
+    // answer proves a handler was reached. (Without a token, a method a path does not have is
+    // 401 too: the token check wraps each path's whole method router.)
+    let router_said = |body: &Value| {
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no such route"))
+            || body["error"]["code"] == "method_not_allowed"
+    };
     let (s, body) = with_token(&f, &reader, "get", "/api/v1/no-such-route").await;
-    assert_eq!((s, body), (StatusCode::NOT_FOUND, Value::Null));
+    assert!(
+        s == StatusCode::NOT_FOUND && router_said(&body),
+        "{s} {body}"
+    );
     let (s, body) = with_token(&f, &reader, "patch", "/api/v1/hosts").await;
-    assert_eq!((s, body), (StatusCode::METHOD_NOT_ALLOWED, Value::Null));
+    assert!(
+        s == StatusCode::METHOD_NOT_ALLOWED && router_said(&body),
+        "{s} {body}"
+    );
 
     let ops = operations(&doc);
     assert!(ops.len() >= REQUIRED.len(), "{} operations", ops.len());
@@ -293,10 +305,11 @@ async fn every_documented_operation_exists_and_needs_a_token() {
         // The path exists and is protected.
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{m} {p}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized", "{m} {p}: {body}");
-        // The method reaches a handler: a success, or an error in the API's shape (the router's
-        // own 404 and 405 have no body).
+        // The method reaches a handler: a success, or an error in the API's shape that is not
+        // the router's own 404 or 405.
         let (status, body) = with_token(&f, &reader, m, &path).await;
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {p}");
+        assert!(!router_said(&body), "{m} {p}: {status} {body}");
         assert!(
             status.is_success() || body["error"]["code"].is_string(),
             "{m} {p}: {status} {body}"
@@ -371,4 +384,88 @@ async fn operations_answer_documented_statuses() {
     assert_eq!(body["error"]["code"], "bad_request", "{body}");
 
     agent.stop().await.expect("agent stops");
+}
+
+/// Issue 14: a real validator (`openapi-spec-validator`, PyPI, in the tests' virtualenv) accepts
+/// the document (it failed on a duplicate tag).
+#[tokio::test]
+async fn the_document_passes_a_real_openapi_validator() {
+    let f = Fleet::start().await;
+    let doc = document(&f).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("openapi.json");
+    std::fs::write(&path, serde_json::to_vec(&doc).expect("json")).expect("write");
+    let python = std::env::var_os("TOMO_TEST_PYTHON").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/tomo-venv/bin/python")
+        },
+        std::path::PathBuf::from,
+    );
+    let out = tokio::process::Command::new(&python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{} (run scripts/python-env): {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Lists are arrays in the document as in the answers (a generated client crashed on both).
+    for path in ["/api/v1/hosts/{host}/events", "/api/v1/audit"] {
+        let schema =
+            &doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+        assert_eq!(schema["type"], "array", "{path}: {schema}");
+    }
+    let (s, audit) = f.api(Method::GET, "/audit?limit=5", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(audit.is_array(), "{audit}");
+}
+
+/// Issue 14: an unknown route and a route's unknown method answered with an empty body; they
+/// answer in the API's one error shape.
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_error_shape() {
+    let f = Fleet::start().await;
+    for (method, path, status, code) in [
+        (
+            Method::GET,
+            "/api/v1/nope",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (Method::GET, "/nope", StatusCode::NOT_FOUND, "not_found"),
+        (
+            Method::DELETE,
+            "/api/v1/whoami",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/hosts",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ] {
+        let r = f
+            .http
+            .request(method.clone(), format!("{}{path}", f.info.api_url))
+            .bearer_auth(&f.token)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), status, "{method} {path}");
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("openapi.json")),
+            "{body}"
+        );
+    }
 }
