@@ -164,6 +164,17 @@ fn keepable(method: &str, answer: &Answer) -> Answer {
         )
         .with_data(serde_json::json!({"reason": "ran_output_not_kept", "exit_code": exit})));
     }
+    // A stream's announcement names a stream of that session: replayed later it would name
+    // another call's stream.
+    if let Ok(v) = answer
+        && v.get("stream").is_some()
+    {
+        return Err(RpcError::new(
+            code::TIMEOUT,
+            "the call with this idempotency key ran once and opened a stream, which is not replayed: use a new key to open another",
+        )
+        .with_data(serde_json::json!({"reason": "stream_not_replayed"})));
+    }
     if answer_size(answer) > MAX_KEPT_ANSWER {
         return too_large(answer);
     }
@@ -670,6 +681,24 @@ mod tests {
             Claim::Answered(Err(e)) => {
                 assert!(e.message.contains("exit code 3"), "{}", e.message);
                 assert!(!format!("{e:?}").contains("hunter2"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Red team, 2026-12-03: a replayed stream announcement named another principal's stream.
+    #[test]
+    fn a_stream_announcement_is_not_replayed() {
+        let keys = Arc::new(Keys::in_memory());
+        let method = "docker.images.pull";
+        run(keys.claim("a", "k", method, "{}", 0))
+            .finish(method, &Ok(json!({"stream": "s37", "window": 64})));
+        match keys.claim("a", "k", method, "{}", 1) {
+            Claim::Answered(Err(e)) => {
+                assert_eq!(
+                    e.data.as_ref().and_then(|d| d["reason"].as_str()),
+                    Some("stream_not_replayed")
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -157,12 +157,13 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 /// The value to show for `name=value`: [`REDACTED`] for a secret-looking name, else the value
-/// with URL credentials hidden.
+/// with URL credentials and secrets of a known shape hidden ([`redact_known_secrets`]: a
+/// `GITHUB=ghp_…` has an innocent name).
 pub fn redact_value(name: &str, value: &str) -> String {
     if is_secret_name(name) {
         REDACTED.to_owned()
     } else {
-        redact_url_credentials(value).into_owned()
+        redact_known_secrets(&redact_url_credentials(value)).into_owned()
     }
 }
 
@@ -244,6 +245,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Red team, 2026-12-03: `GITHUB=ghp_…` and `FOO=AKIA…` in a container's environment were
+    /// shown to read tokens in clear (innocent names).
+    #[test]
+    fn values_of_innocent_names_lose_secrets_of_a_known_shape() {
+        let v = redact_value("GITHUB", "ghp_abcdefghijklmnopqrstuvwxyz0123456789");
+        assert!(!v.contains("abcdefghij"), "{v}");
+        let v = redact_value("FOO", "AKIAIOSFODNN7EXAMPLE");
+        assert!(!v.contains("IOSFODNN7"), "{v}");
+        assert_eq!(redact_value("MODE", "prod"), "prod");
+    }
 
     #[test]
     fn known_secret_shapes_are_hidden_wherever_they_appear() {

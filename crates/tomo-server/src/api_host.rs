@@ -180,6 +180,14 @@ pub async fn forward_stream(
     }
 }
 
+/// The last line of a stream (or follow) the control plane's shutdown ends.
+pub(crate) fn shutdown_end() -> Value {
+    stream_cut(
+        "control_plane_shutdown",
+        "the control plane is shutting down (a restart?), so the stream ended here; run the command again once it is back",
+    )
+}
+
 /// The last line of a stream that did not end on the host.
 fn stream_cut(reason: &str, message: &str) -> Value {
     json!({"end": {"reason": reason, "sent": 0,
@@ -205,10 +213,7 @@ fn ndjson(handle: StreamHandle, shutdown: CancellationToken) -> HttpResponse {
             // The shutdown first: stopping also ends the hosts' sessions, and so this stream.
             let next = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Some((line(&stream_cut(
-                    "control_plane_shutdown",
-                    "the control plane is shutting down (a restart?), so the stream ended here; run the command again once it is back",
-                )), None)),
+                _ = shutdown.cancelled() => return Some((line(&shutdown_end()), None)),
                 n = handle.next() => n,
             };
             match next {
@@ -832,7 +837,10 @@ async fn events(
         loop {
             let ev = tokio::select! {
                 e = live.recv() => e,
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    let _ = tx.send(line(&shutdown_end())).await;
+                    return;
+                }
             };
             match ev {
                 Ok(e) if e.host_id == host_id && e.id > last => {

@@ -474,7 +474,10 @@ pub async fn list(
         loop {
             let next = tokio::select! {
                 r = live.recv() => r,
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    let _ = tx.send(crate::api_host::line(&crate::api_host::shutdown_end())).await;
+                    return;
+                }
             };
             match next {
                 Ok(r)

@@ -103,7 +103,7 @@ impl AgentConn {
     /// Delivers a response to the call waiting for it; unknown ids are dropped. When the call
     /// expected a stream and the answer opens one, the stream is routed from now on, before any
     /// later frame of the session is read.
-    pub fn resolve(&self, resp: Response) -> bool {
+    pub fn resolve(&self, mut resp: Response) -> bool {
         let Id::Num(id) = resp.id else { return false };
         let Some(waiter) = self.pending.lock().ok().and_then(|mut p| p.remove(&id)) else {
             return false;
@@ -113,7 +113,16 @@ impl AgentConn {
             && let Some(stream) = result.get("stream").and_then(Value::as_str)
             && let Ok(mut streams) = self.streams.lock()
         {
-            streams.insert(stream.to_owned(), route);
+            // A stream id another call already holds (a stale answer, a confused agent) never
+            // takes that call's stream over: this call fails instead.
+            if streams.contains_key(stream) {
+                let message = format!(
+                    "the host answered with stream {stream}, which another call holds; this call's stream is not connected"
+                );
+                resp.outcome = tomo_proto::rpc::Outcome::Error(RpcError::internal(message));
+            } else {
+                streams.insert(stream.to_owned(), route);
+            }
         }
         waiter.answer.send(resp).is_ok()
     }
@@ -366,7 +375,9 @@ struct Kept {
 pub enum CallError {
     #[error("host {0} is offline")]
     Offline(String),
-    #[error("host {host} did not answer within {timeout:?}")]
+    #[error(
+        "host {host} did not answer within {timeout:?}; the call may still run or have run there: check before retrying"
+    )]
     Timeout { host: String, timeout: Duration },
     #[error("the connection to host {0} was lost before it answered")]
     ConnectionLost(String),
@@ -639,4 +650,49 @@ async fn call_on(
             timeout,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Red team, 2026-12-03: an answer naming a stream id another call holds (an idempotent
+    /// retry's stale answer) took that call's stream over and cut it. It fails instead, and the
+    /// holder keeps its stream.
+    #[tokio::test]
+    async fn an_answer_cannot_take_over_another_calls_stream() {
+        let hub = Hub::new(Arc::new(crate::signer::CommandSigner::ephemeral()));
+        let (conn, mut outbox) = hub.attach("h", 0);
+        let caller = Caller::new("alice", Level::Admin);
+        let answer = |text: String| {
+            let v: Value = serde_json::from_str(&text).expect("request");
+            let stream = serde_json::json!({"stream": "s1", "window": 64});
+            Response::ok(Id::Num(v["id"].as_i64().expect("id")), stream)
+        };
+        let mut first = None;
+        let mut second = None;
+        for slot in [&mut first, &mut second] {
+            let call = hub.call_stream(
+                "h",
+                "docker.images.pull",
+                None,
+                &caller,
+                Duration::from_secs(5),
+            );
+            let (r, ()) = tokio::join!(call, async {
+                let text = outbox.recv().await.expect("request");
+                assert!(conn.resolve(answer(text)));
+            });
+            *slot = Some(r);
+        }
+        let (first, second) = (first.expect("first"), second.expect("second"));
+        let (resp, handle) = first.expect("first call");
+        assert!(
+            !resp.is_error() && handle.is_some(),
+            "the holder keeps its stream"
+        );
+        let (resp, handle) = second.expect("second call");
+        assert!(resp.is_error() && handle.is_none(), "{resp:?}");
+        assert!(conn.streams.lock().expect("lock").contains_key("s1"));
+    }
 }

@@ -48,10 +48,17 @@ pub async fn audit(
     };
     let r = api
         .stream(Method::GET, &path, None, |r| {
+            // A follow ends only when the control plane does: it says so in an end line.
+            if r.get("end").is_some() {
+                return false;
+            }
             show(r);
             true
         })
         .await?;
+    if let Streamed::End(end) = &r {
+        return crate::ops::end_status(end);
+    }
     if let Streamed::Json(v) = r {
         if json_out {
             print_json(&v);

@@ -370,7 +370,7 @@ pub async fn run(a: &RunArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
 }
 
 /// Prints the lines of a stream; returns the exit status its end implies.
-fn end_status(end: &Value) -> Result<ExitCode, Failure> {
+pub(crate) fn end_status(end: &Value) -> Result<ExitCode, Failure> {
     match end.get("end") {
         Some(e) if e.get("error").is_some_and(|x| !x.is_null()) => Err(Failure::new(
             1,
@@ -782,11 +782,18 @@ pub async fn events(
             &path(host, &format!("/events?limit={limit}&follow={follow}")),
             None,
             |e| {
+                // A follow ends only when the control plane does: it says so in an end line.
+                if e.get("end").is_some() {
+                    return false;
+                }
                 show(e);
                 true
             },
         )
         .await?;
+    if let Streamed::End(end) = &r {
+        return end_status(end);
+    }
     if let Streamed::Json(v) = r {
         if json_out {
             print_json(&v);

@@ -1413,9 +1413,24 @@ fn a_follow_cut_by_a_control_plane_stop_says_so() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("tomo logs -f");
-    // A sleeping container prints nothing: give the stream a moment to open.
+    // And a follow of the host's events (red team, 2026-12-03: it just stopped, exit 0).
+    let events = env
+        .cmd(&tomo_bin())
+        .args(["events", &local, "-f"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tomo events -f");
+    // A sleeping container prints nothing: give the streams a moment to open.
     std::thread::sleep(Duration::from_millis(1500));
     let _ = terminate(&mut dev);
+    let ev = events.wait_with_output().expect("events ends");
+    let ev_err = String::from_utf8_lossy(&ev.stderr);
+    assert!(!ev.status.success(), "{ev_err}");
+    assert!(
+        ev_err.contains("control plane is shutting down"),
+        "{ev_err}"
+    );
     let out = logs.wait_with_output().expect("logs ends");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");

@@ -31,7 +31,8 @@ pub fn convert(m: bollard::models::EventMessage) -> DockerEvent {
             .or(m.time.map(|t| t.saturating_mul(1_000_000_000)))
             .unwrap_or(0),
         kind: m.typ.map(|t| t.to_string()).unwrap_or_default(),
-        action: m.action.unwrap_or_default(),
+        // `exec_start: <the command line>` can quote a secret (red team, 2026-12-03).
+        action: crate::redact::params::redact_output(&m.action.unwrap_or_default()),
         id: actor.id.unwrap_or_default(),
         attributes: actor
             .attributes
@@ -153,6 +154,20 @@ mod tests {
         assert_eq!(e.time_nanos, 2_000_000_000);
         assert_eq!(e.attributes["name"], "web");
         assert_eq!(e.attributes["DB_PASSWORD"], "***");
+        let exec = convert(EventMessage {
+            action: Some("exec_start: sh -c echo GITHUB=ghp_abcdefghijklmnopqrstuvwxyz0123456789 --password hunter2xx".into()),
+            ..Default::default()
+        });
+        assert!(
+            exec.action.starts_with("exec_start: sh -c echo"),
+            "{}",
+            exec.action
+        );
+        assert!(
+            !exec.action.contains("abcdefghij") && !exec.action.contains("hunter2xx"),
+            "{}",
+            exec.action
+        );
         assert!(
             !e.attributes["repo"].contains("pw"),
             "{}",

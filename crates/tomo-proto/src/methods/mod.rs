@@ -33,7 +33,8 @@ pub enum Deadline {
     /// (`meta.wait_ms`): a call nobody waits for any more is cancelled.
     Cut(u64),
     /// At most this many seconds, even after the control plane stopped waiting: a call that
-    /// must not be cut in the middle (an update that rolls back what it began).
+    /// must not be cut in the middle (an update that rolls back what it began), or whose work
+    /// goes on when it is cut (an exec's process: its slot stays taken while it may run).
     Whole(u64),
 }
 
@@ -160,7 +161,7 @@ method!(
 );
 method!(
     /// Run a command in a container: one-shot with output and exit code, or an interactive stream.
-    DockerContainersExec, "docker.containers.exec", Admin, Deadline::Cut(600), ExecParams, Streamed<ExecOutput>
+    DockerContainersExec, "docker.containers.exec", Admin, Deadline::Whole(600), ExecParams, Streamed<ExecOutput>
 );
 method!(
     /// Pull the container's image again and recreate it with the same configuration; roll back

@@ -1309,3 +1309,36 @@ async fn a_stream_cut_by_a_control_plane_stop_says_so() {
     let _ = env.agent.stop().await;
     env.docker.cleanup(&env.prefix).await;
 }
+
+/// Red team, 2026-12-03: execs cut at the operator's wait freed their slots while their
+/// processes went on in the container, so 20 ran at once past the limit of 5. An exec keeps its
+/// slot until it ends (or its own deadline).
+#[tokio::test]
+async fn an_exec_cut_at_the_wait_keeps_its_slot() {
+    let Some(env) = Env::start("execslot").await else {
+        return;
+    };
+    let name = env.container("slots", &["sleep", "600"]).await;
+    let exec = |n: usize| {
+        json!({"method": "docker.containers.exec", "timeout_ms": 500,
+               "params": {"container": name, "cmd": ["sh", "-c", format!("sleep 4; echo {n}")]}})
+    };
+    let path = format!("/hosts/{}/rpc", env.host);
+    let cut = futures_util::future::join_all(
+        (0..5).map(|n| env.fleet.api(Method::POST, &path, Some(exec(n)))),
+    )
+    .await;
+    for (s, r) in &cut {
+        assert_eq!(*s, StatusCode::GATEWAY_TIMEOUT, "{r}");
+    }
+    // Their processes still run: the five slots are still theirs.
+    let (s, r) = env.fleet.api(Method::POST, &path, Some(exec(5))).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        r["error"]["code"],
+        tomo_proto::rpc::code::RATE_LIMITED,
+        "{r}"
+    );
+    let _ = env.agent.stop().await;
+    env.docker.cleanup(&env.prefix).await;
+}

@@ -962,7 +962,17 @@ async fn pending_actions_expire_and_cannot_be_decided_after() {
     let id = pending_id(s, &v);
     let created = v["pending_action"]["created_at"].as_str().expect("created");
     let expires = v["pending_action"]["expires_at"].as_str().expect("expires");
-    assert!(expires > created, "{created} → {expires}");
+    // RFC 3339 with an optional fraction ("…:10Z" on a whole second, "…:10.2Z" else): compare
+    // as (whole seconds, fraction), not as text.
+    let at = |t: &str| {
+        let t = t.trim_end_matches('Z');
+        let (secs, frac) = t.split_once('.').unwrap_or((t, "0"));
+        (
+            secs.to_owned(),
+            format!("0.{frac}").parse::<f64>().expect("fraction"),
+        )
+    };
+    assert!(at(expires) > at(created), "{created} → {expires}");
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (s, v) = show(&f, &asker, &id).await;
