@@ -188,16 +188,61 @@ impl Auditor {
         &self.path
     }
 
-    /// Offers the following records to `tx` (a session's queue), replacing any earlier one;
-    /// the records made while no session was up go first.
-    pub fn attach(&self, tx: mpsc::Sender<AuditRecord>) {
+    /// Offers the following records to `tx` (a session's queue), replacing any earlier one.
+    /// First go the log's records from `since_ms` on (the newest the control plane holds;
+    /// without one, the log's last [`QUEUE`]), so that records made while no session was up
+    /// reach it even after an agent restart (issue 13, the double fault); then the ones made
+    /// while no session was up that the log could not take. The control plane drops copies.
+    pub fn attach(&self, tx: mpsc::Sender<AuditRecord>, since_ms: Option<i64>) {
         let mut session = lock(&self.session);
+        let logged = self.logged_since(since_ms).unwrap_or_else(|e| {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot read the audit log to send it again");
+            Vec::new()
+        });
+        let mut sent: HashSet<String> = HashSet::new();
+        for r in logged {
+            if let Ok(text) = serde_json::to_string(&r) {
+                sent.insert(text);
+            }
+            if tx.try_send(r).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         for r in lock(&self.backlog).drain(..) {
+            if serde_json::to_string(&r).is_ok_and(|t| sent.contains(&t)) {
+                continue;
+            }
             if tx.try_send(r).is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
         *session = Some(tx);
+    }
+
+    /// The log's records (the last rotated file, then the current one) made at or after
+    /// `since_ms`, the newest [`QUEUE`] at most; without `since_ms`, the newest [`QUEUE`].
+    fn logged_since(&self, since_ms: Option<i64>) -> std::io::Result<Vec<AuditRecord>> {
+        let mut out: VecDeque<AuditRecord> = VecDeque::with_capacity(QUEUE);
+        for path in [self.rotated(1), self.path.clone()] {
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for line in bytes.split(|b| *b == b'\n') {
+                let Ok(r) = serde_json::from_slice::<AuditRecord>(line) else {
+                    continue;
+                };
+                if since_ms.is_some_and(|s| r.at_ms < s) {
+                    continue;
+                }
+                if out.len() == QUEUE {
+                    out.pop_front();
+                }
+                out.push_back(r);
+            }
+        }
+        Ok(out.into())
     }
 
     /// Stops offering records to the control plane (the session ended).
@@ -695,7 +740,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = Auditor::new(&dir.path().join("missing"));
         let (tx, mut rx) = Auditor::channel();
-        a.attach(tx);
+        a.attach(tx, Some(i64::MAX));
         a.record(rec(1));
         a.record(rec(2));
         assert_eq!(a.write_failures(), 2);
@@ -709,7 +754,7 @@ mod tests {
         a.record(rec(0));
         assert_eq!((a.unsent(), a.dropped()), (1, 0));
         let (tx, mut rx) = mpsc::channel(3);
-        a.attach(tx);
+        a.attach(tx, Some(i64::MAX));
         for n in 1..=5 {
             a.record(rec(n));
         }
@@ -724,7 +769,7 @@ mod tests {
         // Everything is in the file all the same.
         assert_eq!(lines(a.path()).len(), 7);
         let (tx, mut rx) = mpsc::channel(3);
-        a.attach(tx);
+        a.attach(tx, Some(i64::MAX));
         assert_eq!(rx.try_recv().expect("made while detached").at_ms, 6);
     }
 
@@ -772,7 +817,7 @@ mod tests {
         );
         // The next session gets it.
         let (tx, mut rx) = Auditor::channel();
-        b.attach(tx);
+        b.attach(tx, Some(i64::MAX));
         assert_eq!(&rx.try_recv().expect("sent"), unknown);
         // Reopened again: settled, nothing more.
         drop(b);
@@ -803,7 +848,7 @@ mod tests {
         std::fs::create_dir(dir.path().join(FILE_NAME)).expect("dir");
         let a = Arc::new(Auditor::new(dir.path()));
         let (tx, mut rx) = Auditor::channel();
-        a.attach(tx);
+        a.attach(tx, Some(i64::MAX));
         let e = a.admit(rec(1)).await.expect_err("not on disk");
         assert_eq!(a.write_failures(), 1);
         assert!(
@@ -840,7 +885,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = Auditor::new(dir.path());
         let (tx, mut rx) = Auditor::channel();
-        a.attach(tx);
+        a.attach(tx, Some(i64::MAX));
         let mut r = rec(1);
         r.params = Some(json!({"x": "y".repeat(MAX_LINE_BYTES)}));
         a.record(r);

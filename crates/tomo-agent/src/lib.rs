@@ -487,6 +487,7 @@ impl Agent {
                         Arc::clone(&dispatcher),
                         self.config.intervals,
                         welcomed.events_since_nanos,
+                        welcomed.audit_since_ms,
                         shutdown.clone(),
                     )
                     .await;

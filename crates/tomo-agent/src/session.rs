@@ -186,6 +186,8 @@ pub struct Welcomed {
     pub binding: ChannelBinding,
     /// Where the engine event subscription starts (the newest event the control plane holds).
     pub events_since_nanos: Option<i64>,
+    /// Where the resending of the audit log starts (the newest record the control plane holds).
+    pub audit_since_ms: Option<i64>,
 }
 
 /// Dials, upgrades to WebSocket and runs the handshake; `hello` builds the agent's message from
@@ -231,6 +233,7 @@ pub async fn open(
                 command_key,
                 signature,
                 events_since_nanos,
+                audit_since_ms,
                 ..
             } => Ok((
                 ws,
@@ -241,6 +244,7 @@ pub async fn open(
                     nonce,
                     binding,
                     events_since_nanos,
+                    audit_since_ms,
                 },
             )),
             Handshake::Refused { reason, message } => {
@@ -304,6 +308,7 @@ pub async fn serve(
     dispatcher: Arc<Dispatcher>,
     intervals: Intervals,
     events_since_nanos: Option<i64>,
+    audit_since_ms: Option<i64>,
     shutdown: CancellationToken,
 ) -> SessionEnd {
     let (mut sink, mut stream) = ws.split();
@@ -321,7 +326,7 @@ pub async fn serve(
     ));
     // Audit records go to the control plane too, through the same bounded queue.
     let (audit_tx, audit_rx) = crate::audit::Auditor::channel();
-    shared.auditor.attach(audit_tx);
+    shared.auditor.attach(audit_tx, audit_since_ms);
     tokio::spawn(crate::audit::forward(
         audit_rx,
         answers_tx.clone(),

@@ -266,6 +266,7 @@ fn signed_welcome(
         command_key: public_b64(key),
         signature: tomo_common::b64(key.sign(&payload).as_ref()),
         events_since_nanos: None,
+        audit_since_ms: None,
     }
 }
 

@@ -97,6 +97,12 @@ pub enum Handshake {
         /// while no session was up is replayed. Left out when it holds none: events start now.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         events_since_nanos: Option<i64>,
+        /// The agent's time (Unix ms) of the newest of its audit records the control plane
+        /// holds; at the start of the session the agent sends its log's records from it
+        /// (inclusive; copies are dropped), so records made while no session was up survive an
+        /// agent restart. Left out when it holds none: the last records of the log are sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audit_since_ms: Option<i64>,
     },
     /// The handshake failed; the control plane closes the connection after sending this.
     Refused {

@@ -247,6 +247,13 @@ pub async fn run_session<S>(
             None
         }
     };
+    let audit_since_ms = match state.store.newest_agent_audit(&host.id).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(host_id = %host.id, error = %e, "cannot read the host's newest audit record");
+            None
+        }
+    };
     let welcome = Handshake::Welcome {
         proto_version: tomo_proto::PROTO_VERSION,
         agent_id: host.id.clone(),
@@ -259,6 +266,7 @@ pub async fn run_session<S>(
             &subject,
         )),
         events_since_nanos,
+        audit_since_ms,
     };
     if sink.send(WsMessage::text(welcome.to_json())).await.is_ok() {
         tracing::info!(host_id = %host.id, hostname = %host.hostname, "agent connected");

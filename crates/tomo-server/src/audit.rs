@@ -125,7 +125,12 @@ pub async fn writer(state: Arc<AppState>, mut rx: tokio::sync::mpsc::Receiver<Pe
             .collect();
         match state.store.add_audits(&rows).await {
             Ok(ids) => {
-                for (id, (host_id, at_ms, received_at, record)) in ids.into_iter().zip(rows) {
+                // A copy an agent sent again was not stored, and is not handed on.
+                let stored = ids
+                    .into_iter()
+                    .zip(rows)
+                    .filter_map(|(id, r)| Some((id?, r)));
+                for (id, (host_id, at_ms, received_at, record)) in stored {
                     let stored = StoredAudit {
                         id,
                         host_id,

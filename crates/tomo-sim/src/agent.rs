@@ -498,6 +498,7 @@ mod tests {
             nonce: "nonce".into(),
             binding,
             events_since_nanos: None,
+            audit_since_ms: None,
         };
         let other = Keys::generate();
         assert_eq!(

@@ -243,11 +243,15 @@ pub trait Store: ActionStore + Send + Sync + std::fmt::Debug + 'static {
         record: &str,
     ) -> Result<i64, StoreError>;
     /// Appends several audit records `(host_id, at_ms, received_at, record)` in one transaction;
-    /// returns their ids, in order.
+    /// returns their ids, in order, `None` for an agent's record already stored (a copy the
+    /// agent sent again at a session start).
     async fn add_audits(
         &self,
         records: &[(Option<String>, i64, i64, String)],
-    ) -> Result<Vec<i64>, StoreError>;
+    ) -> Result<Vec<Option<i64>>, StoreError>;
+    /// The agent's time (`at_ms`) of the newest of its records stored for a host: where the
+    /// agent's resending starts.
+    async fn newest_agent_audit(&self, host_id: &str) -> Result<Option<i64>, StoreError>;
     /// Audit records with an id above `after`, oldest first, at most `limit`; with
     /// `after == None`, the newest `limit`. `host: Some(id)` keeps that host's records only,
     /// `decision: Some(d)` those whose decision is `d` (`allowed`, `denied`).

@@ -778,24 +778,38 @@ impl Store for SqliteStore {
     async fn add_audits(
         &self,
         records: &[(Option<String>, i64, i64, String)],
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         let mut tx = self.writer.begin().await.map_err(db)?;
         let mut ids = Vec::with_capacity(records.len());
         for (host_id, at_ms, received_at, record) in records {
+            // An agent's record is itself by its text: a copy it sends again is not stored.
+            let key = host_id
+                .as_ref()
+                .map(|_| tomo_common::hex(&tomo_common::sha256(record.as_bytes())));
             let r = sqlx::query(
-                "INSERT INTO audit (host_id, at_ms, received_at, record) VALUES (?, ?, ?, ?)",
+                "INSERT INTO audit (host_id, at_ms, received_at, record, record_key)
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (host_id, record_key) DO NOTHING",
             )
             .bind(host_id.as_deref())
             .bind(at_ms)
             .bind(received_at)
             .bind(record)
+            .bind(key)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-            ids.push(r.last_insert_rowid());
+            ids.push((r.rows_affected() == 1).then(|| r.last_insert_rowid()));
         }
         tx.commit().await.map_err(db)?;
         Ok(ids)
+    }
+
+    async fn newest_agent_audit(&self, host_id: &str) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT MAX(at_ms) FROM audit WHERE host_id = ?")
+            .bind(host_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
     }
 
     async fn audit(
@@ -1091,6 +1105,37 @@ mod tests {
         );
         assert_eq!(s.newest_docker_event("h1").await.expect("h1"), Some(7));
         assert_eq!(s.newest_docker_event("h2").await.expect("h2"), Some(9));
+    }
+
+    /// Issue 13 (double fault): an agent sends its log again at each session start; a copy of
+    /// a record already stored is not stored again; operator records (no host) never collide.
+    #[tokio::test]
+    async fn an_agents_audit_copy_is_stored_once() {
+        let (_d, s) = open().await;
+        let row = |host: Option<&str>, at: i64, text: &str| {
+            (host.map(str::to_owned), at, 1, text.to_owned())
+        };
+        let first = s
+            .add_audits(&[row(Some("h1"), 5, "{\"a\":1}"), row(None, 5, "{\"op\":1}")])
+            .await
+            .expect("first");
+        assert!(first.iter().all(Option::is_some));
+        let again = s
+            .add_audits(&[
+                row(Some("h1"), 5, "{\"a\":1}"),
+                row(None, 5, "{\"op\":1}"),
+                row(Some("h2"), 7, "{\"a\":1}"),
+            ])
+            .await
+            .expect("again");
+        assert_eq!(again[0], None, "a copy of h1's record");
+        assert!(
+            again[1].is_some(),
+            "operator records are never dropped as copies"
+        );
+        assert!(again[2].is_some(), "another host's record");
+        assert_eq!(s.newest_agent_audit("h1").await.expect("h1"), Some(5));
+        assert_eq!(s.newest_agent_audit("h3").await.expect("h3"), None);
     }
 
     #[tokio::test]

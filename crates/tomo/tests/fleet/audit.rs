@@ -214,7 +214,7 @@ impl AgentAuditor {
         let dir = tempfile::tempdir().expect("tempdir");
         let auditor = Auditor::new(dir.path());
         let (tx, rx) = Auditor::channel();
-        auditor.attach(tx);
+        auditor.attach(tx, Some(i64::MAX));
         let (out, frames) = tokio::sync::mpsc::channel(8);
         let stop = CancellationToken::new();
         tokio::spawn(tomo_agent::audit::forward(rx, out, stop.clone()));

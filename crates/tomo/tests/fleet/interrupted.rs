@@ -236,3 +236,84 @@ async fn a_command_cut_by_a_kill_of_the_agent_is_admitted_then_unknown_on_the_co
     assert_eq!(local, ["admitted", "unknown"], "{text}");
     again.stop().await.expect("stop");
 }
+
+/// Issue 13, the double fault: a command's outcome recorded while no session was up (the
+/// control plane was down when the engine let go) waited in the agent's memory only, so an
+/// agent restarted before it reconnected never sent it. At each session start the agent sends
+/// its log again from the newest record the control plane holds; nothing is stored twice.
+#[tokio::test]
+async fn an_outcome_recorded_offline_reaches_the_control_plane_after_an_agent_restart() {
+    let mut f = Fleet::start().await;
+    let engine_dir = tempfile::tempdir().expect("tempdir");
+    let (endpoint, release) = held_engine(engine_dir.path());
+    let mut config = f.agent("double", Some(f.code().await));
+    config.docker = endpoint;
+    let log = config.data_dir.join(tomo_agent::audit::FILE_NAME);
+    let mut agent = RunningAgent::spawn(config.clone());
+    let host = agent.online().await;
+    let call = {
+        let (http, url, token) = (f.http.clone(), f.info.api_url.clone(), f.token.clone());
+        let host = host.clone();
+        tokio::spawn(async move {
+            http.post(format!(
+                "{url}/api/v1/hosts/{host}/containers/tomo-test-held/stop"
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+        })
+    };
+    let admitted = eventually("the admission on the control plane", || async {
+        records(&f, &host)
+            .await
+            .into_iter()
+            .find(|r| r["outcome"] == "admitted")
+    })
+    .await;
+    // The control plane goes; then the engine lets go: the outcome is recorded offline.
+    let (addr, dir) = (f.info.local_addr.to_string(), f.dir.clone());
+    f.stop().await;
+    let _ = call.await;
+    let _ = release.send(());
+    let outcome_in_log = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.contains(admitted["admission_id"].as_str().unwrap_or("?"))
+                    && !l.contains(r#""outcome":"admitted""#)
+            })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !outcome_in_log() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no outcome in the agent's log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The agent dies before it reconnects: its memory is gone, its log is not.
+    agent.kill();
+    let f2 = Fleet::start_in(&dir, &addr, |_| {}).await;
+    config.register_code = None;
+    config.docker = Endpoint::Refused("the engine is gone".into());
+    let mut again = RunningAgent::spawn(config);
+    assert_eq!(again.online().await, host);
+    let outcome = eventually("the offline outcome on the control plane", || async {
+        records(&f2, &host)
+            .await
+            .into_iter()
+            .find(|r| r["admission_id"] == admitted["admission_id"] && r["outcome"] != "admitted")
+    })
+    .await;
+    assert_ne!(outcome["outcome"], "unknown", "{outcome}");
+    // Sent again from the log, the admission is not stored twice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admissions = records(&f2, &host)
+        .await
+        .into_iter()
+        .filter(|r| r["outcome"] == "admitted")
+        .count();
+    assert_eq!(admissions, 1);
+    again.stop().await.expect("stop");
+}

@@ -95,6 +95,7 @@ async fn bad_handshakes_are_refused_without_effect() {
                     command_key: "x".into(),
                     signature: "x".into(),
                     events_since_nanos: None,
+                    audit_since_ms: None,
                 }
                 .to_json()
             }),

@@ -157,6 +157,7 @@ async fn impersonate(
             &subject,
         )),
         events_since_nanos: None,
+        audit_since_ms: None,
     };
     let _ = down.send(Message::text(welcome.to_json())).await;
     // Hold the connection until the agent drops it.
