@@ -145,26 +145,16 @@ impl Auditor {
     pub fn recover(&self) -> std::io::Result<usize> {
         let mut open: Vec<AuditRecord> = Vec::new();
         let mut ended: HashSet<String> = HashSet::new();
-        for path in [self.rotated(1), self.path.clone()] {
-            let text = match std::fs::read(&path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+        self.each_logged(|r| {
+            let Some(id) = r.admission_id.clone() else {
+                return;
             };
-            for line in text.split(|b| *b == b'\n') {
-                let Ok(r) = serde_json::from_slice::<AuditRecord>(line) else {
-                    continue;
-                };
-                let Some(id) = r.admission_id.clone() else {
-                    continue;
-                };
-                if r.outcome == ADMITTED {
-                    open.push(r);
-                } else {
-                    ended.insert(id);
-                }
+            if r.outcome == ADMITTED {
+                open.push(r);
+            } else {
+                ended.insert(id);
             }
-        }
+        })?;
         open.retain(|r| {
             r.admission_id
                 .as_ref()
@@ -223,6 +213,21 @@ impl Auditor {
     /// `since_ms`, the newest [`QUEUE`] at most; without `since_ms`, the newest [`QUEUE`].
     fn logged_since(&self, since_ms: Option<i64>) -> std::io::Result<Vec<AuditRecord>> {
         let mut out: VecDeque<AuditRecord> = VecDeque::with_capacity(QUEUE);
+        self.each_logged(|r| {
+            if since_ms.is_some_and(|s| r.at_ms < s) {
+                return;
+            }
+            if out.len() == QUEUE {
+                out.pop_front();
+            }
+            out.push_back(r);
+        })?;
+        Ok(out.into())
+    }
+
+    /// Hands every whole record of the log (the last rotated file, then the current one) to
+    /// `f`, oldest first; a torn or foreign line is skipped, a missing file has none.
+    fn each_logged(&self, mut f: impl FnMut(AuditRecord)) -> std::io::Result<()> {
         for path in [self.rotated(1), self.path.clone()] {
             let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
@@ -230,19 +235,12 @@ impl Auditor {
                 Err(e) => return Err(e),
             };
             for line in bytes.split(|b| *b == b'\n') {
-                let Ok(r) = serde_json::from_slice::<AuditRecord>(line) else {
-                    continue;
-                };
-                if since_ms.is_some_and(|s| r.at_ms < s) {
-                    continue;
+                if let Ok(r) = serde_json::from_slice::<AuditRecord>(line) {
+                    f(r);
                 }
-                if out.len() == QUEUE {
-                    out.pop_front();
-                }
-                out.push_back(r);
             }
         }
-        Ok(out.into())
+        Ok(())
     }
 
     /// Stops offering records to the control plane (the session ended).

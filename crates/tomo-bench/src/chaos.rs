@@ -80,18 +80,7 @@ impl Fleet {
         let api = Api::new(&server.api_url, &server.ca_file, &token, 4)?;
         let code = api.create_code().await?;
         let url = agent_url.map_or_else(|| server.agent_url.clone(), |f| f(server.listen));
-        let agent_args = vec![
-            "--server-url".to_owned(),
-            url,
-            "--ca-file".into(),
-            server.ca_file.display().to_string(),
-            "--data-dir".into(),
-            dir.join("agent").display().to_string(),
-            "--policy".into(),
-            crate::procs::bench_policy(dir)?.display().to_string(),
-            "--hostname".into(),
-            "tomo-chaos".into(),
-        ];
+        let agent_args = crate::procs::agent_args(&server, url, dir, "tomo-chaos")?;
         let mut first = agent_args.clone();
         first.extend(["--register-code".to_owned(), code]);
         let mut agent = AgentProc::start(&first, &dir.join("agent.log")).await?;
@@ -185,6 +174,28 @@ impl Fleet {
             s.stop().await;
         }
     }
+}
+
+/// An answer to a request sent in the background, with when it came.
+type Answered = (Instant, Result<(StatusCode, Value), reqwest::Error>);
+
+/// POSTs `body` to `path` in the background (with an idempotency key when given), so that a
+/// fault can strike while the request waits.
+fn in_background(
+    api: &Api,
+    path: String,
+    body: Option<Value>,
+    key: Option<String>,
+) -> tokio::task::JoinHandle<Answered> {
+    let api = api.clone();
+    tokio::spawn(async move {
+        let headers: Vec<(&str, &str)> = key
+            .as_deref()
+            .map(|k| vec![("idempotency-key", k)])
+            .unwrap_or_default();
+        let r = api.raw(Method::POST, &path, body.as_ref(), &headers).await;
+        (Instant::now(), r)
+    })
 }
 
 /// A container that ignores SIGTERM, so that a stop with `timeout: 3` takes 3 s.
@@ -287,16 +298,12 @@ async fn control_plane_killed_mid_command(
     stubborn(docker, &name, image).await?;
     let since = tomo_common::now_secs() as i64;
     let listen = f.server.as_ref().context("server")?.listen;
-    let call = {
-        let (api, host, name) = (f.api.clone(), f.host.clone(), name.clone());
-        tokio::spawn(async move {
-            let path = format!("/hosts/{host}/containers/{name}/stop");
-            let r = api
-                .raw(Method::POST, &path, Some(&json!({"timeout": 3})), &[])
-                .await;
-            (Instant::now(), r)
-        })
-    };
+    let call = in_background(
+        &f.api,
+        format!("/hosts/{}/containers/{name}/stop", f.host),
+        Some(json!({"timeout": 3})),
+        None,
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     let killed = Instant::now();
     f.kill_server().await;
@@ -345,16 +352,12 @@ async fn agent_killed_mid_command(
     let mut f = Fleet::start(&dir.join("agent-kill"), None).await?;
     let name = format!("tomo-chaos-{}-agentkill", std::process::id());
     stubborn(docker, &name, image).await?;
-    let call = {
-        let (api, host, name) = (f.api.clone(), f.host.clone(), name.clone());
-        tokio::spawn(async move {
-            let path = format!("/hosts/{host}/containers/{name}/stop");
-            let r = api
-                .raw(Method::POST, &path, Some(&json!({"timeout": 3})), &[])
-                .await;
-            (Instant::now(), r)
-        })
-    };
+    let call = in_background(
+        &f.api,
+        format!("/hosts/{}/containers/{name}/stop", f.host),
+        Some(json!({"timeout": 3})),
+        None,
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     let killed = Instant::now();
     f.kill_agent().await;
@@ -405,22 +408,16 @@ async fn run_retried_across_a_control_plane_kill(
                       "labels": {label.clone(): "1", crate::fixtures::LABEL: "chaos"}});
     let key = tomo_common::hex(&tomo_common::random_bytes::<16>());
     let listen = f.server.as_ref().context("server")?.listen;
-    let call = {
-        let (api, host, body, key) = (f.api.clone(), f.host.clone(), body.clone(), key.clone());
-        tokio::spawn(async move {
-            api.raw(
-                Method::POST,
-                &format!("/hosts/{host}/containers"),
-                Some(&body),
-                &[("idempotency-key", &key)],
-            )
-            .await
-        })
-    };
+    let call = in_background(
+        &f.api,
+        format!("/hosts/{}/containers", f.host),
+        Some(body.clone()),
+        Some(key.clone()),
+    );
     tokio::time::sleep(Duration::from_millis(30)).await;
     let killed = Instant::now();
     f.kill_server().await;
-    let first = call.await?;
+    let (_, first) = call.await?;
     let detection = killed.elapsed();
     f.restart_server(listen).await?;
     let back = Instant::now();
@@ -508,15 +505,7 @@ async fn control_plane_killed_mid_approval(
         .as_str()
         .context("no action id")?
         .to_owned();
-    let approve = {
-        let (api, id) = (f.api.clone(), id.clone());
-        tokio::spawn(async move {
-            let r = api
-                .raw(Method::POST, &format!("/approvals/{id}/approve"), None, &[])
-                .await;
-            (Instant::now(), r)
-        })
-    };
+    let approve = in_background(&f.api, format!("/approvals/{id}/approve"), None, None);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let killed = Instant::now();
     f.kill_server().await;

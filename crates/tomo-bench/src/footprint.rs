@@ -111,18 +111,12 @@ async fn measure(
     let api = Api::new(&server.api_url, &server.ca_file, &token, 4)?;
     let code = api.create_code().await?;
     let log = dir.join("footprint-agent.log");
-    let base = vec![
-        "--server-url".to_owned(),
+    let base = crate::procs::agent_args(
+        server,
         server.agent_url.clone(),
-        "--ca-file".into(),
-        server.ca_file.display().to_string(),
-        "--data-dir".into(),
-        dir.join("agent").display().to_string(),
-        "--policy".into(),
-        crate::procs::bench_policy(dir)?.display().to_string(),
-        "--hostname".into(),
-        "tomo-bench-footprint".into(),
-    ];
+        dir,
+        "tomo-bench-footprint",
+    )?;
     let connect_within = Duration::from_secs(30);
 
     // Registration, then restarts with the saved key.

@@ -337,6 +337,28 @@ impl LogCounts {
     }
 }
 
+/// The arguments of a `tomo-agent` that dials `url` with `server`'s CA, keeps its state in
+/// `<dir>/agent` and follows the benchmarks' host policy ([`bench_policy`]).
+pub fn agent_args(
+    server: &ServerProc,
+    url: String,
+    dir: &Path,
+    hostname: &str,
+) -> anyhow::Result<Vec<String>> {
+    Ok(vec![
+        "--server-url".to_owned(),
+        url,
+        "--ca-file".into(),
+        server.ca_file.display().to_string(),
+        "--data-dir".into(),
+        dir.join("agent").display().to_string(),
+        "--policy".into(),
+        bench_policy(dir)?.display().to_string(),
+        "--hostname".into(),
+        hostname.to_owned(),
+    ])
+}
+
 /// A real agent in its own process.
 #[derive(Debug)]
 pub struct AgentProc {

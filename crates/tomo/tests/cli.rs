@@ -805,6 +805,9 @@ struct PtySession {
     follower: std::fs::File,
     output: std::sync::mpsc::Receiver<Vec<u8>>,
     seen: Vec<u8>,
+    /// The terminal's modes before tomo started (read after the spawn, they may be tomo's raw
+    /// mode already).
+    initial: rustix::termios::LocalModes,
 }
 
 impl PtySession {
@@ -826,6 +829,9 @@ impl PtySession {
         size.ws_row = 24;
         size.ws_col = 80;
         rustix::termios::tcsetwinsize(&follower, size).expect("tcsetwinsize");
+        let initial = rustix::termios::tcgetattr(&follower)
+            .expect("tcgetattr")
+            .local_modes;
         let child = env
             .cmd(&tomo_bin())
             .args(args)
@@ -852,6 +858,7 @@ impl PtySession {
             follower,
             output,
             seen: Vec::new(),
+            initial,
         }
     }
 
@@ -935,7 +942,7 @@ fn exec_it_on_a_terminal() {
         return;
     };
     let mut pty = PtySession::spawn(&env, &["exec", &local, &name, "-it", "--", "sh"]);
-    let before = pty.terminal_modes();
+    let before = pty.initial;
     // The shell prompt shows up once the session is open.
     pty.wait_output("#", 15);
     pty.type_bytes(b"echo tty-$((6*7))\r");

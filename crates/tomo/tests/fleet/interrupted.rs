@@ -176,6 +176,37 @@ async fn records(f: &Fleet, host: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A stop sent to `host`, whose engine holds it: the call in the background, and the agent's
+/// admission record of it once the control plane has it.
+async fn held_stop(
+    f: &Fleet,
+    host: &str,
+) -> (
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    Value,
+) {
+    let call = {
+        let (http, url, token) = (f.http.clone(), f.info.api_url.clone(), f.token.clone());
+        let host = host.to_owned();
+        tokio::spawn(async move {
+            http.post(format!(
+                "{url}/api/v1/hosts/{host}/containers/tomo-test-held/stop"
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+        })
+    };
+    let admitted = eventually("the admission on the control plane", || async {
+        records(f, host)
+            .await
+            .into_iter()
+            .find(|r| r["outcome"] == "admitted")
+    })
+    .await;
+    (call, admitted)
+}
+
 /// Issue 13.3 with a real agent: a command in flight when the agent dies was recorded nowhere.
 /// Its admission reaches the control plane before the handler ends; the agent started again on
 /// its directory sends the outcome `unknown`.
@@ -189,25 +220,7 @@ async fn a_command_cut_by_a_kill_of_the_agent_is_admitted_then_unknown_on_the_co
     let log = config.data_dir.join(tomo_agent::audit::FILE_NAME);
     let mut agent = RunningAgent::spawn(config.clone());
     let host = agent.online().await;
-    let call = {
-        let (http, url, token) = (f.http.clone(), f.info.api_url.clone(), f.token.clone());
-        let host = host.clone();
-        tokio::spawn(async move {
-            http.post(format!(
-                "{url}/api/v1/hosts/{host}/containers/tomo-test-held/stop"
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-        })
-    };
-    let admitted = eventually("the admission on the control plane", || async {
-        records(&f, &host)
-            .await
-            .into_iter()
-            .find(|r| r["outcome"] == "admitted")
-    })
-    .await;
+    let (call, admitted) = held_stop(&f, &host).await;
     assert_eq!(admitted["method"], "docker.containers.stop", "{admitted}");
 
     agent.kill();
@@ -251,25 +264,7 @@ async fn an_outcome_recorded_offline_reaches_the_control_plane_after_an_agent_re
     let log = config.data_dir.join(tomo_agent::audit::FILE_NAME);
     let mut agent = RunningAgent::spawn(config.clone());
     let host = agent.online().await;
-    let call = {
-        let (http, url, token) = (f.http.clone(), f.info.api_url.clone(), f.token.clone());
-        let host = host.clone();
-        tokio::spawn(async move {
-            http.post(format!(
-                "{url}/api/v1/hosts/{host}/containers/tomo-test-held/stop"
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-        })
-    };
-    let admitted = eventually("the admission on the control plane", || async {
-        records(&f, &host)
-            .await
-            .into_iter()
-            .find(|r| r["outcome"] == "admitted")
-    })
-    .await;
+    let (call, admitted) = held_stop(&f, &host).await;
     // The control plane goes; then the engine lets go: the outcome is recorded offline.
     let (addr, dir) = (f.info.local_addr.to_string(), f.dir.clone());
     f.stop().await;
