@@ -83,7 +83,13 @@ async fn list(
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let one;
-    let statuses: &[ActionStatus] = match q.status.as_deref().unwrap_or("open") {
+    // An empty `status=` is the default, as its absence (schemathesis sends it).
+    let statuses: &[ActionStatus] = match q
+        .status
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("open")
+    {
         "all" => &[],
         "open" => approvals::OPEN,
         s => {
