@@ -198,15 +198,12 @@ fn in_background(
     })
 }
 
-/// A container that ignores SIGTERM, so that a stop with `timeout: 3` takes 3 s.
-async fn stubborn(docker: &Docker, name: &str, image: &str) -> anyhow::Result<()> {
+/// Creates and starts container `name` from `image` running `cmd`: isolated (network `none`),
+/// labelled as the benchmarks' containers are.
+async fn started(docker: &Docker, name: &str, image: &str, cmd: &[&str]) -> anyhow::Result<()> {
     let body = ContainerCreateBody {
         image: Some(image.to_owned()),
-        cmd: Some(
-            ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
-                .map(str::to_owned)
-                .to_vec(),
-        ),
+        cmd: Some(cmd.iter().map(|s| (*s).to_owned()).collect()),
         labels: Some([(crate::fixtures::LABEL.to_owned(), "chaos".to_owned())].into()),
         host_config: Some(HostConfig {
             network_mode: Some("none".into()),
@@ -226,6 +223,12 @@ async fn stubborn(docker: &Docker, name: &str, image: &str) -> anyhow::Result<()
         .await
         .context("start")?;
     Ok(())
+}
+
+/// A container that ignores SIGTERM, so that a stop with `timeout: 3` takes 3 s.
+async fn stubborn(docker: &Docker, name: &str, image: &str) -> anyhow::Result<()> {
+    let cmd = ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"];
+    started(docker, name, image, &cmd).await
 }
 
 /// How many times the engine reported `action` for container `name` since `since` (Unix s).
@@ -564,6 +567,138 @@ async fn control_plane_killed_mid_approval(
     })
 }
 
+/// A `logs -f` open when the control plane is killed: the follower learns at once that its
+/// connection broke, and once the control plane is back the stream opens again and flows.
+async fn control_plane_killed_mid_stream(
+    dir: &Path,
+    docker: &Docker,
+    image: &str,
+) -> anyhow::Result<Case> {
+    let mut f = Fleet::start(&dir.join("stream-kill"), None).await?;
+    let name = format!("tomo-chaos-{}-ticks", std::process::id());
+    let cmd = ["sh", "-c", "while true; do echo tick; sleep 0.2; done"];
+    started(docker, &name, image, &cmd).await?;
+    let listen = f.server.as_ref().context("server")?.listen;
+    let path = format!(
+        "/hosts/{}/containers/{name}/logs?follow=true&tail=1",
+        f.host
+    );
+    let ticks = |mut resp: reqwest::Response| async move {
+        let t0 = Instant::now();
+        let mut text = String::new();
+        while !text.contains("tick") {
+            ensure!(
+                t0.elapsed() < Duration::from_secs(15),
+                "no line within 15 s: {text}"
+            );
+            match tokio::time::timeout(Duration::from_secs(15), resp.chunk()).await {
+                Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+                other => bail!("the stream ended before a line: {other:?}"),
+            }
+        }
+        Ok(resp)
+    };
+    let mut resp = ticks(f.api.open(&path).await?).await?;
+    let killed = Instant::now();
+    f.kill_server().await;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), resp.chunk()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => break "the stream ended".to_owned(),
+            Ok(Err(e)) => break format!("the stream broke: {e}"),
+            Err(_) => bail!("the follower was not told within 10 s"),
+        }
+    };
+    let detection = killed.elapsed();
+    f.restart_server(listen).await?;
+    let back = Instant::now();
+    f.wait_status("online", Duration::from_secs(60)).await?;
+    ticks(f.api.open(&path).await?).await?;
+    let recovery = back.elapsed();
+    remove(docker, &name).await;
+    f.stop().await;
+    Ok(Case {
+        fault: "kill -9 of the control plane while an operator follows a container's logs",
+        operator_saw: format!("{ended} (the CLI: \"the connection to the control plane … broke in the middle of the stream …; it may have stopped or restarted\"); after the restart `logs -f` flows again"),
+        detection_ms: ms(detection),
+        recovery_ms: ms(recovery),
+        lost: "nothing acknowledged: the lines of the outage are not sent to the cut follower; the container's log keeps them (`tomo logs` shows them)".into(),
+    })
+}
+
+/// The control plane's disk fills (its data directory on a small tmpfs this case mounts): a
+/// write answers 507 and changes nothing, and once space returns the next write is stored
+/// without a restart. Needs root (to mount); skipped otherwise.
+async fn control_plane_disk_full(dir: &Path) -> anyhow::Result<Option<Case>> {
+    if !rustix::process::geteuid().is_root() {
+        println!("skip  the control plane's disk full: needs root to mount a tmpfs");
+        return Ok(None);
+    }
+    let base = dir.join("disk-full");
+    let data = base.join("server");
+    std::fs::create_dir_all(&data)?;
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8m,mode=0700",
+            "tomo-chaos",
+            &data.display().to_string(),
+        ])
+        .status()?;
+    ensure!(
+        mounted.success(),
+        "cannot mount a tmpfs on {}",
+        data.display()
+    );
+    let unmount = || {
+        let _ = std::process::Command::new("umount").arg(&data).status();
+    };
+    let result = async {
+        let f = Fleet::start(&base, None).await?;
+        let filler = data.join("filler");
+        {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(&filler)?;
+            let chunk = vec![0u8; 64 * 1024];
+            while file.write_all(&chunk).is_ok() {}
+            let _ = file.sync_all();
+        }
+        let full = Instant::now();
+        let (s, v) = f
+            .api
+            .raw(Method::POST, "/codes", Some(&json!({"ttl_secs": 600})), &[])
+            .await?;
+        let detection = full.elapsed();
+        ensure!(s == StatusCode::INSUFFICIENT_STORAGE, "a write on a full disk answered {s}: {v}");
+        let saw = format!("HTTP {s} {}", v["error"]["message"].as_str().unwrap_or_default());
+        std::fs::remove_file(&filler)?;
+        let freed = Instant::now();
+        let (s, v) = f
+            .api
+            .raw(Method::POST, "/codes", Some(&json!({"ttl_secs": 600})), &[])
+            .await?;
+        ensure!(s == StatusCode::CREATED || s == StatusCode::OK, "the first write after space returned answered {s}: {v}");
+        ensure!(v["code"].is_string(), "no code in {s}");
+        let recovery = freed.elapsed();
+        // What was acknowledged is there: the new code is listed by the store.
+        let hosts = f.api.send(Method::GET, "/hosts", None).await?;
+        ensure!(hosts.as_array().is_some_and(|h| !h.is_empty()), "the host is gone: {hosts}");
+        f.stop().await;
+        Ok::<_, anyhow::Error>(Case {
+            fault: "the control plane's disk fills (its data directory on an 8 MiB tmpfs), then space returns",
+            operator_saw: format!("{saw}; after space returned the next write succeeded (a new code), no restart"),
+            detection_ms: ms(detection),
+            recovery_ms: ms(recovery),
+            lost: "nothing acknowledged: the write refused on the full disk changed nothing, the next one was stored".into(),
+        })
+    }
+    .await;
+    unmount();
+    result.map(Some)
+}
+
 /// A TCP proxy between the agent and the control plane that can stop forwarding (a network
 /// black hole: nothing is closed, nothing arrives). It listens before it knows where to: the
 /// control plane's port is set once that runs.
@@ -697,10 +832,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let dir = tmp.path();
     let mut cases = Vec::new();
     let mut failed = Vec::new();
+    // A case answers a `Case`, or `None` when it cannot run here (it says why).
     macro_rules! case {
         ($e:expr) => {
-            match $e.await {
-                Ok(c) => {
+            match $e.await.map(Into::<Option<Case>>::into) {
+                Ok(Some(c)) => {
                     println!(
                         "ok    {} — detected in {} ms, recovered in {} ms; lost: {}",
                         c.fault, c.detection_ms, c.recovery_ms, c.lost
@@ -708,6 +844,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                     println!("      the operator saw: {}", c.operator_saw);
                     cases.push(c);
                 }
+                Ok(None) => {}
                 Err(e) => {
                     println!("FAIL  {e:#}");
                     failed.push(format!("{e:#}"));
@@ -721,6 +858,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         dir, &docker, &image
     ));
     case!(control_plane_killed_mid_approval(dir, &docker, &image));
+    case!(control_plane_killed_mid_stream(dir, &docker, &image));
+    case!(control_plane_disk_full(dir));
     if !args.no_black_hole {
         case!(network_black_hole(dir));
     }

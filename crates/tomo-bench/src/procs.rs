@@ -532,6 +532,15 @@ impl Api {
         ))
     }
 
+    /// A `GET /api/v1{path}` whose answer is read by the caller (a stream).
+    pub async fn open(&self, path: &str) -> Result<reqwest::Response, reqwest::Error> {
+        self.http
+            .get(format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+    }
+
     /// A new single-use registration code.
     pub async fn create_code(&self) -> anyhow::Result<String> {
         let v = self

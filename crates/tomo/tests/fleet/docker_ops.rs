@@ -56,6 +56,21 @@ impl Env {
         })
     }
 
+    /// `GET …/containers/{name}/logs?follow=true`, its answer to be read by the caller.
+    async fn follow_logs(&self, name: &str) -> reqwest::Response {
+        let url = format!(
+            "{}/api/v1/hosts/{}/containers/{name}/logs?follow=true",
+            self.fleet.info.api_url, self.host
+        );
+        self.fleet
+            .http
+            .get(url)
+            .bearer_auth(&self.fleet.token)
+            .send()
+            .await
+            .expect("logs")
+    }
+
     async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.fleet
             .api(method, &format!("/hosts/{}{path}", self.host), body)
@@ -1000,18 +1015,7 @@ async fn streams_belong_to_the_token_that_opened_them() {
             &["sh", "-c", "while true; do echo hi; sleep 0.2; done"],
         )
         .await;
-    let url = format!(
-        "{}/api/v1/hosts/{}/containers/{name}/logs?follow=true",
-        env.fleet.info.api_url, env.host
-    );
-    let mut resp = env
-        .fleet
-        .http
-        .get(url)
-        .bearer_auth(&env.fleet.token)
-        .send()
-        .await
-        .expect("logs");
+    let mut resp = env.follow_logs(&name).await;
     let mut buf = Vec::new();
     let stream = loop {
         let chunk = resp.chunk().await.expect("chunk").expect("more");
@@ -1271,18 +1275,7 @@ async fn a_stream_cut_by_a_control_plane_stop_says_so() {
     let name = env
         .container("cut", &["sh", "-c", "echo first; exec sleep 600"])
         .await;
-    let url = format!(
-        "{}/api/v1/hosts/{}/containers/{name}/logs?follow=true",
-        env.fleet.info.api_url, env.host
-    );
-    let mut resp = env
-        .fleet
-        .http
-        .get(url)
-        .bearer_auth(&env.fleet.token)
-        .send()
-        .await
-        .expect("logs");
+    let mut resp = env.follow_logs(&name).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut text = String::new();
     while !text.contains("first") {
