@@ -699,6 +699,136 @@ async fn control_plane_disk_full(dir: &Path) -> anyhow::Result<Option<Case>> {
     result.map(Some)
 }
 
+/// Where Debian's `faketime` package puts its library.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The agent's clock 10 min ahead (the agent restarted under libfaketime): the host works,
+/// commands are not refused `stale`, and the control plane shows the offset with a warning.
+/// Skipped without the library (`apt-get install faketime`).
+async fn agent_clock_ten_minutes_ahead(dir: &Path) -> anyhow::Result<Option<Case>> {
+    if !Path::new(FAKETIME).is_file() {
+        println!("skip  the agent's clock 10 min ahead: no {FAKETIME} (apt-get install faketime)");
+        return Ok(None);
+    }
+    let mut f = Fleet::start(&dir.join("clock"), None).await?;
+    f.kill_agent().await;
+    let env = [
+        ("LD_PRELOAD", FAKETIME),
+        ("FAKETIME", "+600s"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let started = Instant::now();
+    let mut a = AgentProc::start_with_env(&f.agent_args, &f.dir.join("agent.log"), &env).await?;
+    a.wait_connected(Duration::from_secs(30)).await?;
+    f.agent = Some(a);
+    f.wait_status("online", Duration::from_secs(30)).await?;
+    let recovery = started.elapsed();
+    let h = f
+        .api
+        .send(Method::GET, &format!("/hosts/{}", f.host), None)
+        .await?;
+    let offset = h["clock"]["offset_ms"]
+        .as_i64()
+        .context("no clock offset")?;
+    ensure!(
+        (590_000..=610_000).contains(&offset),
+        "offset {offset} ms, not about +600 s: {h}"
+    );
+    let warning = h["clock"]["warning"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(warning.contains("clock skew"), "no clock warning: {h}");
+    let t = Instant::now();
+    let info = f.api.call(&f.host, "system.info", None).await?;
+    let detection = t.elapsed();
+    ensure!(info["hostname"].is_string(), "{info}");
+    // A command too (it is signed in the agent's time, so not refused `stale`).
+    let (s, v) = f
+        .api
+        .raw(
+            Method::POST,
+            &format!("/hosts/{}/rpc", f.host),
+            Some(&json!({"method": "agent.update", "params": {}})),
+            &[],
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::OK && v.get("result").is_some(),
+        "a command was refused: {s} {v}"
+    );
+    f.stop().await;
+    Ok(Some(Case {
+        fault: "the agent's clock 10 min ahead (libfaketime)",
+        operator_saw: format!(
+            "the host online and working (a read and a command answered), `clock.offset_ms` {offset}, warning \"{warning}\""
+        ),
+        detection_ms: ms(detection),
+        recovery_ms: ms(recovery),
+        lost: "nothing: no call refused `stale`".into(),
+    }))
+}
+
+/// 20 clients at once for 15 s, reads and commands through the API: no error, and the control
+/// plane's memory stays flat.
+async fn twenty_clients(dir: &Path) -> anyhow::Result<Case> {
+    let f = Fleet::start(&dir.join("clients"), None).await?;
+    let pid = f.server.as_ref().context("server")?.pid;
+    // Warm up, then measure memory before and after.
+    for _ in 0..50 {
+        f.api.call(&f.host, "agent.ping", None).await?;
+    }
+    let before = crate::procs::Usage::of(pid)?.rss_kib;
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (api, host) = (f.api.clone(), f.host.clone());
+        tasks.spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while Instant::now() < until {
+                let method = if i % 4 == 0 {
+                    "system.get_metrics"
+                } else {
+                    "agent.ping"
+                };
+                match api.call(&host, method, None).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        let (o, mut fl) = r?;
+        ok += o;
+        failed.append(&mut fl);
+    }
+    let after = crate::procs::Usage::of(pid)?.rss_kib;
+    f.stop().await;
+    ensure!(
+        failed.is_empty(),
+        "{} of {} calls failed, first: {}",
+        failed.len(),
+        ok + failed.len() as u64,
+        failed[0]
+    );
+    ensure!(
+        after < before + 32 * 1024,
+        "the control plane grew from {before} KiB to {after} KiB"
+    );
+    Ok(Case {
+        fault: "20 clients at once for 15 s (pings and metrics reads through the API)",
+        operator_saw: format!(
+            "{ok} calls, none failed; the control plane's RSS {before} KiB before, {after} KiB after"
+        ),
+        detection_ms: 0,
+        recovery_ms: 0,
+        lost: "nothing".into(),
+    })
+}
+
 /// A TCP proxy between the agent and the control plane that can stop forwarding (a network
 /// black hole: nothing is closed, nothing arrives). It listens before it knows where to: the
 /// control plane's port is set once that runs.
@@ -860,6 +990,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     case!(control_plane_killed_mid_approval(dir, &docker, &image));
     case!(control_plane_killed_mid_stream(dir, &docker, &image));
     case!(control_plane_disk_full(dir));
+    case!(agent_clock_ten_minutes_ahead(dir));
+    case!(twenty_clients(dir));
     if !args.no_black_hole {
         case!(network_black_hole(dir));
     }

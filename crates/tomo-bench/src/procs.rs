@@ -371,6 +371,15 @@ pub struct AgentProc {
 impl AgentProc {
     /// Starts `tomo-agent` with `args`, logging JSON lines at info level into `log` (appended).
     pub async fn start(args: &[String], log: &Path) -> anyhow::Result<Self> {
+        Self::start_with_env(args, log, &[]).await
+    }
+
+    /// [`AgentProc::start`] with extra environment variables (a faked clock, for one).
+    pub async fn start_with_env(
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let bin = agent_bin()?;
         let mut out = tokio::fs::OpenOptions::new()
             .create(true)
@@ -381,6 +390,7 @@ impl AgentProc {
         let spawned = Instant::now();
         let mut child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .env("LOG_LEVEL", "info")
             .env("LOG_JSON", "true")
             .stdin(Stdio::null())
