@@ -355,7 +355,7 @@ async fn first_message<S: AsyncRead + AsyncWrite + Unpin>(
         match stream.next().await {
             Some(Ok(WsMessage::Text(t))) => break t,
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-            Some(Err(e)) if e.to_string().contains("before authenticating") => {
+            Some(Err(e)) if crate::budget::is_over_budget(&e) => {
                 return Err(Refusal::new(
                     RefusalReason::Malformed,
                     "more data than a handshake before authenticating",

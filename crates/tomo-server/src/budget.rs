@@ -47,6 +47,28 @@ pub struct Budgeted<S> {
     budget: ReadBudget,
 }
 
+/// The read error of a peer past its budget: found by its type ([`is_over_budget`]), never by
+/// its text.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer sent more than a handshake before authenticating")]
+pub struct OverBudget;
+
+/// Whether `e`, or an error it wraps (through `source()` and `io::Error`s), is [`OverBudget`].
+pub fn is_over_budget(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<OverBudget>() {
+            return true;
+        }
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        next = inner.or_else(|| err.source());
+    }
+    false
+}
+
 impl<S> Budgeted<S> {
     pub fn new(inner: S, budget: ReadBudget) -> Self {
         Self { inner, budget }
@@ -66,7 +88,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Budgeted<S> {
         if left == 0 {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                "the peer sent more than a handshake before authenticating",
+                OverBudget,
             )));
         }
         // Only during the handshake: read into a small buffer of at most the budget, then copy.
@@ -111,6 +133,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Budgeted<S> {
 
 #[cfg(test)]
 mod tests {
+    /// Issue 14: the error was told by its text; it is told by its type, through the layers
+    /// that wrap it (an `io::Error`, a WebSocket error), and a same-worded other error is not it.
+    #[test]
+    fn over_budget_is_found_by_its_type() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, OverBudget);
+        assert!(is_over_budget(&io));
+        let ws = tokio_tungstenite::tungstenite::Error::Io(io);
+        assert!(is_over_budget(&ws));
+        let lookalike = std::io::Error::other(OverBudget.to_string());
+        assert!(!is_over_budget(&lookalike));
+    }
+
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

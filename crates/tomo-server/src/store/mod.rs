@@ -107,8 +107,13 @@ pub enum StoreError {
     /// The database file could not be read or written (an I/O error): nothing was written.
     #[error("the database could not be written: {0}")]
     Unavailable(String),
-    #[error("database: {0}")]
-    Database(String),
+    /// Any other failure of the database, with what failed and why (the error it came from).
+    #[error("database ({what}): {source}")]
+    Database {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }

@@ -96,7 +96,10 @@ impl SqliteStore {
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+                .map_err(|e| StoreError::Database {
+                    what: format!("creating {}", path.display()),
+                    source: Box::new(e),
+                })?;
         }
         let opts = SqliteConnectOptions::from_str("sqlite://")
             .map_err(db)?
@@ -114,7 +117,10 @@ impl SqliteStore {
         sqlx::migrate!("./migrations/sqlite")
             .run(&writer)
             .await
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+            .map_err(|e| StoreError::Database {
+                what: "migrating".into(),
+                source: Box::new(e),
+            })?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
@@ -150,7 +156,10 @@ impl SqliteStore {
         match task.await {
             Ok(r) => r,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StoreError::Database(format!("write: {e}"))),
+            Err(e) => Err(StoreError::Database {
+                what: "a write's task".into(),
+                source: Box::new(e),
+            }),
         }
     }
 
@@ -225,7 +234,10 @@ fn db(e: sqlx::Error) -> StoreError {
             StoreError::Unavailable(d.message().to_owned())
         }
         sqlx::Error::Io(e) => StoreError::Unavailable(e.to_string()),
-        other => StoreError::Database(other.to_string()),
+        other => StoreError::Database {
+            what: "a statement".into(),
+            source: Box::new(other),
+        },
     }
 }
 
@@ -1105,6 +1117,20 @@ mod tests {
         );
         assert_eq!(s.newest_docker_event("h1").await.expect("h1"), Some(7));
         assert_eq!(s.newest_docker_event("h2").await.expect("h2"), Some(9));
+    }
+
+    /// Issue 14: `StoreError::Database` dropped the error it came from; it keeps it as its
+    /// source, and its text says what failed.
+    #[tokio::test]
+    async fn a_database_error_keeps_its_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = SqliteStore::open(&dir.path().join("missing/tomo.db"))
+            .await
+            .expect_err("no such directory");
+        assert!(matches!(e, StoreError::Database { .. }), "{e:?}");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.is::<std::io::Error>(), "{source:?}");
+        assert!(e.to_string().contains("missing/tomo.db"), "{e}");
     }
 
     /// Issue 13 (double fault): an agent sends its log again at each session start; a copy of
