@@ -64,6 +64,22 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     crate::openapi::serve(protected)
 }
 
+/// A boolean query parameter, parsed as every route parses one (issue 14): `true` or `false`,
+/// absent is `false`, anything else is 400 (`follow=False` and `follow=1` were taken on one
+/// route and refused on another).
+pub(crate) fn query_bool(
+    q: &std::collections::HashMap<String, String>,
+    name: &str,
+) -> Result<bool, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "{name} must be true or false (got {v:?})"
+        ))),
+    }
+}
+
 /// The answer to a path no route serves: 404 in the error shape (it was an empty body).
 pub(crate) async fn no_route(uri: http::Uri) -> ApiError {
     ApiError::new(

@@ -790,7 +790,7 @@ async fn agent_op(
     ),
     responses(
         (status = 200, description = "The events, oldest first; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([Object] = "application/json"), (Object = "application/x-ndjson"))),
-        (status = 400, description = "`bad_request`: `limit` or `after` is not valid.", body = crate::api::ErrorBody),
+        (status = 400, description = "`bad_request`: `limit`, `after` or `follow` (`true` or `false`) is not valid.", body = crate::api::ErrorBody),
         HostErrors,
     )
 )]
@@ -817,7 +817,7 @@ async fn events(
                 .map_err(|_| ApiError::bad_request("after must be an event's seq (a number)"))?,
         ),
     };
-    let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
+    let follow = crate::api::query_bool(&q, "follow")?;
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.events.subscribe();
     let backlog = state.store.docker_events(&h.id, after, limit).await?;

@@ -422,7 +422,7 @@ impl Allowance {
     ),
     responses(
         (status = 200, description = "The records; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([Object] = "application/json"), (Object = "application/x-ndjson"))),
-        (status = 400, description = "`bad_request`: `limit`, `after` or `decision` is not valid.", body = crate::api::ErrorBody),
+        (status = 400, description = "`bad_request`: `limit`, `after`, `decision` or `follow` (`true` or `false`) is not valid.", body = crate::api::ErrorBody),
         crate::openapi::HostErrors,
     )
 )]
@@ -457,7 +457,7 @@ pub async fn list(
         Some(d @ ("allowed" | "denied")) => Some(d.to_owned()),
         Some(_) => return Err(ApiError::bad_request("decision must be allowed or denied")),
     };
-    let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
+    let follow = crate::api::query_bool(&q, "follow")?;
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.audit.subscribe();
     let backlog = state

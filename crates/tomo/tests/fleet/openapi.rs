@@ -479,3 +479,33 @@ async fn an_empty_optional_query_value_is_its_default() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v.is_array(), "{v}");
 }
+
+/// Issue 14: booleans in queries parsed differently per route (`follow=False` read as false on
+/// the events, refused on the logs; `follow=1` taken on one, refused on the other). Every route
+/// takes `true` or `false` and refuses anything else with 400.
+#[tokio::test]
+async fn boolean_queries_parse_alike_on_every_route() {
+    let f = Fleet::start().await;
+    let mut agent = RunningAgent::spawn(f.agent("bools", Some(f.code().await)));
+    let host = agent.online().await;
+    for path in [format!("/hosts/{host}/events"), "/audit".to_owned()] {
+        for bad in ["False", "1", "yes"] {
+            let (s, v) = f
+                .api(Method::GET, &format!("{path}?follow={bad}"), None)
+                .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{path}?follow={bad}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("true or false")),
+                "{v}"
+            );
+        }
+        let (s, v) = f
+            .api(Method::GET, &format!("{path}?follow=false"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert!(v.is_array(), "{v}");
+    }
+    let _ = agent.stop().await;
+}
