@@ -114,6 +114,29 @@ impl Fleet {
         Ok(())
     }
 
+    /// 700 ms into `call` (a request the engine holds), kills the control plane, restarts it
+    /// on its port and waits for the host: what the caller saw, how soon after the kill, and
+    /// how soon the host was back after the restart.
+    async fn kill_server_during(
+        &mut self,
+        call: tokio::task::JoinHandle<Answered>,
+    ) -> anyhow::Result<(String, Duration, Duration)> {
+        let listen = self.server.as_ref().context("server")?.listen;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let killed = Instant::now();
+        self.kill_server().await;
+        let (answered, r) = call.await?;
+        let saw = match r {
+            Ok((s, v)) => format!("HTTP {s}: {v}"),
+            Err(e) => format!("the connection failed ({e})"),
+        };
+        let detection = answered.saturating_duration_since(killed);
+        self.restart_server(listen).await?;
+        let back = Instant::now();
+        self.wait_status("online", Duration::from_secs(60)).await?;
+        Ok((saw, detection, back.elapsed()))
+    }
+
     async fn kill_agent(&mut self) {
         if let Some(a) = self.agent.take() {
             a.kill().await;
@@ -300,26 +323,13 @@ async fn control_plane_killed_mid_command(
     let name = format!("tomo-chaos-{}-cpkill", std::process::id());
     stubborn(docker, &name, image).await?;
     let since = tomo_common::now_secs() as i64;
-    let listen = f.server.as_ref().context("server")?.listen;
     let call = in_background(
         &f.api,
         format!("/hosts/{}/containers/{name}/stop", f.host),
         Some(json!({"timeout": 3})),
         None,
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let killed = Instant::now();
-    f.kill_server().await;
-    let (answered, r) = call.await?;
-    let saw = match r {
-        Ok((s, v)) => format!("HTTP {s}: {v}"),
-        Err(e) => format!("the connection failed: {e}"),
-    };
-    let detection = answered.saturating_duration_since(killed);
-    f.restart_server(listen).await?;
-    let back = Instant::now();
-    f.wait_status("online", Duration::from_secs(60)).await?;
-    let recovery = back.elapsed();
+    let (saw, detection, recovery) = f.kill_server_during(call).await?;
     wait_exited(docker, &name, Duration::from_secs(15)).await?;
     let stops = engine_events(docker, &name, "stop", since).await?;
     ensure!(stops == 1, "the engine stopped {name} {stops} times");
@@ -509,19 +519,8 @@ async fn control_plane_killed_mid_approval(
         .context("no action id")?
         .to_owned();
     let approve = in_background(&f.api, format!("/approvals/{id}/approve"), None, None);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let killed = Instant::now();
-    f.kill_server().await;
-    let (answered, r) = approve.await?;
-    let saw = match r {
-        Ok((s, v)) => format!("the approver: HTTP {s} {v}"),
-        Err(e) => format!("the approver: the connection failed ({e})"),
-    };
-    let detection = answered.saturating_duration_since(killed);
-    f.restart_server(listen).await?;
-    let back = Instant::now();
-    f.wait_status("online", Duration::from_secs(60)).await?;
-    let recovery = back.elapsed();
+    let (saw, detection, recovery) = f.kill_server_during(approve).await?;
+    let saw = format!("the approver: {saw}");
     let first = f
         .api
         .send(Method::GET, &format!("/approvals/{id}"), None)
