@@ -25,6 +25,8 @@ use tokio::sync::watch;
 
 use crate::procs::{AgentProc, Api, ServerProc};
 
+mod dockerd;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChaosArgs {
     /// Where to write the JSON report [default: target/bench/chaos.json].
@@ -68,6 +70,15 @@ impl Fleet {
         dir: &Path,
         agent_url: Option<&dyn Fn(SocketAddr) -> String>,
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(dir, agent_url, &[]).await
+    }
+
+    /// [`Fleet::start`] with extra environment variables for the agent (its engine, for one).
+    async fn start_with_env(
+        dir: &Path,
+        agent_url: Option<&dyn Fn(SocketAddr) -> String>,
+        agent_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let server = ServerProc::start(
             &dir.join("server"),
@@ -83,7 +94,8 @@ impl Fleet {
         let agent_args = crate::procs::agent_args(&server, url, dir, "tomo-chaos")?;
         let mut first = agent_args.clone();
         first.extend(["--register-code".to_owned(), code]);
-        let mut agent = AgentProc::start(&first, &dir.join("agent.log")).await?;
+        let mut agent =
+            AgentProc::start_with_env(&first, &dir.join("agent.log"), agent_env).await?;
         agent.wait_connected(Duration::from_secs(30)).await?;
         let hosts = api.send(Method::GET, "/hosts", None).await?;
         let host = hosts[0]["id"].as_str().context("no host")?.to_owned();
@@ -664,14 +676,31 @@ async fn control_plane_disk_full(dir: &Path) -> anyhow::Result<Option<Case>> {
             while file.write_all(&chunk).is_ok() {}
             let _ = file.sync_all();
         }
+        // SQLite may still place a write or two in space its files already hold (a WAL it
+        // reuses): such a write is stored, and acknowledged rightly. Write tokens until one is
+        // refused; every one acknowledged must be there afterwards, and work.
         let full = Instant::now();
-        let (s, v) = f
-            .api
-            .raw(Method::POST, "/codes", Some(&json!({"ttl_secs": 600})), &[])
-            .await?;
+        let mut acknowledged = Vec::new();
+        let (s, v) = loop {
+            let name = format!("chaos-full-{}", acknowledged.len());
+            let (s, v) = f
+                .api
+                .raw(Method::POST, "/tokens", Some(&json!({"name": name, "role": "read"})), &[])
+                .await?;
+            if !s.is_success() {
+                break (s, v);
+            }
+            let secret = v["secret"].as_str().context("a token without its secret")?;
+            acknowledged.push((name, secret.to_owned()));
+            ensure!(acknowledged.len() < 200, "200 writes on a full disk were acknowledged");
+        };
         let detection = full.elapsed();
         ensure!(s == StatusCode::INSUFFICIENT_STORAGE, "a write on a full disk answered {s}: {v}");
-        let saw = format!("HTTP {s} {}", v["error"]["message"].as_str().unwrap_or_default());
+        let saw = format!(
+            "HTTP {s} {} (after {} write(s) that still fitted in the store's files)",
+            v["error"]["message"].as_str().unwrap_or_default(),
+            acknowledged.len()
+        );
         std::fs::remove_file(&filler)?;
         let freed = Instant::now();
         let (s, v) = f
@@ -681,9 +710,21 @@ async fn control_plane_disk_full(dir: &Path) -> anyhow::Result<Option<Case>> {
         ensure!(s == StatusCode::CREATED || s == StatusCode::OK, "the first write after space returned answered {s}: {v}");
         ensure!(v["code"].is_string(), "no code in {s}");
         let recovery = freed.elapsed();
-        // What was acknowledged is there: the new code is listed by the store.
+        // What was acknowledged is there, and works.
         let hosts = f.api.send(Method::GET, "/hosts", None).await?;
         ensure!(hosts.as_array().is_some_and(|h| !h.is_empty()), "the host is gone: {hosts}");
+        let tokens = f.api.send(Method::GET, "/tokens", None).await?;
+        for (name, secret) in &acknowledged {
+            ensure!(
+                tokens.as_array().into_iter().flatten().any(|t| t["name"] == name.as_str()),
+                "the acknowledged token {name} is missing: {tokens}"
+            );
+            let server = f.server.as_ref().context("server")?;
+            let api = Api::new(&server.api_url, &server.ca_file, secret, 1)?;
+            api.send(Method::GET, "/hosts", None)
+                .await
+                .with_context(|| format!("the acknowledged token {name} does not work"))?;
+        }
         f.stop().await;
         Ok::<_, anyhow::Error>(Case {
             fault: "the control plane's disk fills (its data directory on an 8 MiB tmpfs), then space returns",
@@ -990,6 +1031,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     case!(control_plane_killed_mid_stream(dir, &docker, &image));
     case!(control_plane_disk_full(dir));
     case!(agent_clock_ten_minutes_ahead(dir));
+    case!(dockerd::engine_restarted(dir, &image));
     case!(twenty_clients(dir));
     if !args.no_black_hole {
         case!(network_black_hole(dir));

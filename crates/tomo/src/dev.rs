@@ -93,7 +93,11 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     let shutdown = CancellationToken::new();
     tokio::spawn(tomo_common::signals::cancel_on_signal(shutdown.clone()));
     let server_task = tokio::spawn(server.run(shutdown.clone()));
-    let agent_shutdown = shutdown.clone();
+    // The local agent stops after the control plane: had both stopped at once, a stream the
+    // agent's session carried could end as "the connection to the host was lost" before the
+    // control plane said it was shutting down (issue 13.8).
+    let agent_shutdown = CancellationToken::new();
+    let agent_stop = agent_shutdown.clone();
     let agent_task = tokio::spawn(async move {
         if let Err(e) = agent.run(agent_shutdown).await {
             tracing::error!(error = %e, "the local agent stopped");
@@ -118,6 +122,8 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, Failure> {
     outln!("Ctrl-C stops it.");
 
     shutdown.cancelled().await;
-    let _ = tokio::join!(agent_task, server_task);
+    let _ = server_task.await;
+    agent_stop.cancel();
+    let _ = agent_task.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -158,17 +158,8 @@ enum Command {
     },
     /// Run a command in a container (`-it` for an interactive terminal).
     Exec {
-        host: String,
-        container: String,
-        /// Keep stdin open (an interactive session).
-        #[arg(short, long)]
-        interactive: bool,
-        /// Allocate a terminal.
-        #[arg(short, long)]
-        tty: bool,
-        /// The command, after `--`.
-        #[arg(last = true)]
-        cmd: Vec<String>,
+        #[command(flatten)]
+        exec: ops::ExecArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -411,14 +402,7 @@ fn main() -> ExitCode {
                 since,
                 client,
             } => ops::logs(&host, &container, follow, tail, since.as_deref(), &client).await,
-            Command::Exec {
-                host,
-                container,
-                interactive,
-                tty,
-                cmd,
-                client,
-            } => ops::exec(&host, &container, interactive, tty, cmd, &client).await,
+            Command::Exec { exec, client } => ops::exec(exec, &client).await,
             Command::Run { run, client } => ops::run(&run, &client).await,
             Command::Start {
                 host,

@@ -293,16 +293,16 @@ pub async fn action(
     Ok(ExitCode::SUCCESS)
 }
 
-/// How long `tomo run` keeps retrying (with its idempotency key) when the control plane or the
-/// host went away during the run.
+/// How long `tomo run` and `tomo exec` keep retrying (with their idempotency key) when the
+/// control plane or the host went away during the command.
 const RUN_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 /// The pause between two of those retries.
 const RUN_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Whether an answer says the run's outcome was not learnt, so that a retry with the same key
-/// may learn it: the host's connection was lost or is not up yet, or no answer came in time.
+/// Whether an answer says the command's outcome was not learnt, so that a retry with the same
+/// key may learn it: the host's connection was lost or is not up yet, or no answer came in time.
 fn outcome_not_learnt(r: &crate::client::Reply) -> bool {
-    // The host's own answer that it cancelled the run, or cannot know its outcome, is final.
+    // The host's own answer that it cancelled the command, or cannot know its outcome, is final.
     let host_said = matches!(
         r.body["error"]["rpc"]["data"]["reason"].as_str(),
         Some("deadline" | "outcome_unknown" | "ran_output_not_kept")
@@ -314,37 +314,43 @@ fn outcome_not_learnt(r: &crate::client::Reply) -> bool {
         )
 }
 
-/// `tomo run HOST IMAGE …`. Sent with an idempotency key: when the control plane or the host
-/// goes away before the answer, the same request is sent again (for [`RUN_RETRY_FOR`]), and
-/// runs at most once (issue 13.6).
-pub async fn run(a: &RunArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
-    let params = run_params(a)?;
-    let key = match &a.idempotency_key {
-        Some(k) if tomo_proto::rpc::valid_idempotency_key(k) => k.clone(),
-        Some(_) => {
-            return Err(Failure::new(
-                2,
-                "--idempotency-key must be 1 to 64 of A-Z a-z 0-9 - _",
-            ));
-        }
-        None => tomo_common::hex(&tomo_common::random_bytes::<16>()),
-    };
-    let api = Api::from_args(args)?.with_idempotency_key(&key);
-    let path = path(&a.host, "/containers");
+/// The `--idempotency-key` given (checked), or a new one.
+fn idempotency_key(given: Option<&str>) -> Result<String, Failure> {
+    match given {
+        Some(k) if tomo_proto::rpc::valid_idempotency_key(k) => Ok(k.to_owned()),
+        Some(_) => Err(Failure::new(
+            2,
+            "--idempotency-key must be 1 to 64 of A-Z a-z 0-9 - _",
+        )),
+        None => Ok(tomo_common::hex(&tomo_common::random_bytes::<16>())),
+    }
+}
+
+/// POSTs `body` to `path` under idempotency key `key`: when the control plane or the host goes
+/// away before the answer, the same request is sent again (for [`RUN_RETRY_FOR`]); the host runs
+/// it at most once (issue 13.6). `what` names the command in the messages ("run", "exec").
+async fn post_at_most_once(
+    args: &ClientArgs,
+    path: &str,
+    body: &Value,
+    key: &str,
+    what: &str,
+) -> Result<Value, Failure> {
+    let api = Api::from_args(args)?.with_idempotency_key(key);
     let mut failing_since: Option<std::time::Instant> = None;
     let retry_hint = || {
         format!(
-            "retry with `--idempotency-key {key}` and the same arguments: it runs at most once, and answers with the first run's result if there was one"
+            "retry with `--idempotency-key {key}` and the same arguments: it runs at most once, and answers with the first {what}'s result if there was one"
         )
     };
-    let r = loop {
-        let failure = match api.send(Method::POST, &path, Some(&params)).await {
-            Ok(r) if r.status.is_success() => break r.body,
-            Ok(r) if outcome_not_learnt(&r) => crate::client::api_failure_at(&r, 1, &path),
-            Ok(r) => return Err(crate::client::api_failure_at(&r, 1, &path)),
+    loop {
+        let failure = match api.send(Method::POST, path, Some(body)).await {
+            Ok(r) if r.status.is_success() => return Ok(r.body),
+            Ok(r) if outcome_not_learnt(&r) => crate::client::api_failure_at(&r, 1, path),
+            Ok(r) => return Err(crate::client::api_failure_at(&r, 1, path)),
             // A certificate that does not verify will not start to: no retry.
             Err(f) if f.hint.as_deref().is_some_and(|h| h.contains("--ca-file")) => return Err(f),
-            // The control plane cannot be reached (restarting?): nothing says the run was not sent.
+            // The control plane cannot be reached (restarting?): nothing says it was not sent.
             Err(f) if f.status == 2 => f,
             Err(f) => return Err(f),
         };
@@ -353,11 +359,19 @@ pub async fn run(a: &RunArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
             return Err(failure.hint(retry_hint()));
         }
         eprintln!(
-            "tomo: {}; sending the run again with the same idempotency key (it runs at most once)",
+            "tomo: {}; sending the {what} again with the same idempotency key (it runs at most once)",
             failure.message
         );
         tokio::time::sleep(RUN_RETRY_PAUSE).await;
-    };
+    }
+}
+
+/// `tomo run HOST IMAGE …`, sent at most once ([`post_at_most_once`]).
+pub async fn run(a: &RunArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let params = run_params(a)?;
+    let key = idempotency_key(a.idempotency_key.as_deref())?;
+    let path = path(&a.host, "/containers");
+    let r = post_at_most_once(args, &path, &params, &key, "run").await?;
     if args.output == Output::Json {
         print_json(&r);
     } else {
@@ -863,15 +877,39 @@ pub async fn metrics(host: &str, args: &ClientArgs) -> Result<ExitCode, Failure>
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tomo exec HOST CONTAINER [-i] [-t] -- CMD…`.
-pub async fn exec(
-    host: &str,
-    container: &str,
-    interactive: bool,
-    tty: bool,
-    cmd: Vec<String>,
-    args: &ClientArgs,
-) -> Result<ExitCode, Failure> {
+/// What `tomo exec` was asked.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecArgs {
+    pub host: String,
+    pub container: String,
+    /// Keep stdin open (an interactive session).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Run at most once under this key (1 to 64 of A-Z a-z 0-9 - _): a retry with the same key
+    /// and command within 24 h does not run it again (its output is not kept: the retry says the
+    /// command ran). A new key is made when none is given; not for `-i`.
+    #[arg(long, value_name = "KEY", conflicts_with = "interactive")]
+    pub idempotency_key: Option<String>,
+    /// The command, after `--`.
+    #[arg(last = true)]
+    pub cmd: Vec<String>,
+}
+
+/// `tomo exec HOST CONTAINER [-i] [-t] -- CMD…`. Without `-i` it is sent at most once
+/// ([`post_at_most_once`]): a retry after a lost answer never runs the command twice.
+pub async fn exec(a: ExecArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let ExecArgs {
+        host,
+        container,
+        interactive,
+        tty,
+        idempotency_key: key,
+        cmd,
+    } = a;
+    let (host, container) = (host.as_str(), container.as_str());
     if cmd.is_empty() {
         return Err(Failure::new(
             2,
@@ -884,17 +922,11 @@ pub async fn exec(
             "drop -t to pipe input into the command (`tomo exec HOST CONTAINER -i -- CMD`), or run it from a terminal",
         ));
     }
-    let api = Api::from_args(args)?;
     if !interactive {
+        let key = idempotency_key(key.as_deref())?;
         let body = json!({"cmd": cmd});
-        let r = api
-            .expect(
-                Method::POST,
-                &path(host, &format!("/containers/{}/exec", seg(container))),
-                Some(&body),
-                1,
-            )
-            .await?;
+        let exec_path = path(host, &format!("/containers/{}/exec", seg(container)));
+        let r = post_at_most_once(args, &exec_path, &body, &key, "exec").await?;
         if args.output == Output::Json {
             print_json(&r);
             return Ok(ExitCode::SUCCESS);
@@ -910,5 +942,6 @@ pub async fn exec(
         let code = r["exit_code"].as_i64().unwrap_or(1);
         return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
     }
+    let api = Api::from_args(args)?;
     crate::interactive::exec(&api, host, container, tty, cmd).await
 }

@@ -672,6 +672,30 @@ fn host_operations_from_the_cli() {
     ]);
     assert_eq!(exec.status.code(), Some(4));
     assert_eq!(String::from_utf8_lossy(&exec.stdout), "inside\n");
+    // Issue 13.6: an exec retried with its idempotency key does not run again; the retry says
+    // the command ran (its output is not kept).
+    let exec_key = format!("cli-exec-{:08x}", fastrand::u32(..));
+    let append = |key: &str| {
+        env.tomo(&[
+            "exec",
+            &local,
+            &name,
+            "--idempotency-key",
+            key,
+            "--",
+            "sh",
+            "-c",
+            "echo x >> /tmp/once; cat /tmp/once",
+        ])
+    };
+    let first = append(&exec_key);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(stdout(&first), "x\n");
+    let retry = append(&exec_key);
+    assert_eq!(retry.status.code(), Some(1), "{}", stdout(&retry));
+    assert!(stderr(&retry).contains("ran once"), "{}", stderr(&retry));
+    let count = env.tomo(&["exec", &local, &name, "--", "cat", "/tmp/once"]);
+    assert_eq!(stdout(&count), "x\n", "the retry ran the command again");
     let stop = env.tomo(&["stop", &local, &name, "--time", "1"]);
     assert!(
         stop.status.success(),

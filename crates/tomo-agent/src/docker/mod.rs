@@ -123,8 +123,8 @@ impl DockerClient {
         let (docker, dial) = self.connected().await?;
         let meter = Meter::new(self.body_cap);
         let transport = Transport::shared(dial, meter.clone());
-        let stream =
-            Self::over(transport, &docker.client_version()).map_err(|e| unavailable(&e))?;
+        let stream = Self::over(transport, &docker.client_version())
+            .map_err(|e| unavailable(&self.endpoint, &e))?;
         Ok((stream, meter))
     }
 
@@ -140,13 +140,12 @@ impl DockerClient {
         };
         let dial = Arc::new(dial);
         let transport = Transport::per_request(Arc::clone(&dial), self.body_cap);
-        let fresh =
-            Self::over(transport, bollard::API_DEFAULT_VERSION).map_err(|e| unavailable(&e))?;
+        let fresh = Self::over(transport, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| unavailable(&self.endpoint, &e))?;
         // Any failure here is the engine's absence, as before; an oversized answer says so.
-        let negotiated = fresh
-            .negotiate_version()
-            .await
-            .map_err(|e| transport::too_large(&e).map_or_else(|| unavailable(&e), too_large))?;
+        let negotiated = fresh.negotiate_version().await.map_err(|e| {
+            transport::too_large(&e).map_or_else(|| unavailable(&self.endpoint, &e), too_large)
+        })?;
         let pair = (negotiated, dial);
         if let Ok(mut slot) = self.client.lock() {
             *slot = Some(pair.clone());
@@ -192,7 +191,7 @@ impl DockerClient {
                     *slot = None;
                 }
                 self.gone.notify_one();
-                unavailable(&other)
+                unavailable(&self.endpoint, &other)
             }
         }
     }
@@ -273,9 +272,20 @@ fn too_large(t: transport::BodyTooLarge) -> RpcError {
     .with_data(serde_json::json!({"reason": "docker_answer_too_large", "cap_bytes": t.cap}))
 }
 
-fn unavailable(e: &dyn std::fmt::Display) -> RpcError {
-    RpcError::new(code::DOCKER, format!("Docker engine unavailable: {e}"))
-        .with_data(serde_json::json!({"reason": "docker_unavailable"}))
+/// The engine does not answer: where it was looked for, why, and what to check (issue 13.8).
+fn unavailable(endpoint: &Endpoint, e: &dyn std::fmt::Display) -> RpcError {
+    let at = match endpoint {
+        Endpoint::Unix(path) => format!("unix://{path}"),
+        Endpoint::TcpTls { addr, .. } => addr.clone(),
+        Endpoint::Refused(why) => why.clone(),
+    };
+    RpcError::new(
+        code::DOCKER,
+        format!(
+            "Docker engine unavailable at {at}: {e}; check that dockerd runs on this host (`systemctl status docker`); the agent reconnects by itself"
+        ),
+    )
+    .with_data(serde_json::json!({"reason": "docker_unavailable"}))
 }
 
 #[cfg(test)]

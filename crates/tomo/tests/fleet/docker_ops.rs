@@ -582,6 +582,13 @@ async fn without_an_engine_docker_methods_fail_clearly_and_the_rest_works() {
             .is_some_and(|m| m.contains("Docker engine unavailable")),
         "{e}"
     );
+    // Issue 13.8: the error says where the engine was looked for and what to check.
+    let message = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("unix:///nonexistent/tomo-test/docker.sock")
+            && message.contains("dockerd"),
+        "{e}"
+    );
     let (s, r) = fleet.rpc(&host, "agent.ping", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(r["result"]["pong"], true);
