@@ -35,9 +35,35 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 struct ListQuery {
     /// `open` (the default: `pending` and `interrupted`, what needs a human), `pending`,
     /// `approved`, `denied`, `expired`, `done`, `failed`, `interrupted` or `all`.
+    #[param(schema_with = status_filter)]
     status: Option<String>,
-    /// At most this many, newest first (default 100, at most 500).
+    /// At most this many, newest first (default 100, 1 to 500).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+}
+
+/// The document's schema of [`ListQuery::status`]: the values it takes, an empty one (the
+/// default, as its absence) among them.
+fn status_filter() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(
+            "`open` (the default: `pending` and `interrupted`, what needs a human), `pending`, \
+             `approved`, `denied`, `expired`, `done`, `failed`, `interrupted` or `all`.",
+        ))
+        .enum_values(Some([
+            "",
+            "open",
+            "pending",
+            "approved",
+            "denied",
+            "expired",
+            "done",
+            "failed",
+            "interrupted",
+            "all",
+        ]))
+        .build()
 }
 
 /// The action's id.
@@ -102,7 +128,10 @@ async fn list(
             &one
         }
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be 1–{MAX_LIST}")));
+    }
     let actions = approvals::list(&state, &who, statuses, limit).await?;
     Ok(Json(
         actions.iter().map(|a| approvals::view(&state, a)).collect(),

@@ -445,7 +445,7 @@ async fn containers_action(
     get,
     path = "/hosts/{host}/containers/{container}/logs",
     tag = "containers",
-    params(ContainerPath, ("tail" = Option<u64>, Query, description = "The last N lines only."), ("since" = Option<i64>, Query, description = "Only lines since this Unix time (seconds)."), ("until" = Option<i64>, Query, description = "Only lines before this Unix time (seconds)."), ("timestamps" = Option<bool>, Query, description = "Prefix lines with timestamps."), ("follow" = Option<bool>, Query, description = "Stream new lines as NDJSON.")),
+    params(ContainerPath, ("tail" = Option<u64>, Query, description = "The last N lines only."), ("since" = Option<i64>, Query, minimum = 0, maximum = 2147483647, description = "Only lines since this Unix time (seconds)."), ("until" = Option<i64>, Query, minimum = 0, maximum = 2147483647, description = "Only lines before this Unix time (seconds)."), ("timestamps" = Option<bool>, Query, description = "Prefix lines with timestamps."), ("follow" = Option<bool>, Query, description = "Stream new lines as NDJSON.")),
     responses(
         (status = 200, description = "The logs; with `follow`, NDJSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
         AgentErrors,
@@ -784,7 +784,7 @@ async fn agent_op(
     tag = "events",
     params(
         HostPath,
-        ("limit" = Option<u32>, Query, description = "1–10000; 100 by default."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "1–10000; 100 by default."),
         ("after" = Option<i64>, Query, description = "Only events after this one (its `seq`)."),
         ("follow" = Option<bool>, Query, description = "Go on with live events, as NDJSON."),
     ),

@@ -415,7 +415,7 @@ impl Allowance {
     operation_id = "audit",
     params(
         ("host" = Option<String>, Query, description = "Only this host's records (id, hostname or id prefix; removed hosts too)."),
-        ("limit" = Option<u32>, Query, description = "1–10000; 100 by default."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "1–10000; 100 by default."),
         ("after" = Option<i64>, Query, description = "Only records after this record id."),
         ("follow" = Option<bool>, Query, description = "Go on with live records, as NDJSON."),
         ("decision" = Option<String>, Query, description = "Only records with this decision: `allowed` or `denied`."),

@@ -145,6 +145,10 @@ pub struct ContainerPath {
     /// Host id, hostname, or a unique prefix of the id.
     pub host: String,
     /// Container id, id prefix or name.
+    #[param(
+        pattern = "^([0-9a-f]{1,64}|[a-zA-Z0-9][a-zA-Z0-9_.-]+)$",
+        max_length = 255
+    )]
     pub container: String,
 }
 

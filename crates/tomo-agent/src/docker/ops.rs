@@ -145,9 +145,13 @@ pub async fn logs(ctx: Ctx, p: LogsParams) -> Result<Streamed<LogsResult>, RpcEr
         .inspect_container(p.container.as_str(), None::<q::InspectContainerOptions>)
         .await
         .map_err(|e| d.error(e))?;
+    // Docker takes whole seconds of Unix time that fit an i32; a negative one is refused.
     let to_i32 = |param: &str, v: Option<i64>| -> Result<i32, RpcError> {
         v.map_or(Ok(0), |v| {
-            i32::try_from(v).map_err(|_| bad_param(param, "is out of range"))
+            i32::try_from(v)
+                .ok()
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| bad_param(param, "must be a Unix time in seconds, 0 to 2147483647"))
         })
     };
     let opts = q::LogsOptionsBuilder::default()
