@@ -39,7 +39,11 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(containers_get, containers_remove))
         .routes(routes!(logs))
         .routes(routes!(stats))
-        .routes(routes!(containers_action))
+        .routes(routes!(start_container))
+        .routes(routes!(stop_container))
+        .routes(routes!(restart_container))
+        .routes(routes!(update_container))
+        .routes(routes!(exec_in_container))
         .routes(routes!(images_list, images_remove))
         .routes(routes!(images_pull))
         .routes(routes!(networks_list, networks_create))
@@ -397,45 +401,195 @@ async fn containers_remove(
     forward(&s, &w, &h, "docker.containers.remove", p).await
 }
 
-/// Start, stop, restart, update or exec in a container.
+/// The body of `POST …/containers/{container}/start`: none (or `{}`).
+// The document's view of the method's params (the agent checks them).
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartBody {}
+
+/// The body of `POST …/containers/{container}/stop` and `…/restart`.
+// The document's view of the method's params (the agent checks them).
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopBody {
+    /// Seconds to wait for the container to exit before it is killed; 10 by default.
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
+    timeout: Option<u32>,
+}
+
+/// The body of `POST …/containers/{container}/update`.
+// The document's view of the method's params (the agent checks them).
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    /// Seconds to wait for the new container to be running (and healthy); 30 by default.
+    #[schema(minimum = 0)]
+    health_timeout: Option<u64>,
+}
+
+/// The body of `POST …/containers/{container}/exec`.
+// The document's view of the method's params (the agent checks them).
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    /// The argument vector; no shell is involved unless the vector starts one.
+    cmd: Vec<String>,
+    env: Option<std::collections::BTreeMap<String, String>>,
+    workdir: Option<String>,
+    user: Option<String>,
+    /// Open an interactive session: an NDJSON stream of output taking input through
+    /// `stream.write` and `stream.resize`.
+    interactive: Option<bool>,
+    /// Allocate a terminal (interactive sessions only).
+    tty: Option<bool>,
+    /// One-shot only: seconds before the command is abandoned; 60 by default, 600 at most.
+    #[schema(minimum = 0)]
+    timeout: Option<u64>,
+}
+
+/// The container method `method` with the body's options.
+async fn container_method(
+    s: &Arc<AppState>,
+    w: &Principal,
+    h: &str,
+    c: String,
+    method: &str,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let mut p = body_params(body)?;
+    p.insert("container".into(), Value::String(c));
+    forward_stream(s, w, h, method, p).await
+}
+
+/// Start a container.
 ///
-/// `start`, `stop`, `restart` (execute), `update` (execute: pull the image again and recreate,
-/// rolling back when the new container is not healthy in time) and `exec` (admin).
+/// `docker.containers.start`. Execute.
 #[utoipa::path(
     post,
-    path = "/hosts/{host}/containers/{container}/{action}",
+    path = "/hosts/{host}/containers/{container}/start",
     tag = "containers",
-    params(ContainerPath, ("action" = inline(crate::openapi::ContainerActionName), Path, description = "What to do.")),
-    request_body(content = Option<Object>, description = "The method's options besides `container`: `timeout` (stop, restart), `health_timeout` (update), `cmd`, `env`, `workdir`, `user`, `interactive`, `tty`, `timeout` (exec)."),
+    operation_id = "start_container",
+    params(ContainerPath),
+    request_body(content = Option<StartBody>),
     responses(
-        (status = 200, description = "The method's result; an interactive exec answers NDJSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "What the start did: `{id, name, state}`.", body = Object),
         AgentErrors,
         Pending,
     )
 )]
-async fn containers_action(
+async fn start_container(
     State(s): St,
     Extension(w): Who,
-    Path((h, c, action)): Path<(String, String, String)>,
+    Path((h, c)): Path<(String, String)>,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    let method = match action.as_str() {
-        "start" => "docker.containers.start",
-        "stop" => "docker.containers.stop",
-        "restart" => "docker.containers.restart",
-        "update" => "docker.containers.update",
-        "exec" => "docker.containers.exec",
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no container action {other:?} (start, stop, restart, update, exec)"),
-            ));
-        }
-    };
-    let mut p = body_params(body)?;
-    p.insert("container".into(), Value::String(c));
-    forward_stream(&s, &w, &h, method, p).await
+    container_method(&s, &w, &h, c, "docker.containers.start", body).await
+}
+
+/// Stop a container.
+///
+/// `docker.containers.stop`. Execute.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/containers/{container}/stop",
+    tag = "containers",
+    operation_id = "stop_container",
+    params(ContainerPath),
+    request_body(content = Option<StopBody>),
+    responses(
+        (status = 200, description = "What the stop did: `{id, name, state}`.", body = Object),
+        AgentErrors,
+        Pending,
+    )
+)]
+async fn stop_container(
+    State(s): St,
+    Extension(w): Who,
+    Path((h, c)): Path<(String, String)>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    container_method(&s, &w, &h, c, "docker.containers.stop", body).await
+}
+
+/// Restart a container.
+///
+/// `docker.containers.restart`. Execute.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/containers/{container}/restart",
+    tag = "containers",
+    operation_id = "restart_container",
+    params(ContainerPath),
+    request_body(content = Option<StopBody>),
+    responses(
+        (status = 200, description = "What the restart did: `{id, name, state}`.", body = Object),
+        AgentErrors,
+        Pending,
+    )
+)]
+async fn restart_container(
+    State(s): St,
+    Extension(w): Who,
+    Path((h, c)): Path<(String, String)>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    container_method(&s, &w, &h, c, "docker.containers.restart", body).await
+}
+
+/// Update a container.
+///
+/// `docker.containers.update`: pull its image again and recreate it, rolling back when the new
+/// container is not running (and healthy) in time. Execute.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/containers/{container}/update",
+    tag = "containers",
+    operation_id = "update_container",
+    params(ContainerPath),
+    request_body(content = Option<UpdateBody>),
+    responses(
+        (status = 200, description = "`{name, old_id, new_id, old_image_id, new_image_id, image_changed, state}`.", body = Object),
+        AgentErrors,
+        Pending,
+    )
+)]
+async fn update_container(
+    State(s): St,
+    Extension(w): Who,
+    Path((h, c)): Path<(String, String)>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    container_method(&s, &w, &h, c, "docker.containers.update", body).await
+}
+
+/// Run a command in a container.
+///
+/// `docker.containers.exec`: one-shot (its output), or an interactive session (a stream).
+/// Admin.
+#[utoipa::path(
+    post,
+    path = "/hosts/{host}/containers/{container}/exec",
+    tag = "containers",
+    operation_id = "exec_in_container",
+    params(ContainerPath),
+    request_body(content = ExecBody),
+    responses(
+        (status = 200, description = "`{exit_code, stdout, stderr, truncated, timed_out}`; an interactive exec answers NDJSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        AgentErrors,
+        Pending,
+    )
+)]
+async fn exec_in_container(
+    State(s): St,
+    Extension(w): Who,
+    Path((h, c)): Path<(String, String)>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    container_method(&s, &w, &h, c, "docker.containers.exec", body).await
 }
 
 /// A container's logs.

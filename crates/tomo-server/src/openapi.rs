@@ -162,17 +162,6 @@ pub struct NamePath {
     pub name: String,
 }
 
-/// What `POST /hosts/{host}/containers/{container}/{action}` does.
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "lowercase")]
-pub enum ContainerActionName {
-    Start,
-    Stop,
-    Restart,
-    Update,
-    Exec,
-}
-
 /// `POST /hosts/{host}/system/{op}`.
 #[derive(Debug, ToSchema)]
 #[schema(rename_all = "snake_case")]

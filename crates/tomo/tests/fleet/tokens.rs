@@ -86,7 +86,6 @@ use Bound::{Action as P, Fleet as F, Host as H, Own as O, Unscoped as U};
 use Gate::{Free as FREE, Pending as PEND, Refused as REFUSE};
 use Level::{Admin as A, Execute as E, Read as R};
 
-const CONTAINER_ACTION: &str = "/hosts/{host}/containers/{container}/{action}";
 const SYSTEM_OP: &str = "/hosts/{host}/system/{op}";
 const AGENT_OP: &str = "/hosts/{host}/agent/{op}";
 
@@ -200,7 +199,7 @@ const ROUTES: &[Route] = &[
     ),
     r(
         Method::POST,
-        CONTAINER_ACTION,
+        "/hosts/{host}/containers/{container}/start",
         "/hosts/{host}/containers/{container}/start",
         E,
         H,
@@ -209,7 +208,7 @@ const ROUTES: &[Route] = &[
     ),
     r(
         Method::POST,
-        CONTAINER_ACTION,
+        "/hosts/{host}/containers/{container}/stop",
         "/hosts/{host}/containers/{container}/stop",
         E,
         H,
@@ -218,7 +217,7 @@ const ROUTES: &[Route] = &[
     ),
     r(
         Method::POST,
-        CONTAINER_ACTION,
+        "/hosts/{host}/containers/{container}/restart",
         "/hosts/{host}/containers/{container}/restart",
         E,
         H,
@@ -227,7 +226,7 @@ const ROUTES: &[Route] = &[
     ),
     r(
         Method::POST,
-        CONTAINER_ACTION,
+        "/hosts/{host}/containers/{container}/update",
         "/hosts/{host}/containers/{container}/update",
         E,
         H,
@@ -236,7 +235,7 @@ const ROUTES: &[Route] = &[
     ),
     r(
         Method::POST,
-        CONTAINER_ACTION,
+        "/hosts/{host}/containers/{container}/exec",
         "/hosts/{host}/containers/{container}/exec",
         A,
         H,
