@@ -860,15 +860,23 @@ async fn call_host(
             "timeout_ms must be between 1 and 600000",
         ));
     }
+    let id = body.id.unwrap_or(Id::Num(1));
+    // Deny by default: a method the control plane does not know is not forwarded (it has no
+    // level to check, nor an approval to wait for); the role comes before the host, as on the
+    // other doors, so that a 403 does not tell which hosts exist.
+    let Some(level) = tomo_proto::methods::level_of(&body.method) else {
+        let e = tomo_proto::rpc::RpcError::new(
+            tomo_proto::rpc::code::METHOD_NOT_FOUND,
+            format!("no method {:?}", body.method),
+        );
+        return Ok((StatusCode::OK, Json(Response::err(id, e))));
+    };
+    who.require(level)?;
     let h = resolve(&state, &who, &key).await?;
-    if let Some(level) = tomo_proto::methods::level_of(&body.method) {
-        who.require(level)?;
-    }
     // Stream control belongs to whoever opened the stream.
     who.check_stream_owner(&state, &h.id, &body.method, body.params.as_ref())?;
     crate::approvals::gate(&state, &who, &h, &body.method, body.params.as_ref()).await?;
     let caller = who.caller();
-    let id = body.id.unwrap_or(Id::Num(1));
     let (status, mut resp) = match state
         .hub
         .call(&h.id, &body.method, body.params.as_ref(), &caller, timeout)

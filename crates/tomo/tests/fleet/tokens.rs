@@ -975,6 +975,41 @@ async fn methods_above_the_tokens_role_are_refused_by_rpc_and_stream() {
     assert!(refused > 40, "{refused}");
 }
 
+/// Issue 14 (one door): `/rpc` forwarded a method the control plane does not know to the host,
+/// with no role check, and for a token that requires approval made it a pending action, where
+/// `/stream` answered it unknown. Deny by default: the control plane answers it itself,
+/// JSON-RPC's "method not found", whatever the token or the host's state, and nothing reaches
+/// the host or waits for a human.
+#[tokio::test]
+async fn an_unknown_method_is_refused_by_the_control_plane_on_rpc() {
+    let f = Fleet::start().await;
+    let host = offline_host(&f, "rpc-unknown").await;
+    let (read, _) = mint(&f, TokenSpec::new("reader", Level::Read)).await;
+    let mut asker = TokenSpec::new("asker", Level::Execute);
+    asker.requires_approval = true;
+    let (asker, _) = mint(&f, asker).await;
+    for token in [&read, &asker] {
+        let (s, v) = f
+            .api_as(
+                token,
+                Method::POST,
+                &format!("/hosts/{host}/rpc"),
+                Some(json!({"method": "docker.containers.frobnicate", "params": {}})),
+            )
+            .await;
+        // Not 503 (forwarded to the offline host), not 202 (pending).
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["error"]["code"], -32601, "{v}");
+    }
+    let (s, pending) = f.api(Method::GET, "/approvals?status=all", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        pending,
+        json!([]),
+        "an unknown method became a pending action"
+    );
+}
+
 /// Create, list, use, revoke through the API; the secret is shown once and stored nowhere.
 #[tokio::test]
 async fn tokens_are_created_listed_used_and_revoked() {
