@@ -837,20 +837,7 @@ async fn call_host(
             "params must be an object or an array",
         ));
     }
-    // The agent drops a session whose frame exceeds its limit: refuse here instead.
-    let size = body
-        .params
-        .as_ref()
-        .map(|p| p.to_string().len())
-        .unwrap_or(0)
-        + body.method.len();
-    if size > tomo_proto::MAX_SERVER_MESSAGE_BYTES - 4096 {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "params exceed the agent's 1 MiB request limit",
-        ));
-    }
+    check_call_size(&body.method, body.params.as_ref())?;
     let timeout = body
         .timeout_ms
         .map(Duration::from_millis)
@@ -925,6 +912,20 @@ async fn host_metrics(
         .map(|(at, data)| json!({"received_at": rfc3339(at), "sample": serde_json::from_str::<Value>(&data).unwrap_or(Value::Null)}))
         .collect();
     Ok(Json(json!({"host_id": h.id, "samples": samples})))
+}
+
+/// The agent drops a session whose frame exceeds its limit (every call of that session is then
+/// lost): a call whose method and params could not fit is refused here, on every door.
+pub(crate) fn check_call_size(method: &str, params: Option<&Value>) -> Result<(), ApiError> {
+    let size = params.map(|p| p.to_string().len()).unwrap_or(0) + method.len();
+    if size > tomo_proto::MAX_SERVER_MESSAGE_BYTES - 4096 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "params exceed the agent's 1 MiB request limit",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -101,6 +101,7 @@ async fn fleet_rpc(
             "params must be an object or an array",
         ));
     }
+    crate::api::check_call_size(&body.method, body.params.as_ref())?;
     let timeout = body
         .timeout_ms
         .map(Duration::from_millis)

@@ -123,6 +123,7 @@ async fn prepare_call(
 ) -> Result<(String, Caller), ApiError> {
     let (h, caller) = prepare(state, who, host, method).await?;
     let params = Value::Object(params.clone());
+    crate::api::check_call_size(method, Some(&params))?;
     who.check_stream_owner(state, &h.id, method, Some(&params))?;
     crate::approvals::gate(state, who, &h, method, Some(&params)).await?;
     Ok((h.id, caller))

@@ -267,3 +267,38 @@ async fn an_unauthenticated_peer_cannot_send_megabytes() {
     a.online().await;
     a.stop().await.expect("stop");
 }
+
+/// Issue 14 (one door): only `/rpc` refused params past the agent's frame limit; a REST host
+/// route forwarded a 1.1 MiB body, and the agent, whose limit it broke, dropped the session (the
+/// host went offline for everyone). Every door refuses it with 413 and the host stays online.
+#[tokio::test]
+async fn an_oversized_body_on_a_host_route_is_refused_and_the_host_stays_online() {
+    let f = Fleet::start().await;
+    let mut agent = RunningAgent::spawn(f.agent("big-body", Some(f.code().await)));
+    let host = agent.online().await;
+    let pad = "x".repeat(1_100_000);
+    for (method, path) in [
+        (
+            reqwest::Method::POST,
+            format!("/hosts/{host}/containers/web/stop"),
+        ),
+        (reqwest::Method::POST, format!("/hosts/{host}/stream")),
+        (reqwest::Method::POST, "/fleet/rpc".to_owned()),
+    ] {
+        let body = if path.ends_with("/stream") {
+            json!({"method": "docker.containers.logs", "params": {"container": "web", "pad": pad}})
+        } else if path == "/fleet/rpc" {
+            json!({"method": "agent.ping", "params": {"pad": pad}})
+        } else {
+            json!({"pad": pad})
+        };
+        let (s, v) = f.api(method, &path, Some(body)).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "too_large", "{v}");
+    }
+    // The session was not dropped: a ping answers at once, on the same session.
+    let (s, r) = f.rpc(&host, "agent.ping", None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["result"]["pong"], true);
+    let _ = agent.stop().await;
+}
