@@ -466,132 +466,73 @@ async fn container_method(
     forward_stream(s, w, h, method, p).await
 }
 
-/// Start a container.
-///
-/// `docker.containers.start`. Execute.
-#[utoipa::path(
-    post,
-    path = "/hosts/{host}/containers/{container}/start",
-    tag = "containers",
-    operation_id = "start_container",
-    params(ContainerPath),
-    request_body(content = Option<StartBody>),
-    responses(
-        (status = 200, description = "What the start did: `{id, name, state}`.", body = Object),
-        AgentErrors,
-        Pending,
-    )
-)]
-async fn start_container(
-    State(s): St,
-    Extension(w): Who,
-    Path((h, c)): Path<(String, String)>,
-    body: JsonBody,
-) -> Result<HttpResponse, ApiError> {
-    container_method(&s, &w, &h, c, "docker.containers.start", body).await
+/// One container action: its route, document entry and handler, which calls `$method` with the
+/// body's options and the container from the path.
+macro_rules! container_action {
+    ($handler:ident, $action:literal, $method:literal, $body:ty, $ok:literal, $content:tt,
+     $(#[$doc:meta])*) => {
+        $(#[$doc])*
+        #[utoipa::path(
+            post,
+            path = concat!("/hosts/{host}/containers/{container}/", $action),
+            tag = "containers",
+            operation_id = stringify!($handler),
+            params(ContainerPath),
+            request_body(content = $body),
+            responses(
+                (status = 200, description = $ok, content $content),
+                AgentErrors,
+                Pending,
+            )
+        )]
+        async fn $handler(
+            State(s): St,
+            Extension(w): Who,
+            Path((h, c)): Path<(String, String)>,
+            body: JsonBody,
+        ) -> Result<HttpResponse, ApiError> {
+            container_method(&s, &w, &h, c, $method, body).await
+        }
+    };
 }
 
-/// Stop a container.
-///
-/// `docker.containers.stop`. Execute.
-#[utoipa::path(
-    post,
-    path = "/hosts/{host}/containers/{container}/stop",
-    tag = "containers",
-    operation_id = "stop_container",
-    params(ContainerPath),
-    request_body(content = Option<StopBody>),
-    responses(
-        (status = 200, description = "What the stop did: `{id, name, state}`.", body = Object),
-        AgentErrors,
-        Pending,
-    )
-)]
-async fn stop_container(
-    State(s): St,
-    Extension(w): Who,
-    Path((h, c)): Path<(String, String)>,
-    body: JsonBody,
-) -> Result<HttpResponse, ApiError> {
-    container_method(&s, &w, &h, c, "docker.containers.stop", body).await
-}
-
-/// Restart a container.
-///
-/// `docker.containers.restart`. Execute.
-#[utoipa::path(
-    post,
-    path = "/hosts/{host}/containers/{container}/restart",
-    tag = "containers",
-    operation_id = "restart_container",
-    params(ContainerPath),
-    request_body(content = Option<StopBody>),
-    responses(
-        (status = 200, description = "What the restart did: `{id, name, state}`.", body = Object),
-        AgentErrors,
-        Pending,
-    )
-)]
-async fn restart_container(
-    State(s): St,
-    Extension(w): Who,
-    Path((h, c)): Path<(String, String)>,
-    body: JsonBody,
-) -> Result<HttpResponse, ApiError> {
-    container_method(&s, &w, &h, c, "docker.containers.restart", body).await
-}
-
-/// Update a container.
-///
-/// `docker.containers.update`: pull its image again and recreate it, rolling back when the new
-/// container is not running (and healthy) in time. Execute.
-#[utoipa::path(
-    post,
-    path = "/hosts/{host}/containers/{container}/update",
-    tag = "containers",
-    operation_id = "update_container",
-    params(ContainerPath),
-    request_body(content = Option<UpdateBody>),
-    responses(
-        (status = 200, description = "`{name, old_id, new_id, old_image_id, new_image_id, image_changed, state}`.", body = Object),
-        AgentErrors,
-        Pending,
-    )
-)]
-async fn update_container(
-    State(s): St,
-    Extension(w): Who,
-    Path((h, c)): Path<(String, String)>,
-    body: JsonBody,
-) -> Result<HttpResponse, ApiError> {
-    container_method(&s, &w, &h, c, "docker.containers.update", body).await
-}
-
-/// Run a command in a container.
-///
-/// `docker.containers.exec`: one-shot (its output), or an interactive session (a stream).
-/// Admin.
-#[utoipa::path(
-    post,
-    path = "/hosts/{host}/containers/{container}/exec",
-    tag = "containers",
-    operation_id = "exec_in_container",
-    params(ContainerPath),
-    request_body(content = ExecBody),
-    responses(
-        (status = 200, description = "`{exit_code, stdout, stderr, truncated, timed_out}`; an interactive exec answers NDJSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
-        AgentErrors,
-        Pending,
-    )
-)]
-async fn exec_in_container(
-    State(s): St,
-    Extension(w): Who,
-    Path((h, c)): Path<(String, String)>,
-    body: JsonBody,
-) -> Result<HttpResponse, ApiError> {
-    container_method(&s, &w, &h, c, "docker.containers.exec", body).await
-}
+container_action!(start_container, "start", "docker.containers.start", Option<StartBody>,
+    "What the start did: `{id, name, state}`.",
+    ((Object = "application/json")),
+    /// Start a container.
+    ///
+    /// `docker.containers.start`. Execute.
+);
+container_action!(stop_container, "stop", "docker.containers.stop", Option<StopBody>,
+    "What the stop did: `{id, name, state}`.",
+    ((Object = "application/json")),
+    /// Stop a container.
+    ///
+    /// `docker.containers.stop`. Execute.
+);
+container_action!(restart_container, "restart", "docker.containers.restart", Option<StopBody>,
+    "What the restart did: `{id, name, state}`.",
+    ((Object = "application/json")),
+    /// Restart a container.
+    ///
+    /// `docker.containers.restart`. Execute.
+);
+container_action!(update_container, "update", "docker.containers.update", Option<UpdateBody>,
+    "`{name, old_id, new_id, old_image_id, new_image_id, image_changed, state}`.",
+    ((Object = "application/json")),
+    /// Update a container.
+    ///
+    /// `docker.containers.update`: pull its image again and recreate it, rolling back when the
+    /// new container is not running (and healthy) in time. Execute.
+);
+container_action!(exec_in_container, "exec", "docker.containers.exec", ExecBody,
+    "`{exit_code, stdout, stderr, truncated, timed_out}`; an interactive exec answers NDJSON.",
+    ((Object = "application/json"), (Object = "application/x-ndjson")),
+    /// Run a command in a container.
+    ///
+    /// `docker.containers.exec`: one-shot (its output), or an interactive session (a stream).
+    /// Admin.
+);
 
 /// A container's logs.
 ///
