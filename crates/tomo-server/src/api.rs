@@ -18,13 +18,10 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::hub::Caller;
-
-use crate::store::{HostRecord, StoreError, TokenRecord};
+use crate::core::Refusal;
+use crate::core::call::{Admission, CallRequest, Hosts, Mode};
+use crate::store::{HostRecord, StoreError};
 use crate::{AppState, auth};
-
-/// Longest per-call timeout.
-const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The routes, all behind [`require_token`] but the OpenAPI document's. Each is registered
 /// with `routes!` from its documented handler, so the document ([`crate::openapi`]) lists every
@@ -254,6 +251,26 @@ pub struct ErrorDetail {
     pub rpc: Option<tomo_proto::rpc::RpcError>,
 }
 
+/// A refusal of the control plane, as the API answers it (the same code on every route).
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let status = match &r {
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::UnknownMethod(_) | Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+            Refusal::Forbidden { .. } | Refusal::NotStreamOwner(_) | Refusal::OutOfScope => {
+                StatusCode::FORBIDDEN
+            }
+            Refusal::Ambiguous(_) => StatusCode::CONFLICT,
+            Refusal::Store(_) => {
+                let Refusal::Store(e) = r else { unreachable!() };
+                return e.into();
+            }
+        };
+        Self::new(status, r.code(), r.to_string())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -288,17 +305,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The authenticated caller, put in the request by [`require_token`].
-#[derive(Debug, Clone)]
-pub struct Principal(
-    pub TokenRecord,
-    pub Option<String>,
-    pub Option<IdempotencyKey>,
-);
-
-/// A valid `Idempotency-Key` header (issue 13.6).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(pub String);
+pub use crate::core::{IdempotencyKey, Principal, role_name};
 
 /// The request's `Idempotency-Key`: `Ok(None)` without one, an error naming the rule for one
 /// that is not 1 to 64 of `A-Z a-z 0-9 - _`.
@@ -315,99 +322,6 @@ pub(crate) fn idempotency_key(
         _ => Err(ApiError::bad_request(
             "the Idempotency-Key header must be 1 to 64 of A-Z a-z 0-9 - _",
         )),
-    }
-}
-
-impl Principal {
-    /// The caller of agent requests made for this principal, with the API request's trace id
-    /// (so the control plane's audit record and the agent's share it).
-    pub fn caller(&self) -> Caller {
-        let mut c = Caller::new(self.0.name.clone(), self.0.role);
-        c.owner = format!("token:{}", self.0.id);
-        if let Some(t) = &self.1 {
-            c.trace_id = t.clone();
-        }
-        // The key the host keeps is the operator's key under this token's id: another token
-        // (even one with the same name) that sends the same key gets nothing of this one's.
-        c.idempotency_key = self.2.as_ref().map(|k| {
-            let scoped = format!("tomo-idempotency-v1\0{}\0{}", self.0.id, k.0);
-            tomo_common::hex(&tomo_common::sha256(scoped.as_bytes()))[..32].to_owned()
-        });
-        c
-    }
-
-    /// `stream.*` requests are for the caller's own streams only (whatever their role), with
-    /// params that name the stream.
-    pub(crate) fn check_stream_owner(
-        &self,
-        state: &AppState,
-        host_id: &str,
-        method: &str,
-        params: Option<&Value>,
-    ) -> Result<(), ApiError> {
-        if !method.starts_with("stream.") {
-            return Ok(());
-        }
-        let stream = params
-            .and_then(|p| p.as_object())
-            .and_then(|p| p.get("stream"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                ApiError::bad_request("stream.* params must be an object naming the stream")
-            })?;
-        if state.hub.stream_owner(host_id, stream).as_deref() != Some(self.caller().owner.as_str())
-        {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("stream {stream:?} is not open, or was opened by another caller"),
-            ));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn require(&self, level: Level) -> Result<(), ApiError> {
-        if self.0.role >= level {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "this needs the {} role; this token is {}",
-                    role_name(level),
-                    role_name(self.0.role)
-                ),
-            ))
-        }
-    }
-
-    /// Whether this token's host scope includes `host` (an unscoped token sees every host).
-    pub fn may_see(&self, host: &HostRecord) -> bool {
-        auth::scope_allows(&self.0.scope, host)
-    }
-
-    /// Routes not tied to one host (codes, audit, token management, labels) need a token without
-    /// a host scope: a scoped token must not reach past its hosts, nor mint a wider token.
-    pub(crate) fn require_unscoped(&self) -> Result<(), ApiError> {
-        if self.0.scope.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "out_of_scope",
-                "this needs a token without a host scope; this token is limited to some hosts",
-            ))
-        }
-    }
-}
-
-/// `read`, `execute` or `admin`.
-pub fn role_name(level: Level) -> &'static str {
-    match level {
-        Level::Read => "read",
-        Level::Execute => "execute",
-        Level::Admin => "admin",
     }
 }
 
@@ -676,60 +590,7 @@ async fn list_hosts(
     ))
 }
 
-/// Finds a host by id, hostname or unique id prefix, among the hosts in the caller's scope:
-/// hosts outside it are invisible, by exact id too, and answer the same 404 as a host that does
-/// not exist (a different answer would tell a scoped token which ids exist). Every route that
-/// names a host goes through here.
-pub(crate) async fn resolve(
-    state: &AppState,
-    who: &Principal,
-    key: &str,
-) -> Result<HostRecord, ApiError> {
-    match state.store.host(key).await {
-        // Out of scope: looked up like an unknown key below, where it is filtered out.
-        Ok(h) if !who.may_see(&h) => {}
-        Ok(h) if h.removed_at.is_none() => return Ok(h),
-        Ok(_) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("host {key} was removed"),
-            ));
-        }
-        Err(StoreError::NotFound) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let hosts = state.store.hosts().await?;
-    // A hostname is whatever the host reports: it must not capture calls meant for another host
-    // by id prefix. Both kinds of match count, and more than one host is ambiguous.
-    let candidates: Vec<_> = hosts
-        .iter()
-        .filter(|h| who.may_see(h))
-        .filter(|h| h.hostname == key || (!key.is_empty() && h.id.starts_with(key)))
-        .collect();
-    match candidates.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no host matches {key:?} (by id, hostname or id prefix)"),
-        )),
-        many => {
-            let ids: Vec<_> = many
-                .iter()
-                .map(|h| format!("{} ({})", h.id, h.hostname))
-                .collect();
-            Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "ambiguous",
-                format!(
-                    "{key:?} matches several hosts: {}; use the id",
-                    ids.join(", ")
-                ),
-            ))
-        }
-    }
-}
+pub(crate) use crate::core::hosts::resolve;
 
 /// Show a host.
 ///
@@ -829,46 +690,29 @@ async fn call_host(
     body: Result<Json<CallBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Response>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if body.method.is_empty() {
-        return Err(ApiError::bad_request("method must not be empty"));
-    }
-    if !matches!(body.params, None | Some(Value::Object(_) | Value::Array(_))) {
-        return Err(ApiError::bad_request(
-            "params must be an object or an array",
-        ));
-    }
-    check_call_size(&body.method, body.params.as_ref())?;
-    let timeout = body
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(state.config.call_timeout);
-    if timeout.is_zero() || timeout > MAX_CALL_TIMEOUT {
-        return Err(ApiError::bad_request(
-            "timeout_ms must be between 1 and 600000",
-        ));
-    }
     let id = body.id.unwrap_or(Id::Num(1));
-    // Deny by default: a method the control plane does not know is not forwarded (it has no
-    // level to check, nor an approval to wait for); the role comes before the host, as on the
-    // other doors, so that a 403 does not tell which hosts exist.
-    let Some(level) = tomo_proto::methods::level_of(&body.method) else {
-        let e = tomo_proto::rpc::RpcError::new(
-            tomo_proto::rpc::code::METHOD_NOT_FOUND,
-            format!("no method {:?}", body.method),
-        );
-        return Ok((StatusCode::OK, Json(Response::err(id, e))));
+    let request = CallRequest {
+        hosts: Hosts::Key(&key),
+        method: &body.method,
+        params: body.params,
+        timeout: body.timeout_ms.map(Duration::from_millis),
+        mode: Mode::Unary,
     };
-    who.require(level)?;
-    let h = resolve(&state, &who, &key).await?;
-    // Stream control belongs to whoever opened the stream.
-    who.check_stream_owner(&state, &h.id, &body.method, body.params.as_ref())?;
-    crate::approvals::gate(&state, &who, &h, &body.method, body.params.as_ref()).await?;
-    let caller = who.caller();
-    let (status, mut resp) = match state
-        .hub
-        .call(&h.id, &body.method, body.params.as_ref(), &caller, timeout)
-        .await
-    {
+    let admitted = match crate::core::call::admit(&state, &who, request).await {
+        Ok(Admission::Run(a)) => a,
+        Ok(Admission::Pending(action)) => return Err(ApiError::pending(action)),
+        // JSON-RPC's own answer to a method it does not have, as an agent gives it.
+        Err(r @ Refusal::UnknownMethod(_)) => {
+            let e = tomo_proto::rpc::RpcError::new(
+                tomo_proto::rpc::code::METHOD_NOT_FOUND,
+                r.to_string(),
+            )
+            .with_data(json!({"code": r.code()}));
+            return Ok((StatusCode::OK, Json(Response::err(id, e))));
+        }
+        Err(r) => return Err(r.into()),
+    };
+    let (status, mut resp) = match admitted.call(&state).await {
         Ok(r) => (StatusCode::OK, r),
         Err(e) => {
             let status = match e {
@@ -912,20 +756,6 @@ async fn host_metrics(
         .map(|(at, data)| json!({"received_at": rfc3339(at), "sample": serde_json::from_str::<Value>(&data).unwrap_or(Value::Null)}))
         .collect();
     Ok(Json(json!({"host_id": h.id, "samples": samples})))
-}
-
-/// The agent drops a session whose frame exceeds its limit (every call of that session is then
-/// lost): a call whose method and params could not fit is refused here, on every door.
-pub(crate) fn check_call_size(method: &str, params: Option<&Value>) -> Result<(), ApiError> {
-    let size = params.map(|p| p.to_string().len()).unwrap_or(0) + method.len();
-    if size > tomo_proto::MAX_SERVER_MESSAGE_BYTES - 4096 {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "params exceed the agent's 1 MiB request limit",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use axum::extract::rejection::JsonRejection;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tomo_proto::methods::Level;
 use tomo_proto::rpc::{Id, Response};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -24,14 +23,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::api::{ApiError, ErrorBody, Principal};
-use crate::hub::CallError;
-
-/// Hosts per task of a fan-out.
-const CHUNK: usize = 256;
-/// Longest per-host timeout.
-const MAX_TIMEOUT: Duration = Duration::from_secs(600);
-/// Read methods that may stream, never fanned out.
-const STREAMING: [&str; 2] = ["docker.containers.logs", "docker.containers.stats"];
+use crate::core::call::{Admission, CallRequest, Hosts, Mode};
 
 /// The routes, each registered with its documentation (see [`crate::openapi`]).
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -75,7 +67,7 @@ struct FleetCall {
     request_body = FleetCall,
     responses(
         (status = 200, description = "Every host's answer (or failure), and the counts.", body = Object),
-        (status = 400, description = "`bad_request`: no method, a method that is not a read method answering at once, params not an object or array, `timeout_ms` out of range, or an unknown host.", body = ErrorBody),
+        (status = 400, description = "`bad_request`: no method, a method that is not a read method answering at once, params not an object or array, or `timeout_ms` out of range. An unknown host (or one outside the token's scope) is a 404 `not_found`, an unknown method a 404 `unknown_method`.", body = ErrorBody),
         crate::openapi::HostErrors,
     )
 )]
@@ -85,66 +77,20 @@ async fn fleet_rpc(
     body: Result<Json<FleetCall>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let level = tomo_proto::methods::level_of(&body.method);
-    if level != Some(Level::Read)
-        || body.method.starts_with("stream.")
-        || STREAMING.contains(&body.method.as_str())
-    {
-        return Err(ApiError::bad_request(format!(
-            "{:?} cannot be fanned out: only read methods that answer at once",
-            body.method
-        )));
-    }
-    who.require(Level::Read)?;
-    if !matches!(body.params, None | Some(Value::Object(_) | Value::Array(_))) {
-        return Err(ApiError::bad_request(
-            "params must be an object or an array",
-        ));
-    }
-    crate::api::check_call_size(&body.method, body.params.as_ref())?;
-    let timeout = body
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(state.config.call_timeout);
-    if timeout.is_zero() || timeout > MAX_TIMEOUT {
-        return Err(ApiError::bad_request(
-            "timeout_ms must be between 1 and 600000",
-        ));
-    }
-    let targets = targets(&state, &who, body.hosts.as_deref()).await?;
-    let caller = who.caller();
+    let request = CallRequest {
+        hosts: Hosts::Fleet(body.hosts.as_deref()),
+        method: &body.method,
+        params: body.params,
+        timeout: body.timeout_ms.map(Duration::from_millis),
+        mode: Mode::FanOut,
+    };
+    let admitted = match crate::core::call::admit(&state, &who, request).await? {
+        Admission::Run(a) => a,
+        // Read methods never wait for approval; said plainly should that ever change.
+        Admission::Pending(action) => return Err(ApiError::pending(action)),
+    };
     let started = Instant::now();
-    // Calls are signed as they are made: in tasks of CHUNK hosts, so that every worker thread
-    // signs, not only this request's.
-    let mut tasks = tokio::task::JoinSet::new();
-    for chunk in targets.chunks(CHUNK) {
-        let (state, caller, chunk) = (Arc::clone(&state), caller.clone(), chunk.to_vec());
-        let (method, params) = (body.method.clone(), body.params.clone());
-        tasks.spawn(async move {
-            let calls = chunk.into_iter().map(|host_id| {
-                let (state, caller, method, params) = (&state, &caller, &method, &params);
-                async move {
-                    let answer = state
-                        .hub
-                        .call(&host_id, method, params.as_ref(), caller, timeout)
-                        .await;
-                    (host_id, answer)
-                }
-            });
-            futures_util::future::join_all(calls).await
-        });
-    }
-    let mut answers: Vec<(String, Result<Response, CallError>)> = Vec::with_capacity(targets.len());
-    while let Some(done) = tasks.join_next().await {
-        answers.extend(done.map_err(|e| {
-            tracing::error!(error = %e, "a fan-out task failed");
-            ApiError::new(
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error; see the control plane's log",
-            )
-        })?);
-    }
+    let answers = admitted.fan_out(&state).await;
     let method = body.method.as_str();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let failed = answers.iter().filter(|(_, a)| a.is_err()).count();
@@ -170,36 +116,4 @@ async fn fleet_rpc(
             .collect();
     }
     Ok(Json(out))
-}
-
-/// The hosts to call: the named ones (each must exist, not be removed and be in scope), or every
-/// online host in scope.
-async fn targets(
-    state: &AppState,
-    who: &Principal,
-    named: Option<&[String]>,
-) -> Result<Vec<String>, ApiError> {
-    let unscoped = who.0.scope.is_empty();
-    match named {
-        // The common case needs no store read: the hub knows who is online.
-        None if unscoped => Ok(state.hub.online_hosts()),
-        None => Ok(state
-            .store
-            .hosts()
-            .await?
-            .iter()
-            .filter(|h| who.may_see(h) && state.hub.is_online(&h.id))
-            .map(|h| h.id.clone())
-            .collect()),
-        Some(ids) => {
-            let hosts = state.store.hosts().await?;
-            ids.iter()
-                .map(|id| match hosts.iter().find(|h| &h.id == id) {
-                    Some(h) if who.may_see(h) => Ok(h.id.clone()),
-                    // Out of scope answers as unknown: nothing tells which ids exist.
-                    _ => Err(ApiError::bad_request(format!("no host with id {id}"))),
-                })
-                .collect()
-        }
-    }
 }

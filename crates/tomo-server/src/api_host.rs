@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
@@ -17,18 +16,15 @@ use axum::{Extension, Json};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
-use tomo_proto::methods::level_of;
 use tomo_proto::rpc::Outcome;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::api::{ApiError, Principal, resolve};
-use crate::hub::{Caller, StreamEvent, StreamHandle};
+use crate::core::call::{Admission, Admitted, CallRequest, Hosts, Mode};
+use crate::hub::{StreamEvent, StreamHandle};
 use crate::openapi::{AgentErrors, ContainerPath, HostErrors, HostPath, NamePath, Pending};
-
-/// Pulls, runs and updates may take minutes.
-const LONG_CALL: Duration = Duration::from_secs(600);
 
 /// The host operations, each registered with its documentation (see [`crate::openapi`]).
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -83,50 +79,27 @@ fn body_params(body: JsonBody) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn timeout_for(state: &AppState, method: &str) -> Duration {
-    match method {
-        "docker.images.pull"
-        | "docker.containers.run"
-        | "docker.containers.update"
-        | "docker.containers.exec"
-        | "system.exec" => LONG_CALL,
-        _ => state.config.call_timeout,
+/// Admits the call through the one pipeline ([`crate::core::call`]); a pending action is the
+/// API's 202.
+async fn admit(
+    state: &AppState,
+    who: &Principal,
+    host: &str,
+    method: &str,
+    params: Value,
+    mode: Mode,
+) -> Result<Admitted, ApiError> {
+    let request = CallRequest {
+        hosts: Hosts::Key(host),
+        method,
+        params: Some(params),
+        timeout: None,
+        mode,
+    };
+    match crate::core::call::admit(state, who, request).await? {
+        Admission::Run(a) => Ok(*a),
+        Admission::Pending(action) => Err(ApiError::pending(action)),
     }
-}
-
-/// Checks the caller's role, finds the host, and returns who calls.
-async fn prepare(
-    state: &AppState,
-    who: &Principal,
-    host: &str,
-    method: &str,
-) -> Result<(crate::store::HostRecord, Caller), ApiError> {
-    let level = level_of(method).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_method",
-            format!("no method {method}"),
-        )
-    })?;
-    who.require(level)?;
-    let h = resolve(state, who, host).await?;
-    Ok((h, who.caller()))
-}
-
-/// [`prepare`] plus the stream-ownership rule of `stream.*` methods.
-async fn prepare_call(
-    state: &AppState,
-    who: &Principal,
-    host: &str,
-    method: &str,
-    params: &Map<String, Value>,
-) -> Result<(String, Caller), ApiError> {
-    let (h, caller) = prepare(state, who, host, method).await?;
-    let params = Value::Object(params.clone());
-    crate::api::check_call_size(method, Some(&params))?;
-    who.check_stream_owner(state, &h.id, method, Some(&params))?;
-    crate::approvals::gate(state, who, &h, method, Some(&params)).await?;
-    Ok((h.id, caller))
 }
 
 /// Calls `method` on the host and answers with its result, or its error as an HTTP error.
@@ -137,17 +110,9 @@ pub async fn forward(
     method: &str,
     params: Map<String, Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let (host_id, caller) = prepare_call(state, who, host, method, &params).await?;
-    let params = Value::Object(params);
-    let resp = state
-        .hub
-        .call(
-            &host_id,
-            method,
-            Some(&params),
-            &caller,
-            timeout_for(state, method),
-        )
+    let admitted = admit(state, who, host, method, Value::Object(params), Mode::Unary).await?;
+    let resp = admitted
+        .call(state)
         .await
         .map_err(|e| ApiError::from_rpc(e.to_rpc()))?;
     match resp.outcome {
@@ -165,17 +130,22 @@ pub async fn forward_stream(
     method: &str,
     params: Map<String, Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let (host_id, caller) = prepare_call(state, who, host, method, &params).await?;
-    let params = Value::Object(params);
-    let (resp, handle) = state
-        .hub
-        .call_stream(
-            &host_id,
-            method,
-            Some(&params),
-            &caller,
-            timeout_for(state, method),
-        )
+    let admitted = admit(
+        state,
+        who,
+        host,
+        method,
+        Value::Object(params),
+        Mode::Stream,
+    )
+    .await?;
+    answer_stream(state, admitted).await
+}
+
+/// The answer of an admitted call that may open a stream.
+async fn answer_stream(state: &AppState, admitted: Admitted) -> Result<HttpResponse, ApiError> {
+    let (resp, handle) = admitted
+        .call_stream(state)
         .await
         .map_err(|e| ApiError::from_rpc(e.to_rpc()))?;
     match (resp.outcome, handle) {
@@ -278,11 +248,12 @@ async fn stream_call(
 ) -> Result<HttpResponse, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let params = match body.params {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m,
-        Some(_) => return Err(ApiError::bad_request("params must be an object")),
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        // Anything else is the pipeline's to check (an object, for a stream).
+        Some(p) => p,
     };
-    forward_stream(&state, &who, &host, &body.method, params).await
+    let admitted = admit(&state, &who, &host, &body.method, params, Mode::Stream).await?;
+    answer_stream(&state, admitted).await
 }
 
 /// Host information.

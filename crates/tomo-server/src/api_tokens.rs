@@ -66,7 +66,7 @@ pub fn token_view(t: &TokenRecord, now: i64) -> Value {
 /// Token management needs an unscoped admin.
 fn require_manager(who: &Principal) -> Result<(), ApiError> {
     who.require(Level::Admin)?;
-    who.require_unscoped()
+    Ok(who.require_unscoped()?)
 }
 
 /// Records what a management call changed, beside the audit layer's record of the request (which

@@ -33,7 +33,8 @@ use tomo_proto::methods::{DockerContainersRun, Level, Method as _, RunParams, le
 use tomo_proto::rpc::Outcome;
 
 use crate::AppState;
-use crate::api::{ApiError, Principal, rfc3339};
+use crate::api::{ApiError, rfc3339};
+use crate::core::{Principal, Refusal};
 use crate::hub::CallError;
 use crate::store::{ActionStatus, HostRecord, PendingAction, StoreError};
 
@@ -62,17 +63,26 @@ pub fn needs_approval(who: &Principal, method: &str) -> bool {
         && level_of(method).is_none_or(|l| l >= Level::Execute)
 }
 
-/// Lets the call through, or turns it into a pending action (`Err(ApiError::pending)`, 202).
-/// Called after the role and scope checks, before anything reaches the host.
+/// What [`gate`] decided.
+#[derive(Debug)]
+pub enum Gate {
+    /// No approval needed: the call goes on.
+    Pass,
+    /// The call is now this pending action (its view), waiting for a human.
+    Pending(Value),
+}
+
+/// Lets the call through, or turns it into a pending action. The approval stage of the call
+/// pipeline (`core::call`): after the role and scope checks, before anything reaches the host.
 pub async fn gate(
     state: &AppState,
     who: &Principal,
     host: &HostRecord,
     method: &str,
     params: Option<&Value>,
-) -> Result<(), ApiError> {
+) -> Result<Gate, Refusal> {
     if !needs_approval(who, method) {
-        return Ok(());
+        return Ok(Gate::Pass);
     }
     if let Some(flag) = params.and_then(Value::as_object).and_then(|p| {
         STREAMING_PARAMS
@@ -81,7 +91,7 @@ pub async fn gate(
             .map(|(_, k)| *k)
             .find(|k| p.get(*k) == Some(&Value::Bool(true)))
     }) {
-        return Err(ApiError::bad_request(format!(
+        return Err(Refusal::BadRequest(format!(
             "this token requires approval, and a call with {flag}=true streams: it cannot wait \
              for a human; call it without {flag}"
         )));
@@ -112,7 +122,7 @@ pub async fn gate(
     state.store.create_action(&action).await?;
     tracing::info!(action = %action.id, token = %who.0.name, host_id = %host.id, %method,
         "call waits for approval");
-    Err(ApiError::pending(view(state, &action)))
+    Ok(Gate::Pending(view(state, &action)))
 }
 
 /// One line for lists, stored in clear: method, host and what it acts on (a container, image or
@@ -275,7 +285,7 @@ fn check_may_decide(who: &Principal) -> Result<(), ApiError> {
             "a token that requires approval cannot decide approvals",
         ));
     }
-    who.require(Level::Admin)
+    Ok(who.require(Level::Admin)?)
 }
 
 fn check_decider(who: &Principal, action: &PendingAction) -> Result<(), ApiError> {

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod auth;
 pub mod budget;
 pub mod config;
+pub mod core;
 pub mod events;
 pub mod hub;
 pub mod mcp;

@@ -35,13 +35,12 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::api::{ApiError, Principal};
+use crate::core::call::{Admission, CallRequest, Hosts, Mode};
 use output::Origin;
 use tools::{Action, Spec};
 
 /// Largest MCP request body.
 const MAX_BODY: usize = 1024 * 1024;
-/// Hosts asked at once by `find_container`.
-const FAN_OUT: usize = 16;
 /// How long `find_container` waits for each host.
 const FIND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -316,16 +315,17 @@ async fn guarded_call(
     }
     tracing::info!(tool = name, token = %who.0.name, "MCP tool call");
     let budget = state.config.tool_output_bytes;
+    let data = |(origin, data)| Answer::Data(origin, data);
     let result = match spec.action {
         Action::Method(method) => method_tool(state, who, method, args).await,
-        Action::ListHosts => list_hosts(state, who).await,
-        Action::FleetHealth => fleet_health(state, who).await,
-        Action::FindContainer => find_container(state, who, &args).await,
-        Action::HostEvents => host_events(state, who, &args).await,
+        Action::ListHosts => list_hosts(state, who).await.map(data),
+        Action::FleetHealth => fleet_health(state, who).await.map(data),
+        Action::FindContainer => find_container(state, who, &args).await.map(data),
+        Action::HostEvents => host_events(state, who, &args).await.map(data),
         Action::ActionStatus => {
             let id = args.get("id").and_then(Value::as_str).unwrap_or_default();
             crate::approvals::get(state, who, id).await.map(|a| {
-                (
+                Answer::Data(
                     Origin {
                         host: None,
                         source: "approval".into(),
@@ -336,15 +336,20 @@ async fn guarded_call(
         }
     };
     match result {
-        Ok((origin, data)) => output::data_result(&origin, data, budget),
-        Err(e) => match e.pending_action() {
-            Some(action) => output::pending_result(action),
-            None => output::error_result(e.code(), e.message()),
-        },
+        Ok(Answer::Data(origin, data)) => output::data_result(&origin, data, budget),
+        Ok(Answer::Pending(action)) => output::pending_result(&action),
+        Err(e) => output::error_result(e.code(), e.message()),
     }
 }
 
 type ToolOutcome = Result<(Origin, Value), ApiError>;
+
+/// What a tool answers: its data, or the pending action its call became (not an error: the
+/// call waits for a human).
+enum Answer {
+    Data(Origin, Value),
+    Pending(Value),
+}
 
 fn host_origin(h: &crate::store::HostRecord) -> Value {
     json!({"id": h.id, "hostname": h.hostname})
@@ -355,12 +360,11 @@ async fn method_tool(
     who: &Principal,
     method: &'static str,
     mut args: Map<String, Value>,
-) -> ToolOutcome {
+) -> Result<Answer, ApiError> {
     let host = match args.remove("host") {
         Some(Value::String(h)) => h,
         _ => return Err(ApiError::bad_request("missing argument \"host\"")),
     };
-    let h = crate::api::resolve(state, who, &host).await?;
     if method == "docker.containers.logs" {
         let tail = args
             .get("tail")
@@ -369,15 +373,34 @@ async fn method_tool(
             .clamp(1, 2000);
         args.insert("tail".into(), json!(tail));
     }
-    let axum::Json(data) = crate::api_host::forward(state, who, &h.id, method, args).await?;
+    let request = CallRequest {
+        hosts: Hosts::Key(&host),
+        method,
+        params: Some(Value::Object(args)),
+        timeout: None,
+        mode: Mode::Unary,
+    };
+    let admitted = match crate::core::call::admit(state, who, request).await? {
+        Admission::Run(a) => a,
+        Admission::Pending(action) => return Ok(Answer::Pending(action)),
+    };
+    let resp = admitted
+        .call(state)
+        .await
+        .map_err(|e| ApiError::from_rpc(e.to_rpc()))?;
+    let data = match resp.outcome {
+        tomo_proto::rpc::Outcome::Result(v) => v,
+        tomo_proto::rpc::Outcome::Error(e) => return Err(ApiError::from_rpc(e)),
+    };
     let data = if method == "docker.containers.logs" {
         logs_text(data)
     } else {
         data
     };
-    Ok((
+    let origin = admitted.host().map(host_origin);
+    Ok(Answer::Data(
         Origin {
-            host: Some(host_origin(&h)),
+            host: origin,
             source: method.to_owned(),
         },
         data,
@@ -501,7 +524,6 @@ async fn find_container(
     who: &Principal,
     args: &Map<String, Value>,
 ) -> ToolOutcome {
-    use futures_util::StreamExt as _;
     let query = args
         .get("query")
         .and_then(Value::as_str)
@@ -510,36 +532,29 @@ async fn find_container(
     if query.is_empty() {
         return Err(ApiError::bad_request("query must not be empty"));
     }
-    let hosts: Vec<_> = visible_hosts(state, who)
-        .await?
+    // Every online host in scope, through the one pipeline (a fan-out of one read).
+    let request = CallRequest {
+        hosts: Hosts::Fleet(None),
+        method: "docker.containers.list",
+        params: Some(json!({"all": true})),
+        timeout: Some(FIND_TIMEOUT),
+        mode: Mode::FanOut,
+    };
+    let admitted = match crate::core::call::admit(state, who, request).await? {
+        Admission::Run(a) => a,
+        Admission::Pending(_) => {
+            return Err(ApiError::bad_request("a fan-out never waits for approval"));
+        }
+    };
+    let visible = visible_hosts(state, who).await?;
+    let by_id: HashMap<&str, &crate::store::HostRecord> =
+        visible.iter().map(|h| (h.id.as_str(), h)).collect();
+    let answers: Vec<_> = admitted
+        .fan_out(state)
+        .await
         .into_iter()
-        .filter(|h| state.hub.is_online(&h.id))
+        .filter_map(|(id, r)| by_id.get(id.as_str()).map(|h| (*h, r)))
         .collect();
-    let caller = who.caller();
-    let calls: Vec<_> = hosts
-        .into_iter()
-        .map(|h| {
-            let caller = caller.clone();
-            let state = Arc::clone(state);
-            async move {
-                let r = state
-                    .hub
-                    .call(
-                        &h.id,
-                        "docker.containers.list",
-                        Some(&json!({"all": true})),
-                        &caller,
-                        FIND_TIMEOUT,
-                    )
-                    .await;
-                (h, r)
-            }
-        })
-        .collect();
-    let answers: Vec<_> = futures_util::stream::iter(calls)
-        .buffer_unordered(FAN_OUT)
-        .collect()
-        .await;
     let mut matches = Vec::new();
     let mut unreachable = Vec::new();
     for (h, r) in answers {
@@ -573,8 +588,7 @@ async fn find_container(
             }
         }
     }
-    let offline: Vec<Value> = visible_hosts(state, who)
-        .await?
+    let offline: Vec<Value> = visible
         .iter()
         .filter(|h| !state.hub.is_online(&h.id))
         .map(|h| json!({"host": h.hostname, "error": "offline"}))

@@ -13,6 +13,7 @@ mod malformed;
 mod mcp_approvals;
 mod mcp_python;
 mod openapi;
+mod parity;
 mod registration;
 mod relay;
 mod sessions;

@@ -186,6 +186,11 @@ impl ToolResult {
     }
 }
 
+/// A tool call's structured content (for the surface-parity table, `parity.rs`).
+pub(crate) async fn tool_call(f: &Fleet, token: &str, tool: &str, args: Value) -> Value {
+    call(f, token, tool, args).await.structured
+}
+
 async fn call(f: &Fleet, token: &str, tool: &str, args: Value) -> ToolResult {
     let params = json!({"name": tool, "arguments": args});
     let result = mcp(f, token, "tools/call", params).await;
