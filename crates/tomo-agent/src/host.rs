@@ -1,7 +1,7 @@
 //! Facts and metrics read from the host's `/proc` and `/etc`, without shelling out.
 //!
 //! Reads are cheap (a few small files); CPU and network rates need two readings, so a background
-//! [`crate::collect::Sampler`] keeps the previous one and requests read its latest sample.
+//! sampler (`collect.rs`) keeps the previous one and requests read its latest sample.
 
 use std::path::Path;
 

@@ -5,7 +5,7 @@
 //!
 //! - [`command`]: the strict splitter and the allowlist of `system.exec`.
 //! - [`run`]: runs an argument vector (no shell, clean environment, deadline, capped output).
-//! - [`preflight`]: the checks of `system.preflight_check`.
+//! - [`mod@preflight`]: the checks of `system.preflight_check`.
 //! - [`volumes`]: directory creation under the volume base for `system.prepare_volumes`.
 //!
 //! # The `system.exec` allowlist

@@ -23,7 +23,7 @@ use crate::core::call::{Admission, CallRequest, Hosts, Mode};
 use crate::store::{HostRecord, StoreError};
 use crate::{AppState, auth};
 
-/// The routes, all behind [`require_token`] but the OpenAPI document's. Each is registered
+/// The routes, all behind `require_token` but the OpenAPI document's. Each is registered
 /// with `routes!` from its documented handler, so the document ([`crate::openapi`]) lists every
 /// route, and only those.
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
@@ -337,7 +337,7 @@ async fn refuse_unapproved_changes(req: Request, next: Next) -> HttpResponse {
     let gated = req
         .extensions()
         .get::<Principal>()
-        .is_none_or(|p| p.0.requires_approval);
+        .is_none_or(|p| p.token.requires_approval);
     if gated && !reads {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -397,7 +397,11 @@ pub(crate) async fn require_token(
                     Err(e) => return e.into_response(),
                 }
             };
-            req.extensions_mut().insert(Principal(token, trace, key));
+            req.extensions_mut().insert(Principal {
+                token,
+                trace_id: trace,
+                idempotency_key: key,
+            });
             next.run(req).await
         }
         Ok(None) => {
@@ -489,7 +493,7 @@ async fn create_code(
             "ttl_secs must be between 1 and 604800 (7 days)",
         ));
     }
-    let (code, expires_at) = auth::mint_code(&state, ttl, &who.0.name).await?;
+    let (code, expires_at) = auth::mint_code(&state, ttl, &who.token.name).await?;
     let server_url = state.info.agent_url.clone();
     let ca_file = state.info.ca_file.as_ref().map(|p| p.display().to_string());
     let ca_flag = ca_file
@@ -639,7 +643,7 @@ async fn remove_host(
     let h = resolve(&state, &who, &key).await?;
     state.store.remove_host(&h.id, now_ms()).await?;
     state.hub.kick(&h.id);
-    tracing::info!(host_id = %h.id, by = %who.0.name, "host removed");
+    tracing::info!(host_id = %h.id, by = %who.token.name, "host removed");
     Ok(Json(json!({"removed": h.id})))
 }
 

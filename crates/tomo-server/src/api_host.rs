@@ -16,6 +16,7 @@ use axum::{Extension, Json};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
+use tomo_proto::methods::Method as _;
 use tomo_proto::rpc::Outcome;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -274,7 +275,14 @@ async fn info(
     Extension(w): Who,
     Path(h): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    forward(&s, &w, &h, "system.info", Map::new()).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::SystemInfo::NAME,
+        Map::new(),
+    )
+    .await
 }
 
 /// List containers.
@@ -296,7 +304,14 @@ async fn containers_list(
     Path(h): Path<String>,
     Query(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
-    forward(&s, &w, &h, "docker.containers.list", query_params(q)).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerContainersList::NAME,
+        query_params(q),
+    )
+    .await
 }
 
 /// Run a container.
@@ -321,7 +336,14 @@ async fn containers_run(
     Path(h): Path<String>,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    forward(&s, &w, &h, "docker.containers.run", body_params(body)?).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerContainersRun::NAME,
+        body_params(body)?,
+    )
+    .await
 }
 
 /// Show a container.
@@ -345,7 +367,14 @@ async fn containers_get(
 ) -> Result<Json<Value>, ApiError> {
     let mut p = Map::new();
     p.insert("container".into(), Value::String(c));
-    forward(&s, &w, &h, "docker.containers.get", p).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerContainersGet::NAME,
+        p,
+    )
+    .await
 }
 
 /// Remove a container.
@@ -370,7 +399,14 @@ async fn containers_remove(
 ) -> Result<Json<Value>, ApiError> {
     let mut p = query_params(q);
     p.insert("container".into(), Value::String(c));
-    forward(&s, &w, &h, "docker.containers.remove", p).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerContainersRemove::NAME,
+        p,
+    )
+    .await
 }
 
 /// The body of `POST …/containers/{container}/start`: none (or `{}`).
@@ -440,7 +476,7 @@ async fn container_method(
 /// One container action: its route, document entry and handler, which calls `$method` with the
 /// body's options and the container from the path.
 macro_rules! container_action {
-    ($handler:ident, $action:literal, $method:literal, $body:ty, $ok:literal, $content:tt,
+    ($handler:ident, $action:literal, $method:expr, $body:ty, $ok:literal, $content:tt,
      $(#[$doc:meta])*) => {
         $(#[$doc])*
         #[utoipa::path(
@@ -467,28 +503,28 @@ macro_rules! container_action {
     };
 }
 
-container_action!(start_container, "start", "docker.containers.start", Option<StartBody>,
+container_action!(start_container, "start", tomo_proto::methods::DockerContainersStart::NAME, Option<StartBody>,
     "What the start did: `{id, name, state}`.",
     ((Object = "application/json")),
     /// Start a container.
     ///
     /// `docker.containers.start`. Execute.
 );
-container_action!(stop_container, "stop", "docker.containers.stop", Option<StopBody>,
+container_action!(stop_container, "stop", tomo_proto::methods::DockerContainersStop::NAME, Option<StopBody>,
     "What the stop did: `{id, name, state}`.",
     ((Object = "application/json")),
     /// Stop a container.
     ///
     /// `docker.containers.stop`. Execute.
 );
-container_action!(restart_container, "restart", "docker.containers.restart", Option<StopBody>,
+container_action!(restart_container, "restart", tomo_proto::methods::DockerContainersRestart::NAME, Option<StopBody>,
     "What the restart did: `{id, name, state}`.",
     ((Object = "application/json")),
     /// Restart a container.
     ///
     /// `docker.containers.restart`. Execute.
 );
-container_action!(update_container, "update", "docker.containers.update", Option<UpdateBody>,
+container_action!(update_container, "update", tomo_proto::methods::DockerContainersUpdate::NAME, Option<UpdateBody>,
     "`{name, old_id, new_id, old_image_id, new_image_id, image_changed, state}`.",
     ((Object = "application/json")),
     /// Update a container.
@@ -496,7 +532,7 @@ container_action!(update_container, "update", "docker.containers.update", Option
     /// `docker.containers.update`: pull its image again and recreate it, rolling back when the
     /// new container is not running (and healthy) in time. Execute.
 );
-container_action!(exec_in_container, "exec", "docker.containers.exec", ExecBody,
+container_action!(exec_in_container, "exec", tomo_proto::methods::DockerContainersExec::NAME, ExecBody,
     "`{exit_code, stdout, stderr, truncated, timed_out}`; an interactive exec answers NDJSON.",
     ((Object = "application/json"), (Object = "application/x-ndjson")),
     /// Run a command in a container.
@@ -526,7 +562,14 @@ async fn logs(
 ) -> Result<HttpResponse, ApiError> {
     let mut p = query_params(q);
     p.insert("container".into(), Value::String(c));
-    forward_stream(&s, &w, &h, "docker.containers.logs", p).await
+    forward_stream(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerContainersLogs::NAME,
+        p,
+    )
+    .await
 }
 
 /// A container's resource usage.
@@ -550,7 +593,14 @@ async fn stats(
 ) -> Result<HttpResponse, ApiError> {
     let mut p = query_params(q);
     p.insert("container".into(), Value::String(c));
-    forward_stream(&s, &w, &h, "docker.containers.stats", p).await
+    forward_stream(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerContainersStats::NAME,
+        p,
+    )
+    .await
 }
 
 /// List images.
@@ -572,7 +622,14 @@ async fn images_list(
     Path(h): Path<String>,
     Query(q): QueryMap,
 ) -> Result<Json<Value>, ApiError> {
-    forward(&s, &w, &h, "docker.images.list", query_params(q)).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerImagesList::NAME,
+        query_params(q),
+    )
+    .await
 }
 
 /// Remove an image.
@@ -602,7 +659,7 @@ async fn images_remove(
     {
         *v = Value::String(v.to_string());
     }
-    forward(&s, &w, &h, "docker.images.remove", p).await
+    forward(&s, &w, &h, tomo_proto::methods::DockerImagesRemove::NAME, p).await
 }
 
 /// Pull an image.
@@ -626,7 +683,14 @@ async fn images_pull(
     Path(h): Path<String>,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    forward_stream(&s, &w, &h, "docker.images.pull", body_params(body)?).await
+    forward_stream(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerImagesPull::NAME,
+        body_params(body)?,
+    )
+    .await
 }
 
 /// List networks.
@@ -647,7 +711,14 @@ async fn networks_list(
     Extension(w): Who,
     Path(h): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    forward(&s, &w, &h, "docker.networks.list", Map::new()).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerNetworksList::NAME,
+        Map::new(),
+    )
+    .await
 }
 
 /// Create a network.
@@ -671,7 +742,14 @@ async fn networks_create(
     Path(h): Path<String>,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    forward(&s, &w, &h, "docker.networks.create", body_params(body)?).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerNetworksCreate::NAME,
+        body_params(body)?,
+    )
+    .await
 }
 
 /// Remove a network.
@@ -695,7 +773,14 @@ async fn networks_remove(
 ) -> Result<Json<Value>, ApiError> {
     let mut p = Map::new();
     p.insert("name".into(), Value::String(name));
-    forward(&s, &w, &h, "docker.networks.remove", p).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerNetworksRemove::NAME,
+        p,
+    )
+    .await
 }
 
 /// List volumes.
@@ -716,7 +801,14 @@ async fn volumes_list(
     Extension(w): Who,
     Path(h): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    forward(&s, &w, &h, "docker.volumes.list", Map::new()).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerVolumesList::NAME,
+        Map::new(),
+    )
+    .await
 }
 
 /// Create a volume.
@@ -740,7 +832,14 @@ async fn volumes_create(
     Path(h): Path<String>,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    forward(&s, &w, &h, "docker.volumes.create", body_params(body)?).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerVolumesCreate::NAME,
+        body_params(body)?,
+    )
+    .await
 }
 
 /// Remove a volume.
@@ -765,7 +864,14 @@ async fn volumes_remove(
 ) -> Result<Json<Value>, ApiError> {
     let mut p = query_params(q);
     p.insert("name".into(), Value::String(name));
-    forward(&s, &w, &h, "docker.volumes.remove", p).await
+    forward(
+        &s,
+        &w,
+        &h,
+        tomo_proto::methods::DockerVolumesRemove::NAME,
+        p,
+    )
+    .await
 }
 
 /// Run a host-level operation.
@@ -791,9 +897,9 @@ async fn system_op(
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let method = match op.as_str() {
-        "exec" => "system.exec",
-        "preflight_check" => "system.preflight_check",
-        "prepare_volumes" => "system.prepare_volumes",
+        "exec" => tomo_proto::methods::SystemExec::NAME,
+        "preflight_check" => tomo_proto::methods::SystemPreflightCheck::NAME,
+        "prepare_volumes" => tomo_proto::methods::SystemPrepareVolumes::NAME,
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -828,8 +934,8 @@ async fn agent_op(
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let method = match op.as_str() {
-        "update" => "agent.update",
-        "restart" => "agent.restart",
+        "update" => tomo_proto::methods::AgentUpdate::NAME,
+        "restart" => tomo_proto::methods::AgentRestart::NAME,
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -74,9 +74,9 @@ fn require_manager(who: &Principal) -> Result<(), ApiError> {
 async fn record(state: &AppState, who: &Principal, method: &str, params: Value) {
     let r = AuditRecord {
         at_ms: now_ms(),
-        trace_id: who.1.clone(),
-        principal: Some(who.0.name.clone()),
-        role: Some(who.0.role),
+        trace_id: who.trace_id.clone(),
+        principal: Some(who.token.name.clone()),
+        role: Some(who.token.role),
         method: method.into(),
         params: Some(params),
         decision: "allowed".into(),
@@ -149,7 +149,7 @@ async fn create(
             MintError::Invalid(m) => ApiError::bad_request(m),
             MintError::Store(e) => e.into(),
         })?;
-    tracing::info!(token_id = %t.id, name = %t.name, role = role_name(t.role), by = %who.0.name, "API token created");
+    tracing::info!(token_id = %t.id, name = %t.name, role = role_name(t.role), by = %who.token.name, "API token created");
     let mut view = token_view(&t, now_ms());
     record(&state, &who, "token.create", view.clone()).await;
     view["secret"] = Value::String(secret);
@@ -223,7 +223,7 @@ async fn revoke(
             other => other.into(),
         })?;
     let t = state.last_use.fresh(state.store.token(&id).await?);
-    tracing::info!(token_id = %t.id, name = %t.name, by = %who.0.name, "API token revoked");
+    tracing::info!(token_id = %t.id, name = %t.name, by = %who.token.name, "API token revoked");
     let view = token_view(&t, now_ms());
     record(&state, &who, "token.revoke", view.clone()).await;
     Ok(Json(view))
@@ -245,7 +245,10 @@ async fn whoami(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
 ) -> Json<Value> {
-    Json(token_view(&state.last_use.fresh(who.0.clone()), now_ms()))
+    Json(token_view(
+        &state.last_use.fresh(who.token.clone()),
+        now_ms(),
+    ))
 }
 
 /// Set a host's labels.
@@ -280,7 +283,7 @@ async fn set_labels(
     auth::check_labels(&labels).map_err(ApiError::bad_request)?;
     let h = resolve(&state, &who, &host).await?;
     state.store.set_host_labels(&h.id, &labels).await?;
-    tracing::info!(host_id = %h.id, by = %who.0.name, "host labels set");
+    tracing::info!(host_id = %h.id, by = %who.token.name, "host labels set");
     let view = json!({"host_id": h.id, "hostname": h.hostname, "labels": labels});
     record(&state, &who, "host.labels", view.clone()).await;
     Ok(Json(view))

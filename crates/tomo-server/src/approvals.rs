@@ -19,7 +19,7 @@
 //! - `stream.*` control is exempt: it only touches streams the token opened itself;
 //! - an approved action whose answer is lost (the control plane stopped while it ran: seen at
 //!   the next start; the host's connection dropped; the call timed out) is `interrupted`, listed
-//!   again, never run again, and settled from its host's audit ([`interrupted`]).
+//!   again, never run again, and settled from its host's audit (`approvals/interrupted.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,18 +47,21 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// The params that turn a method's call into a stream, which cannot wait for a human. Per
 /// method: `docker.containers.run` has a `tty` too, which opens no stream.
 const STREAMING_PARAMS: &[(&str, &str)] = &[
-    ("docker.containers.exec", "interactive"),
-    ("docker.containers.exec", "tty"),
-    ("docker.containers.logs", "follow"),
-    ("docker.containers.stats", "stream"),
-    ("docker.images.pull", "progress"),
+    (
+        tomo_proto::methods::DockerContainersExec::NAME,
+        "interactive",
+    ),
+    (tomo_proto::methods::DockerContainersExec::NAME, "tty"),
+    (tomo_proto::methods::DockerContainersLogs::NAME, "follow"),
+    (tomo_proto::methods::DockerContainersStats::NAME, "stream"),
+    (tomo_proto::methods::DockerImagesPull::NAME, "progress"),
 ];
 /// Longest target (container, image or name) in a summary line.
 const MAX_TARGET: usize = 200;
 
 /// Whether a call by `who` must wait for approval.
 pub fn needs_approval(who: &Principal, method: &str) -> bool {
-    who.0.requires_approval
+    who.token.requires_approval
         && !method.starts_with("stream.")
         && level_of(method).is_none_or(|l| l >= Level::Execute)
 }
@@ -105,8 +108,8 @@ pub async fn gate(
     let sealed = params.map(|p| Value::String(state.sealer.seal(&id, p)));
     let action = PendingAction {
         id,
-        token_id: who.0.id.clone(),
-        token_name: who.0.name.clone(),
+        token_id: who.token.id.clone(),
+        token_name: who.token.name.clone(),
         host_id: host.id.clone(),
         method: method.to_owned(),
         params: sealed,
@@ -120,7 +123,7 @@ pub async fn gate(
         trace_id: None,
     };
     state.store.create_action(&action).await?;
-    tracing::info!(action = %action.id, token = %who.0.name, host_id = %host.id, %method,
+    tracing::info!(action = %action.id, token = %who.token.name, host_id = %host.id, %method,
         "call waits for approval");
     Ok(Gate::Pending(view(state, &action)))
 }
@@ -208,7 +211,7 @@ pub fn view(state: &AppState, a: &PendingAction) -> Value {
 
 /// Whether `who` may decide actions (and see everyone's).
 fn is_decider(who: &Principal) -> bool {
-    who.0.role >= Level::Admin && !who.0.requires_approval
+    who.token.role >= Level::Admin && !who.token.requires_approval
 }
 
 /// Loads an action the caller may see: its own, or any in scope for a decider. Others are
@@ -227,7 +230,7 @@ pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<PendingA
         Err(StoreError::NotFound) => return Err(not_found()),
         Err(e) => return Err(e.into()),
     };
-    if action.token_id == who.0.id {
+    if action.token_id == who.token.id {
         return Ok(action);
     }
     if is_decider(who) && host_in_scope(state, who, &action.host_id).await? {
@@ -237,7 +240,7 @@ pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<PendingA
 }
 
 async fn host_in_scope(state: &AppState, who: &Principal, host_id: &str) -> Result<bool, ApiError> {
-    if who.0.scope.is_empty() {
+    if who.token.scope.is_empty() {
         return Ok(true);
     }
     match state.store.host(host_id).await {
@@ -263,7 +266,7 @@ pub async fn list(
     if !is_decider(who) {
         return Ok(state
             .store
-            .actions(statuses, Some(&who.0.id), limit)
+            .actions(statuses, Some(&who.token.id), limit)
             .await?);
     }
     let mut out = Vec::new();
@@ -278,7 +281,7 @@ pub async fn list(
 /// Refuses a caller that may decide nothing before the action is looked up: 403 whatever the
 /// id (so it tells nothing about the action), not the 404 of a token that sees only its own.
 fn check_may_decide(who: &Principal) -> Result<(), ApiError> {
-    if who.0.requires_approval {
+    if who.token.requires_approval {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -290,7 +293,7 @@ fn check_may_decide(who: &Principal) -> Result<(), ApiError> {
 
 fn check_decider(who: &Principal, action: &PendingAction) -> Result<(), ApiError> {
     check_may_decide(who)?;
-    if action.token_id == who.0.id {
+    if action.token_id == who.token.id {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -333,7 +336,7 @@ pub async fn approve(
     // Stored with the decision: the host audits the call under it, which settles the action
     // if the control plane stops before the answer (see `interrupted`).
     let trace = who
-        .1
+        .trace_id
         .clone()
         .unwrap_or_else(|| tomo_common::hex(&tomo_common::random_bytes::<8>()));
     if !state
@@ -341,7 +344,7 @@ pub async fn approve(
         .decide_action(
             id,
             ActionStatus::Approved,
-            &who.0.name,
+            &who.token.name,
             now,
             None,
             Some(&trace),
@@ -350,11 +353,11 @@ pub async fn approve(
     {
         return Err(not_pending(&get(state, who, id).await?));
     }
-    tracing::info!(action = %id, by = %who.0.name, "action approved");
+    tracing::info!(action = %id, by = %who.token.name, "action approved");
     let run = tokio::spawn(run_approved(
         Arc::clone(state),
         action,
-        who.0.name.clone(),
+        who.token.name.clone(),
         Some(trace),
     ));
     if let Err(e) = run.await {
@@ -424,7 +427,11 @@ async fn execute(
         Ok(h) if h.removed_at.is_none() => h,
         _ => return Err(fail("host_gone", "the host was removed".into())),
     };
-    let asker = Principal(token, trace, None);
+    let asker = Principal {
+        token,
+        trace_id: trace,
+        idempotency_key: None,
+    };
     if !asker.may_see(&host) {
         return Err(fail(
             "out_of_scope",
@@ -432,7 +439,7 @@ async fn execute(
         ));
     }
     if let Some(level) = level_of(&action.method)
-        && asker.0.role < level
+        && asker.token.role < level
     {
         return Err(fail(
             "forbidden",
@@ -449,7 +456,7 @@ async fn execute(
         }))
     };
     let mut caller = asker.caller();
-    caller.principal = format!("{} (approved by {approver})", asker.0.name);
+    caller.principal = format!("{} (approved by {approver})", asker.token.name);
     match state
         .hub
         .call(
@@ -501,7 +508,7 @@ pub async fn deny(
         .decide_action(
             id,
             ActionStatus::Denied,
-            &who.0.name,
+            &who.token.name,
             now_ms(),
             result.as_ref(),
             None,
@@ -510,6 +517,6 @@ pub async fn deny(
     {
         return Err(not_pending(&get(state, who, id).await?));
     }
-    tracing::info!(action = %id, by = %who.0.name, "action denied");
+    tracing::info!(action = %id, by = %who.token.name, "action denied");
     get(state, who, id).await
 }

@@ -265,8 +265,8 @@ pub async fn record(State(rec): State<Recorder>, mut req: Request, next: Next) -
     let record = AuditRecord {
         at_ms,
         trace_id: Some(trace_id),
-        principal: principal.as_ref().map(|p| p.0.name.clone()),
-        role: principal.as_ref().map(|p| p.0.role),
+        principal: principal.as_ref().map(|p| p.token.name.clone()),
+        role: principal.as_ref().map(|p| p.token.role),
         method: format!(
             "{http_method} {}",
             template.as_deref().unwrap_or("(no route)")

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tomo_proto::methods::Method as _;
 use tomo_proto::methods::{Level, STREAM_WINDOW, StreamData, StreamEnd};
 use tomo_proto::rpc::{Id, RequestMeta, Response, RpcError, code};
 
@@ -153,7 +154,10 @@ impl AgentConn {
             .is_some();
         // Data for an unknown stream is closed once per burst, not once per message.
         if known || d.seq == 0 {
-            let close = self.control_request("stream.close", json_stream(&d.stream, None));
+            let close = self.control_request(
+                tomo_proto::methods::StreamClose::NAME,
+                json_stream(&d.stream, None),
+            );
             let _ = self.outbox.try_send(close);
         }
     }
@@ -303,7 +307,7 @@ impl StreamHandle {
                     let text = request_text(
                         &self.conn,
                         self.conn.next_id(),
-                        "stream.ack",
+                        tomo_proto::methods::StreamAcknowledge::NAME,
                         Some(&params),
                         &self.caller,
                         CONTROL_TTL,
@@ -346,7 +350,7 @@ impl Drop for StreamHandle {
         let text = request_text(
             &self.conn,
             self.conn.next_id(),
-            "stream.close",
+            tomo_proto::methods::StreamClose::NAME,
             Some(&params),
             &self.caller,
             CONTROL_TTL,
@@ -420,7 +424,7 @@ impl Hub {
         }
     }
 
-    /// Waits for a turn to run a session handshake: at most [`HANDSHAKES`] at once, in arrival
+    /// Waits for a turn to run a session handshake: at most `HANDSHAKES` (64) at once, in arrival
     /// order. A crowd (a fleet reconnecting after a restart) is then served in turn, each
     /// handshake finishing quickly, instead of thousands sharing the CPU and the store and all
     /// missing the agents' deadline together, retrying, and missing it again.

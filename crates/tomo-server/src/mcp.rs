@@ -37,6 +37,7 @@ use crate::AppState;
 use crate::api::{ApiError, Principal};
 use crate::core::call::{Admission, CallRequest, Hosts, Mode};
 use output::Origin;
+use tomo_proto::methods::Method as _;
 use tools::{Action, Spec};
 
 /// Largest MCP request body.
@@ -181,7 +182,9 @@ fn principal(ctx: &RequestContext<RoleServer>) -> Result<Principal, McpError> {
 
 /// The tools a token may use.
 pub fn visible(who: &Principal) -> impl Iterator<Item = &'static Spec> + '_ {
-    tools::TOOLS.iter().filter(move |t| who.0.role >= t.level)
+    tools::TOOLS
+        .iter()
+        .filter(move |t| who.token.role >= t.level)
 }
 
 const INSTRUCTIONS: &str = "tomo manages a fleet of Docker hosts. Start with list_hosts or \
@@ -257,9 +260,9 @@ pub async fn call(
         .is_some_and(|s| s.get("pending_action").is_some());
     let record = tomo_proto::audit::AuditRecord {
         at_ms: tomo_common::now_ms(),
-        trace_id: who.1.clone(),
-        principal: Some(who.0.name.clone()),
-        role: Some(who.0.role),
+        trace_id: who.trace_id.clone(),
+        principal: Some(who.token.name.clone()),
+        role: Some(who.token.role),
         method: format!("mcp.{name}"),
         params: Some(params),
         decision: if denied { "denied" } else { "allowed" }.into(),
@@ -286,22 +289,22 @@ async fn guarded_call(
     let Some(spec) = tools::find(name) else {
         return output::error_result("unknown_tool", &format!("there is no tool {name:?}"));
     };
-    if who.0.role < spec.level {
+    if who.token.role < spec.level {
         return output::error_result(
             "forbidden",
             &format!(
                 "{name} needs a token with the {} role; this token is {} (it cannot change \
                  anything this tool would change)",
                 crate::api::role_name(spec.level),
-                crate::api::role_name(who.0.role)
+                crate::api::role_name(who.token.role)
             ),
         );
     }
     let per_min = who
-        .0
+        .token
         .tool_rate_per_min
         .unwrap_or(state.config.tool_rate_per_min);
-    if let Err(wait) = state.mcp_limits.take(&who.0.id, per_min) {
+    if let Err(wait) = state.mcp_limits.take(&who.token.id, per_min) {
         return output::error_result(
             "rate_limited",
             &format!(
@@ -313,7 +316,7 @@ async fn guarded_call(
     if let Err(e) = tools::check_args(spec, &args) {
         return output::error_result("bad_arguments", &e);
     }
-    tracing::info!(tool = name, token = %who.0.name, "MCP tool call");
+    tracing::info!(tool = name, token = %who.token.name, "MCP tool call");
     let budget = state.config.tool_output_bytes;
     let data = |(origin, data)| Answer::Data(origin, data);
     let result = match spec.action {
@@ -365,7 +368,7 @@ async fn method_tool(
         Some(Value::String(h)) => h,
         _ => return Err(ApiError::bad_request("missing argument \"host\"")),
     };
-    if method == "docker.containers.logs" {
+    if method == tomo_proto::methods::DockerContainersLogs::NAME {
         let tail = args
             .get("tail")
             .and_then(Value::as_u64)
@@ -392,7 +395,7 @@ async fn method_tool(
         tomo_proto::rpc::Outcome::Result(v) => v,
         tomo_proto::rpc::Outcome::Error(e) => return Err(ApiError::from_rpc(e)),
     };
-    let data = if method == "docker.containers.logs" {
+    let data = if method == tomo_proto::methods::DockerContainersLogs::NAME {
         logs_text(data)
     } else {
         data
@@ -535,7 +538,7 @@ async fn find_container(
     // Every online host in scope, through the one pipeline (a fan-out of one read).
     let request = CallRequest {
         hosts: Hosts::Fleet(None),
-        method: "docker.containers.list",
+        method: tomo_proto::methods::DockerContainersList::NAME,
         params: Some(json!({"all": true})),
         timeout: Some(FIND_TIMEOUT),
         mode: Mode::FanOut,

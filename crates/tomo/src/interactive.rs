@@ -11,6 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::mpsc;
+use tomo_proto::methods::Method as _;
 
 use crate::Failure;
 use crate::client::{Api, Streamed};
@@ -108,7 +109,7 @@ pub async fn exec(
     cmd: Vec<String>,
 ) -> Result<ExitCode, Failure> {
     let body = json!({
-        "method": "docker.containers.exec",
+        "method": tomo_proto::methods::DockerContainersExec::NAME,
         "params": {"container": container, "cmd": cmd, "interactive": true, "tty": tty},
     });
     let rpc_path = format!("/hosts/{}/rpc", seg(host));
@@ -128,7 +129,9 @@ pub async fn exec(
             };
             if tty && let Some((rows, cols)) = window_size() {
                 let resize = json!({"stream": stream, "rows": rows, "cols": cols});
-                if let Sent::Refused(why) = send("stream.resize", resize).await {
+                if let Sent::Refused(why) =
+                    send(tomo_proto::methods::StreamResize::NAME, resize).await
+                {
                     say_refused(&why);
                 }
             }
@@ -143,14 +146,14 @@ pub async fn exec(
                             // End of input (a pipe or file): the container's stdin is closed,
                             // as `docker exec -i` does, and its output keeps coming.
                             let eof = json!({"stream": stream, "data_b64": "", "eof": true});
-                            if let Sent::Refused(why) = send("stream.write", eof).await {
+                            if let Sent::Refused(why) = send(tomo_proto::methods::StreamWrite::NAME, eof).await {
                                 say_refused(&why);
                             }
                             break;
                         }
                         Ok(n) => {
                             let data = tomo_common::b64(&buf[..n]);
-                            match send("stream.write", json!({"stream": stream, "data_b64": data})).await {
+                            match send(tomo_proto::methods::StreamWrite::NAME, json!({"stream": stream, "data_b64": data})).await {
                                 Sent::Delivered => {}
                                 Sent::Closed => break,
                                 Sent::Refused(why) => say_refused(&why),
@@ -159,7 +162,7 @@ pub async fn exec(
                     },
                     Some(()) = async { match winch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
                         if let Some((rows, cols)) = window_size()
-                            && let Sent::Refused(why) = send("stream.resize", json!({"stream": stream, "rows": rows, "cols": cols})).await
+                            && let Sent::Refused(why) = send(tomo_proto::methods::StreamResize::NAME, json!({"stream": stream, "rows": rows, "cols": cols})).await
                         {
                             say_refused(&why);
                         }

@@ -2,6 +2,10 @@
 //! (`tomo hosts`, `tomo codes`, `tomo call`). `main` parses arguments and dispatches; the work is
 //! in the libraries and in the modules below.
 
+// clap turns the doc comments of arguments into `--help` text, written for a terminal: a URL
+// or `[IP:]HOST` there is plain text, not a rustdoc link.
+#![allow(rustdoc::bare_urls, rustdoc::broken_intra_doc_links)]
+
 /// `println!` for the CLI's output: a reader that went away (`tomo events | head -1`) ends the
 /// command quietly instead of a panic (issue 17.7). Defined before the modules so they see it.
 macro_rules! outln {

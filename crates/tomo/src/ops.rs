@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
+use tomo_proto::methods::Method as _;
 
 use crate::client::{Api, Streamed};
 use crate::commands::{print_json, seg, table};
@@ -821,7 +822,7 @@ pub async fn events(
 /// `tomo metrics HOST`.
 pub async fn metrics(host: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
     let api = Api::from_args(args)?;
-    let body = json!({"method": "system.get_metrics"});
+    let body = json!({"method": tomo_proto::methods::SystemGetMetrics::NAME});
     let r = api
         .expect(Method::POST, &path(host, "/rpc"), Some(&body), 1)
         .await?;

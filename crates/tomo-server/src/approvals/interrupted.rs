@@ -296,7 +296,7 @@ mod tests {
         drop(state);
 
         let (_server, state) = bind(&config).await;
-        let who = Principal(state.store.token(&boss.id).await.expect("boss"), None, None);
+        let who = Principal::of(state.store.token(&boss.id).await.expect("boss"));
         let action = |id: &'static str| {
             let state = Arc::clone(&state);
             async move { state.store.action(id).await.expect("action") }

@@ -242,7 +242,7 @@ impl Admitted {
 
     /// The hub stage of a fan-out: the call to every target at once; each host's answer (or
     /// failure), in the targets' order. Calls are signed as they are made, in tasks of
-    /// [`CHUNK`] hosts, so that every worker thread signs, not only the request's.
+    /// `CHUNK` (256) hosts, so that every worker thread signs, not only the request's.
     pub async fn fan_out(
         self,
         state: &std::sync::Arc<AppState>,

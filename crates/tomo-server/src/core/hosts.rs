@@ -50,7 +50,7 @@ pub async fn fan_out_targets(
     who: &Principal,
     named: Option<&[String]>,
 ) -> Result<Vec<String>, Refusal> {
-    let unscoped = who.0.scope.is_empty();
+    let unscoped = who.token.scope.is_empty();
     match named {
         // The common case needs no store read: the hub knows who is online.
         None if unscoped => Ok(state.hub.online_hosts()),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rmcp::model::{JsonObject, Tool, ToolAnnotations};
 use serde_json::{Map, Value, json};
 use tomo_proto::methods::Level;
+use tomo_proto::methods::Method as _;
 
 /// What a tool does when called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +181,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "host_info",
         title: "Host information",
-        action: Action::Method("system.info"),
+        action: Action::Method(tomo_proto::methods::SystemInfo::NAME),
         level: Level::Read,
         hints: READ,
         description: "Returns a host's hostname, OS, kernel, architecture, uptime, CPU count, \
@@ -190,7 +191,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "host_metrics",
         title: "Host metrics",
-        action: Action::Method("system.get_metrics"),
+        action: Action::Method(tomo_proto::methods::SystemGetMetrics::NAME),
         level: Level::Read,
         hints: READ,
         description: "Returns a host's latest metrics sample: CPU %, memory and swap, every \
@@ -217,7 +218,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "preflight_check",
         title: "Preflight check",
-        action: Action::Method("system.preflight_check"),
+        action: Action::Method(tomo_proto::methods::SystemPreflightCheck::NAME),
         level: Level::Read,
         hints: READ,
         description: "Checks whether a host is ready for a deployment: free ports, free disk \
@@ -250,7 +251,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "list_containers",
         title: "List containers",
-        action: Action::Method("docker.containers.list"),
+        action: Action::Method(tomo_proto::methods::DockerContainersList::NAME),
         level: Level::Read,
         hints: READ,
         description: "Lists a host's containers: id, name, image, state, status, creation time \
@@ -260,7 +261,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "inspect_container",
         title: "Inspect a container",
-        action: Action::Method("docker.containers.get"),
+        action: Action::Method(tomo_proto::methods::DockerContainersGet::NAME),
         level: Level::Read,
         hints: READ,
         description: "Returns a container's configuration and state: image, command, environment \
@@ -271,7 +272,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "container_logs",
         title: "Container logs",
-        action: Action::Method("docker.containers.logs"),
+        action: Action::Method(tomo_proto::methods::DockerContainersLogs::NAME),
         level: Level::Read,
         hints: READ,
         description: "Returns the last lines of a container's output (stdout and stderr), with \
@@ -295,7 +296,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "container_stats",
         title: "Container resource usage",
-        action: Action::Method("docker.containers.stats"),
+        action: Action::Method(tomo_proto::methods::DockerContainersStats::NAME),
         level: Level::Read,
         hints: READ,
         description: "Returns one sample of a running container's CPU %, memory use and limit, \
@@ -305,7 +306,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "list_images",
         title: "List images",
-        action: Action::Method("docker.images.list"),
+        action: Action::Method(tomo_proto::methods::DockerImagesList::NAME),
         level: Level::Read,
         hints: READ,
         description: "Lists a host's Docker images: id, tags, digests, size, creation time, and \
@@ -315,7 +316,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "list_networks",
         title: "List networks",
-        action: Action::Method("docker.networks.list"),
+        action: Action::Method(tomo_proto::methods::DockerNetworksList::NAME),
         level: Level::Read,
         hints: READ,
         description: "Lists a host's Docker networks: id, name, driver, scope, internal flag, \
@@ -325,7 +326,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "list_volumes",
         title: "List volumes",
-        action: Action::Method("docker.volumes.list"),
+        action: Action::Method(tomo_proto::methods::DockerVolumesList::NAME),
         level: Level::Read,
         hints: READ,
         description: "Lists a host's Docker volumes: name, driver, mount point, labels. Changes nothing.",
@@ -335,7 +336,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "start_container",
         title: "Start a container",
-        action: Action::Method("docker.containers.start"),
+        action: Action::Method(tomo_proto::methods::DockerContainersStart::NAME),
         level: Level::Execute,
         hints: change(false, true),
         description: "Starts a stopped container. Changes the host: the container runs. Starting \
@@ -345,7 +346,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "stop_container",
         title: "Stop a container",
-        action: Action::Method("docker.containers.stop"),
+        action: Action::Method(tomo_proto::methods::DockerContainersStop::NAME),
         level: Level::Execute,
         hints: change(true, true),
         description: "Stops a running container (SIGTERM, then SIGKILL after `timeout` seconds). \
@@ -363,7 +364,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "restart_container",
         title: "Restart a container",
-        action: Action::Method("docker.containers.restart"),
+        action: Action::Method(tomo_proto::methods::DockerContainersRestart::NAME),
         level: Level::Execute,
         hints: change(true, false),
         description: "Stops and starts a container again. Changes the host: a short outage of \
@@ -381,7 +382,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "remove_container",
         title: "Remove a container",
-        action: Action::Method("docker.containers.remove"),
+        action: Action::Method(tomo_proto::methods::DockerContainersRemove::NAME),
         level: Level::Execute,
         hints: change(true, true),
         description: "Deletes a container (a running one only with `force`). Changes the host \
@@ -401,7 +402,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "update_container",
         title: "Update a container to its image's latest version",
-        action: Action::Method("docker.containers.update"),
+        action: Action::Method(tomo_proto::methods::DockerContainersUpdate::NAME),
         level: Level::Execute,
         hints: change(true, false),
         description: "Pulls the container's image reference again and recreates the container \
@@ -421,7 +422,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "pull_image",
         title: "Pull an image",
-        action: Action::Method("docker.images.pull"),
+        action: Action::Method(tomo_proto::methods::DockerImagesPull::NAME),
         level: Level::Execute,
         hints: change(false, true),
         description: "Pulls an image from its registry onto a host (no credentials: public or \
@@ -435,7 +436,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "remove_image",
         title: "Remove an image",
-        action: Action::Method("docker.images.remove"),
+        action: Action::Method(tomo_proto::methods::DockerImagesRemove::NAME),
         level: Level::Execute,
         hints: change(true, true),
         description: "Deletes an image (or untags it when other tags remain). Changes the host \
@@ -453,7 +454,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "create_network",
         title: "Create a network",
-        action: Action::Method("docker.networks.create"),
+        action: Action::Method(tomo_proto::methods::DockerNetworksCreate::NAME),
         level: Level::Execute,
         hints: change(false, false),
         description: "Creates a Docker network on a host. Changes the host. Returns `{id, name}`.",
@@ -472,7 +473,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "remove_network",
         title: "Remove a network",
-        action: Action::Method("docker.networks.remove"),
+        action: Action::Method(tomo_proto::methods::DockerNetworksRemove::NAME),
         level: Level::Execute,
         hints: change(true, true),
         description: "Deletes a Docker network (none of its containers may be running). \
@@ -482,7 +483,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "create_volume",
         title: "Create a volume",
-        action: Action::Method("docker.volumes.create"),
+        action: Action::Method(tomo_proto::methods::DockerVolumesCreate::NAME),
         level: Level::Execute,
         hints: change(false, false),
         description: "Creates a Docker volume on a host. Changes the host. Returns `{id, name}`.",
@@ -500,7 +501,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "remove_volume",
         title: "Remove a volume",
-        action: Action::Method("docker.volumes.remove"),
+        action: Action::Method(tomo_proto::methods::DockerVolumesRemove::NAME),
         level: Level::Execute,
         hints: change(true, true),
         description: "Deletes a Docker volume and ALL ITS DATA. Changes the host irreversibly. \
@@ -518,7 +519,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "run_container",
         title: "Run a new container",
-        action: Action::Method("docker.containers.run"),
+        action: Action::Method(tomo_proto::methods::DockerContainersRun::NAME),
         level: Level::Admin,
         hints: change(true, false),
         description: "Creates and starts a new container (pulling the image when missing). \
@@ -565,7 +566,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "exec_in_container",
         title: "Run a command in a container",
-        action: Action::Method("docker.containers.exec"),
+        action: Action::Method(tomo_proto::methods::DockerContainersExec::NAME),
         level: Level::Admin,
         hints: change(true, false),
         description: "Runs a command inside a running container and returns its exit code, \
@@ -592,7 +593,7 @@ pub const TOOLS: &[Spec] = &[
     Spec {
         name: "run_host_command",
         title: "Run an allowlisted host command",
-        action: Action::Method("system.exec"),
+        action: Action::Method(tomo_proto::methods::SystemExec::NAME),
         level: Level::Admin,
         hints: change(true, false),
         description: "Runs one allowlisted diagnostic command on the host itself (e.g. `df -h`, \

@@ -552,6 +552,10 @@ async fn schemathesis(
         // (docs/security.md); the routes' 401s are tested one by one in this file.
         .args(["--exclude-checks", "ignored_auth"])
         .args(["--max-examples", "30", "--generation-deterministic"])
+        // A network-level failure of one request is retried once: in a full-suite run on two
+        // loaded cores, one TLS handshake ended in an EOF once (2026-12-04, not reproduced in
+        // isolation). A server that drops connections for real still fails the run.
+        .args(["--request-retries", "1"])
         .args(["--no-color"])
         .args(args)
         .env("SCHEMATHESIS_TELEMETRY", "false")
