@@ -46,6 +46,7 @@ macro_rules! reference {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
+        #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
         pub struct $ty(String);
 
         impl $ty {

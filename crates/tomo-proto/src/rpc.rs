@@ -217,10 +217,13 @@ pub fn notification_text<P: Serialize>(method: &str, params: &P) -> String {
 
 /// A JSON-RPC error object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[error("{message} ({code})")]
 pub struct RpcError {
+    /// The JSON-RPC error code (docs/protocol.md).
     pub code: i64,
     pub message: String,
+    /// What the code alone does not say (a refusal's `reason`, Docker's `status`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
 }

@@ -266,7 +266,7 @@ async fn stream_call(
     tag = "system",
     params(HostPath),
     responses(
-        (status = 200, description = "The `system.info` result.", body = Object),
+        (status = 200, description = "The `system.info` result.", body = tomo_proto::methods::SystemInfoResult),
         AgentErrors,
     )
 )]
@@ -294,7 +294,7 @@ async fn info(
     tag = "containers",
     params(HostPath, ("all" = Option<bool>, Query, description = "Include stopped containers.")),
     responses(
-        (status = 200, description = "The containers.", body = Vec<Object>),
+        (status = 200, description = "The containers.", body = Vec<tomo_proto::methods::ContainerSummary>),
         AgentErrors,
     )
 )]
@@ -325,7 +325,7 @@ async fn containers_list(
     params(HostPath),
     request_body(content = Option<Object>, description = "The params of `docker.containers.run`: `image` and the container options (docs/protocol.md)."),
     responses(
-        (status = 200, description = "`{id, name, state, pulled, warnings}`.", body = Object),
+        (status = 200, description = "`{id, name, state, pulled, warnings}`.", body = tomo_proto::methods::RunResult),
         AgentErrors,
         Pending,
     )
@@ -356,7 +356,7 @@ async fn containers_run(
     tag = "containers",
     params(ContainerPath),
     responses(
-        (status = 200, description = "The container.", body = Object),
+        (status = 200, description = "The container.", body = tomo_proto::methods::ContainerDetails),
         AgentErrors,
     )
 )]
@@ -386,7 +386,7 @@ async fn containers_get(
     tag = "containers",
     params(ContainerPath, ("force" = Option<bool>, Query, description = "Kill a running container first."), ("volumes" = Option<bool>, Query, description = "Also remove its anonymous volumes.")),
     responses(
-        (status = 200, description = "`{id, name, state}`.", body = Object),
+        (status = 200, description = "`{id, name, state}`.", body = tomo_proto::methods::ContainerAction),
         AgentErrors,
         Pending,
     )
@@ -505,28 +505,28 @@ macro_rules! container_action {
 
 container_action!(start_container, "start", tomo_proto::methods::DockerContainersStart::NAME, Option<StartBody>,
     "What the start did: `{id, name, state}`.",
-    ((Object = "application/json")),
+    ((tomo_proto::methods::ContainerAction = "application/json")),
     /// Start a container.
     ///
     /// `docker.containers.start`. Execute.
 );
 container_action!(stop_container, "stop", tomo_proto::methods::DockerContainersStop::NAME, Option<StopBody>,
     "What the stop did: `{id, name, state}`.",
-    ((Object = "application/json")),
+    ((tomo_proto::methods::ContainerAction = "application/json")),
     /// Stop a container.
     ///
     /// `docker.containers.stop`. Execute.
 );
 container_action!(restart_container, "restart", tomo_proto::methods::DockerContainersRestart::NAME, Option<StopBody>,
     "What the restart did: `{id, name, state}`.",
-    ((Object = "application/json")),
+    ((tomo_proto::methods::ContainerAction = "application/json")),
     /// Restart a container.
     ///
     /// `docker.containers.restart`. Execute.
 );
 container_action!(update_container, "update", tomo_proto::methods::DockerContainersUpdate::NAME, Option<UpdateBody>,
     "`{name, old_id, new_id, old_image_id, new_image_id, image_changed, state}`.",
-    ((Object = "application/json")),
+    ((tomo_proto::methods::UpdateResult = "application/json")),
     /// Update a container.
     ///
     /// `docker.containers.update`: pull its image again and recreate it, rolling back when the
@@ -534,7 +534,7 @@ container_action!(update_container, "update", tomo_proto::methods::DockerContain
 );
 container_action!(exec_in_container, "exec", tomo_proto::methods::DockerContainersExec::NAME, ExecBody,
     "`{exit_code, stdout, stderr, truncated, timed_out}`; an interactive exec answers NDJSON.",
-    ((Object = "application/json"), (Object = "application/x-ndjson")),
+    ((tomo_proto::methods::ExecOutput = "application/json"), (Object = "application/x-ndjson")),
     /// Run a command in a container.
     ///
     /// `docker.containers.exec`: one-shot (its output), or an interactive session (a stream).
@@ -550,7 +550,7 @@ container_action!(exec_in_container, "exec", tomo_proto::methods::DockerContaine
     tag = "containers",
     params(ContainerPath, ("tail" = Option<u64>, Query, description = "The last N lines only."), ("since" = Option<i64>, Query, minimum = 0, maximum = 2147483647, description = "Only lines since this Unix time (seconds)."), ("until" = Option<i64>, Query, minimum = 0, maximum = 2147483647, description = "Only lines before this Unix time (seconds)."), ("timestamps" = Option<bool>, Query, description = "Prefix lines with timestamps."), ("follow" = Option<bool>, Query, description = "Stream new lines as NDJSON.")),
     responses(
-        (status = 200, description = "The logs; with `follow`, NDJSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "The logs; with `follow`, NDJSON.", content((tomo_proto::methods::LogsResult = "application/json"), (Object = "application/x-ndjson"))),
         AgentErrors,
     )
 )]
@@ -581,7 +581,7 @@ async fn logs(
     tag = "containers",
     params(ContainerPath, ("stream" = Option<bool>, Query, description = "Stream samples as NDJSON.")),
     responses(
-        (status = 200, description = "One sample; with `stream`, NDJSON.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "One sample; with `stream`, NDJSON.", content((tomo_proto::methods::ContainerStats = "application/json"), (Object = "application/x-ndjson"))),
         AgentErrors,
     )
 )]
@@ -612,7 +612,7 @@ async fn stats(
     tag = "images",
     params(HostPath, ("all" = Option<bool>, Query, description = "Include intermediate images.")),
     responses(
-        (status = 200, description = "The images.", body = Vec<Object>),
+        (status = 200, description = "The images.", body = Vec<tomo_proto::methods::ImageSummary>),
         AgentErrors,
     )
 )]
@@ -642,7 +642,7 @@ async fn images_list(
     tag = "images",
     params(HostPath, ("image" = String, Query, description = "Image reference or id."), ("force" = Option<bool>, Query, description = "Docker's force removal.")),
     responses(
-        (status = 200, description = "`{untagged, deleted}`.", body = Object),
+        (status = 200, description = "`{untagged, deleted}`.", body = tomo_proto::methods::ImageRemoved),
         AgentErrors,
         Pending,
     )
@@ -672,7 +672,7 @@ async fn images_remove(
     params(HostPath),
     request_body(content = Option<Object>, description = "`{\"image\": \"name[:tag]\", \"auth\"?: {username, password, server?}, \"progress\"?: bool}`."),
     responses(
-        (status = 200, description = "`{image, id}`; with `progress`, NDJSON ending with it.", content((Object = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "`{image, id}`; with `progress`, NDJSON ending with it.", content((tomo_proto::methods::PullResult = "application/json"), (Object = "application/x-ndjson"))),
         AgentErrors,
         Pending,
     )
@@ -702,7 +702,7 @@ async fn images_pull(
     tag = "networks",
     params(HostPath),
     responses(
-        (status = 200, description = "The networks.", body = Vec<Object>),
+        (status = 200, description = "The networks.", body = Vec<tomo_proto::methods::NetworkSummary>),
         AgentErrors,
     )
 )]
@@ -731,7 +731,7 @@ async fn networks_list(
     params(HostPath),
     request_body(content = Option<Object>, description = "`{\"name\", \"driver\"?, \"internal\"?, \"labels\"?}`."),
     responses(
-        (status = 200, description = "`{id, name}`.", body = Object),
+        (status = 200, description = "`{id, name}`.", body = tomo_proto::methods::ObjectRef),
         AgentErrors,
         Pending,
     )
@@ -761,7 +761,7 @@ async fn networks_create(
     tag = "networks",
     params(NamePath),
     responses(
-        (status = 200, description = "`{id, name}`.", body = Object),
+        (status = 200, description = "`{id, name}`.", body = tomo_proto::methods::ObjectRef),
         AgentErrors,
         Pending,
     )
@@ -792,7 +792,7 @@ async fn networks_remove(
     tag = "volumes",
     params(HostPath),
     responses(
-        (status = 200, description = "The volumes.", body = Vec<Object>),
+        (status = 200, description = "The volumes.", body = Vec<tomo_proto::methods::VolumeSummary>),
         AgentErrors,
     )
 )]
@@ -821,7 +821,7 @@ async fn volumes_list(
     params(HostPath),
     request_body(content = Option<Object>, description = "`{\"name\", \"driver\"?, \"driver_opts\"?, \"labels\"?}`."),
     responses(
-        (status = 200, description = "`{id, name}`.", body = Object),
+        (status = 200, description = "`{id, name}`.", body = tomo_proto::methods::ObjectRef),
         AgentErrors,
         Pending,
     )
@@ -851,7 +851,7 @@ async fn volumes_create(
     tag = "volumes",
     params(NamePath, ("force" = Option<bool>, Query, description = "Remove even when in use (Docker still refuses while a container uses it).")),
     responses(
-        (status = 200, description = "`{id, name}`.", body = Object),
+        (status = 200, description = "`{id, name}`.", body = tomo_proto::methods::ObjectRef),
         AgentErrors,
         Pending,
     )

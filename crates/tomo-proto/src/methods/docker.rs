@@ -9,6 +9,7 @@ use crate::refs::{ContainerRef, ImageRef, NetworkRef, VolumeRef};
 
 /// Params of the methods that take only a container (by id, id prefix or name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContainerParams {
     pub container: ContainerRef,
@@ -16,6 +17,7 @@ pub struct ContainerParams {
 
 /// Params of `docker.containers.stop` and `docker.containers.restart`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StopParams {
     pub container: ContainerRef,
@@ -26,6 +28,7 @@ pub struct StopParams {
 
 /// Params of `docker.containers.remove`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RemoveParams {
     pub container: ContainerRef,
@@ -39,6 +42,7 @@ pub struct RemoveParams {
 
 /// What a state-changing container method did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ContainerAction {
     pub id: String,
     pub name: String,
@@ -48,6 +52,7 @@ pub struct ContainerAction {
 
 /// Params of `docker.containers.logs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LogsParams {
     pub container: ContainerRef,
@@ -70,6 +75,7 @@ pub struct LogsParams {
 
 /// Logs of a container, or one data message of a logs stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct LogChunk {
     /// `stdout`, `stderr`, or `console` for a TTY container.
     pub source: String,
@@ -79,6 +85,7 @@ pub struct LogChunk {
 
 /// Result of `docker.containers.logs` without `follow`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct LogsResult {
     pub chunks: Vec<LogChunk>,
     /// The output was cut at the response cap: its oldest part is left out (the newest is kept,
@@ -95,6 +102,7 @@ fn is_zero(n: &u64) -> bool {
 
 /// Params of `docker.containers.stats`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StatsParams {
     pub container: ContainerRef,
@@ -105,6 +113,7 @@ pub struct StatsParams {
 
 /// Resource usage of one container.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ContainerStats {
     pub id: String,
     pub name: String,
@@ -123,6 +132,7 @@ pub struct ContainerStats {
 
 /// Params of `docker.containers.exec`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecParams {
     pub container: ContainerRef,
@@ -148,6 +158,7 @@ pub struct ExecParams {
 
 /// Result of a one-shot exec or command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ExecOutput {
     /// `None` when the command did not finish within its timeout.
     pub exit_code: Option<i64>,
@@ -161,6 +172,7 @@ pub struct ExecOutput {
 
 /// A published port: `host_port` on `host_ip` → `container_port`/`protocol`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PortBinding {
     pub container_port: u16,
@@ -181,6 +193,7 @@ fn tcp() -> String {
 
 /// A volume or bind mount in Docker's short form: `source` is a host path (bind) or a volume name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeBinding {
     pub source: String,
@@ -191,6 +204,7 @@ pub struct VolumeBinding {
 
 /// A mount in Docker's long form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MountSpec {
     /// `bind`, `volume` or `tmpfs`.
@@ -212,6 +226,7 @@ pub struct MountSpec {
 
 /// Docker's restart policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
     /// `no`, `always`, `unless-stopped` or `on-failure`.
@@ -223,6 +238,7 @@ pub struct RestartPolicy {
 
 /// A container healthcheck.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Healthcheck {
     /// Docker's form: `["CMD", arg…]`, `["CMD-SHELL", line]` or `["NONE"]`.
@@ -239,6 +255,7 @@ pub struct Healthcheck {
 
 /// When `docker.containers.run` pulls the image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PullPolicy {
     /// Only when the image is not on the host (default).
@@ -250,6 +267,7 @@ pub enum PullPolicy {
 
 /// Params of `docker.containers.run`: create (pulling the image when missing) and start.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RunParams {
     pub image: String,
@@ -327,6 +345,7 @@ pub struct RunParams {
 
 /// Result of `docker.containers.run`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct RunResult {
     pub id: String,
     pub name: String,
@@ -339,6 +358,7 @@ pub struct RunResult {
 
 /// Result of `docker.containers.get`: the useful part of `docker inspect`, secrets redacted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ContainerDetails {
     pub id: String,
     pub name: String,
@@ -366,6 +386,7 @@ pub struct ContainerDetails {
 
 /// Runtime state of a container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ContainerState {
     /// `created`, `running`, `paused`, `restarting`, `removing`, `exited` or `dead`.
     pub status: String,
@@ -381,6 +402,7 @@ pub struct ContainerState {
 /// Params of `docker.containers.update`: pull the container's own image reference again and
 /// recreate it with the same configuration (moving to another image is `run`'s job, not this one's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateParams {
     pub container: ContainerRef,
@@ -391,6 +413,7 @@ pub struct UpdateParams {
 
 /// Result of `docker.containers.update`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct UpdateResult {
     pub name: String,
     pub old_id: String,
@@ -404,6 +427,7 @@ pub struct UpdateResult {
 
 /// Params of `docker.images.list`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ImagesListParams {
     /// Include intermediate images.
@@ -413,6 +437,7 @@ pub struct ImagesListParams {
 
 /// One image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ImageSummary {
     pub id: String,
     pub tags: Vec<String>,
@@ -425,6 +450,7 @@ pub struct ImageSummary {
 
 /// Registry credentials for a pull; never logged, never stored.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegistryAuth {
     pub username: String,
@@ -445,6 +471,7 @@ impl std::fmt::Debug for RegistryAuth {
 
 /// Params of `docker.images.pull`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PullParams {
     /// `name[:tag]` or `name@digest`; `latest` when no tag.
@@ -458,6 +485,7 @@ pub struct PullParams {
 
 /// One progress message of a pull.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct PullProgress {
     /// Layer id, when the message is about a layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -471,6 +499,7 @@ pub struct PullProgress {
 
 /// Result of `docker.images.pull`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct PullResult {
     pub image: String,
     pub id: String,
@@ -478,6 +507,7 @@ pub struct PullResult {
 
 /// Params of `docker.images.remove`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ImageRemoveParams {
     pub image: ImageRef,
@@ -487,6 +517,7 @@ pub struct ImageRemoveParams {
 
 /// Result of `docker.images.remove`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ImageRemoved {
     pub untagged: Vec<String>,
     pub deleted: Vec<String>,
@@ -494,6 +525,7 @@ pub struct ImageRemoved {
 
 /// One network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct NetworkSummary {
     pub id: String,
     pub name: String,
@@ -506,6 +538,7 @@ pub struct NetworkSummary {
 
 /// Params of `docker.networks.create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetworkCreateParams {
     pub name: NetworkRef,
@@ -521,6 +554,7 @@ pub struct NetworkCreateParams {
 
 /// Params of `docker.networks.remove`: a network by name or id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetworkRemoveParams {
     pub name: NetworkRef,
@@ -528,6 +562,7 @@ pub struct NetworkRemoveParams {
 
 /// Params of `docker.volumes.remove`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeRemoveParams {
     pub name: VolumeRef,
@@ -538,6 +573,7 @@ pub struct VolumeRemoveParams {
 
 /// What a create or remove did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ObjectRef {
     pub id: String,
     pub name: String,
@@ -545,6 +581,7 @@ pub struct ObjectRef {
 
 /// One volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct VolumeSummary {
     pub name: String,
     pub driver: String,
@@ -555,6 +592,7 @@ pub struct VolumeSummary {
 
 /// Params of `docker.volumes.create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeCreateParams {
     pub name: VolumeRef,
@@ -572,6 +610,7 @@ pub const DOCKER_EVENT: &str = "docker.event";
 
 /// An engine event (`docker events`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct DockerEvent {
     /// Unix nanoseconds, from the engine.
     pub time_nanos: i64,

@@ -17,6 +17,7 @@ pub use system::*;
 
 /// Permission level of a method, ordered: `Read < Execute < Admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Read,
@@ -67,6 +68,7 @@ pub trait Method {
 
 /// Params of a method that takes none: absent, `{}` or `[]`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
@@ -270,6 +272,7 @@ pub fn level_of(method: &str) -> Option<Level> {
 
 /// Result of `agent.ping`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Pong {
     pub pong: bool,
     pub agent_version: String,
@@ -279,6 +282,7 @@ pub struct Pong {
 
 /// Result of `system.info`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct SystemInfoResult {
     pub hostname: String,
     pub os: String,
@@ -293,6 +297,7 @@ pub struct SystemInfoResult {
 
 /// What the agent knows of the local Docker engine.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct DockerStatus {
     pub available: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,6 +313,7 @@ pub struct DockerStatus {
 
 /// Params of `docker.containers.list`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContainersListParams {
     /// Include stopped containers.
@@ -317,6 +323,7 @@ pub struct ContainersListParams {
 
 /// One container in `docker.containers.list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ContainerSummary {
     pub id: String,
     pub name: String,
@@ -330,6 +337,7 @@ pub struct ContainerSummary {
 
 /// A metrics sample: the result of `system.get_metrics` and the params of `metrics.update`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Metrics {
     /// When the sample was taken, Unix milliseconds.
     pub sampled_at_ms: i64,
@@ -349,6 +357,7 @@ pub struct Metrics {
 
 /// Used and total bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Usage {
     pub used: u64,
     pub total: u64,
@@ -357,6 +366,7 @@ pub struct Usage {
 
 /// One filesystem.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct DiskUsage {
     pub device: String,
     pub mount: String,
@@ -367,6 +377,7 @@ pub struct DiskUsage {
 
 /// Network throughput over the last sampling interval, all non-loopback interfaces.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct NetworkRates {
     pub rx_bytes_per_sec: f64,
     pub tx_bytes_per_sec: f64,
@@ -374,6 +385,7 @@ pub struct NetworkRates {
 
 /// Running and stopped containers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ContainerCounts {
     pub running: u64,
     pub stopped: u64,
@@ -386,6 +398,7 @@ pub const METRICS_UPDATE: &str = "metrics.update";
 
 /// Params of `health.status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct HealthStatus {
     /// `healthy`, or `degraded` when a dependency (Docker) is unavailable.
     pub status: String,

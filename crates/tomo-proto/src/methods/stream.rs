@@ -24,6 +24,7 @@ pub const STREAM_CHUNK_BYTES: usize = 32 * 1024;
 
 /// The answer of a call that opened a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StreamOpened {
     /// Stream id, unique within the session.
     pub stream: String,
@@ -33,6 +34,7 @@ pub struct StreamOpened {
 
 /// Either a complete answer or a stream that will carry it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum Streamed<T> {
     Stream(StreamOpened),
@@ -41,6 +43,7 @@ pub enum Streamed<T> {
 
 /// Params of [`STREAM_DATA`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StreamData {
     pub stream: String,
     /// 0, 1, 2, … per stream.
@@ -51,6 +54,7 @@ pub struct StreamData {
 
 /// Params of [`STREAM_END`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StreamEnd {
     pub stream: String,
     /// Number of data messages sent.
@@ -66,6 +70,7 @@ pub struct StreamEnd {
 
 /// Params of `stream.ack` and `stream.close`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StreamRef {
     pub stream: String,
@@ -76,6 +81,7 @@ pub struct StreamRef {
 
 /// Params of `stream.write`: input for an interactive exec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StreamWriteParams {
     pub stream: String,
@@ -91,6 +97,7 @@ pub struct StreamWriteParams {
 
 /// Params of `stream.resize`: a new terminal size for an interactive exec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StreamResizeParams {
     pub stream: String,
@@ -100,6 +107,7 @@ pub struct StreamResizeParams {
 
 /// Result of the `stream.*` control methods.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct StreamState {
     /// Whether the stream was open.
     pub open: bool,

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Params of `system.exec`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SystemExecParams {
     /// A command line. The agent splits it into an argument vector itself (no shell) and runs it
@@ -16,6 +17,7 @@ pub struct SystemExecParams {
 
 /// Params of `system.preflight_check`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PreflightParams {
     /// TCP ports the deployment will bind; each must be free on the host.
@@ -34,6 +36,7 @@ pub struct PreflightParams {
 
 /// Result of `system.preflight_check`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct PreflightResult {
     /// Every check passed.
     pub ok: bool,
@@ -42,6 +45,7 @@ pub struct PreflightResult {
 
 /// One check of a preflight.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct PreflightCheck {
     /// `docker`, `docker_version`, `disk`, `architecture`, `port:<n>`, `data_dir`.
     pub name: String,
@@ -52,6 +56,7 @@ pub struct PreflightCheck {
 
 /// Params of `system.prepare_volumes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PrepareVolumesParams {
     pub volumes: Vec<VolumeDir>,
@@ -59,6 +64,7 @@ pub struct PrepareVolumesParams {
 
 /// A directory to create under the agent's volume base directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeDir {
     /// Relative to the base directory, or absolute inside it.
@@ -74,6 +80,7 @@ pub struct VolumeDir {
 
 /// Result of `system.prepare_volumes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct PreparedVolumes {
     pub base: String,
     pub volumes: Vec<PreparedVolume>,
@@ -81,6 +88,7 @@ pub struct PreparedVolumes {
 
 /// One prepared directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct PreparedVolume {
     /// Absolute path on the host.
     pub path: String,
@@ -94,6 +102,7 @@ pub struct PreparedVolume {
 /// Params of `agent.update`: runtime settings to change; absent fields stay as they are.
 /// The host's own policy is not among them, by design.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentSettingsPatch {
     /// `error`, `warn`, `info`, `debug` or `trace`.
@@ -109,6 +118,7 @@ pub struct AgentSettingsPatch {
 
 /// The agent's runtime settings, the result of `agent.update`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct AgentSettings {
     pub log_level: String,
     pub metrics_interval: u64,
@@ -117,12 +127,14 @@ pub struct AgentSettings {
 
 /// Result of `agent.restart`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Restarting {
     pub restarting: bool,
 }
 
 /// Result of `agent.rotate_key`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct RotatingKey {
     pub rotating: bool,
     /// The next public key (base64), for the operator to compare with what the control plane

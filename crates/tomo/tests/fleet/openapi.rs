@@ -387,6 +387,88 @@ async fn operations_answer_documented_statuses() {
     agent.stop().await.expect("agent stops");
 }
 
+/// Whether a success schema says nothing of its fields: an object without properties (or an
+/// array of such), so a generated client gets `Record<string, never>`.
+fn bare(schema: &Value) -> bool {
+    if schema.get("$ref").is_some() {
+        return false;
+    }
+    if schema["type"] == "array" {
+        return bare(&schema["items"]);
+    }
+    schema["type"] == "object" && schema.get("properties").is_none()
+}
+
+/// Issue 14: every JSON success body of a host operation is described by its real schema (the
+/// agent method's result type from `tomo-proto`), not a bare `object`. The operations still
+/// answering a bare object are listed here, each with why; a new bare one fails.
+#[tokio::test]
+async fn success_bodies_are_described_by_their_types() {
+    // Not yet typed: several methods behind one route (`{op}`), or a JSON-RPC envelope
+    // (`/rpc`, `/stream`), or a view the control plane builds by hand (hosts, metrics, the
+    // fleet fan-out, tokens, codes, approvals). Issue 14 types these next.
+    const BARE: &[&str] = &[
+        "POST /hosts/{host}/rpc",
+        "POST /hosts/{host}/stream",
+        "POST /hosts/{host}/system/{op}",
+        "POST /hosts/{host}/agent/{op}",
+        "GET /hosts",
+        "GET /hosts/{host}",
+        "DELETE /hosts/{host}",
+        "GET /hosts/{host}/metrics",
+        "GET /hosts/{host}/events",
+        "PUT /hosts/{host}/labels",
+        "POST /fleet/rpc",
+        "GET /audit",
+        "GET /whoami",
+        "GET /tokens",
+        "POST /tokens",
+        "DELETE /tokens/{id}",
+        "GET /openapi.json",
+        "GET /approvals",
+        "GET /approvals/{id}",
+        "POST /approvals/{id}/approve",
+        "POST /approvals/{id}/deny",
+    ];
+    let f = Fleet::start().await;
+    let doc = document(&f).await;
+    let mut bare_ops = Vec::new();
+    let mut typed = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        let path = path.strip_prefix("/api/v1").unwrap_or(path);
+        for (method, op) in item.as_object().expect("path item") {
+            for (status, resp) in op["responses"].as_object().into_iter().flatten() {
+                if !status.starts_with('2') {
+                    continue;
+                }
+                let Some(schema) = resp.pointer("/content/application~1json/schema") else {
+                    continue;
+                };
+                let op_name = format!("{} {path}", method.to_uppercase());
+                if bare(schema) {
+                    bare_ops.push(op_name);
+                } else if path.starts_with("/hosts/{host}/") {
+                    typed += 1;
+                }
+            }
+        }
+    }
+    bare_ops.sort();
+    bare_ops.dedup();
+    let unexpected: Vec<_> = bare_ops
+        .iter()
+        .filter(|o| !BARE.contains(&o.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "success bodies without a schema: {unexpected:?}"
+    );
+    assert!(
+        typed >= 18,
+        "host operations with a typed success body: {typed}"
+    );
+}
+
 /// Issue 14: a real validator (`openapi-spec-validator`, PyPI, in the tests' virtualenv) accepts
 /// the document (it failed on a duplicate tag).
 #[tokio::test]
