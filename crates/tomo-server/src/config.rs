@@ -31,6 +31,10 @@ pub struct ServerConfig {
     /// Upgraded `/agent/ws` connections one source may have in their session handshake at once
     /// (a budget apart from the operators' connections above).
     pub agent_handshakes_per_source: usize,
+    /// Unauthenticated connections (both kinds above) all sources together may hold at once,
+    /// so that a flood from many addresses cannot take every descriptor of the process. `0`:
+    /// half the process's open-file limit (see `admission::default_cap`).
+    pub max_unauthenticated: usize,
     /// How long an accepted connection may take to send its first TLS byte. It holds no shared
     /// turn meanwhile, only its source's slot.
     pub first_byte_timeout: Duration,
@@ -77,6 +81,7 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             unauthenticated_per_source: 64,
             agent_handshakes_per_source: 64,
+            max_unauthenticated: 0,
             first_byte_timeout: Duration::from_secs(5),
             first_message_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_millis(1500),

@@ -211,9 +211,20 @@ impl Server {
         let (audit_queue, audit_rx) = tokio::sync::mpsc::channel(audit::WRITE_QUEUE);
         let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
         let samples = samples::Samples::start(Arc::clone(&store), shutdown.clone(), &tracker);
+        let cap = match config.max_unauthenticated {
+            0 => admission::default_cap(),
+            n => n,
+        };
+        tracing::info!(
+            per_source = config.unauthenticated_per_source,
+            agent_handshakes_per_source = config.agent_handshakes_per_source,
+            all_sources = cap,
+            "unauthenticated connections admitted at most"
+        );
         let admission = admission::Admission::new(
             config.unauthenticated_per_source,
             config.agent_handshakes_per_source,
+            cap,
         );
         let state = Arc::new(AppState {
             admission,

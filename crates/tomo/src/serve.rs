@@ -55,6 +55,19 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub mcp_allowed_origins: Vec<String>,
+    /// Connections one address (an IPv6 /64) may have open before they authenticate; past it,
+    /// a new one is closed at once. Raise it for many agents behind one NAT.
+    #[arg(long, env = "TOMO_UNAUTHENTICATED_PER_SOURCE", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub unauthenticated_per_source: u32,
+    /// Agent session handshakes one address may have in progress at once.
+    #[arg(long, env = "TOMO_AGENT_HANDSHAKES_PER_SOURCE", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub agent_handshakes_per_source: u32,
+    /// Connections all addresses together may have open before they authenticate (0: half the
+    /// process's open-file limit).
+    #[arg(long, env = "TOMO_MAX_UNAUTHENTICATED", default_value_t = 0)]
+    pub max_unauthenticated: u32,
 }
 
 impl ServerArgs {
@@ -76,6 +89,9 @@ impl ServerArgs {
         c.tool_rate_per_min = self.tool_rate;
         c.tool_output_bytes = self.tool_output_bytes as usize;
         c.mcp_allowed_origins = self.mcp_allowed_origins.clone();
+        c.unauthenticated_per_source = self.unauthenticated_per_source as usize;
+        c.agent_handshakes_per_source = self.agent_handshakes_per_source as usize;
+        c.max_unauthenticated = self.max_unauthenticated as usize;
         c.validate().map_err(Failure::config)?;
         Ok(c)
     }

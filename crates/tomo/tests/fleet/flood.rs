@@ -106,6 +106,64 @@ async fn idle_tcp_connections_from_one_address_do_not_freeze_the_api() {
     share_becomes(&f, (0, 0), Duration::from_secs(1)).await;
 }
 
+/// Issue 12.5: the shares are per source, so a flood from many addresses (an IPv6 /48, a
+/// botnet) was bounded only by the process's descriptor limit: past it every accept failed,
+/// agents and operators included. Now all sources together hold at most
+/// `max_unauthenticated` unauthenticated connections; past it a new one is closed at once,
+/// and the slots come back as the flood's connections go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_many_addresses_stop_at_the_global_cap() {
+    const CAP: usize = 20;
+    const SOURCES: u8 = 60;
+    let f = Fleet::start_with(|c| {
+        c.max_unauthenticated = CAP;
+        // Nothing is closed by a deadline while the test looks.
+        c.first_byte_timeout = Duration::from_secs(60);
+    })
+    .await;
+    assert_eq!(f.state.admission.cap(), CAP);
+    let mut floods = Vec::new();
+    for i in 1..=SOURCES {
+        let source = Ipv4Addr::new(127, 0, 3, i);
+        let flood = flood::idle_tcp(&f.info.agent_url, source, 1, &[])
+            .await
+            .expect("flood");
+        assert_eq!(flood.failed, 0, "the kernel accepts every connection");
+        floods.push(flood);
+    }
+    // Every source is far below its own share (64), yet only CAP connections are held.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while f.state.admission.total() != CAP {
+        assert!(
+            Instant::now() < deadline,
+            "held {} unauthenticated connections, cap {CAP}",
+            f.state.admission.total()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut closed = 0;
+    for flood in &mut floods {
+        closed += flood.closed_by_server(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        closed,
+        usize::from(SOURCES) - CAP,
+        "past the cap, closed at once"
+    );
+    // The flood goes: its slots come back, and an agent joins.
+    drop(floods);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while f.state.admission.total() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "slots not released: {}",
+            f.state.admission.total()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent_joins_in_time(&f, "after-wide-flood").await;
+}
+
 /// Issue 12.5: connections that send the first byte of a ClientHello and then stall hold a TLS
 /// handshake turn each until the handshake deadline; one source takes at most a quarter of the
 /// turns, so the API still answers.
