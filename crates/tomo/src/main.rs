@@ -135,12 +135,22 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List containers on a host.
+    /// List containers: on one host, or on every host in the token's scope (a HOST column).
     Ps {
-        host: String,
+        /// One host (id, hostname or id prefix); without it, every online host in scope.
+        host: Option<String>,
         /// Include stopped containers.
         #[arg(short, long)]
         all: bool,
+        /// Only these hosts (repeatable; id, hostname or id prefix), without HOST.
+        #[arg(long = "host", value_name = "HOST", conflicts_with = "host")]
+        hosts: Vec<String>,
+        /// Only hosts with this label (KEY=VALUE, repeatable: all must match), without HOST.
+        #[arg(long = "label", value_name = "KEY=VALUE", conflicts_with = "host")]
+        labels: Vec<String>,
+        /// Only the container ids, one a line.
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -397,7 +407,21 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Ps { host, all, client } => ops::ps(&host, all, &client).await,
+            Command::Ps {
+                host,
+                all,
+                hosts,
+                labels,
+                quiet,
+                client,
+            } => {
+                let which = ops::PsHosts {
+                    one: host,
+                    named: hosts,
+                    labels,
+                };
+                ops::ps(&which, all, quiet, &client).await
+            }
             Command::Logs {
                 host,
                 container,

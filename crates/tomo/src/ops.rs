@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
-use tomo_proto::methods::Method as _;
+use tomo_proto::methods::{ContainerSummary, Method as _};
 
 use crate::client::{Api, Streamed};
 use crate::commands::{print_json, seg, table};
@@ -215,9 +215,42 @@ fn path(host: &str, rest: &str) -> String {
     format!("/hosts/{}{rest}", seg(host))
 }
 
-/// `tomo ps HOST [-a]`.
-pub async fn ps(host: &str, all: bool, args: &ClientArgs) -> Result<ExitCode, Failure> {
+/// Which hosts `tomo ps` lists.
+#[derive(Debug, Clone, Default)]
+pub struct PsHosts {
+    /// One host, by the REST route (an unknown one is an error).
+    pub one: Option<String>,
+    /// `--host`: only these (each must match one host).
+    pub named: Vec<String>,
+    /// `--label KEY=VALUE`: only hosts with all of these labels.
+    pub labels: Vec<String>,
+}
+
+/// A container and the host it runs on, as `tomo ps` shows it across hosts.
+#[derive(Debug, serde::Serialize)]
+struct Placed<'a> {
+    host: HostName<'a>,
+    #[serde(flatten)]
+    container: &'a ContainerSummary,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct HostName<'a> {
+    id: &'a str,
+    hostname: &'a str,
+}
+
+/// `tomo ps [HOST] [-a] [--host H]… [--label K=V]… [-q]`.
+pub async fn ps(
+    which: &PsHosts,
+    all: bool,
+    quiet: bool,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
     let api = Api::from_args(args)?;
+    let Some(host) = &which.one else {
+        return ps_fleet(&api, which, all, quiet, args).await;
+    };
     let list = api
         .expect(
             Method::GET,
@@ -226,26 +259,168 @@ pub async fn ps(host: &str, all: bool, args: &ClientArgs) -> Result<ExitCode, Fa
             1,
         )
         .await?;
-    if args.output == Output::Json {
-        print_json(&list);
-        return Ok(ExitCode::SUCCESS);
+    let list: Vec<ContainerSummary> = decode(list, "the container list")?;
+    if quiet {
+        for c in &list {
+            outln!("{}", short_id(&c.id));
+        }
+    } else if args.output == Output::Json {
+        print_json(&serde_json::to_value(&list).unwrap_or_default());
+    } else {
+        let rows: Vec<Vec<String>> = list.iter().map(container_row).collect();
+        table(&["ID", "NAME", "IMAGE", "STATE", "STATUS"], &rows);
     }
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            vec![
-                short(&c["id"]),
-                s(&c["name"]),
-                s(&c["image"]),
-                s(&c["state"]),
-                s(&c["status"]),
-            ]
-        })
-        .collect();
-    table(&["ID", "NAME", "IMAGE", "STATE", "STATUS"], &rows);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tomo ps` across hosts: one fan-out of `docker.containers.list` to the chosen hosts that are
+/// online (`POST /fleet/rpc`). A host that is offline or does not answer is named on stderr and
+/// the others are listed (exit 0): one dead host does not hide the fleet.
+async fn ps_fleet(
+    api: &Api,
+    which: &PsHosts,
+    all: bool,
+    quiet: bool,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    let labels: Vec<(&str, &str)> = which
+        .labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| Failure::new(2, format!("--label {l:?}: expected KEY=VALUE")))
+        })
+        .collect::<Result<_, _>>()?;
+    let hosts = api.expect(Method::GET, "/hosts", None, 1).await?;
+    let hosts = hosts.as_array().cloned().unwrap_or_default();
+    let str_of = |h: &Value, k: &str| h[k].as_str().unwrap_or_default().to_owned();
+    let mut chosen: Vec<&Value> = Vec::new();
+    for key in &which.named {
+        let matches: Vec<&Value> = hosts
+            .iter()
+            .filter(|h| str_of(h, "hostname") == *key || str_of(h, "id").starts_with(key.as_str()))
+            .collect();
+        match matches.as_slice() {
+            [one] => chosen.push(one),
+            [] => {
+                return Err(Failure::new(1, format!("no host matches {key:?}"))
+                    .hint("`tomo hosts ls` lists the hosts"));
+            }
+            _ => {
+                return Err(Failure::new(1, format!("{key:?} matches several hosts"))
+                    .hint("use the id (`tomo hosts ls`)"));
+            }
+        }
+    }
+    if which.named.is_empty() {
+        chosen = hosts.iter().collect();
+    }
+    chosen.retain(|h| {
+        labels
+            .iter()
+            .all(|(k, v)| h["labels"][*k].as_str() == Some(*v))
+    });
+    let mut seen = std::collections::HashSet::new();
+    chosen.retain(|h| seen.insert(str_of(h, "id")));
+    let (online, offline): (Vec<&Value>, Vec<&Value>) =
+        chosen.into_iter().partition(|h| h["status"] == "online");
+    for h in &offline {
+        eprintln!(
+            "{}: offline, its containers are not listed",
+            crate::out::terminal_safe(&str_of(h, "hostname"))
+        );
+    }
+    let mut placed: Vec<(String, String, ContainerSummary)> = Vec::new();
+    if !online.is_empty() {
+        let ids: Vec<String> = online.iter().map(|h| str_of(h, "id")).collect();
+        let body = json!({
+            "method": tomo_proto::methods::DockerContainersList::NAME,
+            "params": {"all": all},
+            "hosts": ids,
+        });
+        let answer = api
+            .expect(Method::POST, "/fleet/rpc", Some(&body), 1)
+            .await?;
+        let hostname = |id: &str| {
+            online
+                .iter()
+                .find(|h| h["id"] == id)
+                .map(|h| str_of(h, "hostname"))
+                .unwrap_or_default()
+        };
+        for r in answer["results"].as_array().into_iter().flatten() {
+            let id = r["host_id"].as_str().unwrap_or_default();
+            let name = hostname(id);
+            let response = &r["response"];
+            if !response["error"].is_null() {
+                eprintln!(
+                    "{}: {}",
+                    crate::out::terminal_safe(&name),
+                    s(&response["error"]["message"])
+                );
+                continue;
+            }
+            let list: Vec<ContainerSummary> =
+                decode(response["result"].clone(), "a container list")?;
+            placed.extend(list.into_iter().map(|c| (name.clone(), id.to_owned(), c)));
+        }
+    }
+    placed.sort_by(|a, b| (&a.0, &a.2.name).cmp(&(&b.0, &b.2.name)));
+    if quiet {
+        for (_, _, c) in &placed {
+            outln!("{}", short_id(&c.id));
+        }
+    } else if args.output == Output::Json {
+        let out: Vec<Placed> = placed
+            .iter()
+            .map(|(hostname, id, c)| Placed {
+                host: HostName { id, hostname },
+                container: c,
+            })
+            .collect();
+        print_json(&serde_json::to_value(&out).unwrap_or_default());
+    } else {
+        let rows: Vec<Vec<String>> = placed
+            .iter()
+            .map(|(hostname, _, c)| {
+                let mut row = vec![crate::out::terminal_safe(hostname).into_owned()];
+                row.extend(container_row(c));
+                row
+            })
+            .collect();
+        table(&["HOST", "ID", "NAME", "IMAGE", "STATE", "STATUS"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A container's row: ID, NAME, IMAGE, STATE, STATUS (terminal-safe).
+fn container_row(c: &ContainerSummary) -> Vec<String> {
+    let safe = |t: &str| crate::out::terminal_safe(t).into_owned();
+    vec![
+        short_id(&c.id),
+        safe(&c.name),
+        safe(&c.image),
+        safe(&c.state),
+        safe(&c.status),
+    ]
+}
+
+fn short_id(id: &str) -> String {
+    crate::out::terminal_safe(id.trim_start_matches("sha256:"))
+        .chars()
+        .take(12)
+        .collect()
+}
+
+/// An answer of the API as its type: a body that does not fit is said, not guessed at.
+fn decode<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| {
+        Failure::new(
+            1,
+            format!("{what} from the control plane is not what this CLI reads: {e}"),
+        )
+    })
 }
 
 /// `tomo start|stop|restart|rm|update HOST CONTAINER`.

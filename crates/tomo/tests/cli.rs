@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn tomo_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tomo"))
@@ -1475,4 +1475,137 @@ fn a_follow_cut_by_a_control_plane_stop_says_so() {
     let _ = std::process::Command::new("docker")
         .args(["rm", "-f", &name])
         .output();
+}
+
+/// Removes a test container when the test ends, passed or not (a panicking test used to leave
+/// its `tomo-test-*` container behind).
+struct RemoveOnDrop<'a> {
+    env: &'a Env,
+    host: String,
+    name: String,
+}
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.env.tomo(&["rm", &self.host, &self.name, "--force"]);
+    }
+}
+
+/// Issue 17: `tomo ps` without a host lists every online host's containers in one fan-out,
+/// with a HOST column; `--host` and `--label` narrow it, `-q` prints ids, `-o json` carries
+/// the host of each container, and an offline host is named on stderr, not silently dropped.
+#[test]
+fn ps_across_every_host() {
+    let (env, mut dev, local) = dev_online();
+    let Some(name) = sleeping_container(&env, &local, "ps_across_every_host") else {
+        terminate(&mut dev);
+        return;
+    };
+    let _cleanup = RemoveOnDrop {
+        env: &env,
+        host: local.clone(),
+        name: name.clone(),
+    };
+    // A second host on the same engine: the same container seen from two hosts.
+    let code = json(&env.tomo(&["codes", "create", "--ttl", "10m", "-o", "json"]));
+    let mut second = env
+        .cmd(&agent_bin())
+        .args(["--data-dir"])
+        .arg(env.home.path().join("agent-ps"))
+        .args([
+            "--ca-file",
+            code["ca_file"].as_str().unwrap_or_default(),
+            "--hostname",
+            "ps-second",
+            "--server-url",
+            code["server_url"].as_str().unwrap_or_default(),
+            "--register-code",
+            code["code"].as_str().unwrap_or_default(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("second agent");
+    wait_for("ps-second online", || {
+        host_status(&env, "ps-second").as_deref() == Some("online")
+    });
+
+    let hosts_of = |o: &Output| -> Vec<String> {
+        let mut v: Vec<String> = json(o)
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"] == name.as_str())
+            .map(|c| {
+                c["host"]["hostname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut both = vec![local.clone(), "ps-second".to_owned()];
+    both.sort();
+    let all = env.tomo(&["ps", "-o", "json"]);
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert_eq!(hosts_of(&all), both, "{}", stdout(&all));
+
+    let table = env.tomo(&["ps"]);
+    let text = stdout(&table);
+    let header = text.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("HOST") && header.contains("NAME"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ps-second") && l.contains(&name)),
+        "{text}"
+    );
+
+    let one = env.tomo(&["ps", "--host", "ps-second", "-o", "json"]);
+    assert_eq!(hosts_of(&one), vec!["ps-second".to_owned()]);
+    assert!(
+        env.tomo(&["hosts", "label", "ps-second", "role=edge"])
+            .status
+            .success()
+    );
+    let labelled = env.tomo(&["ps", "--label", "role=edge", "-o", "json"]);
+    assert_eq!(hosts_of(&labelled), vec!["ps-second".to_owned()]);
+    let none = env.tomo(&["ps", "--label", "role=nowhere", "-o", "json"]);
+    assert_eq!(json(&none), json!([]));
+    let bad = env.tomo(&["ps", "--label", "novalue"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    let unknown = env.tomo(&["ps", "--host", "no-such-host"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("tomo hosts ls"),
+        "{}",
+        stderr(&unknown)
+    );
+
+    let quiet = env.tomo(&["ps", "--host", "ps-second", "-q"]);
+    let ids = stdout(&quiet);
+    assert!(
+        ids.lines().count() >= 1 && ids.lines().all(|l| l.len() == 12 && !l.contains(' ')),
+        "{ids}"
+    );
+
+    // The second host goes offline: still listed as far as it can be, and said.
+    terminate(&mut second);
+    wait_for("ps-second offline", || {
+        host_status(&env, "ps-second").as_deref() == Some("offline")
+    });
+    let partial = env.tomo(&["ps", "-o", "json"]);
+    assert!(partial.status.success(), "{}", stderr(&partial));
+    assert_eq!(hosts_of(&partial), vec![local.clone()]);
+    assert!(
+        stderr(&partial).contains("ps-second: offline"),
+        "{}",
+        stderr(&partial)
+    );
+    drop(_cleanup);
+    terminate(&mut dev);
 }
