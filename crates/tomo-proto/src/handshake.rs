@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 /// Facts an agent reports about its host at every handshake.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct HostFacts {
     pub hostname: String,
     /// Docker's engine id (`docker info` → `ID`), when an engine answered.

@@ -537,32 +537,107 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> Value {
+/// A host as the API shows it (`GET /hosts`, `GET /hosts/{host}`, MCP's `list_hosts`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HostView {
+    pub id: String,
+    /// What the host reports as its name (untrusted: the host controls it).
+    pub hostname: String,
+    /// From the live sessions.
+    pub status: HostStatus,
+    /// Docker's engine id, when an engine answered at the handshake.
+    pub engine_id: Option<String>,
+    /// RFC 3339.
+    pub registered_at: String,
+    /// RFC 3339; `null` before the first session.
+    pub last_seen: Option<String>,
+    /// What the agent reported at its last handshake.
+    pub facts: tomo_proto::handshake::HostFacts,
+    /// The operators' labels (never what the host says about itself).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// While online: the host's clock minus the control plane's, measured at its handshake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockView>,
+    /// The latest metrics sample the agent pushed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsView>,
+    /// The latest health report (`GET /hosts/{host}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthView>,
+    /// The host's last 20 security events (`GET /hosts/{host}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub security_events: Option<Value>,
+}
+
+/// `online` or `offline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HostStatus {
+    Online,
+    Offline,
+}
+
+/// A host's clock offset.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClockView {
+    pub offset_ms: i64,
+    /// Past 10 s: what it breaks and what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// The latest metrics sample and when it arrived.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetricsView {
+    /// RFC 3339.
+    pub received_at: String,
+    #[schema(value_type = tomo_proto::methods::Metrics)]
+    pub sample: Value,
+}
+
+/// The latest health report and when it arrived.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthView {
+    /// RFC 3339.
+    pub received_at: String,
+    #[schema(value_type = tomo_proto::methods::HealthStatus)]
+    pub status: Value,
+}
+
+/// The view of host `h`; `detail` adds its health.
+pub(crate) fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> HostView {
     let online = state.hub.is_online(&h.id);
-    let mut v = json!({
-        "id": h.id,
-        "hostname": h.hostname,
-        "status": if online { "online" } else { "offline" },
-        "engine_id": h.engine_id,
-        "registered_at": rfc3339(h.registered_at),
-        "last_seen": h.last_seen.map(rfc3339),
-        "facts": h.facts,
-        "labels": h.labels,
+    let clock = state.hub.clock_offset(&h.id).map(|offset| ClockView {
+        offset_ms: offset,
+        warning: (offset.abs() > crate::agent_ws::CLOCK_WARN_MS)
+            .then(|| crate::agent_ws::clock_skew_text(&h.hostname, offset)),
     });
-    if let Some(offset) = state.hub.clock_offset(&h.id) {
-        v["clock"] = json!({"offset_ms": offset});
-        if offset.abs() > crate::agent_ws::CLOCK_WARN_MS {
-            v["clock"]["warning"] = json!(crate::agent_ws::clock_skew_text(&h.hostname, offset));
-        }
-    }
     let latest = state.hub.latest(&h.id);
-    if let Some((at, m)) = latest.metrics {
-        v["metrics"] = json!({"received_at": rfc3339(at), "sample": m});
+    HostView {
+        id: h.id.clone(),
+        hostname: h.hostname.clone(),
+        status: if online {
+            HostStatus::Online
+        } else {
+            HostStatus::Offline
+        },
+        engine_id: h.engine_id.clone(),
+        registered_at: rfc3339(h.registered_at),
+        last_seen: h.last_seen.map(rfc3339),
+        facts: h.facts.clone(),
+        labels: h.labels.clone(),
+        clock,
+        metrics: latest.metrics.map(|(at, m)| MetricsView {
+            received_at: rfc3339(at),
+            sample: m,
+        }),
+        health: latest.health.filter(|_| detail).map(|(at, hs)| HealthView {
+            received_at: rfc3339(at),
+            status: hs,
+        }),
+        security_events: None,
     }
-    if detail && let Some((at, hs)) = latest.health {
-        v["health"] = json!({"received_at": rfc3339(at), "status": hs});
-    }
-    v
 }
 
 /// List hosts.
@@ -576,14 +651,14 @@ pub(crate) fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> Value
     path = "/hosts",
     tag = "hosts",
     responses(
-        (status = 200, description = "The hosts.", body = Vec<Object>),
+        (status = 200, description = "The hosts.", body = Vec<HostView>),
         crate::openapi::AuthErrors,
     )
 )]
 async fn list_hosts(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<HostView>>, ApiError> {
     let hosts = state.store.hosts().await?;
     Ok(Json(
         hosts
@@ -605,7 +680,7 @@ pub(crate) use crate::core::hosts::resolve;
     tag = "hosts",
     params(crate::openapi::HostPath),
     responses(
-        (status = 200, description = "The host.", body = Object),
+        (status = 200, description = "The host.", body = HostView),
         crate::openapi::HostErrors,
     )
 )]
@@ -613,11 +688,11 @@ async fn show_host(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HostView>, ApiError> {
     let h = resolve(&state, &who, &key).await?;
     let mut v = host_view(&state, &h, true);
-    v["security_events"] =
-        serde_json::to_value(state.store.events(&h.id, 20).await?).unwrap_or_default();
+    v.security_events =
+        Some(serde_json::to_value(state.store.events(&h.id, 20).await?).unwrap_or_default());
     Ok(Json(v))
 }
 

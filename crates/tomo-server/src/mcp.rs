@@ -448,7 +448,7 @@ async fn list_hosts(state: &Arc<AppState>, who: &Principal) -> ToolOutcome {
     let hosts = visible_hosts(state, who).await?;
     let views: Vec<Value> = hosts
         .iter()
-        .map(|h| crate::api::host_view(state, h, false))
+        .map(|h| serde_json::to_value(crate::api::host_view(state, h, false)).unwrap_or_default())
         .collect();
     Ok((
         Origin {

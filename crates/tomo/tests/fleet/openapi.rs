@@ -412,8 +412,6 @@ async fn success_bodies_are_described_by_their_types() {
         "POST /hosts/{host}/stream",
         "POST /hosts/{host}/system/{op}",
         "POST /hosts/{host}/agent/{op}",
-        "GET /hosts",
-        "GET /hosts/{host}",
         "DELETE /hosts/{host}",
         "GET /hosts/{host}/metrics",
         "GET /hosts/{host}/events",
