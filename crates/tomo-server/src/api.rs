@@ -538,7 +538,7 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 /// A host as the API shows it (`GET /hosts`, `GET /hosts/{host}`, MCP's `list_hosts`).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HostView {
     pub id: String,
     /// What the host reports as its name (untrusted: the host controls it).
@@ -571,7 +571,7 @@ pub struct HostView {
 }
 
 /// `online` or `offline`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HostStatus {
     Online,
@@ -579,7 +579,7 @@ pub enum HostStatus {
 }
 
 /// A host's clock offset.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClockView {
     pub offset_ms: i64,
     /// Past 10 s: what it breaks and what to do.
@@ -588,7 +588,7 @@ pub struct ClockView {
 }
 
 /// The latest metrics sample and when it arrived.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MetricsView {
     /// RFC 3339.
     pub received_at: String,
@@ -597,7 +597,7 @@ pub struct MetricsView {
 }
 
 /// The latest health report and when it arrived.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HealthView {
     /// RFC 3339.
     pub received_at: String,

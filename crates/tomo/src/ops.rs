@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 use tomo_proto::methods::{ContainerSummary, Method as _};
+use tomo_server::api::{HostStatus, HostView};
 
 use crate::client::{Api, Streamed};
 use crate::commands::{print_json, seg, table};
@@ -293,13 +294,12 @@ async fn ps_fleet(
         })
         .collect::<Result<_, _>>()?;
     let hosts = api.expect(Method::GET, "/hosts", None, 1).await?;
-    let hosts = hosts.as_array().cloned().unwrap_or_default();
-    let str_of = |h: &Value, k: &str| h[k].as_str().unwrap_or_default().to_owned();
-    let mut chosen: Vec<&Value> = Vec::new();
+    let hosts: Vec<HostView> = decode(hosts, "the host list")?;
+    let mut chosen: Vec<&HostView> = Vec::new();
     for key in &which.named {
-        let matches: Vec<&Value> = hosts
+        let matches: Vec<&HostView> = hosts
             .iter()
-            .filter(|h| str_of(h, "hostname") == *key || str_of(h, "id").starts_with(key.as_str()))
+            .filter(|h| h.hostname == *key || h.id.starts_with(key.as_str()))
             .collect();
         match matches.as_slice() {
             [one] => chosen.push(one),
@@ -319,21 +319,22 @@ async fn ps_fleet(
     chosen.retain(|h| {
         labels
             .iter()
-            .all(|(k, v)| h["labels"][*k].as_str() == Some(*v))
+            .all(|(k, v)| h.labels.get(*k).map(String::as_str) == Some(*v))
     });
     let mut seen = std::collections::HashSet::new();
-    chosen.retain(|h| seen.insert(str_of(h, "id")));
-    let (online, offline): (Vec<&Value>, Vec<&Value>) =
-        chosen.into_iter().partition(|h| h["status"] == "online");
+    chosen.retain(|h| seen.insert(h.id.as_str()));
+    let (online, offline): (Vec<&HostView>, Vec<&HostView>) = chosen
+        .into_iter()
+        .partition(|h| h.status == HostStatus::Online);
     for h in &offline {
         eprintln!(
             "{}: offline, its containers are not listed",
-            crate::out::terminal_safe(&str_of(h, "hostname"))
+            crate::out::terminal_safe(&h.hostname)
         );
     }
     let mut placed: Vec<(String, String, ContainerSummary)> = Vec::new();
     if !online.is_empty() {
-        let ids: Vec<String> = online.iter().map(|h| str_of(h, "id")).collect();
+        let ids: Vec<&str> = online.iter().map(|h| h.id.as_str()).collect();
         let body = json!({
             "method": tomo_proto::methods::DockerContainersList::NAME,
             "params": {"all": all},
@@ -345,8 +346,8 @@ async fn ps_fleet(
         let hostname = |id: &str| {
             online
                 .iter()
-                .find(|h| h["id"] == id)
-                .map(|h| str_of(h, "hostname"))
+                .find(|h| h.id == id)
+                .map(|h| h.hostname.clone())
                 .unwrap_or_default()
         };
         for r in answer["results"].as_array().into_iter().flatten() {
