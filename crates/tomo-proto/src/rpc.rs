@@ -4,7 +4,7 @@
 //! signature over the exact bytes that were sent before it interprets them (the security layer
 //! signs `method`, `params` and `meta` as they appear on the wire).
 
-use serde::de::{Deserializer, Error as _};
+use serde::de::Deserializer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -55,12 +55,23 @@ impl Serialize for V2 {
 
 impl<'de> Deserialize<'de> for V2 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = <&str>::deserialize(d)?;
-        if v == "2.0" {
-            Ok(V2)
-        } else {
-            Err(D::Error::custom("jsonrpc must be \"2.0\""))
+        // A visitor, not `&str`: the text may be borrowed (a frame) or owned (a `Value`), and
+        // neither allocates.
+        struct Version;
+        impl serde::de::Visitor<'_> for Version {
+            type Value = V2;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"2.0\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<V2, E> {
+                if v == "2.0" {
+                    Ok(V2)
+                } else {
+                    Err(E::custom("jsonrpc must be \"2.0\""))
+                }
+            }
         }
+        d.deserialize_str(Version)
     }
 }
 
@@ -403,6 +414,17 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Id>, D::Error> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_response_reads_from_a_value_as_from_text() {
+        let text = r#"{"jsonrpc":"2.0","id":1,"result":{"pong":true}}"#;
+        let from_text: Response = serde_json::from_str(text).expect("text");
+        let value: Value = serde_json::from_str(text).expect("value");
+        let from_value: Response = serde_json::from_value(value).expect("value");
+        assert_eq!(from_text, from_value);
+        let wrong = serde_json::json!({"jsonrpc": "1.0", "id": 1, "result": 1});
+        assert!(serde_json::from_value::<Response>(wrong).is_err());
+    }
+
     #[test]
     fn idempotency_keys_are_short_and_plain() {
         assert!(valid_idempotency_key("3f9c0a1b-2c3d_4e5f"));

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tomo_proto::rpc::{Id, Response};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -66,7 +66,7 @@ struct FleetCall {
     tag = "rpc",
     request_body = FleetCall,
     responses(
-        (status = 200, description = "Every host's answer (or failure), and the counts.", body = Object),
+        (status = 200, description = "Every host's answer (or failure), and the counts.", body = FleetAnswer),
         (status = 400, description = "`bad_request`: no method, a method that is not a read method answering at once, params not an object or array, or `timeout_ms` out of range. An unknown host (or one outside the token's scope) is a 404 `not_found`, an unknown method a 404 `unknown_method`.", body = ErrorBody),
         crate::openapi::HostErrors,
     )
@@ -75,7 +75,7 @@ async fn fleet_rpc(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     body: Result<Json<FleetCall>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FleetAnswer>, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let request = CallRequest {
         hosts: Hosts::Fleet(body.hosts.as_deref()),
@@ -91,29 +91,56 @@ async fn fleet_rpc(
     };
     let started = Instant::now();
     let answers = admitted.fan_out(&state).await;
-    let method = body.method.as_str();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     let failed = answers.iter().filter(|(_, a)| a.is_err()).count();
     let ok = answers
         .iter()
         .filter(|(_, a)| a.as_ref().is_ok_and(|r| !r.is_error()))
         .count();
-    let mut out = json!({
-        "method": method,
-        "hosts": answers.len(),
-        "ok": ok,
-        "errors": answers.len() - ok - failed,
-        "failed": failed,
-        "elapsed_ms": elapsed_ms,
-    });
-    if !body.summary_only {
-        out["results"] = answers
+    let hosts = answers.len();
+    let results = (!body.summary_only).then(|| {
+        answers
             .into_iter()
-            .map(|(host_id, answer)| {
-                let response = answer.unwrap_or_else(|e| Response::err(Id::Null, e.to_rpc()));
-                json!({"host_id": host_id, "response": response})
+            .map(|(host_id, answer)| HostAnswer {
+                host_id,
+                response: answer.unwrap_or_else(|e| Response::err(Id::Null, e.to_rpc())),
             })
-            .collect();
-    }
-    Ok(Json(out))
+            .collect()
+    });
+    Ok(Json(FleetAnswer {
+        method: body.method,
+        hosts,
+        ok,
+        errors: hosts - ok - failed,
+        failed,
+        elapsed_ms,
+        results,
+    }))
+}
+
+/// The answer of `POST /fleet/rpc`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FleetAnswer {
+    pub method: String,
+    /// Hosts called.
+    pub hosts: usize,
+    /// Hosts that answered with a result.
+    pub ok: usize,
+    /// Hosts that answered with a JSON-RPC error.
+    pub errors: usize,
+    /// Hosts that were offline, timed out or dropped the connection.
+    pub failed: usize,
+    pub elapsed_ms: f64,
+    /// Each host's answer (absent with `summary_only`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<HostAnswer>>,
+}
+
+/// One host's answer in a [`FleetAnswer`].
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HostAnswer {
+    pub host_id: String,
+    /// Its JSON-RPC response: `result`, or `error` (a failure of the call itself included).
+    #[schema(value_type = Object)]
+    pub response: Response,
 }

@@ -9,7 +9,9 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 use tomo_proto::methods::{ContainerSummary, Method as _};
+use tomo_proto::rpc::Outcome;
 use tomo_server::api::{HostStatus, HostView};
+use tomo_server::api_fleet::FleetAnswer;
 
 use crate::client::{Api, Streamed};
 use crate::commands::{print_json, seg, table};
@@ -350,21 +352,25 @@ async fn ps_fleet(
                 .map(|h| h.hostname.clone())
                 .unwrap_or_default()
         };
-        for r in answer["results"].as_array().into_iter().flatten() {
-            let id = r["host_id"].as_str().unwrap_or_default();
-            let name = hostname(id);
-            let response = &r["response"];
-            if !response["error"].is_null() {
-                eprintln!(
-                    "{}: {}",
-                    crate::out::terminal_safe(&name),
-                    s(&response["error"]["message"])
-                );
-                continue;
+        let answer: FleetAnswer = decode(answer, "the fan-out's answer")?;
+        for r in answer.results.unwrap_or_default() {
+            let name = hostname(&r.host_id);
+            match r.response.outcome {
+                Outcome::Error(e) => {
+                    eprintln!(
+                        "{}: {}",
+                        crate::out::terminal_safe(&name),
+                        crate::out::terminal_safe(&e.message)
+                    );
+                }
+                Outcome::Result(v) => {
+                    let list: Vec<ContainerSummary> = decode(v, "a container list")?;
+                    placed.extend(
+                        list.into_iter()
+                            .map(|c| (name.clone(), r.host_id.clone(), c)),
+                    );
+                }
             }
-            let list: Vec<ContainerSummary> =
-                decode(response["result"].clone(), "a container list")?;
-            placed.extend(list.into_iter().map(|c| (name.clone(), id.to_owned(), c)));
         }
     }
     placed.sort_by(|a, b| (&a.0, &a.2.name).cmp(&(&b.0, &b.2.name)));

@@ -416,7 +416,6 @@ async fn success_bodies_are_described_by_their_types() {
         "GET /hosts/{host}/metrics",
         "GET /hosts/{host}/events",
         "PUT /hosts/{host}/labels",
-        "POST /fleet/rpc",
         "GET /audit",
         "GET /whoami",
         "GET /tokens",
