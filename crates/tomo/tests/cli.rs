@@ -930,7 +930,9 @@ impl PtySession {
 }
 
 /// A running `sleep` container for the interactive tests, or `None` (skipped) without Docker.
-fn sleeping_container(env: &Env, local: &str, test: &str) -> Option<String> {
+/// A running container from the test image that sleeps, removed when the returned guard drops
+/// (a test that panics no longer leaves it behind); `None` (the test skips) without Docker.
+fn sleeping_container<'a>(env: &'a Env, local: &str, test: &str) -> Option<RemoveOnDrop<'a>> {
     let image =
         std::env::var("TOMO_TEST_IMAGE").unwrap_or_else(|_| "tomo-test/busybox:latest".into());
     let require = std::env::var("TOMO_REQUIRE_DOCKER").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -953,7 +955,11 @@ fn sleeping_container(env: &Env, local: &str, test: &str) -> Option<String> {
         eprintln!("SKIPPED {test}: {why}");
         return None;
     }
-    Some(name)
+    Some(RemoveOnDrop {
+        env,
+        host: local.to_owned(),
+        name,
+    })
 }
 
 /// `tomo exec -it` on a real pseudo-terminal: keystrokes reach the shell in the container, its
@@ -961,10 +967,11 @@ fn sleeping_container(env: &Env, local: &str, test: &str) -> Option<String> {
 #[test]
 fn exec_it_on_a_terminal() {
     let (env, mut dev, local) = dev_online();
-    let Some(name) = sleeping_container(&env, &local, "exec_it_on_a_terminal") else {
+    let Some(container) = sleeping_container(&env, &local, "exec_it_on_a_terminal") else {
         let _ = terminate(&mut dev);
         return;
     };
+    let name = container.name.clone();
     let mut pty = PtySession::spawn(&env, &["exec", &local, &name, "-it", "--", "sh"]);
     let before = pty.initial;
     // The shell prompt shows up once the session is open.
@@ -985,10 +992,11 @@ fn exec_it_on_a_terminal() {
 #[test]
 fn exec_it_takes_500_keystrokes_at_human_speed() {
     let (env, mut dev, local) = dev_online();
-    let Some(name) = sleeping_container(&env, &local, "exec_it_takes_500_keystrokes") else {
+    let Some(container) = sleeping_container(&env, &local, "exec_it_takes_500_keystrokes") else {
         let _ = terminate(&mut dev);
         return;
     };
+    let name = container.name.clone();
     let script = "stty -echo; echo ready; read -r line; echo \"len=${#line} line=$line\"";
     let mut pty = PtySession::spawn(
         &env,
@@ -1305,10 +1313,12 @@ fn exec_it_without_a_terminal_says_so() {
 #[test]
 fn exec_i_with_piped_stdin_ends_at_eof() {
     let (env, mut dev, local) = dev_online();
-    let Some(name) = sleeping_container(&env, &local, "exec_i_with_piped_stdin_ends_at_eof") else {
+    let Some(container) = sleeping_container(&env, &local, "exec_i_with_piped_stdin_ends_at_eof")
+    else {
         let _ = terminate(&mut dev);
         return;
     };
+    let name = container.name.clone();
     let mut child = env
         .cmd(&tomo_bin())
         .args(["exec", &local, &name, "-i", "--", "sh"])
@@ -1431,12 +1441,13 @@ fn a_busy_port_fails_before_anything_is_written() {
 #[test]
 fn a_follow_cut_by_a_control_plane_stop_says_so() {
     let (env, mut dev, local) = dev_online();
-    let Some(name) =
+    let Some(container) =
         sleeping_container(&env, &local, "a_follow_cut_by_a_control_plane_stop_says_so")
     else {
         let _ = terminate(&mut dev);
         return;
     };
+    let name = container.name.clone();
     let logs = env
         .cmd(&tomo_bin())
         .args(["logs", &local, &name, "-f"])
@@ -1478,7 +1489,8 @@ fn a_follow_cut_by_a_control_plane_stop_says_so() {
 }
 
 /// Removes a test container when the test ends, passed or not (a panicking test used to leave
-/// its `tomo-test-*` container behind).
+/// its `tomo-test-*` container behind). Declared after the `tomo dev` child, so that it drops
+/// first, while the control plane still runs.
 struct RemoveOnDrop<'a> {
     env: &'a Env,
     host: String,
@@ -1487,7 +1499,18 @@ struct RemoveOnDrop<'a> {
 
 impl Drop for RemoveOnDrop<'_> {
     fn drop(&mut self) {
-        let _ = self.env.tomo(&["rm", &self.host, &self.name, "--force"]);
+        let removed = self
+            .env
+            .tomo(&["rm", &self.host, &self.name, "--force"])
+            .status
+            .success();
+        // The control plane may be gone by now (a test that stops it, or one that panicked
+        // after): through the engine itself, by the container's unique name.
+        if !removed {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &self.name])
+                .output();
+        }
     }
 }
 
@@ -1497,10 +1520,11 @@ impl Drop for RemoveOnDrop<'_> {
 #[test]
 fn ps_across_every_host() {
     let (env, mut dev, local) = dev_online();
-    let Some(name) = sleeping_container(&env, &local, "ps_across_every_host") else {
+    let Some(container) = sleeping_container(&env, &local, "ps_across_every_host") else {
         terminate(&mut dev);
         return;
     };
+    let name = container.name.clone();
     let _cleanup = RemoveOnDrop {
         env: &env,
         host: local.clone(),
@@ -1606,6 +1630,6 @@ fn ps_across_every_host() {
         "{}",
         stderr(&partial)
     );
-    drop(_cleanup);
+    drop(container);
     terminate(&mut dev);
 }
