@@ -34,6 +34,7 @@ use tomo_proto::rpc::Outcome;
 
 use crate::AppState;
 use crate::api::{ApiError, rfc3339};
+use crate::core::call::{Admission, CallRequest, Hosts, Mode};
 use crate::core::{Principal, Refusal};
 use crate::hub::CallError;
 use crate::store::{ActionStatus, HostRecord, PendingAction, StoreError};
@@ -423,29 +424,11 @@ async fn execute(
             "the asking token was revoked or expired before the action ran".into(),
         ));
     }
-    let host = match state.store.host(&action.host_id).await {
-        Ok(h) if h.removed_at.is_none() => h,
-        _ => return Err(fail("host_gone", "the host was removed".into())),
-    };
     let asker = Principal {
         token,
         trace_id: trace,
         idempotency_key: None,
     };
-    if !asker.may_see(&host) {
-        return Err(fail(
-            "out_of_scope",
-            "the host is no longer in the asking token's scope".into(),
-        ));
-    }
-    if let Some(level) = level_of(&action.method)
-        && asker.token.role < level
-    {
-        return Err(fail(
-            "forbidden",
-            "the asking token's role no longer allows this method".into(),
-        ));
-    }
     let params = clear_params(state, action).map_err(|e| fail("unsealable", e.to_string()))?;
     let unknown = |message: String| {
         Failure::Unknown(json!({
@@ -455,19 +438,27 @@ async fn execute(
                 action.host_id),
         }))
     };
-    let mut caller = asker.caller();
-    caller.principal = format!("{} (approved by {approver})", asker.token.name);
-    match state
-        .hub
-        .call(
-            &host.id,
-            &action.method,
-            params.as_ref(),
-            &caller,
-            RUN_TIMEOUT,
-        )
-        .await
-    {
+    // The same pipeline as any call, as the asking token, but for the approval just given:
+    // a host removed or out of the token's scope by now, or a role lowered, is refused here.
+    let request = CallRequest {
+        hosts: Hosts::Id(&action.host_id),
+        method: &action.method,
+        params,
+        timeout: Some(RUN_TIMEOUT),
+        mode: Mode::Approved,
+    };
+    let mut admitted = match crate::core::call::admit(state, &asker, request).await {
+        Ok(Admission::Run(a)) => a,
+        Ok(Admission::Pending(_)) => {
+            return Err(fail(
+                "internal",
+                "an approved action asked for approval again".into(),
+            ));
+        }
+        Err(r) => return Err(fail(r.code(), r.to_string())),
+    };
+    admitted.caller.principal = format!("{} (approved by {approver})", asker.token.name);
+    match admitted.call(state).await {
         Ok(resp) => match resp.outcome {
             Outcome::Result(v) => Ok(v),
             Outcome::Error(e) if e.code == tomo_proto::rpc::code::SHUTTING_DOWN => {

@@ -22,6 +22,9 @@
 //!    send it, with the caller's identity (each agent checks signature, audience, freshness and
 //!    role again, and audits it).
 //!
+//! An approved action runs through the same stages as the token that asked (`Mode::Approved`:
+//! all but the approval), so a token revoked, narrowed or lowered meanwhile is refused.
+//!
 //! The MCP tool rate is not a stage: MCP counts every tool call, most of which reach no host,
 //! right after the tool's role (`mcp.rs`).
 
@@ -31,7 +34,7 @@ use serde_json::Value;
 use tomo_proto::methods::{self, Level, Method as _};
 use tomo_proto::rpc::Response;
 
-use super::hosts::{fan_out_targets, resolve};
+use super::hosts::{by_id, fan_out_targets, resolve};
 use super::{Principal, Refusal};
 use crate::AppState;
 use crate::approvals;
@@ -66,6 +69,10 @@ pub enum Mode {
     Stream,
     /// The same read to many hosts at once.
     FanOut,
+    /// An approved action, run as the token that asked for it: every stage again (the token,
+    /// its role and scope may have changed while a human looked), but the approval, which was
+    /// just given.
+    Approved,
 }
 
 /// Which hosts the call is for.
@@ -73,6 +80,8 @@ pub enum Mode {
 pub enum Hosts<'a> {
     /// One host, by id, hostname or unique id prefix ([`resolve`]).
     Key(&'a str),
+    /// One host by its exact id only (an approved action: a hostname must not capture it).
+    Id(&'a str),
     /// A fan-out's: these exact ids, or (`None`) every online host in scope.
     Fleet(Option<&'a [String]>),
 }
@@ -133,7 +142,7 @@ pub async fn admit(
     }
     match (&params, mode) {
         (None | Some(Value::Object(_)), _) => {}
-        (Some(Value::Array(_)), Mode::Unary | Mode::FanOut) => {}
+        (Some(Value::Array(_)), Mode::Unary | Mode::FanOut | Mode::Approved) => {}
         (Some(_), Mode::Stream) => {
             return Err(Refusal::BadRequest("params must be an object".into()));
         }
@@ -165,7 +174,8 @@ pub async fn admit(
     }
     // 5. Scope.
     let target = match (hosts, mode) {
-        (Hosts::Key(key), Mode::Unary | Mode::Stream) => {
+        (Hosts::Id(id), Mode::Approved) => Target::One(Box::new(by_id(state, who, id).await?)),
+        (Hosts::Key(key), Mode::Unary | Mode::Stream | Mode::Approved) => {
             Target::One(Box::new(resolve(state, who, key).await?))
         }
         (Hosts::Fleet(named), Mode::FanOut) => {
@@ -182,8 +192,10 @@ pub async fn admit(
     if let Target::One(h) = &target {
         check_stream_owner(state, who, &h.id, method, params.as_ref())?;
     }
-    // 7. Approval (read methods, the only ones a fan-out sends, never wait for one).
+    // 7. Approval (read methods, the only ones a fan-out sends, never wait for one; an approved
+    // action has its approval).
     if let Target::One(h) = &target
+        && mode != Mode::Approved
         && let approvals::Gate::Pending(action) =
             approvals::gate(state, who, h, method, params.as_ref()).await?
     {

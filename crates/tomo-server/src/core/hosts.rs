@@ -43,6 +43,19 @@ pub async fn resolve(state: &AppState, who: &Principal, key: &str) -> Result<Hos
     }
 }
 
+/// The host with exactly this id, in the token's scope and not removed; anything else answers
+/// as unknown.
+pub async fn by_id(state: &AppState, who: &Principal, id: &str) -> Result<HostRecord, Refusal> {
+    match state.store.host(id).await {
+        Ok(h) if h.removed_at.is_some() => Err(Refusal::NotFound(format!("host {id} was removed"))),
+        Ok(h) if who.may_see(&h) => Ok(h),
+        Ok(_) | Err(StoreError::NotFound) => {
+            Err(Refusal::NotFound(format!("no host with id {id}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The hosts a fan-out names, each by its exact id (not removed, in scope: anything else
 /// answers as unknown), or, without names, every online host in scope.
 pub async fn fan_out_targets(

@@ -896,6 +896,40 @@ async fn a_revoked_asker_makes_its_approved_action_fail_without_running() {
     .await;
 }
 
+/// Issue 14: an approved action runs through the same pipeline as the asking token, so a host
+/// that left the token's scope while a human looked is refused: the action fails, nothing runs.
+#[tokio::test]
+async fn an_approved_action_whose_host_left_the_askers_scope_fails_without_running() {
+    let Some(env) = Env::start("appr-scope").await else {
+        return;
+    };
+    env.run(async |env| {
+        let f = &env.fleet;
+        let name = env.sleeper("stay-up").await;
+        let labels = format!("/hosts/{}/labels", env.host);
+        let (s, v) = f
+            .api(Method::PUT, &labels, Some(json!({"env": "prod"})))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (asker, _) = mint(f, "assistant", Level::Execute, |spec| {
+            asks(spec);
+            spec.scope = vec!["env=prod".into()];
+        })
+        .await;
+        let id = env.ask_stop(&asker, &name).await;
+        let (s, v) = f
+            .api(Method::PUT, &labels, Some(json!({"env": "dev"})))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+
+        let (s, v) = decide(f, &f.token, &id, "approve").await;
+        assert_eq!((s, &v["status"]), (StatusCode::OK, &json!("failed")), "{v}");
+        assert_eq!(v["result"]["code"], "not_found", "{v}");
+        env.assert_state(&name, "running", "nothing ran").await;
+    })
+    .await;
+}
+
 /// Reads by a token that requires approval run at once; a change by it waits on every route
 /// that reaches a host (`/rpc` too); streaming forms cannot wait and are refused, creating no
 /// action; a flag that only shares a streaming flag's name does not count.
