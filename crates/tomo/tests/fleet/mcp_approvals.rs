@@ -17,12 +17,11 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderName, ORIGIN};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tomo_agent::docker::Endpoint;
-use tomo_agent::identity::Keys;
 use tomo_proto::methods::Level;
 use tomo_server::auth::TokenSpec;
 
 use crate::docker_env::DockerEnv;
-use crate::support::{Fleet, Raw, RunningAgent, WAIT, facts};
+use crate::support::{Fleet, RunningAgent, WAIT, offline_host};
 
 /// Extra request headers.
 type Headers<'a> = &'a [(HeaderName, &'a str)];
@@ -78,16 +77,6 @@ fn roomy(spec: &mut TokenSpec) {
 fn asks(spec: &mut TokenSpec) {
     spec.requires_approval = true;
     roomy(spec);
-}
-
-/// A host registered through the real handshake and left offline.
-async fn offline_host(f: &Fleet, name: &str) -> String {
-    let (raw, id) = Raw::register(f, &Keys::generate(), &f.code().await, facts(name, None))
-        .await
-        .expect("registered");
-    drop(raw);
-    f.wait_status(&id, "offline").await;
-    id
 }
 
 /// `GET /approvals/{id}` as `token`.

@@ -10,12 +10,11 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tomo_agent::identity::Keys;
 use tomo_proto::methods::Level;
 use tomo_proto::rpc::code;
 use tomo_server::auth::TokenSpec;
 
-use crate::support::{Fleet, Raw, facts};
+use crate::support::{Fleet, offline_host};
 
 /// The surfaces, in the table's column order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,15 +238,6 @@ async fn send(
         http_code(&v)
     };
     Some((s.as_u16(), code))
-}
-
-async fn offline_host(f: &Fleet, name: &str) -> String {
-    let (raw, id) = Raw::register(f, &Keys::generate(), &f.code().await, facts(name, None))
-        .await
-        .expect("registered");
-    drop(raw);
-    f.wait_status(&id, "offline").await;
-    id
 }
 
 async fn mint(f: &Fleet, spec: TokenSpec) -> String {

@@ -175,6 +175,22 @@ impl Fleet {
     }
 }
 
+/// Registers a host through the real handshake and leaves it offline (a call that gets past
+/// every check then answers 503 at once, without waiting for an agent).
+pub async fn offline_host(f: &Fleet, name: &str) -> String {
+    let (raw, id) = Raw::register(
+        f,
+        &tomo_agent::identity::Keys::generate(),
+        &f.code().await,
+        facts(name, None),
+    )
+    .await
+    .expect("registered");
+    drop(raw);
+    f.wait_status(&id, "offline").await;
+    id
+}
+
 /// A real agent running in this process.
 pub struct RunningAgent {
     pub status: watch::Receiver<Status>,

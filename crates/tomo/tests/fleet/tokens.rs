@@ -13,11 +13,10 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tomo_agent::identity::Keys;
 use tomo_proto::methods::Level;
 use tomo_server::auth::TokenSpec;
 
-use crate::support::{Fleet, Raw, WAIT, facts};
+use crate::support::{Fleet, WAIT, offline_host};
 
 /// How a route relates to hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -490,17 +489,6 @@ async fn send(
     let resp = req.send().await.expect("API reachable");
     let status = resp.status();
     (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Registers a host through the real handshake and leaves it offline (a call that gets past
-/// every check then answers 503 at once, without waiting for an agent).
-async fn offline_host(f: &Fleet, name: &str) -> String {
-    let (raw, id) = Raw::register(f, &Keys::generate(), &f.code().await, facts(name, None))
-        .await
-        .expect("registered");
-    drop(raw);
-    f.wait_status(&id, "offline").await;
-    id
 }
 
 async fn mint(f: &Fleet, spec: TokenSpec) -> (String, String) {
