@@ -15,7 +15,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use http::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tomo_common::now_ms;
 use tomo_proto::audit::AuditRecord;
@@ -40,27 +40,59 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 
 /// A token as the API shows it: everything but its hash, with a `status` (`active`, `expired`
 /// or `revoked`).
-pub fn token_view(t: &TokenRecord, now: i64) -> Value {
+pub fn token_view(t: &TokenRecord, now: i64) -> TokenView {
     let status = if t.revoked_at.is_some() {
-        "revoked"
+        TokenStatus::Revoked
     } else if t.expires_at.is_some_and(|e| e <= now) {
-        "expired"
+        TokenStatus::Expired
     } else {
-        "active"
+        TokenStatus::Active
     };
-    json!({
-        "id": t.id,
-        "name": t.name,
-        "role": role_name(t.role),
-        "status": status,
-        "scope": t.scope,
-        "requires_approval": t.requires_approval,
-        "tool_rate_per_min": t.tool_rate_per_min,
-        "created_at": rfc3339(t.created_at),
-        "expires_at": t.expires_at.map(rfc3339),
-        "revoked_at": t.revoked_at.map(rfc3339),
-        "last_used_at": t.last_used_at.map(rfc3339),
-    })
+    TokenView {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        role: t.role,
+        status,
+        scope: t.scope.clone(),
+        requires_approval: t.requires_approval,
+        tool_rate_per_min: t.tool_rate_per_min,
+        created_at: rfc3339(t.created_at),
+        expires_at: t.expires_at.map(rfc3339),
+        revoked_at: t.revoked_at.map(rfc3339),
+        last_used_at: t.last_used_at.map(rfc3339),
+        secret: None,
+    }
+}
+
+/// An API token as the API shows it (never its secret, but once at creation).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: Level,
+    pub status: TokenStatus,
+    /// Host ids and `key=value` labels; empty: every host.
+    pub scope: Vec<String>,
+    pub requires_approval: bool,
+    /// MCP tool calls a minute; `null`: the control plane's default.
+    pub tool_rate_per_min: Option<u32>,
+    /// RFC 3339.
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub last_used_at: Option<String>,
+    /// The bearer secret: only in the answer of `POST /tokens`, shown once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// `active`, `expired` or `revoked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenStatus {
+    Active,
+    Expired,
+    Revoked,
 }
 
 /// Token management needs an unscoped admin.
@@ -122,7 +154,7 @@ struct CreateToken {
     operation_id = "create_token",
     request_body = CreateToken,
     responses(
-        (status = 201, description = "The token's record and `secret`.", body = Object),
+        (status = 201, description = "The token's record and `secret`.", body = TokenView),
         (status = 400, description = "`bad_request`: a malformed body, or a name, lifetime, scope or rate out of bounds.", body = ErrorBody),
         (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
         crate::openapi::AuthErrors,
@@ -132,7 +164,7 @@ async fn create(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     body: Result<Json<CreateToken>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TokenView>), ApiError> {
     require_manager(&who)?;
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let spec = TokenSpec {
@@ -151,8 +183,8 @@ async fn create(
         })?;
     tracing::info!(token_id = %t.id, name = %t.name, role = role_name(t.role), by = %who.token.name, "API token created");
     let mut view = token_view(&t, now_ms());
-    record(&state, &who, "token.create", view.clone()).await;
-    view["secret"] = Value::String(secret);
+    record(&state, &who, "token.create", json!(view)).await;
+    view.secret = Some(secret);
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -167,7 +199,7 @@ async fn create(
     tag = "tokens",
     operation_id = "list_tokens",
     responses(
-        (status = 200, description = "The tokens.", body = Vec<Object>),
+        (status = 200, description = "The tokens.", body = Vec<TokenView>),
         (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
@@ -175,7 +207,7 @@ async fn create(
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<TokenView>>, ApiError> {
     require_manager(&who)?;
     let now = now_ms();
     let tokens = state.store.list_tokens().await?;
@@ -198,7 +230,7 @@ async fn list(
     operation_id = "revoke_token",
     params(("id" = String, Path, description = "The token's id (not its secret).")),
     responses(
-        (status = 200, description = "The revoked token's record.", body = Object),
+        (status = 200, description = "The revoked token's record.", body = TokenView),
         (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
         (status = 404, description = "`not_found`: no token with that id.", body = ErrorBody),
         crate::openapi::AuthErrors,
@@ -208,7 +240,7 @@ async fn revoke(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenView>, ApiError> {
     require_manager(&who)?;
     state
         .store
@@ -225,7 +257,7 @@ async fn revoke(
     let t = state.last_use.fresh(state.store.token(&id).await?);
     tracing::info!(token_id = %t.id, name = %t.name, by = %who.token.name, "API token revoked");
     let view = token_view(&t, now_ms());
-    record(&state, &who, "token.revoke", view.clone()).await;
+    record(&state, &who, "token.revoke", json!(view)).await;
     Ok(Json(view))
 }
 
@@ -237,14 +269,14 @@ async fn revoke(
     path = "/whoami",
     tag = "tokens",
     responses(
-        (status = 200, description = "The token's record.", body = Object),
+        (status = 200, description = "The token's record.", body = TokenView),
         crate::openapi::AuthErrors,
     )
 )]
 async fn whoami(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
-) -> Json<Value> {
+) -> Json<TokenView> {
     Json(token_view(
         &state.last_use.fresh(who.token.clone()),
         now_ms(),
