@@ -7,7 +7,6 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -97,7 +96,7 @@ pub struct DenyBody {
     params(ListQuery),
     responses(
         (status = 200, description = "Actions, newest first: every action in scope for an admin \
-            token that does not require approval, the token's own otherwise.", body = Vec<Object>),
+            token that does not require approval, the token's own otherwise.", body = Vec<approvals::ActionView>),
         (status = 400, description = "`bad_request`: unknown status, or a malformed query.", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
@@ -106,7 +105,7 @@ async fn list(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<approvals::ActionView>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let one;
     // An empty `status=` is the default, as its absence (schemathesis sends it).
@@ -148,7 +147,7 @@ async fn list(
     operation_id = "show_approval",
     params(ActionPath),
     responses(
-        (status = 200, description = "The action: status, summary, and the result once it ran.", body = Object),
+        (status = 200, description = "The action: status, summary, and the result once it ran.", body = approvals::ActionView),
         (status = 404, description = "`not_found`: no such action, or not the caller's to see.", body = ErrorBody),
         crate::openapi::AuthErrors,
     )
@@ -157,7 +156,7 @@ async fn show(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     Path(ActionPath { id }): Path<ActionPath>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<approvals::ActionView>, ApiError> {
     Ok(Json(approvals::view(
         &state,
         &approvals::get(&state, &who, &id).await?,
@@ -175,7 +174,7 @@ async fn show(
     operation_id = "approve",
     params(ActionPath),
     responses(
-        (status = 200, description = "Approved and run: `status` is `done` (result in `result`) or `failed` (error in `result`).", body = Object),
+        (status = 200, description = "Approved and run: `status` is `done` (result in `result`) or `failed` (error in `result`).", body = approvals::ActionView),
         (status = 403, description = "`forbidden`: not an admin token, a token that requires approval, or the asking token itself.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such action in the token's scope.", body = ErrorBody),
         (status = 409, description = "`not_pending`: already decided, expired, or interrupted (never run again).", body = ErrorBody),
@@ -186,7 +185,7 @@ async fn approve(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     Path(ActionPath { id }): Path<ActionPath>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<approvals::ActionView>, ApiError> {
     Ok(Json(approvals::view(
         &state,
         &approvals::approve(&state, &who, &id).await?,
@@ -204,7 +203,7 @@ async fn approve(
     params(ActionPath),
     request_body(content = Option<DenyBody>, description = "Optional reason for the asker."),
     responses(
-        (status = 200, description = "Denied; nothing ran.", body = Object),
+        (status = 200, description = "Denied; nothing ran.", body = approvals::ActionView),
         (status = 400, description = "`bad_request`: a malformed body.", body = ErrorBody),
         (status = 403, description = "`forbidden`: not an admin token, a token that requires approval, or the asking token itself.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such action in the token's scope.", body = ErrorBody),
@@ -217,7 +216,7 @@ async fn deny(
     Extension(who): Extension<Principal>,
     Path(ActionPath { id }): Path<ActionPath>,
     body: Result<Option<Json<DenyBody>>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<approvals::ActionView>, ApiError> {
     let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let reason = body.and_then(|Json(b)| b.reason);
     Ok(Json(approvals::view(

@@ -126,7 +126,7 @@ pub async fn gate(
     state.store.create_action(&action).await?;
     tracing::info!(action = %action.id, token = %who.token.name, host_id = %host.id, %method,
         "call waits for approval");
-    Ok(Gate::Pending(view(state, &action)))
+    Ok(Gate::Pending(json!(view(state, &action))))
 }
 
 /// One line for lists, stored in clear: method, host and what it acts on (a container, image or
@@ -173,7 +173,7 @@ fn normalise(method: &str, params: Value) -> Value {
 /// is the whole normalised request, uncut, risky fields first, each `{field, value, risky}`;
 /// only values of secret-looking keys are hidden, each marked in place and listed in `hidden`;
 /// `params` is the same as one object.
-pub fn view(state: &AppState, a: &PendingAction) -> Value {
+pub fn view(state: &AppState, a: &PendingAction) -> ActionView {
     let (params, request, hidden) = match clear_params(state, a) {
         Ok(Some(p)) => {
             let r = review(&normalise(&a.method, p));
@@ -182,32 +182,84 @@ pub fn view(state: &AppState, a: &PendingAction) -> Value {
                 .iter()
                 .map(|f| (f.name.clone(), f.value.clone()))
                 .collect();
-            let request: Vec<Value> = r
+            let request = r
                 .fields
                 .into_iter()
-                .map(|f| json!({"field": f.name, "value": f.value, "risky": f.risky}))
+                .map(|f| RequestField {
+                    field: f.name,
+                    value: f.value,
+                    risky: f.risky,
+                })
                 .collect();
-            (Value::Object(params), json!(request), json!(r.hidden))
+            (Value::Object(params), request, json!(r.hidden))
         }
-        Ok(None) => (Value::Null, json!([]), json!([])),
-        Err(e) => (json!({"error": e.to_string()}), json!([]), json!([])),
+        Ok(None) => (Value::Null, Vec::new(), json!([])),
+        Err(e) => (json!({"error": e.to_string()}), Vec::new(), json!([])),
     };
-    json!({
-        "request": request,
-        "hidden": hidden,
-        "id": a.id,
-        "status": a.status,
-        "summary": a.summary,
-        "host_id": a.host_id,
-        "method": a.method,
-        "params": params,
-        "requested_by": {"token_id": a.token_id, "name": a.token_name},
-        "created_at": rfc3339(a.created_at),
-        "expires_at": rfc3339(a.expires_at),
-        "decided_at": a.decided_at.map(rfc3339),
-        "decided_by": a.decided_by,
-        "result": a.result,
-    })
+    ActionView {
+        request,
+        hidden,
+        id: a.id.clone(),
+        status: a.status,
+        summary: a.summary.clone(),
+        host_id: a.host_id.clone(),
+        method: a.method.clone(),
+        params,
+        requested_by: RequestedBy {
+            token_id: a.token_id.clone(),
+            name: a.token_name.clone(),
+        },
+        created_at: rfc3339(a.created_at),
+        expires_at: rfc3339(a.expires_at),
+        decided_at: a.decided_at.map(rfc3339),
+        decided_by: a.decided_by.clone(),
+        result: a.result.clone(),
+    }
+}
+
+/// A pending (or decided) action as the API shows it ([`view`]).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ActionView {
+    /// The whole normalised request, risky fields first.
+    pub request: Vec<RequestField>,
+    /// The fields whose values are hidden (secret-looking keys).
+    #[schema(value_type = Vec<String>)]
+    pub hidden: Value,
+    pub id: String,
+    pub status: ActionStatus,
+    /// One line: method, host and what it acts on.
+    pub summary: String,
+    pub host_id: String,
+    pub method: String,
+    /// The request as one object (`null` without params).
+    #[schema(value_type = Option<Object>)]
+    pub params: Value,
+    pub requested_by: RequestedBy,
+    /// RFC 3339.
+    pub created_at: String,
+    pub expires_at: String,
+    pub decided_at: Option<String>,
+    pub decided_by: Option<String>,
+    /// What the run answered (or its error), once it ran; a denial's reason.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+}
+
+/// One field of an action's request.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RequestField {
+    pub field: String,
+    #[schema(value_type = Object)]
+    pub value: Value,
+    /// Part of what makes a call dangerous (image, command, mounts, privileges, namespaces).
+    pub risky: bool,
+}
+
+/// Who asked for an action.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RequestedBy {
+    pub token_id: String,
+    pub name: String,
 }
 
 /// Whether `who` may decide actions (and see everyone's).

@@ -333,7 +333,7 @@ async fn guarded_call(
                         host: None,
                         source: "approval".into(),
                     },
-                    crate::approvals::view(state, &a),
+                    json!(crate::approvals::view(state, &a)),
                 )
             })
         }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{StoreError, StoredAudit};
 
 /// Where a pending action is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionStatus {
     /// Waiting for a decision.
