@@ -696,6 +696,21 @@ async fn show_host(
     Ok(Json(v))
 }
 
+/// The answer of `DELETE /hosts/{host}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Removed {
+    /// The removed host's id.
+    pub removed: String,
+}
+
+/// A host's metrics history (`GET /hosts/{host}/metrics`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MetricsHistory {
+    pub host_id: String,
+    /// Newest first.
+    pub samples: Vec<MetricsView>,
+}
+
 /// Remove a host.
 ///
 /// Ends its session at once; its key never authenticates again. Admin.
@@ -705,7 +720,7 @@ async fn show_host(
     tag = "hosts",
     params(crate::openapi::HostPath),
     responses(
-        (status = 200, description = "`{\"removed\": id}`.", body = Object),
+        (status = 200, description = "The removed host's id.", body = Removed),
         crate::openapi::HostErrors,
     )
 )]
@@ -713,13 +728,13 @@ async fn remove_host(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Removed>, ApiError> {
     who.require(Level::Admin)?;
     let h = resolve(&state, &who, &key).await?;
     state.store.remove_host(&h.id, now_ms()).await?;
     state.hub.kick(&h.id);
     tracing::info!(host_id = %h.id, by = %who.token.name, "host removed");
-    Ok(Json(json!({"removed": h.id})))
+    Ok(Json(Removed { removed: h.id }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -816,7 +831,7 @@ async fn call_host(
     tag = "hosts",
     params(crate::openapi::HostPath),
     responses(
-        (status = 200, description = "The samples, newest first.", body = Object),
+        (status = 200, description = "The samples, newest first.", body = MetricsHistory),
         crate::openapi::HostErrors,
     )
 )]
@@ -824,17 +839,23 @@ async fn host_metrics(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MetricsHistory>, ApiError> {
     let h = resolve(&state, &who, &key).await?;
     let rows = state
         .store
         .samples(&h.id, crate::store::SampleKind::Metrics, 500)
         .await?;
-    let samples: Vec<Value> = rows
+    let samples = rows
         .into_iter()
-        .map(|(at, data)| json!({"received_at": rfc3339(at), "sample": serde_json::from_str::<Value>(&data).unwrap_or(Value::Null)}))
+        .map(|(at, data)| MetricsView {
+            received_at: rfc3339(at),
+            sample: serde_json::from_str::<Value>(&data).unwrap_or(Value::Null),
+        })
         .collect();
-    Ok(Json(json!({"host_id": h.id, "samples": samples})))
+    Ok(Json(MetricsHistory {
+        host_id: h.id,
+        samples,
+    }))
 }
 
 #[cfg(test)]

@@ -283,6 +283,14 @@ async fn whoami(
     ))
 }
 
+/// A host's labels, as `PUT /hosts/{host}/labels` answers them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostLabels {
+    pub host_id: String,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// Set a host's labels.
 ///
 /// Replaces the host's labels with the body's `{"key": "value", …}`. Admin, without a host
@@ -294,7 +302,7 @@ async fn whoami(
     params(crate::openapi::HostPath),
     request_body(content = BTreeMap<String, String>, description = "The labels: at most 32; keys and values of 1–63 letters, digits, `.`, `_`, `-`, `/` (values also `:`)."),
     responses(
-        (status = 200, description = "`{host_id, hostname, labels}`.", body = Object),
+        (status = 200, description = "The host's labels now.", body = HostLabels),
         (status = 400, description = "`bad_request`: not an object of strings, or a label out of bounds.", body = ErrorBody),
         crate::openapi::HostErrors,
     )
@@ -304,7 +312,7 @@ async fn set_labels(
     Extension(who): Extension<Principal>,
     Path(host): Path<String>,
     body: Result<Json<BTreeMap<String, String>>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HostLabels>, ApiError> {
     require_manager(&who)?;
     let Json(labels) = body.map_err(|e| {
         ApiError::bad_request(format!(
@@ -316,7 +324,11 @@ async fn set_labels(
     let h = resolve(&state, &who, &host).await?;
     state.store.set_host_labels(&h.id, &labels).await?;
     tracing::info!(host_id = %h.id, by = %who.token.name, "host labels set");
-    let view = json!({"host_id": h.id, "hostname": h.hostname, "labels": labels});
-    record(&state, &who, "host.labels", view.clone()).await;
+    let view = HostLabels {
+        host_id: h.id,
+        hostname: h.hostname,
+        labels,
+    };
+    record(&state, &who, "host.labels", json!(view)).await;
     Ok(Json(view))
 }
