@@ -874,6 +874,26 @@ async fn volumes_remove(
     .await
 }
 
+/// The document's view of what `POST /hosts/{host}/system/{op}` answers: one of the three
+/// methods' results (the agent's own types; which one follows from `op`).
+#[allow(dead_code)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum SystemOpResult {
+    Exec(tomo_proto::methods::ExecOutput),
+    Preflight(tomo_proto::methods::PreflightResult),
+    Volumes(tomo_proto::methods::PreparedVolumes),
+}
+
+/// The document's view of what `POST /hosts/{host}/agent/{op}` answers.
+#[allow(dead_code)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum AgentOpResult {
+    Update(tomo_proto::methods::AgentSettings),
+    Restart(tomo_proto::methods::Restarting),
+}
+
 /// Run a host-level operation.
 ///
 /// `exec` (`system.exec`: an allowlisted command line, no shell; admin), `preflight_check`
@@ -885,7 +905,7 @@ async fn volumes_remove(
     params(HostPath, ("op" = inline(crate::openapi::SystemOpName), Path, description = "The operation.")),
     request_body(content = Option<Object>, description = "The method's params (docs/protocol.md): `{\"command\", \"timeout\"?}` (exec), `{\"ports\"?, \"min_free_disk\"?, \"min_docker_version\"?, \"architectures\"?}` (preflight_check), `{\"volumes\": [{\"path\", \"uid\"?, \"gid\"?, \"mode\"?}]}` (prepare_volumes)."),
     responses(
-        (status = 200, description = "The method's result.", body = Object),
+        (status = 200, description = "The method's result: `ExecOutput` (exec), `PreflightResult` (preflight_check) or `PreparedVolumes` (prepare_volumes).", body = SystemOpResult),
         AgentErrors,
         Pending,
     )
@@ -922,7 +942,7 @@ async fn system_op(
     params(HostPath, ("op" = inline(crate::openapi::AgentOpName), Path, description = "The operation.")),
     request_body(content = Option<Object>, description = "`update`: the settings to change: `log_level`, `metrics_interval`, `health_interval`."),
     responses(
-        (status = 200, description = "The method's result.", body = Object),
+        (status = 200, description = "The method's result: `AgentSettings` (update) or `Restarting` (restart).", body = AgentOpResult),
         AgentErrors,
         Pending,
     )
