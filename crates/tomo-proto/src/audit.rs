@@ -18,6 +18,7 @@ pub const AUDIT_RECORD: &str = "audit.record";
 /// (it was killed) gets an outcome record `unknown` when the agent starts again. Other requests
 /// have one record, written when they end.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct AuditRecord {
     /// When the decision was made, Unix milliseconds.
     pub at_ms: i64,

@@ -982,7 +982,7 @@ async fn agent_op(
         ("follow" = Option<bool>, Query, description = "Go on with live events, as NDJSON."),
     ),
     responses(
-        (status = 200, description = "The events, oldest first; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([Object] = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "The events, oldest first; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([crate::events::EventView] = "application/json"), (Object = "application/x-ndjson"))),
         (status = 400, description = "`bad_request`: `limit`, `after` or `follow` (`true` or `false`) is not valid.", body = crate::api::ErrorBody),
         HostErrors,
     )

@@ -58,6 +58,22 @@ pub struct Live {
 #[derive(Debug, Clone)]
 pub struct TraceId(pub String);
 
+/// The JSON shape of an audit record in the API (what [`view`] builds; the OpenAPI document's
+/// schema, and a test reads a view back as one).
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AuditView {
+    #[serde(flatten)]
+    pub record: AuditRecord,
+    /// Its place in the audit trail: the cursor of `after`.
+    pub id: i64,
+    /// The host whose agent wrote it; `null` for the control plane's own records.
+    pub host_id: Option<String>,
+    /// `at_ms` in RFC 3339.
+    pub at: String,
+    /// RFC 3339.
+    pub received_at: String,
+}
+
 /// The JSON shape of a record in the API: the record's fields plus `id`, `host_id`, `at` and
 /// `received_at` (RFC 3339).
 pub fn view(r: &StoredAudit) -> Value {
@@ -421,7 +437,7 @@ impl Allowance {
         ("decision" = Option<String>, Query, description = "Only records with this decision: `allowed` or `denied`."),
     ),
     responses(
-        (status = 200, description = "The records; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([Object] = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "The records; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([AuditView] = "application/json"), (Object = "application/x-ndjson"))),
         (status = 400, description = "`bad_request`: `limit`, `after`, `decision` or `follow` (`true` or `false`) is not valid.", body = crate::api::ErrorBody),
         crate::openapi::HostErrors,
     )
@@ -531,6 +547,34 @@ async fn host_id(state: &AppState, who: &Principal, key: &str) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_view_is_the_documented_audit_view() {
+        let record = AuditRecord {
+            at_ms: 1_700_000_000_000,
+            trace_id: Some("t1".into()),
+            principal: Some("ci".into()),
+            role: Some(Level::Execute),
+            method: "docker.containers.stop".into(),
+            params: Some(json!({"container": "web"})),
+            decision: "allowed".into(),
+            reason: None,
+            outcome: "ok".into(),
+            error: None,
+            duration_ms: 12,
+            admission_id: None,
+        };
+        let stored = StoredAudit {
+            id: 7,
+            host_id: Some("h1".into()),
+            at_ms: record.at_ms,
+            received_at: record.at_ms + 5,
+            record: serde_json::to_string(&record).expect("json"),
+        };
+        let typed: AuditView = serde_json::from_value(view(&stored)).expect("an AuditView");
+        assert_eq!(typed.record, record);
+        assert_eq!((typed.id, typed.host_id.as_deref()), (7, Some("h1")));
+    }
 
     #[test]
     fn unauthenticated_allowance_per_source_and_minute() {

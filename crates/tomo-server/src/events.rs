@@ -20,6 +20,19 @@ pub struct Live {
     pub view: Value,
 }
 
+/// The JSON shape of an event in the API (what [`view`] builds; the OpenAPI document's schema,
+/// and a test reads every view back as one).
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct EventView {
+    /// The engine's event: `id` is the object's id (a container's, for instance).
+    #[serde(flatten)]
+    pub event: DockerEvent,
+    /// Its place in the host's stored events: the cursor of `after`.
+    pub seq: i64,
+    /// RFC 3339.
+    pub received_at: String,
+}
+
 /// The JSON shape of an event in the API: the engine's event (`id` is the object's id, a
 /// container's for instance), with `seq`, its place in the host's stored events (the cursor
 /// for `after`), and `received_at`.
@@ -113,5 +126,8 @@ mod tests {
         assert_eq!(v["id"], "abc123");
         assert_eq!(v["seq"], 42);
         assert_eq!(v["action"], "start");
+        // The documented schema is what the view is.
+        let typed: EventView = serde_json::from_value(v).expect("an EventView");
+        assert_eq!((typed.seq, typed.event.id.as_str()), (42, "abc123"));
     }
 }
