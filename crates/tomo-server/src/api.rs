@@ -142,11 +142,6 @@ impl ApiError {
         }
     }
 
-    /// The pending action, when this is [`ApiError::pending`].
-    pub fn pending_action(&self) -> Option<&Value> {
-        self.body.as_ref().and_then(|b| b.get("pending_action"))
-    }
-
     pub fn status(&self) -> StatusCode {
         self.status
     }

@@ -4,8 +4,9 @@
 //!
 //! Guardrails, all on the control plane so that every client gets them:
 //! - the token's role decides which tools are listed, and a tool above it is refused;
-//! - per-host tools go through the REST API's own path ([`crate::api_host::forward`]): role,
-//!   host scope, the approval gate ([`crate::approvals`]) and the agent's own checks;
+//! - per-host tools go through the one call pipeline ([`crate::core::call::admit`]), as every
+//!   surface does: role, host scope, the approval gate ([`crate::approvals`]), then the agent's
+//!   own checks;
 //! - tool calls are rate-limited per token ([`RateLimits`]);
 //! - results are redacted, cut and fenced as untrusted data ([`output`]);
 //! - `Host` must name this server and a request with an `Origin` must come from an allowed origin
