@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
+use tomo_server::api_tokens::{TokenStatus, TokenView};
 
 use crate::client::{Api, ClientConfig, api_failure, config_path};
 use crate::commands::{print_json, seg, table};
@@ -40,8 +41,13 @@ pub enum TokensCommand {
     /// List tokens (revoked and expired ones too).
     #[command(alias = "list")]
     Ls,
-    /// Revoke a token: it is refused from its next request on.
-    Revoke { id: String },
+    /// Revoke a token, by id or by name (the one active token of that name): it is refused
+    /// from its next request on.
+    Revoke {
+        /// The token's id (`tomo tokens ls`), or its name.
+        #[arg(value_name = "ID|NAME")]
+        key: String,
+    },
 }
 
 /// Token roles.
@@ -58,6 +64,43 @@ impl Role {
             Self::Read => "read",
             Self::Execute => "execute",
             Self::Admin => "admin",
+        }
+    }
+}
+
+/// The id of the token `key` names: a token with that id, else the one active token with that
+/// name (names are not unique: several answer with their ids, to choose from). A key that
+/// matches nothing is sent as an id, so that the API's answer (and hint) is the one shown.
+async fn token_id(api: &Api, key: &str) -> Result<String, Failure> {
+    let list = api.expect(Method::GET, "/tokens", None, 1).await?;
+    let tokens: Vec<TokenView> = serde_json::from_value(list).map_err(|e| {
+        Failure::new(
+            1,
+            format!("the token list from the control plane is not what this CLI reads: {e}"),
+        )
+    })?;
+    if tokens.iter().any(|t| t.id == key) {
+        return Ok(key.to_owned());
+    }
+    let named: Vec<&TokenView> = tokens
+        .iter()
+        .filter(|t| t.name == key && t.status == TokenStatus::Active)
+        .collect();
+    match named.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => Ok(key.to_owned()),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|t| t.id.as_str()).collect();
+            Err(Failure::new(
+                1,
+                format!(
+                    "{} active tokens are named {:?}: {}",
+                    many.len(),
+                    crate::out::terminal_safe(key),
+                    ids.join(", ")
+                ),
+            )
+            .hint("revoke one by its id (`tomo tokens ls`)"))
         }
     }
 }
@@ -125,7 +168,8 @@ pub async fn tokens(cmd: TokensCommand, args: &ClientArgs) -> Result<ExitCode, F
                 print_tokens(v.as_array().map(Vec::as_slice).unwrap_or_default());
             }
         }
-        TokensCommand::Revoke { id } => {
+        TokensCommand::Revoke { key } => {
+            let id = token_id(&api, &key).await?;
             let v = api
                 .expect(Method::DELETE, &format!("/tokens/{}", seg(&id)), None, 1)
                 .await?;

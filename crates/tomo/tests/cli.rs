@@ -1200,8 +1200,31 @@ fn tokens_login_and_labels_from_the_cli() {
         stderr(&o)
     );
 
+    // Revoked by name (issue 17): the one active token named `ci`; two active tokens of one
+    // name are not guessed between.
+    let twin = |n: &str| json(&env.tomo(&["tokens", "create", n, "--role", "read", "-o", "json"]));
+    let (a, b) = (twin("twin"), twin("twin"));
+    let o = env.tomo(&["tokens", "revoke", "twin"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("2 active tokens are named \"twin\"")
+            && err.contains(a["id"].as_str().unwrap_or("?"))
+            && err.contains(b["id"].as_str().unwrap_or("?"))
+            && err.contains("by its id"),
+        "{err}"
+    );
+    let o = env.tomo(&["tokens", "revoke", a["id"].as_str().unwrap_or_default()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.tomo(&["tokens", "revoke", "twin"]);
+    assert!(o.status.success(), "the one active twin: {}", stderr(&o));
+    assert!(
+        stdout(&o).contains(b["id"].as_str().unwrap_or("?")),
+        "{}",
+        stdout(&o)
+    );
     // Revoked: the next command is refused, with the way out.
-    let o = env.tomo(&["tokens", "revoke", &ci_id]);
+    let o = env.tomo(&["tokens", "revoke", "ci"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), format!("revoked token {ci_id} (ci)"));
     let o = other.tomo(&["whoami"]);
