@@ -139,19 +139,10 @@ impl Default for Dispatcher {
     }
 }
 
-/// Parses params, naming the parameter at fault.
+/// Parses params, naming the parameter at fault (as the control plane does before it sends).
 fn parse_params<P: serde::de::DeserializeOwned>(raw: &str) -> Result<P, RpcError> {
     let mut de = serde_json::Deserializer::from_str(raw);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let data = serde_json::json!({ "param": path });
-        if path == "." {
-            RpcError::invalid_params(inner).with_data(data)
-        } else {
-            RpcError::invalid_params(format!("{path}: {inner}")).with_data(data)
-        }
-    })
+    tomo_proto::methods::read_params(&mut de)
 }
 
 #[cfg(test)]
@@ -161,12 +152,12 @@ mod tests {
 
     #[test]
     fn the_agent_serves_exactly_the_protocol_methods() {
-        let mut declared: Vec<_> = tomo_proto::methods::ALL.iter().map(|(n, _)| *n).collect();
+        let mut declared: Vec<_> = tomo_proto::methods::ALL.iter().map(|s| s.name).collect();
         declared.sort_unstable();
         let table = crate::handlers::table();
         assert_eq!(table.methods(), declared);
-        for (name, level) in tomo_proto::methods::ALL {
-            assert_eq!(table.level(name), Some(*level), "{name}");
+        for spec in tomo_proto::methods::ALL {
+            assert_eq!(table.level(spec.name), Some(spec.level), "{}", spec.name);
         }
     }
 

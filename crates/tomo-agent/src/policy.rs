@@ -599,7 +599,7 @@ fn method_pattern(s: &str) -> Result<String, String> {
     }
     if !tomo_proto::methods::ALL
         .iter()
-        .any(|(m, _)| method_matches(s, m))
+        .any(|m| method_matches(s, m.name))
     {
         return Err("matches no method of the agent".into());
     }

@@ -111,7 +111,8 @@ fn method_names_are_written_only_in_tomo_proto() {
     for dir in ["crates/tomo-server/src", "crates/tomo/src"] {
         for p in rust_files(&root().join(dir)) {
             let code = shipping_code(&p);
-            for (name, _) in tomo_proto::methods::ALL {
+            for spec in tomo_proto::methods::ALL {
+                let name = spec.name;
                 if code.contains(&format!("\"{name}\"")) {
                     found.push(format!("{}: \"{name}\"", rel(&p)));
                 }

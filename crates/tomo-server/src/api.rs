@@ -257,6 +257,8 @@ impl From<Refusal> for ApiError {
                 StatusCode::FORBIDDEN
             }
             Refusal::Ambiguous(_) => StatusCode::CONFLICT,
+            // As the agent's own answer to such params would have been.
+            Refusal::InvalidParams(e) => return Self::from_rpc(e.clone()),
             Refusal::Store(_) => {
                 let Refusal::Store(e) = r else { unreachable!() };
                 return e.into();
@@ -799,6 +801,8 @@ async fn call_host(
             .with_data(json!({"code": r.code()}));
             return Ok((StatusCode::OK, Json(Response::err(id, e))));
         }
+        // Also as an agent answers it: a JSON-RPC error, naming the parameter.
+        Err(Refusal::InvalidParams(e)) => return Ok((StatusCode::OK, Json(Response::err(id, e)))),
         Err(r) => return Err(r.into()),
     };
     let (status, mut resp) = match admitted.call(&state).await {

@@ -16,7 +16,7 @@ use axum::{Extension, Json};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
-use tomo_proto::methods::Method as _;
+use tomo_proto::methods::{self, Method};
 use tomo_proto::rpc::Outcome;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -103,48 +103,63 @@ async fn admit(
     }
 }
 
-/// Calls `method` on the host and answers with its result, or its error as an HTTP error.
-pub async fn forward(
+/// Calls method `M` on the host and answers with its result, read as `M`'s result type, or its
+/// error as an HTTP error.
+pub async fn forward<M: Method>(
     state: &AppState,
     who: &Principal,
     host: &str,
-    method: &str,
     params: Map<String, Value>,
-) -> Result<Json<Value>, ApiError> {
-    let admitted = admit(state, who, host, method, Value::Object(params), Mode::Unary).await?;
-    let resp = admitted
-        .call(state)
+) -> Result<Json<M::Result>, ApiError> {
+    let admitted = admit(
+        state,
+        who,
+        host,
+        M::NAME,
+        Value::Object(params),
+        Mode::Unary,
+    )
+    .await?;
+    admitted
+        .call_as::<M>(state)
         .await
-        .map_err(|e| ApiError::from_rpc(e.to_rpc()))?;
-    match resp.outcome {
-        Outcome::Result(v) => Ok(Json(v)),
-        Outcome::Error(e) => Err(ApiError::from_rpc(e)),
-    }
+        .map_err(|e| ApiError::from_rpc(e.to_rpc()))?
+        .map(Json)
+        .map_err(ApiError::from_rpc)
 }
 
 /// Like [`forward`] for a call that may open a stream: a stream is answered as NDJSON lines
-/// `{"seq":n,"data":…}` ending with `{"end":{…}}`; anything else as plain JSON.
-pub async fn forward_stream(
+/// `{"seq":n,"data":…}` ending with `{"end":{…}}`; anything else as plain JSON, read as `M`'s
+/// result type.
+pub async fn forward_stream<M: Method>(
     state: &AppState,
     who: &Principal,
     host: &str,
-    method: &str,
     params: Map<String, Value>,
 ) -> Result<HttpResponse, ApiError> {
     let admitted = admit(
         state,
         who,
         host,
-        method,
+        M::NAME,
         Value::Object(params),
         Mode::Stream,
     )
     .await?;
-    answer_stream(state, admitted).await
+    answer_stream(state, admitted, |v| {
+        let typed = crate::core::call::read_result::<M>(v)?;
+        serde_json::to_value(typed).map_err(tomo_proto::rpc::RpcError::internal)
+    })
+    .await
 }
 
-/// The answer of an admitted call that may open a stream.
-async fn answer_stream(state: &AppState, admitted: Admitted) -> Result<HttpResponse, ApiError> {
+/// The answer of an admitted call that may open a stream; `check` reads a result that is not
+/// a stream.
+async fn answer_stream(
+    state: &AppState,
+    admitted: Admitted,
+    check: impl FnOnce(Value) -> Result<Value, tomo_proto::rpc::RpcError>,
+) -> Result<HttpResponse, ApiError> {
     let (resp, handle) = admitted
         .call_stream(state)
         .await
@@ -152,7 +167,9 @@ async fn answer_stream(state: &AppState, admitted: Admitted) -> Result<HttpRespo
     match (resp.outcome, handle) {
         (Outcome::Error(e), _) => Err(ApiError::from_rpc(e)),
         (Outcome::Result(_), Some(handle)) => Ok(ndjson(handle, state.shutdown.clone())),
-        (Outcome::Result(v), None) => Ok(Json(v).into_response()),
+        (Outcome::Result(v), None) => {
+            Ok(Json(check(v).map_err(ApiError::from_rpc)?).into_response())
+        }
     }
 }
 
@@ -170,8 +187,10 @@ fn stream_cut(reason: &str, message: &str) -> Value {
         "error": {"code": tomo_proto::rpc::code::CONNECTION_LOST, "message": message}}})
 }
 
-pub(crate) fn line(v: &Value) -> Result<Bytes, Infallible> {
-    let mut text = v.to_string();
+pub(crate) fn line(v: &impl serde::Serialize) -> Result<Bytes, Infallible> {
+    // The API's own types and JSON values always serialize; said, were one not to.
+    let mut text = serde_json::to_string(v)
+        .unwrap_or_else(|e| json!({"error": {"message": e.to_string()}}).to_string());
     text.push('\n');
     Ok(Bytes::from(text))
 }
@@ -180,7 +199,7 @@ pub(crate) fn line(v: &Value) -> Result<Bytes, Infallible> {
 /// that says so (issue 13.8: it used to blame the host's connection, or just break off).
 fn ndjson(handle: StreamHandle, shutdown: CancellationToken) -> HttpResponse {
     let opening = futures_util::stream::once(std::future::ready(line(
-        &json!({"stream": handle.id(), "window": tomo_proto::methods::STREAM_WINDOW}),
+        &json!({"stream": handle.id(), "window": methods::STREAM_WINDOW}),
     )));
     let lines = futures_util::stream::unfold(Some(handle), move |state| {
         let shutdown = shutdown.clone();
@@ -254,7 +273,8 @@ async fn stream_call(
         Some(p) => p,
     };
     let admitted = admit(&state, &who, &host, &body.method, params, Mode::Stream).await?;
-    answer_stream(&state, admitted).await
+    // Any method by name: its result goes as the agent sent it (the JSON-RPC envelope's).
+    answer_stream(&state, admitted, Ok).await
 }
 
 /// Host information.
@@ -266,7 +286,7 @@ async fn stream_call(
     tag = "system",
     params(HostPath),
     responses(
-        (status = 200, description = "The `system.info` result.", body = tomo_proto::methods::SystemInfoResult),
+        (status = 200, description = "The `system.info` result.", body = methods::SystemInfoResult),
         AgentErrors,
     )
 )]
@@ -274,15 +294,8 @@ async fn info(
     State(s): St,
     Extension(w): Who,
     Path(h): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::SystemInfo::NAME,
-        Map::new(),
-    )
-    .await
+) -> Result<Json<methods::SystemInfoResult>, ApiError> {
+    forward::<methods::SystemInfo>(&s, &w, &h, Map::new()).await
 }
 
 /// List containers.
@@ -294,7 +307,7 @@ async fn info(
     tag = "containers",
     params(HostPath, ("all" = Option<bool>, Query, description = "Include stopped containers.")),
     responses(
-        (status = 200, description = "The containers.", body = Vec<tomo_proto::methods::ContainerSummary>),
+        (status = 200, description = "The containers.", body = Vec<methods::ContainerSummary>),
         AgentErrors,
     )
 )]
@@ -303,15 +316,8 @@ async fn containers_list(
     Extension(w): Who,
     Path(h): Path<String>,
     Query(q): QueryMap,
-) -> Result<Json<Value>, ApiError> {
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerContainersList::NAME,
-        query_params(q),
-    )
-    .await
+) -> Result<Json<Vec<methods::ContainerSummary>>, ApiError> {
+    forward::<methods::DockerContainersList>(&s, &w, &h, query_params(q)).await
 }
 
 /// Run a container.
@@ -325,7 +331,7 @@ async fn containers_list(
     params(HostPath),
     request_body(content = Option<Object>, description = "The params of `docker.containers.run`: `image` and the container options (docs/protocol.md)."),
     responses(
-        (status = 200, description = "`{id, name, state, pulled, warnings}`.", body = tomo_proto::methods::RunResult),
+        (status = 200, description = "`{id, name, state, pulled, warnings}`.", body = methods::RunResult),
         AgentErrors,
         Pending,
     )
@@ -335,15 +341,8 @@ async fn containers_run(
     Extension(w): Who,
     Path(h): Path<String>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerContainersRun::NAME,
-        body_params(body)?,
-    )
-    .await
+) -> Result<Json<methods::RunResult>, ApiError> {
+    forward::<methods::DockerContainersRun>(&s, &w, &h, body_params(body)?).await
 }
 
 /// Show a container.
@@ -356,7 +355,7 @@ async fn containers_run(
     tag = "containers",
     params(ContainerPath),
     responses(
-        (status = 200, description = "The container.", body = tomo_proto::methods::ContainerDetails),
+        (status = 200, description = "The container.", body = methods::ContainerDetails),
         AgentErrors,
     )
 )]
@@ -364,17 +363,10 @@ async fn containers_get(
     State(s): St,
     Extension(w): Who,
     Path((h, c)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<methods::ContainerDetails>, ApiError> {
     let mut p = Map::new();
     p.insert("container".into(), Value::String(c));
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerContainersGet::NAME,
-        p,
-    )
-    .await
+    forward::<methods::DockerContainersGet>(&s, &w, &h, p).await
 }
 
 /// Remove a container.
@@ -386,7 +378,7 @@ async fn containers_get(
     tag = "containers",
     params(ContainerPath, ("force" = Option<bool>, Query, description = "Kill a running container first."), ("volumes" = Option<bool>, Query, description = "Also remove its anonymous volumes.")),
     responses(
-        (status = 200, description = "`{id, name, state}`.", body = tomo_proto::methods::ContainerAction),
+        (status = 200, description = "`{id, name, state}`.", body = methods::ContainerAction),
         AgentErrors,
         Pending,
     )
@@ -396,17 +388,10 @@ async fn containers_remove(
     Extension(w): Who,
     Path((h, c)): Path<(String, String)>,
     Query(q): QueryMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<methods::ContainerAction>, ApiError> {
     let mut p = query_params(q);
     p.insert("container".into(), Value::String(c));
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerContainersRemove::NAME,
-        p,
-    )
-    .await
+    forward::<methods::DockerContainersRemove>(&s, &w, &h, p).await
 }
 
 /// The body of `POST …/containers/{container}/start`: none (or `{}`).
@@ -446,37 +431,39 @@ pub struct UpdateBody {
 pub struct ExecBody {
     /// The argument vector; no shell is involved unless the vector starts one.
     cmd: Vec<String>,
-    env: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
     workdir: Option<String>,
     user: Option<String>,
     /// Open an interactive session: an NDJSON stream of output taking input through
     /// `stream.write` and `stream.resize`.
-    interactive: Option<bool>,
+    #[serde(default)]
+    interactive: bool,
     /// Allocate a terminal (interactive sessions only).
-    tty: Option<bool>,
+    #[serde(default)]
+    tty: bool,
     /// One-shot only: seconds before the command is abandoned; 60 by default, 600 at most.
     #[schema(minimum = 0)]
     timeout: Option<u64>,
 }
 
-/// The container method `method` with the body's options.
-async fn container_method(
+/// The container method `M` with the body's options and the container from the path.
+async fn container_method<M: Method>(
     s: &Arc<AppState>,
     w: &Principal,
     h: &str,
     c: String,
-    method: &str,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let mut p = body_params(body)?;
     p.insert("container".into(), Value::String(c));
-    forward_stream(s, w, h, method, p).await
+    forward_stream::<M>(s, w, h, p).await
 }
 
 /// One container action: its route, document entry and handler, which calls `$method` with the
 /// body's options and the container from the path.
 macro_rules! container_action {
-    ($handler:ident, $action:literal, $method:expr, $body:ty, $ok:literal, $content:tt,
+    ($handler:ident, $action:literal, $method:ty, $body:ty, $ok:literal, $content:tt,
      $(#[$doc:meta])*) => {
         $(#[$doc])*
         #[utoipa::path(
@@ -498,43 +485,43 @@ macro_rules! container_action {
             Path((h, c)): Path<(String, String)>,
             body: JsonBody,
         ) -> Result<HttpResponse, ApiError> {
-            container_method(&s, &w, &h, c, $method, body).await
+            container_method::<$method>(&s, &w, &h, c, body).await
         }
     };
 }
 
-container_action!(start_container, "start", tomo_proto::methods::DockerContainersStart::NAME, Option<StartBody>,
+container_action!(start_container, "start", methods::DockerContainersStart, Option<StartBody>,
     "What the start did: `{id, name, state}`.",
-    ((tomo_proto::methods::ContainerAction = "application/json")),
+    ((methods::ContainerAction = "application/json")),
     /// Start a container.
     ///
     /// `docker.containers.start`. Execute.
 );
-container_action!(stop_container, "stop", tomo_proto::methods::DockerContainersStop::NAME, Option<StopBody>,
+container_action!(stop_container, "stop", methods::DockerContainersStop, Option<StopBody>,
     "What the stop did: `{id, name, state}`.",
-    ((tomo_proto::methods::ContainerAction = "application/json")),
+    ((methods::ContainerAction = "application/json")),
     /// Stop a container.
     ///
     /// `docker.containers.stop`. Execute.
 );
-container_action!(restart_container, "restart", tomo_proto::methods::DockerContainersRestart::NAME, Option<StopBody>,
+container_action!(restart_container, "restart", methods::DockerContainersRestart, Option<StopBody>,
     "What the restart did: `{id, name, state}`.",
-    ((tomo_proto::methods::ContainerAction = "application/json")),
+    ((methods::ContainerAction = "application/json")),
     /// Restart a container.
     ///
     /// `docker.containers.restart`. Execute.
 );
-container_action!(update_container, "update", tomo_proto::methods::DockerContainersUpdate::NAME, Option<UpdateBody>,
+container_action!(update_container, "update", methods::DockerContainersUpdate, Option<UpdateBody>,
     "`{name, old_id, new_id, old_image_id, new_image_id, image_changed, state}`.",
-    ((tomo_proto::methods::UpdateResult = "application/json")),
+    ((methods::UpdateResult = "application/json")),
     /// Update a container.
     ///
     /// `docker.containers.update`: pull its image again and recreate it, rolling back when the
     /// new container is not running (and healthy) in time. Execute.
 );
-container_action!(exec_in_container, "exec", tomo_proto::methods::DockerContainersExec::NAME, ExecBody,
+container_action!(exec_in_container, "exec", methods::DockerContainersExec, ExecBody,
     "`{exit_code, stdout, stderr, truncated, timed_out}`; an interactive exec answers NDJSON.",
-    ((tomo_proto::methods::ExecOutput = "application/json"), (Object = "application/x-ndjson")),
+    ((methods::ExecOutput = "application/json"), (Object = "application/x-ndjson")),
     /// Run a command in a container.
     ///
     /// `docker.containers.exec`: one-shot (its output), or an interactive session (a stream).
@@ -550,7 +537,7 @@ container_action!(exec_in_container, "exec", tomo_proto::methods::DockerContaine
     tag = "containers",
     params(ContainerPath, ("tail" = Option<u64>, Query, description = "The last N lines only."), ("since" = Option<i64>, Query, minimum = 0, maximum = 2147483647, description = "Only lines since this Unix time (seconds)."), ("until" = Option<i64>, Query, minimum = 0, maximum = 2147483647, description = "Only lines before this Unix time (seconds)."), ("timestamps" = Option<bool>, Query, description = "Prefix lines with timestamps."), ("follow" = Option<bool>, Query, description = "Stream new lines as NDJSON.")),
     responses(
-        (status = 200, description = "The logs; with `follow`, NDJSON.", content((tomo_proto::methods::LogsResult = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "The logs; with `follow`, NDJSON.", content((methods::LogsResult = "application/json"), (Object = "application/x-ndjson"))),
         AgentErrors,
     )
 )]
@@ -562,14 +549,7 @@ async fn logs(
 ) -> Result<HttpResponse, ApiError> {
     let mut p = query_params(q);
     p.insert("container".into(), Value::String(c));
-    forward_stream(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerContainersLogs::NAME,
-        p,
-    )
-    .await
+    forward_stream::<methods::DockerContainersLogs>(&s, &w, &h, p).await
 }
 
 /// A container's resource usage.
@@ -581,7 +561,7 @@ async fn logs(
     tag = "containers",
     params(ContainerPath, ("stream" = Option<bool>, Query, description = "Stream samples as NDJSON.")),
     responses(
-        (status = 200, description = "One sample; with `stream`, NDJSON.", content((tomo_proto::methods::ContainerStats = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "One sample; with `stream`, NDJSON.", content((methods::ContainerStats = "application/json"), (Object = "application/x-ndjson"))),
         AgentErrors,
     )
 )]
@@ -593,14 +573,7 @@ async fn stats(
 ) -> Result<HttpResponse, ApiError> {
     let mut p = query_params(q);
     p.insert("container".into(), Value::String(c));
-    forward_stream(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerContainersStats::NAME,
-        p,
-    )
-    .await
+    forward_stream::<methods::DockerContainersStats>(&s, &w, &h, p).await
 }
 
 /// List images.
@@ -612,7 +585,7 @@ async fn stats(
     tag = "images",
     params(HostPath, ("all" = Option<bool>, Query, description = "Include intermediate images.")),
     responses(
-        (status = 200, description = "The images.", body = Vec<tomo_proto::methods::ImageSummary>),
+        (status = 200, description = "The images.", body = Vec<methods::ImageSummary>),
         AgentErrors,
     )
 )]
@@ -621,15 +594,8 @@ async fn images_list(
     Extension(w): Who,
     Path(h): Path<String>,
     Query(q): QueryMap,
-) -> Result<Json<Value>, ApiError> {
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerImagesList::NAME,
-        query_params(q),
-    )
-    .await
+) -> Result<Json<Vec<methods::ImageSummary>>, ApiError> {
+    forward::<methods::DockerImagesList>(&s, &w, &h, query_params(q)).await
 }
 
 /// Remove an image.
@@ -642,7 +608,7 @@ async fn images_list(
     tag = "images",
     params(HostPath, ("image" = String, Query, description = "Image reference or id."), ("force" = Option<bool>, Query, description = "Docker's force removal.")),
     responses(
-        (status = 200, description = "`{untagged, deleted}`.", body = tomo_proto::methods::ImageRemoved),
+        (status = 200, description = "`{untagged, deleted}`.", body = methods::ImageRemoved),
         AgentErrors,
         Pending,
     )
@@ -652,14 +618,14 @@ async fn images_remove(
     Extension(w): Who,
     Path(h): Path<String>,
     Query(q): QueryMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<methods::ImageRemoved>, ApiError> {
     let mut p = query_params(q);
     if let Some(v) = p.get_mut("image")
         && !v.is_string()
     {
         *v = Value::String(v.to_string());
     }
-    forward(&s, &w, &h, tomo_proto::methods::DockerImagesRemove::NAME, p).await
+    forward::<methods::DockerImagesRemove>(&s, &w, &h, p).await
 }
 
 /// Pull an image.
@@ -672,7 +638,7 @@ async fn images_remove(
     params(HostPath),
     request_body(content = Option<Object>, description = "`{\"image\": \"name[:tag]\", \"auth\"?: {username, password, server?}, \"progress\"?: bool}`."),
     responses(
-        (status = 200, description = "`{image, id}`; with `progress`, NDJSON ending with it.", content((tomo_proto::methods::PullResult = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "`{image, id}`; with `progress`, NDJSON ending with it.", content((methods::PullResult = "application/json"), (Object = "application/x-ndjson"))),
         AgentErrors,
         Pending,
     )
@@ -683,14 +649,7 @@ async fn images_pull(
     Path(h): Path<String>,
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
-    forward_stream(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerImagesPull::NAME,
-        body_params(body)?,
-    )
-    .await
+    forward_stream::<methods::DockerImagesPull>(&s, &w, &h, body_params(body)?).await
 }
 
 /// List networks.
@@ -702,7 +661,7 @@ async fn images_pull(
     tag = "networks",
     params(HostPath),
     responses(
-        (status = 200, description = "The networks.", body = Vec<tomo_proto::methods::NetworkSummary>),
+        (status = 200, description = "The networks.", body = Vec<methods::NetworkSummary>),
         AgentErrors,
     )
 )]
@@ -710,15 +669,8 @@ async fn networks_list(
     State(s): St,
     Extension(w): Who,
     Path(h): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerNetworksList::NAME,
-        Map::new(),
-    )
-    .await
+) -> Result<Json<Vec<methods::NetworkSummary>>, ApiError> {
+    forward::<methods::DockerNetworksList>(&s, &w, &h, Map::new()).await
 }
 
 /// Create a network.
@@ -731,7 +683,7 @@ async fn networks_list(
     params(HostPath),
     request_body(content = Option<Object>, description = "`{\"name\", \"driver\"?, \"internal\"?, \"labels\"?}`."),
     responses(
-        (status = 200, description = "`{id, name}`.", body = tomo_proto::methods::ObjectRef),
+        (status = 200, description = "`{id, name}`.", body = methods::ObjectRef),
         AgentErrors,
         Pending,
     )
@@ -741,15 +693,8 @@ async fn networks_create(
     Extension(w): Who,
     Path(h): Path<String>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerNetworksCreate::NAME,
-        body_params(body)?,
-    )
-    .await
+) -> Result<Json<methods::ObjectRef>, ApiError> {
+    forward::<methods::DockerNetworksCreate>(&s, &w, &h, body_params(body)?).await
 }
 
 /// Remove a network.
@@ -761,7 +706,7 @@ async fn networks_create(
     tag = "networks",
     params(NamePath),
     responses(
-        (status = 200, description = "`{id, name}`.", body = tomo_proto::methods::ObjectRef),
+        (status = 200, description = "`{id, name}`.", body = methods::ObjectRef),
         AgentErrors,
         Pending,
     )
@@ -770,17 +715,10 @@ async fn networks_remove(
     State(s): St,
     Extension(w): Who,
     Path((h, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<methods::ObjectRef>, ApiError> {
     let mut p = Map::new();
     p.insert("name".into(), Value::String(name));
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerNetworksRemove::NAME,
-        p,
-    )
-    .await
+    forward::<methods::DockerNetworksRemove>(&s, &w, &h, p).await
 }
 
 /// List volumes.
@@ -792,7 +730,7 @@ async fn networks_remove(
     tag = "volumes",
     params(HostPath),
     responses(
-        (status = 200, description = "The volumes.", body = Vec<tomo_proto::methods::VolumeSummary>),
+        (status = 200, description = "The volumes.", body = Vec<methods::VolumeSummary>),
         AgentErrors,
     )
 )]
@@ -800,15 +738,8 @@ async fn volumes_list(
     State(s): St,
     Extension(w): Who,
     Path(h): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerVolumesList::NAME,
-        Map::new(),
-    )
-    .await
+) -> Result<Json<Vec<methods::VolumeSummary>>, ApiError> {
+    forward::<methods::DockerVolumesList>(&s, &w, &h, Map::new()).await
 }
 
 /// Create a volume.
@@ -821,7 +752,7 @@ async fn volumes_list(
     params(HostPath),
     request_body(content = Option<Object>, description = "`{\"name\", \"driver\"?, \"driver_opts\"?, \"labels\"?}`."),
     responses(
-        (status = 200, description = "`{id, name}`.", body = tomo_proto::methods::ObjectRef),
+        (status = 200, description = "`{id, name}`.", body = methods::ObjectRef),
         AgentErrors,
         Pending,
     )
@@ -831,15 +762,8 @@ async fn volumes_create(
     Extension(w): Who,
     Path(h): Path<String>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerVolumesCreate::NAME,
-        body_params(body)?,
-    )
-    .await
+) -> Result<Json<methods::ObjectRef>, ApiError> {
+    forward::<methods::DockerVolumesCreate>(&s, &w, &h, body_params(body)?).await
 }
 
 /// Remove a volume.
@@ -851,7 +775,7 @@ async fn volumes_create(
     tag = "volumes",
     params(NamePath, ("force" = Option<bool>, Query, description = "Remove even when in use (Docker still refuses while a container uses it).")),
     responses(
-        (status = 200, description = "`{id, name}`.", body = tomo_proto::methods::ObjectRef),
+        (status = 200, description = "`{id, name}`.", body = methods::ObjectRef),
         AgentErrors,
         Pending,
     )
@@ -861,37 +785,28 @@ async fn volumes_remove(
     Extension(w): Who,
     Path((h, name)): Path<(String, String)>,
     Query(q): QueryMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<methods::ObjectRef>, ApiError> {
     let mut p = query_params(q);
     p.insert("name".into(), Value::String(name));
-    forward(
-        &s,
-        &w,
-        &h,
-        tomo_proto::methods::DockerVolumesRemove::NAME,
-        p,
-    )
-    .await
+    forward::<methods::DockerVolumesRemove>(&s, &w, &h, p).await
 }
 
-/// The document's view of what `POST /hosts/{host}/system/{op}` answers: one of the three
-/// methods' results (the agent's own types; which one follows from `op`).
-#[allow(dead_code)]
+/// What `POST /hosts/{host}/system/{op}` answers: one of the three methods' results (the
+/// agent's own types; which one follows from `op`).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum SystemOpResult {
-    Exec(tomo_proto::methods::ExecOutput),
-    Preflight(tomo_proto::methods::PreflightResult),
-    Volumes(tomo_proto::methods::PreparedVolumes),
+    Exec(methods::ExecOutput),
+    Preflight(methods::PreflightResult),
+    Volumes(methods::PreparedVolumes),
 }
 
-/// The document's view of what `POST /hosts/{host}/agent/{op}` answers.
-#[allow(dead_code)]
+/// What `POST /hosts/{host}/agent/{op}` answers: its method's result.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum AgentOpResult {
-    Update(tomo_proto::methods::AgentSettings),
-    Restart(tomo_proto::methods::Restarting),
+    Update(methods::AgentSettings),
+    Restart(methods::Restarting),
 }
 
 /// Run a host-level operation.
@@ -915,11 +830,20 @@ async fn system_op(
     Extension(w): Who,
     Path((h, op)): Path<(String, String)>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    let method = match op.as_str() {
-        "exec" => tomo_proto::methods::SystemExec::NAME,
-        "preflight_check" => tomo_proto::methods::SystemPreflightCheck::NAME,
-        "prepare_volumes" => tomo_proto::methods::SystemPrepareVolumes::NAME,
+) -> Result<Json<SystemOpResult>, ApiError> {
+    let p = body_params(body)?;
+    Ok(Json(match op.as_str() {
+        "exec" => SystemOpResult::Exec(forward::<methods::SystemExec>(&s, &w, &h, p).await?.0),
+        "preflight_check" => SystemOpResult::Preflight(
+            forward::<methods::SystemPreflightCheck>(&s, &w, &h, p)
+                .await?
+                .0,
+        ),
+        "prepare_volumes" => SystemOpResult::Volumes(
+            forward::<methods::SystemPrepareVolumes>(&s, &w, &h, p)
+                .await?
+                .0,
+        ),
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -927,8 +851,7 @@ async fn system_op(
                 format!("no system operation {op:?}"),
             ));
         }
-    };
-    forward(&s, &w, &h, method, body_params(body)?).await
+    }))
 }
 
 /// Change the agent's settings or restart it.
@@ -952,10 +875,13 @@ async fn agent_op(
     Extension(w): Who,
     Path((h, op)): Path<(String, String)>,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
-    let method = match op.as_str() {
-        "update" => tomo_proto::methods::AgentUpdate::NAME,
-        "restart" => tomo_proto::methods::AgentRestart::NAME,
+) -> Result<Json<AgentOpResult>, ApiError> {
+    let p = body_params(body)?;
+    Ok(Json(match op.as_str() {
+        "update" => AgentOpResult::Update(forward::<methods::AgentUpdate>(&s, &w, &h, p).await?.0),
+        "restart" => {
+            AgentOpResult::Restart(forward::<methods::AgentRestart>(&s, &w, &h, p).await?.0)
+        }
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -963,8 +889,7 @@ async fn agent_op(
                 format!("no agent operation {op:?}"),
             ));
         }
-    };
-    forward(&s, &w, &h, method, body_params(body)?).await
+    }))
 }
 
 /// A host's Docker engine events.
@@ -993,7 +918,7 @@ async fn events(
     Path(host): Path<String>,
     Query(q): QueryMap,
 ) -> Result<HttpResponse, ApiError> {
-    who.require(tomo_proto::methods::Level::Read)?;
+    who.require(methods::Level::Read)?;
     let h = resolve(&state, &who, &host).await?;
     let limit: u32 = match q.get("limit") {
         None => 100,
@@ -1014,9 +939,10 @@ async fn events(
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.events.subscribe();
     let backlog = state.store.docker_events(&h.id, after, limit).await?;
-    let views: Vec<Value> = backlog.iter().map(crate::events::view).collect();
+    let views: Vec<crate::events::EventView> =
+        backlog.iter().filter_map(crate::events::view).collect();
     if !follow {
-        return Ok(Json(Value::Array(views)).into_response());
+        return Ok(Json(views).into_response());
     }
     let mut last = backlog.last().map(|e| e.id).or(after).unwrap_or(0);
     let host_id = h.id;
@@ -1075,4 +1001,79 @@ where
         let _owned = &task;
         rx.poll_recv(cx)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::PartialSchema;
+
+    /// A schema as JSON without its prose (descriptions are written for each side).
+    fn shape(schema: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) -> Value {
+        fn strip(v: &mut Value) {
+            match v {
+                Value::Object(m) => {
+                    m.remove("description");
+                    m.values_mut().for_each(strip);
+                }
+                Value::Array(a) => a.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        let mut v = serde_json::to_value(schema).expect("a schema is JSON");
+        strip(&mut v);
+        v
+    }
+
+    /// The method's params schema without `container`, which the route takes from its path.
+    fn params_without_container<P: PartialSchema>() -> Value {
+        let mut v = shape(P::schema());
+        let props = v["properties"]
+            .as_object_mut()
+            .expect("params are an object");
+        assert!(props.remove("container").is_some(), "{v}");
+        if props.is_empty() {
+            v.as_object_mut().expect("object").remove("properties");
+        }
+        if let Some(required) = v.get_mut("required").and_then(Value::as_array_mut) {
+            required.retain(|r| r != "container");
+            if required.is_empty() {
+                v.as_object_mut().expect("object").remove("required");
+            }
+        }
+        v
+    }
+
+    /// Issue 14: the document's body of each container action is exactly its method's params
+    /// (the path's container aside): a body the document allows is one the pipeline reads.
+    /// It found `ExecBody`'s `env`, `interactive` and `tty` documented as nullable, which the
+    /// params type refuses.
+    #[test]
+    fn container_action_bodies_are_their_methods_params() {
+        let cases = [
+            (
+                "start",
+                shape(StartBody::schema()),
+                params_without_container::<methods::ContainerParams>(),
+            ),
+            (
+                "stop",
+                shape(StopBody::schema()),
+                params_without_container::<methods::StopParams>(),
+            ),
+            (
+                "update",
+                shape(UpdateBody::schema()),
+                params_without_container::<methods::UpdateParams>(),
+            ),
+            (
+                "exec",
+                shape(ExecBody::schema()),
+                params_without_container::<methods::ExecParams>(),
+            ),
+        ];
+        for (action, body, params) in cases {
+            assert_eq!(body, params, "{action}");
+        }
+    }
 }

@@ -218,7 +218,7 @@ pub fn view(state: &AppState, a: &PendingAction) -> ActionView {
 }
 
 /// A pending (or decided) action as the API shows it ([`view`]).
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ActionView {
     /// The whole normalised request, risky fields first.
     pub request: Vec<RequestField>,
@@ -246,7 +246,7 @@ pub struct ActionView {
 }
 
 /// One field of an action's request.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RequestField {
     pub field: String,
     #[schema(value_type = Object)]
@@ -256,7 +256,7 @@ pub struct RequestField {
 }
 
 /// Who asked for an action.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RequestedBy {
     pub token_id: String,
     pub name: String,

@@ -1,7 +1,6 @@
 //! Docker engine events from the agents: stored with a retention limit, and fanned out live to
 //! followers (`GET /api/v1/hosts/{host}/events?follow=true`, `tomo events HOST -f`).
 
-use serde_json::{Value, json};
 use tomo_proto::methods::DockerEvent;
 
 use crate::AppState;
@@ -17,12 +16,12 @@ pub const FOLLOW_BUFFER: usize = 1024;
 pub struct Live {
     pub host_id: String,
     pub id: i64,
-    pub view: Value,
+    pub view: EventView,
 }
 
-/// The JSON shape of an event in the API (what [`view`] builds; the OpenAPI document's schema,
-/// and a test reads every view back as one).
-#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+/// An event in the API: the engine's event, with its place in the host's stored events and
+/// when it came (what [`view`] builds; the OpenAPI document's schema).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct EventView {
     /// The engine's event: `id` is the object's id (a container's, for instance).
     #[serde(flatten)]
@@ -33,19 +32,22 @@ pub struct EventView {
     pub received_at: String,
 }
 
-/// The JSON shape of an event in the API: the engine's event (`id` is the object's id, a
+/// A stored event as the API shows it: the engine's event (`id` is the object's id, a
 /// container's for instance), with `seq`, its place in the host's stored events (the cursor
-/// for `after`), and `received_at`.
-pub fn view(e: &StoredEvent) -> Value {
-    let mut v: Value = serde_json::from_str(&e.event).unwrap_or(Value::Null);
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("seq".into(), json!(e.id));
-        obj.insert(
-            "received_at".into(),
-            json!(crate::api::rfc3339(e.received_at)),
-        );
+/// for `after`), and `received_at`. `None` for a row that is not an event (only [`ingest`]
+/// writes them, from a typed event: a damaged database), which is logged and left out.
+pub fn view(e: &StoredEvent) -> Option<EventView> {
+    match serde_json::from_str::<DockerEvent>(&e.event) {
+        Ok(event) => Some(EventView {
+            event,
+            seq: e.id,
+            received_at: crate::api::rfc3339(e.received_at),
+        }),
+        Err(err) => {
+            tracing::warn!(seq = e.id, error = %err, "a stored Docker event does not read as one");
+            None
+        }
     }
-    v
 }
 
 /// What makes an event itself: a copy replayed after an outage has the same key, the hash of
@@ -70,16 +72,15 @@ pub async fn ingest(state: &AppState, host_id: &str, event: DockerEvent) {
     };
     match state.store.add_docker_event(host_id, &new).await {
         Ok(Some(id)) => {
-            let stored = StoredEvent {
-                id,
-                received_at: now,
-                event: text,
-            };
             // No receivers is fine: nobody follows.
             let _ = state.events.send(Live {
                 host_id: host_id.to_owned(),
                 id,
-                view: view(&stored),
+                view: EventView {
+                    event,
+                    seq: id,
+                    received_at: crate::api::rfc3339(now),
+                },
             });
         }
         Ok(None) => tracing::debug!(host_id, "a replayed Docker event was already stored"),
@@ -122,12 +123,16 @@ mod tests {
             received_at: 0,
             event: r#"{"time_nanos":1,"type":"container","action":"start","id":"abc123","attributes":{}}"#.into(),
         };
-        let v = view(&e);
+        let v = serde_json::to_value(view(&e).expect("an event")).expect("JSON");
         assert_eq!(v["id"], "abc123");
         assert_eq!(v["seq"], 42);
         assert_eq!(v["action"], "start");
-        // The documented schema is what the view is.
-        let typed: EventView = serde_json::from_value(v).expect("an EventView");
-        assert_eq!((typed.seq, typed.event.id.as_str()), (42, "abc123"));
+        assert_eq!(v["type"], "container");
+        // A row that is not an event is left out, not shown as `null`.
+        let damaged = StoredEvent {
+            event: "{}".into(),
+            ..e
+        };
+        assert!(view(&damaged).is_none());
     }
 }

@@ -625,6 +625,11 @@ async fn host_events(
             host: Some(host_origin(&h)),
             source: "docker events".into(),
         },
-        Value::Array(events.iter().map(crate::events::view).collect()),
+        json!(
+            events
+                .iter()
+                .filter_map(crate::events::view)
+                .collect::<Vec<_>>()
+        ),
     ))
 }

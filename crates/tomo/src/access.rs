@@ -73,12 +73,7 @@ impl Role {
 /// matches nothing is sent as an id, so that the API's answer (and hint) is the one shown.
 async fn token_id(api: &Api, key: &str) -> Result<String, Failure> {
     let list = api.expect(Method::GET, "/tokens", None, 1).await?;
-    let tokens: Vec<TokenView> = serde_json::from_value(list).map_err(|e| {
-        Failure::new(
-            1,
-            format!("the token list from the control plane is not what this CLI reads: {e}"),
-        )
-    })?;
+    let tokens: Vec<TokenView> = crate::client::decode(list, "the token list")?;
     if tokens.iter().any(|t| t.id == key) {
         return Ok(key.to_owned());
     }
@@ -157,6 +152,7 @@ pub async fn tokens(cmd: TokensCommand, args: &ClientArgs) -> Result<ExitCode, F
             if args.output == Output::Json {
                 print_json(&v);
             } else {
+                let v: TokenView = crate::client::decode(v, "the new token")?;
                 print_created(&v, api.url(), api.ca_file());
             }
         }
@@ -165,7 +161,10 @@ pub async fn tokens(cmd: TokensCommand, args: &ClientArgs) -> Result<ExitCode, F
             if args.output == Output::Json {
                 print_json(&v);
             } else {
-                print_tokens(v.as_array().map(Vec::as_slice).unwrap_or_default());
+                print_tokens(&crate::client::decode::<Vec<TokenView>>(
+                    v,
+                    "the token list",
+                )?);
             }
         }
         TokensCommand::Revoke { key } => {
@@ -176,7 +175,8 @@ pub async fn tokens(cmd: TokensCommand, args: &ClientArgs) -> Result<ExitCode, F
             if args.output == Output::Json {
                 print_json(&v);
             } else {
-                outln!("revoked token {} ({})", text(&v["id"]), text(&v["name"]));
+                let v: TokenView = crate::client::decode(v, "the revoked token")?;
+                outln!("revoked token {} ({})", t(&v.id), t(&v.name));
             }
         }
     }
@@ -212,30 +212,39 @@ fn text(v: &Value) -> String {
     crate::out::terminal_safe(v.as_str().unwrap_or("-")).into_owned()
 }
 
-fn scope_text(v: &Value) -> String {
-    match v.as_array() {
-        Some(a) if !a.is_empty() => a.iter().map(text).collect::<Vec<_>>().join(","),
-        _ => "every host".into(),
-    }
+/// A string for a terminal.
+fn t(s: &str) -> String {
+    crate::out::terminal_safe(s).into_owned()
 }
 
-fn print_created(v: &Value, url: &str, ca_file: Option<&std::path::Path>) {
+fn scope_text(scope: &[String]) -> String {
+    if scope.is_empty() {
+        return "every host".into();
+    }
+    scope.iter().map(|e| t(e)).collect::<Vec<_>>().join(",")
+}
+
+fn role_text(role: tomo_proto::methods::Level) -> &'static str {
+    tomo_server::core::role_name(role)
+}
+
+fn print_created(v: &TokenView, url: &str, ca_file: Option<&std::path::Path>) {
     outln!(
         "Created token {} ({}): role {}, {}{}, expires {}",
-        text(&v["name"]),
-        text(&v["id"]),
-        text(&v["role"]),
-        scope_text(&v["scope"]),
-        if v["requires_approval"] == true {
+        t(&v.name),
+        t(&v.id),
+        role_text(v.role),
+        scope_text(&v.scope),
+        if v.requires_approval {
             ", requires approval"
         } else {
             ""
         },
-        v["expires_at"].as_str().unwrap_or("never"),
+        v.expires_at.as_deref().unwrap_or("never"),
     );
     outln!(
         "\nIts secret, shown this once (only a hash is kept):\n\n  {}\n",
-        text(&v["secret"])
+        t(v.secret.as_deref().unwrap_or("-"))
     );
     outln!("Use it from another machine with:");
     outln!("  {}      # then paste it", login_line(url, ca_file));
@@ -254,23 +263,24 @@ pub fn login_line(url: &str, ca_file: Option<&std::path::Path>) -> String {
     }
 }
 
-fn print_tokens(tokens: &[Value]) {
+fn print_tokens(tokens: &[TokenView]) {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = tokens
         .iter()
-        .map(|t| {
+        .map(|tk| {
             vec![
-                text(&t["id"]),
-                text(&t["name"]),
-                text(&t["role"]),
-                text(&t["status"]),
-                scope_text(&t["scope"]),
-                if t["requires_approval"] == true {
-                    "yes".into()
-                } else {
-                    "no".into()
+                tk.id.clone(),
+                tk.name.clone(),
+                role_text(tk.role).into(),
+                match tk.status {
+                    TokenStatus::Active => "active".into(),
+                    TokenStatus::Expired => "expired".into(),
+                    TokenStatus::Revoked => "revoked".into(),
                 },
-                text(&t["expires_at"]),
-                text(&t["last_used_at"]),
+                scope_text(&tk.scope),
+                if tk.requires_approval { "yes" } else { "no" }.into(),
+                or_dash(&tk.expires_at),
+                or_dash(&tk.last_used_at),
             ]
         })
         .collect();
@@ -295,16 +305,14 @@ pub async fn whoami(args: &ClientArgs) -> Result<ExitCode, Failure> {
     if args.output == Output::Json {
         print_json(&v);
     } else {
-        outln!("{} ({}) at {}", text(&v["name"]), text(&v["id"]), api.url());
-        outln!("  role      {}", text(&v["role"]));
-        outln!("  hosts     {}", scope_text(&v["scope"]));
-        outln!(
-            "  expires   {}",
-            v["expires_at"].as_str().unwrap_or("never")
-        );
+        let v: TokenView = crate::client::decode(v, "this token's record")?;
+        outln!("{} ({}) at {}", t(&v.name), t(&v.id), api.url());
+        outln!("  role      {}", role_text(v.role));
+        outln!("  hosts     {}", scope_text(&v.scope));
+        outln!("  expires   {}", v.expires_at.as_deref().unwrap_or("never"));
         outln!(
             "  approval  {}",
-            if v["requires_approval"] == true {
+            if v.requires_approval {
                 "execute/admin calls wait for a human"
             } else {
                 "not required"
@@ -358,11 +366,12 @@ pub async fn login(args: LoginArgs, output: Output) -> Result<ExitCode, Failure>
     if output == Output::Json {
         print_json(&json!({"url": url, "config": path, "token": me}));
     } else {
+        let me: TokenView = crate::client::decode(me, "this token's record")?;
         outln!(
             "Logged in to {url} as {} (role {}, {}). Saved in {}.",
-            text(&me["name"]),
-            text(&me["role"]),
-            scope_text(&me["scope"]),
+            t(&me.name),
+            role_text(me.role),
+            scope_text(&me.scope),
             path.display()
         );
     }
@@ -462,8 +471,11 @@ mod tests {
 
     #[test]
     fn scopes_read_as_text() {
-        assert_eq!(scope_text(&json!([])), "every host");
-        assert_eq!(scope_text(&Value::Null), "every host");
-        assert_eq!(scope_text(&json!(["abc", "env=prod"])), "abc,env=prod");
+        assert_eq!(scope_text(&[]), "every host");
+        assert_eq!(
+            scope_text(&["abc".into(), "env=prod".into()]),
+            "abc,env=prod"
+        );
+        assert_eq!(scope_text(&["\u{1b}[2J".into()]), "\\x1b[2J");
     }
 }

@@ -7,17 +7,21 @@ use std::process::ExitCode;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::Api;
+use tomo_server::approvals::ActionView;
+use tomo_server::store::ActionStatus;
+
+use crate::client::{Api, decode};
 use crate::commands::{print_json, seg, table};
 use crate::{ClientArgs, Failure, Output};
 
 /// A field for a terminal (summaries and results can carry a host's strings).
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => crate::out::terminal_safe(s).into_owned(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+fn text(s: &str) -> String {
+    crate::out::terminal_safe(s).into_owned()
+}
+
+/// A JSON value (a request field, a result) for a terminal, pretty.
+fn pretty(v: &Value) -> String {
+    text(&serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
 /// `tomo approvals [--status S]`: by default what needs a human, pending actions and
@@ -36,17 +40,16 @@ pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> 
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
+    let actions: Vec<ActionView> = decode(v, "the action list")?;
+    let rows: Vec<Vec<String>> = actions
+        .iter()
         .map(|a| {
             vec![
-                text(&a["id"]),
-                text(&a["status"]),
-                text(&a["requested_by"]["name"]),
-                text(&a["expires_at"]),
-                text(&a["summary"]),
+                text(&a.id),
+                a.status.as_str().to_owned(),
+                text(&a.requested_by.name),
+                text(&a.expires_at),
+                text(&a.summary),
             ]
         })
         .collect();
@@ -58,11 +61,9 @@ pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> 
         }
     } else {
         table(&["ID", "STATUS", "ASKED BY", "EXPIRES", "ACTION"], &rows);
-        let interrupted = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|a| a["status"] == "interrupted");
+        let interrupted = actions
+            .iter()
+            .any(|a| a.status == ActionStatus::Interrupted);
         if interrupted {
             eprintln!(
                 "interrupted: the control plane lost the answer of an approved action (it stopped, \
@@ -85,30 +86,25 @@ pub async fn show(id: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
         print_json(&v);
         return Ok(ExitCode::SUCCESS);
     }
-    outln!("{}  {}", text(&v["id"]), text(&v["status"]));
+    let v: ActionView = decode(v, "the action")?;
+    outln!("{}  {}", text(&v.id), v.status.as_str());
     outln!(
         "{} on host {}, asked by {}, expires {}",
-        text(&v["method"]),
-        text(&v["host_id"]),
-        text(&v["requested_by"]["name"]),
-        text(&v["expires_at"])
+        text(&v.method),
+        text(&v.host_id),
+        text(&v.requested_by.name),
+        text(&v.expires_at)
     );
-    for f in v["request"].as_array().into_iter().flatten() {
-        let mark = if f["risky"] == true { "!" } else { " " };
-        let value = serde_json::to_string_pretty(&f["value"]).unwrap_or_default();
-        outln!(
-            "{mark} {}: {}",
-            text(&f["field"]),
-            crate::out::terminal_safe(&value)
-        );
+    for f in &v.request {
+        let mark = if f.risky { "!" } else { " " };
+        outln!("{mark} {}: {}", text(&f.field), pretty(&f.value));
     }
-    if let Some(hidden) = v["hidden"].as_array().filter(|h| !h.is_empty()) {
-        let paths: Vec<String> = hidden.iter().map(text).collect();
+    if let Some(hidden) = v.hidden.as_array().filter(|h| !h.is_empty()) {
+        let paths: Vec<String> = hidden.iter().map(pretty).collect();
         outln!("hidden (secret-looking keys): {}", paths.join(", "));
     }
-    if !v["result"].is_null() {
-        let result = serde_json::to_string_pretty(&v["result"]).unwrap_or_default();
-        outln!("result: {}", crate::out::terminal_safe(&result));
+    if let Some(result) = v.result.as_ref().filter(|r| !r.is_null()) {
+        outln!("result: {}", pretty(result));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -136,17 +132,16 @@ pub async fn decide(
         .await?;
     if args.output == Output::Json {
         print_json(&v);
-    } else {
-        outln!("{}  {}", text(&v["id"]), text(&v["summary"]));
-        outln!("status: {}", text(&v["status"]));
-        if !v["result"].is_null() {
-            outln!(
-                "{}",
-                serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
-            );
+    }
+    let v: ActionView = decode(v, "the decided action")?;
+    if args.output != Output::Json {
+        outln!("{}  {}", text(&v.id), text(&v.summary));
+        outln!("status: {}", v.status.as_str());
+        if let Some(result) = v.result.as_ref().filter(|r| !r.is_null()) {
+            outln!("{}", pretty(result));
         }
     }
-    Ok(if v["status"] == "failed" {
+    Ok(if v.status == ActionStatus::Failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

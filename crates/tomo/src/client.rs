@@ -267,6 +267,17 @@ impl Api {
     }
 }
 
+/// An answer of the API as its type (the operator API's own types, shared with the control
+/// plane): a body that does not fit is said, not guessed at.
+pub fn decode<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T, Failure> {
+    serde_json::from_value(v).map_err(|e| {
+        Failure::new(
+            1,
+            format!("{what} from the control plane is not what this CLI reads: {e}"),
+        )
+    })
+}
+
 /// What a possibly streamed call answered.
 #[derive(Debug)]
 pub enum Streamed {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
+use tomo_server::api::{HostStatus, HostView};
 
 use crate::client::{Api, api_failure};
 use crate::{ClientArgs, Failure, Output};
@@ -106,7 +107,7 @@ pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Fai
             if args.output == Output::Json {
                 print_json(&v);
             } else {
-                print_hosts(v.as_array().map(Vec::as_slice).unwrap_or_default());
+                print_hosts(&crate::client::decode::<Vec<HostView>>(v, "the host list")?);
             }
         }
         HostsCommand::Show { host } => {
@@ -123,8 +124,8 @@ pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Fai
             if args.output == Output::Json {
                 print_json(&v);
             } else {
-                let removed = v["removed"].as_str().unwrap_or_default();
-                outln!("removed host {}", crate::out::terminal_safe(removed));
+                let v: tomo_server::api::Removed = crate::client::decode(v, "the removal")?;
+                outln!("removed host {}", crate::out::terminal_safe(&v.removed));
             }
         }
         HostsCommand::Label { .. } => unreachable!("handled above"),
@@ -132,27 +133,34 @@ pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Fai
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_hosts(hosts: &[Value]) {
+fn print_hosts(hosts: &[HostView]) {
     if hosts.is_empty() {
         outln!("no hosts yet: `tomo codes create` makes a code to join one");
         return;
     }
+    let or_dash = |v: Option<&String>| v.map_or_else(|| "-".to_owned(), Clone::clone);
     let rows: Vec<Vec<String>> = hosts
         .iter()
         .map(|h| {
-            let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
             vec![
-                s(&h["id"]).chars().take(8).collect(),
-                s(&h["hostname"]),
-                s(&h["status"]),
-                s(&h["last_seen"]),
-                clock_text(&h["clock"]),
-                s(&h["facts"]["docker_version"]),
-                s(&h["facts"]["os"]),
-                labels_text(&h["labels"]),
+                h.id.chars().take(8).collect(),
+                h.hostname.clone(),
+                match h.status {
+                    HostStatus::Online => "online".into(),
+                    HostStatus::Offline => "offline".into(),
+                },
+                or_dash(h.last_seen.as_ref()),
+                h.clock.as_ref().map_or_else(
+                    || "-".into(),
+                    |c| format!("{:+.1}s", c.offset_ms as f64 / 1000.0),
+                ),
+                or_dash(h.facts.docker_version.as_ref()),
+                h.facts.os.clone(),
+                labels_text(&h.labels),
             ]
         })
         .collect();
+    // Every cell is made terminal-safe by `table` (the hostname and facts are the host's).
     table(
         &[
             "ID",
@@ -167,29 +175,22 @@ fn print_hosts(hosts: &[Value]) {
         &rows,
     );
     for h in hosts {
-        if let Some(w) = h["clock"]["warning"].as_str() {
+        if let Some(w) = h.clock.as_ref().and_then(|c| c.warning.as_deref()) {
             eprintln!("warning: {}", crate::out::terminal_safe(w));
         }
     }
 }
 
-/// A host's clock offset, `+1.2s`; `-` offline.
-fn clock_text(v: &Value) -> String {
-    v["offset_ms"]
-        .as_i64()
-        .map_or_else(|| "-".into(), |ms| format!("{:+.1}s", ms as f64 / 1000.0))
-}
-
 /// `k=v,k2=v2`, or `-` without labels.
-fn labels_text(v: &Value) -> String {
-    match v.as_object() {
-        Some(m) if !m.is_empty() => m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-            .collect::<Vec<_>>()
-            .join(","),
-        _ => "-".into(),
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
     }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub async fn call(

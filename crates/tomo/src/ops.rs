@@ -8,12 +8,16 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
-use tomo_proto::methods::{ContainerSummary, Method as _};
+use tomo_proto::methods::{
+    ContainerAction, ContainerStats, ContainerSummary, ExecOutput, ImageSummary, LogChunk,
+    LogsResult, Method as _, NetworkSummary, ObjectRef, RunResult, UpdateResult, VolumeSummary,
+};
 use tomo_proto::rpc::Outcome;
 use tomo_server::api::{HostStatus, HostView};
 use tomo_server::api_fleet::FleetAnswer;
+use tomo_server::events::EventView;
 
-use crate::client::{Api, Streamed};
+use crate::client::{Api, Streamed, decode};
 use crate::commands::{print_json, seg, table};
 use crate::{ClientArgs, Failure, Output};
 
@@ -189,6 +193,11 @@ fn s(v: &Value) -> String {
         Value::Null => "-".into(),
         other => other.to_string(),
     }
+}
+
+/// A host's string, made safe for the terminal.
+fn t(text: &str) -> String {
+    crate::out::terminal_safe(text).into_owned()
 }
 
 fn short(id: &Value) -> String {
@@ -420,16 +429,6 @@ fn short_id(id: &str) -> String {
         .collect()
 }
 
-/// An answer of the API as its type: a body that does not fit is said, not guessed at.
-fn decode<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T, Failure> {
-    serde_json::from_value(v).map_err(|e| {
-        Failure::new(
-            1,
-            format!("{what} from the control plane is not what this CLI reads: {e}"),
-        )
-    })
-}
-
 /// `tomo start|stop|restart|rm|update HOST CONTAINER`.
 pub async fn action(
     host: &str,
@@ -459,19 +458,21 @@ pub async fn action(
     if args.output == Output::Json {
         print_json(&r);
     } else if action == "update" {
+        let r: UpdateResult = decode(r, "the update's answer")?;
         outln!(
             "{}: updated {} → {}{}",
-            s(&r["name"]),
-            short(&r["old_id"]),
-            short(&r["new_id"]),
-            if r["image_changed"] == true {
+            t(&r.name),
+            short_id(&r.old_id),
+            short_id(&r.new_id),
+            if r.image_changed {
                 " (new image)"
             } else {
                 " (same image)"
             }
         );
     } else {
-        outln!("{} {} ({})", s(&r["name"]), s(&r["state"]), short(&r["id"]));
+        let r: ContainerAction = decode(r, "the action's answer")?;
+        outln!("{} {} ({})", t(&r.name), t(&r.state), short_id(&r.id));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -558,10 +559,11 @@ pub async fn run(a: &RunArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
     if args.output == Output::Json {
         print_json(&r);
     } else {
-        for w in r["warnings"].as_array().into_iter().flatten() {
-            eprintln!("warning: {}", s(w));
+        let r: RunResult = decode(r, "the run's answer")?;
+        for w in &r.warnings {
+            eprintln!("warning: {}", t(w));
         }
-        outln!("{} {} ({})", s(&r["name"]), s(&r["state"]), short(&r["id"]));
+        outln!("{} {} ({})", t(&r.name), t(&r.state), short_id(&r.id));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -603,16 +605,12 @@ pub async fn logs(
     }
     let api = Api::from_args(args)?;
     let json_out = args.output == Output::Json;
-    let print = |chunk: &Value| {
-        if json_out {
-            outln!("{chunk}");
-            return;
-        }
-        let text = chunk["text"].as_str().unwrap_or_default();
-        if chunk["source"] == "stderr" {
-            eprint!("{text}");
+    // Container output goes to the terminal raw, as `docker logs` does (docs/security.md).
+    let print = |chunk: &LogChunk| {
+        if chunk.source == "stderr" {
+            eprint!("{}", chunk.text);
         } else {
-            out!("{text}");
+            out!("{}", chunk.text);
             let _ = std::io::stdout().flush();
         }
     };
@@ -622,8 +620,13 @@ pub async fn logs(
             &path(host, &format!("/containers/{}/logs{q}", seg(container))),
             None,
             |line| {
-                if let Some(d) = line.get("data") {
-                    print(d);
+                match line.get("data") {
+                    Some(d) if json_out => outln!("{d}"),
+                    Some(d) => match serde_json::from_value::<LogChunk>(d.clone()) {
+                        Ok(chunk) => print(&chunk),
+                        Err(e) => eprintln!("tomo: a log line this CLI does not read: {e}"),
+                    },
+                    None => {}
                 }
                 true
             },
@@ -631,11 +634,17 @@ pub async fn logs(
         .await?;
     match r {
         Streamed::Json(v) => {
-            for c in v["chunks"].as_array().into_iter().flatten() {
-                print(c);
+            if json_out {
+                for c in v["chunks"].as_array().into_iter().flatten() {
+                    outln!("{c}");
+                }
             }
-            if v["truncated"] == true {
-                let cut = v["cut_bytes"].as_u64().unwrap_or(0);
+            let v: LogsResult = decode(v, "the logs")?;
+            if !json_out {
+                v.chunks.iter().for_each(print);
+            }
+            if v.truncated {
+                let cut = v.cut_bytes;
                 eprintln!(
                     "(the oldest {cut} bytes of the log were left out: the answer is capped; the newest part is shown; use --tail or --since to choose the part shown)"
                 );
@@ -646,24 +655,35 @@ pub async fn logs(
     }
 }
 
-fn stats_row(v: &Value) -> Vec<String> {
+fn stats_row(v: &ContainerStats) -> Vec<String> {
+    let pair = |a: u64, b: u64| format!("{} / {}", human_bytes(a as f64), human_bytes(b as f64));
     vec![
-        short(&v["id"]),
-        s(&v["name"]),
-        format!("{:.2}%", v["cpu_percent"].as_f64().unwrap_or(0.0)),
-        format!(
-            "{} / {}",
-            human_bytes(v["memory_used"].as_f64().unwrap_or(0.0)),
-            human_bytes(v["memory_limit"].as_f64().unwrap_or(0.0))
-        ),
-        format!("{:.2}%", v["memory_percent"].as_f64().unwrap_or(0.0)),
-        s(&v["pids"]),
+        short_id(&v.id),
+        t(&v.name),
+        format!("{:.2}%", v.cpu_percent),
+        pair(v.memory_used, v.memory_limit),
+        format!("{:.2}%", v.memory_percent),
+        pair(v.net_rx_bytes, v.net_tx_bytes),
+        pair(v.block_read_bytes, v.block_write_bytes),
+        v.pids.to_string(),
     ]
 }
 
-const STATS_HEADER: [&str; 6] = ["ID", "NAME", "CPU", "MEM USAGE / LIMIT", "MEM", "PIDS"];
+/// `docker stats`'s columns.
+const STATS_HEADER: [&str; 8] = [
+    "CONTAINER ID",
+    "NAME",
+    "CPU %",
+    "MEM USAGE / LIMIT",
+    "MEM %",
+    "NET I/O",
+    "BLOCK I/O",
+    "PIDS",
+];
 
-/// `tomo stats HOST [CONTAINER] [-f]`.
+/// `tomo stats HOST [CONTAINER] [-f]`: one container's samples (a stream with `-f`), or one
+/// sample of every running container, asked of the host all at once, as `docker stats` shows
+/// them (`-f` redraws every second).
 pub async fn stats(
     host: &str,
     container: Option<&str>,
@@ -682,12 +702,13 @@ pub async fn stats(
                 ),
                 None,
                 |line| {
-                    if let Some(d) = line.get("data") {
-                        if json_out {
-                            outln!("{d}");
-                        } else {
-                            table(&STATS_HEADER, &[stats_row(d)]);
-                        }
+                    match line.get("data") {
+                        Some(d) if json_out => outln!("{d}"),
+                        Some(d) => match serde_json::from_value::<ContainerStats>(d.clone()) {
+                            Ok(v) => table(&STATS_HEADER, &[stats_row(&v)]),
+                            Err(e) => eprintln!("tomo: a sample this CLI does not read: {e}"),
+                        },
+                        None => {}
                     }
                     true
                 },
@@ -698,6 +719,7 @@ pub async fn stats(
                 if json_out {
                     print_json(&v);
                 } else {
+                    let v: ContainerStats = decode(v, "the sample")?;
                     table(&STATS_HEADER, &[stats_row(&v)]);
                 }
                 Ok(ExitCode::SUCCESS)
@@ -709,27 +731,28 @@ pub async fn stats(
         let list = api
             .expect(Method::GET, &path(host, "/containers"), None, 1)
             .await?;
-        let ids: Vec<String> = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["id"].as_str().map(str::to_owned))
-            .collect();
-        let mut ok: Vec<Value> = Vec::new();
-        for id in &ids {
-            let p = path(host, &format!("/containers/{id}/stats"));
-            // A container that stopped in between is just left out.
-            if let Ok(v) = api.expect(Method::GET, &p, None, 1).await {
-                ok.push(v);
-            }
-        }
+        let list: Vec<ContainerSummary> = decode(list, "the container list")?;
+        // One request per container, all at once: a host with many containers answers in the
+        // time of its slowest sample, not of their sum.
+        let samples = futures_util::future::join_all(list.iter().map(|c| {
+            let p = path(host, &format!("/containers/{}/stats", seg(&c.id)));
+            let api = &api;
+            async move { api.expect(Method::GET, &p, None, 1).await }
+        }))
+        .await;
+        // A container that stopped in between is just left out.
+        let ok: Vec<Value> = samples.into_iter().filter_map(Result::ok).collect();
         if json_out {
             print_json(&Value::Array(ok));
         } else {
+            let rows = ok
+                .into_iter()
+                .map(|v| decode::<ContainerStats>(v, "a sample").map(|v| stats_row(&v)))
+                .collect::<Result<Vec<_>, _>>()?;
             if follow {
                 out!("\x1b[2J\x1b[H");
             }
-            table(&STATS_HEADER, &ok.iter().map(stats_row).collect::<Vec<_>>());
+            table(&STATS_HEADER, &rows);
         }
         if !follow {
             return Ok(ExitCode::SUCCESS);
@@ -850,47 +873,39 @@ pub async fn objects(
                 print_json(&list);
                 return Ok(ExitCode::SUCCESS);
             }
-            let items = list.as_array().cloned().unwrap_or_default();
             match kind {
                 "images" => {
+                    let items: Vec<ImageSummary> = decode(list, "the image list")?;
                     let rows: Vec<Vec<String>> = items
                         .iter()
                         .map(|i| {
-                            let tags = i["tags"]
-                                .as_array()
-                                .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
-                                .unwrap_or_default();
+                            let tags = i.tags.iter().map(|x| t(x)).collect::<Vec<_>>().join(", ");
                             vec![
-                                short(&i["id"]),
+                                short_id(&i.id),
                                 if tags.is_empty() {
                                     "<none>".into()
                                 } else {
                                     tags
                                 },
-                                human_bytes(i["size"].as_f64().unwrap_or(0.0)),
+                                human_bytes(i.size as f64),
                             ]
                         })
                         .collect();
                     table(&["ID", "TAGS", "SIZE"], &rows);
                 }
                 "networks" => {
+                    let items: Vec<NetworkSummary> = decode(list, "the network list")?;
                     let rows: Vec<Vec<String>> = items
                         .iter()
-                        .map(|n| {
-                            vec![
-                                short(&n["id"]),
-                                s(&n["name"]),
-                                s(&n["driver"]),
-                                s(&n["scope"]),
-                            ]
-                        })
+                        .map(|n| vec![short_id(&n.id), t(&n.name), t(&n.driver), t(&n.scope)])
                         .collect();
                     table(&["ID", "NAME", "DRIVER", "SCOPE"], &rows);
                 }
                 _ => {
+                    let items: Vec<VolumeSummary> = decode(list, "the volume list")?;
                     let rows: Vec<Vec<String>> = items
                         .iter()
-                        .map(|v| vec![s(&v["name"]), s(&v["driver"]), s(&v["mountpoint"])])
+                        .map(|v| vec![t(&v.name), t(&v.driver), t(&v.mountpoint)])
                         .collect();
                     table(&["NAME", "DRIVER", "MOUNTPOINT"], &rows);
                 }
@@ -923,7 +938,8 @@ pub async fn objects(
             if json_out {
                 print_json(&r)
             } else {
-                outln!("created {} ({})", s(&r["name"]), short(&r["id"]))
+                let r: ObjectRef = decode(r, "the created object")?;
+                outln!("created {} ({})", t(&r.name), short_id(&r.id))
             }
         }
         ObjectAction::Rm { name, force } => {
@@ -963,14 +979,17 @@ pub async fn events(
         } else if let Some(n) = e.get("lagged") {
             eprintln!("({n} events skipped: this reader was too slow)");
         } else {
-            let name = crate::out::terminal_safe(e["attributes"]["name"].as_str().unwrap_or(""));
-            outln!(
-                "{}  {} {} {} {name}",
-                s(&e["received_at"]),
-                s(&e["type"]),
-                s(&e["action"]),
-                short(&e["id"])
-            );
+            match serde_json::from_value::<EventView>(e.clone()) {
+                Ok(v) => outln!(
+                    "{}  {} {} {} {}",
+                    t(&v.received_at),
+                    t(&v.event.kind),
+                    t(&v.event.action),
+                    short_id(&v.event.id),
+                    t(v.event.attributes.get("name").map_or("", String::as_str))
+                ),
+                Err(err) => eprintln!("tomo: an event this CLI does not read: {err}"),
+            }
         }
     };
     let r = api
@@ -1014,49 +1033,52 @@ pub async fn metrics(host: &str, args: &ClientArgs) -> Result<ExitCode, Failure>
             format!("{} ({})", s(&e["message"]), s(&e["code"])),
         ));
     }
-    let m = &r["result"];
+    let m = r.get("result").cloned().unwrap_or(Value::Null);
     if args.output == Output::Json {
-        print_json(m);
+        print_json(&m);
         return Ok(ExitCode::SUCCESS);
     }
-    let usage = |u: &Value| {
+    let m: tomo_proto::methods::Metrics = decode(m, "the metrics sample")?;
+    let usage = |used: u64, total: u64, percent: f64| {
         format!(
-            "{} / {} ({:.1}%)",
-            human_bytes(u["used"].as_f64().unwrap_or(0.0)),
-            human_bytes(u["total"].as_f64().unwrap_or(0.0)),
-            u["percent"].as_f64().unwrap_or(0.0)
+            "{} / {} ({percent:.1}%)",
+            human_bytes(used as f64),
+            human_bytes(total as f64)
         )
     };
-    outln!("cpu      {:.1}%", m["cpu_percent"].as_f64().unwrap_or(0.0));
+    outln!("cpu      {:.1}%", m.cpu_percent);
     outln!(
         "load     {}",
-        m["load"]
-            .as_array()
-            .map(|l| l
-                .iter()
-                .map(|x| format!("{:.2}", x.as_f64().unwrap_or(0.0)))
-                .collect::<Vec<_>>()
-                .join(" "))
-            .unwrap_or_default()
+        m.load
+            .iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    outln!("memory   {}", usage(&m["memory"]));
-    outln!("swap     {}", usage(&m["swap"]));
-    for d in m["disks"].as_array().into_iter().flatten() {
-        outln!("disk     {} {}", s(&d["mount"]), usage(d));
+    outln!(
+        "memory   {}",
+        usage(m.memory.used, m.memory.total, m.memory.percent)
+    );
+    outln!(
+        "swap     {}",
+        usage(m.swap.used, m.swap.total, m.swap.percent)
+    );
+    for d in &m.disks {
+        outln!(
+            "disk     {} {}",
+            t(&d.mount),
+            usage(d.used, d.total, d.percent)
+        );
     }
     outln!(
         "network  rx {}/s tx {}/s",
-        human_bytes(m["network"]["rx_bytes_per_sec"].as_f64().unwrap_or(0.0)),
-        human_bytes(m["network"]["tx_bytes_per_sec"].as_f64().unwrap_or(0.0))
+        human_bytes(m.network.rx_bytes_per_sec),
+        human_bytes(m.network.tx_bytes_per_sec)
     );
-    if let Some(c) = m.get("containers") {
-        outln!(
-            "containers  {} running, {} stopped",
-            s(&c["running"]),
-            s(&c["stopped"])
-        );
+    if let Some(c) = m.containers {
+        outln!("containers  {} running, {} stopped", c.running, c.stopped);
     }
-    outln!("uptime   {} s", s(&m["uptime_secs"]));
+    outln!("uptime   {} s", m.uptime_secs);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1114,15 +1136,17 @@ pub async fn exec(a: ExecArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
             print_json(&r);
             return Ok(ExitCode::SUCCESS);
         }
-        out!("{}", r["stdout"].as_str().unwrap_or_default());
-        eprint!("{}", r["stderr"].as_str().unwrap_or_default());
-        if r["truncated"] == true {
+        let r: ExecOutput = decode(r, "the exec's answer")?;
+        // The container's output, raw, as `docker exec` gives it (docs/security.md).
+        out!("{}", r.stdout);
+        eprint!("{}", r.stderr);
+        if r.truncated {
             eprintln!("(output truncated at the response cap)");
         }
-        if r["timed_out"] == true {
+        if r.timed_out {
             return Err(Failure::new(1, "the command timed out"));
         }
-        let code = r["exit_code"].as_i64().unwrap_or(1);
+        let code = r.exit_code.unwrap_or(1);
         return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
     }
     let api = Api::from_args(args)?;

@@ -23,6 +23,7 @@ pub struct StopParams {
     pub container: ContainerRef,
     /// Seconds to wait for the container to exit before it is killed; 10 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(maximum = 4294967295_u64))]
     pub timeout: Option<u32>,
 }
 

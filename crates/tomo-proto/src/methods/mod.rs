@@ -6,6 +6,9 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::rpc::RpcError;
 
 mod docker;
 mod stream;
@@ -223,13 +226,97 @@ method!(
     StreamResize, "stream.resize", Admin, Deadline::Cut(10), StreamResizeParams, StreamState
 );
 
-const fn entry<M: Method>() -> (&'static str, Level) {
-    (M::NAME, M::LEVEL)
+/// One method of the protocol: its name, its level, and how its params are read.
+#[derive(Clone, Copy)]
+pub struct Spec {
+    /// Wire name, e.g. `system.info`.
+    pub name: &'static str,
+    /// Lowest role allowed to call it.
+    pub level: Level,
+    canonical: fn(Value) -> Result<Value, RpcError>,
 }
 
-/// Every method of the protocol with its level. The agent's dispatcher serves exactly these (a
-/// test checks it), and the control plane refuses a caller below the level before forwarding.
-pub const ALL: &[(&str, Level)] = &[
+impl Spec {
+    /// The params as the agent will read them: parsed as the method's own params type (a
+    /// failure is the agent's own -32602, naming the parameter at fault) and written back from
+    /// that type, so that what is sent on is exactly what was checked. Absent params are `{}`,
+    /// as for the agent.
+    pub fn canonical_params(&self, params: Option<Value>) -> Result<Value, RpcError> {
+        let mut params = match params {
+            None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+            Some(p) => p,
+        };
+        integral_numbers(&mut params);
+        (self.canonical)(params)
+    }
+}
+
+/// JSON Schema's `integer` is any number without a fraction, `5.0` too, which serde reads as a
+/// float only: such numbers become integers (a float field reads an integer all the same).
+fn integral_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.is_finite() && f.fract() == 0.0 {
+                if f >= 0.0 && f <= u64::MAX as f64 {
+                    *v = Value::from(f as u64);
+                } else if f < 0.0 && f >= i64::MIN as f64 {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_numbers),
+        Value::Object(m) => m.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
+}
+
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spec")
+            .field("name", &self.name)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+const fn entry<M: Method>() -> Spec {
+    Spec {
+        name: M::NAME,
+        level: M::LEVEL,
+        canonical: canonical::<M>,
+    }
+}
+
+fn canonical<M: Method>(params: Value) -> Result<Value, RpcError> {
+    let typed: M::Params = read_params(params)?;
+    serde_json::to_value(typed).map_err(RpcError::internal)
+}
+
+/// Reads params as `P`, naming the parameter at fault (-32602 with `data.param`): the agent's
+/// dispatcher and the control plane's pipeline read them the same way, with the same errors.
+pub fn read_params<'de, P, D>(params: D) -> Result<P, RpcError>
+where
+    P: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+{
+    serde_path_to_error::deserialize(params).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let data = serde_json::json!({ "param": path });
+        if path == "." {
+            RpcError::invalid_params(inner).with_data(data)
+        } else {
+            RpcError::invalid_params(format!("{path}: {inner}")).with_data(data)
+        }
+    })
+}
+
+/// Every method of the protocol with its level and params type. The agent's dispatcher serves
+/// exactly these (a test checks it); the control plane refuses a caller below the level, and
+/// params its type does not read, before forwarding.
+pub const ALL: &[Spec] = &[
     entry::<AgentPing>(),
     entry::<SystemInfo>(),
     entry::<SystemGetMetrics>(),
@@ -265,9 +352,14 @@ pub const ALL: &[(&str, Level)] = &[
     entry::<StreamResize>(),
 ];
 
+/// The protocol's entry for a method, `None` for a method the protocol does not have.
+pub fn spec(method: &str) -> Option<&'static Spec> {
+    ALL.iter().find(|s| s.name == method)
+}
+
 /// The level of a method, `None` for a method the protocol does not have.
 pub fn level_of(method: &str) -> Option<Level> {
-    ALL.iter().find(|(n, _)| *n == method).map(|(_, l)| *l)
+    spec(method).map(|s| s.level)
 }
 
 /// Result of `agent.ping`.
@@ -410,6 +502,69 @@ pub struct HealthStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14: the control plane reads params as the agent does, before it sends them.
+    #[test]
+    fn params_are_read_as_the_methods_type_and_written_back() {
+        let list = spec(DockerContainersList::NAME).expect("a method");
+        // Absent, null, positional and named params are one canonical object.
+        let all = serde_json::json!({"all": true});
+        assert_eq!(
+            list.canonical_params(None).expect("absent"),
+            serde_json::json!({"all": false})
+        );
+        assert_eq!(
+            list.canonical_params(Some(Value::Null)).expect("null"),
+            serde_json::json!({"all": false})
+        );
+        assert_eq!(
+            list.canonical_params(Some(serde_json::json!([true])))
+                .expect("positional"),
+            all
+        );
+        assert_eq!(
+            list.canonical_params(Some(all.clone())).expect("named"),
+            all
+        );
+        // `5.0` is a JSON Schema integer (schemathesis sent `{"timeout": 5524446.0}`).
+        let stop = spec(DockerContainersStop::NAME).expect("a method");
+        assert_eq!(
+            stop.canonical_params(Some(
+                serde_json::json!({"container": "web", "timeout": 5.0})
+            ))
+            .expect("an integral float"),
+            serde_json::json!({"container": "web", "timeout": 5})
+        );
+        let e = stop
+            .canonical_params(Some(
+                serde_json::json!({"container": "web", "timeout": 5.5}),
+            ))
+            .expect_err("a fraction");
+        assert_eq!(e.data, Some(serde_json::json!({"param": "timeout"})));
+        let run = spec(DockerContainersRun::NAME).expect("a method");
+        let p = run
+            .canonical_params(Some(serde_json::json!({"image": "busybox", "cpus": 2.0})))
+            .expect("a float field reads an integer");
+        assert_eq!(p["cpus"], serde_json::json!(2.0));
+        // A wrong type or an unknown field is the agent's -32602, naming the parameter.
+        for (bad, param) in [
+            (serde_json::json!({"all": "yes"}), "all"),
+            (serde_json::json!({"al": true}), "al"),
+            (serde_json::json!("all"), "."),
+        ] {
+            let e = list.canonical_params(Some(bad.clone())).expect_err("bad");
+            assert_eq!(e.code, crate::rpc::code::INVALID_PARAMS, "{bad}");
+            assert_eq!(e.data, Some(serde_json::json!({ "param": param })), "{bad}");
+        }
+        // A reference with a path in it never leaves as one (issue 12.2).
+        let get = spec(DockerContainersGet::NAME).expect("a method");
+        let e = get
+            .canonical_params(Some(serde_json::json!({"container": "../x/export"})))
+            .expect_err("a path");
+        assert_eq!(e.data, Some(serde_json::json!({"param": "container"})));
+        assert!(spec("docker.nothing").is_none());
+        assert_eq!(level_of(DockerContainersRun::NAME), Some(Level::Admin));
+    }
 
     #[test]
     fn levels_are_ordered() {

@@ -10,15 +10,20 @@
 //!    check nor an approval to wait for, so it is never forwarded.
 //! 3. **Role**: the token's role reaches the method's level. Before anything about hosts, so
 //!    that a refusal tells nothing of which hosts exist.
-//! 4. **Mode**: what the surface may do with the method: a fan-out reads and answers at once
+//! 4. **Params**: read as the method's own params type (`tomo_proto::methods::Spec`), with the
+//!    agent's own -32602 naming the parameter at fault, and written back from that type: what
+//!    goes on is exactly what was checked, and malformed params never wait for a human nor
+//!    reach a host (an offline one included). After the role, so that a caller without the
+//!    right learns nothing from them.
+//! 5. **Mode**: what the surface may do with the method: a fan-out reads and answers at once
 //!    (no command to many hosts at once, no stream); the timeout within 1 ms–600 s.
-//! 5. **Scope**: the host, through [`resolve`] only (the fan-out's, through
+//! 6. **Scope**: the host, through [`resolve`] only (the fan-out's, through
 //!    [`fan_out_targets`]); a host outside the token's scope answers as one that does not exist.
-//! 6. **Stream owner**: `stream.*` acts only on a stream the caller opened; it needs the host.
-//! 7. **Approval**: last before the host, after every refusal, so that only a call that would
+//! 7. **Stream owner**: `stream.*` acts only on a stream the caller opened; it needs the host.
+//! 8. **Approval**: last before the host, after every refusal, so that only a call that would
 //!    run becomes a pending action (a refused call never waits for a human, nor is run once one
 //!    approves it).
-//! 8. **Hub**: [`Admitted::call`], [`Admitted::call_stream`] or [`Admitted::fan_out`] sign and
+//! 9. **Hub**: [`Admitted::call`], [`Admitted::call_stream`] or [`Admitted::fan_out`] sign and
 //!    send it, with the caller's identity (each agent checks signature, audience, freshness and
 //!    role again, and audits it).
 //!
@@ -32,7 +37,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tomo_proto::methods::{self, Level, Method as _};
-use tomo_proto::rpc::Response;
+use tomo_proto::rpc::{Outcome, Response, RpcError};
 
 use super::hosts::{by_id, fan_out_targets, resolve};
 use super::{Principal, Refusal};
@@ -154,11 +159,16 @@ pub async fn admit(
     }
     check_size(method, params.as_ref())?;
     // 2. Known method.
-    let level =
-        methods::level_of(method).ok_or_else(|| Refusal::UnknownMethod(method.to_owned()))?;
+    let spec = methods::spec(method).ok_or_else(|| Refusal::UnknownMethod(method.to_owned()))?;
+    let level = spec.level;
     // 3. Role.
     who.require(level)?;
-    // 4. Mode.
+    // 4. Params.
+    let params = Some(
+        spec.canonical_params(params)
+            .map_err(Refusal::InvalidParams)?,
+    );
+    // 5. Mode.
     if mode == Mode::FanOut
         && (level != Level::Read || method.starts_with("stream.") || MAY_STREAM.contains(&method))
     {
@@ -172,7 +182,7 @@ pub async fn admit(
             "timeout_ms must be between 1 and 600000".into(),
         ));
     }
-    // 5. Scope.
+    // 6. Scope.
     let target = match (hosts, mode) {
         (Hosts::Id(id), Mode::Approved) => Target::One(Box::new(by_id(state, who, id).await?)),
         (Hosts::Key(key), Mode::Unary | Mode::Stream | Mode::Approved) => {
@@ -188,11 +198,11 @@ pub async fn admit(
             ));
         }
     };
-    // 6. Stream owner (a fan-out never reaches here with `stream.*`).
+    // 7. Stream owner (a fan-out never reaches here with `stream.*`).
     if let Target::One(h) = &target {
         check_stream_owner(state, who, &h.id, method, params.as_ref())?;
     }
-    // 7. Approval (read methods, the only ones a fan-out sends, never wait for one; an approved
+    // 8. Approval (read methods, the only ones a fan-out sends, never wait for one; an approved
     // action has its approval).
     if let Target::One(h) = &target
         && mode != Mode::Approved
@@ -232,6 +242,27 @@ impl Admitted {
                 self.timeout,
             )
             .await
+    }
+
+    /// [`Admitted::call`] of a method known by its type: the answer is read as the method's
+    /// result type. A host is untrusted: an answer of another shape is an error (-32603,
+    /// `data.reason = "bad_answer"`), never passed on as if it were the protocol's.
+    pub async fn call_as<M: methods::Method>(
+        &self,
+        state: &AppState,
+    ) -> Result<Result<M::Result, RpcError>, CallError> {
+        if self.method != M::NAME {
+            // A surface bug (it admitted one method and runs another): refused, not guessed.
+            return Ok(Err(RpcError::internal(format!(
+                "{} was admitted and {} asked for",
+                self.method,
+                M::NAME
+            ))));
+        }
+        Ok(match self.call(state).await?.outcome {
+            Outcome::Result(v) => read_result::<M>(v),
+            Outcome::Error(e) => Err(e),
+        })
     }
 
     /// The hub stage: like [`Admitted::call`], with the stream the answer opens, if any.
@@ -309,6 +340,20 @@ impl Admitted {
         self.host()
             .ok_or_else(|| CallError::ConnectionLost("(a fan-out run as one call)".into()))
     }
+}
+
+/// A host's result read as method `M`'s result type.
+pub fn read_result<M: methods::Method>(result: Value) -> Result<M::Result, RpcError> {
+    serde_json::from_value(result).map_err(|e| {
+        RpcError::new(
+            tomo_proto::rpc::code::INTERNAL_ERROR,
+            format!(
+                "the host answered {} with a result that is not the protocol's: {e}",
+                M::NAME
+            ),
+        )
+        .with_data(serde_json::json!({"reason": "bad_answer"}))
+    })
 }
 
 /// The agent drops a session whose frame exceeds its limit (every call of that session is then

@@ -13,6 +13,10 @@ pub enum Refusal {
     /// The envelope or the params break a rule of the call (said in the message).
     #[error("{0}")]
     BadRequest(String),
+    /// The params are not the method's params type: the agent's own error (-32602, with
+    /// `data.param`), given before anything is sent.
+    #[error("{}", .0.message)]
+    InvalidParams(tomo_proto::rpc::RpcError),
     /// Method and params would not fit in one frame to the agent (which drops a session whose
     /// frame is over its limit).
     #[error("params exceed the agent's 1 MiB request limit")]
@@ -44,7 +48,7 @@ impl Refusal {
     /// The stable, machine-readable code every surface answers with.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::BadRequest(_) => "bad_request",
+            Self::BadRequest(_) | Self::InvalidParams(_) => "bad_request",
             Self::TooLarge => "too_large",
             Self::UnknownMethod(_) => "unknown_method",
             Self::Forbidden { .. } | Self::NotStreamOwner(_) => "forbidden",

@@ -946,7 +946,7 @@ async fn approval_tokens_read_directly_and_cannot_stream() {
     let refused = [
         (&asker, "/images/pull", pull, "progress"),
         (&asker, "/stream", pull_stream, "progress"),
-        (&admin_asker, "/containers/x/exec", exec, "interactive"),
+        (&admin_asker, "/containers/tomo-test-x/exec", exec, "interactive"),
         (&admin_asker, "/stream", exec_stream, "interactive"),
     ];
     for (token, path, body, flag) in refused {
@@ -964,7 +964,7 @@ async fn approval_tokens_read_directly_and_cannot_stream() {
     }
 
     // A change waits on /rpc as on the REST routes.
-    let stop = json!({"method": "docker.containers.stop", "params": {"container": "x"}});
+    let stop = json!({"method": "docker.containers.stop", "params": {"container": "web"}});
     let (s, v) = f.api_as(&asker, Method::POST, &h("/rpc"), Some(stop)).await;
     pending_id(s, &v);
     assert_eq!(v["pending_action"]["method"], "docker.containers.stop");
@@ -985,7 +985,7 @@ async fn pending_actions_expire_and_cannot_be_decided_after() {
     let f = Fleet::start_with(|c| c.approval_ttl = Duration::from_millis(200)).await;
     let host = offline_host(&f, "expiry-host").await;
     let (asker, _) = mint(&f, "assistant", Level::Execute, asks).await;
-    let path = format!("/hosts/{host}/containers/x/restart");
+    let path = format!("/hosts/{host}/containers/web/restart");
     let (s, v) = f.api_as(&asker, Method::POST, &path, None).await;
     let id = pending_id(s, &v);
     let created = v["pending_action"]["created_at"].as_str().expect("created");

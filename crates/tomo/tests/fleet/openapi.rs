@@ -346,7 +346,9 @@ async fn operations_answer_documented_statuses() {
             &p.replacen("{host}", &host, 1)
                 .replacen("{action}", "stop", 1)
                 .replacen("{op}", "update", 1),
-            "x",
+            // A valid reference (a name of two characters or more), so that the params reach
+            // the approval stage.
+            "tomo-x",
         );
         let token = if m == "get" { &f.token } else { &asker };
         let (status, body) = with_token(&f, token, m, &path).await;

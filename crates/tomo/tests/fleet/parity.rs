@@ -141,6 +141,28 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            // Params the method's type does not read are refused at the door, with the
+            // agent's own -32602: before, they became a pending action that a human could
+            // approve only for the host to refuse it, and reached the host otherwise.
+            name: "malformed params",
+            who: Who::Asker,
+            call: Call {
+                params: json!({"container": CONTAINER, "timeout": "soon"}),
+                ..restart()
+            },
+            code: "bad_request",
+            // `/rpc` answers a JSON-RPC error (-32602), as the agent answers such params. MCP
+            // checks a tool's arguments against the tool's own input schema first (its own
+            // envelope), which refuses them before the pipeline does.
+            status: [
+                Same(400),
+                Same(200),
+                Same(400),
+                Same(400),
+                Before(200, "bad_arguments"),
+            ],
+        },
+        Case {
             name: "host offline",
             who: Who::Admin,
             call: list(),
@@ -159,6 +181,7 @@ fn rpc_code(e: &Value) -> String {
     match e["code"].as_i64() {
         Some(code::HOST_OFFLINE) => "host_offline".into(),
         Some(code::METHOD_NOT_FOUND) => "unknown_method".into(),
+        Some(code::INVALID_PARAMS) => "bad_request".into(),
         other => format!("rpc {other:?}"),
     }
 }
@@ -192,7 +215,12 @@ async fn send(
         Surface::Rest => {
             let (m, path) = call.rest.clone()?;
             let path = path.replace("{host}", host).replace("{c}", CONTAINER);
-            let body = (m == Method::POST).then(|| json!({}));
+            // The body: the params but the container, which is in the path.
+            let body = (m == Method::POST).then(|| {
+                let mut b = call.params.clone();
+                b.as_object_mut().map(|o| o.remove("container"));
+                b
+            });
             f.api_as(token, m, &path, body).await
         }
         Surface::Rpc => {
