@@ -946,7 +946,12 @@ async fn approval_tokens_read_directly_and_cannot_stream() {
     let refused = [
         (&asker, "/images/pull", pull, "progress"),
         (&asker, "/stream", pull_stream, "progress"),
-        (&admin_asker, "/containers/tomo-test-x/exec", exec, "interactive"),
+        (
+            &admin_asker,
+            "/containers/tomo-test-x/exec",
+            exec,
+            "interactive",
+        ),
         (&admin_asker, "/stream", exec_stream, "interactive"),
     ];
     for (token, path, body, flag) in refused {
