@@ -455,6 +455,9 @@ async fn handshake(
                         RegisterError::CodeUnknown => RefusalReason::CodeUnknown,
                         RegisterError::CodeUsed => RefusalReason::CodeUsed,
                         RegisterError::CodeExpired => RefusalReason::CodeExpired,
+                        // No new refusal reason (a protocol change): the agent's advice is the
+                        // same, a new code; the message says which.
+                        RegisterError::CodeRevoked => RefusalReason::CodeExpired,
                         RegisterError::KnownKey { removed: true } => RefusalReason::HostRemoved,
                         // The key proves who it is: welcome it as the host it already is.
                         RegisterError::KnownKey { removed: false } => {

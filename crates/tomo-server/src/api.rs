@@ -37,7 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     // requires approval may only read here (`refuse_unapproved_changes`, issue 12.3). A new route
     // lands here unless it is a host call.
     let control_plane = OpenApiRouter::new()
-        .routes(routes!(create_code))
+        .merge(crate::api_codes::routes())
         .routes(routes!(list_hosts))
         .routes(routes!(show_host, remove_host))
         .routes(routes!(host_metrics))
@@ -432,95 +432,6 @@ fn throttled(wait: Duration) -> HttpResponse {
         r.headers_mut().insert(http::header::RETRY_AFTER, v);
     }
     r
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct CreateCode {
-    /// How long the code stays valid, 1–604800 s (7 days); 900 (15 minutes) by default.
-    #[serde(default)]
-    ttl_secs: Option<u64>,
-}
-
-/// `POST /api/v1/codes` response.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CodeCreated {
-    /// The single-use code (shown once; stored only as a hash).
-    pub code: String,
-    /// RFC 3339.
-    pub expires_at: String,
-    /// The URL agents dial (`wss://…/agent/ws`).
-    pub server_url: String,
-    /// The CA agents pin, when the certificate is self-signed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<String>,
-    /// `tomo-agent …` with every flag the new host needs.
-    pub join_command: String,
-    /// The same as a `docker run` of the agent's image.
-    pub docker_command: String,
-}
-
-/// Create a registration code.
-///
-/// A single-use code a new agent registers with, and the commands that start the agent with it.
-/// Admin, without a host scope.
-#[utoipa::path(
-    post,
-    path = "/codes",
-    tag = "codes",
-    request_body(content = Option<CreateCode>, description = "Optional; `{}` or no body for the defaults."),
-    responses(
-        (status = 201, description = "The code (shown once) and the join commands.", body = CodeCreated),
-        (status = 400, description = "`bad_request`: a malformed body, or `ttl_secs` out of range.", body = ErrorBody),
-        (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
-        crate::openapi::AuthErrors,
-    )
-)]
-async fn create_code(
-    State(state): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
-    body: Result<Option<Json<CreateCode>>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<CodeCreated>), ApiError> {
-    who.require(Level::Admin)?;
-    who.require_unscoped()?;
-    let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let ttl = Duration::from_secs(body.and_then(|b| b.ttl_secs).unwrap_or(15 * 60));
-    if ttl.is_zero() || ttl > auth::MAX_CODE_TTL {
-        return Err(ApiError::bad_request(
-            "ttl_secs must be between 1 and 604800 (7 days)",
-        ));
-    }
-    let (code, expires_at) = auth::mint_code(&state, ttl, &who.token.name).await?;
-    let server_url = state.info.agent_url.clone();
-    let ca_file = state.info.ca_file.as_ref().map(|p| p.display().to_string());
-    let ca_flag = ca_file
-        .as_ref()
-        .map(|f| format!(" --ca-file {f}"))
-        .unwrap_or_default();
-    let join_command = format!(
-        "tomo-agent --server-url {server_url} --register-code {code}{ca_flag} --data-dir /var/lib/tomo-agent"
-    );
-    let docker_ca = ca_file
-        .as_ref()
-        .map(|f| format!(" -v {f}:/etc/tomo/ca.pem:ro -e TOMO_CA_FILE=/etc/tomo/ca.pem"))
-        .unwrap_or_default();
-    let docker_command = format!(
-        "docker run -d --name tomo-agent --restart unless-stopped -v /var/run/docker.sock:/var/run/docker.sock \
-         -v tomo-agent-data:/data -v /etc/machine-id:/host/etc/machine-id:ro -v /etc/os-release:/host/etc/os-release:ro \
-         -v /etc/hostname:/host/etc/hostname:ro{docker_ca} -e SERVER_URL={server_url} -e REGISTER_CODE={code} tomo-agent:{}",
-        env!("CARGO_PKG_VERSION")
-    );
-    Ok((
-        StatusCode::CREATED,
-        Json(CodeCreated {
-            code,
-            expires_at: rfc3339(expires_at),
-            server_url,
-            ca_file,
-            join_command,
-            docker_command,
-        }),
-    ))
 }
 
 /// RFC 3339 UTC from Unix milliseconds.

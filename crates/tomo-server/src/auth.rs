@@ -327,6 +327,15 @@ pub async fn check_token(
     Ok(live.then_some(t))
 }
 
+/// The id under which a full code (`rc_…_<fingerprint>`, as [`mint_code`] makes it) is listed
+/// ([`crate::store::CodeRecord::id`]).
+pub fn code_id_of(code: &str) -> Option<String> {
+    let (secret, _fingerprint) = code.rsplit_once('_')?;
+    Some(crate::store::code_record_id(&tomo_common::code_id(
+        &tomo_common::code_public_key(secret),
+    )))
+}
+
 /// Creates a single-use registration code valid for `ttl`; returns it and its expiry (Unix ms).
 /// The code is `rc_<secret>_<fingerprint>`: the store keeps only the hash of the public key
 /// derived from the secret ([`tomo_common::code_id`]), so neither the code nor a proof of it can

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod agent_ws;
 pub mod api;
 pub mod api_approvals;
+pub mod api_codes;
 pub mod api_fleet;
 pub mod api_host;
 pub mod api_tokens;

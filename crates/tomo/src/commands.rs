@@ -6,6 +6,7 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tomo_server::api::{HostStatus, HostView};
+use tomo_server::api_codes::{CodeCreated, CodeStatus, CodeView};
 
 use crate::client::{Api, api_failure};
 use crate::{ClientArgs, Failure, Output};
@@ -17,6 +18,15 @@ pub enum CodesCommand {
         /// How long the code stays valid (default 15m).
         #[arg(long, default_value = "15m")]
         ttl: String,
+    },
+    /// List registration codes, newest first, with their status (never their secrets).
+    #[command(alias = "list")]
+    Ls,
+    /// Revoke a code no longer needed (or leaked): a host registering with it is refused.
+    Revoke {
+        /// The code's id (16 hex digits, from `tomo codes ls` or `codes create`).
+        #[arg(value_name = "ID")]
+        id: String,
     },
 }
 
@@ -60,10 +70,34 @@ pub(crate) fn seg(s: &str) -> String {
 }
 
 pub async fn codes(cmd: CodesCommand, args: &ClientArgs) -> Result<ExitCode, Failure> {
-    let CodesCommand::Create { ttl } = cmd;
+    let api = Api::from_args(args)?;
+    let ttl = match cmd {
+        CodesCommand::Create { ttl } => ttl,
+        CodesCommand::Ls => {
+            let v = api.expect(Method::GET, "/codes", None, 1).await?;
+            if args.output == Output::Json {
+                print_json(&v);
+            } else {
+                let codes: Vec<CodeView> = crate::client::decode(v, "the code list")?;
+                print_codes(&codes);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        CodesCommand::Revoke { id } => {
+            let v = api
+                .expect(Method::DELETE, &format!("/codes/{}", seg(&id)), None, 1)
+                .await?;
+            if args.output == Output::Json {
+                print_json(&v);
+            } else {
+                let c: CodeView = crate::client::decode(v, "the revoked code")?;
+                outln!("revoked registration code {}", c.id);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let ttl = crate::duration::parse_lifetime("--ttl", &ttl, tomo_server::auth::MAX_CODE_TTL)
         .map_err(|e| Failure::new(2, e))?;
-    let api = Api::from_args(args)?;
     let v = api
         .expect(
             Method::POST,
@@ -75,20 +109,56 @@ pub async fn codes(cmd: CodesCommand, args: &ClientArgs) -> Result<ExitCode, Fai
     if args.output == Output::Json {
         print_json(&v);
     } else {
-        let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-        outln!("Registration code: {}", s("code"));
-        outln!("Expires at:        {} (single use)", s("expires_at"));
-        outln!("Server URL:        {}", s("server_url"));
-        if let Some(ca) = v["ca_file"].as_str() {
+        let c: CodeCreated = crate::client::decode(v, "the new code")?;
+        outln!("Registration code: {}", c.code);
+        outln!("Code id:           {} (tomo codes revoke {})", c.id, c.id);
+        outln!("Expires at:        {} (single use)", c.expires_at);
+        outln!("Server URL:        {}", c.server_url);
+        if let Some(ca) = &c.ca_file {
             outln!("CA file:           {ca} (copy it to the new host)");
         }
-        outln!(
-            "\nJoin a host with the agent binary:\n  {}",
-            s("join_command")
-        );
-        outln!("\nor with Docker:\n  {}", s("docker_command"));
+        outln!("\nJoin a host with the agent binary:\n  {}", c.join_command);
+        outln!("\nor with Docker:\n  {}", c.docker_command);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_codes(codes: &[CodeView]) {
+    if codes.is_empty() {
+        outln!("no registration codes: `tomo codes create` makes one");
+        return;
+    }
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = codes
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.clone(),
+                match c.status {
+                    CodeStatus::Active => "active",
+                    CodeStatus::Used => "used",
+                    CodeStatus::Expired => "expired",
+                    CodeStatus::Revoked => "revoked",
+                }
+                .into(),
+                c.created_by.clone(),
+                c.created_at.clone(),
+                c.expires_at.clone(),
+                or_dash(&c.used_by),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "STATUS",
+            "CREATED BY",
+            "CREATED",
+            "EXPIRES",
+            "USED BY",
+        ],
+        &rows,
+    );
 }
 
 pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Failure> {

@@ -42,6 +42,25 @@ pub struct NewHost {
     pub facts: HostFacts,
 }
 
+/// A registration code as stored (its secret never is: only the hash of its public key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRecord {
+    /// The first 16 hex digits of the hash: enough to name it, nothing to register with.
+    pub id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub created_by: String,
+    pub used_at: Option<i64>,
+    /// The host that registered with it.
+    pub used_by: Option<String>,
+    pub revoked_at: Option<i64>,
+}
+
+/// The id of a code: the first 16 hex digits of its hash.
+pub fn code_record_id(code_hash: &[u8]) -> String {
+    tomo_common::hex(&code_hash[..code_hash.len().min(8)])
+}
+
 /// A registration code about to be created.
 #[derive(Debug, Clone)]
 pub struct NewCode {
@@ -127,6 +146,8 @@ pub enum RegisterError {
     CodeUsed,
     #[error("registration code expired")]
     CodeExpired,
+    #[error("registration code revoked")]
+    CodeRevoked,
     /// The key already belongs to a host (the code is left unused).
     #[error("this key is already registered")]
     KnownKey { removed: bool },
@@ -138,6 +159,14 @@ pub enum RegisterError {
 #[async_trait::async_trait]
 pub trait Store: ActionStore + Send + Sync + std::fmt::Debug + 'static {
     async fn create_code(&self, code: &NewCode) -> Result<(), StoreError>;
+
+    /// Every code, newest first (at most `limit`).
+    async fn codes(&self, limit: u32) -> Result<Vec<CodeRecord>, StoreError>;
+
+    /// Revokes the unused code `id` ([`CodeRecord::id`]): from now on it is refused. Answers the
+    /// code as it is now; `NotFound` for no such code; a code already used is left as it is (the
+    /// caller sees `used_at`).
+    async fn revoke_code(&self, id: &str, now: i64) -> Result<CodeRecord, StoreError>;
 
     /// Consumes the code and creates the host, atomically: of two registrations racing for one
     /// code exactly one succeeds. Registering again with a code this same host already used (a

@@ -30,8 +30,8 @@ use super::cache::{CAPACITY, Cache, Lookup, TTL};
 /// reported (up to the 64 KiB handshake limit), so 1024 entries stay within 64 MiB at worst.
 const HOST_CAPACITY: usize = 1024;
 use super::{
-    HostRecord, NewCode, NewEvent, NewHost, RegisterError, SampleKind, SecurityEvent, Store,
-    StoreError, StoredAudit, StoredEvent, TokenRecord,
+    CodeRecord, HostRecord, NewCode, NewEvent, NewHost, RegisterError, SampleKind, SecurityEvent,
+    Store, StoreError, StoredAudit, StoredEvent, TokenRecord,
 };
 
 mod actions;
@@ -244,6 +244,19 @@ fn db(e: sqlx::Error) -> StoreError {
 const HOST_COLUMNS: &str = "id, public_key, previous_public_key, hostname, engine_id, facts, registered_at, last_seen, removed_at, labels";
 const TOKEN_COLUMNS: &str = "id, name, role, created_at, expires_at, revoked_at, host_scope, requires_approval, tool_rate_per_min, last_used_at";
 
+fn code_row(r: &SqliteRow) -> Result<CodeRecord, StoreError> {
+    let hash: Vec<u8> = r.try_get("code_hash").map_err(db)?;
+    Ok(CodeRecord {
+        id: super::code_record_id(&hash),
+        created_at: r.try_get("created_at").map_err(db)?,
+        expires_at: r.try_get("expires_at").map_err(db)?,
+        created_by: r.try_get("created_by").map_err(db)?,
+        used_at: r.try_get("used_at").map_err(db)?,
+        used_by: r.try_get("used_by").map_err(db)?,
+        revoked_at: r.try_get("revoked_at").map_err(db)?,
+    })
+}
+
 fn host_row(r: &SqliteRow) -> Result<HostRecord, StoreError> {
     let facts: String = r.try_get("facts").map_err(db)?;
     let labels: String = r.try_get("labels").map_err(db)?;
@@ -293,6 +306,46 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn codes(&self, limit: u32) -> Result<Vec<CodeRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT code_hash, created_at, expires_at, created_by, used_at, used_by, revoked_at
+             FROM registration_codes ORDER BY created_at DESC, code_hash LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(code_row).collect()
+    }
+
+    async fn revoke_code(&self, id: &str, now: i64) -> Result<CodeRecord, StoreError> {
+        // An id is 16 hex digits of the hash (`code_record_id`); anything else names no code.
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::NotFound);
+        }
+        let prefix = id.to_ascii_uppercase();
+        let mut tx = self.writer.begin().await.map_err(db)?;
+        sqlx::query(
+            "UPDATE registration_codes SET revoked_at = ?1
+             WHERE substr(hex(code_hash), 1, 16) = ?2 AND used_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(&prefix)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let row = sqlx::query(
+            "SELECT code_hash, created_at, expires_at, created_by, used_at, used_by, revoked_at
+             FROM registration_codes WHERE substr(hex(code_hash), 1, 16) = ?",
+        )
+        .bind(&prefix)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        code_row(&row.ok_or(StoreError::NotFound)?)
+    }
+
     async fn register(
         &self,
         host: &NewHost,
@@ -304,7 +357,7 @@ impl Store for SqliteStore {
         // of two racing registrations exactly one sees a row to update.
         let claimed = sqlx::query(
             "UPDATE registration_codes SET used_at = ?1, used_by = ?2
-             WHERE code_hash = ?3 AND used_at IS NULL AND expires_at > ?1",
+             WHERE code_hash = ?3 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?1",
         )
         .bind(now)
         .bind(&host.id)
@@ -315,7 +368,7 @@ impl Store for SqliteStore {
         .rows_affected();
         if claimed == 0 {
             let row = sqlx::query(
-                "SELECT expires_at, used_at, used_by FROM registration_codes WHERE code_hash = ?",
+                "SELECT expires_at, used_at, used_by, revoked_at FROM registration_codes WHERE code_hash = ?",
             )
             .bind(&code_hash[..])
             .fetch_optional(&mut *tx)
@@ -327,6 +380,7 @@ impl Store for SqliteStore {
             };
             let used_by: Option<String> = row.try_get("used_by").map_err(db)?;
             let expires_at: i64 = row.try_get("expires_at").map_err(db)?;
+            let revoked_at: Option<i64> = row.try_get("revoked_at").map_err(db)?;
             return match used_by {
                 Some(by) if by == host.id => {
                     let existing = self.host(&host.id).await?;
@@ -337,6 +391,7 @@ impl Store for SqliteStore {
                     }
                 }
                 Some(_) => Err(RegisterError::CodeUsed),
+                None if revoked_at.is_some() => Err(RegisterError::CodeRevoked),
                 None if expires_at <= now => Err(RegisterError::CodeExpired),
                 None => Err(RegisterError::CodeUsed),
             };

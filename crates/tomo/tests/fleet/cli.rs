@@ -159,9 +159,41 @@ fn dev_then_cli_then_a_second_agent() {
 
     // A code for another host, with what an agent needs to dial.
     let code = json(&env.tomo(&["codes", "create", "--ttl", "10m", "-o", "json"]));
-    for k in ["code", "expires_at", "server_url", "ca_file"] {
+    for k in ["code", "id", "expires_at", "server_url", "ca_file"] {
         assert!(code[k].is_string(), "{k} missing: {code}");
     }
+    // `tomo codes ls|revoke` (issue 17): a spare code is listed, revoked, listed as revoked; the
+    // list never shows a code's secret.
+    let spare = json(&env.tomo(&["codes", "create", "-o", "json"]));
+    let spare_id = spare["id"].as_str().expect("an id").to_owned();
+    let ls = env.tomo(&["codes", "ls"]);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    let table = stdout(&ls);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&spare_id) && l.contains("active")),
+        "{table}"
+    );
+    assert!(
+        !table.contains(spare["code"].as_str().unwrap_or("rc_")),
+        "{table}"
+    );
+    let o = env.tomo(&["codes", "revoke", &spare_id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&spare_id), "{}", stdout(&o));
+    let listed = json(&env.tomo(&["codes", "ls", "-o", "json"]));
+    let row = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["id"] == spare_id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["status"], "revoked", "{listed}");
+    let o = env.tomo(&["codes", "revoke", "0123456789abcdef"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let agent_dir = env.home.path().join("agent2");
     let run_agent = |with_code: Option<&str>, dir: &Path, name: &str| {
         let mut c = env.cmd(&agent);

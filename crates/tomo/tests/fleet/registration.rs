@@ -79,6 +79,78 @@ async fn an_agent_registers_and_answers_calls() {
     a.stop().await.expect("clean stop");
 }
 
+/// Issue 17 (`tomo codes ls|revoke`): codes are listed with their status and never their
+/// secrets; a revoked code is refused to an agent (as an expired one: the advice is the same, a
+/// new code) while another code still registers; a used code cannot be revoked (409), an
+/// unknown or malformed id is 404.
+#[tokio::test]
+async fn codes_are_listed_and_a_revoked_code_is_refused() {
+    let f = Fleet::start().await;
+    let create = async || {
+        let (s, v) = f.api(Method::POST, "/codes", Some(json!({}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let id = v["id"].as_str().expect("an id").to_owned();
+        assert_eq!(id.len(), 16, "{v}");
+        (v["code"].as_str().expect("a code").to_owned(), id)
+    };
+    let (kept, kept_id) = create().await;
+    let (leaked, leaked_id) = create().await;
+    let (s, list) = f.api(Method::GET, "/codes", None).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let text = list.to_string();
+    assert!(!text.contains(&kept) && !text.contains(&leaked), "{list}");
+    let status = |list: &serde_json::Value, id: &str| {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["id"] == id)
+            .map(|c| c["status"].clone())
+    };
+    assert_eq!(status(&list, &kept_id), Some(json!("active")), "{list}");
+    assert_eq!(status(&list, &leaked_id), Some(json!("active")), "{list}");
+
+    let (s, v) = f
+        .api(Method::DELETE, &format!("/codes/{leaked_id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "revoked", "{v}");
+    let refused_agent = RunningAgent::spawn(f.agent("thief", Some(leaked)));
+    match refused_agent.finished().await {
+        Err(AgentError::Refused { reason, message }) => {
+            assert_eq!(reason, RefusalReason::CodeExpired);
+            assert!(message.contains("revoked"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let mut joined = RunningAgent::spawn(f.agent("joined", Some(kept)));
+    let host = joined.online().await;
+
+    let (_, list) = f.api(Method::GET, "/codes", None).await;
+    assert_eq!(status(&list, &leaked_id), Some(json!("revoked")), "{list}");
+    assert_eq!(status(&list, &kept_id), Some(json!("used")), "{list}");
+    let used = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["id"] == kept_id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(used["used_by"], json!(host), "{used}");
+    let (s, v) = f
+        .api(Method::DELETE, &format!("/codes/{kept_id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "conflict", "{v}");
+    for bad in ["0123456789abcdef", "nope", "0123"] {
+        let (s, v) = f.api(Method::DELETE, &format!("/codes/{bad}"), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{bad}: {v}");
+    }
+    // Only the joined host exists.
+    let hosts = f.hosts().await;
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    joined.stop().await.expect("stop");
+}
+
 #[tokio::test]
 async fn used_expired_and_unknown_codes_are_refused() {
     let f = Fleet::start().await;

@@ -92,6 +92,16 @@ const AGENT_OP: &str = "/hosts/{host}/agent/{op}";
 /// Every route of `/api/v1` but the OpenAPI document (public by design).
 const ROUTES: &[Route] = &[
     r(Method::POST, "/codes", "/codes", A, U, Some("{}"), REFUSE),
+    r(Method::GET, "/codes", "/codes", A, U, None, FREE),
+    r(
+        Method::DELETE,
+        "/codes/{id}",
+        "/codes/0123456789abcdef",
+        A,
+        U,
+        None,
+        REFUSE,
+    ),
     r(Method::GET, "/hosts", "/hosts", R, F, None, FREE),
     r(
         Method::GET,
