@@ -264,7 +264,7 @@ pub fn login_line(url: &str, ca_file: Option<&std::path::Path>) -> String {
 }
 
 fn print_tokens(tokens: &[TokenView]) {
-    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let now = tomo_common::now_ms();
     let rows: Vec<Vec<String>> = tokens
         .iter()
         .map(|tk| {
@@ -279,8 +279,11 @@ fn print_tokens(tokens: &[TokenView]) {
                 },
                 scope_text(&tk.scope),
                 if tk.requires_approval { "yes" } else { "no" }.into(),
-                or_dash(&tk.expires_at),
-                or_dash(&tk.last_used_at),
+                match &tk.expires_at {
+                    None => "never".into(),
+                    e => crate::out::ago(e.as_deref(), now),
+                },
+                crate::out::ago(tk.last_used_at.as_deref(), now),
             ]
         })
         .collect();

@@ -41,6 +41,7 @@ pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> 
         return Ok(ExitCode::SUCCESS);
     }
     let actions: Vec<ActionView> = decode(v, "the action list")?;
+    let now = tomo_common::now_ms();
     let rows: Vec<Vec<String>> = actions
         .iter()
         .map(|a| {
@@ -48,7 +49,7 @@ pub async fn list(status: &str, args: &ClientArgs) -> Result<ExitCode, Failure> 
                 text(&a.id),
                 a.status.as_str().to_owned(),
                 text(&a.requested_by.name),
-                text(&a.expires_at),
+                crate::out::ago(Some(&a.expires_at), now),
                 text(&a.summary),
             ]
         })

@@ -124,6 +124,7 @@ pub async fn codes(cmd: CodesCommand, args: &ClientArgs) -> Result<ExitCode, Fai
 }
 
 fn print_codes(codes: &[CodeView]) {
+    let now = tomo_common::now_ms();
     if codes.is_empty() {
         outln!("no registration codes: `tomo codes create` makes one");
         return;
@@ -142,8 +143,8 @@ fn print_codes(codes: &[CodeView]) {
                 }
                 .into(),
                 c.created_by.clone(),
-                c.created_at.clone(),
-                c.expires_at.clone(),
+                crate::out::ago(Some(&c.created_at), now),
+                crate::out::ago(Some(&c.expires_at), now),
                 or_dash(&c.used_by),
             ]
         })
@@ -204,6 +205,7 @@ pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Fai
 }
 
 fn print_hosts(hosts: &[HostView]) {
+    let now = tomo_common::now_ms();
     if hosts.is_empty() {
         outln!("no hosts yet: `tomo codes create` makes a code to join one");
         return;
@@ -219,7 +221,7 @@ fn print_hosts(hosts: &[HostView]) {
                     HostStatus::Online => "online".into(),
                     HostStatus::Offline => "offline".into(),
                 },
-                or_dash(h.last_seen.as_ref()),
+                crate::out::ago(h.last_seen.as_deref(), now),
                 h.clock.as_ref().map_or_else(
                     || "-".into(),
                     |c| format!("{:+.1}s", c.offset_ms as f64 / 1000.0),

@@ -156,17 +156,8 @@ enum Command {
     },
     /// Show a container's logs.
     Logs {
-        host: String,
-        container: String,
-        /// Keep following new output.
-        #[arg(short, long)]
-        follow: bool,
-        /// Last N lines only.
-        #[arg(long)]
-        tail: Option<u64>,
-        /// Only since a Unix time or a duration ago (10m, 2h).
-        #[arg(long)]
-        since: Option<String>,
+        #[command(flatten)]
+        logs: ops::LogsArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -265,6 +256,17 @@ enum Command {
         /// Keep refreshing.
         #[arg(short, long)]
         follow: bool,
+        /// One sample and exit (the default; as `docker stats --no-stream`).
+        #[arg(long, conflicts_with = "follow")]
+        no_stream: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A container's configuration and state as JSON, as `docker inspect` shows it
+    /// (secret-looking environment values redacted).
+    Inspect {
+        host: String,
+        container: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -422,14 +424,7 @@ fn main() -> ExitCode {
                 };
                 ops::ps(&which, all, quiet, &client).await
             }
-            Command::Logs {
-                host,
-                container,
-                follow,
-                tail,
-                since,
-                client,
-            } => ops::logs(&host, &container, follow, tail, since.as_deref(), &client).await,
+            Command::Logs { logs, client } => ops::logs(&logs, &client).await,
             Command::Exec { exec, client } => ops::exec(exec, &client).await,
             Command::Run { run, client } => ops::run(&run, &client).await,
             Command::Start {
@@ -499,8 +494,14 @@ fn main() -> ExitCode {
                 host,
                 container,
                 follow,
+                no_stream: _,
                 client,
             } => ops::stats(&host, container.as_deref(), follow, &client).await,
+            Command::Inspect {
+                host,
+                container,
+                client,
+            } => ops::inspect(&host, &container, &client).await,
             Command::Events {
                 host,
                 follow,

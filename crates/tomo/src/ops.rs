@@ -579,30 +579,71 @@ pub(crate) fn end_status(end: &Value) -> Result<ExitCode, Failure> {
     }
 }
 
-/// `tomo logs HOST CONTAINER [-f] [--tail N] [--since T]`.
-pub async fn logs(
-    host: &str,
-    container: &str,
-    follow: bool,
-    tail: Option<u64>,
-    since: Option<&str>,
-    args: &ClientArgs,
-) -> Result<ExitCode, Failure> {
-    let mut q = format!("?follow={follow}");
-    if let Some(t) = tail {
-        q.push_str(&format!("&tail={t}"));
+/// What `tomo logs` was asked, as `docker logs` takes it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogsArgs {
+    pub host: String,
+    pub container: String,
+    /// Keep following new output.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The last N lines only, or `all` (the default).
+    #[arg(short = 'n', long, value_name = "N|all")]
+    pub tail: Option<String>,
+    /// Only since a Unix time or a duration ago (10m, 2h).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only before a Unix time or a duration ago (10m, 2h).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Prefix each line with its RFC 3339 timestamp.
+    #[arg(short, long)]
+    pub timestamps: bool,
+}
+
+/// A Unix time (seconds), or a duration ago (`10m`, `2h`), for `flag`.
+fn unix_time(flag: &str, value: &str) -> Result<i64, Failure> {
+    match value.parse::<i64>() {
+        Ok(ts) => Ok(ts),
+        Err(_) => {
+            let d = crate::duration::parse(value)
+                .map_err(|e| Failure::new(2, format!("{flag}: {e}")))?;
+            Ok(tomo_common::now_secs() as i64 - d.as_secs() as i64)
+        }
     }
-    if let Some(since) = since {
-        let ts = match since.parse::<i64>() {
-            Ok(ts) => ts,
-            Err(_) => {
-                let d = crate::duration::parse(since)
-                    .map_err(|e| Failure::new(2, format!("--since: {e}")))?;
-                tomo_common::now_secs() as i64 - d.as_secs() as i64
-            }
-        };
-        q.push_str(&format!("&since={ts}"));
+}
+
+/// The query of `tomo logs`: `follow`, then `tail`, `since`, `until`, `timestamps` as asked.
+fn logs_query(a: &LogsArgs) -> Result<String, Failure> {
+    let mut q = format!("?follow={}", a.follow);
+    match a.tail.as_deref() {
+        None | Some("all") => {}
+        Some(n) => {
+            let n: u64 = n.parse().map_err(|_| {
+                Failure::new(
+                    2,
+                    format!("--tail: {n:?} is not a number of lines or `all`"),
+                )
+            })?;
+            q.push_str(&format!("&tail={n}"));
+        }
     }
+    if let Some(since) = &a.since {
+        q.push_str(&format!("&since={}", unix_time("--since", since)?));
+    }
+    if let Some(until) = &a.until {
+        q.push_str(&format!("&until={}", unix_time("--until", until)?));
+    }
+    if a.timestamps {
+        q.push_str("&timestamps=true");
+    }
+    Ok(q)
+}
+
+/// `tomo logs HOST CONTAINER [-f] [-n N|all] [--since T] [--until T] [-t]`.
+pub async fn logs(a: &LogsArgs, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let q = logs_query(a)?;
+    let (host, container) = (a.host.as_str(), a.container.as_str());
     let api = Api::from_args(args)?;
     let json_out = args.output == Output::Json;
     // Container output goes to the terminal raw, as `docker logs` does (docs/security.md).
@@ -759,6 +800,25 @@ pub async fn stats(
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// `tomo inspect HOST CONTAINER`: the container as JSON (the protocol's `ContainerDetails`).
+pub async fn inspect(host: &str, container: &str, args: &ClientArgs) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let v = api
+        .expect(
+            Method::GET,
+            &path(host, &format!("/containers/{}", seg(container))),
+            None,
+            1,
+        )
+        .await?;
+    // Read as the protocol's type first: what is printed is what tomo understood.
+    let details: tomo_proto::methods::ContainerDetails = decode(v, "the container")?;
+    let v = serde_json::to_value(&details)
+        .map_err(|e| Failure::new(1, format!("cannot show the container: {e}")))?;
+    print_json(&v);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `tomo pull HOST IMAGE`: a progress line per layer on a terminal, plain lines otherwise.

@@ -27,6 +27,37 @@ pub fn done_if_closed(r: std::io::Result<()>) {
     }
 }
 
+/// An RFC 3339 time as a table shows it, relative to `now_ms` (Unix milliseconds): `12s ago`,
+/// `5m ago`, `3h ago`, `2d ago`, or `in 14m` for a time to come; `-` for none. Tables show
+/// this, `-o json` the absolute time (issue 17). Text that is not a time is shown as it is
+/// (made terminal-safe).
+pub fn ago(rfc3339: Option<&str>, now_ms: i64) -> String {
+    let Some(text) = rfc3339 else {
+        return "-".into();
+    };
+    let Ok(t) = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    else {
+        return terminal_safe(text).into_owned();
+    };
+    let at_ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
+    let (secs, future) = if at_ms > now_ms {
+        ((at_ms - now_ms) / 1000, true)
+    } else {
+        ((now_ms - at_ms) / 1000, false)
+    };
+    let span = match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    };
+    if future {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
 /// `s` made safe to print on a terminal: control characters (C0, DEL, C1, among them ESC, so
 /// no colour, title, cursor or hyperlink sequence) and bidirectional overrides are shown
 /// escaped (`\x1b`, `\u{202e}`) rather than acted upon. Everything a host or a container
@@ -53,7 +84,25 @@ pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::terminal_safe;
+    use super::{ago, terminal_safe};
+
+    #[test]
+    fn times_read_relative_to_now() {
+        let now = 1_700_000_000_000;
+        let at = |ms: i64| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .expect("a time")
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("formatted")
+        };
+        assert_eq!(ago(Some(&at(now - 12_000)), now), "12s ago");
+        assert_eq!(ago(Some(&at(now - 300_000)), now), "5m ago");
+        assert_eq!(ago(Some(&at(now - 3 * 3_600_000)), now), "3h ago");
+        assert_eq!(ago(Some(&at(now - 2 * 86_400_000)), now), "2d ago");
+        assert_eq!(ago(Some(&at(now + 14 * 60_000)), now), "in 14m");
+        assert_eq!(ago(None, now), "-");
+        assert_eq!(ago(Some("never\u{1b}[2J"), now), "never\\x1b[2J");
+    }
 
     #[test]
     fn terminal_safe_escapes_what_a_terminal_would_act_on() {

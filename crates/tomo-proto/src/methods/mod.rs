@@ -357,6 +357,45 @@ pub fn spec(method: &str) -> Option<&'static Spec> {
     ALL.iter().find(|s| s.name == method)
 }
 
+/// The method a mistyped name most likely meant: the one whose last segments it is
+/// (`ping` → `agent.ping`, `containers.list` → `docker.containers.list`), else the nearest by
+/// edit distance, if near enough (at most a third of the name's length, and 3).
+pub fn nearest(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return None;
+    }
+    let dotted = format!(".{name}");
+    if let Some(s) = ALL.iter().find(|s| s.name.ends_with(&dotted)) {
+        return Some(s.name);
+    }
+    let limit = (name.chars().count() / 3).clamp(1, 3);
+    ALL.iter()
+        .map(|s| (edit_distance(name, s.name), s.name))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(cur)
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 /// The level of a method, `None` for a method the protocol does not have.
 pub fn level_of(method: &str) -> Option<Level> {
     spec(method).map(|s| s.level)
@@ -563,6 +602,16 @@ mod tests {
             .expect_err("a path");
         assert_eq!(e.data, Some(serde_json::json!({"param": "container"})));
         assert!(spec("docker.nothing").is_none());
+        // Issue 17: an unknown method suggests the nearest.
+        assert_eq!(nearest("agent.pong"), Some("agent.ping"));
+        assert_eq!(nearest("ping"), Some("agent.ping"));
+        assert_eq!(nearest("containers.list"), Some("docker.containers.list"));
+        assert_eq!(
+            nearest("docker.container.list"),
+            Some("docker.containers.list")
+        );
+        assert_eq!(nearest("frobnicate"), None);
+        assert_eq!(nearest(""), None);
         assert_eq!(level_of(DockerContainersRun::NAME), Some(Level::Admin));
     }
 

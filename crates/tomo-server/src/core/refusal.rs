@@ -21,8 +21,9 @@ pub enum Refusal {
     /// frame is over its limit).
     #[error("params exceed the agent's 1 MiB request limit")]
     TooLarge,
-    /// A method the protocol does not have: never forwarded (deny by default).
-    #[error("no method {0:?}")]
+    /// A method the protocol does not have: never forwarded (deny by default). The message
+    /// suggests the nearest method, when one is near.
+    #[error("no method {method:?}{hint}", method = .0, hint = did_you_mean(.0))]
     UnknownMethod(String),
     /// The token's role is below the method's level.
     #[error("this needs the {} role; this token is {}", role_name(*.needs), role_name(*.has))]
@@ -58,6 +59,12 @@ impl Refusal {
             Self::Store(_) => "store",
         }
     }
+}
+
+fn did_you_mean(method: &str) -> String {
+    tomo_proto::methods::nearest(method)
+        .map(|m| format!(" (did you mean {m}?)"))
+        .unwrap_or_default()
 }
 
 /// `read`, `execute` or `admin`.

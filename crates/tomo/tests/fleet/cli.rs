@@ -693,6 +693,42 @@ fn host_operations_from_the_cli() {
         logs = String::from_utf8_lossy(&o.stdout).into_owned();
         logs.contains("hi from cli")
     });
+    // docker's habits (issue 17): `-t` prefixes each line with its RFC 3339 time, `-n all` is
+    // every line, `--until` a duration ago leaves out what came later.
+    let o = env.tomo(&["logs", &local, &name, "-t", "-n", "all"]);
+    let stamped = String::from_utf8_lossy(&o.stdout).into_owned();
+    let line = stamped
+        .lines()
+        .find(|l| l.ends_with("hi from cli"))
+        .unwrap_or_default();
+    assert!(
+        line.len() > 20 && line.as_bytes()[4] == b'-' && line.contains('T'),
+        "{stamped}"
+    );
+    let o = env.tomo(&["logs", &local, &name, "--until", "1h"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("hi from cli"),
+        "a line of now is after an hour ago"
+    );
+    let o = env.tomo(&["logs", &local, &name, "--tail", "some"]);
+    assert_eq!(o.status.code(), Some(2));
+    // `tomo inspect` (issue 17): the container as the protocol's JSON.
+    let inspected = json(&env.tomo(&["inspect", &local, &name]));
+    assert_eq!(inspected["name"], name.as_str(), "{inspected}");
+    assert_eq!(inspected["env"]["GREETING"], "hi", "{inspected}");
+    assert_eq!(inspected["labels"]["tomo.test"], "cli", "{inspected}");
+    // `stats --no-stream` is docker's spelling of the one sample tomo takes by default.
+    let o = env.tomo(&["stats", &local, &name, "--no-stream", "-o", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json(&o)["name"], name.as_str());
+    let o = env.tomo(&["stats", &local]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        table.starts_with("CONTAINER ID") && table.contains("NET I/O") && table.contains(&name),
+        "docker's columns: {table}"
+    );
     let exec = env.tomo(&[
         "exec",
         &local,

@@ -1013,6 +1013,19 @@ async fn an_unknown_method_is_refused_by_the_control_plane_on_rpc() {
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(v["error"]["code"], -32601, "{v}");
     }
+    // Issue 17: a mistyped method is answered with the nearest one, on `/rpc` as on `/stream`.
+    for route in ["rpc", "stream"] {
+        let (_, v) = f
+            .api_as(
+                &read,
+                Method::POST,
+                &format!("/hosts/{host}/{route}"),
+                Some(json!({"method": "agent.pong", "params": {}})),
+            )
+            .await;
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("did you mean agent.ping?"), "{route}: {v}");
+    }
     let (s, pending) = f.api(Method::GET, "/approvals?status=all", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
