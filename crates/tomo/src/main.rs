@@ -227,9 +227,20 @@ enum Command {
     },
     /// Images on a host: ls, rm.
     Images {
-        host: String,
+        /// One host (id, hostname or id prefix); without it, the images of every online host in
+        /// scope, with a HOST column (listing only).
+        host: Option<String>,
         #[command(subcommand)]
         action: Option<ops::ObjectAction>,
+        /// Only these hosts (repeatable; id, hostname or id prefix), without HOST.
+        #[arg(long = "host", value_name = "HOST", conflicts_with = "host")]
+        hosts: Vec<String>,
+        /// Only hosts with this label (KEY=VALUE, repeatable: all must match), without HOST.
+        #[arg(long = "label", value_name = "KEY=VALUE", conflicts_with = "host")]
+        labels: Vec<String>,
+        /// Only the image ids, one a line (across hosts).
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -478,8 +489,25 @@ fn main() -> ExitCode {
             Command::Images {
                 host,
                 action,
+                hosts,
+                labels,
+                quiet,
                 client,
-            } => ops::objects("images", &host, action, &client).await,
+            } => match (host, action) {
+                (Some(host), action) => ops::objects("images", &host, action, &client).await,
+                (None, None | Some(ops::ObjectAction::Ls)) => {
+                    let which = ops::PsHosts {
+                        one: None,
+                        named: hosts,
+                        labels,
+                    };
+                    ops::images_fleet(&which, quiet, &client).await
+                }
+                (None, Some(_)) => Err(Failure::new(
+                    2,
+                    "name the host: tomo images HOST create|rm … (only the listing spans hosts)",
+                )),
+            },
             Command::Networks {
                 host,
                 action,

@@ -285,16 +285,18 @@ pub async fn ps(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tomo ps` across hosts: one fan-out of `docker.containers.list` to the chosen hosts that are
-/// online (`POST /fleet/rpc`). A host that is offline or does not answer is named on stderr and
-/// the others are listed (exit 0): one dead host does not hide the fleet.
-async fn ps_fleet(
+/// A read of every chosen host that is online at once: one fan-out (`POST /fleet/rpc`) of
+/// `method` with `params`, each host's answer read as `T`, with its hostname and id. A host
+/// that is offline or whose call failed is named on stderr and left out (exit 0): one dead host
+/// does not hide the fleet. `which` chooses the hosts (`--host`, `--label`; every host in scope
+/// without them).
+async fn fleet_read<T: serde::de::DeserializeOwned>(
     api: &Api,
     which: &PsHosts,
-    all: bool,
-    quiet: bool,
-    args: &ClientArgs,
-) -> Result<ExitCode, Failure> {
+    method: &str,
+    params: Value,
+    what: &str,
+) -> Result<Vec<(String, String, T)>, Failure> {
     let labels: Vec<(&str, &str)> = which
         .labels
         .iter()
@@ -339,49 +341,63 @@ async fn ps_fleet(
         .partition(|h| h.status == HostStatus::Online);
     for h in &offline {
         eprintln!(
-            "{}: offline, its containers are not listed",
+            "{}: offline, its {what} are not listed",
             crate::out::terminal_safe(&h.hostname)
         );
     }
-    let mut placed: Vec<(String, String, ContainerSummary)> = Vec::new();
-    if !online.is_empty() {
-        let ids: Vec<&str> = online.iter().map(|h| h.id.as_str()).collect();
-        let body = json!({
-            "method": tomo_proto::methods::DockerContainersList::NAME,
-            "params": {"all": all},
-            "hosts": ids,
-        });
-        let answer = api
-            .expect(Method::POST, "/fleet/rpc", Some(&body), 1)
-            .await?;
-        let hostname = |id: &str| {
-            online
-                .iter()
-                .find(|h| h.id == id)
-                .map(|h| h.hostname.clone())
-                .unwrap_or_default()
-        };
-        let answer: FleetAnswer = decode(answer, "the fan-out's answer")?;
-        for r in answer.results.unwrap_or_default() {
-            let name = hostname(&r.host_id);
-            match r.response.outcome {
-                Outcome::Error(e) => {
-                    eprintln!(
-                        "{}: {}",
-                        crate::out::terminal_safe(&name),
-                        crate::out::terminal_safe(&e.message)
-                    );
-                }
-                Outcome::Result(v) => {
-                    let list: Vec<ContainerSummary> = decode(v, "a container list")?;
-                    placed.extend(
-                        list.into_iter()
-                            .map(|c| (name.clone(), r.host_id.clone(), c)),
-                    );
-                }
+    let mut placed = Vec::new();
+    if online.is_empty() {
+        return Ok(placed);
+    }
+    let ids: Vec<&str> = online.iter().map(|h| h.id.as_str()).collect();
+    let body = json!({"method": method, "params": params, "hosts": ids});
+    let answer = api
+        .expect(Method::POST, "/fleet/rpc", Some(&body), 1)
+        .await?;
+    let hostname = |id: &str| {
+        online
+            .iter()
+            .find(|h| h.id == id)
+            .map(|h| h.hostname.clone())
+            .unwrap_or_default()
+    };
+    let answer: FleetAnswer = decode(answer, "the fan-out's answer")?;
+    for r in answer.results.unwrap_or_default() {
+        let name = hostname(&r.host_id);
+        match r.response.outcome {
+            Outcome::Error(e) => {
+                eprintln!(
+                    "{}: {}",
+                    crate::out::terminal_safe(&name),
+                    crate::out::terminal_safe(&e.message)
+                );
             }
+            Outcome::Result(v) => placed.push((name, r.host_id.clone(), decode(v, what)?)),
         }
     }
+    Ok(placed)
+}
+
+/// `tomo ps` across hosts ([`fleet_read`] of `docker.containers.list`).
+async fn ps_fleet(
+    api: &Api,
+    which: &PsHosts,
+    all: bool,
+    quiet: bool,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    let lists: Vec<(String, String, Vec<ContainerSummary>)> = fleet_read(
+        api,
+        which,
+        tomo_proto::methods::DockerContainersList::NAME,
+        json!({"all": all}),
+        "containers",
+    )
+    .await?;
+    let mut placed: Vec<(String, String, ContainerSummary)> = lists
+        .into_iter()
+        .flat_map(|(name, id, list)| list.into_iter().map(move |c| (name.clone(), id.clone(), c)))
+        .collect();
     placed.sort_by(|a, b| (&a.0, &a.2.name).cmp(&(&b.0, &b.2.name)));
     if quiet {
         for (_, _, c) in &placed {
@@ -408,6 +424,76 @@ async fn ps_fleet(
         table(&["HOST", "ID", "NAME", "IMAGE", "STATE", "STATUS"], &rows);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An image and the host it is on, as `tomo images` shows it across hosts.
+#[derive(Debug, serde::Serialize)]
+struct PlacedImage<'a> {
+    host: HostName<'a>,
+    #[serde(flatten)]
+    image: &'a ImageSummary,
+}
+
+/// `tomo images [--host H]… [--label K=V]… [-q]`: the images of every chosen online host, with a
+/// HOST column ([`fleet_read`] of `docker.images.list`).
+pub async fn images_fleet(
+    which: &PsHosts,
+    quiet: bool,
+    args: &ClientArgs,
+) -> Result<ExitCode, Failure> {
+    let api = Api::from_args(args)?;
+    let lists: Vec<(String, String, Vec<ImageSummary>)> = fleet_read(
+        &api,
+        which,
+        tomo_proto::methods::DockerImagesList::NAME,
+        json!({}),
+        "images",
+    )
+    .await?;
+    let mut placed: Vec<(&str, &str, &ImageSummary)> = lists
+        .iter()
+        .flat_map(|(name, id, list)| list.iter().map(move |i| (name.as_str(), id.as_str(), i)))
+        .collect();
+    placed.sort_by(|a, b| (a.0, &a.2.tags, &a.2.id).cmp(&(b.0, &b.2.tags, &b.2.id)));
+    if quiet {
+        for (_, _, i) in &placed {
+            outln!("{}", short_id(&i.id));
+        }
+    } else if args.output == Output::Json {
+        let out: Vec<PlacedImage> = placed
+            .iter()
+            .map(|(hostname, id, image)| PlacedImage {
+                host: HostName { id, hostname },
+                image,
+            })
+            .collect();
+        print_json(&serde_json::to_value(&out).unwrap_or_default());
+    } else {
+        let rows: Vec<Vec<String>> = placed
+            .iter()
+            .map(|(hostname, _, i)| {
+                let mut row = vec![t(hostname)];
+                row.extend(image_row(i));
+                row
+            })
+            .collect();
+        table(&["HOST", "ID", "TAGS", "SIZE"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An image's row: ID, TAGS (`<none>` without), SIZE (terminal-safe).
+fn image_row(i: &ImageSummary) -> Vec<String> {
+    let tags = i.tags.iter().map(|x| t(x)).collect::<Vec<_>>().join(", ");
+    vec![
+        short_id(&i.id),
+        if tags.is_empty() {
+            "<none>".into()
+        } else {
+            tags
+        },
+        human_bytes(i.size as f64),
+    ]
 }
 
 /// A container's row: ID, NAME, IMAGE, STATE, STATUS (terminal-safe).
@@ -936,21 +1022,7 @@ pub async fn objects(
             match kind {
                 "images" => {
                     let items: Vec<ImageSummary> = decode(list, "the image list")?;
-                    let rows: Vec<Vec<String>> = items
-                        .iter()
-                        .map(|i| {
-                            let tags = i.tags.iter().map(|x| t(x)).collect::<Vec<_>>().join(", ");
-                            vec![
-                                short_id(&i.id),
-                                if tags.is_empty() {
-                                    "<none>".into()
-                                } else {
-                                    tags
-                                },
-                                human_bytes(i.size as f64),
-                            ]
-                        })
-                        .collect();
+                    let rows: Vec<Vec<String>> = items.iter().map(image_row).collect();
                     table(&["ID", "TAGS", "SIZE"], &rows);
                 }
                 "networks" => {

@@ -1708,6 +1708,34 @@ fn ps_across_every_host() {
         "{ids}"
     );
 
+    // `tomo images` across hosts (issue 17): both hosts' images (one engine here: the test
+    // image on each), with a HOST column; `--host` narrows; `create` needs a host.
+    let images = json(&env.tomo(&["images", "-o", "json"]));
+    let mut image_hosts: Vec<String> = images
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["tags"].as_array().is_some_and(|t| !t.is_empty()))
+        .map(|i| {
+            i["host"]["hostname"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    image_hosts.sort();
+    image_hosts.dedup();
+    assert_eq!(image_hosts, both, "{images}");
+    let table = stdout(&env.tomo(&["images", "--host", "ps-second"]));
+    let mut lines = table.lines();
+    assert!(
+        lines.next().unwrap_or_default().starts_with("HOST")
+            && lines.all(|l| l.starts_with("ps-second")),
+        "{table}"
+    );
+    let o = env.tomo(&["images", "rm", "some-image"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
     // The second host goes offline: still listed as far as it can be, and said.
     terminate(&mut second);
     wait_for("ps-second offline", || {
