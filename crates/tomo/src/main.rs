@@ -49,11 +49,17 @@ use serde_json::json;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log level or filter for server commands.
-    #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info")]
+}
+
+/// How `tomo server` and `tomo dev` log (the client commands print, they do not log: issue 17,
+/// their help lists no server flag).
+#[derive(Debug, Clone, clap::Args)]
+struct LogArgs {
+    /// Log level, or a `tracing` filter.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
     /// Log JSON lines.
-    #[arg(long, global = true, env = "LOG_JSON", value_parser = flag, default_value = "false")]
+    #[arg(long, env = "LOG_JSON", value_parser = flag, default_value = "false")]
     log_json: bool,
 }
 
@@ -100,9 +106,19 @@ enum ApprovalsCommand {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the control plane.
-    Server(serve::ServerArgs),
+    Server {
+        #[command(flatten)]
+        args: serve::ServerArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
     /// Run a control plane and a local agent for development, and configure this CLI for them.
-    Dev(dev::DevArgs),
+    Dev {
+        #[command(flatten)]
+        args: dev::DevArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
     /// Registration codes for new agents.
     Codes {
         #[command(subcommand)]
@@ -392,12 +408,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Server(args) => {
-                tomo_common::logging::init(Some(&cli.log_level), cli.log_json);
+            Command::Server { args, log } => {
+                tomo_common::logging::init(Some(&log.log_level), log.log_json);
                 serve::run(args).await
             }
-            Command::Dev(args) => {
-                tomo_common::logging::init(Some(&cli.log_level), cli.log_json);
+            Command::Dev { args, log } => {
+                tomo_common::logging::init(Some(&log.log_level), log.log_json);
                 dev::run(args).await
             }
             Command::Codes { command, client } => commands::codes(command, &client).await,

@@ -1327,6 +1327,47 @@ fn tokens_login_and_labels_from_the_cli() {
     }
 }
 
+/// Issue 17: a client command's help lists no server flag (`--log-level`, `--log-json` were
+/// global), and every argument and flag of it has a line; the server commands keep theirs.
+#[test]
+fn client_help_lists_no_server_flag() {
+    let help = |args: &[&str]| {
+        let o = Command::new(tomo_bin())
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("tomo runs");
+        assert!(o.status.success(), "{args:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for cmd in [
+        &["ps"][..],
+        &["logs"],
+        &["images"],
+        &["tokens", "create"],
+        &["call"],
+    ] {
+        let text = help(cmd);
+        assert!(
+            !text.contains("--log-level") && !text.contains("--log-json"),
+            "{cmd:?}: {text}"
+        );
+        // Every option line says what it is for.
+        for line in text.lines().filter(|l| l.trim_start().starts_with('-')) {
+            let described = line
+                .trim()
+                .split("  ")
+                .filter(|p| !p.trim().is_empty())
+                .count()
+                >= 2;
+            assert!(described, "{cmd:?}: an option without a line: {line:?}");
+        }
+    }
+    for cmd in [&["server"][..], &["dev"]] {
+        assert!(help(cmd).contains("--log-level"), "{cmd:?}");
+    }
+}
+
 /// `tomo completions SHELL` prints a script that knows the commands.
 #[test]
 fn completions_for_each_shell() {
