@@ -421,6 +421,10 @@ pub struct UpdateBody {
     /// Seconds to wait for the new container to be running (and healthy); 30 by default.
     #[schema(minimum = 0)]
     health_timeout: Option<u64>,
+    /// Recreate the container even when the pull brought the image it already runs (by
+    /// default such an update changes nothing and says so).
+    #[serde(default)]
+    force: bool,
 }
 
 /// The body of `POST …/containers/{container}/exec`.

@@ -231,6 +231,10 @@ enum Command {
     Update {
         host: String,
         container: String,
+        /// Recreate it even when the pull brings the image it already runs (without, such an
+        /// update leaves it as it is and says so).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -495,8 +499,18 @@ fn main() -> ExitCode {
             Command::Update {
                 host,
                 container,
+                force,
                 client,
-            } => ops::action(&host, &container, "update", json!({}), &client).await,
+            } => {
+                ops::action(
+                    &host,
+                    &container,
+                    "update",
+                    json!({"force": force}),
+                    &client,
+                )
+                .await
+            }
             Command::Pull {
                 host,
                 image,

@@ -545,6 +545,14 @@ pub async fn action(
         print_json(&r);
     } else if action == "update" {
         let r: UpdateResult = decode(r, "the update's answer")?;
+        if !r.recreated {
+            outln!(
+                "{}: the image is unchanged ({}), the container was not recreated (--force recreates it)",
+                t(&r.name),
+                short_id(&r.new_image_id)
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         outln!(
             "{}: updated {} → {}{}",
             t(&r.name),

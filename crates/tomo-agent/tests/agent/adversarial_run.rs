@@ -906,6 +906,7 @@ async fn update_does_not_recreate_a_container_that_breaks_the_policy() {
                 tomo_proto::methods::UpdateParams {
                     container: name.parse().expect("a container name"),
                     health_timeout: Some(5),
+                    force: false,
                 },
             )
             .await
@@ -1048,6 +1049,7 @@ async fn a_bind_source_swapped_for_a_symlink_is_refused_at_start_restart_and_upd
             let update = tomo_proto::methods::UpdateParams {
                 container: tomo_proto::refs::ContainerRef::parse(&name).expect("a valid name"),
                 health_timeout: Some(5),
+                force: false,
             };
             let err = containers::update(ctx.clone(), update)
                 .await

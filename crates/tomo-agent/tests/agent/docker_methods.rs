@@ -600,6 +600,7 @@ async fn update_recreates_with_the_new_image_and_the_same_configuration() {
             UpdateParams {
                 container: name.clone().parse().expect("a container ref"),
                 health_timeout: Some(60),
+                force: false,
             },
         )
         .await
@@ -607,7 +608,7 @@ async fn update_recreates_with_the_new_image_and_the_same_configuration() {
         assert_eq!(updated.name, name);
         assert_eq!(updated.old_id, old.id);
         assert_ne!(updated.new_id, old.id);
-        assert!(updated.image_changed);
+        assert!(updated.image_changed && updated.recreated);
         assert_eq!(updated.new_image_id, v2);
         assert_eq!(
             updated.old_image_id,
@@ -651,20 +652,47 @@ async fn update_recreates_with_the_new_image_and_the_same_configuration() {
         );
         assert_eq!(names(&e.docker, &prefix).await, vec![name.clone()]);
 
-        // The same image again, twice at once: each is recreated in turn (the per-container
-        // lock keeps them apart), neither is a change.
+        // Issue 17: the same image again, without `force`: nothing is recreated, and the
+        // answer says so (the container and its id stay).
+        let unchanged = containers::update(
+            ctx.clone(),
+            UpdateParams {
+                container: name.clone().parse().expect("a container ref"),
+                health_timeout: None,
+                force: false,
+            },
+        )
+        .await
+        .expect("an update of an unchanged image");
+        assert!(
+            !unchanged.image_changed && !unchanged.recreated,
+            "{unchanged:?}"
+        );
+        assert_eq!(unchanged.new_id, updated.new_id);
+        assert_eq!(unchanged.old_id, updated.new_id);
+        assert_eq!(unchanged.state, "running");
+        assert_eq!(
+            inspect(&e.docker, &name).await.and_then(|c| c.id),
+            Some(updated.new_id.clone()),
+            "the same container"
+        );
+
+        // With `force`, twice at once: each is recreated in turn (the per-container lock keeps
+        // them apart), neither is a change of image.
         let again = || {
             containers::update(
                 ctx.clone(),
                 UpdateParams {
                     container: name.clone().parse().expect("a container ref"),
                     health_timeout: None,
+                    force: true,
                 },
             )
         };
         let (first, second) = tokio::join!(again(), again());
         let (first, second) = (first.expect("first"), second.expect("second"));
         assert!(!first.image_changed && !second.image_changed);
+        assert!(first.recreated && second.recreated);
         let ids = [&updated.new_id, &first.new_id, &second.new_id];
         assert!(
             ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
@@ -706,6 +734,7 @@ async fn a_failed_update_rolls_back_to_the_old_container() {
             UpdateParams {
                 container: name.clone().parse().expect("a container ref"),
                 health_timeout: Some(30),
+                force: false,
             },
         )
         .await
@@ -741,6 +770,7 @@ async fn a_failed_update_rolls_back_to_the_old_container() {
             UpdateParams {
                 container: name.parse().expect("a container ref"),
                 health_timeout: Some(601),
+                force: false,
             },
         )
         .await

@@ -410,6 +410,10 @@ pub struct UpdateParams {
     /// Seconds to wait for the new container to be running (and healthy); 30 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_timeout: Option<u64>,
+    /// Recreate the container even when the pull brought the image it already runs (by
+    /// default such an update changes nothing and says so).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Result of `docker.containers.update`.
@@ -423,6 +427,10 @@ pub struct UpdateResult {
     pub new_image_id: String,
     /// The pull brought a different image.
     pub image_changed: bool,
+    /// The container was recreated (`new_id` is a new container): the image changed, or
+    /// `force`. An unchanged image without `force` leaves it as it is (`new_id == old_id`).
+    #[serde(default)]
+    pub recreated: bool,
     pub state: String,
 }
 

@@ -853,7 +853,23 @@ async fn run_get_pull_and_update_through_the_api() {
         .await;
     assert_eq!(s, StatusCode::OK, "{u}");
     assert_eq!(u["image_changed"], true, "{u}");
+    assert_eq!(u["recreated"], true, "{u}");
     assert_ne!(u["new_id"], old_id.as_str());
+    // Issue 17: again, the image unchanged: not recreated, and said (`force` would).
+    let (s, same) = env
+        .api(
+            Method::POST,
+            &format!("/containers/{name}/update"),
+            Some(json!({"health_timeout": 5})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{same}");
+    assert_eq!(
+        (&same["recreated"], &same["image_changed"]),
+        (&json!(false), &json!(false)),
+        "{same}"
+    );
+    assert_eq!(same["new_id"], u["new_id"], "{same}");
     let c2 = env
         .docker
         .docker
