@@ -126,7 +126,10 @@ mod tests {
     fn levels_and_per_target_directives() {
         let f = filter("warn,tomo_server=debug");
         assert_eq!(level_for(&f, "tomo_server"), Some(LevelFilter::DEBUG));
-        assert_eq!(level_for(&f, "tomo_server::hub"), Some(LevelFilter::DEBUG));
+        assert_eq!(
+            level_for(&f, "tomo_server::agents::hub"),
+            Some(LevelFilter::DEBUG)
+        );
         assert_eq!(level_for(&f, "hyper"), Some(LevelFilter::WARN));
         assert_eq!(level_for(&filter("error"), "x"), Some(LevelFilter::ERROR));
         // Not a directive at all: the default.

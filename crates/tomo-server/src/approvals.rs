@@ -33,10 +33,10 @@ use tomo_proto::methods::{DockerContainersRun, Level, Method as _, RunParams, le
 use tomo_proto::rpc::Outcome;
 
 use crate::AppState;
-use crate::api::{ApiError, rfc3339};
+use crate::agents::hub::CallError;
 use crate::core::call::{Admission, CallRequest, Hosts, Mode};
 use crate::core::{Principal, Refusal};
-use crate::hub::CallError;
+use crate::http::api::{ApiError, rfc3339};
 use crate::store::{ActionStatus, HostRecord, PendingAction, StoreError};
 
 mod interrupted;

@@ -30,7 +30,7 @@ use tomo_proto::audit::AuditRecord;
 use tomo_proto::methods::Level;
 
 use crate::AppState;
-use crate::api::{ApiError, Principal};
+use crate::http::api::{ApiError, Principal};
 use crate::store::{StoreError, StoredAudit};
 
 /// Live records buffered per follower before it is told it lagged.
@@ -81,10 +81,10 @@ pub fn view(r: &StoredAudit) -> Value {
     if let Some(obj) = v.as_object_mut() {
         obj.insert("id".into(), json!(r.id));
         obj.insert("host_id".into(), json!(r.host_id));
-        obj.insert("at".into(), json!(crate::api::rfc3339(r.at_ms)));
+        obj.insert("at".into(), json!(crate::http::api::rfc3339(r.at_ms)));
         obj.insert(
             "received_at".into(),
-            json!(crate::api::rfc3339(r.received_at)),
+            json!(crate::http::api::rfc3339(r.received_at)),
         );
     }
     v
@@ -438,8 +438,8 @@ impl Allowance {
     ),
     responses(
         (status = 200, description = "The records; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([AuditView] = "application/json"), (Object = "application/x-ndjson"))),
-        (status = 400, description = "`bad_request`: `limit`, `after`, `decision` or `follow` (`true` or `false`) is not valid.", body = crate::api::ErrorBody),
-        crate::openapi::HostErrors,
+        (status = 400, description = "`bad_request`: `limit`, `after`, `decision` or `follow` (`true` or `false`) is not valid.", body = crate::http::api::ErrorBody),
+        crate::http::openapi::HostErrors,
     )
 )]
 pub async fn list(
@@ -473,7 +473,7 @@ pub async fn list(
         Some(d @ ("allowed" | "denied")) => Some(d.to_owned()),
         Some(_) => return Err(ApiError::bad_request("decision must be allowed or denied")),
     };
-    let follow = crate::api::query_bool(&q, "follow")?;
+    let follow = crate::http::api::query_bool(&q, "follow")?;
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.audit.subscribe();
     let backlog = state
@@ -486,9 +486,9 @@ pub async fn list(
     }
     let mut last = backlog.last().map(|r| r.id).or(after).unwrap_or(0);
     let shutdown = state.shutdown.clone();
-    let lines = crate::api_host::async_stream(move |tx| async move {
+    let lines = crate::http::api_host::async_stream(move |tx| async move {
         for v in views {
-            if tx.send(crate::api_host::line(&v)).await.is_err() {
+            if tx.send(crate::http::api_host::line(&v)).await.is_err() {
                 return;
             }
         }
@@ -496,7 +496,7 @@ pub async fn list(
             let next = tokio::select! {
                 r = live.recv() => r,
                 _ = shutdown.cancelled() => {
-                    let _ = tx.send(crate::api_host::line(&crate::api_host::shutdown_end())).await;
+                    let _ = tx.send(crate::http::api_host::line(&crate::http::api_host::shutdown_end())).await;
                     return;
                 }
             };
@@ -508,7 +508,7 @@ pub async fn list(
                             || r.view["decision"].as_str() == decision.as_deref()) =>
                 {
                     last = r.id;
-                    if tx.send(crate::api_host::line(&r.view)).await.is_err() {
+                    if tx.send(crate::http::api_host::line(&r.view)).await.is_err() {
                         return;
                     }
                 }
@@ -516,7 +516,7 @@ pub async fn list(
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     // A slow reader skips records instead of holding memory; it is told so.
                     if tx
-                        .send(crate::api_host::line(&json!({"lagged": n})))
+                        .send(crate::http::api_host::line(&json!({"lagged": n})))
                         .await
                         .is_err()
                     {
@@ -539,7 +539,7 @@ pub async fn list(
 async fn host_id(state: &AppState, who: &Principal, key: &str) -> Result<String, ApiError> {
     match state.store.host(key).await {
         Ok(h) => Ok(h.id),
-        Err(StoreError::NotFound) => Ok(crate::api::resolve(state, who, key).await?.id),
+        Err(StoreError::NotFound) => Ok(crate::http::api::resolve(state, who, key).await?.id),
         Err(e) => Err(e.into()),
     }
 }

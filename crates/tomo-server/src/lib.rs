@@ -6,13 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
-pub mod agent_ws;
-pub mod api;
-pub mod api_approvals;
-pub mod api_codes;
-pub mod api_fleet;
-pub mod api_host;
-pub mod api_tokens;
+pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
@@ -20,9 +14,8 @@ pub mod budget;
 pub mod config;
 pub mod core;
 pub mod events;
-pub mod hub;
+pub mod http;
 pub mod mcp;
-pub mod openapi;
 pub mod samples;
 pub mod sealer;
 pub mod signer;
@@ -43,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tomo_proto::methods::Level;
 
+use crate::agents::hub::Hub;
 use crate::config::ServerConfig;
-use crate::hub::Hub;
 use crate::store::{SqliteStore, Store};
 
 /// TLS handshakes served at once. A crowd of connections (a fleet reconnecting after a restart)
@@ -340,7 +333,7 @@ impl Server {
                 };
                 // Each request carries the connection's slot (authenticating releases it) and
                 // its channel binding.
-                let svc = hyper::service::service_fn(move |mut req: http::Request<_>| {
+                let svc = hyper::service::service_fn(move |mut req: ::http::Request<_>| {
                     req.extensions_mut().insert(slot.clone());
                     if let Some(b) = binding {
                         req.extensions_mut().insert(b);
@@ -423,12 +416,12 @@ fn check_writable(dir: &std::path::Path) -> std::io::Result<()> {
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/agent/ws", get(agent_ws::upgrade))
-        .nest("/api/v1", api::router(Arc::clone(&state)))
+        .route("/agent/ws", get(agents::agent_ws::upgrade))
+        .nest("/api/v1", http::api::router(Arc::clone(&state)))
         .merge(mcp::router(Arc::clone(&state)))
         // An unknown route and a known route's unknown method answer in the API's error shape.
-        .fallback(api::no_route)
-        .method_not_allowed_fallback(api::no_method)
+        .fallback(http::api::no_route)
+        .method_not_allowed_fallback(http::api::no_method)
         .with_state(state)
 }
 

@@ -35,8 +35,8 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
-use crate::api::{ApiError, Principal};
 use crate::core::call::{Admission, CallRequest, Hosts, Mode};
+use crate::http::api::{ApiError, Principal};
 use output::Origin;
 use tomo_proto::methods::Method as _;
 use tools::{Action, Spec};
@@ -74,7 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(axum::middleware::from_fn(crate::audit::capture_principal))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
-            crate::api::require_token,
+            crate::http::api::require_token,
         ))
         .route_layer(axum::middleware::from_fn_with_state(
             crate::audit::Recorder::new(Arc::clone(&state)),
@@ -296,8 +296,8 @@ async fn guarded_call(
             &format!(
                 "{name} needs a token with the {} role; this token is {} (it cannot change \
                  anything this tool would change)",
-                crate::api::role_name(spec.level),
-                crate::api::role_name(who.token.role)
+                crate::http::api::role_name(spec.level),
+                crate::http::api::role_name(who.token.role)
             ),
         );
     }
@@ -449,7 +449,9 @@ async fn list_hosts(state: &Arc<AppState>, who: &Principal) -> ToolOutcome {
     let hosts = visible_hosts(state, who).await?;
     let views: Vec<Value> = hosts
         .iter()
-        .map(|h| serde_json::to_value(crate::api::host_view(state, h, false)).unwrap_or_default())
+        .map(|h| {
+            serde_json::to_value(crate::http::api::host_view(state, h, false)).unwrap_or_default()
+        })
         .collect();
     Ok((
         Origin {
@@ -500,7 +502,7 @@ async fn fleet_health(state: &Arc<AppState>, who: &Principal) -> ToolOutcome {
             "id": h.id,
             "hostname": h.hostname,
             "status": if is_online { "online" } else { "offline" },
-            "last_seen": h.last_seen.map(crate::api::rfc3339),
+            "last_seen": h.last_seen.map(crate::http::api::rfc3339),
             "cpu_percent": m.get("cpu_percent"),
             "memory_percent": memory,
             "fullest_disk": fullest.map(|(p, mount)| json!({"mount": mount, "percent": p})),
@@ -618,7 +620,7 @@ async fn host_events(
         .and_then(Value::as_u64)
         .unwrap_or(50)
         .clamp(1, 200) as u32;
-    let h = crate::api::resolve(state, who, host).await?;
+    let h = crate::http::api::resolve(state, who, host).await?;
     let events = state.store.docker_events(&h.id, None, limit).await?;
     Ok((
         Origin {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tomo_server::api_tokens::{TokenStatus, TokenView};
+use tomo_server::http::api_tokens::{TokenStatus, TokenView};
 
 use crate::client::{Api, ClientConfig, api_failure, config_path};
 use crate::commands::{print_json, seg, table};

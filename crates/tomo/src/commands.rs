@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tomo_server::api::{HostStatus, HostView};
-use tomo_server::api_codes::{CodeCreated, CodeStatus, CodeView};
+use tomo_server::http::api::{HostStatus, HostView};
+use tomo_server::http::api_codes::{CodeCreated, CodeStatus, CodeView};
 
 use crate::client::{Api, api_failure};
 use crate::{ClientArgs, Failure, Output};
@@ -195,7 +195,7 @@ pub async fn hosts(cmd: HostsCommand, args: &ClientArgs) -> Result<ExitCode, Fai
             if args.output == Output::Json {
                 print_json(&v);
             } else {
-                let v: tomo_server::api::Removed = crate::client::decode(v, "the removal")?;
+                let v: tomo_server::http::api::Removed = crate::client::decode(v, "the removal")?;
                 outln!("removed host {}", crate::out::terminal_safe(&v.removed));
             }
         }

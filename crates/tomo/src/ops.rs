@@ -13,9 +13,9 @@ use tomo_proto::methods::{
     LogsResult, Method as _, NetworkSummary, ObjectRef, RunResult, UpdateResult, VolumeSummary,
 };
 use tomo_proto::rpc::Outcome;
-use tomo_server::api::{HostStatus, HostView};
-use tomo_server::api_fleet::FleetAnswer;
 use tomo_server::events::EventView;
+use tomo_server::http::api::{HostStatus, HostView};
+use tomo_server::http::api_fleet::FleetAnswer;
 
 use crate::client::{Api, Streamed, decode};
 use crate::commands::{print_json, seg, table};

@@ -180,9 +180,9 @@ mod tests {
     use tomo_proto::methods::Level;
 
     use super::*;
-    use crate::api::Principal;
     use crate::auth::TokenSpec;
     use crate::config::ServerConfig;
+    use crate::http::api::Principal;
     use crate::store::{NewCode, NewHost};
     use crate::{AppState, Server};
 

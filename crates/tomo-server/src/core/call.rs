@@ -42,8 +42,8 @@ use tomo_proto::rpc::{Outcome, Response, RpcError};
 use super::hosts::{by_id, fan_out_targets, resolve};
 use super::{Principal, Refusal};
 use crate::AppState;
+use crate::agents::hub::{CallError, Caller, StreamHandle};
 use crate::approvals;
-use crate::hub::{CallError, Caller, StreamHandle};
 use crate::store::HostRecord;
 
 /// Longest timeout a caller may ask for.

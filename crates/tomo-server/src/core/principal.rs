@@ -3,8 +3,8 @@
 use tomo_proto::methods::Level;
 
 use super::Refusal;
+use crate::agents::hub::Caller;
 use crate::auth;
-use crate::hub::Caller;
 use crate::store::{HostRecord, TokenRecord};
 
 /// The authenticated caller (the HTTP layer puts it in the request after the token check).

@@ -26,7 +26,7 @@ async fn piped_session(
     let (a, b) = tokio::io::duplex(1 << 20);
     let server_ws =
         tokio_tungstenite::WebSocketStream::from_raw_socket(a, Role::Server, None).await;
-    tokio::spawn(tomo_server::agent_ws::run_session(
+    tokio::spawn(tomo_server::agents::agent_ws::run_session(
         server_ws,
         f.state.clone(),
         None,

@@ -24,26 +24,26 @@ use crate::store::{HostRecord, StoreError};
 use crate::{AppState, auth};
 
 /// The routes, all behind `require_token` but the OpenAPI document's. Each is registered
-/// with `routes!` from its documented handler, so the document ([`crate::openapi`]) lists every
+/// with `routes!` from its documented handler, so the document ([`crate::http::openapi`]) lists every
 /// route, and only those.
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     // Routes that reach a host: each call passes `approvals::gate`, which turns a change by a
     // token that requires approval into a pending action (the fan-out is read-only).
     let host_calls = OpenApiRouter::new()
         .routes(routes!(call_host))
-        .merge(crate::api_host::routes())
-        .merge(crate::api_fleet::routes());
+        .merge(crate::http::api_host::routes())
+        .merge(crate::http::api_fleet::routes());
     // Everything else: a change to the control plane cannot wait for a human, so a token that
     // requires approval may only read here (`refuse_unapproved_changes`, issue 12.3). A new route
     // lands here unless it is a host call.
     let control_plane = OpenApiRouter::new()
-        .merge(crate::api_codes::routes())
+        .merge(crate::http::api_codes::routes())
         .routes(routes!(list_hosts))
         .routes(routes!(show_host, remove_host))
         .routes(routes!(host_metrics))
         .routes(routes!(crate::audit::list))
-        .merge(crate::api_approvals::routes())
-        .merge(crate::api_tokens::routes())
+        .merge(crate::http::api_approvals::routes())
+        .merge(crate::http::api_tokens::routes())
         .route_layer(axum::middleware::from_fn(refuse_unapproved_changes));
     let protected = control_plane
         .merge(host_calls)
@@ -58,7 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             crate::audit::Recorder::new(state),
             crate::audit::record,
         ));
-    crate::openapi::serve(protected)
+    crate::http::openapi::serve(protected)
 }
 
 /// A boolean query parameter, parsed as every route parses one (issue 14): `true` or `false`,
@@ -242,7 +242,7 @@ pub struct ErrorDetail {
     pub message: String,
     /// The agent's JSON-RPC error, when the failure is the agent's answer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = crate::openapi::rpc_error_schema)]
+    #[schema(schema_with = crate::http::openapi::rpc_error_schema)]
     pub rpc: Option<tomo_proto::rpc::RpcError>,
 }
 
@@ -518,8 +518,8 @@ pub(crate) fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> HostV
     let online = state.hub.is_online(&h.id);
     let clock = state.hub.clock_offset(&h.id).map(|offset| ClockView {
         offset_ms: offset,
-        warning: (offset.abs() > crate::agent_ws::CLOCK_WARN_MS)
-            .then(|| crate::agent_ws::clock_skew_text(&h.hostname, offset)),
+        warning: (offset.abs() > crate::agents::agent_ws::CLOCK_WARN_MS)
+            .then(|| crate::agents::agent_ws::clock_skew_text(&h.hostname, offset)),
     });
     let latest = state.hub.latest(&h.id);
     HostView {
@@ -560,7 +560,7 @@ pub(crate) fn host_view(state: &AppState, h: &HostRecord, detail: bool) -> HostV
     tag = "hosts",
     responses(
         (status = 200, description = "The hosts.", body = Vec<HostView>),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn list_hosts(
@@ -586,10 +586,10 @@ pub(crate) use crate::core::hosts::resolve;
     get,
     path = "/hosts/{host}",
     tag = "hosts",
-    params(crate::openapi::HostPath),
+    params(crate::http::openapi::HostPath),
     responses(
         (status = 200, description = "The host.", body = HostView),
-        crate::openapi::HostErrors,
+        crate::http::openapi::HostErrors,
     )
 )]
 async fn show_host(
@@ -626,10 +626,10 @@ pub struct MetricsHistory {
     delete,
     path = "/hosts/{host}",
     tag = "hosts",
-    params(crate::openapi::HostPath),
+    params(crate::http::openapi::HostPath),
     responses(
         (status = 200, description = "The removed host's id.", body = Removed),
-        crate::openapi::HostErrors,
+        crate::http::openapi::HostErrors,
     )
 )]
 async fn remove_host(
@@ -672,7 +672,7 @@ struct CallBody {
     post,
     path = "/hosts/{host}/rpc",
     tag = "rpc",
-    params(crate::openapi::HostPath),
+    params(crate::http::openapi::HostPath),
     request_body = CallBody,
     responses(
         (status = 200, description = "The agent's JSON-RPC response (`result` or `error`).", body = Object),
@@ -681,8 +681,8 @@ struct CallBody {
         (status = 502, description = "A JSON-RPC response whose error says the connection to the host was lost.", body = Object),
         (status = 503, description = "A JSON-RPC response whose error says the host is offline.", body = Object),
         (status = 504, description = "A JSON-RPC response whose error says the agent did not answer in time.", body = Object),
-        crate::openapi::HostErrors,
-        crate::openapi::Pending,
+        crate::http::openapi::HostErrors,
+        crate::http::openapi::Pending,
     )
 )]
 async fn call_host(
@@ -720,9 +720,9 @@ async fn call_host(
         Ok(r) => (StatusCode::OK, r),
         Err(e) => {
             let status = match e {
-                crate::hub::CallError::Offline(_) => StatusCode::SERVICE_UNAVAILABLE,
-                crate::hub::CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                crate::hub::CallError::ConnectionLost(_) => StatusCode::BAD_GATEWAY,
+                crate::agents::hub::CallError::Offline(_) => StatusCode::SERVICE_UNAVAILABLE,
+                crate::agents::hub::CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                crate::agents::hub::CallError::ConnectionLost(_) => StatusCode::BAD_GATEWAY,
             };
             (status, Response::err(Id::Null, e.to_rpc()))
         }
@@ -739,10 +739,10 @@ async fn call_host(
     get,
     path = "/hosts/{host}/metrics",
     tag = "hosts",
-    params(crate::openapi::HostPath),
+    params(crate::http::openapi::HostPath),
     responses(
         (status = 200, description = "The samples, newest first.", body = MetricsHistory),
-        crate::openapi::HostErrors,
+        crate::http::openapi::HostErrors,
     )
 )]
 async fn host_metrics(

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::{ApiError, ErrorBody, Principal, rfc3339};
+use crate::http::api::{ApiError, ErrorBody, Principal, rfc3339};
 use crate::store::{CodeRecord, StoreError};
 use crate::{AppState, auth};
 
@@ -67,7 +67,7 @@ pub struct CodeCreated {
         (status = 201, description = "The code (shown once) and the join commands.", body = CodeCreated),
         (status = 400, description = "`bad_request`: a malformed body, or `ttl_secs` out of range.", body = ErrorBody),
         (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn create_code(
@@ -181,7 +181,7 @@ pub fn code_view(c: &CodeRecord, now: i64) -> CodeView {
     responses(
         (status = 200, description = "The codes, newest first.", body = Vec<CodeView>),
         (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn list_codes(
@@ -210,7 +210,7 @@ async fn list_codes(
         (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such code.", body = ErrorBody),
         (status = 409, description = "`conflict`: a host already registered with the code.", body = ErrorBody),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn revoke_code(

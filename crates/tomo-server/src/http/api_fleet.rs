@@ -22,10 +22,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::api::{ApiError, ErrorBody, Principal};
 use crate::core::call::{Admission, CallRequest, Hosts, Mode};
+use crate::http::api::{ApiError, ErrorBody, Principal};
 
-/// The routes, each registered with its documentation (see [`crate::openapi`]).
+/// The routes, each registered with its documentation (see [`crate::http::openapi`]).
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(fleet_rpc))
 }
@@ -68,7 +68,7 @@ struct FleetCall {
     responses(
         (status = 200, description = "Every host's answer (or failure), and the counts.", body = FleetAnswer),
         (status = 400, description = "`bad_request`: no method, a method that is not a read method answering at once, params not an object or array, or `timeout_ms` out of range. An unknown host (or one outside the token's scope) is a 404 `not_found`, an unknown method a 404 `unknown_method`.", body = ErrorBody),
-        crate::openapi::HostErrors,
+        crate::http::openapi::HostErrors,
     )
 )]
 async fn fleet_rpc(

@@ -30,7 +30,7 @@ use tomo_proto::methods::{
 use tomo_proto::rpc::{self, Frame, Id, Message, Response, RpcError};
 
 use crate::AppState;
-use crate::hub::AgentConn;
+use crate::agents::hub::AgentConn;
 use crate::store::{HostRecord, NewHost, RegisterError, SampleKind, SecurityEvent, StoreError};
 
 /// WebSocket limits on the control plane's side: agent responses may be large (capped by the

@@ -1,6 +1,6 @@
 //! The host operations of the REST API: one route per agent method family, each a thin mapping
 //! of path, query and body onto the method's params, through the same path as `POST /rpc`
-//! (role check, then [`crate::hub::Hub`]). Streams (logs follow, stats stream, pull progress)
+//! (role check, then [`crate::agents::hub::Hub`]). Streams (logs follow, stats stream, pull progress)
 //! and followed events are newline-delimited JSON; the consumer's reading pace is the stream's
 //! pace, so a slow client slows the agent down instead of filling memory.
 
@@ -22,12 +22,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::api::{ApiError, Principal, resolve};
+use crate::agents::hub::{StreamEvent, StreamHandle};
 use crate::core::call::{Admission, Admitted, CallRequest, Hosts, Mode};
-use crate::hub::{StreamEvent, StreamHandle};
-use crate::openapi::{AgentErrors, ContainerPath, HostErrors, HostPath, NamePath, Pending};
+use crate::http::api::{ApiError, Principal, resolve};
+use crate::http::openapi::{AgentErrors, ContainerPath, HostErrors, HostPath, NamePath, Pending};
 
-/// The host operations, each registered with its documentation (see [`crate::openapi`]).
+/// The host operations, each registered with its documentation (see [`crate::http::openapi`]).
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(stream_call))
@@ -821,7 +821,7 @@ enum AgentOpResult {
     post,
     path = "/hosts/{host}/system/{op}",
     tag = "system",
-    params(HostPath, ("op" = inline(crate::openapi::SystemOpName), Path, description = "The operation.")),
+    params(HostPath, ("op" = inline(crate::http::openapi::SystemOpName), Path, description = "The operation.")),
     request_body(content = Option<Object>, description = "The method's params (docs/protocol.md): `{\"command\", \"timeout\"?}` (exec), `{\"ports\"?, \"min_free_disk\"?, \"min_docker_version\"?, \"architectures\"?}` (preflight_check), `{\"volumes\": [{\"path\", \"uid\"?, \"gid\"?, \"mode\"?}]}` (prepare_volumes)."),
     responses(
         (status = 200, description = "The method's result: `ExecOutput` (exec), `PreflightResult` (preflight_check) or `PreparedVolumes` (prepare_volumes).", body = SystemOpResult),
@@ -866,7 +866,7 @@ async fn system_op(
     post,
     path = "/hosts/{host}/agent/{op}",
     tag = "agent",
-    params(HostPath, ("op" = inline(crate::openapi::AgentOpName), Path, description = "The operation.")),
+    params(HostPath, ("op" = inline(crate::http::openapi::AgentOpName), Path, description = "The operation.")),
     request_body(content = Option<Object>, description = "`update`: the settings to change: `log_level`, `metrics_interval`, `health_interval`."),
     responses(
         (status = 200, description = "The method's result: `AgentSettings` (update) or `Restarting` (restart).", body = AgentOpResult),
@@ -912,7 +912,7 @@ async fn agent_op(
     ),
     responses(
         (status = 200, description = "The events, oldest first; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([crate::events::EventView] = "application/json"), (Object = "application/x-ndjson"))),
-        (status = 400, description = "`bad_request`: `limit`, `after` or `follow` (`true` or `false`) is not valid.", body = crate::api::ErrorBody),
+        (status = 400, description = "`bad_request`: `limit`, `after` or `follow` (`true` or `false`) is not valid.", body = crate::http::api::ErrorBody),
         HostErrors,
     )
 )]
@@ -939,7 +939,7 @@ async fn events(
                 .map_err(|_| ApiError::bad_request("after must be an event's seq (a number)"))?,
         ),
     };
-    let follow = crate::api::query_bool(&q, "follow")?;
+    let follow = crate::http::api::query_bool(&q, "follow")?;
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.events.subscribe();
     let backlog = state.store.docker_events(&h.id, after, limit).await?;

@@ -12,8 +12,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::api::{ApiError, ErrorBody, Principal};
 use crate::approvals;
+use crate::http::api::{ApiError, ErrorBody, Principal};
 use crate::store::ActionStatus;
 
 /// Most actions listed at once.
@@ -98,7 +98,7 @@ pub struct DenyBody {
         (status = 200, description = "Actions, newest first: every action in scope for an admin \
             token that does not require approval, the token's own otherwise.", body = Vec<approvals::ActionView>),
         (status = 400, description = "`bad_request`: unknown status, or a malformed query.", body = ErrorBody),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn list(
@@ -149,7 +149,7 @@ async fn list(
     responses(
         (status = 200, description = "The action: status, summary, and the result once it ran.", body = approvals::ActionView),
         (status = 404, description = "`not_found`: no such action, or not the caller's to see.", body = ErrorBody),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn show(
@@ -178,7 +178,7 @@ async fn show(
         (status = 403, description = "`forbidden`: not an admin token, a token that requires approval, or the asking token itself.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such action in the token's scope.", body = ErrorBody),
         (status = 409, description = "`not_pending`: already decided, expired, or interrupted (never run again).", body = ErrorBody),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn approve(
@@ -208,7 +208,7 @@ async fn approve(
         (status = 403, description = "`forbidden`: not an admin token, a token that requires approval, or the asking token itself.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such action in the token's scope.", body = ErrorBody),
         (status = 409, description = "`not_pending`: already decided or expired.", body = ErrorBody),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn deny(

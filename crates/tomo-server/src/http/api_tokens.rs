@@ -25,11 +25,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::api::{ApiError, ErrorBody, Principal, resolve, rfc3339, role_name};
 use crate::auth::{self, MintError, TokenSpec};
+use crate::http::api::{ApiError, ErrorBody, Principal, resolve, rfc3339, role_name};
 use crate::store::{StoreError, TokenRecord};
 
-/// The routes, each registered with its documentation (see [`crate::openapi`]).
+/// The routes, each registered with its documentation (see [`crate::http::openapi`]).
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
@@ -127,7 +127,7 @@ async fn record(state: &AppState, who: &Principal, method: &str, params: Value) 
 struct CreateToken {
     /// 1–64 letters, digits, `.`, `_`, `-`, `@` or `:`.
     name: String,
-    #[schema(value_type = crate::openapi::Role)]
+    #[schema(value_type = crate::http::openapi::Role)]
     role: Level,
     /// Lifetime in seconds; absent: never expires.
     #[serde(default)]
@@ -157,7 +157,7 @@ struct CreateToken {
         (status = 201, description = "The token's record and `secret`.", body = TokenView),
         (status = 400, description = "`bad_request`: a malformed body, or a name, lifetime, scope or rate out of bounds.", body = ErrorBody),
         (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn create(
@@ -201,7 +201,7 @@ async fn create(
     responses(
         (status = 200, description = "The tokens.", body = Vec<TokenView>),
         (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn list(
@@ -233,7 +233,7 @@ async fn list(
         (status = 200, description = "The revoked token's record.", body = TokenView),
         (status = 403, description = "`forbidden`: not an admin token; `out_of_scope`: the token has a host scope.", body = ErrorBody),
         (status = 404, description = "`not_found`: no token with that id.", body = ErrorBody),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn revoke(
@@ -270,7 +270,7 @@ async fn revoke(
     tag = "tokens",
     responses(
         (status = 200, description = "The token's record.", body = TokenView),
-        crate::openapi::AuthErrors,
+        crate::http::openapi::AuthErrors,
     )
 )]
 async fn whoami(
@@ -299,12 +299,12 @@ pub struct HostLabels {
     put,
     path = "/hosts/{host}/labels",
     tag = "hosts",
-    params(crate::openapi::HostPath),
+    params(crate::http::openapi::HostPath),
     request_body(content = BTreeMap<String, String>, description = "The labels: at most 32; keys and values of 1–63 letters, digits, `.`, `_`, `-`, `/` (values also `:`)."),
     responses(
         (status = 200, description = "The host's labels now.", body = HostLabels),
         (status = 400, description = "`bad_request`: not an object of strings, or a label out of bounds.", body = ErrorBody),
-        crate::openapi::HostErrors,
+        crate::http::openapi::HostErrors,
     )
 )]
 async fn set_labels(

@@ -3,9 +3,9 @@
 //!
 //! Every operation is registered through `utoipa_axum::routes!` from a handler annotated with
 //! `#[utoipa::path]`, so a route cannot exist without its documented path, method and
-//! parameters (see [`crate::api::router`]). This module holds what the operations share: the
+//! parameters (see [`crate::http::api::router`]). This module holds what the operations share: the
 //! document's header and bearer security scheme, the path parameters, the error response sets
-//! in the one error shape ([`crate::api::ErrorBody`]), and [`serve`], which splits the router
+//! in the one error shape ([`crate::http::api::ErrorBody`]), and [`serve`], which splits the router
 //! into routes and document and serves the document, generated once at start.
 
 use std::collections::BTreeMap;
@@ -44,7 +44,7 @@ pub const BEARER: &str = "bearer";
     ),
     security(("bearer" = [])),
     modifiers(&BearerScheme),
-    components(schemas(crate::api::ErrorBody)),
+    components(schemas(crate::http::api::ErrorBody)),
     tags(
         (name = "meta", description = "The API's own description."),
         (name = "codes", description = "Single-use registration codes for new agents."),
