@@ -167,7 +167,7 @@ pub async fn run(args: RpcArgs) -> anyhow::Result<()> {
 pub async fn measure_report(args: &RpcArgs) -> anyhow::Result<Report> {
     let stop = CancellationToken::new();
     tokio::spawn(tomo_common::signals::cancel_on_signal(stop.clone()));
-    let started_at = tomo_server::http::api::rfc3339(tomo_common::now_ms());
+    let started_at = tomo_server::core::rfc3339(tomo_common::now_ms());
 
     let docker = fixtures::engine().await?;
     let machine = Machine::collect(Some(&docker)).await;

@@ -349,7 +349,7 @@ pub async fn run(
         benchmark: name,
         command: rpc::command_line(),
         quick,
-        started_at: tomo_server::http::api::rfc3339(tomo_common::now_ms()),
+        started_at: tomo_server::core::rfc3339(tomo_common::now_ms()),
         machine,
         load_after: Vec::new(),
         footprint: None,

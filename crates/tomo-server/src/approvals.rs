@@ -35,8 +35,9 @@ use tomo_proto::rpc::Outcome;
 use crate::AppState;
 use crate::agents::hub::CallError;
 use crate::core::call::{Admission, CallRequest, Hosts, Mode};
+use crate::core::rfc3339;
 use crate::core::{Principal, Refusal};
-use crate::http::api::{ApiError, rfc3339};
+use crate::http::api::ApiError;
 use crate::store::{ActionStatus, HostRecord, PendingAction, StoreError};
 
 mod interrupted;

@@ -81,10 +81,10 @@ pub fn view(r: &StoredAudit) -> Value {
     if let Some(obj) = v.as_object_mut() {
         obj.insert("id".into(), json!(r.id));
         obj.insert("host_id".into(), json!(r.host_id));
-        obj.insert("at".into(), json!(crate::http::api::rfc3339(r.at_ms)));
+        obj.insert("at".into(), json!(crate::core::rfc3339(r.at_ms)));
         obj.insert(
             "received_at".into(),
-            json!(crate::http::api::rfc3339(r.received_at)),
+            json!(crate::core::rfc3339(r.received_at)),
         );
     }
     v

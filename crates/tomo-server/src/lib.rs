@@ -13,7 +13,6 @@ pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod core;
-pub mod events;
 pub mod http;
 pub mod mcp;
 pub mod samples;
@@ -74,7 +73,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     /// Docker events as they are stored, for followers.
-    pub events: tokio::sync::broadcast::Sender<events::Live>,
+    pub events: tokio::sync::broadcast::Sender<crate::core::events::Live>,
     /// Failed token and registration attempts per source (brute-force throttling).
     pub throttle: throttle::Throttle,
     /// Audit records as they are stored, for followers.
@@ -229,7 +228,7 @@ impl Server {
             shutdown,
             tracker,
             samples,
-            events: tokio::sync::broadcast::channel(events::FOLLOW_BUFFER).0,
+            events: tokio::sync::broadcast::channel(crate::core::events::FOLLOW_BUFFER).0,
             throttle: throttle::Throttle::new(),
             audit: tokio::sync::broadcast::channel(audit::FOLLOW_BUFFER).0,
             audit_queue,
@@ -438,7 +437,7 @@ async fn prune_history(state: Arc<AppState>) {
         }
         match state
             .store
-            .prune_docker_events(before, events::KEEP_PER_HOST)
+            .prune_docker_events(before, crate::core::events::KEEP_PER_HOST)
             .await
         {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "pruned Docker events"),

@@ -502,7 +502,7 @@ async fn fleet_health(state: &Arc<AppState>, who: &Principal) -> ToolOutcome {
             "id": h.id,
             "hostname": h.hostname,
             "status": if is_online { "online" } else { "offline" },
-            "last_seen": h.last_seen.map(crate::http::api::rfc3339),
+            "last_seen": h.last_seen.map(crate::core::rfc3339),
             "cpu_percent": m.get("cpu_percent"),
             "memory_percent": memory,
             "fullest_disk": fullest.map(|(p, mount)| json!({"mount": mount, "percent": p})),
@@ -630,7 +630,7 @@ async fn host_events(
         json!(
             events
                 .iter()
-                .filter_map(crate::events::view)
+                .filter_map(crate::core::events::view)
                 .collect::<Vec<_>>()
         ),
     ))

@@ -13,7 +13,7 @@ use tomo_proto::methods::{
     LogsResult, Method as _, NetworkSummary, ObjectRef, RunResult, UpdateResult, VolumeSummary,
 };
 use tomo_proto::rpc::Outcome;
-use tomo_server::events::EventView;
+use tomo_server::core::events::EventView;
 use tomo_server::http::api::{HostStatus, HostView};
 use tomo_server::http::api_fleet::FleetAnswer;
 

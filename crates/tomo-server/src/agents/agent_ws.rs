@@ -823,7 +823,7 @@ async fn on_notification(method: &str, params: &str, conn: &AgentConn, state: &A
         }
         DOCKER_EVENT => {
             return match serde_json::from_str::<DockerEvent>(params) {
-                Ok(e) => crate::events::ingest(state, &conn.host_id, e).await,
+                Ok(e) => crate::core::events::ingest(state, &conn.host_id, e).await,
                 Err(e) => {
                     tracing::warn!(host_id = %conn.host_id, error = %e, "malformed docker.event ignored")
                 }

@@ -18,8 +18,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::core::Refusal;
 use crate::core::call::{Admission, CallRequest, Hosts, Mode};
+use crate::core::{Refusal, rfc3339};
 use crate::store::{HostRecord, StoreError};
 use crate::{AppState, auth};
 
@@ -432,17 +432,6 @@ fn throttled(wait: Duration) -> HttpResponse {
         r.headers_mut().insert(http::header::RETRY_AFTER, v);
     }
     r
-}
-
-/// RFC 3339 UTC from Unix milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 /// A host as the API shows it (`GET /hosts`, `GET /hosts/{host}`, MCP's `list_hosts`).

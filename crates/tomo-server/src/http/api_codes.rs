@@ -16,7 +16,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::http::api::{ApiError, ErrorBody, Principal, rfc3339};
+use crate::core::rfc3339;
+use crate::http::api::{ApiError, ErrorBody, Principal};
 use crate::store::{CodeRecord, StoreError};
 use crate::{AppState, auth};
 

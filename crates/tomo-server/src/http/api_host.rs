@@ -911,7 +911,7 @@ async fn agent_op(
         ("follow" = Option<bool>, Query, description = "Go on with live events, as NDJSON."),
     ),
     responses(
-        (status = 200, description = "The events, oldest first; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([crate::events::EventView] = "application/json"), (Object = "application/x-ndjson"))),
+        (status = 200, description = "The events, oldest first; with `follow`, NDJSON (a slow reader is told `{\"lagged\": n}`).", content(([crate::core::events::EventView] = "application/json"), (Object = "application/x-ndjson"))),
         (status = 400, description = "`bad_request`: `limit`, `after` or `follow` (`true` or `false`) is not valid.", body = crate::http::api::ErrorBody),
         HostErrors,
     )
@@ -943,8 +943,10 @@ async fn events(
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.events.subscribe();
     let backlog = state.store.docker_events(&h.id, after, limit).await?;
-    let views: Vec<crate::events::EventView> =
-        backlog.iter().filter_map(crate::events::view).collect();
+    let views: Vec<crate::core::events::EventView> = backlog
+        .iter()
+        .filter_map(crate::core::events::view)
+        .collect();
     if !follow {
         return Ok(Json(views).into_response());
     }

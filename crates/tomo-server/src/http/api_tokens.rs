@@ -26,7 +26,8 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::{self, MintError, TokenSpec};
-use crate::http::api::{ApiError, ErrorBody, Principal, resolve, rfc3339, role_name};
+use crate::core::rfc3339;
+use crate::http::api::{ApiError, ErrorBody, Principal, resolve, role_name};
 use crate::store::{StoreError, TokenRecord};
 
 /// The routes, each registered with its documentation (see [`crate::http::openapi`]).

@@ -41,7 +41,7 @@ pub fn view(e: &StoredEvent) -> Option<EventView> {
         Ok(event) => Some(EventView {
             event,
             seq: e.id,
-            received_at: crate::http::api::rfc3339(e.received_at),
+            received_at: crate::core::rfc3339(e.received_at),
         }),
         Err(err) => {
             tracing::warn!(seq = e.id, error = %err, "a stored Docker event does not read as one");
@@ -79,7 +79,7 @@ pub async fn ingest(state: &AppState, host_id: &str, event: DockerEvent) {
                 view: EventView {
                     event,
                     seq: id,
-                    received_at: crate::http::api::rfc3339(now),
+                    received_at: crate::core::rfc3339(now),
                 },
             });
         }
