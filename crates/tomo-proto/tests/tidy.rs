@@ -7,7 +7,9 @@
 //! - method names are written once, in `tomo-proto`: the control plane and the CLI name a
 //!   method by its type (`DockerContainersList::NAME`), never by a string literal;
 //! - every module opens with a `//!` doc;
-//! - every path ARCHITECTURE.md names exists.
+//! - every path ARCHITECTURE.md names exists;
+//! - `core/`, `agents/` and `store/` never name the surfaces (`crate::http`, `crate::mcp`), and
+//!   the store names neither `core` nor `agents`.
 
 use std::path::{Path, PathBuf};
 
@@ -78,6 +80,29 @@ fn the_control_planes_core_knows_no_http() {
         &["axum", "http::", "StatusCode"],
     );
     assert!(found.is_empty(), "HTTP in core/: {found:?}");
+}
+
+/// Issue 14's layering, as far as it holds today: the surfaces (`http/`, `mcp`) sit on top; the
+/// control plane's core, the agents' sessions and the store never reach up into them.
+#[test]
+fn the_layers_below_the_surfaces_do_not_reach_up() {
+    for dir in ["core", "agents", "store"] {
+        let found = offenders(
+            &format!("crates/tomo-server/src/{dir}"),
+            &[],
+            &["crate::http", "crate::mcp"],
+        );
+        assert!(
+            found.is_empty(),
+            "{dir}/ reaches up to a surface: {found:?}"
+        );
+    }
+    let found = offenders(
+        "crates/tomo-server/src/store",
+        &[],
+        &["crate::core", "crate::agents"],
+    );
+    assert!(found.is_empty(), "store/ reaches up: {found:?}");
 }
 
 #[test]
