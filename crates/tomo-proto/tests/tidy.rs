@@ -8,7 +8,7 @@
 //!   method by its type (`DockerContainersList::NAME`), never by a string literal;
 //! - every module opens with a `//!` doc;
 //! - every path ARCHITECTURE.md names exists;
-//! - `core/`, `agents/` and `store/` never name the surfaces (`crate::http`, `crate::mcp`), and
+//! - `core/`, `agents/`, `store/` and the approval flow never name the surfaces (`crate::http`, `crate::mcp`), and
 //!   the store names neither `core` nor `agents`.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +20,9 @@ fn root() -> PathBuf {
 
 /// Every `.rs` file under `dir`.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    if dir.is_file() {
+        return vec![dir.to_path_buf()];
+    }
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -86,7 +89,7 @@ fn the_control_planes_core_knows_no_http() {
 /// control plane's core, the agents' sessions and the store never reach up into them.
 #[test]
 fn the_layers_below_the_surfaces_do_not_reach_up() {
-    for dir in ["core", "agents", "store"] {
+    for dir in ["core", "agents", "store", "approvals"] {
         let found = offenders(
             &format!("crates/tomo-server/src/{dir}"),
             &[],
@@ -97,6 +100,14 @@ fn the_layers_below_the_surfaces_do_not_reach_up() {
             "{dir}/ reaches up to a surface: {found:?}"
         );
     }
+    // The approval flow's domain (`approvals.rs`; its `approvals/` is covered above) answers
+    // the core's refusals, not HTTP errors.
+    let found = offenders(
+        "crates/tomo-server/src/approvals.rs",
+        &[],
+        &["crate::http", "crate::mcp", "axum", "StatusCode"],
+    );
+    assert!(found.is_empty(), "approvals.rs reaches up: {found:?}");
     let found = offenders(
         "crates/tomo-server/src/store",
         &[],

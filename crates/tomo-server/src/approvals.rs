@@ -24,7 +24,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
 use serde_json::{Value, json};
 use tomo_common::now_ms;
 use tomo_common::redact::params::redact_string;
@@ -37,7 +36,6 @@ use crate::agents::hub::CallError;
 use crate::core::call::{Admission, CallRequest, Hosts, Mode};
 use crate::core::rfc3339;
 use crate::core::{Principal, Refusal};
-use crate::http::api::ApiError;
 use crate::store::{ActionStatus, HostRecord, PendingAction, StoreError};
 
 mod interrupted;
@@ -270,15 +268,9 @@ fn is_decider(who: &Principal) -> bool {
 
 /// Loads an action the caller may see: its own, or any in scope for a decider. Others are
 /// "not found" (their ids say nothing).
-pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<PendingAction, ApiError> {
+pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<PendingAction, Refusal> {
     state.store.expire_actions(now_ms()).await?;
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no action {id}"),
-        )
-    };
+    let not_found = || Refusal::NotFound(format!("no action {id}"));
     let action = match state.store.action(id).await {
         Ok(a) => a,
         Err(StoreError::NotFound) => return Err(not_found()),
@@ -293,7 +285,7 @@ pub async fn get(state: &AppState, who: &Principal, id: &str) -> Result<PendingA
     Err(not_found())
 }
 
-async fn host_in_scope(state: &AppState, who: &Principal, host_id: &str) -> Result<bool, ApiError> {
+async fn host_in_scope(state: &AppState, who: &Principal, host_id: &str) -> Result<bool, Refusal> {
     if who.token.scope.is_empty() {
         return Ok(true);
     }
@@ -315,7 +307,7 @@ pub async fn list(
     who: &Principal,
     statuses: &[ActionStatus],
     limit: u32,
-) -> Result<Vec<PendingAction>, ApiError> {
+) -> Result<Vec<PendingAction>, Refusal> {
     state.store.expire_actions(now_ms()).await?;
     if !is_decider(who) {
         return Ok(state
@@ -334,31 +326,27 @@ pub async fn list(
 
 /// Refuses a caller that may decide nothing before the action is looked up: 403 whatever the
 /// id (so it tells nothing about the action), not the 404 of a token that sees only its own.
-fn check_may_decide(who: &Principal) -> Result<(), ApiError> {
+fn check_may_decide(who: &Principal) -> Result<(), Refusal> {
     if who.token.requires_approval {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "a token that requires approval cannot decide approvals",
+        return Err(Refusal::Denied(
+            "a token that requires approval cannot decide approvals".into(),
         ));
     }
-    Ok(who.require(Level::Admin)?)
+    who.require(Level::Admin)
 }
 
-fn check_decider(who: &Principal, action: &PendingAction) -> Result<(), ApiError> {
+fn check_decider(who: &Principal, action: &PendingAction) -> Result<(), Refusal> {
     check_may_decide(who)?;
     if action.token_id == who.token.id {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "a token cannot approve or deny its own actions; use another admin token",
+        return Err(Refusal::Denied(
+            "a token cannot approve or deny its own actions; use another admin token".into(),
         ));
     }
     Ok(())
 }
 
 /// A decision that came too late or twice.
-fn not_pending(a: &PendingAction) -> ApiError {
+fn not_pending(a: &PendingAction) -> Refusal {
     let message = if a.status == ActionStatus::Interrupted {
         format!(
             "action {} was interrupted: the control plane lost the answer of its call to host {} \
@@ -370,7 +358,7 @@ fn not_pending(a: &PendingAction) -> ApiError {
     } else {
         format!("action {} is {}, not pending", a.id, a.status.as_str())
     };
-    ApiError::new(StatusCode::CONFLICT, "not_pending", message)
+    Refusal::NotPending(message)
 }
 
 /// Approves and runs the action; answers when it has run (done or failed). The call runs in
@@ -379,7 +367,7 @@ pub async fn approve(
     state: &Arc<AppState>,
     who: &Principal,
     id: &str,
-) -> Result<PendingAction, ApiError> {
+) -> Result<PendingAction, Refusal> {
     check_may_decide(who)?;
     let action = get(state, who, id).await?;
     check_decider(who, &action)?;
@@ -539,7 +527,7 @@ pub async fn deny(
     who: &Principal,
     id: &str,
     reason: Option<&str>,
-) -> Result<PendingAction, ApiError> {
+) -> Result<PendingAction, Refusal> {
     check_may_decide(who)?;
     let action = get(state, who, id).await?;
     check_decider(who, &action)?;

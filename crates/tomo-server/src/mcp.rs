@@ -328,15 +328,18 @@ async fn guarded_call(
         Action::HostEvents => host_events(state, who, &args).await.map(data),
         Action::ActionStatus => {
             let id = args.get("id").and_then(Value::as_str).unwrap_or_default();
-            crate::approvals::get(state, who, id).await.map(|a| {
-                Answer::Data(
-                    Origin {
-                        host: None,
-                        source: "approval".into(),
-                    },
-                    json!(crate::approvals::view(state, &a)),
-                )
-            })
+            crate::approvals::get(state, who, id)
+                .await
+                .map_err(ApiError::from)
+                .map(|a| {
+                    Answer::Data(
+                        Origin {
+                            host: None,
+                            source: "approval".into(),
+                        },
+                        json!(crate::approvals::view(state, &a)),
+                    )
+                })
         }
     };
     match result {

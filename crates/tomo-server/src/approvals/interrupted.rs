@@ -182,7 +182,7 @@ mod tests {
     use super::*;
     use crate::auth::TokenSpec;
     use crate::config::ServerConfig;
-    use crate::http::api::Principal;
+    use crate::core::Principal;
     use crate::store::{NewCode, NewHost};
     use crate::{AppState, Server};
 
@@ -342,8 +342,8 @@ mod tests {
                 .await
                 .expect_err("deny"),
         ] {
-            assert_eq!(e.status(), http::StatusCode::CONFLICT);
-            assert!(e.message().contains("interrupted"), "{}", e.message());
+            assert_eq!(e.code(), "not_pending");
+            assert!(e.to_string().contains("interrupted"), "{e}");
         }
         // The host's records arrive (the agent delivers what it made while disconnected): the
         // admission says it started, the outcome settles it.

@@ -37,6 +37,13 @@ pub enum Refusal {
     /// Several hosts match the key.
     #[error("{0}")]
     Ambiguous(String),
+    /// The caller may not do this (said in the message: a token that requires approval cannot
+    /// decide, a token cannot approve its own action).
+    #[error("{0}")]
+    Denied(String),
+    /// A decision on an action that is no longer pending (said in the message).
+    #[error("{0}")]
+    NotPending(String),
     /// `stream.*` control of a stream the caller did not open.
     #[error("stream {0:?} is not open, or was opened by another caller")]
     NotStreamOwner(String),
@@ -52,7 +59,8 @@ impl Refusal {
             Self::BadRequest(_) | Self::InvalidParams(_) => "bad_request",
             Self::TooLarge => "too_large",
             Self::UnknownMethod(_) => "unknown_method",
-            Self::Forbidden { .. } | Self::NotStreamOwner(_) => "forbidden",
+            Self::Forbidden { .. } | Self::NotStreamOwner(_) | Self::Denied(_) => "forbidden",
+            Self::NotPending(_) => "not_pending",
             Self::OutOfScope => "out_of_scope",
             Self::NotFound(_) => "not_found",
             Self::Ambiguous(_) => "ambiguous",

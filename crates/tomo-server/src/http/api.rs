@@ -253,9 +253,11 @@ impl From<Refusal> for ApiError {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::UnknownMethod(_) | Refusal::NotFound(_) => StatusCode::NOT_FOUND,
-            Refusal::Forbidden { .. } | Refusal::NotStreamOwner(_) | Refusal::OutOfScope => {
-                StatusCode::FORBIDDEN
-            }
+            Refusal::Forbidden { .. }
+            | Refusal::NotStreamOwner(_)
+            | Refusal::OutOfScope
+            | Refusal::Denied(_) => StatusCode::FORBIDDEN,
+            Refusal::NotPending(_) => StatusCode::CONFLICT,
             Refusal::Ambiguous(_) => StatusCode::CONFLICT,
             // As the agent's own answer to such params would have been.
             Refusal::InvalidParams(e) => return Self::from_rpc(e.clone()),
