@@ -8,7 +8,7 @@
 //!   method by its type (`DockerContainersList::NAME`), never by a string literal;
 //! - every module opens with a `//!` doc;
 //! - every path ARCHITECTURE.md names exists;
-//! - `core/`, `agents/`, `store/` and the approval flow never name the surfaces (`crate::http`, `crate::mcp`), and
+//! - `core/`, `agents/`, `store/`, the approval flow and the audit trail never name the surfaces (`crate::http`, `crate::mcp`), and
 //!   the store names neither `core` nor `agents`.
 
 use std::path::{Path, PathBuf};
@@ -101,13 +101,16 @@ fn the_layers_below_the_surfaces_do_not_reach_up() {
         );
     }
     // The approval flow's domain (`approvals.rs`; its `approvals/` is covered above) answers
-    // the core's refusals, not HTTP errors.
-    let found = offenders(
-        "crates/tomo-server/src/approvals.rs",
-        &[],
-        &["crate::http", "crate::mcp", "axum", "StatusCode"],
-    );
-    assert!(found.is_empty(), "approvals.rs reaches up: {found:?}");
+    // the core's refusals, not HTTP errors; the audit trail (`audit.rs`) has its HTTP side in
+    // `http/audit.rs`.
+    for file in ["approvals.rs", "audit.rs"] {
+        let found = offenders(
+            &format!("crates/tomo-server/src/{file}"),
+            &[],
+            &["crate::http", "crate::mcp", "axum", "StatusCode"],
+        );
+        assert!(found.is_empty(), "{file} reaches up: {found:?}");
+    }
     let found = offenders(
         "crates/tomo-server/src/store",
         &[],

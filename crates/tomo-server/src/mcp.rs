@@ -71,14 +71,16 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             Arc::clone(&state),
             check_origin,
         ))
-        .route_layer(axum::middleware::from_fn(crate::audit::capture_principal))
+        .route_layer(axum::middleware::from_fn(
+            crate::http::audit::capture_principal,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             crate::http::api::require_token,
         ))
         .route_layer(axum::middleware::from_fn_with_state(
-            crate::audit::Recorder::new(Arc::clone(&state)),
-            crate::audit::record,
+            crate::http::audit::Recorder::new(Arc::clone(&state)),
+            crate::http::audit::record,
         ))
 }
 

@@ -41,22 +41,24 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .routes(routes!(list_hosts))
         .routes(routes!(show_host, remove_host))
         .routes(routes!(host_metrics))
-        .routes(routes!(crate::audit::list))
+        .routes(routes!(crate::http::audit::list))
         .merge(crate::http::api_approvals::routes())
         .merge(crate::http::api_tokens::routes())
         .route_layer(axum::middleware::from_fn(refuse_unapproved_changes));
     let protected = control_plane
         .merge(host_calls)
         // Innermost: hands the token's principal to the audit layer through the response.
-        .layer(axum::middleware::from_fn(crate::audit::capture_principal))
+        .layer(axum::middleware::from_fn(
+            crate::http::audit::capture_principal,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,
         ))
         // Outermost: records every request and answer, 401s from the token check included.
         .layer(axum::middleware::from_fn_with_state(
-            crate::audit::Recorder::new(state),
-            crate::audit::record,
+            crate::http::audit::Recorder::new(state),
+            crate::http::audit::record,
         ));
     crate::http::openapi::serve(protected)
 }

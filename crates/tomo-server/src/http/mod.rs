@@ -9,4 +9,5 @@ pub mod api_codes;
 pub mod api_fleet;
 pub mod api_host;
 pub mod api_tokens;
+pub mod audit;
 pub mod openapi;
