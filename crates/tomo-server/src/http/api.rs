@@ -79,6 +79,30 @@ pub(crate) fn query_bool(
     }
 }
 
+/// The page of a stored list (events, audit): `limit` (1–10000, 100 by default) and `after`
+/// (only entries after this one, named `what` in the error: "an event's seq", "a record id").
+pub(crate) fn query_page(
+    q: &std::collections::HashMap<String, String>,
+    what: &str,
+) -> Result<(u32, Option<i64>), ApiError> {
+    let limit: u32 = match q.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| ApiError::bad_request("limit must be 1–10000"))?,
+    };
+    let after: Option<i64> = match q.get("after") {
+        None => None,
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| ApiError::bad_request(format!("after must be {what} (a number)")))?,
+        ),
+    };
+    Ok((limit, after))
+}
+
 /// The answer to a path no route serves: 404 in the error shape (it was an empty body).
 pub(crate) async fn no_route(uri: http::Uri) -> ApiError {
     ApiError::new(

@@ -924,21 +924,7 @@ async fn events(
 ) -> Result<HttpResponse, ApiError> {
     who.require(methods::Level::Read)?;
     let h = resolve(&state, &who, &host).await?;
-    let limit: u32 = match q.get("limit") {
-        None => 100,
-        Some(v) => v
-            .parse()
-            .ok()
-            .filter(|n| (1..=10_000).contains(n))
-            .ok_or_else(|| ApiError::bad_request("limit must be 1–10000"))?,
-    };
-    let after: Option<i64> = match q.get("after") {
-        None => None,
-        Some(v) => Some(
-            v.parse()
-                .map_err(|_| ApiError::bad_request("after must be an event's seq (a number)"))?,
-        ),
-    };
+    let (limit, after) = crate::http::api::query_page(&q, "an event's seq")?;
     let follow = crate::http::api::query_bool(&q, "follow")?;
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut live = state.events.subscribe();

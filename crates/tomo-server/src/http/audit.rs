@@ -279,21 +279,7 @@ pub async fn list(
         Some(key) => Some(host_id(&state, &who, key).await?),
         None => None,
     };
-    let limit: u32 = match q.get("limit") {
-        None => 100,
-        Some(v) => v
-            .parse()
-            .ok()
-            .filter(|n| (1..=10_000).contains(n))
-            .ok_or_else(|| ApiError::bad_request("limit must be 1–10000"))?,
-    };
-    let after: Option<i64> = match q.get("after") {
-        None => None,
-        Some(v) => Some(
-            v.parse()
-                .map_err(|_| ApiError::bad_request("after must be a record id"))?,
-        ),
-    };
+    let (limit, after) = crate::http::api::query_page(&q, "a record id")?;
     let decision = match q.get("decision").map(String::as_str) {
         None => None,
         Some(d @ ("allowed" | "denied")) => Some(d.to_owned()),
