@@ -111,6 +111,13 @@ fn the_layers_below_the_surfaces_do_not_reach_up() {
         );
         assert!(found.is_empty(), "{file} reaches up: {found:?}");
     }
+    // The agents' sessions speak WebSocket, not HTTP: the upgrade is `http/agent_upgrade.rs`.
+    let found = offenders(
+        "crates/tomo-server/src/agents",
+        &[],
+        &["axum", "StatusCode"],
+    );
+    assert!(found.is_empty(), "HTTP in agents/: {found:?}");
     let found = offenders(
         "crates/tomo-server/src/store",
         &[],

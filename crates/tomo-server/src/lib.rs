@@ -415,7 +415,7 @@ fn check_writable(dir: &std::path::Path) -> std::io::Result<()> {
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/agent/ws", get(agents::agent_ws::upgrade))
+        .route("/agent/ws", get(http::agent_upgrade::upgrade))
         .nest("/api/v1", http::api::router(Arc::clone(&state)))
         .merge(mcp::router(Arc::clone(&state)))
         // An unknown route and a known route's unknown method answer in the API's error shape.

@@ -3,6 +3,7 @@
 //! errors to HTTP statuses. The control plane's rules are in `core/`; a route only parses its
 //! request, calls them and renders the answer.
 
+pub mod agent_upgrade;
 pub mod api;
 pub mod api_approvals;
 pub mod api_codes;
