@@ -259,7 +259,7 @@ enum Command {
         #[arg(long = "label", value_name = "KEY=VALUE", conflicts_with = "host")]
         labels: Vec<String>,
         /// Only the image ids, one a line (across hosts).
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "host")]
         quiet: bool,
         #[command(flatten)]
         client: ClientArgs,

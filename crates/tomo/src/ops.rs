@@ -545,7 +545,8 @@ pub async fn action(
         print_json(&r);
     } else if action == "update" {
         let r: UpdateResult = decode(r, "the update's answer")?;
-        if !r.recreated {
+        // An agent older than `recreated` does not send it: a new id says it was recreated.
+        if !r.recreated && r.new_id == r.old_id {
             outln!(
                 "{}: the image is unchanged ({}), the container was not recreated (--force recreates it)",
                 t(&r.name),
@@ -804,6 +805,9 @@ fn stats_row(v: &ContainerStats) -> Vec<String> {
     ]
 }
 
+/// Samples `tomo stats HOST` asks at once.
+const STATS_AT_ONCE: usize = 8;
+
 /// `docker stats`'s columns.
 const STATS_HEADER: [&str; 8] = [
     "CONTAINER ID",
@@ -869,14 +873,26 @@ pub async fn stats(
         let list: Vec<ContainerSummary> = decode(list, "the container list")?;
         // One request per container, all at once: a host with many containers answers in the
         // time of its slowest sample, not of their sum.
-        let samples = futures_util::future::join_all(list.iter().map(|c| {
-            let p = path(host, &format!("/containers/{}/stats", seg(&c.id)));
-            let api = &api;
-            async move { api.expect(Method::GET, &p, None, 1).await }
-        }))
+        // Eight requests at a time, in the list's order: a host with many containers answers
+        // in a fraction of their sum, and neither the API's per-source connection share nor
+        // the agent's read rate is spent at once.
+        let samples: Vec<_> = futures_util::StreamExt::collect(futures_util::StreamExt::buffered(
+            futures_util::stream::iter(list.iter().map(|c| {
+                let p = path(host, &format!("/containers/{}/stats", seg(&c.id)));
+                let api = &api;
+                async move { (c, api.expect(Method::GET, &p, None, 1).await) }
+            })),
+            STATS_AT_ONCE,
+        ))
         .await;
-        // A container that stopped in between is just left out.
-        let ok: Vec<Value> = samples.into_iter().filter_map(Result::ok).collect();
+        // A container whose sample failed (it stopped in between, say) is left out, and said.
+        let mut ok: Vec<Value> = Vec::with_capacity(samples.len());
+        for (c, sample) in samples {
+            match sample {
+                Ok(v) => ok.push(v),
+                Err(f) => eprintln!("{}: {}", t(&c.name), t(&f.message)),
+            }
+        }
         if json_out {
             print_json(&Value::Array(ok));
         } else {

@@ -237,8 +237,8 @@ pub fn details(i: ContainerInspectResponse) -> ContainerDetails {
 /// previous container" with `data` `{"rolled_back": true, "reason": …}`. When the rollback
 /// itself fails, the error says so with `rolled_back: false` and where the old container is.
 ///
-/// The image is pulled and the container recreated even when the image did not change (it is
-/// an explicit operator action); `image_changed` then says `false`.
+/// The image is always pulled; when it did not change, the container is left as it is
+/// (`recreated: false`, `new_id == old_id`) unless `force` asks to recreate it anyway.
 pub async fn update(ctx: Ctx, p: UpdateParams) -> Result<UpdateResult, RpcError> {
     let timeout = p.health_timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT);
     if !(1..=MAX_HEALTH_TIMEOUT).contains(&timeout) {

@@ -411,8 +411,9 @@ pub struct UpdateParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_timeout: Option<u64>,
     /// Recreate the container even when the pull brought the image it already runs (by
-    /// default such an update changes nothing and says so).
-    #[serde(default)]
+    /// default such an update changes nothing and says so). Not written when false, so that
+    /// an agent older than the field still reads the params.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
 }
 

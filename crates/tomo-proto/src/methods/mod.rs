@@ -256,13 +256,16 @@ impl Spec {
 fn integral_numbers(v: &mut Value) {
     match v {
         Value::Number(n) if n.is_f64() => {
+            // Only where a float is exact: past 2^53 it may already be rounded, and is left a
+            // float for the type to refuse.
+            const EXACT: f64 = 9_007_199_254_740_992.0;
             let f = n.as_f64().unwrap_or(f64::NAN);
-            if f.is_finite() && f.fract() == 0.0 {
-                if f >= 0.0 && f <= u64::MAX as f64 {
-                    *v = Value::from(f as u64);
-                } else if f < 0.0 && f >= i64::MIN as f64 {
-                    *v = Value::from(f as i64);
-                }
+            if f.is_finite() && f.fract() == 0.0 && f.abs() <= EXACT {
+                *v = if f >= 0.0 {
+                    Value::from(f as u64)
+                } else {
+                    Value::from(f as i64)
+                };
             }
         }
         Value::Array(a) => a.iter_mut().for_each(integral_numbers),
@@ -580,6 +583,23 @@ mod tests {
             ))
             .expect_err("a fraction");
         assert_eq!(e.data, Some(serde_json::json!({"param": "timeout"})));
+        // Past 2^53 a float may be rounded already: it stays a float, and an integer field
+        // refuses it rather than take a neighbour.
+        let update = spec(DockerContainersUpdate::NAME).expect("a method");
+        let e = update
+            .canonical_params(Some(
+                serde_json::json!({"container": "web", "health_timeout": 9_007_199_254_740_994.0_f64}),
+            ))
+            .expect_err("past 2^53");
+        assert_eq!(e.data, Some(serde_json::json!({"param": "health_timeout"})));
+        // A field added later is not written at its default (older agents refuse unknown
+        // fields).
+        assert_eq!(
+            update
+                .canonical_params(Some(serde_json::json!({"container": "web"})))
+                .expect("defaults"),
+            serde_json::json!({"container": "web"})
+        );
         let run = spec(DockerContainersRun::NAME).expect("a method");
         let p = run
             .canonical_params(Some(serde_json::json!({"image": "busybox", "cpus": 2.0})))
