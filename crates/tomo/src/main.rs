@@ -280,10 +280,21 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Resource usage of a host's containers (or one container).
+    /// Resource usage of running containers, as `docker stats`: one host's (or one container's),
+    /// or every online host's in scope, with a HOST column.
     Stats {
-        host: String,
+        /// One host (id, hostname or id prefix); without it, every online host in scope, with a
+        /// HOST column.
+        host: Option<String>,
+        /// One container of HOST (its samples as a stream with `-f`).
+        #[arg(requires = "host")]
         container: Option<String>,
+        /// Only these hosts (repeatable; id, hostname or id prefix), without HOST.
+        #[arg(long = "host", value_name = "HOST", conflicts_with = "host")]
+        hosts: Vec<String>,
+        /// Only hosts with this label (KEY=VALUE, repeatable: all must match), without HOST.
+        #[arg(long = "label", value_name = "KEY=VALUE", conflicts_with = "host")]
+        labels: Vec<String>,
         /// Keep refreshing.
         #[arg(short, long)]
         follow: bool,
@@ -551,10 +562,19 @@ fn main() -> ExitCode {
             Command::Stats {
                 host,
                 container,
+                hosts,
+                labels,
                 follow,
                 no_stream: _,
                 client,
-            } => ops::stats(&host, container.as_deref(), follow, &client).await,
+            } => {
+                let which = ops::PsHosts {
+                    one: host,
+                    named: hosts,
+                    labels,
+                };
+                ops::stats(&which, container.as_deref(), follow, &client).await
+            }
             Command::Inspect {
                 host,
                 container,

@@ -824,14 +824,14 @@ const STATS_HEADER: [&str; 8] = [
 /// sample of every running container, asked of the host all at once, as `docker stats` shows
 /// them (`-f` redraws every second).
 pub async fn stats(
-    host: &str,
+    which: &PsHosts,
     container: Option<&str>,
     follow: bool,
     args: &ClientArgs,
 ) -> Result<ExitCode, Failure> {
     let api = Api::from_args(args)?;
     let json_out = args.output == Output::Json;
-    if let Some(c) = container {
+    if let (Some(host), Some(c)) = (which.one.as_deref(), container) {
         let r = api
             .stream(
                 Method::GET,
@@ -866,44 +866,92 @@ pub async fn stats(
             Streamed::End(end) => end_status(&end),
         };
     }
+    let fleet = which.one.is_none();
     loop {
-        let list = api
-            .expect(Method::GET, &path(host, "/containers"), None, 1)
-            .await?;
-        let list: Vec<ContainerSummary> = decode(list, "the container list")?;
-        // One request per container, all at once: a host with many containers answers in the
-        // time of its slowest sample, not of their sum.
-        // Eight requests at a time, in the list's order: a host with many containers answers
-        // in a fraction of their sum, and neither the API's per-source connection share nor
-        // the agent's read rate is spent at once.
+        // (host key for the route, hostname shown, container): one host's running containers,
+        // or every chosen online host's.
+        let targets: Vec<(String, String, ContainerSummary)> = match which.one.as_deref() {
+            Some(host) => {
+                let list = api
+                    .expect(Method::GET, &path(host, "/containers"), None, 1)
+                    .await?;
+                let list: Vec<ContainerSummary> = decode(list, "the container list")?;
+                list.into_iter()
+                    .map(|c| (host.to_owned(), host.to_owned(), c))
+                    .collect()
+            }
+            None => {
+                let lists: Vec<(String, String, Vec<ContainerSummary>)> = fleet_read(
+                    &api,
+                    which,
+                    tomo_proto::methods::DockerContainersList::NAME,
+                    json!({"all": false}),
+                    "containers",
+                )
+                .await?;
+                let mut all: Vec<_> = lists
+                    .into_iter()
+                    .flat_map(|(name, id, list)| {
+                        list.into_iter().map(move |c| (id.clone(), name.clone(), c))
+                    })
+                    .collect();
+                all.sort_by(|a, b| (&a.1, &a.2.name).cmp(&(&b.1, &b.2.name)));
+                all
+            }
+        };
+        // Eight requests at a time, in order: a host with many containers answers in a
+        // fraction of their sum, and neither the API's per-source connection share nor the
+        // agent's read rate is spent at once.
         let samples: Vec<_> = futures_util::StreamExt::collect(futures_util::StreamExt::buffered(
-            futures_util::stream::iter(list.iter().map(|c| {
-                let p = path(host, &format!("/containers/{}/stats", seg(&c.id)));
+            futures_util::stream::iter(targets.iter().map(|target| {
+                let (route, _, c) = target;
+                let p = path(route, &format!("/containers/{}/stats", seg(&c.id)));
                 let api = &api;
-                async move { (c, api.expect(Method::GET, &p, None, 1).await) }
+                async move { (target, api.expect(Method::GET, &p, None, 1).await) }
             })),
             STATS_AT_ONCE,
         ))
         .await;
         // A container whose sample failed (it stopped in between, say) is left out, and said.
-        let mut ok: Vec<Value> = Vec::with_capacity(samples.len());
-        for (c, sample) in samples {
+        let mut ok: Vec<(&(String, String, ContainerSummary), Value)> =
+            Vec::with_capacity(samples.len());
+        for (target, sample) in samples {
             match sample {
-                Ok(v) => ok.push(v),
-                Err(f) => eprintln!("{}: {}", t(&c.name), t(&f.message)),
+                Ok(v) => ok.push((target, v)),
+                Err(f) => eprintln!("{}: {}", t(&target.2.name), t(&f.message)),
             }
         }
         if json_out {
-            print_json(&Value::Array(ok));
+            let list: Vec<Value> = ok
+                .into_iter()
+                .map(|((id, name, _), mut v)| {
+                    if fleet && let Some(o) = v.as_object_mut() {
+                        o.insert("host".into(), json!({"id": id, "hostname": name}));
+                    }
+                    v
+                })
+                .collect();
+            print_json(&Value::Array(list));
         } else {
             let rows = ok
                 .into_iter()
-                .map(|v| decode::<ContainerStats>(v, "a sample").map(|v| stats_row(&v)))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|((_, name, _), v)| {
+                    let v: ContainerStats = decode(v, "a sample")?;
+                    let mut row = if fleet { vec![t(name)] } else { Vec::new() };
+                    row.extend(stats_row(&v));
+                    Ok(row)
+                })
+                .collect::<Result<Vec<_>, Failure>>()?;
             if follow {
                 out!("\x1b[2J\x1b[H");
             }
-            table(&STATS_HEADER, &rows);
+            if fleet {
+                let mut header = vec!["HOST"];
+                header.extend(STATS_HEADER);
+                table(&header, &rows);
+            } else {
+                table(&STATS_HEADER, &rows);
+            }
         }
         if !follow {
             return Ok(ExitCode::SUCCESS);

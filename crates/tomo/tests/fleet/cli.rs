@@ -1749,6 +1749,20 @@ fn ps_across_every_host() {
         "{ids}"
     );
 
+    // `tomo stats` across hosts (issue 17): every host's running containers, a HOST column
+    // before docker's columns; `--host` narrows.
+    let stats = env.tomo(&["stats", "-o", "json"]);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    assert_eq!(hosts_of(&stats), both, "{}", stdout(&stats));
+    let one = env.tomo(&["stats", "--host", "ps-second", "-o", "json"]);
+    assert_eq!(hosts_of(&one), vec!["ps-second".to_owned()]);
+    let table = stdout(&env.tomo(&["stats"]));
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("HOST") && header.contains("CPU %") && header.contains("NET I/O"),
+        "{table}"
+    );
+
     // `tomo images` across hosts (issue 17): both hosts' images (one engine here: the test
     // image on each), with a HOST column; `--host` narrows; `create` needs a host.
     let images = json(&env.tomo(&["images", "-o", "json"]));
