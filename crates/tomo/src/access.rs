@@ -13,6 +13,7 @@ use tomo_server::http::api_tokens::{TokenStatus, TokenView};
 
 use crate::client::{Api, ClientConfig, api_failure, config_path};
 use crate::commands::{print_json, seg, table};
+use crate::out::safe as t;
 use crate::{ClientArgs, Failure, Output};
 
 #[derive(Debug, Subcommand)]
@@ -210,11 +211,6 @@ async fn resolve_scope(api: &Api, scope: &[String]) -> Result<Vec<String>, Failu
 /// A string field for a terminal (names and labels can be a host's: [`crate::out::terminal_safe`]).
 fn text(v: &Value) -> String {
     crate::out::terminal_safe(v.as_str().unwrap_or("-")).into_owned()
-}
-
-/// A string for a terminal.
-fn t(s: &str) -> String {
-    crate::out::terminal_safe(s).into_owned()
 }
 
 fn scope_text(scope: &[String]) -> String {

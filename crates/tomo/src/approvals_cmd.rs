@@ -12,12 +12,8 @@ use tomo_server::store::ActionStatus;
 
 use crate::client::{Api, decode};
 use crate::commands::{print_json, seg, table};
+use crate::out::safe as text;
 use crate::{ClientArgs, Failure, Output};
-
-/// A field for a terminal (summaries and results can carry a host's strings).
-fn text(s: &str) -> String {
-    crate::out::terminal_safe(s).into_owned()
-}
 
 /// A JSON value (a request field, a result) for a terminal, pretty.
 fn pretty(v: &Value) -> String {

@@ -19,6 +19,7 @@ use tomo_server::http::api_fleet::FleetAnswer;
 
 use crate::client::{Api, Streamed, decode};
 use crate::commands::{print_json, seg, table};
+use crate::out::safe as t;
 use crate::{ClientArgs, Failure, Output};
 
 /// `ls`, `create NAME` or `rm NAME` for images, networks and volumes.
@@ -193,11 +194,6 @@ fn s(v: &Value) -> String {
         Value::Null => "-".into(),
         other => other.to_string(),
     }
-}
-
-/// A host's string, made safe for the terminal.
-fn t(text: &str) -> String {
-    crate::out::terminal_safe(text).into_owned()
 }
 
 fn short(id: &Value) -> String {

@@ -27,6 +27,11 @@ pub fn done_if_closed(r: std::io::Result<()>) {
     }
 }
 
+/// [`terminal_safe`] as an owned `String`: a host's string ready for a table cell or a line.
+pub fn safe(s: &str) -> String {
+    terminal_safe(s).into_owned()
+}
+
 /// An RFC 3339 time as a table shows it, relative to `now_ms` (Unix milliseconds): `12s ago`,
 /// `5m ago`, `3h ago`, `2d ago`, or `in 14m` for a time to come; `-` for none. Tables show
 /// this, `-o json` the absolute time (issue 17). Text that is not a time is shown as it is
